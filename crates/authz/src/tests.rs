@@ -1,0 +1,183 @@
+#![allow(clippy::unwrap_used)]
+
+use factory_core::{Classification, Jurisdiction, Role, TenantName};
+
+use super::*;
+
+fn tenant(name: &str) -> TenantName {
+    TenantName::new(name).unwrap()
+}
+
+fn key(tenant_name: Option<&str>, role: Role) -> Principal {
+    Principal {
+        id: format!("key_{role}"),
+        tenant: tenant_name.map(tenant),
+        role,
+    }
+}
+
+fn check(
+    principal: &Principal,
+    action: Action,
+    resource: Resource,
+    expected: Effect,
+    expected_policies: &[&str],
+) {
+    let authorizer = CedarAuthorizer::with_defaults().unwrap();
+    let decision = authorizer.decide(&AccessRequest::new(principal, action, resource.clone()));
+    assert!(decision.errors.is_empty(), "{:?}", decision.errors);
+    assert_eq!(
+        decision.effect, expected,
+        "{principal:?} {action} {resource}"
+    );
+    assert_eq!(
+        decision.policies, expected_policies,
+        "{principal:?} {action} {resource}"
+    );
+}
+
+#[test]
+fn default_policies_validate_and_carry_ids() {
+    let authorizer = CedarAuthorizer::with_defaults().unwrap();
+    let ids = authorizer.policy_ids();
+    assert!(ids.contains(&"tenant-isolation".to_string()), "{ids:?}");
+    assert!(ids.iter().all(|id| !id.starts_with("policy")), "{ids:?}");
+}
+
+#[test]
+fn platform_admin_may_create_tenants_and_tenant_keys_may_not() {
+    check(
+        &key(None, Role::Admin),
+        Action::TenantCreate,
+        Resource::platform(),
+        Effect::Allow,
+        &["platform-admin"],
+    );
+    check(
+        &key(Some("acme"), Role::Admin),
+        Action::TenantCreate,
+        Resource::platform(),
+        Effect::Deny,
+        &[],
+    );
+}
+
+#[test]
+fn tenant_isolation_forbids_other_tenants_even_for_their_admins() {
+    let other = Resource::tenant(&tenant("globex"));
+    check(
+        &key(Some("acme"), Role::Admin),
+        Action::TenantRead,
+        other.clone(),
+        Effect::Deny,
+        &["tenant-isolation"],
+    );
+    check(
+        &key(Some("acme"), Role::Admin),
+        Action::KeyCreate,
+        other,
+        Effect::Deny,
+        &["tenant-isolation"],
+    );
+    let own = Resource::tenant(&tenant("acme"));
+    check(
+        &key(Some("acme"), Role::Admin),
+        Action::KeyCreate,
+        own.clone(),
+        Effect::Allow,
+        &["tenant-admin"],
+    );
+    check(
+        &key(Some("acme"), Role::Engineer),
+        Action::TenantRead,
+        own.clone(),
+        Effect::Allow,
+        &["tenant-member-read"],
+    );
+    check(
+        &key(Some("acme"), Role::Engineer),
+        Action::KeyCreate,
+        own,
+        Effect::Deny,
+        &[],
+    );
+}
+
+#[test]
+fn app_keys_never_touch_confidential_resources() {
+    let key_resource = Resource::api_key("key_x", Some(&tenant("acme")));
+    check(
+        &key(Some("acme"), Role::App),
+        Action::KeyRevoke,
+        key_resource,
+        Effect::Deny,
+        &["app-clearance"],
+    );
+    let mut secret_job = Resource::job("job_1", &tenant("acme"));
+    secret_job.classification = Classification::Secret;
+    secret_job.jurisdiction = Some(Jurisdiction::new("de").unwrap());
+    check(
+        &key(Some("acme"), Role::App),
+        Action::JobRead,
+        secret_job,
+        Effect::Deny,
+        &["app-clearance"],
+    );
+}
+
+#[test]
+fn anyone_may_fetch_proofs_but_only_auditors_read_records() {
+    check(
+        &key(Some("acme"), Role::App),
+        Action::AuditProof,
+        Resource::audit_log(),
+        Effect::Allow,
+        &["anyone-verifies"],
+    );
+    check(
+        &key(Some("acme"), Role::App),
+        Action::AuditRead,
+        Resource::audit_log(),
+        Effect::Deny,
+        &[],
+    );
+    check(
+        &key(Some("acme"), Role::Auditor),
+        Action::AuditRead,
+        Resource::audit_log(),
+        Effect::Allow,
+        &["auditor-read-log"],
+    );
+}
+
+#[test]
+fn extra_policy_files_are_validated_and_named_by_source() {
+    let extra = vec![(
+        "site.cedar".to_string(),
+        r#"@id("no-jobs-in-us") forbid (principal, action == Action::"job.enqueue", resource) when { resource.jurisdiction == "us" };"#
+            .to_string(),
+    )];
+    let authorizer = CedarAuthorizer::new(&extra).unwrap();
+    let mut job = Resource::job("job_1", &tenant("acme"));
+    job.jurisdiction = Some(Jurisdiction::new("us").unwrap());
+    let decision = authorizer.decide(&AccessRequest::new(
+        &key(Some("acme"), Role::Engineer),
+        Action::JobEnqueue,
+        job,
+    ));
+    assert_eq!(decision.effect, Effect::Deny);
+    assert_eq!(
+        decision.policies,
+        vec!["site.cedar:no-jobs-in-us".to_string()]
+    );
+
+    let invalid = vec![(
+        "bad.cedar".to_string(),
+        "permit (principal, action, resource) when { principal.nope };".to_string(),
+    )];
+    let error = CedarAuthorizer::new(&invalid).err().unwrap().to_string();
+    assert!(error.contains("nope"), "{error}");
+    let unparsable = vec![("broken.cedar".to_string(), "permit (".to_string())];
+    let error = CedarAuthorizer::new(&unparsable).err().unwrap().to_string();
+    assert!(error.starts_with("broken.cedar:"), "{error}");
+}

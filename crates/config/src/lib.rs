@@ -1,0 +1,206 @@
+//! The factory's configuration: a TOML file, then `FACTORY_*` environment overrides, then
+//! command-line flags, validated once at start.
+//!
+//! Loading happens in two stages. The sources are merged into one TOML table; then the table is
+//! read key by key into `Config`, collecting every problem (unknown key, wrong type, value not in
+//! the allowed set) with the dotted key it concerns, so an operator fixes a file in one pass.
+
+mod read;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use factory_core::{Jurisdiction, SiteKind};
+
+pub use read::{ConfigError, ConfigErrors};
+
+/// Environment variables that belong to the CLI client, not to the server's configuration.
+const CLIENT_ENV_VARS: &[&str] = &[
+    "FACTORY_URL",
+    "FACTORY_API_KEY",
+    "FACTORY_CONFIG",
+    "FACTORY_LOG",
+];
+
+/// The resolved configuration the rest of the factory reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `None` selects the embedded SQLite database inside `data_dir`.
+    pub database_url: Option<String>,
+    /// The jurisdiction of the embedded default site.
+    pub jurisdiction: Jurisdiction,
+    pub sites: Vec<Site>,
+    pub server: ServerSettings,
+    pub objects: ObjectSettings,
+    pub audit: AuditSettings,
+    pub authz: AuthzSettings,
+    pub jobs: JobSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    pub name: String,
+    pub jurisdiction: Jurisdiction,
+    pub kinds: Vec<SiteKind>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub request_body_limit_bytes: usize,
+    pub request_timeout: Duration,
+    /// Requests handled at once before new ones get 503 with Retry-After.
+    pub max_in_flight: usize,
+    pub json_logs: bool,
+    /// OTLP/HTTP endpoint for trace export; `None` exports nothing (air-gapped by default).
+    pub otlp_endpoint: Option<String>,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ObjectSettings {
+    /// A directory; `None` means `<data_dir>/objects`.
+    Local {
+        path: Option<PathBuf>,
+    },
+    S3(S3ObjectSettings),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3ObjectSettings {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub allow_http: bool,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditSettings {
+    /// The checkpoint origin line, which names this log to verifiers.
+    pub origin: String,
+    pub checkpoint_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthzSettings {
+    pub policy_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSettings {
+    pub workers: usize,
+    pub lease: Duration,
+    pub max_attempts: u32,
+}
+
+/// Values given as command-line flags; they win over the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct FlagOverrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub jurisdiction: Option<String>,
+}
+
+impl Config {
+    /// Loads `file` (if any), applies the `FACTORY_*` variables from `env` and then `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &FlagOverrides,
+    ) -> Result<Config, ConfigErrors> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigErrors::single(ConfigError::new(
+                        path.display().to_string(),
+                        format!("cannot read: {e}"),
+                    ))
+                })?;
+                Self::parse_file_text(&path.display().to_string(), &text)?
+            }
+            None => toml::Table::new(),
+        };
+        let mut errors = Vec::new();
+        for (name, value) in env {
+            if !name.starts_with("FACTORY_") || CLIENT_ENV_VARS.contains(&name.as_str()) {
+                continue;
+            }
+            let path: Vec<String> = name["FACTORY_".len()..]
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect();
+            if let Err(error) = read::set_path(&mut table, &path, read::env_value(&value)) {
+                errors.push(ConfigError::new(
+                    format!("environment variable {name}"),
+                    error,
+                ));
+            }
+        }
+        let flag_values = [
+            (
+                "data_dir",
+                flags.data_dir.as_ref().map(|p| p.display().to_string()),
+            ),
+            ("listen", flags.listen.clone()),
+            ("database_url", flags.database_url.clone()),
+            ("jurisdiction", flags.jurisdiction.clone()),
+        ];
+        for (key, value) in flag_values {
+            if let Some(value) = value {
+                table.insert(key.to_string(), toml::Value::String(value));
+            }
+        }
+        let config = read::resolve(&table, &mut errors);
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(ConfigErrors::new(errors)),
+        }
+    }
+
+    /// Checks a file on its own, as `factory config check FILE` does.
+    pub fn check_file(path: &Path) -> Result<Config, ConfigErrors> {
+        Self::load(Some(path), std::iter::empty(), &FlagOverrides::default())
+    }
+
+    fn parse_file_text(source_name: &str, text: &str) -> Result<toml::Table, ConfigErrors> {
+        text.parse::<toml::Table>().map_err(|e| {
+            let location = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("{source_name}:{line}")
+                })
+                .unwrap_or_else(|| source_name.to_string());
+            ConfigErrors::single(ConfigError::new(
+                location,
+                format!("invalid TOML: {}", e.message()),
+            ))
+        })
+    }
+
+    /// The SQLite database used when no `database_url` is configured.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("metadata.db").display()
+            ),
+        }
+    }
+
+    /// An example file listing every key with its default, parsed by a test so it stays true.
+    pub fn example_toml() -> &'static str {
+        include_str!("../factory.example.toml")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,510 @@
+//! Reads a merged TOML table into `Config`, key by key, collecting every problem.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use factory_core::{Jurisdiction, SiteKind};
+use toml::{Table, Value};
+
+use crate::{
+    AuditSettings, AuthzSettings, Config, JobSettings, ObjectSettings, S3ObjectSettings,
+    ServerSettings, Site,
+};
+
+/// One problem, tied to the dotted key (or file and line) it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found, in the order found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn new(errors: Vec<ConfigError>) -> Self {
+        ConfigErrors(errors)
+    }
+
+    pub fn single(error: ConfigError) -> Self {
+        ConfigErrors(vec![error])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration ({} problem{})",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
+        for error in &self.0 {
+            write!(f, "\n  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Environment values are TOML when they parse as such (`true`, `30`, `["a"]`), else strings,
+/// so `FACTORY_LISTEN=0.0.0.0:80` needs no quoting.
+pub(crate) fn env_value(raw: &str) -> Value {
+    match format!("value = {raw}").parse::<Table>() {
+        Ok(mut table) => table
+            .remove("value")
+            .unwrap_or_else(|| Value::String(raw.to_string())),
+        Err(_) => Value::String(raw.to_string()),
+    }
+}
+
+pub(crate) fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), String> {
+    match path {
+        [] => Err("names no key".to_string()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| Value::Table(Table::new()));
+            match entry {
+                Value::Table(inner) => set_path(inner, rest, value),
+                _ => Err(format!("{first} is not a table")),
+            }
+        }
+    }
+}
+
+/// A view of one table that remembers which keys were read, so the rest can be reported as
+/// unknown together with the keys that are allowed.
+struct Section<'a> {
+    path: String,
+    table: &'a Table,
+    read: BTreeSet<&'static str>,
+}
+
+impl<'a> Section<'a> {
+    fn new(path: &str, table: &'a Table) -> Self {
+        Section {
+            path: path.to_string(),
+            table,
+            read: BTreeSet::new(),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.read.insert(key);
+        self.table.get(key)
+    }
+
+    fn string(&mut self, key: &'static str, errors: &mut Vec<ConfigError>) -> Option<String> {
+        match self.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                errors.push(ConfigError::new(
+                    self.key(key),
+                    format!("expected a string, found {}", other.type_str()),
+                ));
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, key: &'static str, default: bool, errors: &mut Vec<ConfigError>) -> bool {
+        match self.get(key) {
+            None => default,
+            Some(Value::Boolean(b)) => *b,
+            Some(other) => {
+                errors.push(ConfigError::new(
+                    self.key(key),
+                    format!("expected true or false, found {}", other.type_str()),
+                ));
+                default
+            }
+        }
+    }
+
+    fn positive_integer(
+        &mut self,
+        key: &'static str,
+        default: u64,
+        errors: &mut Vec<ConfigError>,
+    ) -> u64 {
+        match self.get(key) {
+            None => default,
+            Some(Value::Integer(n)) if *n > 0 => *n as u64,
+            Some(other) => {
+                errors.push(ConfigError::new(
+                    self.key(key),
+                    format!("expected a positive integer, found {other}"),
+                ));
+                default
+            }
+        }
+    }
+
+    fn parsed<T: FromStr>(&mut self, key: &'static str, errors: &mut Vec<ConfigError>) -> Option<T>
+    where
+        T::Err: fmt::Display,
+    {
+        let text = self.string(key, errors)?;
+        match text.parse() {
+            Ok(value) => Some(value),
+            Err(e) => {
+                errors.push(ConfigError::new(self.key(key), e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn table(&mut self, key: &'static str, errors: &mut Vec<ConfigError>) -> Option<Section<'a>> {
+        let path = self.key(key);
+        match self.get(key) {
+            None => None,
+            Some(Value::Table(table)) => Some(Section::new(&path, table)),
+            Some(other) => {
+                errors.push(ConfigError::new(
+                    path,
+                    format!("expected a table, found {}", other.type_str()),
+                ));
+                None
+            }
+        }
+    }
+
+    fn finish(self, errors: &mut Vec<ConfigError>) {
+        for key in self.table.keys() {
+            if !self.read.contains(key.as_str()) {
+                let allowed: Vec<&str> = self.read.iter().copied().collect();
+                errors.push(ConfigError::new(
+                    self.key(key),
+                    format!("unknown key; allowed keys here are {}", allowed.join(", ")),
+                ));
+            }
+        }
+    }
+}
+
+pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Config> {
+    let empty = Table::new();
+    let mut root = Section::new("", table);
+    let data_dir = root
+        .string("data_dir", errors)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "./factory-data".into());
+    let listen = root
+        .parsed::<SocketAddr>("listen", errors)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let database_url = root.string("database_url", errors);
+    if let Some(url) = &database_url {
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            errors.push(ConfigError::new(
+                "database_url",
+                "expected a sqlite:, postgres:// or postgresql:// URL",
+            ));
+        }
+    }
+    let jurisdiction = root.parsed::<Jurisdiction>("jurisdiction", errors);
+    let jurisdiction = jurisdiction.or_else(|| Jurisdiction::new("local").ok())?;
+
+    let sites = read_sites(&mut root, &jurisdiction, errors);
+    let server = read_server(
+        root.table("server", errors)
+            .unwrap_or(Section::new("server", &empty)),
+        errors,
+    );
+    let objects = read_objects(
+        root.table("objects", errors)
+            .unwrap_or(Section::new("objects", &empty)),
+        errors,
+    );
+    let audit = read_audit(
+        root.table("audit", errors)
+            .unwrap_or(Section::new("audit", &empty)),
+        errors,
+    );
+    let authz = read_authz(
+        root.table("authz", errors)
+            .unwrap_or(Section::new("authz", &empty)),
+        errors,
+    );
+    let jobs = read_jobs(
+        root.table("jobs", errors)
+            .unwrap_or(Section::new("jobs", &empty)),
+        errors,
+    );
+    root.finish(errors);
+
+    Some(Config {
+        data_dir,
+        listen,
+        database_url,
+        jurisdiction,
+        sites,
+        server,
+        objects,
+        audit,
+        authz,
+        jobs,
+    })
+}
+
+fn read_sites(
+    root: &mut Section<'_>,
+    default_jurisdiction: &Jurisdiction,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Site> {
+    let entries = match root.get("sites") {
+        None => {
+            return vec![Site {
+                name: "local".to_string(),
+                jurisdiction: default_jurisdiction.clone(),
+                kinds: SiteKind::ALL.to_vec(),
+            }]
+        }
+        Some(Value::Array(entries)) => entries,
+        Some(other) => {
+            errors.push(ConfigError::new(
+                "sites",
+                format!("expected an array of tables, found {}", other.type_str()),
+            ));
+            return Vec::new();
+        }
+    };
+    let mut sites: Vec<Site> = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let path = format!("sites[{index}]");
+        let Value::Table(table) = entry else {
+            errors.push(ConfigError::new(
+                path,
+                "expected a table with name, jurisdiction and kinds",
+            ));
+            continue;
+        };
+        let mut section = Section::new(&path, table);
+        let name = section.string("name", errors);
+        let jurisdiction = section.parsed::<Jurisdiction>("jurisdiction", errors);
+        let kinds = read_site_kinds(&mut section, errors);
+        if name.is_none() {
+            errors.push(ConfigError::new(
+                section.key("name"),
+                "missing; every site needs a name",
+            ));
+        }
+        if jurisdiction.is_none() && !table.contains_key("jurisdiction") {
+            errors.push(ConfigError::new(
+                section.key("jurisdiction"),
+                "missing; every site needs a jurisdiction",
+            ));
+        }
+        section.finish(errors);
+        if let (Some(name), Some(jurisdiction)) = (name, jurisdiction) {
+            if sites.iter().any(|s| s.name == name) {
+                errors.push(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("site {name:?} is declared twice"),
+                ));
+            }
+            sites.push(Site {
+                name,
+                jurisdiction,
+                kinds,
+            });
+        }
+    }
+    sites
+}
+
+fn read_site_kinds(section: &mut Section<'_>, errors: &mut Vec<ConfigError>) -> Vec<SiteKind> {
+    let key = section.key("kinds");
+    let values: Vec<&Value> = match section.get("kinds") {
+        None => return SiteKind::ALL.to_vec(),
+        Some(Value::Array(values)) => values.iter().collect(),
+        Some(value @ Value::String(_)) => vec![value],
+        Some(other) => {
+            errors.push(ConfigError::new(
+                key,
+                format!("expected a list of site kinds, found {}", other.type_str()),
+            ));
+            return Vec::new();
+        }
+    };
+    let mut kinds = Vec::new();
+    for (index, value) in values.into_iter().enumerate() {
+        let parsed = value
+            .as_str()
+            .ok_or_else(|| format!("expected one of {}", SiteKind::allowed()));
+        match parsed.and_then(|s| s.parse::<SiteKind>().map_err(|e| e.to_string())) {
+            Ok(kind) => kinds.push(kind),
+            Err(message) => errors.push(ConfigError::new(format!("{key}[{index}]"), message)),
+        }
+    }
+    kinds
+}
+
+fn read_server(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> ServerSettings {
+    let settings = ServerSettings {
+        request_body_limit_bytes: section.positive_integer(
+            "request_body_limit_bytes",
+            16 * 1024 * 1024,
+            errors,
+        ) as usize,
+        request_timeout: Duration::from_secs(section.positive_integer(
+            "request_timeout_secs",
+            30,
+            errors,
+        )),
+        max_in_flight: section.positive_integer("max_in_flight", 512, errors) as usize,
+        json_logs: section.bool("json_logs", false, errors),
+        otlp_endpoint: section.string("otlp_endpoint", errors),
+        shutdown_grace: Duration::from_secs(section.positive_integer(
+            "shutdown_grace_secs",
+            30,
+            errors,
+        )),
+    };
+    section.finish(errors);
+    settings
+}
+
+fn read_objects(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> ObjectSettings {
+    let kind = section
+        .string("kind", errors)
+        .unwrap_or_else(|| "local".to_string());
+    let path = section.string("path", errors).map(PathBuf::from);
+    let s3 = section.table("s3", errors);
+    let settings = match kind.as_str() {
+        "local" => {
+            if s3.is_some() {
+                errors.push(ConfigError::new(
+                    "objects.s3",
+                    "only allowed when objects.kind is \"s3\"",
+                ));
+            }
+            ObjectSettings::Local { path }
+        }
+        "s3" => {
+            let empty = Table::new();
+            let mut s3 = s3.unwrap_or(Section::new("objects.s3", &empty));
+            let bucket = s3.string("bucket", errors);
+            if bucket.is_none() {
+                errors.push(ConfigError::new(
+                    "objects.s3.bucket",
+                    "missing; an S3 object store needs a bucket",
+                ));
+            }
+            let settings = S3ObjectSettings {
+                bucket: bucket.unwrap_or_default(),
+                endpoint: s3.string("endpoint", errors),
+                region: s3
+                    .string("region", errors)
+                    .unwrap_or_else(|| "us-east-1".to_string()),
+                access_key_id: s3.string("access_key_id", errors),
+                secret_access_key: s3.string("secret_access_key", errors),
+                allow_http: s3.bool("allow_http", false, errors),
+                prefix: s3.string("prefix", errors).unwrap_or_default(),
+            };
+            s3.finish(errors);
+            ObjectSettings::S3(settings)
+        }
+        other => {
+            errors.push(ConfigError::new(
+                "objects.kind",
+                format!("{other:?} is invalid: expected one of local, s3"),
+            ));
+            ObjectSettings::Local { path }
+        }
+    };
+    section.finish(errors);
+    settings
+}
+
+fn read_audit(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> AuditSettings {
+    let origin = section
+        .string("origin", errors)
+        .unwrap_or_else(|| "factory.local/audit".to_string());
+    if origin.is_empty() || origin.contains(char::is_whitespace) || origin.contains('+') {
+        errors.push(ConfigError::new(
+            "audit.origin",
+            "must be non-empty without spaces or '+'",
+        ));
+    }
+    let settings = AuditSettings {
+        origin,
+        checkpoint_interval: Duration::from_secs(section.positive_integer(
+            "checkpoint_interval_secs",
+            60,
+            errors,
+        )),
+    };
+    section.finish(errors);
+    settings
+}
+
+fn read_authz(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> AuthzSettings {
+    let mut policy_files = Vec::new();
+    match section.get("policy_files") {
+        None => {}
+        Some(Value::Array(values)) => {
+            for (index, value) in values.iter().enumerate() {
+                match value.as_str() {
+                    Some(path) => policy_files.push(PathBuf::from(path)),
+                    None => errors.push(ConfigError::new(
+                        format!("authz.policy_files[{index}]"),
+                        "expected a path",
+                    )),
+                }
+            }
+        }
+        Some(other) => errors.push(ConfigError::new(
+            "authz.policy_files",
+            format!("expected a list of paths, found {}", other.type_str()),
+        )),
+    }
+    section.finish(errors);
+    AuthzSettings { policy_files }
+}
+
+fn read_jobs(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> JobSettings {
+    let settings = JobSettings {
+        workers: section.positive_integer("workers", 2, errors) as usize,
+        lease: Duration::from_secs(section.positive_integer("lease_secs", 30, errors)),
+        max_attempts: section.positive_integer("max_attempts", 3, errors) as u32,
+    };
+    section.finish(errors);
+    settings
+}

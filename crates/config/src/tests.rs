@@ -1,0 +1,131 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("factory.toml");
+    std::fs::write(&path, text).unwrap();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load(Some(&path), env, &FlagOverrides::default())
+}
+
+#[test]
+fn embedded_default_is_one_local_site() {
+    let config = Config::load(None, Vec::new(), &FlagOverrides::default()).unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.data_dir, PathBuf::from("./factory-data"));
+    assert_eq!(config.sites.len(), 1);
+    assert_eq!(config.sites[0].name, "local");
+    assert_eq!(config.sites[0].jurisdiction.as_str(), "local");
+    assert_eq!(config.sites[0].kinds, SiteKind::ALL.to_vec());
+    assert!(config.effective_database_url().starts_with("sqlite://"));
+}
+
+#[test]
+fn jurisdiction_flag_sets_the_default_site() {
+    let flags = FlagOverrides {
+        jurisdiction: Some("de".to_string()),
+        ..Default::default()
+    };
+    let config = Config::load(None, Vec::new(), &flags).unwrap();
+    assert_eq!(config.sites[0].jurisdiction.as_str(), "de");
+}
+
+#[test]
+fn example_file_parses_and_matches_the_defaults() {
+    let example = load_text(Config::example_toml(), &[]).unwrap();
+    let defaults = Config::load(None, Vec::new(), &FlagOverrides::default()).unwrap();
+    assert_eq!(example, defaults);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let errors = load_text(
+        r#"
+listen = "not an address"
+colour = "blue"
+[server]
+request_timeout_secs = -1
+[[sites]]
+name = "eu-1"
+jurisdiction = "EU"
+kinds = ["storage", "gpu"]
+"#,
+        &[],
+    )
+    .unwrap_err();
+    let text = errors.to_string();
+    let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "listen",
+            "sites[0].jurisdiction",
+            "sites[0].kinds[1]",
+            "server.request_timeout_secs",
+            "colour"
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains("expected one of storage, compute, serving"),
+        "{text}"
+    );
+    assert!(text.contains("allowed keys here are"), "{text}");
+}
+
+#[test]
+fn environment_overrides_the_file_and_flags_override_both() {
+    let config = load_text(
+        "listen = \"127.0.0.1:1000\"\n[server]\njson_logs = false\n",
+        &[
+            ("FACTORY_LISTEN", "127.0.0.1:2000"),
+            ("FACTORY_SERVER__JSON_LOGS", "true"),
+            ("FACTORY_URL", "http://ignored"),
+            ("HOME", "/root"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:2000");
+    assert!(config.server.json_logs);
+
+    let flags = FlagOverrides {
+        listen: Some("127.0.0.1:3000".to_string()),
+        ..Default::default()
+    };
+    let env = vec![("FACTORY_LISTEN".to_string(), "127.0.0.1:2000".to_string())];
+    let config = Config::load(None, env, &flags).unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
+
+    let errors = load_text("", &[("FACTORY_SERVR__JSON_LOGS", "true")]).unwrap_err();
+    assert_eq!(errors.0[0].key, "servr", "{errors}");
+}
+
+#[test]
+fn toml_syntax_errors_name_the_line() {
+    let errors = load_text("listen = \"a\"\n[server\n", &[]).unwrap_err();
+    assert!(errors.0[0].key.ends_with("factory.toml:2"), "{errors}");
+}
+
+#[test]
+fn s3_objects_need_a_bucket() {
+    let errors = load_text("[objects]\nkind = \"s3\"\n", &[]).unwrap_err();
+    assert_eq!(errors.0[0].key, "objects.s3.bucket");
+    let errors = load_text("[objects]\nkind = \"ftp\"\n", &[]).unwrap_err();
+    assert!(
+        errors.to_string().contains("expected one of local, s3"),
+        "{errors}"
+    );
+    let config = load_text(
+        "[objects]\nkind = \"s3\"\n[objects.s3]\nbucket = \"b\"\nallow_http = true\n",
+        &[],
+    )
+    .unwrap();
+    assert!(
+        matches!(config.objects, ObjectSettings::S3(ref s3) if s3.bucket == "b" && s3.allow_http)
+    );
+}

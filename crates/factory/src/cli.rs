@@ -1,0 +1,231 @@
+//! Command-line flags, and which module handles each subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "factory",
+    version,
+    about = "The Sovereign AI Factory: governed data, training and serving in one binary"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the factory: API server, workers and background tasks, in one process
+    Up(UpArgs),
+    /// Work with configuration files
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage tenants
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage API keys
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Enqueue, inspect and cancel jobs
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Verify the audit log and fetch checkpoints, proofs and records
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// A TOML configuration file (see factory.example.toml)
+    #[arg(long, env = "FACTORY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the embedded database, objects and keys live [default: ./factory-data]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Use PostgreSQL instead of the embedded SQLite, e.g. postgres://user@host/db
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Jurisdiction of the embedded default site [default: local]
+    #[arg(long)]
+    pub jurisdiction: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file and print the resolved configuration
+    Check { file: PathBuf },
+    /// Print an example configuration with every key and its default
+    Example,
+}
+
+/// Where the server is and who is asking.
+#[derive(Debug, Args, Clone)]
+pub struct Remote {
+    /// The factory's base URL
+    #[arg(
+        long,
+        env = "FACTORY_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+    /// An API key (the platform admin's is in DATA_DIR/admin.key)
+    #[arg(long, env = "FACTORY_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant
+    Create {
+        name: String,
+        /// An allowed jurisdiction; repeat for several
+        #[arg(long = "jurisdiction", required = true)]
+        jurisdictions: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a tenant
+    Show {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key for a tenant; its secret is printed once
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// admin, steward, engineer, app or auditor
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// RFC 3339 expiry, e.g. 2027-01-01T00:00:00Z
+        #[arg(long)]
+        expires_at: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke an API key
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Enqueue a job
+    Enqueue {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        kind: String,
+        /// The job's input as JSON
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        #[arg(long, default_value_t = 0)]
+        priority: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a job
+    Show {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Cancel a job
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the whole log offline from the database and check every checkpoint
+    Verify(VerifyArgs),
+    /// Fetch a signed checkpoint of the log as it is now
+    Checkpoint {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Fetch an inclusion or consistency proof
+    #[command(subcommand)]
+    Proof(ProofCommand),
+    /// Fetch audit records
+    Records {
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProofCommand {
+    /// Proof that record INDEX is in the tree of SIZE records
+    Inclusion {
+        #[arg(long)]
+        index: u64,
+        #[arg(long)]
+        size: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Proof that the tree of OLD records is a prefix of the tree of NEW records
+    Consistency {
+        #[arg(long)]
+        old: u64,
+        #[arg(long)]
+        new: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The factory's data directory (for the embedded database and audit.pub)
+    #[arg(long, default_value = "./factory-data")]
+    pub data_dir: PathBuf,
+    /// Verify a PostgreSQL-backed factory instead of the embedded database
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// The verifier key to trust; defaults to DATA_DIR/audit.pub. Pin it from a copy kept
+    /// elsewhere so that a forged key file cannot vouch for a forged log
+    #[arg(long)]
+    pub public_key: Option<String>,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => crate::up::run(args).await,
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = factory_config::Config::check_file(&file)?;
+            println!("{} is valid", file.display());
+            println!("{config:#?}");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", factory_config::Config::example_toml());
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify(args)) => crate::verify::run(args).await,
+        other => crate::client::run(other).await,
+    }
+}

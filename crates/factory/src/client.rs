@@ -1,0 +1,154 @@
+//! The subcommands that talk to a running factory over its HTTP API.
+
+use anyhow::{anyhow, Context};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::cli::{
+    AuditCommand, Command, JobCommand, KeyCommand, ProofCommand, Remote, TenantCommand,
+};
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    let (remote, method, path, body) = request_for(command)?;
+    let output = call(&remote, method, &path, body).await?;
+    match output {
+        Value::String(text) => print!("{text}"),
+        value => println!("{}", serde_json::to_string_pretty(&value)?),
+    }
+    Ok(())
+}
+
+type Request = (Remote, Method, String, Option<Value>);
+
+fn request_for(command: Command) -> anyhow::Result<Request> {
+    Ok(match command {
+        Command::Tenant(TenantCommand::Create {
+            name,
+            jurisdictions,
+            remote,
+        }) => (
+            remote,
+            Method::POST,
+            "/api/v1/tenants".to_string(),
+            Some(json!({ "name": name, "jurisdictions": jurisdictions })),
+        ),
+        Command::Tenant(TenantCommand::Show { name, remote }) => {
+            (remote, Method::GET, format!("/api/v1/tenants/{name}"), None)
+        }
+        Command::Key(KeyCommand::Create {
+            tenant,
+            role,
+            description,
+            expires_at,
+            remote,
+        }) => (
+            remote,
+            Method::POST,
+            format!("/api/v1/tenants/{tenant}/keys"),
+            Some(json!({ "role": role, "description": description, "expires_at": expires_at })),
+        ),
+        Command::Key(KeyCommand::Revoke { id, remote }) => {
+            (remote, Method::DELETE, format!("/api/v1/keys/{id}"), None)
+        }
+        Command::Job(JobCommand::Enqueue {
+            tenant,
+            kind,
+            payload,
+            priority,
+            remote,
+        }) => {
+            let payload: Value =
+                serde_json::from_str(&payload).context("--payload is not valid JSON")?;
+            (
+                remote,
+                Method::POST,
+                format!("/api/v1/tenants/{tenant}/jobs"),
+                Some(json!({ "kind": kind, "payload": payload, "priority": priority })),
+            )
+        }
+        Command::Job(JobCommand::Show { id, remote }) => {
+            (remote, Method::GET, format!("/api/v1/jobs/{id}"), None)
+        }
+        Command::Job(JobCommand::Cancel { id, remote }) => (
+            remote,
+            Method::POST,
+            format!("/api/v1/jobs/{id}/cancel"),
+            None,
+        ),
+        Command::Audit(AuditCommand::Checkpoint { remote }) => (
+            remote,
+            Method::GET,
+            "/api/v1/audit/checkpoint".to_string(),
+            None,
+        ),
+        Command::Audit(AuditCommand::Proof(ProofCommand::Inclusion {
+            index,
+            size,
+            remote,
+        })) => (
+            remote,
+            Method::GET,
+            format!("/api/v1/audit/proof/inclusion?index={index}&size={size}"),
+            None,
+        ),
+        Command::Audit(AuditCommand::Proof(ProofCommand::Consistency { old, new, remote })) => (
+            remote,
+            Method::GET,
+            format!("/api/v1/audit/proof/consistency?old={old}&new={new}"),
+            None,
+        ),
+        Command::Audit(AuditCommand::Records {
+            from,
+            limit,
+            remote,
+        }) => (
+            remote,
+            Method::GET,
+            format!("/api/v1/audit/records?from={from}&limit={limit}"),
+            None,
+        ),
+        Command::Up(_) | Command::Config(_) | Command::Audit(AuditCommand::Verify(_)) => {
+            return Err(anyhow!("this command does not talk to a server"))
+        }
+    })
+}
+
+async fn call(
+    remote: &Remote,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let api_key = remote.api_key.as_deref().ok_or_else(|| {
+        anyhow!("no API key: pass --api-key or set FACTORY_API_KEY (the platform admin key is in DATA_DIR/admin.key)")
+    })?;
+    let url = format!("{}{path}", remote.url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let mut request = client.request(method, &url).bearer_auth(api_key.trim());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the factory at {}", remote.url))?;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let text = response.text().await?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        return Err(anyhow!("{status}: {message}"));
+    }
+    if is_json {
+        Ok(serde_json::from_str(&text)?)
+    } else {
+        Ok(Value::String(text))
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `factory` binary, started on port 0 in its own data directory,
+//! driven over HTTP and through its CLI.
+#![allow(clippy::unwrap_used)]
+
+mod audit_tamper;
+mod crash;
+mod isolation;
+mod lifecycle;
+mod support;

@@ -1,0 +1,209 @@
+//! Starting and stopping the real binary, and a small HTTP helper.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub fn factory_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_factory")
+}
+
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub admin_key: String,
+}
+
+impl Server {
+    /// Starts `factory up` on a free port with `data_dir`, extra flags and environment.
+    pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("server.log"))
+            .unwrap();
+        let mut command = Command::new(factory_binary());
+        command
+            .args([
+                "up",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .env("FACTORY_LOG", "info,sqlx=warn")
+            .env("FACTORY_AUDIT__CHECKPOINT_INTERVAL_SECS", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("factory listening on ") {
+                    let _ = sender.send(url.to_string());
+                }
+            }
+        });
+        let url = match receiver.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default();
+                panic!("the factory did not start within 60 s; its log:\n{log}");
+            }
+        };
+        let admin_key = std::fs::read_to_string(data_dir.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Server {
+            child,
+            url,
+            admin_key,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for _ in 0..600 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("the factory did not exit within 30 s of SIGTERM");
+    }
+
+    /// SIGKILL: no drain, no final checkpoint, nothing flushed beyond what was committed.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP response reduced to what tests check.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+pub async fn call(
+    server_url: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let client = reqwest::Client::new();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client.request(method, format!("{server_url}{path}"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply { status, body, text }
+}
+
+/// Runs the CLI and returns (exit success, stdout, stderr).
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = Command::new(factory_binary());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .env_remove("FACTORY_URL")
+        .env_remove("FACTORY_API_KEY");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+/// Creates a tenant and one key per requested role, as the platform admin; returns the secrets.
+pub async fn tenant_with_keys(
+    server: &Server,
+    tenant: &str,
+    roles: &[&str],
+) -> Vec<(String, String)> {
+    let reply = call(
+        &server.url,
+        "POST",
+        "/api/v1/tenants",
+        Some(&server.admin_key),
+        Some(serde_json::json!({ "name": tenant, "jurisdictions": ["eu"] })),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let mut keys = Vec::new();
+    for role in roles {
+        let reply = call(
+            &server.url,
+            "POST",
+            &format!("/api/v1/tenants/{tenant}/keys"),
+            Some(&server.admin_key),
+            Some(serde_json::json!({ "role": role })),
+        )
+        .await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        keys.push((
+            reply.body["id"].as_str().unwrap().to_string(),
+            reply.body["secret"].as_str().unwrap().to_string(),
+        ));
+    }
+    keys
+}
+
+/// Polls `check` every 100 ms for up to `seconds`.
+pub async fn eventually<F, Fut>(seconds: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..seconds * 10 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -1,0 +1,229 @@
+//! Jobs: enqueue, list, show, cancel. Workers run them (see `workers.rs`).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use factory_core::{AccessRequest, Action, Resource};
+use factory_store::jobs::{Job, NewJob};
+use factory_store::Event;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{committed_response, hide_foreign, millis_to_text, parse_tenant};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiPath, Caller};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueJob {
+    /// A job kind this factory has a handler for, e.g. `platform.sleep`.
+    pub kind: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    /// Higher runs first; default 0.
+    #[serde(default)]
+    pub priority: i64,
+    /// Attempts before the job is declared dead; default from the `jobs.max_attempts` setting.
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub tenant: String,
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    pub priority: i64,
+    /// queued, running, succeeded, dead or cancelled.
+    pub state: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub cancel_requested: bool,
+    pub last_error: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    pub created_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<Job> for JobView {
+    fn from(job: Job) -> Self {
+        JobView {
+            id: job.id,
+            tenant: job.tenant.to_string(),
+            kind: job.kind,
+            payload: job.payload,
+            priority: job.priority,
+            state: job.state.as_str().to_string(),
+            attempts: job.attempts,
+            max_attempts: job.max_attempts,
+            cancel_requested: job.cancel_requested,
+            last_error: job.last_error,
+            result: job.result,
+            created_by: job.created_by,
+            created_at: millis_to_text(job.created_at),
+            updated_at: millis_to_text(job.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/jobs", tag = "jobs", request_body = EnqueueJob,
+    params(("tenant" = String, Path, description = "tenant name")),
+    responses((status = 201, body = JobView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn enqueue(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(tenant): ApiPath<String>,
+    ApiJson(body): ApiJson<EnqueueJob>,
+) -> Result<Response, ApiError> {
+    let tenant = parse_tenant(&tenant)?;
+    if !state.job_kinds.iter().any(|kind| kind == &body.kind) {
+        return Err(ApiError::invalid(format!(
+            "kind: {:?} has no handler; known kinds are {}",
+            body.kind,
+            state.job_kinds.join(", ")
+        )));
+    }
+    let max_attempts = body.max_attempts.unwrap_or(state.config.jobs.max_attempts);
+    if !(1..=100).contains(&max_attempts) {
+        return Err(ApiError::invalid("max_attempts: must be between 1 and 100"));
+    }
+    let id = factory_core::secrets::new_id("job");
+    let request = AccessRequest::new(
+        &caller.principal,
+        Action::JobEnqueue,
+        Resource::job(&id, &tenant),
+    );
+    let mut change = state
+        .store
+        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let new = NewJob {
+        kind: body.kind,
+        payload: body.payload,
+        priority: body.priority,
+        max_attempts,
+    };
+    let job = change.enqueue_job(&new).await?;
+    let payload = serde_json::json!({ "job": job.id, "tenant": tenant, "kind": job.kind, "priority": job.priority });
+    let committed = change
+        .commit(payload.clone(), Event::new("job.queued", payload))
+        .await?;
+    Ok(committed_response(
+        StatusCode::CREATED,
+        Json(JobView::from(job)),
+        committed,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/jobs", tag = "jobs",
+    params(("tenant" = String, Path, description = "tenant name")),
+    responses((status = 200, body = JobList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(tenant): ApiPath<String>,
+) -> Result<Json<JobList>, ApiError> {
+    let tenant = parse_tenant(&tenant)?;
+    let request = AccessRequest::new(
+        &caller.principal,
+        Action::JobRead,
+        Resource::job("*", &tenant),
+    );
+    state
+        .store
+        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let jobs = state.store.jobs(&tenant, 100).await?;
+    Ok(Json(JobList {
+        jobs: jobs.into_iter().map(JobView::from).collect(),
+    }))
+}
+
+async fn find_and_authorize(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: Action,
+) -> Result<Job, ApiError> {
+    let job = state
+        .store
+        .job(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+    let request = AccessRequest::new(&caller.principal, action, Resource::job(id, &job.tenant));
+    state
+        .store
+        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(caller, Some(&job.tenant), e))?;
+    Ok(job)
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(
+        find_and_authorize(&state, &caller, &id, Action::JobRead)
+            .await?
+            .into(),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let job = state
+        .store
+        .job(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+    let request = AccessRequest::new(
+        &caller.principal,
+        Action::JobCancel,
+        Resource::job(&id, &job.tenant),
+    );
+    let mut change = state
+        .store
+        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&job.tenant), e))?;
+    let cancelled = change.cancel_job().await?;
+    let payload = serde_json::json!({ "job": id, "state": cancelled.state });
+    let committed = change
+        .commit(payload.clone(), Event::new("job.cancel_requested", payload))
+        .await?;
+    Ok(committed_response(
+        StatusCode::OK,
+        Json(JobView::from(cancelled)),
+        committed,
+    ))
+}

@@ -1,0 +1,50 @@
+//! HTTP handlers, one module per resource. Handlers parse and validate input, build the
+//! access request, and go through the store's governed path; they never write directly.
+
+pub mod audit;
+pub mod jobs;
+pub mod keys;
+pub mod ops;
+pub mod tenants;
+
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use factory_core::TenantName;
+use factory_store::{Committed, StoreError, StoreErrorKind};
+
+use crate::error::ApiError;
+use crate::extract::Caller;
+
+pub const AUDIT_INDEX_HEADER: &str = "x-factory-audit-index";
+
+/// A governed write's response: the body plus the index of the audit record that proves it.
+pub fn committed_response(
+    status: StatusCode,
+    body: impl IntoResponse,
+    committed: Committed,
+) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        HeaderName::from_static(AUDIT_INDEX_HEADER),
+        HeaderValue::from(committed.audit_index),
+    );
+    response
+}
+
+/// A denial on another tenant's resource reads as "not found": a tenant must not learn what
+/// exists elsewhere. The denial itself is already in the audit log.
+pub fn hide_foreign(caller: &Caller, owner: Option<&TenantName>, error: StoreError) -> ApiError {
+    let foreign = caller.principal.tenant.is_some() && owner != caller.principal.tenant.as_ref();
+    if error.kind() == StoreErrorKind::Denied && foreign {
+        return ApiError::not_found("no such resource");
+    }
+    error.into()
+}
+
+pub fn parse_tenant(name: &str) -> Result<TenantName, ApiError> {
+    TenantName::new(name).map_err(|e| ApiError::invalid(format!("tenant: {e}")))
+}
+
+pub fn millis_to_text(millis: i64) -> String {
+    factory_core::time::millis_to_rfc3339(millis)
+}

@@ -1,0 +1,106 @@
+//! The factory's HTTP server and in-process background work (outbox dispatcher, checkpoint
+//! signer, job workers).
+//!
+//! API Boundary: only this crate knows HTTP and wire types. Architecture Invariant: handlers
+//! change state only through `factory_store::Change`, so every write is authorized, audited and
+//! published in one transaction.
+
+pub mod api;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod workers;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use factory_store::outbox::{DeliveredEvent, Dispatcher, Subscriber};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use startup::{open, Opened};
+pub use state::AppState;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Logs every delivered event; later subscribers (pipelines, drift monitors) plug in beside it.
+struct EventLog;
+
+#[async_trait::async_trait]
+impl Subscriber for EventLog {
+    fn name(&self) -> &str {
+        "event-log"
+    }
+
+    async fn handle(&self, event: &DeliveredEvent) -> Result<(), String> {
+        tracing::info!(topic = %event.topic, key = %event.idempotency_key, audit_index = event.audit_index, "event");
+        Ok(())
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops taking connections, lets in-flight requests
+/// finish (up to the configured grace period) and stops the background tasks.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_background, background_stopped) = watch::channel(false);
+    let dispatcher = Dispatcher::new(state.store.clone(), vec![Arc::new(EventLog)]);
+    let mut tasks = vec![tokio::spawn(dispatcher.run(background_stopped.clone()))];
+    let workers = workers::WorkerPool::with_builtin_handlers(
+        state.store.clone(),
+        state.pdp.clone(),
+        state.config.jobs.workers,
+        state.config.jobs.lease,
+    );
+    tasks.push(tokio::spawn(workers.run(background_stopped.clone())));
+    tasks.push(tokio::spawn(sign_checkpoints(
+        state.clone(),
+        background_stopped.clone(),
+    )));
+
+    let grace = state.config.server.shutdown_grace;
+    let (draining, mut drain_started) = watch::channel(false);
+    let app = routes::router(state.clone());
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = draining.send(true);
+    });
+    let server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        result = server => { result??; }
+        _ = async {
+            let _ = drain_started.wait_for(|started| *started).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests outlived the shutdown grace period");
+        }
+    }
+    let _ = stop_background.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    // A last checkpoint lets an offline verifier detect truncation of everything written.
+    if let Err(error) = state.store.issue_checkpoint(&state.checkpoints).await {
+        tracing::warn!(%error, "could not sign a final checkpoint");
+    }
+    state.store.close().await;
+    Ok(())
+}
+
+async fn sign_checkpoints(state: AppState, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(error) = state.store.issue_checkpoint(&state.checkpoints).await {
+            tracing::error!(%error, "signing an audit checkpoint failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(state.config.audit.checkpoint_interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Opening the factory: the data directory, the metadata and object stores, the policies, the
+//! audit signing key, and the platform admin created on first start.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use factory_audit::checkpoint::NoteSigner;
+use factory_authz::CedarAuthorizer;
+use factory_config::{Config, ObjectSettings};
+use factory_core::{AccessRequest, Action, Principal, Resource, Role};
+use factory_objects::{ContentStore, S3Settings};
+use factory_store::{CheckpointIssuer, Event, Store};
+
+use crate::metrics::{MeteredDecisionPoint, Metrics};
+use crate::state::AppState;
+
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+pub const SIGNING_KEY_FILE: &str = "audit-signing.key";
+pub const VERIFIER_KEY_FILE: &str = "audit.pub";
+
+/// The opened factory, and the platform admin key if this start created it.
+pub struct Opened {
+    pub state: AppState,
+    pub new_admin_key: Option<String>,
+}
+
+pub async fn open(config: Config) -> anyhow::Result<Opened> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let metrics = Arc::new(Metrics::new());
+    let authorizer = CedarAuthorizer::from_files(&config.authz.policy_files)?;
+    let pdp = Arc::new(MeteredDecisionPoint {
+        inner: authorizer,
+        metrics: metrics.clone(),
+    });
+    let store = Store::open(&config.effective_database_url()).await?;
+    let objects = match &config.objects {
+        ObjectSettings::Local { path } => {
+            let path = path
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("objects"));
+            ContentStore::local(&path)?
+        }
+        ObjectSettings::S3(s3) => ContentStore::s3(&S3Settings {
+            bucket: s3.bucket.clone(),
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            access_key_id: s3.access_key_id.clone(),
+            secret_access_key: s3.secret_access_key.clone(),
+            allow_http: s3.allow_http,
+            prefix: s3.prefix.clone(),
+        })?,
+    };
+    let signer = load_or_create_signer(&config.data_dir, &config.audit.origin)?;
+    let checkpoints = Arc::new(CheckpointIssuer {
+        origin: config.audit.origin.clone(),
+        signer,
+    });
+    let new_admin_key = bootstrap_platform_admin(&store, pdp.as_ref(), &config.data_dir).await?;
+    let job_kinds = crate::workers::WorkerPool::with_builtin_handlers(
+        store.clone(),
+        pdp.clone(),
+        0,
+        config.jobs.lease,
+    )
+    .handlers
+    .keys()
+    .map(|kind| kind.to_string())
+    .collect();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight));
+    let state = AppState {
+        config: Arc::new(config),
+        store,
+        pdp,
+        objects: Arc::new(objects),
+        checkpoints,
+        metrics,
+        job_kinds: Arc::new(job_kinds),
+        in_flight,
+    };
+    Ok(Opened {
+        state,
+        new_admin_key,
+    })
+}
+
+/// Writes `contents` to `path` readable by the owner only, never leaving a partial file.
+pub fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let staging = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staging)
+        .with_context(|| format!("cannot write {}", staging.display()))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&staging, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn load_or_create_signer(data_dir: &Path, origin: &str) -> anyhow::Result<NoteSigner> {
+    let key_path = data_dir.join(SIGNING_KEY_FILE);
+    let signer = if key_path.exists() {
+        let text = std::fs::read_to_string(&key_path)
+            .with_context(|| format!("cannot read {}", key_path.display()))?;
+        NoteSigner::from_secret_key_text(text.trim()).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a valid audit signing key: {e}",
+                key_path.display()
+            )
+        })?
+    } else {
+        let signer =
+            NoteSigner::generate(origin, factory_core::secrets::random_bytes()).map_err(|e| {
+                anyhow::anyhow!("audit.origin {origin:?} cannot name a signing key: {e}")
+            })?;
+        write_private_file(&key_path, &signer.secret_key_text())?;
+        signer
+    };
+    std::fs::write(
+        data_dir.join(VERIFIER_KEY_FILE),
+        format!("{}\n", signer.verifier_key()),
+    )?;
+    Ok(signer)
+}
+
+/// Creates the platform admin through the governed path (as the `system` principal) when
+/// none exists, writes its secret to `admin.key` (mode 0600) and returns it.
+async fn bootstrap_platform_admin(
+    store: &Store,
+    pdp: &dyn factory_core::PolicyDecisionPoint,
+    data_dir: &Path,
+) -> anyhow::Result<Option<String>> {
+    if store.has_platform_admin().await? {
+        return Ok(None);
+    }
+    let request = AccessRequest::new(
+        &Principal::system(),
+        Action::KeyCreate,
+        Resource::platform(),
+    )
+    .with_context("role", Role::Admin.as_str());
+    let mut change = store.begin_change(pdp, request, "bootstrap").await?;
+    let issued = change
+        .create_api_key(
+            None,
+            Role::Admin,
+            "platform admin, created at first start",
+            None,
+        )
+        .await?;
+    let details = serde_json::json!({ "key": issued.key.id, "role": "admin", "scope": "platform" });
+    change
+        .commit(details.clone(), Event::new("key.created", details))
+        .await?;
+    write_private_file(
+        &data_dir.join(ADMIN_KEY_FILE),
+        &format!("{}\n", issued.secret),
+    )?;
+    Ok(Some(issued.secret))
+}

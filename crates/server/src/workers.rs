@@ -1,0 +1,232 @@
+//! In-process job workers: claim a job, run its handler while heartbeating the lease, record
+//! the outcome. A worker that dies simply stops heartbeating; its lease expires and another
+//! worker (in this process or after a restart) claims the job again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use factory_store::jobs::{Job, Outcome};
+use factory_store::Store;
+use tokio::sync::watch;
+
+use crate::state::DecisionPoint;
+
+/// Runs one kind of job. `cancel` turns true when cancellation was requested; a handler should
+/// stop soon after and return `Err(JobError::Cancelled)`.
+#[async_trait::async_trait]
+pub trait JobHandler: Send + Sync {
+    fn kind(&self) -> &'static str;
+    async fn run(
+        &self,
+        job: &Job,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<serde_json::Value, JobError>;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobError {
+    Cancelled,
+    Failed(String),
+}
+
+/// A diagnostic job that waits `millis` milliseconds; operators use it to check that workers,
+/// leases and cancellation behave, and the crash tests use it as a job that is still running
+/// when its worker is killed.
+pub struct SleepHandler;
+
+#[async_trait::async_trait]
+impl JobHandler for SleepHandler {
+    fn kind(&self) -> &'static str {
+        "platform.sleep"
+    }
+
+    async fn run(
+        &self,
+        job: &Job,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Result<serde_json::Value, JobError> {
+        let millis = job
+            .payload
+            .get("millis")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        if job
+            .payload
+            .get("fail")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+        {
+            return Err(JobError::Failed("asked to fail".to_string()));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(millis)) => Ok(serde_json::json!({ "slept_millis": millis })),
+            _ = cancel.wait_for(|cancelled| *cancelled) => Err(JobError::Cancelled),
+        }
+    }
+}
+
+pub struct WorkerPool {
+    pub store: Store,
+    pub pdp: Arc<DecisionPoint>,
+    pub handlers: HashMap<&'static str, Arc<dyn JobHandler>>,
+    pub workers: usize,
+    pub lease: Duration,
+    pub retry_base: Duration,
+    pub name: String,
+}
+
+impl WorkerPool {
+    pub fn with_builtin_handlers(
+        store: Store,
+        pdp: Arc<DecisionPoint>,
+        workers: usize,
+        lease: Duration,
+    ) -> Self {
+        let mut handlers: HashMap<&'static str, Arc<dyn JobHandler>> = HashMap::new();
+        let sleep: Arc<dyn JobHandler> = Arc::new(SleepHandler);
+        handlers.insert(sleep.kind(), sleep);
+        let name = format!("{}-{}", hostname(), std::process::id());
+        WorkerPool {
+            store,
+            pdp,
+            handlers,
+            workers,
+            lease,
+            retry_base: Duration::from_secs(2),
+            name,
+        }
+    }
+
+    /// Runs the workers and the lease reaper until `shutdown` turns true.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let pool = Arc::new(self);
+        let mut tasks = Vec::new();
+        for index in 0..pool.workers {
+            let pool = pool.clone();
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                pool.worker_loop(index, shutdown).await
+            }));
+        }
+        let reaper = {
+            let pool = pool.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(error) = pool.store.reap_expired_jobs(pool.pdp.as_ref()).await {
+                        tracing::error!(%error, "reaping expired job leases failed");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pool.lease) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            })
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+        reaper.abort();
+    }
+
+    async fn worker_loop(&self, index: usize, mut shutdown: watch::Receiver<bool>) {
+        let worker = format!("{}/{index}", self.name);
+        let mut idle = Duration::from_millis(50);
+        while !*shutdown.borrow() {
+            match self
+                .store
+                .claim_job(self.pdp.as_ref(), &worker, self.lease)
+                .await
+            {
+                Ok(Some(job)) => {
+                    idle = Duration::from_millis(50);
+                    self.run_job(&worker, job).await;
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(idle) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    idle = (idle * 2).min(Duration::from_secs(1));
+                }
+                Err(error) => {
+                    tracing::error!(%error, worker, "claiming a job failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn run_job(&self, worker: &str, job: Job) {
+        let Some(handler) = self.handlers.get(job.kind.as_str()).cloned() else {
+            let error = format!("no handler for job kind {:?} in this factory", job.kind);
+            self.finish(
+                worker,
+                &job,
+                Outcome::Failed {
+                    error,
+                    retry_base: self.retry_base,
+                },
+            )
+            .await;
+            return;
+        };
+        tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempts, worker, "job started");
+        let (cancel_sender, cancel) = watch::channel(false);
+        let run = handler.run(&job, cancel);
+        tokio::pin!(run);
+        let mut heartbeat = tokio::time::interval(self.lease / 3);
+        heartbeat.tick().await;
+        let result = loop {
+            tokio::select! {
+                result = &mut run => break Some(result),
+                _ = heartbeat.tick() => {
+                    match self.store.heartbeat(&job.id, worker, self.lease).await {
+                        Ok(beat) if !beat.still_owned => {
+                            tracing::warn!(job = %job.id, worker, "lost the job's lease; abandoning it");
+                            break None;
+                        }
+                        Ok(beat) => {
+                            if beat.cancel_requested {
+                                let _ = cancel_sender.send(true);
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, job = %job.id, "heartbeat failed"),
+                    }
+                }
+            }
+        };
+        let outcome = match result {
+            None => return,
+            Some(Ok(value)) => Outcome::Succeeded(value),
+            Some(Err(JobError::Cancelled)) => Outcome::Cancelled,
+            Some(Err(JobError::Failed(error))) => Outcome::Failed {
+                error,
+                retry_base: self.retry_base,
+            },
+        };
+        self.finish(worker, &job, outcome).await;
+    }
+
+    async fn finish(&self, worker: &str, job: &Job, outcome: Outcome) {
+        match self
+            .store
+            .finish_job(self.pdp.as_ref(), &job.id, worker, outcome)
+            .await
+        {
+            Ok(done) => {
+                tracing::info!(job = %done.id, state = done.state.as_str(), worker, "job attempt ended")
+            }
+            Err(error) => {
+                tracing::error!(%error, job = %job.id, worker, "recording the job outcome failed")
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "factory".to_string())
+}

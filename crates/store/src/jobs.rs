@@ -1,0 +1,442 @@
+//! The job queue: priorities, leases renewed by heartbeats, retries with exponential back-off,
+//! a dead state for jobs that ran out of attempts, and cancellation.
+//!
+//! A worker claims the highest-priority ready job (on PostgreSQL with `FOR UPDATE SKIP LOCKED`,
+//! so many workers claim without blocking each other). A job whose worker stops heartbeating is
+//! claimed again once its lease expires. Every state transition is a governed change made by the
+//! `system` principal, so the audit log shows when each job started, failed and ended.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use factory_core::time::now_millis;
+use factory_core::{AccessRequest, Action, PolicyDecisionPoint, Principal, Resource, TenantName};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::{opt_string, Change, Dialect, Event, Store, StoreError, StoreErrorKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    /// Out of attempts; kept for inspection, never retried.
+    Dead,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, String> {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Dead,
+            JobState::Cancelled,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == value)
+        .ok_or_else(|| format!("unknown job state {value:?}"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub id: String,
+    pub tenant: TenantName,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub priority: i64,
+    pub state: JobState,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub run_after: i64,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub cancel_requested: bool,
+    pub last_error: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What a caller asks to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub priority: i64,
+    pub max_attempts: u32,
+}
+
+/// What a heartbeat learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// False when the lease was lost (expired and claimed by another worker); stop working.
+    pub still_owned: bool,
+    pub cancel_requested: bool,
+}
+
+/// How a worker's attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded(serde_json::Value),
+    Failed {
+        error: String,
+        retry_base: Duration,
+    },
+    /// The worker stopped because cancellation was requested.
+    Cancelled,
+}
+
+const JOB_COLUMNS: &str =
+    "id, tenant, kind, payload, priority, state, attempts, max_attempts, run_after, lease_owner, \
+     lease_expires_at, cancel_requested, last_error, result, created_by, created_at, updated_at";
+
+fn invalid_stored(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Corrupt,
+        format!("stored job {what} is invalid: {error}"),
+    )
+}
+
+fn job_from_row(row: &AnyRow) -> Result<Job, StoreError> {
+    let payload: String = row.try_get("payload")?;
+    let state: String = row.try_get("state")?;
+    let tenant: String = row.try_get("tenant")?;
+    let result = opt_string(row, "result")?;
+    Ok(Job {
+        id: row.try_get("id")?,
+        tenant: TenantName::new(tenant).map_err(|e| invalid_stored("tenant", e))?,
+        kind: row.try_get("kind")?,
+        payload: serde_json::from_str(&payload).map_err(|e| invalid_stored("payload", e))?,
+        priority: row.try_get("priority")?,
+        state: state
+            .parse()
+            .map_err(|e: String| invalid_stored("state", e))?,
+        attempts: row.try_get("attempts")?,
+        max_attempts: row.try_get("max_attempts")?,
+        run_after: row.try_get("run_after")?,
+        lease_owner: opt_string(row, "lease_owner")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        last_error: opt_string(row, "last_error")?,
+        result: result
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| invalid_stored("result", e))?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn job_event(topic: &str, job: &Job) -> Event {
+    Event::new(
+        topic,
+        serde_json::json!({ "job": job.id, "tenant": job.tenant, "kind": job.kind, "state": job.state, "attempts": job.attempts }),
+    )
+}
+
+fn system_request(action: Action, job: &Job) -> AccessRequest {
+    AccessRequest::new(
+        &Principal::system(),
+        action,
+        Resource::job(&job.id, &job.tenant),
+    )
+}
+
+impl Change {
+    /// Inserts the job named by this change's resource (its id and tenant).
+    pub async fn enqueue_job(&mut self, new: &NewJob) -> Result<Job, StoreError> {
+        let resource = self.request().resource.clone();
+        let tenant = resource
+            .tenant
+            .clone()
+            .ok_or_else(|| StoreError::new(StoreErrorKind::Invalid, "a job belongs to a tenant"))?;
+        if new.kind.is_empty() || new.max_attempts == 0 {
+            return Err(StoreError::new(
+                StoreErrorKind::Invalid,
+                "a job needs a kind and at least one attempt",
+            ));
+        }
+        let exists: Option<String> = sqlx::query_scalar("SELECT name FROM tenants WHERE name = $1")
+            .bind(tenant.as_str())
+            .fetch_optional(self.connection())
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::new(
+                StoreErrorKind::NotFound,
+                format!("tenant {tenant} does not exist"),
+            ));
+        }
+        let now = now_millis();
+        let created_by = self.request().principal.id.clone();
+        let row = sqlx::query(&format!(
+            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, NULL, NULL, 0, NULL, NULL, $8, $9, $9) RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(&resource.id)
+        .bind(tenant.as_str())
+        .bind(&new.kind)
+        .bind(new.payload.to_string())
+        .bind(new.priority)
+        .bind(i64::from(new.max_attempts))
+        .bind(now)
+        .bind(&created_by)
+        .bind(now)
+        .fetch_one(self.connection())
+        .await?;
+        job_from_row(&row)
+    }
+
+    /// Cancels the job named by this change's resource: at once if queued, at the worker's next
+    /// heartbeat if running.
+    pub async fn cancel_job(&mut self) -> Result<Job, StoreError> {
+        let id = self.request().resource.id.clone();
+        let now = now_millis();
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
+             cancel_requested = 1, updated_at = $1 WHERE id = $2 AND state IN ('queued', 'running') RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(&id)
+        .fetch_optional(self.connection())
+        .await?;
+        match row {
+            Some(row) => job_from_row(&row),
+            None => Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                format!("job {id} is not queued or running"),
+            )),
+        }
+    }
+}
+
+impl Store {
+    pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    pub async fn jobs(&self, tenant: &TenantName, limit: u32) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 ORDER BY created_at DESC, id LIMIT $2"
+        ))
+        .bind(tenant.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Claims the most urgent ready job for `worker`, holding it for `lease`.
+    pub async fn claim_job(
+        &self,
+        pdp: &dyn PolicyDecisionPoint,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<Job>, StoreError> {
+        let now = now_millis();
+        let lock = match self.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, updated_at = $3 \
+             WHERE id = (SELECT id FROM jobs WHERE ((state = 'queued' AND run_after <= $3) OR (state = 'running' AND lease_expires_at < $3)) \
+             AND attempts < max_attempts AND cancel_requested = 0 ORDER BY priority DESC, created_at, id LIMIT 1 {lock}) \
+             RETURNING {JOB_COLUMNS}"
+        );
+        let mut pending = self
+            .begin_change_unauthorized(&format!("claim:{worker}"))
+            .await?;
+        let row = sqlx::query(&sql)
+            .bind(worker)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .fetch_optional(&mut *pending.write.transaction)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let job = job_from_row(&row)?;
+        let change = pending
+            .authorize(pdp, system_request(Action::JobRun, &job))
+            .await?;
+        change
+            .commit(
+                serde_json::json!({ "worker": worker, "attempt": job.attempts }),
+                job_event("job.started", &job),
+            )
+            .await?;
+        Ok(Some(job))
+    }
+
+    /// Renews `worker`'s lease on `job_id`. Not audited: it changes no fact, only extends one.
+    pub async fn heartbeat(
+        &self,
+        job_id: &str,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Heartbeat, StoreError> {
+        let now = now_millis();
+        let mut write = self.begin_write().await?;
+        let cancel_requested: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND state = 'running' \
+             RETURNING cancel_requested",
+        )
+        .bind(now + lease.as_millis() as i64)
+        .bind(now)
+        .bind(job_id)
+        .bind(worker)
+        .fetch_optional(&mut *write.transaction)
+        .await?;
+        write.commit().await?;
+        Ok(Heartbeat {
+            still_owned: cancel_requested.is_some(),
+            cancel_requested: cancel_requested.unwrap_or(0) != 0,
+        })
+    }
+
+    /// Records how `worker`'s attempt at `job_id` ended. A failure is retried after an
+    /// exponential back-off (`retry_base * 2^(attempts-1)`, at most ten minutes) until the job
+    /// runs out of attempts and is marked dead.
+    pub async fn finish_job(
+        &self,
+        pdp: &dyn PolicyDecisionPoint,
+        job_id: &str,
+        worker: &str,
+        outcome: Outcome,
+    ) -> Result<Job, StoreError> {
+        let mut pending = self
+            .begin_change_unauthorized(&format!("finish:{worker}"))
+            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
+        ))
+        .bind(job_id)
+        .bind(worker)
+        .fetch_optional(&mut *pending.write.transaction)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                format!("worker {worker} no longer holds job {job_id}"),
+            ));
+        };
+        let job = job_from_row(&row)?;
+        let now = now_millis();
+        let (state, run_after, error, result) = match &outcome {
+            Outcome::Succeeded(result) => (
+                JobState::Succeeded,
+                job.run_after,
+                None,
+                Some(result.to_string()),
+            ),
+            Outcome::Cancelled => (JobState::Cancelled, job.run_after, None, None),
+            Outcome::Failed { error, retry_base } if job.attempts < job.max_attempts => {
+                let factor = 1u32 << (job.attempts.clamp(1, 20) - 1);
+                let delay = retry_base
+                    .saturating_mul(factor)
+                    .min(Duration::from_secs(600));
+                (
+                    JobState::Queued,
+                    now + delay.as_millis() as i64,
+                    Some(error.clone()),
+                    None,
+                )
+            }
+            Outcome::Failed { error, .. } => {
+                (JobState::Dead, job.run_after, Some(error.clone()), None)
+            }
+        };
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET state = $1, run_after = $2, last_error = COALESCE($3, last_error), result = $4, \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = $5 WHERE id = $6 RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(state.as_str())
+        .bind(run_after)
+        .bind(error)
+        .bind(result)
+        .bind(now)
+        .bind(job_id)
+        .fetch_one(&mut *pending.write.transaction)
+        .await?;
+        let updated = job_from_row(&row)?;
+        let change = pending
+            .authorize(pdp, system_request(Action::JobRun, &updated))
+            .await?;
+        let topic = format!("job.{}", state.as_str());
+        change
+            .commit(
+                serde_json::json!({ "worker": worker, "attempt": job.attempts, "error": updated.last_error }),
+                job_event(&topic, &updated),
+            )
+            .await?;
+        Ok(updated)
+    }
+
+    /// Ends running jobs whose lease expired and that cannot be claimed again (out of attempts,
+    /// or cancelled): their worker died, and no other will take them.
+    pub async fn reap_expired_jobs(
+        &self,
+        pdp: &dyn PolicyDecisionPoint,
+    ) -> Result<usize, StoreError> {
+        let now = now_millis();
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 \
+             AND (attempts >= max_attempts OR cancel_requested = 1)",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        let mut reaped = 0;
+        for id in ids {
+            let mut pending = self.begin_change_unauthorized("reaper").await?;
+            let row = sqlx::query(&format!(
+                "UPDATE jobs SET state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'dead' END, \
+                 last_error = COALESCE(last_error, 'lease expired: the worker stopped heartbeating'), \
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
+                 WHERE id = $2 AND state = 'running' AND lease_expires_at < $1 RETURNING {JOB_COLUMNS}"
+            ))
+            .bind(now)
+            .bind(&id)
+            .fetch_optional(&mut *pending.write.transaction)
+            .await?;
+            let Some(row) = row else { continue };
+            let job = job_from_row(&row)?;
+            let change = pending
+                .authorize(pdp, system_request(Action::JobRun, &job))
+                .await?;
+            let topic = format!("job.{}", job.state.as_str());
+            change
+                .commit(
+                    serde_json::json!({ "reason": "lease expired" }),
+                    job_event(&topic, &job),
+                )
+                .await?;
+            reaped += 1;
+        }
+        Ok(reaped)
+    }
+}

@@ -1,0 +1,241 @@
+//! The metadata store: every durable fact the factory keeps about tenants, keys, jobs, events
+//! and its audit log, behind one interface with two adapters (SQLite embedded, PostgreSQL at
+//! scale) that share all SQL but the DDL and the job-claim statement.
+//!
+//! Architecture Invariant: the only way to change state is a `Change`, which `begin_change`
+//! hands out after the policy decision point allowed the request, and whose `commit` appends
+//! the audit record and the outbox event in the same transaction as the change itself. A denied
+//! request is audited too. Bookkeeping that changes no domain fact (delivery cursors, lease
+//! heartbeats, checkpoint signatures over the log) is written directly.
+
+mod audit_log;
+mod governed;
+pub mod identity;
+pub mod jobs;
+mod migrations;
+pub mod outbox;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use tokio::sync::{Mutex, Notify};
+
+pub use audit_log::{AuditEntry, CheckpointIssuer, DetailsCheck};
+pub use governed::{Change, Committed, Event};
+
+/// Which database the store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn from_url(url: &str) -> Result<Dialect, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Dialect::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Dialect::Postgres)
+        } else {
+            Err(StoreError::new(
+                StoreErrorKind::Config,
+                format!("unsupported database URL {url:?}"),
+            ))
+        }
+    }
+}
+
+/// What callers branch on; the message says the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The policy decision point said no; the denial is already audited.
+    Denied,
+    NotFound,
+    /// A uniqueness or state rule was violated (tenant exists, key already revoked).
+    Conflict,
+    /// The caller's input was unacceptable.
+    Invalid,
+    Config,
+    Database,
+    /// Stored data failed an integrity check.
+    Corrupt,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: String,
+    /// The decision behind a `Denied` error, so the API can name the policies.
+    pub decision: Option<factory_core::Decision>,
+}
+
+impl StoreError {
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        StoreError {
+            kind,
+            message: message.into(),
+            decision: None,
+        }
+    }
+
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        let kind = match &error {
+            sqlx::Error::RowNotFound => StoreErrorKind::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreErrorKind::Conflict,
+            _ => StoreErrorKind::Database,
+        };
+        StoreError::new(kind, format!("database: {error}"))
+    }
+}
+
+/// The metadata store. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// SQLite allows one writer; queueing writers here instead of in SQLite's busy loop keeps
+    /// latency fair and avoids `SQLITE_BUSY` on lock upgrades.
+    sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// Woken after every commit so the outbox dispatcher delivers without polling delay.
+    pub(crate) committed: Arc<Notify>,
+    pub(crate) leaf_cache: Arc<Mutex<Vec<factory_audit::Hash>>>,
+}
+
+impl Store {
+    /// Connects and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::from_url(url)?;
+        let max_connections = match dialect {
+            Dialect::Sqlite => 8,
+            Dialect::Postgres => 16,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await
+            .map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Database,
+                    format!("cannot open {}: {e}", redact_url(url)),
+                )
+            })?;
+        if dialect == Dialect::Sqlite {
+            // WAL lets readers (and `factory audit verify`) run beside the writer; the setting
+            // persists in the file.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+        }
+        let store = Store {
+            pool,
+            dialect,
+            sqlite_writer: (dialect == Dialect::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            committed: Arc::new(Notify::new()),
+            leaf_cache: Arc::new(Mutex::new(Vec::new())),
+        };
+        migrations::apply(&store).await?;
+        Ok(store)
+    }
+
+    /// Connects without migrating or writing anything, for offline inspection such as
+    /// `factory audit verify`. SQLite URLs are opened read-only.
+    pub async fn open_read_only(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::from_url(url)?;
+        let url = match dialect {
+            Dialect::Sqlite => {
+                let path = url.split('?').next().unwrap_or(url);
+                format!("{path}?mode=ro")
+            }
+            Dialect::Postgres => url.to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Database,
+                    format!("cannot open {}: {e}", redact_url(&url)),
+                )
+            })?;
+        Ok(Store {
+            pool,
+            dialect,
+            sqlite_writer: None,
+            committed: Arc::new(Notify::new()),
+            leaf_cache: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// True when the database answers; used by `/readyz`.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Runs `sql` in a write transaction outside the governed path. Only migrations and
+    /// bookkeeping use it (see the crate doc).
+    pub(crate) async fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        let guard = match &self.sqlite_writer {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let transaction = self.pool.begin().await?;
+        Ok(WriteTransaction {
+            transaction,
+            _guard: guard,
+        })
+    }
+}
+
+pub(crate) struct WriteTransaction {
+    pub(crate) transaction: sqlx::Transaction<'static, sqlx::Any>,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTransaction {
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        self.transaction.commit().await?;
+        Ok(())
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub(crate) fn opt_string(row: &AnyRow, column: &str) -> Result<Option<String>, StoreError> {
+    Ok(row.try_get::<Option<String>, _>(column)?)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,745 @@
+//! The store suite. Every test body runs against both adapters: an embedded SQLite file and a
+//! fresh database on the PostgreSQL server at 127.0.0.1:5432 (or `FACTORY_TEST_POSTGRES_URL`),
+//! which is skipped with a loud message only when no server answers.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use factory_audit::checkpoint::NoteSigner;
+use factory_authz::CedarAuthorizer;
+use factory_core::{AccessRequest, Action, Jurisdiction, Principal, Resource, Role, TenantName};
+
+use crate::jobs::{NewJob, Outcome};
+use crate::outbox::{DeliveredEvent, Dispatcher, Subscriber};
+use crate::{CheckpointIssuer, Event, Store, StoreErrorKind};
+
+/// Where a test's database lives; dropping it removes the SQLite directory. PostgreSQL test
+/// databases are dropped by `finish`.
+pub(crate) enum TestDatabase {
+    Sqlite(tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDatabase {
+    pub(crate) fn url(&self) -> String {
+        match self {
+            TestDatabase::Sqlite(dir) => format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("metadata.db").display()
+            ),
+            TestDatabase::Postgres { admin_url, name } => {
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map(|(base, _)| base)
+                    .unwrap_or(admin_url);
+                format!("{base}/{name}")
+            }
+        }
+    }
+
+    async fn finish(self, store: Store) {
+        store.close().await;
+        if let TestDatabase::Postgres { admin_url, name } = self {
+            if let Ok(admin) = sqlx::AnyPool::connect(&admin_url).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&admin)
+                    .await;
+            }
+        }
+    }
+}
+
+pub(crate) async fn sqlite_database() -> Option<TestDatabase> {
+    Some(TestDatabase::Sqlite(tempfile::tempdir().unwrap()))
+}
+
+pub(crate) async fn postgres_database() -> Option<TestDatabase> {
+    sqlx::any::install_default_drivers();
+    let admin_url = std::env::var("FACTORY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    let admin = match sqlx::AnyPool::connect(&admin_url).await {
+        Ok(admin) => admin,
+        Err(error) => {
+            eprintln!("\n*** SKIPPED: PostgreSQL at {admin_url} is unreachable ({error}); the PostgreSQL adapter is UNTESTED ***\n");
+            return None;
+        }
+    };
+    let name = format!(
+        "factory_test_{}",
+        hex::encode(&factory_core::secrets::random_bytes()[..6])
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    Some(TestDatabase::Postgres { admin_url, name })
+}
+
+macro_rules! store_suite {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let database = super::sqlite_database().await.unwrap();
+                    let store = crate::Store::open(&database.url()).await.unwrap();
+                    super::$name(&store, &database).await;
+                    database.finish(store).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(database) = super::postgres_database().await else { return };
+                    let store = crate::Store::open(&database.url()).await.unwrap();
+                    super::$name(&store, &database).await;
+                    database.finish(store).await;
+                }
+            )+
+        }
+    };
+}
+
+store_suite!(
+    migrations_are_idempotent,
+    a_change_commits_with_its_audit_record_and_event,
+    denials_are_audited_and_change_nothing,
+    an_abandoned_change_leaves_nothing,
+    keys_authenticate_until_revoked_or_expired,
+    audit_proofs_and_checkpoints_verify,
+    offline_verification_catches_tampering,
+    outbox_delivers_in_order_at_least_once_across_restarts,
+    jobs_follow_priority_and_retry_with_backoff,
+    expired_leases_are_claimed_again,
+    cancellation_and_concurrent_claims,
+);
+
+fn authorizer() -> CedarAuthorizer {
+    CedarAuthorizer::with_defaults().unwrap()
+}
+
+fn tenant(name: &str) -> TenantName {
+    TenantName::new(name).unwrap()
+}
+
+fn platform_admin() -> Principal {
+    Principal {
+        id: "key_admin".to_string(),
+        tenant: None,
+        role: Role::Admin,
+    }
+}
+
+async fn create_tenant(store: &Store, name: &str) {
+    let pdp = authorizer();
+    let request = AccessRequest::new(
+        &platform_admin(),
+        Action::TenantCreate,
+        Resource::platform(),
+    );
+    let mut change = store
+        .begin_change(&pdp, request, "req-tenant")
+        .await
+        .unwrap();
+    change
+        .create_tenant(&tenant(name), &[Jurisdiction::new("eu").unwrap()])
+        .await
+        .unwrap();
+    change
+        .commit(
+            serde_json::json!({ "tenant": name }),
+            Event::new("tenant.created", serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+}
+
+async fn count(store: &Store, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
+    let again = Store::open(&database.url()).await.unwrap();
+    let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations")
+        .fetch_one(again.pool())
+        .await
+        .unwrap();
+    assert_eq!(versions, 1);
+    again.close().await;
+}
+
+async fn a_change_commits_with_its_audit_record_and_event(store: &Store, _database: &TestDatabase) {
+    create_tenant(store, "acme").await;
+    assert_eq!(
+        store
+            .tenant(&tenant("acme"))
+            .await
+            .unwrap()
+            .unwrap()
+            .jurisdictions[0]
+            .as_str(),
+        "eu"
+    );
+    assert_eq!(store.audit_size().await.unwrap(), 1);
+    let records = store.audit_records(0, 10, None).await.unwrap();
+    let record = &records[0].record;
+    assert_eq!(record.action, "tenant.create");
+    assert_eq!(record.principal, "key_admin");
+    assert_eq!(record.policies, vec!["platform-admin".to_string()]);
+    assert_eq!(record.request_id, "req-tenant");
+    assert_eq!(
+        record.details_digest,
+        factory_audit::record::details_digest(&records[0].details)
+    );
+    assert_eq!(count(store, "outbox").await, 1);
+
+    let pdp = authorizer();
+    let request = AccessRequest::new(
+        &platform_admin(),
+        Action::TenantCreate,
+        Resource::platform(),
+    );
+    let mut change = store
+        .begin_change(&pdp, request, "req-again")
+        .await
+        .unwrap();
+    let error = change
+        .create_tenant(&tenant("acme"), &[Jurisdiction::new("eu").unwrap()])
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Conflict);
+}
+
+async fn denials_are_audited_and_change_nothing(store: &Store, _database: &TestDatabase) {
+    let pdp = authorizer();
+    let intruder = Principal {
+        id: "key_intruder".to_string(),
+        tenant: Some(tenant("globex")),
+        role: Role::Admin,
+    };
+    let request = AccessRequest::new(&intruder, Action::TenantCreate, Resource::platform());
+    let error = store
+        .begin_change(&pdp, request, "req-denied")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(error.kind(), StoreErrorKind::Denied);
+    assert!(!error.decision.unwrap().is_allowed());
+    let records = store.audit_records(0, 10, None).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].record.principal, "key_intruder");
+    assert_eq!(
+        records[0].record.decision,
+        factory_audit::record::Decision::Deny
+    );
+    assert_eq!(records[0].record.tenant.as_deref(), Some("globex"));
+    assert_eq!(count(store, "tenants").await, 0);
+    assert_eq!(count(store, "outbox").await, 0);
+}
+
+async fn an_abandoned_change_leaves_nothing(store: &Store, _database: &TestDatabase) {
+    let pdp = authorizer();
+    let request = AccessRequest::new(
+        &platform_admin(),
+        Action::TenantCreate,
+        Resource::platform(),
+    );
+    let mut change = store.begin_change(&pdp, request, "req").await.unwrap();
+    change
+        .create_tenant(&tenant("ghost"), &[Jurisdiction::new("eu").unwrap()])
+        .await
+        .unwrap();
+    drop(change);
+    assert!(store.tenant(&tenant("ghost")).await.unwrap().is_none());
+    assert_eq!(store.audit_size().await.unwrap(), 0);
+    assert_eq!(count(store, "audit_records").await, 0);
+    // The writer lock was released: the next change goes through.
+    create_tenant(store, "real").await;
+    assert_eq!(store.audit_size().await.unwrap(), 1);
+}
+
+async fn keys_authenticate_until_revoked_or_expired(store: &Store, _database: &TestDatabase) {
+    create_tenant(store, "acme").await;
+    let pdp = authorizer();
+    let request = AccessRequest::new(
+        &platform_admin(),
+        Action::KeyCreate,
+        Resource::tenant(&tenant("acme")),
+    );
+    let mut change = store.begin_change(&pdp, request, "req").await.unwrap();
+    let issued = change
+        .create_api_key(Some(&tenant("acme")), Role::Engineer, "ci", None)
+        .await
+        .unwrap();
+    let short_lived = change
+        .create_api_key(
+            Some(&tenant("acme")),
+            Role::App,
+            "soon gone",
+            Some(factory_core::time::now_millis() + 300),
+        )
+        .await
+        .unwrap();
+    change
+        .commit(
+            serde_json::json!({}),
+            Event::new("key.created", serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+
+    let stored_hash: String = sqlx::query_scalar("SELECT secret_hash FROM api_keys WHERE id = $1")
+        .bind(&issued.key.id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_ne!(stored_hash, issued.secret, "the secret must not be stored");
+    assert_eq!(
+        store
+            .authenticate(&issued.secret)
+            .await
+            .unwrap()
+            .unwrap()
+            .role,
+        Role::Engineer
+    );
+    assert!(store.authenticate("fk_wrong").await.unwrap().is_none());
+    assert!(store
+        .authenticate(&short_lived.secret)
+        .await
+        .unwrap()
+        .is_some());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        store
+            .authenticate(&short_lived.secret)
+            .await
+            .unwrap()
+            .is_none(),
+        "expired keys fail"
+    );
+
+    let request = AccessRequest::new(
+        &platform_admin(),
+        Action::KeyRevoke,
+        Resource::api_key(&issued.key.id, Some(&tenant("acme"))),
+    );
+    let mut change = store
+        .begin_change(&pdp, request.clone(), "req")
+        .await
+        .unwrap();
+    change.revoke_api_key(&issued.key.id).await.unwrap();
+    change
+        .commit(
+            serde_json::json!({}),
+            Event::new("key.revoked", serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    assert!(store.authenticate(&issued.secret).await.unwrap().is_none());
+    let mut change = store.begin_change(&pdp, request, "req").await.unwrap();
+    assert_eq!(
+        change
+            .revoke_api_key(&issued.key.id)
+            .await
+            .unwrap_err()
+            .kind(),
+        StoreErrorKind::Conflict
+    );
+}
+
+fn issuer() -> CheckpointIssuer {
+    CheckpointIssuer {
+        origin: "test.local/audit".to_string(),
+        signer: NoteSigner::generate("test.local/audit", [7u8; 32]).unwrap(),
+    }
+}
+
+async fn audit_proofs_and_checkpoints_verify(store: &Store, _database: &TestDatabase) {
+    let issuer = issuer();
+    let verifier =
+        factory_audit::checkpoint::NoteVerifier::from_verifier_key(&issuer.signer.verifier_key())
+            .unwrap();
+    for i in 0..5 {
+        create_tenant(store, &format!("t{i}")).await;
+    }
+    let first = store.issue_checkpoint(&issuer).await.unwrap();
+    let first = verifier.verify(&first).unwrap();
+    assert_eq!(first.size, 5);
+    for i in 5..13 {
+        create_tenant(store, &format!("t{i}")).await;
+    }
+    let note = store.issue_checkpoint(&issuer).await.unwrap();
+    assert_eq!(
+        store.issue_checkpoint(&issuer).await.unwrap(),
+        note,
+        "an unchanged log reuses its checkpoint"
+    );
+    let second = verifier.verify(&note).unwrap();
+    assert_eq!(second.size, 13);
+    for index in 0..13 {
+        let (leaf, proof) = store.inclusion_proof(index, 13).await.unwrap();
+        factory_audit::merkle::verify_inclusion(&leaf, index, 13, &proof, &second.root).unwrap();
+    }
+    let proof = store.consistency_proof(5, 13).await.unwrap();
+    factory_audit::merkle::verify_consistency(5, 13, &first.root, &second.root, &proof).unwrap();
+    assert_eq!(
+        store.inclusion_proof(13, 13).await.unwrap_err().kind(),
+        StoreErrorKind::Invalid
+    );
+    assert_eq!(store.audit_checkpoints().await.unwrap().len(), 2);
+}
+
+async fn verify_store(store: &Store, issuer: &CheckpointIssuer) -> Result<u64, String> {
+    let verifier =
+        factory_audit::checkpoint::NoteVerifier::from_verifier_key(&issuer.signer.verifier_key())
+            .unwrap();
+    let mut records = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .stored_audit_page(after, u64::MAX >> 2, 3)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.0.index);
+        records.extend(page.into_iter().map(|(record, _)| record));
+    }
+    let checkpoints = store.audit_checkpoints().await.unwrap();
+    let size = store.audit_size().await.unwrap();
+    factory_audit::verify::verify_log(records.into_iter(), size, &checkpoints, &verifier)
+        .map(|report| report.records)
+        .map_err(|e| e.to_string())
+}
+
+async fn offline_verification_catches_tampering(store: &Store, _database: &TestDatabase) {
+    let issuer = issuer();
+    for i in 0..7 {
+        create_tenant(store, &format!("t{i}")).await;
+    }
+    store.issue_checkpoint(&issuer).await.unwrap();
+    assert_eq!(verify_store(store, &issuer).await, Ok(7));
+    sqlx::query("UPDATE audit_records SET record = REPLACE(record, 'tenant.create', 'tenant.cre4te') WHERE idx = 3")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let error = verify_store(store, &issuer).await.unwrap_err();
+    assert!(error.starts_with("record 3"), "{error}");
+}
+
+struct Recorder {
+    name: String,
+    seen: StdMutex<Vec<String>>,
+    fail_first: StdMutex<u32>,
+}
+
+#[async_trait::async_trait]
+impl Subscriber for Recorder {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn handle(&self, event: &DeliveredEvent) -> Result<(), String> {
+        let mut failures = self.fail_first.lock().unwrap();
+        if *failures > 0 {
+            *failures -= 1;
+            return Err("temporarily unavailable".to_string());
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .push(event.idempotency_key.clone());
+        Ok(())
+    }
+}
+
+fn recorder(name: &str, fail_first: u32) -> Arc<Recorder> {
+    Arc::new(Recorder {
+        name: name.to_string(),
+        seen: StdMutex::new(Vec::new()),
+        fail_first: StdMutex::new(fail_first),
+    })
+}
+
+async fn outbox_delivers_in_order_at_least_once_across_restarts(
+    store: &Store,
+    database: &TestDatabase,
+) {
+    for i in 0..3 {
+        create_tenant(store, &format!("t{i}")).await;
+    }
+    let steady = recorder("steady", 0);
+    let flaky = recorder("flaky", 1);
+    let mut dispatcher = Dispatcher::new(store.clone(), vec![steady.clone(), flaky.clone()]);
+    assert_eq!(dispatcher.deliver_pending().await.unwrap(), 3);
+    assert_eq!(
+        *steady.seen.lock().unwrap(),
+        vec!["tenant.created#0", "tenant.created#1", "tenant.created#2"]
+    );
+    assert!(
+        flaky.seen.lock().unwrap().is_empty(),
+        "the failed delivery is retried later, not skipped"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(dispatcher.deliver_pending().await.unwrap(), 3);
+    assert_eq!(flaky.seen.lock().unwrap().len(), 3);
+
+    // A restart (a new store and dispatcher) delivers only what is new.
+    create_tenant(store, "t3").await;
+    let reopened = Store::open(&database.url()).await.unwrap();
+    let after_restart = recorder("steady", 0);
+    let mut dispatcher = Dispatcher::new(reopened.clone(), vec![after_restart.clone()]);
+    assert_eq!(dispatcher.deliver_pending().await.unwrap(), 1);
+    assert_eq!(
+        *after_restart.seen.lock().unwrap(),
+        vec!["tenant.created#3"]
+    );
+    reopened.close().await;
+}
+
+async fn enqueue(store: &Store, id: &str, kind: &str, priority: i64, max_attempts: u32) {
+    let pdp = authorizer();
+    let engineer = Principal {
+        id: "key_eng".to_string(),
+        tenant: Some(tenant("acme")),
+        role: Role::Engineer,
+    };
+    let request = AccessRequest::new(
+        &engineer,
+        Action::JobEnqueue,
+        Resource::job(id, &tenant("acme")),
+    );
+    let mut change = store.begin_change(&pdp, request, "req").await.unwrap();
+    let new = NewJob {
+        kind: kind.to_string(),
+        payload: serde_json::json!({ "n": 1 }),
+        priority,
+        max_attempts,
+    };
+    let job = change.enqueue_job(&new).await.unwrap();
+    change
+        .commit(
+            serde_json::json!({}),
+            Event::new("job.queued", serde_json::json!({ "job": job.id })),
+        )
+        .await
+        .unwrap();
+}
+
+async fn jobs_follow_priority_and_retry_with_backoff(store: &Store, _database: &TestDatabase) {
+    let pdp = authorizer();
+    create_tenant(store, "acme").await;
+    enqueue(store, "job_low", "train", 1, 2).await;
+    enqueue(store, "job_high", "train", 9, 2).await;
+    let lease = Duration::from_secs(30);
+    let first = store.claim_job(&pdp, "w1", lease).await.unwrap().unwrap();
+    assert_eq!(first.id, "job_high");
+    assert_eq!(first.attempts, 1);
+    let retry_base = Duration::from_millis(200);
+    let failed = store
+        .finish_job(
+            &pdp,
+            "job_high",
+            "w1",
+            Outcome::Failed {
+                error: "boom".to_string(),
+                retry_base,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.state, crate::jobs::JobState::Queued);
+    // Backing off: the low-priority job goes first.
+    assert_eq!(
+        store
+            .claim_job(&pdp, "w1", lease)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "job_low"
+    );
+    assert!(store.claim_job(&pdp, "w1", lease).await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = store.claim_job(&pdp, "w2", lease).await.unwrap().unwrap();
+    assert_eq!((again.id.as_str(), again.attempts), ("job_high", 2));
+    let dead = store
+        .finish_job(
+            &pdp,
+            "job_high",
+            "w2",
+            Outcome::Failed {
+                error: "boom again".to_string(),
+                retry_base,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(dead.state, crate::jobs::JobState::Dead);
+    assert_eq!(dead.last_error.as_deref(), Some("boom again"));
+    let done = store
+        .finish_job(
+            &pdp,
+            "job_low",
+            "w1",
+            Outcome::Succeeded(serde_json::json!({"ok": true})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.state, crate::jobs::JobState::Succeeded);
+    assert_eq!(
+        store
+            .finish_job(&pdp, "job_low", "w1", Outcome::Cancelled)
+            .await
+            .unwrap_err()
+            .kind(),
+        StoreErrorKind::Conflict
+    );
+    let actions: Vec<String> = store
+        .audit_records(0, 100, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record.action)
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| *a == "job.run").count(),
+        6,
+        "three claims and three outcomes: {actions:?}"
+    );
+}
+
+async fn expired_leases_are_claimed_again(store: &Store, _database: &TestDatabase) {
+    let pdp = authorizer();
+    create_tenant(store, "acme").await;
+    enqueue(store, "job_a", "train", 0, 2).await;
+    let short = Duration::from_millis(150);
+    let claimed = store
+        .claim_job(&pdp, "doomed-worker", short)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .heartbeat(&claimed.id, "doomed-worker", short)
+            .await
+            .unwrap()
+            .still_owned
+    );
+    assert!(
+        store.claim_job(&pdp, "w2", short).await.unwrap().is_none(),
+        "a live lease is respected"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let reclaimed = store.claim_job(&pdp, "w2", short).await.unwrap().unwrap();
+    assert_eq!(
+        (reclaimed.lease_owner.as_deref(), reclaimed.attempts),
+        (Some("w2"), 2)
+    );
+    assert!(
+        !store
+            .heartbeat("job_a", "doomed-worker", short)
+            .await
+            .unwrap()
+            .still_owned
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Out of attempts and abandoned again: the reaper marks it dead.
+    assert_eq!(store.reap_expired_jobs(&pdp).await.unwrap(), 1);
+    assert_eq!(
+        store.job("job_a").await.unwrap().unwrap().state,
+        crate::jobs::JobState::Dead
+    );
+}
+
+async fn cancellation_and_concurrent_claims(store: &Store, _database: &TestDatabase) {
+    let pdp = authorizer();
+    create_tenant(store, "acme").await;
+    enqueue(store, "job_queued", "train", 0, 1).await;
+    let admin = platform_admin();
+    let cancel = AccessRequest::new(
+        &admin,
+        Action::JobCancel,
+        Resource::job("job_queued", &tenant("acme")),
+    );
+    let mut change = store.begin_change(&pdp, cancel, "req").await.unwrap();
+    assert_eq!(
+        change.cancel_job().await.unwrap().state,
+        crate::jobs::JobState::Cancelled
+    );
+    change
+        .commit(
+            serde_json::json!({}),
+            Event::new("job.cancelled", serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+
+    enqueue(store, "job_running", "train", 0, 1).await;
+    let lease = Duration::from_secs(30);
+    store.claim_job(&pdp, "w1", lease).await.unwrap().unwrap();
+    let cancel = AccessRequest::new(
+        &admin,
+        Action::JobCancel,
+        Resource::job("job_running", &tenant("acme")),
+    );
+    let mut change = store.begin_change(&pdp, cancel, "req").await.unwrap();
+    assert_eq!(
+        change.cancel_job().await.unwrap().state,
+        crate::jobs::JobState::Running
+    );
+    change
+        .commit(
+            serde_json::json!({}),
+            Event::new("job.cancel_requested", serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .heartbeat("job_running", "w1", lease)
+            .await
+            .unwrap()
+            .cancel_requested
+    );
+    let ended = store
+        .finish_job(&pdp, "job_running", "w1", Outcome::Cancelled)
+        .await
+        .unwrap();
+    assert_eq!(ended.state, crate::jobs::JobState::Cancelled);
+
+    for i in 0..12 {
+        enqueue(store, &format!("job_{i:02}"), "train", 0, 1).await;
+    }
+    let claimers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let pdp = authorizer();
+                let mut mine = Vec::new();
+                while let Some(job) = store
+                    .claim_job(&pdp, &format!("w{w}"), Duration::from_secs(30))
+                    .await
+                    .unwrap()
+                {
+                    mine.push(job.id);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for claimer in claimers {
+        all.extend(claimer.await.unwrap());
+    }
+    all.sort();
+    let expected: Vec<String> = (0..12).map(|i| format!("job_{i:02}")).collect();
+    assert_eq!(all, expected, "every job claimed exactly once");
+}
