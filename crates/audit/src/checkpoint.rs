@@ -87,26 +87,17 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The checkpoint body as signed: `"<origin>\n<size>\n<base64 root>\n"`.
     pub fn body(&self) -> String {
-        format!(
-            "{}\n{}\n{}\n",
-            self.origin,
-            self.size,
-            STANDARD.encode(self.root)
-        )
+        format!("{}\n{}\n{}\n", self.origin, self.size, STANDARD.encode(self.root))
     }
 
     /// Parses a checkpoint body strictly. Extension lines after the root are allowed (they
     /// must be non-empty) and ignored.
     pub fn from_body(body: &str) -> Result<Checkpoint, CheckpointError> {
         let malformed = |reason: &str| CheckpointError::MalformedCheckpoint(reason.to_string());
-        let text = body
-            .strip_suffix('\n')
-            .ok_or_else(|| malformed("body does not end with a newline"))?;
+        let text = body.strip_suffix('\n').ok_or_else(|| malformed("body does not end with a newline"))?;
         let lines: Vec<&str> = text.split('\n').collect();
         let [origin, size, root, extensions @ ..] = lines.as_slice() else {
-            return Err(malformed(
-                "body needs an origin, a size and a root hash line",
-            ));
+            return Err(malformed("body needs an origin, a size and a root hash line"));
         };
         if origin.is_empty() {
             return Err(malformed("origin is empty"));
@@ -114,18 +105,13 @@ impl Checkpoint {
         if origin.chars().any(char::is_control) {
             return Err(malformed("origin contains a control character"));
         }
-        let size = parse_size(size)
-            .ok_or_else(|| malformed("tree size is not a decimal number without leading zeros"))?;
-        let root = parse_root(root)
-            .ok_or_else(|| malformed("root hash is not 32 bytes in standard base64"))?;
+        let size =
+            parse_size(size).ok_or_else(|| malformed("tree size is not a decimal number without leading zeros"))?;
+        let root = parse_root(root).ok_or_else(|| malformed("root hash is not 32 bytes in standard base64"))?;
         if extensions.iter().any(|line| line.is_empty()) {
             return Err(malformed("extension lines must not be empty"));
         }
-        Ok(Checkpoint {
-            origin: (*origin).to_string(),
-            size,
-            root,
-        })
+        Ok(Checkpoint { origin: (*origin).to_string(), size, root })
     }
 }
 
@@ -149,10 +135,7 @@ fn parse_root(text: &str) -> Option<Hash> {
 
 /// Refuses key names that would make key texts or signature lines ambiguous.
 fn check_key_name(name: &str) -> Result<(), CheckpointError> {
-    let bad = name.is_empty()
-        || name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '+');
+    let bad = name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control() || c == '+');
     if bad {
         return Err(CheckpointError::InvalidKeyName(name.to_string()));
     }
@@ -175,30 +158,22 @@ fn key_id(name: &str, public_key: &[u8; 32]) -> u32 {
 /// base64 may itself contain '+', so only the first two are separators.
 fn parse_key_text(text: &str) -> Result<(&str, u32, [u8; 32]), CheckpointError> {
     let malformed = |reason: &str| CheckpointError::MalformedKey(reason.to_string());
-    let (name, rest) = text
-        .split_once('+')
-        .ok_or_else(|| malformed("expected <name>+<key id>+<key>"))?;
+    let (name, rest) = text.split_once('+').ok_or_else(|| malformed("expected <name>+<key id>+<key>"))?;
     check_key_name(name)?;
-    let (id_hex, key_b64) = rest
-        .split_once('+')
-        .ok_or_else(|| malformed("expected <name>+<key id>+<key>"))?;
+    let (id_hex, key_b64) = rest.split_once('+').ok_or_else(|| malformed("expected <name>+<key id>+<key>"))?;
     if id_hex.len() != 8 || !id_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(malformed("key id is not 8 hex digits"));
     }
     let id = u32::from_str_radix(id_hex, 16).map_err(|_| malformed("key id is not hex"))?;
-    let data = STANDARD
-        .decode(key_b64)
-        .map_err(|_| malformed("key is not standard base64"))?;
+    let data = STANDARD.decode(key_b64).map_err(|_| malformed("key is not standard base64"))?;
     match data.split_first() {
         Some((&ALG_ED25519, key)) => {
-            let key: [u8; 32] = key
-                .try_into()
-                .map_err(|_| malformed("an Ed25519 key is 32 bytes"))?;
+            let key: [u8; 32] = key.try_into().map_err(|_| malformed("an Ed25519 key is 32 bytes"))?;
             Ok((name, id, key))
         }
-        Some((alg, _)) => Err(CheckpointError::MalformedKey(format!(
-            "key type 0x{alg:02x} is not supported, only Ed25519 (0x01)"
-        ))),
+        Some((alg, _)) => {
+            Err(CheckpointError::MalformedKey(format!("key type 0x{alg:02x} is not supported, only Ed25519 (0x01)")))
+        }
         None => Err(malformed("key is empty")),
     }
 }
@@ -206,9 +181,7 @@ fn parse_key_text(text: &str) -> Result<(&str, u32, [u8; 32]), CheckpointError> 
 /// Refuses note text with control characters other than newline, as signed-note requires.
 fn check_note_text(text: &str) -> Result<(), CheckpointError> {
     if text.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(CheckpointError::MalformedNote(
-            "note contains a control character other than newline".to_string(),
-        ));
+        return Err(CheckpointError::MalformedNote("note contains a control character other than newline".to_string()));
     }
     Ok(())
 }
@@ -238,11 +211,7 @@ impl NoteSigner {
         check_key_name(name)?;
         let key = SigningKey::from_bytes(&secret);
         let key_id = key_id(name, &key.verifying_key().to_bytes());
-        Ok(Self {
-            name: name.to_string(),
-            key,
-            key_id,
-        })
+        Ok(Self { name: name.to_string(), key, key_id })
     }
 
     /// Reads the text written by [`NoteSigner::secret_key_text`] (Go's note format).
@@ -250,16 +219,11 @@ impl NoteSigner {
         let rest = text
             .trim_end()
             .strip_prefix(SECRET_KEY_PREFIX)
-            .ok_or_else(|| {
-                CheckpointError::MalformedKey("secret key text must start with PRIVATE+KEY+".into())
-            })?;
+            .ok_or_else(|| CheckpointError::MalformedKey("secret key text must start with PRIVATE+KEY+".into()))?;
         let (name, stated, seed) = parse_key_text(rest)?;
         let signer = Self::generate(name, seed)?;
         if signer.key_id != stated {
-            return Err(CheckpointError::KeyIdMismatch {
-                stated,
-                actual: signer.key_id,
-            });
+            return Err(CheckpointError::KeyIdMismatch { stated, actual: signer.key_id });
         }
         Ok(signer)
     }
@@ -270,12 +234,7 @@ impl NoteSigner {
         let mut data = Vec::with_capacity(33);
         data.push(ALG_ED25519);
         data.extend_from_slice(&self.key.to_bytes());
-        format!(
-            "{SECRET_KEY_PREFIX}{}+{:08x}+{}",
-            self.name,
-            self.key_id,
-            STANDARD.encode(data)
-        )
+        format!("{SECRET_KEY_PREFIX}{}+{:08x}+{}", self.name, self.key_id, STANDARD.encode(data))
     }
 
     /// The public verifier key: `<name>+<key id>+<base64(0x01 || public key)>`.
@@ -285,11 +244,7 @@ impl NoteSigner {
 
     /// The verifier for this signer's signatures.
     pub fn verifier(&self) -> NoteVerifier {
-        NoteVerifier {
-            name: self.name.clone(),
-            key_id: self.key_id,
-            key: self.key.verifying_key(),
-        }
+        NoteVerifier { name: self.name.clone(), key_id: self.key_id, key: self.key.verifying_key() }
     }
 
     /// The key name.
@@ -314,9 +269,7 @@ impl NoteSigner {
     /// characters.
     pub fn sign_text(&self, text: &str) -> Result<String, CheckpointError> {
         if !text.ends_with('\n') {
-            return Err(CheckpointError::MalformedNote(
-                "note text does not end with a newline".to_string(),
-            ));
+            return Err(CheckpointError::MalformedNote("note text does not end with a newline".to_string()));
         }
         check_note_text(text)?;
         Ok(self.sign_unchecked(text))
@@ -327,11 +280,7 @@ impl NoteSigner {
         let mut blob = Vec::with_capacity(4 + 64);
         blob.extend_from_slice(&self.key_id.to_be_bytes());
         blob.extend_from_slice(&signature.to_bytes());
-        format!(
-            "{text}\n{SIGNATURE_PREFIX}{} {}\n",
-            self.name,
-            STANDARD.encode(blob)
-        )
+        format!("{text}\n{SIGNATURE_PREFIX}{} {}\n", self.name, STANDARD.encode(blob))
     }
 }
 
@@ -354,11 +303,7 @@ impl NoteVerifier {
         if actual != stated {
             return Err(CheckpointError::KeyIdMismatch { stated, actual });
         }
-        Ok(Self {
-            name: name.to_string(),
-            key_id: actual,
-            key,
-        })
+        Ok(Self { name: name.to_string(), key_id: actual, key })
     }
 
     /// The verifier key text this verifier was read from.
@@ -366,12 +311,7 @@ impl NoteVerifier {
         let mut data = Vec::with_capacity(33);
         data.push(ALG_ED25519);
         data.extend_from_slice(self.key.as_bytes());
-        format!(
-            "{}+{:08x}+{}",
-            self.name,
-            self.key_id,
-            STANDARD.encode(data)
-        )
+        format!("{}+{:08x}+{}", self.name, self.key_id, STANDARD.encode(data))
     }
 
     /// The key name.
@@ -391,9 +331,7 @@ impl NoteVerifier {
         let malformed = |reason: &str| CheckpointError::MalformedNote(reason.to_string());
         check_note_text(note)?;
         // Signature lines never contain a blank line, so the last one ends the text.
-        let split = note
-            .rfind("\n\n")
-            .ok_or_else(|| malformed("no blank line before the signatures"))?;
+        let split = note.rfind("\n\n").ok_or_else(|| malformed("no blank line before the signatures"))?;
         let text = &note[..split + 1];
         let signatures = note[split + 2..]
             .strip_suffix('\n')
@@ -410,14 +348,9 @@ impl NoteVerifier {
             let rest = line
                 .strip_prefix(SIGNATURE_PREFIX)
                 .ok_or_else(|| malformed("signature line does not start with an em dash"))?;
-            let (name, blob_b64) = rest
-                .split_once(' ')
-                .ok_or_else(|| malformed("signature line has no signature"))?;
-            check_key_name(name)
-                .map_err(|_| malformed("signature line has an invalid key name"))?;
-            let blob = STANDARD
-                .decode(blob_b64)
-                .map_err(|_| malformed("signature is not standard base64"))?;
+            let (name, blob_b64) = rest.split_once(' ').ok_or_else(|| malformed("signature line has no signature"))?;
+            check_key_name(name).map_err(|_| malformed("signature line has an invalid key name"))?;
+            let blob = STANDARD.decode(blob_b64).map_err(|_| malformed("signature is not standard base64"))?;
             let Some((id, signature)) = blob.split_first_chunk::<4>() else {
                 return Err(malformed("signature is shorter than a key id"));
             };
@@ -427,22 +360,15 @@ impl NoteVerifier {
             if name != self.name || u32::from_be_bytes(*id) != self.key_id {
                 continue;
             }
-            let bad = || CheckpointError::BadSignature {
-                name: name.to_string(),
-            };
+            let bad = || CheckpointError::BadSignature { name: name.to_string() };
             let signature: [u8; 64] = signature.try_into().map_err(|_| bad())?;
             // verify_strict also refuses non-canonical and small-order encodings, so a valid
             // signature cannot be re-spelled into another valid one.
-            self.key
-                .verify_strict(text.as_bytes(), &Signature::from_bytes(&signature))
-                .map_err(|_| bad())?;
+            self.key.verify_strict(text.as_bytes(), &Signature::from_bytes(&signature)).map_err(|_| bad())?;
             ours = true;
         }
         if !ours {
-            return Err(CheckpointError::NoSignature {
-                name: self.name.clone(),
-                key_id: self.key_id,
-            });
+            return Err(CheckpointError::NoSignature { name: self.name.clone(), key_id: self.key_id });
         }
         Ok(text)
     }
@@ -461,8 +387,7 @@ mod tests {
 
     // The example key pair and signed note of Go's golang.org/x/mod/sumdb/note documentation.
     // Ed25519 signatures are deterministic, so we must reproduce the note byte for byte.
-    const GO_SECRET: &str =
-        "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+    const GO_SECRET: &str = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
     const GO_VERIFIER: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
     const GO_TEXT: &str = "If you think cryptography is the answer to your problem,\n\
                            then you don't know what your problem is.\n";
@@ -478,11 +403,7 @@ mod tests {
     }
 
     fn checkpoint() -> Checkpoint {
-        Checkpoint {
-            origin: NAME.to_string(),
-            size: 17,
-            root: crate::merkle::leaf_hash(b"some root"),
-        }
+        Checkpoint { origin: NAME.to_string(), size: 17, root: crate::merkle::leaf_hash(b"some root") }
     }
 
     #[test]
@@ -497,14 +418,9 @@ mod tests {
         let verifier = NoteVerifier::from_verifier_key(GO_VERIFIER).unwrap();
         assert_eq!(verifier, signer.verifier());
         assert_eq!(verifier.open(GO_NOTE).unwrap(), GO_TEXT);
-        assert!(verifier
-            .open(&GO_NOTE.replace("cryptography", "cryptographY"))
-            .is_err());
+        assert!(verifier.open(&GO_NOTE.replace("cryptography", "cryptographY")).is_err());
         // Not a checkpoint body, so the checkpoint reading refuses it.
-        assert!(matches!(
-            verifier.verify(GO_NOTE),
-            Err(CheckpointError::MalformedCheckpoint(_))
-        ));
+        assert!(matches!(verifier.verify(GO_NOTE), Err(CheckpointError::MalformedCheckpoint(_))));
     }
 
     #[test]
@@ -527,37 +443,19 @@ mod tests {
 
         let mut typed = vec![0x01];
         typed.extend_from_slice(&public);
-        assert_eq!(
-            signer.verifier_key(),
-            format!(
-                "{NAME}+{}+{}",
-                hex::encode(&digest[..4]),
-                STANDARD.encode(&typed)
-            )
-        );
+        assert_eq!(signer.verifier_key(), format!("{NAME}+{}+{}", hex::encode(&digest[..4]), STANDARD.encode(&typed)));
         let mut typed_seed = vec![0x01];
         typed_seed.extend_from_slice(&seed);
         assert_eq!(
             signer.secret_key_text(),
-            format!(
-                "PRIVATE+KEY+{NAME}+{}+{}",
-                hex::encode(&digest[..4]),
-                STANDARD.encode(&typed_seed)
-            )
+            format!("PRIVATE+KEY+{NAME}+{}+{}", hex::encode(&digest[..4]), STANDARD.encode(&typed_seed))
         );
     }
 
     #[test]
     fn body_format() {
-        let cp = Checkpoint {
-            origin: NAME.to_string(),
-            size: 3,
-            root: [0u8; 32],
-        };
-        assert_eq!(
-            cp.body(),
-            "factory.local/audit\n3\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
-        );
+        let cp = Checkpoint { origin: NAME.to_string(), size: 3, root: [0u8; 32] };
+        assert_eq!(cp.body(), "factory.local/audit\n3\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n");
         assert_eq!(Checkpoint::from_body(&cp.body()).unwrap(), cp);
     }
 
@@ -584,10 +482,7 @@ mod tests {
             let mut bytes = note.clone().into_bytes();
             bytes[i] ^= 0x01;
             if let Ok(tampered) = String::from_utf8(bytes) {
-                assert!(
-                    verifier.verify(&tampered).is_err(),
-                    "flipped byte {i} accepted: {tampered:?}"
-                );
+                assert!(verifier.verify(&tampered).is_err(), "flipped byte {i} accepted: {tampered:?}");
             }
         }
     }
@@ -598,10 +493,7 @@ mod tests {
         let theirs = signer(4);
         let cp = checkpoint();
         let forged = theirs.sign(&cp);
-        assert!(matches!(
-            ours.verifier().verify(&forged),
-            Err(CheckpointError::NoSignature { .. })
-        ));
+        assert!(matches!(ours.verifier().verify(&forged), Err(CheckpointError::NoSignature { .. })));
 
         let renamed = NoteSigner::generate("someone.else/log", [3; 32]).unwrap();
         assert!(ours.verifier().verify(&renamed.sign(&cp)).is_err());
@@ -613,22 +505,11 @@ mod tests {
         assert_eq!(theirs.verifier().verify(&cosigned).unwrap(), cp);
 
         // A line with our name and key id but someone else's signature.
-        let their_blob = STANDARD
-            .decode(theirs_line.rsplit_once(' ').unwrap().1.trim_end())
-            .unwrap();
+        let their_blob = STANDARD.decode(theirs_line.rsplit_once(' ').unwrap().1.trim_end()).unwrap();
         let mut swapped = ours.key_id().to_be_bytes().to_vec();
         swapped.extend_from_slice(&their_blob[4..]);
-        let impostor = format!(
-            "{}\n\u{2014} {NAME} {}\n",
-            cp.body(),
-            STANDARD.encode(swapped)
-        );
-        assert_eq!(
-            ours.verifier().verify(&impostor),
-            Err(CheckpointError::BadSignature {
-                name: NAME.to_string()
-            })
-        );
+        let impostor = format!("{}\n\u{2014} {NAME} {}\n", cp.body(), STANDARD.encode(swapped));
+        assert_eq!(ours.verifier().verify(&impostor), Err(CheckpointError::BadSignature { name: NAME.to_string() }));
     }
 
     #[test]
@@ -685,10 +566,7 @@ mod tests {
             assert!(verifier.verify(case).is_err(), "accepted {case:?}");
         }
         let many = format!("{body}\n\n{}", line.repeat(MAX_SIGNATURES + 1));
-        assert!(matches!(
-            verifier.verify(&many),
-            Err(CheckpointError::MalformedNote(_))
-        ));
+        assert!(matches!(verifier.verify(&many), Err(CheckpointError::MalformedNote(_))));
         assert!(signer.sign_text("no newline").is_err());
         assert!(signer.sign_text("bell \u{7}\n").is_err());
     }
@@ -704,14 +582,8 @@ mod tests {
         let key = signer(7).verifier_key();
         let (name, rest) = key.split_once('+').unwrap();
         let (id, data) = rest.split_once('+').unwrap();
-        let wrong_id = format!(
-            "{name}+{:08x}+{data}",
-            u32::from_str_radix(id, 16).unwrap() ^ 1
-        );
-        assert!(matches!(
-            NoteVerifier::from_verifier_key(&wrong_id),
-            Err(CheckpointError::KeyIdMismatch { .. })
-        ));
+        let wrong_id = format!("{name}+{:08x}+{data}", u32::from_str_radix(id, 16).unwrap() ^ 1);
+        assert!(matches!(NoteVerifier::from_verifier_key(&wrong_id), Err(CheckpointError::KeyIdMismatch { .. })));
         let mut bytes = STANDARD.decode(data).unwrap();
         bytes[0] = 0x02;
         let wrong_type = format!("{name}+{id}+{}", STANDARD.encode(&bytes));
@@ -726,18 +598,12 @@ mod tests {
             "name",
             &format!("other{key}"),
         ] {
-            assert!(
-                NoteVerifier::from_verifier_key(text).is_err(),
-                "accepted {text}"
-            );
+            assert!(NoteVerifier::from_verifier_key(text).is_err(), "accepted {text}");
         }
         assert!(NoteSigner::from_secret_key_text(&key).is_err());
         let secret = signer(7).secret_key_text();
         let other_name = secret.replacen(NAME, "factory.local/other", 1);
-        assert!(matches!(
-            NoteSigner::from_secret_key_text(&other_name),
-            Err(CheckpointError::KeyIdMismatch { .. })
-        ));
+        assert!(matches!(NoteSigner::from_secret_key_text(&other_name), Err(CheckpointError::KeyIdMismatch { .. })));
     }
 
     #[test]

@@ -171,13 +171,7 @@ fn subproof(m: usize, leaves: &[Hash], whole: bool, out: &mut Vec<Hash>) {
 /// few pairs of sizes the two trees have the same shape along this path, and the proof then
 /// verifies against the same root under either size. A root is only meaningful together with
 /// its size, which is why checkpoints sign both.
-pub fn verify_inclusion(
-    leaf: &Hash,
-    index: u64,
-    size: u64,
-    proof: &[Hash],
-    root: &Hash,
-) -> Result<(), ProofError> {
+pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> Result<(), ProofError> {
     // Step 1.
     if index >= size {
         return Err(ProofError::IndexOutOfRange { index, size });
@@ -261,11 +255,7 @@ pub fn verify_consistency(
     };
     // Step 2: when the old tree is a perfect subtree its root is not in the proof (SUBPROOF
     // leaves it out), so it seeds the walk; otherwise the first proof hash does.
-    let (seed, rest) = if old_size.is_power_of_two() {
-        (*old_root, proof)
-    } else {
-        (*first, rest)
-    };
+    let (seed, rest) = if old_size.is_power_of_two() { (*old_root, proof) } else { (*first, rest) };
     // Step 3.
     let mut f_n = old_size - 1;
     let mut s_n = new_size - 1;
@@ -410,9 +400,7 @@ mod tests {
     }
 
     fn test_leaves(n: usize) -> Vec<Hash> {
-        (0..n)
-            .map(|i| leaf_hash(format!("leaf {i}").as_bytes()))
-            .collect()
+        (0..n).map(|i| leaf_hash(format!("leaf {i}").as_bytes())).collect()
     }
 
     #[test]
@@ -470,11 +458,7 @@ mod tests {
                     "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
                 ]),
             ),
-            (
-                2,
-                3,
-                hs(&["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
-            ),
+            (2, 3, hs(&["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"])),
             (
                 1,
                 5,
@@ -488,14 +472,7 @@ mod tests {
         for (index, size, want) in cases {
             let proof = inclusion_proof(&leaves[..size], index).unwrap();
             assert_eq!(proof, want, "path of {index} in {size}");
-            verify_inclusion(
-                &leaves[index as usize],
-                index,
-                size as u64,
-                &proof,
-                &h(CT_ROOTS[size]),
-            )
-            .unwrap();
+            verify_inclusion(&leaves[index as usize], index, size as u64, &proof, &h(CT_ROOTS[size])).unwrap();
         }
     }
 
@@ -562,18 +539,9 @@ mod tests {
     #[test]
     fn proof_requests_out_of_range_are_refused() {
         let leaves = test_leaves(5);
-        assert_eq!(
-            inclusion_proof(&leaves, 5),
-            Err(ProofError::IndexOutOfRange { index: 5, size: 5 })
-        );
+        assert_eq!(inclusion_proof(&leaves, 5), Err(ProofError::IndexOutOfRange { index: 5, size: 5 }));
         assert!(inclusion_proof(&[], 0).is_err());
-        assert_eq!(
-            consistency_proof(&leaves, 0),
-            Err(ProofError::SizeOutOfRange {
-                old_size: 0,
-                new_size: 5
-            })
-        );
+        assert_eq!(consistency_proof(&leaves, 0), Err(ProofError::SizeOutOfRange { old_size: 0, new_size: 5 }));
         assert!(consistency_proof(&leaves, 6).is_err());
         assert!(verify_inclusion(&leaves[0], 0, 0, &[], &empty_root()).is_err());
         assert!(verify_consistency(6, 5, &root(&leaves), &root(&leaves), &[]).is_err());
@@ -590,11 +558,7 @@ mod tests {
                 let index = i as u64;
                 let leaf = &leaves[i];
                 let proof = inclusion_proof(leaves, index).unwrap();
-                assert_eq!(
-                    verify_inclusion(leaf, index, size, &proof, &tree_root),
-                    Ok(()),
-                    "leaf {i} of {n}"
-                );
+                assert_eq!(verify_inclusion(leaf, index, size, &proof, &tree_root), Ok(()), "leaf {i} of {n}");
 
                 // Any single hash flipped.
                 for j in 0..proof.len() {
@@ -615,9 +579,7 @@ mod tests {
                     assert!(verify_inclusion(other_leaf, index, size, &proof, &tree_root).is_err());
                 }
                 assert!(verify_inclusion(leaf, index, size, &proof, &flip(&tree_root, i)).is_err());
-                assert!(
-                    verify_inclusion(leaf, index, size, &proof, &root(&leaves[..n - 1])).is_err()
-                );
+                assert!(verify_inclusion(leaf, index, size, &proof, &root(&leaves[..n - 1])).is_err());
                 // Every other index.
                 for wrong in 0..size + 2 {
                     if wrong != index {
@@ -637,15 +599,12 @@ mod tests {
                     }
                     let other_tree = &all[..wrong_size as usize];
                     assert!(
-                        verify_inclusion(leaf, index, wrong_size, &proof, &root(other_tree))
-                            .is_err(),
+                        verify_inclusion(leaf, index, wrong_size, &proof, &root(other_tree)).is_err(),
                         "leaf {i} of {n} proved in size {wrong_size}"
                     );
                     let other_shape = inclusion_proof(other_tree, index).unwrap();
                     if other_shape.len() != proof.len() {
-                        assert!(
-                            verify_inclusion(leaf, index, wrong_size, &proof, &tree_root).is_err()
-                        );
+                        assert!(verify_inclusion(leaf, index, wrong_size, &proof, &tree_root).is_err());
                     }
                 }
             }
@@ -682,45 +641,20 @@ mod tests {
                     );
                 }
                 if let Some((_, shorter)) = proof.split_last() {
-                    assert!(
-                        verify_consistency(old_size, new_size, &old_root, &new_root, shorter)
-                            .is_err()
-                    );
+                    assert!(verify_consistency(old_size, new_size, &old_root, &new_root, shorter).is_err());
                 }
                 let mut longer = proof.clone();
                 longer.push(new_root);
-                assert!(
-                    verify_consistency(old_size, new_size, &old_root, &new_root, &longer).is_err()
-                );
-                assert!(verify_consistency(
-                    old_size,
-                    new_size,
-                    &flip(&old_root, m),
-                    &new_root,
-                    &proof
-                )
-                .is_err());
-                assert!(verify_consistency(
-                    old_size,
-                    new_size,
-                    &old_root,
-                    &flip(&new_root, m),
-                    &proof
-                )
-                .is_err());
+                assert!(verify_consistency(old_size, new_size, &old_root, &new_root, &longer).is_err());
+                assert!(verify_consistency(old_size, new_size, &flip(&old_root, m), &new_root, &proof).is_err());
+                assert!(verify_consistency(old_size, new_size, &old_root, &flip(&new_root, m), &proof).is_err());
                 // Another old size, with that tree's true root (size 0 is left out: the empty
                 // tree is a prefix of every tree, with the empty proof).
                 for wrong_old in 1..=new_size {
                     if wrong_old != old_size {
                         assert!(
-                            verify_consistency(
-                                wrong_old,
-                                new_size,
-                                &roots[wrong_old as usize],
-                                &new_root,
-                                &proof
-                            )
-                            .is_err(),
+                            verify_consistency(wrong_old, new_size, &roots[wrong_old as usize], &new_root, &proof)
+                                .is_err(),
                             "consistency {m} -> {n} passed as {wrong_old} -> {n}"
                         );
                     }
@@ -729,14 +663,8 @@ mod tests {
                 for wrong_new in old_size..=new_size + 3 {
                     if wrong_new != new_size {
                         assert!(
-                            verify_consistency(
-                                old_size,
-                                wrong_new,
-                                &old_root,
-                                &roots[wrong_new as usize],
-                                &proof
-                            )
-                            .is_err(),
+                            verify_consistency(old_size, wrong_new, &old_root, &roots[wrong_new as usize], &proof)
+                                .is_err(),
                             "consistency {m} -> {n} passed as {m} -> {wrong_new}"
                         );
                     }
@@ -748,10 +676,7 @@ mod tests {
     #[test]
     fn empty_tree_is_consistent_with_every_tree() {
         let leaves = test_leaves(3);
-        assert_eq!(
-            verify_consistency(0, 3, &empty_root(), &root(&leaves), &[]),
-            Ok(())
-        );
+        assert_eq!(verify_consistency(0, 3, &empty_root(), &root(&leaves), &[]), Ok(()));
         assert!(verify_consistency(0, 3, &leaves[0], &root(&leaves), &[]).is_err());
         assert!(verify_consistency(0, 3, &empty_root(), &root(&leaves), &[leaves[0]]).is_err());
     }

@@ -75,8 +75,7 @@ impl AuditRecord {
 
     /// Decodes a record and checks that `bytes` are exactly its canonical encoding.
     pub fn from_canonical(bytes: &[u8]) -> Result<AuditRecord, RecordError> {
-        let record: AuditRecord =
-            serde_json::from_slice(bytes).map_err(|e| RecordError::Decode(e.to_string()))?;
+        let record: AuditRecord = serde_json::from_slice(bytes).map_err(|e| RecordError::Decode(e.to_string()))?;
         // Re-encoding catches everything the decoder tolerates: whitespace, field order,
         // escapes, number spellings such as 1e1.
         if record.canonical_bytes() != bytes {
@@ -166,17 +165,9 @@ mod tests {
             ),
             record.details_digest
         );
-        assert_eq!(
-            String::from_utf8(record.canonical_bytes()).unwrap(),
-            expected
-        );
+        assert_eq!(String::from_utf8(record.canonical_bytes()).unwrap(), expected);
 
-        let denied = AuditRecord {
-            tenant: None,
-            decision: Decision::Deny,
-            policies: vec![],
-            ..record
-        };
+        let denied = AuditRecord { tenant: None, decision: Decision::Deny, policies: vec![], ..record };
         let text = String::from_utf8(denied.canonical_bytes()).unwrap();
         assert!(text.contains(r#""tenant":null,"#));
         assert!(text.contains(r#""decision":"deny","policies":[],"#));
@@ -188,10 +179,7 @@ mod tests {
         let bytes = record.canonical_bytes();
         assert_eq!(AuditRecord::from_canonical(&bytes).unwrap(), record);
 
-        let tricky = AuditRecord {
-            principal: "user:\"quoted\" \\ back\nslash é 🦀 \u{1}".to_string(),
-            ..record
-        };
+        let tricky = AuditRecord { principal: "user:\"quoted\" \\ back\nslash é 🦀 \u{1}".to_string(), ..record };
         let bytes = tricky.canonical_bytes();
         assert_eq!(AuditRecord::from_canonical(&bytes).unwrap(), tricky);
     }
@@ -217,10 +205,7 @@ mod tests {
         ];
         for variant in &variants {
             assert_ne!(variant, &canonical);
-            assert!(
-                AuditRecord::from_canonical(variant.as_bytes()).is_err(),
-                "accepted {variant}"
-            );
+            assert!(AuditRecord::from_canonical(variant.as_bytes()).is_err(), "accepted {variant}");
         }
         // Unknown, missing and duplicated fields, and wrong values, do not decode at all.
         let undecodable = [
@@ -233,10 +218,7 @@ mod tests {
         ];
         for variant in &undecodable {
             assert!(
-                matches!(
-                    AuditRecord::from_canonical(variant.as_bytes()),
-                    Err(RecordError::Decode(_))
-                ),
+                matches!(AuditRecord::from_canonical(variant.as_bytes()), Err(RecordError::Decode(_))),
                 "accepted {variant}"
             );
         }
@@ -246,10 +228,7 @@ mod tests {
     fn details_digest_is_sha256_of_sorted_compact_json() {
         let details = json!({"b": 1, "a": [true, null, {"d": "x\"y", "c": 1.5}], "é": -2});
         let canonical = r#"{"a":[true,null,{"c":1.5,"d":"x\"y"}],"b":1,"é":-2}"#;
-        assert_eq!(
-            details_digest(&details),
-            hex::encode(Sha256::digest(canonical.as_bytes()))
-        );
+        assert_eq!(details_digest(&details), hex::encode(Sha256::digest(canonical.as_bytes())));
         assert_eq!(
             details_digest(&json!({})),
             // SHA-256 of the two bytes "{}".
@@ -265,9 +244,6 @@ mod tests {
         let mut backward = serde_json::Map::new();
         backward.insert("alpha".into(), json!({"x": 3, "y": 2}));
         backward.insert("zeta".into(), json!(1));
-        assert_eq!(
-            details_digest(&Value::Object(forward)),
-            details_digest(&Value::Object(backward))
-        );
+        assert_eq!(details_digest(&Value::Object(forward)), details_digest(&Value::Object(backward)));
     }
 }

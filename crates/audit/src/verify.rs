@@ -89,9 +89,7 @@ pub enum VerifyFailure {
         error: CheckpointError,
     },
     /// A correctly signed checkpoint commits to another history than the stored records.
-    #[error(
-        "signed checkpoint for size {size} does not match the root recomputed from the records"
-    )]
+    #[error("signed checkpoint for size {size} does not match the root recomputed from the records")]
     CheckpointRoot {
         /// The checkpoint's size.
         size: u64,
@@ -131,17 +129,11 @@ impl std::error::Error for VerifyError {}
 
 impl VerifyError {
     fn at(record: u64, failure: VerifyFailure) -> Self {
-        Self {
-            record: Some(record),
-            failure,
-        }
+        Self { record: Some(record), failure }
     }
 
     fn general(failure: VerifyFailure) -> Self {
-        Self {
-            record: None,
-            failure,
-        }
+        Self { record: None, failure }
     }
 }
 
@@ -161,9 +153,9 @@ pub fn verify_log(
         .iter()
         .enumerate()
         .map(|(position, note)| {
-            verifier.verify(note).map_err(|error| {
-                VerifyError::general(VerifyFailure::CheckpointSignature { position, error })
-            })
+            verifier
+                .verify(note)
+                .map_err(|error| VerifyError::general(VerifyFailure::CheckpointSignature { position, error }))
         })
         .collect::<Result<Vec<Checkpoint>, VerifyError>>()?;
     // Sorted by size, each is checked the moment the stream reaches its size.
@@ -187,41 +179,22 @@ pub fn verify_log(
     check_due(&frontier)?;
     for (position, stored) in (0u64..).zip(records) {
         if position >= expected_size {
-            return Err(VerifyError::at(
-                position,
-                VerifyFailure::BeyondHead {
-                    expected: expected_size,
-                },
-            ));
+            return Err(VerifyError::at(position, VerifyFailure::BeyondHead { expected: expected_size }));
         }
         if stored.index != position {
-            return Err(VerifyError::at(
-                position,
-                VerifyFailure::OutOfPlace {
-                    stored: stored.index,
-                },
-            ));
+            return Err(VerifyError::at(position, VerifyFailure::OutOfPlace { stored: stored.index }));
         }
-        let stored_hash: Hash = stored.leaf_hash.as_slice().try_into().map_err(|_| {
-            VerifyError::at(
-                position,
-                VerifyFailure::LeafHashLength {
-                    len: stored.leaf_hash.len(),
-                },
-            )
-        })?;
+        let stored_hash: Hash =
+            stored.leaf_hash.as_slice().try_into().map_err(|_| {
+                VerifyError::at(position, VerifyFailure::LeafHashLength { len: stored.leaf_hash.len() })
+            })?;
         if leaf_hash(&stored.record) != stored_hash {
             return Err(VerifyError::at(position, VerifyFailure::LeafHashMismatch));
         }
         let record = AuditRecord::from_canonical(&stored.record)
             .map_err(|error| VerifyError::at(position, VerifyFailure::Record(error)))?;
         if record.index != position {
-            return Err(VerifyError::at(
-                position,
-                VerifyFailure::RecordIndex {
-                    claimed: record.index,
-                },
-            ));
+            return Err(VerifyError::at(position, VerifyFailure::RecordIndex { claimed: record.index }));
         }
         frontier.push(stored_hash);
         check_due(&frontier)?;
@@ -229,26 +202,12 @@ pub fn verify_log(
 
     let records = frontier.size();
     if records < expected_size {
-        return Err(VerifyError::at(
-            records,
-            VerifyFailure::MissingTail {
-                expected: expected_size,
-            },
-        ));
+        return Err(VerifyError::at(records, VerifyFailure::MissingTail { expected: expected_size }));
     }
     if let Some(checkpoint) = due.next() {
-        return Err(VerifyError::at(
-            records,
-            VerifyFailure::CheckpointBeyondLog {
-                size: checkpoint.size,
-            },
-        ));
+        return Err(VerifyError::at(records, VerifyFailure::CheckpointBeyondLog { size: checkpoint.size }));
     }
-    Ok(VerifyReport {
-        records,
-        checkpoints_verified: pending.len(),
-        root: frontier.root(),
-    })
+    Ok(VerifyReport { records, checkpoints_verified: pending.len(), root: frontier.root() })
 }
 
 #[cfg(test)]
@@ -273,11 +232,7 @@ mod tests {
             principal: format!("user:{}", index % 5),
             action: "dataset.read".to_string(),
             resource: format!("dataset:acme/{index}"),
-            decision: if index % 4 == 0 {
-                Decision::Deny
-            } else {
-                Decision::Allow
-            },
+            decision: if index % 4 == 0 { Decision::Deny } else { Decision::Allow },
             policies: vec!["base".to_string()],
             request_id: format!("req-{index}"),
             details_digest: details_digest(&serde_json::json!({ "n": index })),
@@ -286,11 +241,7 @@ mod tests {
 
     fn stored(index: u64) -> StoredRecord {
         let bytes = record(index).canonical_bytes();
-        StoredRecord {
-            index,
-            leaf_hash: merkle::leaf_hash(&bytes).to_vec(),
-            record: bytes,
-        }
+        StoredRecord { index, leaf_hash: merkle::leaf_hash(&bytes).to_vec(), record: bytes }
     }
 
     /// A clean log of `n` records, with checkpoints at the given sizes.
@@ -304,11 +255,7 @@ mod tests {
         fn new(n: u64, checkpoint_sizes: &[u64]) -> Self {
             let rows: Vec<StoredRecord> = (0..n).map(stored).collect();
             let signer = NoteSigner::generate(ORIGIN, [9; 32]).unwrap();
-            let mut log = Self {
-                rows,
-                signer,
-                checkpoints: vec![],
-            };
+            let mut log = Self { rows, signer, checkpoints: vec![] };
             for &size in checkpoint_sizes {
                 let note = log.sign_at(size);
                 log.checkpoints.push(note);
@@ -317,28 +264,17 @@ mod tests {
         }
 
         fn root_at(&self, size: u64) -> Hash {
-            let leaves: Vec<Hash> = self.rows[..size as usize]
-                .iter()
-                .map(|row| row.leaf_hash.as_slice().try_into().unwrap())
-                .collect();
+            let leaves: Vec<Hash> =
+                self.rows[..size as usize].iter().map(|row| row.leaf_hash.as_slice().try_into().unwrap()).collect();
             merkle::root(&leaves)
         }
 
         fn sign_at(&self, size: u64) -> String {
-            self.signer.sign(&Checkpoint {
-                origin: ORIGIN.to_string(),
-                size,
-                root: self.root_at(size),
-            })
+            self.signer.sign(&Checkpoint { origin: ORIGIN.to_string(), size, root: self.root_at(size) })
         }
 
         fn verify(&self, expected_size: u64) -> Result<VerifyReport, VerifyError> {
-            verify_log(
-                self.rows.clone().into_iter(),
-                expected_size,
-                &self.checkpoints,
-                &self.signer.verifier(),
-            )
+            verify_log(self.rows.clone().into_iter(), expected_size, &self.checkpoints, &self.signer.verifier())
         }
     }
 
@@ -354,22 +290,11 @@ mod tests {
         // Checkpoints out of order, with a duplicate and the empty tree.
         let log = Log::new(40, &[17, 40, 0, 1, 17, 33]);
         let report = log.verify(40).unwrap();
-        assert_eq!(
-            report,
-            VerifyReport {
-                records: 40,
-                checkpoints_verified: 6,
-                root: log.root_at(40),
-            }
-        );
+        assert_eq!(report, VerifyReport { records: 40, checkpoints_verified: 6, root: log.root_at(40) });
         let empty = Log::new(0, &[0]);
         assert_eq!(
             empty.verify(0).unwrap(),
-            VerifyReport {
-                records: 0,
-                checkpoints_verified: 1,
-                root: merkle::empty_root(),
-            }
+            VerifyReport { records: 0, checkpoints_verified: 1, root: merkle::empty_root() }
         );
         assert_eq!(Log::new(5, &[]).verify(5).unwrap().checkpoints_verified, 0);
     }
@@ -378,19 +303,12 @@ mod tests {
     fn flipped_record_byte_is_caught() {
         let mut log = Log::new(30, &[30]);
         // Inside a string value: still decodes, but the leaf hash no longer matches.
-        let pos = log.rows[17]
-            .record
-            .windows(7)
-            .position(|w| w == b"req-17\"")
-            .unwrap();
+        let pos = log.rows[17].record.windows(7).position(|w| w == b"req-17\"").unwrap();
         log.rows[17].record[pos] ^= 0x01;
         let err = log.verify(30).unwrap_err();
         assert_eq!(err.record, Some(17));
         assert_eq!(err.failure, VerifyFailure::LeafHashMismatch);
-        assert_eq!(
-            err.to_string(),
-            "record 17: leaf hash does not match record bytes"
-        );
+        assert_eq!(err.to_string(), "record 17: leaf hash does not match record bytes");
 
         // With the leaf hash recomputed, only the checkpoint can tell.
         let mut row = log.rows[17].clone();
@@ -411,15 +329,9 @@ mod tests {
         // A flipped leaf hash byte.
         let mut log = Log::new(30, &[30]);
         log.rows[8].leaf_hash[31] ^= 0x80;
-        assert_eq!(
-            log.verify(30).unwrap_err(),
-            VerifyError::at(8, VerifyFailure::LeafHashMismatch)
-        );
+        assert_eq!(log.verify(30).unwrap_err(), VerifyError::at(8, VerifyFailure::LeafHashMismatch));
         log.rows[8].leaf_hash.pop();
-        assert_eq!(
-            log.verify(30).unwrap_err(),
-            VerifyError::at(8, VerifyFailure::LeafHashLength { len: 31 })
-        );
+        assert_eq!(log.verify(30).unwrap_err(), VerifyError::at(8, VerifyFailure::LeafHashLength { len: 31 }));
     }
 
     #[test]
@@ -429,10 +341,7 @@ mod tests {
         bytes.push(b' ');
         log.rows[4].leaf_hash = merkle::leaf_hash(&bytes).to_vec();
         log.rows[4].record = bytes;
-        assert_eq!(
-            log.verify(10).unwrap_err(),
-            VerifyError::at(4, VerifyFailure::Record(RecordError::NotCanonical))
-        );
+        assert_eq!(log.verify(10).unwrap_err(), VerifyError::at(4, VerifyFailure::Record(RecordError::NotCanonical)));
     }
 
     #[test]
@@ -440,20 +349,14 @@ mod tests {
         let mut log = Log::new(30, &[30]);
         log.rows.remove(12);
         let err = log.verify(30).unwrap_err();
-        assert_eq!(
-            err,
-            VerifyError::at(12, VerifyFailure::OutOfPlace { stored: 13 })
-        );
+        assert_eq!(err, VerifyError::at(12, VerifyFailure::OutOfPlace { stored: 13 }));
         assert!(err.to_string().starts_with("record 12: "));
 
         // Renumbering the index column afterwards: the records still say where they were.
         for (i, row) in log.rows.iter_mut().enumerate() {
             row.index = i as u64;
         }
-        assert_eq!(
-            log.verify(29).unwrap_err(),
-            VerifyError::at(12, VerifyFailure::RecordIndex { claimed: 13 })
-        );
+        assert_eq!(log.verify(29).unwrap_err(), VerifyError::at(12, VerifyFailure::RecordIndex { claimed: 13 }));
 
         // Rewriting the records too: the checkpoint no longer matches (and the count is short).
         for (i, row) in log.rows.iter_mut().enumerate() {
@@ -461,14 +364,8 @@ mod tests {
             rec.index = i as u64;
             rewrite(row, &rec);
         }
-        assert_eq!(
-            log.verify(29).unwrap_err(),
-            VerifyError::at(29, VerifyFailure::CheckpointBeyondLog { size: 30 })
-        );
-        assert_eq!(
-            log.verify(30).unwrap_err(),
-            VerifyError::at(29, VerifyFailure::MissingTail { expected: 30 })
-        );
+        assert_eq!(log.verify(29).unwrap_err(), VerifyError::at(29, VerifyFailure::CheckpointBeyondLog { size: 30 }));
+        assert_eq!(log.verify(30).unwrap_err(), VerifyError::at(29, VerifyFailure::MissingTail { expected: 30 }));
         let mut log_with_earlier = Log::new(30, &[20]);
         log_with_earlier.rows.remove(12);
         for (i, row) in log_with_earlier.rows.iter_mut().enumerate() {
@@ -487,20 +384,14 @@ mod tests {
     fn swapped_records_are_caught() {
         let mut log = Log::new(30, &[30]);
         log.rows.swap(5, 9);
-        assert_eq!(
-            log.verify(30).unwrap_err(),
-            VerifyError::at(5, VerifyFailure::OutOfPlace { stored: 9 })
-        );
+        assert_eq!(log.verify(30).unwrap_err(), VerifyError::at(5, VerifyFailure::OutOfPlace { stored: 9 }));
 
         // Swapping the contents but keeping the index column.
         let mut log = Log::new(30, &[30]);
         let (a, b) = (log.rows[5].clone(), log.rows[9].clone());
         log.rows[5] = StoredRecord { index: 5, ..b };
         log.rows[9] = StoredRecord { index: 9, ..a };
-        assert_eq!(
-            log.verify(30).unwrap_err(),
-            VerifyError::at(5, VerifyFailure::RecordIndex { claimed: 9 })
-        );
+        assert_eq!(log.verify(30).unwrap_err(), VerifyError::at(5, VerifyFailure::RecordIndex { claimed: 9 }));
 
         // And relabelling the records themselves: only the checkpoint can tell.
         let mut log = Log::new(30, &[30]);
@@ -508,10 +399,7 @@ mod tests {
         std::mem::swap(&mut a.index, &mut b.index);
         rewrite(&mut log.rows[5], &b);
         rewrite(&mut log.rows[9], &a);
-        assert_eq!(
-            log.verify(30).unwrap_err(),
-            VerifyError::general(VerifyFailure::CheckpointRoot { size: 30 })
-        );
+        assert_eq!(log.verify(30).unwrap_err(), VerifyError::general(VerifyFailure::CheckpointRoot { size: 30 }));
     }
 
     #[test]
@@ -520,23 +408,14 @@ mod tests {
         let mut log = Log::new(30, &[10]);
         log.rows.truncate(25);
         let err = log.verify(30).unwrap_err();
-        assert_eq!(
-            err,
-            VerifyError::at(25, VerifyFailure::MissingTail { expected: 30 })
-        );
-        assert_eq!(
-            err.to_string(),
-            "record 25: missing, though the head counter says the log holds 30 records"
-        );
+        assert_eq!(err, VerifyError::at(25, VerifyFailure::MissingTail { expected: 30 }));
+        assert_eq!(err.to_string(), "record 25: missing, though the head counter says the log holds 30 records");
 
         // Adjusting the head counter, while a checkpoint covers the removed tail.
         let mut log = Log::new(30, &[10, 28]);
         log.rows.truncate(25);
         let err = log.verify(25).unwrap_err();
-        assert_eq!(
-            err,
-            VerifyError::at(25, VerifyFailure::CheckpointBeyondLog { size: 28 })
-        );
+        assert_eq!(err, VerifyError::at(25, VerifyFailure::CheckpointBeyondLog { size: 28 }));
         assert_eq!(
             err.to_string(),
             "record 25: missing, though a signed checkpoint for size 28 covers it (log truncated)"
@@ -552,10 +431,7 @@ mod tests {
     #[test]
     fn records_beyond_the_head_counter_are_caught() {
         let log = Log::new(12, &[12]);
-        assert_eq!(
-            log.verify(10).unwrap_err(),
-            VerifyError::at(10, VerifyFailure::BeyondHead { expected: 10 })
-        );
+        assert_eq!(log.verify(10).unwrap_err(), VerifyError::at(10, VerifyFailure::BeyondHead { expected: 10 }));
     }
 
     #[test]
@@ -566,20 +442,13 @@ mod tests {
 
         // Signed by another key.
         let other = NoteSigner::generate(ORIGIN, [10; 32]).unwrap();
-        let forged = other.sign(&Checkpoint {
-            origin: ORIGIN.to_string(),
-            size: 20,
-            root: log.root_at(20),
-        });
+        let forged = other.sign(&Checkpoint { origin: ORIGIN.to_string(), size: 20, root: log.root_at(20) });
         let notes = vec![log.checkpoints[0].clone(), forged];
         let err = verify_log(rows(), 20, &notes, &verifier).unwrap_err();
         assert_eq!(err.record, None);
         assert!(matches!(
             err.failure,
-            VerifyFailure::CheckpointSignature {
-                position: 1,
-                error: CheckpointError::NoSignature { .. }
-            }
+            VerifyFailure::CheckpointSignature { position: 1, error: CheckpointError::NoSignature { .. } }
         ));
 
         // Root or size altered in the signed text.
@@ -596,10 +465,7 @@ mod tests {
             assert!(
                 matches!(
                     err.failure,
-                    VerifyFailure::CheckpointSignature {
-                        position: 0,
-                        error: CheckpointError::BadSignature { .. }
-                    }
+                    VerifyFailure::CheckpointSignature { position: 0, error: CheckpointError::BadSignature { .. } }
                 ),
                 "{err}"
             );
@@ -607,29 +473,19 @@ mod tests {
 
         // Correctly signed, but over another history (the key signed a lie, or records were
         // rewritten after signing).
-        let lie = log.signer.sign(&Checkpoint {
-            origin: ORIGIN.to_string(),
-            size: 15,
-            root: log.root_at(14),
-        });
+        let lie = log.signer.sign(&Checkpoint { origin: ORIGIN.to_string(), size: 15, root: log.root_at(14) });
         assert_eq!(
             verify_log(rows(), 20, &[lie], &verifier).unwrap_err(),
             VerifyError::general(VerifyFailure::CheckpointRoot { size: 15 })
         );
-        let too_big = log.signer.sign(&Checkpoint {
-            origin: ORIGIN.to_string(),
-            size: 21,
-            root: log.root_at(20),
-        });
+        let too_big = log.signer.sign(&Checkpoint { origin: ORIGIN.to_string(), size: 21, root: log.root_at(20) });
         assert_eq!(
             verify_log(rows(), 20, &[too_big], &verifier).unwrap_err(),
             VerifyError::at(20, VerifyFailure::CheckpointBeyondLog { size: 21 })
         );
         // Not a note at all.
         let err = verify_log(rows(), 20, &["garbage".to_string()], &verifier).unwrap_err();
-        assert!(err
-            .to_string()
-            .starts_with("checkpoint 0 (in the order given) does not verify: "));
+        assert!(err.to_string().starts_with("checkpoint 0 (in the order given) does not verify: "));
     }
 
     #[test]
@@ -641,11 +497,7 @@ mod tests {
         for i in 0..n {
             frontier.push(merkle::leaf_hash(&record(i).canonical_bytes()));
         }
-        let note = signer.sign(&Checkpoint {
-            origin: ORIGIN.to_string(),
-            size: n,
-            root: frontier.root(),
-        });
+        let note = signer.sign(&Checkpoint { origin: ORIGIN.to_string(), size: n, root: frontier.root() });
         let report = verify_log((0..n).map(stored), n, &[note], &signer.verifier()).unwrap();
         assert_eq!(report.records, n);
         assert_eq!(report.root, frontier.root());

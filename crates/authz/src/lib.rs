@@ -8,12 +8,10 @@ use std::path::Path;
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Entities, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
-    PolicySet, Request, Schema, ValidationMode, Validator,
+    Authorizer, Context, Entities, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request, Schema,
+    ValidationMode, Validator,
 };
-use factory_core::{
-    AccessRequest, Action, Decision, Effect, PolicyDecisionPoint, Principal, Resource, ResourceKind,
-};
+use factory_core::{AccessRequest, Action, Decision, Effect, PolicyDecisionPoint, Principal, Resource, ResourceKind};
 use serde_json::json;
 
 const DEFAULT_POLICIES: &str = include_str!("default_policies.cedar");
@@ -24,10 +22,7 @@ pub enum PolicyError {
     #[error("policy schema is invalid: {0}")]
     Schema(String),
     #[error("{source_name}: {message}")]
-    Parse {
-        source_name: String,
-        message: String,
-    },
+    Parse { source_name: String, message: String },
     #[error("{source_name}: policy {id:?} is defined twice")]
     DuplicateId { source_name: String, id: String },
     #[error("policies do not validate against the schema: {0}")]
@@ -54,10 +49,8 @@ impl CedarAuthorizer {
         let mut sources = Vec::new();
         for path in paths {
             let path = path.as_ref();
-            let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Io {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| PolicyError::Io { path: path.display().to_string(), message: e.to_string() })?;
             sources.push((path.display().to_string(), text));
         }
         Self::new(&sources)
@@ -65,31 +58,19 @@ impl CedarAuthorizer {
 
     /// Default policies plus `(source name, policy text)` pairs.
     pub fn new(extra: &[(String, String)]) -> Result<Self, PolicyError> {
-        let (schema, _warnings) = Schema::from_cedarschema_str(&schema_text())
-            .map_err(|e| PolicyError::Schema(format!("{e:?}")))?;
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(&schema_text()).map_err(|e| PolicyError::Schema(format!("{e:?}")))?;
         let mut policies = PolicySet::new();
-        add_policies(
-            &mut policies,
-            "default_policies.cedar",
-            DEFAULT_POLICIES,
-            "",
-        )?;
+        add_policies(&mut policies, "default_policies.cedar", DEFAULT_POLICIES, "")?;
         for (source_name, text) in extra {
             add_policies(&mut policies, source_name, text, &format!("{source_name}:"))?;
         }
         let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
         if !validation.validation_passed() {
-            let messages: Vec<String> = validation
-                .validation_errors()
-                .map(|e| e.to_string())
-                .collect();
+            let messages: Vec<String> = validation.validation_errors().map(|e| e.to_string()).collect();
             return Err(PolicyError::Validation(messages.join("; ")));
         }
-        Ok(CedarAuthorizer {
-            schema,
-            policies,
-            authorizer: Authorizer::new(),
-        })
+        Ok(CedarAuthorizer { schema, policies, authorizer: Authorizer::new() })
     }
 
     /// The schema in Cedar's human-readable syntax, served for policy authors.
@@ -98,10 +79,7 @@ impl CedarAuthorizer {
     }
 
     pub fn policy_ids(&self) -> Vec<String> {
-        self.policies
-            .policies()
-            .map(|p| p.id().to_string())
-            .collect()
+        self.policies.policies().map(|p| p.id().to_string()).collect()
     }
 
     fn decide_inner(&self, request: &AccessRequest) -> Result<Decision, String> {
@@ -109,10 +87,7 @@ impl CedarAuthorizer {
         let resource_uid = uid(request.resource.kind.entity_type(), &request.resource.id)?;
         let action_uid = uid("Action", request.action.as_str())?;
         let entities = Entities::from_json_value(
-            json!([
-                principal_entity(&request.principal),
-                resource_entity(&request.resource)
-            ]),
+            json!([principal_entity(&request.principal), resource_entity(&request.resource)]),
             Some(&self.schema),
         )
         .map_err(|e| format!("entities: {e}"))?;
@@ -121,58 +96,34 @@ impl CedarAuthorizer {
             Some((&self.schema, &action_uid)),
         )
         .map_err(|e| format!("context: {e}"))?;
-        let cedar_request = Request::new(
-            principal_uid,
-            action_uid,
-            resource_uid,
-            context,
-            Some(&self.schema),
-        )
-        .map_err(|e| format!("request: {e}"))?;
-        let response = self
-            .authorizer
-            .is_authorized(&cedar_request, &self.policies, &entities);
+        let cedar_request = Request::new(principal_uid, action_uid, resource_uid, context, Some(&self.schema))
+            .map_err(|e| format!("request: {e}"))?;
+        let response = self.authorizer.is_authorized(&cedar_request, &self.policies, &entities);
         let effect = match response.decision() {
             cedar_policy::Decision::Allow => Effect::Allow,
             cedar_policy::Decision::Deny => Effect::Deny,
         };
-        let mut policies: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(|id| id.to_string())
-            .collect();
+        let mut policies: Vec<String> = response.diagnostics().reason().map(|id| id.to_string()).collect();
         policies.sort();
-        let errors = response
-            .diagnostics()
-            .errors()
-            .map(|e| e.to_string())
-            .collect();
-        Ok(Decision {
-            effect,
-            policies,
-            errors,
-        })
+        let errors = response.diagnostics().errors().map(|e| e.to_string()).collect();
+        Ok(Decision { effect, policies, errors })
     }
 }
 
 impl PolicyDecisionPoint for CedarAuthorizer {
     fn decide(&self, request: &AccessRequest) -> Decision {
         // A request the schema rejects is a bug in the caller, never a reason to allow.
-        self.decide_inner(request)
-            .unwrap_or_else(|message| Decision {
-                effect: Effect::Deny,
-                policies: Vec::new(),
-                errors: vec![message],
-            })
+        self.decide_inner(request).unwrap_or_else(|message| Decision {
+            effect: Effect::Deny,
+            policies: Vec::new(),
+            errors: vec![message],
+        })
     }
 }
 
 fn uid(type_name: &str, id: &str) -> Result<EntityUid, String> {
     let type_name = EntityTypeName::from_str(type_name).map_err(|e| e.to_string())?;
-    Ok(EntityUid::from_type_name_and_id(
-        type_name,
-        EntityId::new(id),
-    ))
+    Ok(EntityUid::from_type_name_and_id(type_name, EntityId::new(id)))
 }
 
 fn principal_entity(principal: &Principal) -> serde_json::Value {
@@ -209,12 +160,24 @@ fn action_resources(action: Action) -> &'static [ResourceKind] {
         Action::TenantRead => &[ResourceKind::Tenant],
         Action::KeyCreate => &[ResourceKind::Tenant, ResourceKind::Platform],
         Action::KeyRevoke => &[ResourceKind::ApiKey],
-        Action::AuditRead | Action::AuditProof | Action::AuditCheckpoint => {
-            &[ResourceKind::AuditLog]
-        }
-        Action::JobEnqueue | Action::JobRead | Action::JobCancel | Action::JobRun => {
-            &[ResourceKind::Job]
-        }
+        Action::AuditRead | Action::AuditProof | Action::AuditCheckpoint => &[ResourceKind::AuditLog],
+        Action::JobEnqueue | Action::JobRead | Action::JobCancel | Action::JobRun => &[ResourceKind::Job],
+        Action::DatasetCreate
+        | Action::DatasetRead
+        | Action::DatasetIngest
+        | Action::DatasetReadRows
+        | Action::DatasetDownload => &[ResourceKind::Dataset],
+    }
+}
+
+/// The context record each action's requests carry. Residency facts (is the jurisdiction one
+/// the tenant allows, is there a storage site in it) are computed by the caller from the
+/// configuration and decided on here, so every refusal names the `residency` policy.
+fn action_context(action: Action) -> &'static str {
+    match action {
+        Action::DatasetCreate | Action::DatasetIngest => "{ jurisdiction_allowed: Bool, storage_site: Bool }",
+        Action::DatasetReadRows | Action::DatasetDownload => "{ raw_pii: Bool }",
+        _ => "{ role?: String }",
     }
 }
 
@@ -224,6 +187,7 @@ const RESOURCE_KINDS: &[ResourceKind] = &[
     ResourceKind::ApiKey,
     ResourceKind::AuditLog,
     ResourceKind::Job,
+    ResourceKind::Dataset,
 ];
 
 fn schema_text() -> String {
@@ -238,14 +202,12 @@ fn schema_text() -> String {
         ));
     }
     for action in Action::ALL {
-        let resources: Vec<&str> = action_resources(*action)
-            .iter()
-            .map(|k| k.entity_type())
-            .collect();
+        let resources: Vec<&str> = action_resources(*action).iter().map(|k| k.entity_type()).collect();
         text.push_str(&format!(
-            "action \"{}\" appliesTo {{ principal: [Caller], resource: [{}], context: {{ role?: String }} }};\n",
+            "action \"{}\" appliesTo {{ principal: [Caller], resource: [{}], context: {} }};\n",
             action.as_str(),
-            resources.join(", ")
+            resources.join(", "),
+            action_context(*action)
         ));
     }
     text
@@ -253,16 +215,9 @@ fn schema_text() -> String {
 
 /// Parses `text` and adds its policies under their `@id("...")` annotation (prefixed), or
 /// `<prefix>policyN` when a policy has none, so decisions name policies people can find.
-fn add_policies(
-    set: &mut PolicySet,
-    source_name: &str,
-    text: &str,
-    prefix: &str,
-) -> Result<(), PolicyError> {
-    let parsed = PolicySet::from_str(text).map_err(|e| PolicyError::Parse {
-        source_name: source_name.to_string(),
-        message: format!("{e:?}"),
-    })?;
+fn add_policies(set: &mut PolicySet, source_name: &str, text: &str, prefix: &str) -> Result<(), PolicyError> {
+    let parsed = PolicySet::from_str(text)
+        .map_err(|e| PolicyError::Parse { source_name: source_name.to_string(), message: format!("{e:?}") })?;
     let mut parsed_policies: Vec<Policy> = parsed.policies().cloned().collect();
     // PolicySet iteration order is unspecified; sort so unnamed policies get stable names.
     parsed_policies.sort_by_key(|p| p.id().to_string());
@@ -272,16 +227,10 @@ fn add_policies(
             None => format!("{prefix}{}", policy.id()),
         };
         if set.policy(&PolicyId::new(&name)).is_some() {
-            return Err(PolicyError::DuplicateId {
-                source_name: source_name.to_string(),
-                id: name,
-            });
+            return Err(PolicyError::DuplicateId { source_name: source_name.to_string(), id: name });
         }
         set.add(policy.new_id(PolicyId::new(&name)))
-            .map_err(|e| PolicyError::Parse {
-                source_name: source_name.to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| PolicyError::Parse { source_name: source_name.to_string(), message: e.to_string() })?;
     }
     Ok(())
 }

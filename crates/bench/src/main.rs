@@ -18,10 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use factory_authz::CedarAuthorizer;
-use factory_core::{
-    AccessRequest, Action, Classification, PolicyDecisionPoint, Principal, Resource, Role,
-    TenantName,
-};
+use factory_core::{AccessRequest, Action, Classification, PolicyDecisionPoint, Principal, Resource, Role, TenantName};
 use factory_store::{Event, Store};
 
 #[derive(Debug, Parser)]
@@ -45,9 +42,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(args))
 }
 
@@ -57,18 +52,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("factory"),
     };
     let (p50, p99, mean) = authorization_latency(args.decisions)?;
-    println!("authz decision (in-process, {} requests): p50 {p50:.1} µs, p99 {p99:.1} µs, mean {mean:.1} µs", args.decisions);
+    println!(
+        "authz decision (in-process, {} requests): p50 {p50:.1} µs, p99 {p99:.1} µs, mean {mean:.1} µs",
+        args.decisions
+    );
 
     let dir = tempfile::tempdir()?;
-    let sqlite_url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("metadata.db").display()
-    );
+    let sqlite_url = format!("sqlite://{}?mode=rwc", dir.path().join("metadata.db").display());
     let sqlite = audited_writes(&sqlite_url, args.writers, args.seconds).await?;
-    println!(
-        "audited writes, SQLite: {:.0} writes/s ({} writes, {} writers)",
-        sqlite.0, sqlite.1, args.writers
-    );
+    println!("audited writes, SQLite: {:.0} writes/s ({} writes, {} writers)", sqlite.0, sqlite.1, args.writers);
 
     match create_postgres_database(&args.postgres_url).await {
         Ok((database_url, drop_database)) => {
@@ -89,10 +81,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("governed write over HTTP (POST /api/v1/tenants, sequential): p50 {p50:.2} ms, p99 {p99:.2} ms");
         println!("server RSS idle: {:.1} MiB", rss as f64 / 1024.0);
     } else {
-        println!(
-            "audit verify, HTTP and RSS: SKIPPED (no factory binary at {})",
-            factory_bin.display()
-        );
+        println!("audit verify, HTTP and RSS: SKIPPED (no factory binary at {})", factory_bin.display());
     }
     Ok(())
 }
@@ -103,40 +92,22 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn authorization_latency(count: usize) -> anyhow::Result<(f64, f64, f64)> {
     let authorizer = CedarAuthorizer::with_defaults()?;
-    let tenants: Vec<TenantName> = (0..8)
-        .map(|i| TenantName::new(format!("t{i}")))
-        .collect::<Result<_, _>>()?;
-    let roles = [
-        Role::Admin,
-        Role::Steward,
-        Role::Engineer,
-        Role::App,
-        Role::Auditor,
-    ];
+    let tenants: Vec<TenantName> = (0..8).map(|i| TenantName::new(format!("t{i}"))).collect::<Result<_, _>>()?;
+    let roles = [Role::Admin, Role::Steward, Role::Engineer, Role::App, Role::Auditor];
     let mut requests = Vec::with_capacity(count);
     for i in 0..count {
         let principal = Principal {
             id: format!("key_{i}"),
-            tenant: if i % 17 == 0 {
-                None
-            } else {
-                Some(tenants[i % tenants.len()].clone())
-            },
+            tenant: if i % 17 == 0 { None } else { Some(tenants[i % tenants.len()].clone()) },
             role: roles[i % roles.len()],
         };
         let owner = &tenants[(i / 3) % tenants.len()];
         let (action, mut resource) = match i % 5 {
             0 => (Action::TenantRead, Resource::tenant(owner)),
             1 => (Action::KeyCreate, Resource::tenant(owner)),
-            2 => (
-                Action::JobEnqueue,
-                Resource::job(&format!("job_{i}"), owner),
-            ),
+            2 => (Action::JobEnqueue, Resource::job(&format!("job_{i}"), owner)),
             3 => (Action::AuditRead, Resource::audit_log()),
-            _ => (
-                Action::KeyRevoke,
-                Resource::api_key(&format!("key_{i}"), Some(owner)),
-            ),
+            _ => (Action::KeyRevoke, Resource::api_key(&format!("key_{i}"), Some(owner))),
         };
         if i % 7 == 0 {
             resource.classification = Classification::Secret;
@@ -152,9 +123,7 @@ fn authorization_latency(count: usize) -> anyhow::Result<(f64, f64, f64)> {
         allowed += usize::from(decision.is_allowed());
     }
     if allowed == 0 || allowed == count {
-        return Err(anyhow!(
-            "the request mix should contain both allows and denies"
-        ));
+        return Err(anyhow!("the request mix should contain both allows and denies"));
     }
     samples.sort_by(f64::total_cmp);
     let mean = samples.iter().sum::<f64>() / samples.len() as f64;
@@ -166,11 +135,7 @@ fn authorization_latency(count: usize) -> anyhow::Result<(f64, f64, f64)> {
 async fn audited_writes(url: &str, writers: usize, seconds: u64) -> anyhow::Result<(f64, u64)> {
     let store = Store::open(url).await?;
     let authorizer = Arc::new(CedarAuthorizer::with_defaults()?);
-    let admin = Principal {
-        id: "key_bench".to_string(),
-        tenant: None,
-        role: Role::Admin,
-    };
+    let admin = Principal { id: "key_bench".to_string(), tenant: None, role: Role::Admin };
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -182,18 +147,11 @@ async fn audited_writes(url: &str, writers: usize, seconds: u64) -> anyhow::Resu
             let mut written = 0u64;
             while Instant::now() < deadline {
                 let name = TenantName::new(format!("w{writer}-{written}"))?;
-                let request =
-                    AccessRequest::new(&admin, Action::TenantCreate, Resource::platform());
-                let mut change = store
-                    .begin_change(authorizer.as_ref(), request, "bench")
-                    .await?;
-                change
-                    .create_tenant(&name, &[factory_core::Jurisdiction::new("eu")?])
-                    .await?;
+                let request = AccessRequest::new(&admin, Action::TenantCreate, Resource::platform());
+                let mut change = store.begin_change(authorizer.as_ref(), request, "bench").await?;
+                change.create_tenant(&name, &[factory_core::Jurisdiction::new("eu")?]).await?;
                 let details = serde_json::json!({ "tenant": name });
-                change
-                    .commit(details.clone(), Event::new("tenant.created", details))
-                    .await?;
+                change.commit(details.clone(), Event::new("tenant.created", details)).await?;
                 written += 1;
             }
             anyhow::Ok(written)
@@ -210,27 +168,15 @@ async fn audited_writes(url: &str, writers: usize, seconds: u64) -> anyhow::Resu
 
 async fn create_postgres_database(
     admin_url: &str,
-) -> anyhow::Result<(
-    String,
-    impl std::future::Future<Output = anyhow::Result<()>>,
-)> {
+) -> anyhow::Result<(String, impl std::future::Future<Output = anyhow::Result<()>>)> {
     sqlx::any::install_default_drivers();
-    let admin = sqlx::AnyPool::connect(admin_url)
-        .await
-        .context("PostgreSQL unreachable")?;
+    let admin = sqlx::AnyPool::connect(admin_url).await.context("PostgreSQL unreachable")?;
     let name = format!("factory_bench_{}", std::process::id());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await?;
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(base, _)| base)
-        .unwrap_or(admin_url);
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
+    let base = admin_url.rsplit_once('/').map(|(base, _)| base).unwrap_or(admin_url);
     let url = format!("{base}/{name}");
     let drop_database = async move {
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&admin)
-            .await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await?;
         Ok(())
     };
     Ok((url, drop_database))
@@ -242,17 +188,11 @@ async fn verify_speed(factory_bin: &Path, data_dir: &Path) -> anyhow::Result<Str
     let mut server = start_factory(factory_bin, data_dir)?;
     server.stop()?;
     let started = Instant::now();
-    let output = Command::new(factory_bin)
-        .args(["audit", "verify", "--data-dir"])
-        .arg(data_dir)
-        .output()?;
+    let output = Command::new(factory_bin).args(["audit", "verify", "--data-dir"]).arg(data_dir).output()?;
     let elapsed = started.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
     if !output.status.success() {
-        return Err(anyhow!(
-            "verify failed: {stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
+        return Err(anyhow!("verify failed: {stdout}{}", String::from_utf8_lossy(&output.stderr)));
     }
     Ok(format!("{stdout}; whole command {elapsed:.2} s"))
 }
@@ -265,9 +205,7 @@ struct RunningFactory {
 
 impl RunningFactory {
     fn stop(&mut self) -> anyhow::Result<()> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
         self.child.wait()?;
         Ok(())
     }
@@ -285,22 +223,14 @@ fn start_factory(factory_bin: &Path, data_dir: &Path) -> anyhow::Result<RunningF
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
     let url = loop {
-        let line = lines
-            .next()
-            .ok_or_else(|| anyhow!("the factory exited before listening"))??;
+        let line = lines.next().ok_or_else(|| anyhow!("the factory exited before listening"))??;
         if let Some(url) = line.strip_prefix("factory listening on ") {
             break url.to_string();
         }
     };
     std::thread::spawn(move || lines.for_each(drop));
-    let admin_key = std::fs::read_to_string(data_dir.join("admin.key"))?
-        .trim()
-        .to_string();
-    Ok(RunningFactory {
-        child,
-        url,
-        admin_key,
-    })
+    let admin_key = std::fs::read_to_string(data_dir.join("admin.key"))?.trim().to_string();
+    Ok(RunningFactory { child, url, admin_key })
 }
 
 async fn http_and_rss(factory_bin: &Path) -> anyhow::Result<(f64, f64, u64)> {
@@ -331,9 +261,5 @@ async fn http_and_rss(factory_bin: &Path) -> anyhow::Result<(f64, f64, u64)> {
     }
     server.stop()?;
     samples.sort_by(f64::total_cmp);
-    Ok((
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99),
-        rss_kib,
-    ))
+    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99), rss_kib))
 }

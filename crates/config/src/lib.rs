@@ -16,12 +16,7 @@ use factory_core::{Jurisdiction, SiteKind};
 pub use read::{ConfigError, ConfigErrors};
 
 /// Environment variables that belong to the CLI client, not to the server's configuration.
-const CLIENT_ENV_VARS: &[&str] = &[
-    "FACTORY_URL",
-    "FACTORY_API_KEY",
-    "FACTORY_CONFIG",
-    "FACTORY_LOG",
-];
+const CLIENT_ENV_VARS: &[&str] = &["FACTORY_URL", "FACTORY_API_KEY", "FACTORY_CONFIG", "FACTORY_LOG"];
 
 /// The resolved configuration the rest of the factory reads.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +33,15 @@ pub struct Config {
     pub audit: AuditSettings,
     pub authz: AuthzSettings,
     pub jobs: JobSettings,
+    pub datasets: DatasetSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetSettings {
+    /// Extra PII patterns as (name, regex), scanned for beside the built-in kinds.
+    pub custom_pii: Vec<(String, String)>,
+    /// How long an upload (or a download) may stream before it is cut off.
+    pub transfer_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,10 +122,7 @@ impl Config {
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigErrors::single(ConfigError::new(
-                        path.display().to_string(),
-                        format!("cannot read: {e}"),
-                    ))
+                    ConfigErrors::single(ConfigError::new(path.display().to_string(), format!("cannot read: {e}")))
                 })?;
                 Self::parse_file_text(&path.display().to_string(), &text)?
             }
@@ -132,22 +133,13 @@ impl Config {
             if !name.starts_with("FACTORY_") || CLIENT_ENV_VARS.contains(&name.as_str()) {
                 continue;
             }
-            let path: Vec<String> = name["FACTORY_".len()..]
-                .split("__")
-                .map(|s| s.to_ascii_lowercase())
-                .collect();
+            let path: Vec<String> = name["FACTORY_".len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
             if let Err(error) = read::set_path(&mut table, &path, read::env_value(&value)) {
-                errors.push(ConfigError::new(
-                    format!("environment variable {name}"),
-                    error,
-                ));
+                errors.push(ConfigError::new(format!("environment variable {name}"), error));
             }
         }
         let flag_values = [
-            (
-                "data_dir",
-                flags.data_dir.as_ref().map(|p| p.display().to_string()),
-            ),
+            ("data_dir", flags.data_dir.as_ref().map(|p| p.display().to_string())),
             ("listen", flags.listen.clone()),
             ("database_url", flags.database_url.clone()),
             ("jurisdiction", flags.jurisdiction.clone()),
@@ -178,10 +170,7 @@ impl Config {
                     format!("{source_name}:{line}")
                 })
                 .unwrap_or_else(|| source_name.to_string());
-            ConfigErrors::single(ConfigError::new(
-                location,
-                format!("invalid TOML: {}", e.message()),
-            ))
+            ConfigErrors::single(ConfigError::new(location, format!("invalid TOML: {}", e.message())))
         })
     }
 
@@ -189,10 +178,7 @@ impl Config {
     pub fn effective_database_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
-            None => format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("metadata.db").display()
-            ),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("metadata.db").display()),
         }
     }
 

@@ -11,7 +11,7 @@ use factory_core::{Jurisdiction, SiteKind};
 use toml::{Table, Value};
 
 use crate::{
-    AuditSettings, AuthzSettings, Config, JobSettings, ObjectSettings, S3ObjectSettings,
+    AuditSettings, AuthzSettings, Config, DatasetSettings, JobSettings, ObjectSettings, S3ObjectSettings,
     ServerSettings, Site,
 };
 
@@ -24,10 +24,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.into(),
-            message: message.into(),
-        }
+        ConfigError { key: key.into(), message: message.into() }
     }
 }
 
@@ -53,12 +50,7 @@ impl ConfigErrors {
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid configuration ({} problem{})",
-            self.0.len(),
-            if self.0.len() == 1 { "" } else { "s" }
-        )?;
+        write!(f, "invalid configuration ({} problem{})", self.0.len(), if self.0.len() == 1 { "" } else { "s" })?;
         for error in &self.0 {
             write!(f, "\n  {error}")?;
         }
@@ -72,9 +64,7 @@ impl std::error::Error for ConfigErrors {}
 /// so `FACTORY_LISTEN=0.0.0.0:80` needs no quoting.
 pub(crate) fn env_value(raw: &str) -> Value {
     match format!("value = {raw}").parse::<Table>() {
-        Ok(mut table) => table
-            .remove("value")
-            .unwrap_or_else(|| Value::String(raw.to_string())),
+        Ok(mut table) => table.remove("value").unwrap_or_else(|| Value::String(raw.to_string())),
         Err(_) => Value::String(raw.to_string()),
     }
 }
@@ -87,9 +77,7 @@ pub(crate) fn set_path(table: &mut Table, path: &[String], value: Value) -> Resu
             Ok(())
         }
         [first, rest @ ..] => {
-            let entry = table
-                .entry(first.clone())
-                .or_insert_with(|| Value::Table(Table::new()));
+            let entry = table.entry(first.clone()).or_insert_with(|| Value::Table(Table::new()));
             match entry {
                 Value::Table(inner) => set_path(inner, rest, value),
                 _ => Err(format!("{first} is not a table")),
@@ -108,11 +96,7 @@ struct Section<'a> {
 
 impl<'a> Section<'a> {
     fn new(path: &str, table: &'a Table) -> Self {
-        Section {
-            path: path.to_string(),
-            table,
-            read: BTreeSet::new(),
-        }
+        Section { path: path.to_string(), table, read: BTreeSet::new() }
     }
 
     fn key(&self, key: &str) -> String {
@@ -132,10 +116,7 @@ impl<'a> Section<'a> {
         match self.get(key)? {
             Value::String(s) => Some(s.clone()),
             other => {
-                errors.push(ConfigError::new(
-                    self.key(key),
-                    format!("expected a string, found {}", other.type_str()),
-                ));
+                errors.push(ConfigError::new(self.key(key), format!("expected a string, found {}", other.type_str())));
                 None
             }
         }
@@ -155,20 +136,12 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn positive_integer(
-        &mut self,
-        key: &'static str,
-        default: u64,
-        errors: &mut Vec<ConfigError>,
-    ) -> u64 {
+    fn positive_integer(&mut self, key: &'static str, default: u64, errors: &mut Vec<ConfigError>) -> u64 {
         match self.get(key) {
             None => default,
             Some(Value::Integer(n)) if *n > 0 => *n as u64,
             Some(other) => {
-                errors.push(ConfigError::new(
-                    self.key(key),
-                    format!("expected a positive integer, found {other}"),
-                ));
+                errors.push(ConfigError::new(self.key(key), format!("expected a positive integer, found {other}")));
                 default
             }
         }
@@ -194,10 +167,7 @@ impl<'a> Section<'a> {
             None => None,
             Some(Value::Table(table)) => Some(Section::new(&path, table)),
             Some(other) => {
-                errors.push(ConfigError::new(
-                    path,
-                    format!("expected a table, found {}", other.type_str()),
-                ));
+                errors.push(ConfigError::new(path, format!("expected a table, found {}", other.type_str())));
                 None
             }
         }
@@ -219,75 +189,31 @@ impl<'a> Section<'a> {
 pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Config> {
     let empty = Table::new();
     let mut root = Section::new("", table);
-    let data_dir = root
-        .string("data_dir", errors)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "./factory-data".into());
-    let listen = root
-        .parsed::<SocketAddr>("listen", errors)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let data_dir = root.string("data_dir", errors).map(PathBuf::from).unwrap_or_else(|| "./factory-data".into());
+    let listen =
+        root.parsed::<SocketAddr>("listen", errors).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
     let database_url = root.string("database_url", errors);
     if let Some(url) = &database_url {
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
-            errors.push(ConfigError::new(
-                "database_url",
-                "expected a sqlite:, postgres:// or postgresql:// URL",
-            ));
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            errors.push(ConfigError::new("database_url", "expected a sqlite:, postgres:// or postgresql:// URL"));
         }
     }
     let jurisdiction = root.parsed::<Jurisdiction>("jurisdiction", errors);
     let jurisdiction = jurisdiction.or_else(|| Jurisdiction::new("local").ok())?;
 
     let sites = read_sites(&mut root, &jurisdiction, errors);
-    let server = read_server(
-        root.table("server", errors)
-            .unwrap_or(Section::new("server", &empty)),
-        errors,
-    );
-    let objects = read_objects(
-        root.table("objects", errors)
-            .unwrap_or(Section::new("objects", &empty)),
-        errors,
-    );
-    let audit = read_audit(
-        root.table("audit", errors)
-            .unwrap_or(Section::new("audit", &empty)),
-        errors,
-    );
-    let authz = read_authz(
-        root.table("authz", errors)
-            .unwrap_or(Section::new("authz", &empty)),
-        errors,
-    );
-    let jobs = read_jobs(
-        root.table("jobs", errors)
-            .unwrap_or(Section::new("jobs", &empty)),
-        errors,
-    );
+    let server = read_server(root.table("server", errors).unwrap_or(Section::new("server", &empty)), errors);
+    let objects = read_objects(root.table("objects", errors).unwrap_or(Section::new("objects", &empty)), errors);
+    let audit = read_audit(root.table("audit", errors).unwrap_or(Section::new("audit", &empty)), errors);
+    let authz = read_authz(root.table("authz", errors).unwrap_or(Section::new("authz", &empty)), errors);
+    let jobs = read_jobs(root.table("jobs", errors).unwrap_or(Section::new("jobs", &empty)), errors);
+    let datasets = read_datasets(root.table("datasets", errors).unwrap_or(Section::new("datasets", &empty)), errors);
     root.finish(errors);
 
-    Some(Config {
-        data_dir,
-        listen,
-        database_url,
-        jurisdiction,
-        sites,
-        server,
-        objects,
-        audit,
-        authz,
-        jobs,
-    })
+    Some(Config { data_dir, listen, database_url, jurisdiction, sites, server, objects, audit, authz, jobs, datasets })
 }
 
-fn read_sites(
-    root: &mut Section<'_>,
-    default_jurisdiction: &Jurisdiction,
-    errors: &mut Vec<ConfigError>,
-) -> Vec<Site> {
+fn read_sites(root: &mut Section<'_>, default_jurisdiction: &Jurisdiction, errors: &mut Vec<ConfigError>) -> Vec<Site> {
     let entries = match root.get("sites") {
         None => {
             return vec![Site {
@@ -298,10 +224,7 @@ fn read_sites(
         }
         Some(Value::Array(entries)) => entries,
         Some(other) => {
-            errors.push(ConfigError::new(
-                "sites",
-                format!("expected an array of tables, found {}", other.type_str()),
-            ));
+            errors.push(ConfigError::new("sites", format!("expected an array of tables, found {}", other.type_str())));
             return Vec::new();
         }
     };
@@ -309,10 +232,7 @@ fn read_sites(
     for (index, entry) in entries.iter().enumerate() {
         let path = format!("sites[{index}]");
         let Value::Table(table) = entry else {
-            errors.push(ConfigError::new(
-                path,
-                "expected a table with name, jurisdiction and kinds",
-            ));
+            errors.push(ConfigError::new(path, "expected a table with name, jurisdiction and kinds"));
             continue;
         };
         let mut section = Section::new(&path, table);
@@ -320,30 +240,17 @@ fn read_sites(
         let jurisdiction = section.parsed::<Jurisdiction>("jurisdiction", errors);
         let kinds = read_site_kinds(&mut section, errors);
         if name.is_none() {
-            errors.push(ConfigError::new(
-                section.key("name"),
-                "missing; every site needs a name",
-            ));
+            errors.push(ConfigError::new(section.key("name"), "missing; every site needs a name"));
         }
         if jurisdiction.is_none() && !table.contains_key("jurisdiction") {
-            errors.push(ConfigError::new(
-                section.key("jurisdiction"),
-                "missing; every site needs a jurisdiction",
-            ));
+            errors.push(ConfigError::new(section.key("jurisdiction"), "missing; every site needs a jurisdiction"));
         }
         section.finish(errors);
         if let (Some(name), Some(jurisdiction)) = (name, jurisdiction) {
             if sites.iter().any(|s| s.name == name) {
-                errors.push(ConfigError::new(
-                    format!("{path}.name"),
-                    format!("site {name:?} is declared twice"),
-                ));
+                errors.push(ConfigError::new(format!("{path}.name"), format!("site {name:?} is declared twice")));
             }
-            sites.push(Site {
-                name,
-                jurisdiction,
-                kinds,
-            });
+            sites.push(Site { name, jurisdiction, kinds });
         }
     }
     sites
@@ -356,18 +263,13 @@ fn read_site_kinds(section: &mut Section<'_>, errors: &mut Vec<ConfigError>) -> 
         Some(Value::Array(values)) => values.iter().collect(),
         Some(value @ Value::String(_)) => vec![value],
         Some(other) => {
-            errors.push(ConfigError::new(
-                key,
-                format!("expected a list of site kinds, found {}", other.type_str()),
-            ));
+            errors.push(ConfigError::new(key, format!("expected a list of site kinds, found {}", other.type_str())));
             return Vec::new();
         }
     };
     let mut kinds = Vec::new();
     for (index, value) in values.into_iter().enumerate() {
-        let parsed = value
-            .as_str()
-            .ok_or_else(|| format!("expected one of {}", SiteKind::allowed()));
+        let parsed = value.as_str().ok_or_else(|| format!("expected one of {}", SiteKind::allowed()));
         match parsed.and_then(|s| s.parse::<SiteKind>().map_err(|e| e.to_string())) {
             Ok(kind) => kinds.push(kind),
             Err(message) => errors.push(ConfigError::new(format!("{key}[{index}]"), message)),
@@ -378,42 +280,26 @@ fn read_site_kinds(section: &mut Section<'_>, errors: &mut Vec<ConfigError>) -> 
 
 fn read_server(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> ServerSettings {
     let settings = ServerSettings {
-        request_body_limit_bytes: section.positive_integer(
-            "request_body_limit_bytes",
-            16 * 1024 * 1024,
-            errors,
-        ) as usize,
-        request_timeout: Duration::from_secs(section.positive_integer(
-            "request_timeout_secs",
-            30,
-            errors,
-        )),
+        request_body_limit_bytes: section.positive_integer("request_body_limit_bytes", 16 * 1024 * 1024, errors)
+            as usize,
+        request_timeout: Duration::from_secs(section.positive_integer("request_timeout_secs", 30, errors)),
         max_in_flight: section.positive_integer("max_in_flight", 512, errors) as usize,
         json_logs: section.bool("json_logs", false, errors),
         otlp_endpoint: section.string("otlp_endpoint", errors),
-        shutdown_grace: Duration::from_secs(section.positive_integer(
-            "shutdown_grace_secs",
-            30,
-            errors,
-        )),
+        shutdown_grace: Duration::from_secs(section.positive_integer("shutdown_grace_secs", 30, errors)),
     };
     section.finish(errors);
     settings
 }
 
 fn read_objects(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> ObjectSettings {
-    let kind = section
-        .string("kind", errors)
-        .unwrap_or_else(|| "local".to_string());
+    let kind = section.string("kind", errors).unwrap_or_else(|| "local".to_string());
     let path = section.string("path", errors).map(PathBuf::from);
     let s3 = section.table("s3", errors);
     let settings = match kind.as_str() {
         "local" => {
             if s3.is_some() {
-                errors.push(ConfigError::new(
-                    "objects.s3",
-                    "only allowed when objects.kind is \"s3\"",
-                ));
+                errors.push(ConfigError::new("objects.s3", "only allowed when objects.kind is \"s3\""));
             }
             ObjectSettings::Local { path }
         }
@@ -422,17 +308,12 @@ fn read_objects(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Obje
             let mut s3 = s3.unwrap_or(Section::new("objects.s3", &empty));
             let bucket = s3.string("bucket", errors);
             if bucket.is_none() {
-                errors.push(ConfigError::new(
-                    "objects.s3.bucket",
-                    "missing; an S3 object store needs a bucket",
-                ));
+                errors.push(ConfigError::new("objects.s3.bucket", "missing; an S3 object store needs a bucket"));
             }
             let settings = S3ObjectSettings {
                 bucket: bucket.unwrap_or_default(),
                 endpoint: s3.string("endpoint", errors),
-                region: s3
-                    .string("region", errors)
-                    .unwrap_or_else(|| "us-east-1".to_string()),
+                region: s3.string("region", errors).unwrap_or_else(|| "us-east-1".to_string()),
                 access_key_id: s3.string("access_key_id", errors),
                 secret_access_key: s3.string("secret_access_key", errors),
                 allow_http: s3.bool("allow_http", false, errors),
@@ -442,10 +323,7 @@ fn read_objects(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Obje
             ObjectSettings::S3(settings)
         }
         other => {
-            errors.push(ConfigError::new(
-                "objects.kind",
-                format!("{other:?} is invalid: expected one of local, s3"),
-            ));
+            errors.push(ConfigError::new("objects.kind", format!("{other:?} is invalid: expected one of local, s3")));
             ObjectSettings::Local { path }
         }
     };
@@ -454,22 +332,13 @@ fn read_objects(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Obje
 }
 
 fn read_audit(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> AuditSettings {
-    let origin = section
-        .string("origin", errors)
-        .unwrap_or_else(|| "factory.local/audit".to_string());
+    let origin = section.string("origin", errors).unwrap_or_else(|| "factory.local/audit".to_string());
     if origin.is_empty() || origin.contains(char::is_whitespace) || origin.contains('+') {
-        errors.push(ConfigError::new(
-            "audit.origin",
-            "must be non-empty without spaces or '+'",
-        ));
+        errors.push(ConfigError::new("audit.origin", "must be non-empty without spaces or '+'"));
     }
     let settings = AuditSettings {
         origin,
-        checkpoint_interval: Duration::from_secs(section.positive_integer(
-            "checkpoint_interval_secs",
-            60,
-            errors,
-        )),
+        checkpoint_interval: Duration::from_secs(section.positive_integer("checkpoint_interval_secs", 60, errors)),
     };
     section.finish(errors);
     settings
@@ -483,10 +352,7 @@ fn read_authz(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> AuthzS
             for (index, value) in values.iter().enumerate() {
                 match value.as_str() {
                     Some(path) => policy_files.push(PathBuf::from(path)),
-                    None => errors.push(ConfigError::new(
-                        format!("authz.policy_files[{index}]"),
-                        "expected a path",
-                    )),
+                    None => errors.push(ConfigError::new(format!("authz.policy_files[{index}]"), "expected a path")),
                 }
             }
         }
@@ -504,6 +370,27 @@ fn read_jobs(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> JobSett
         workers: section.positive_integer("workers", 2, errors) as usize,
         lease: Duration::from_secs(section.positive_integer("lease_secs", 30, errors)),
         max_attempts: section.positive_integer("max_attempts", 3, errors) as u32,
+    };
+    section.finish(errors);
+    settings
+}
+
+fn read_datasets(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> DatasetSettings {
+    let mut custom_pii = Vec::new();
+    if let Some(patterns) = section.table("custom_pii", errors) {
+        for (name, value) in patterns.table {
+            match value.as_str() {
+                Some(pattern) => custom_pii.push((name.clone(), pattern.to_string())),
+                None => errors.push(ConfigError::new(
+                    format!("datasets.custom_pii.{name}"),
+                    "expected a regular expression as a string",
+                )),
+            }
+        }
+    }
+    let settings = DatasetSettings {
+        custom_pii,
+        transfer_timeout: Duration::from_secs(section.positive_integer("transfer_timeout_secs", 3600, errors)),
     };
     section.finish(errors);
     settings

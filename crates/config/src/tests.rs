@@ -6,10 +6,7 @@ fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("factory.toml");
     std::fs::write(&path, text).unwrap();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     Config::load(Some(&path), env, &FlagOverrides::default())
 }
 
@@ -27,10 +24,7 @@ fn embedded_default_is_one_local_site() {
 
 #[test]
 fn jurisdiction_flag_sets_the_default_site() {
-    let flags = FlagOverrides {
-        jurisdiction: Some("de".to_string()),
-        ..Default::default()
-    };
+    let flags = FlagOverrides { jurisdiction: Some("de".to_string()), ..Default::default() };
     let config = Config::load(None, Vec::new(), &flags).unwrap();
     assert_eq!(config.sites[0].jurisdiction.as_str(), "de");
 }
@@ -62,19 +56,10 @@ kinds = ["storage", "gpu"]
     let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(
         keys,
-        vec![
-            "listen",
-            "sites[0].jurisdiction",
-            "sites[0].kinds[1]",
-            "server.request_timeout_secs",
-            "colour"
-        ],
+        vec!["listen", "sites[0].jurisdiction", "sites[0].kinds[1]", "server.request_timeout_secs", "colour"],
         "{text}"
     );
-    assert!(
-        text.contains("expected one of storage, compute, serving"),
-        "{text}"
-    );
+    assert!(text.contains("expected one of storage, compute, serving"), "{text}");
     assert!(text.contains("allowed keys here are"), "{text}");
 }
 
@@ -93,10 +78,7 @@ fn environment_overrides_the_file_and_flags_override_both() {
     assert_eq!(config.listen.to_string(), "127.0.0.1:2000");
     assert!(config.server.json_logs);
 
-    let flags = FlagOverrides {
-        listen: Some("127.0.0.1:3000".to_string()),
-        ..Default::default()
-    };
+    let flags = FlagOverrides { listen: Some("127.0.0.1:3000".to_string()), ..Default::default() };
     let env = vec![("FACTORY_LISTEN".to_string(), "127.0.0.1:2000".to_string())];
     let config = Config::load(None, env, &flags).unwrap();
     assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
@@ -116,16 +98,7 @@ fn s3_objects_need_a_bucket() {
     let errors = load_text("[objects]\nkind = \"s3\"\n", &[]).unwrap_err();
     assert_eq!(errors.0[0].key, "objects.s3.bucket");
     let errors = load_text("[objects]\nkind = \"ftp\"\n", &[]).unwrap_err();
-    assert!(
-        errors.to_string().contains("expected one of local, s3"),
-        "{errors}"
-    );
-    let config = load_text(
-        "[objects]\nkind = \"s3\"\n[objects.s3]\nbucket = \"b\"\nallow_http = true\n",
-        &[],
-    )
-    .unwrap();
-    assert!(
-        matches!(config.objects, ObjectSettings::S3(ref s3) if s3.bucket == "b" && s3.allow_http)
-    );
+    assert!(errors.to_string().contains("expected one of local, s3"), "{errors}");
+    let config = load_text("[objects]\nkind = \"s3\"\n[objects.s3]\nbucket = \"b\"\nallow_http = true\n", &[]).unwrap();
+    assert!(matches!(config.objects, ObjectSettings::S3(ref s3) if s3.bucket == "b" && s3.allow_http));
 }

@@ -23,11 +23,7 @@ pub struct Principal {
 impl Principal {
     /// The factory acting on its own behalf (dispatcher, workers, periodic checkpoints).
     pub fn system() -> Self {
-        Principal {
-            id: "system".to_string(),
-            tenant: None,
-            role: Role::Admin,
-        }
+        Principal { id: "system".to_string(), tenant: None, role: Role::Admin }
     }
 
     pub fn is_platform(&self) -> bool {
@@ -43,6 +39,7 @@ pub enum ResourceKind {
     ApiKey,
     AuditLog,
     Job,
+    Dataset,
 }
 
 impl ResourceKind {
@@ -54,6 +51,7 @@ impl ResourceKind {
             ResourceKind::ApiKey => "ApiKey",
             ResourceKind::AuditLog => "AuditLog",
             ResourceKind::Job => "Job",
+            ResourceKind::Dataset => "Dataset",
         }
     }
 }
@@ -81,11 +79,7 @@ impl Resource {
     }
 
     pub fn audit_log() -> Self {
-        Resource {
-            kind: ResourceKind::AuditLog,
-            id: "audit".to_string(),
-            ..Resource::platform()
-        }
+        Resource { kind: ResourceKind::AuditLog, id: "audit".to_string(), ..Resource::platform() }
     }
 
     pub fn tenant(name: &TenantName) -> Self {
@@ -104,6 +98,33 @@ impl Resource {
             id: id.to_string(),
             tenant: tenant.cloned(),
             classification: Classification::Confidential,
+            jurisdiction: None,
+        }
+    }
+
+    /// A dataset, named `<tenant>/<name>` so ids never collide across tenants.
+    pub fn dataset(
+        tenant: &TenantName,
+        name: &str,
+        classification: Classification,
+        jurisdiction: &Jurisdiction,
+    ) -> Self {
+        Resource {
+            kind: ResourceKind::Dataset,
+            id: format!("{tenant}/{name}"),
+            tenant: Some(tenant.clone()),
+            classification,
+            jurisdiction: Some(jurisdiction.clone()),
+        }
+    }
+
+    /// A tenant's dataset catalogue as a whole, for listing.
+    pub fn dataset_catalogue(tenant: &TenantName) -> Self {
+        Resource {
+            kind: ResourceKind::Dataset,
+            id: format!("{tenant}/*"),
+            tenant: Some(tenant.clone()),
+            classification: Classification::Public,
             jurisdiction: None,
         }
     }
@@ -157,6 +178,11 @@ actions! {
     JobRead => "job.read",
     JobCancel => "job.cancel",
     JobRun => "job.run",
+    DatasetCreate => "dataset.create",
+    DatasetRead => "dataset.read",
+    DatasetIngest => "dataset.ingest",
+    DatasetReadRows => "dataset.read_rows",
+    DatasetDownload => "dataset.download",
 }
 
 impl fmt::Display for Action {
@@ -177,12 +203,7 @@ pub struct AccessRequest {
 
 impl AccessRequest {
     pub fn new(principal: &Principal, action: Action, resource: Resource) -> Self {
-        AccessRequest {
-            principal: principal.clone(),
-            action,
-            resource,
-            context: serde_json::Map::new(),
-        }
+        AccessRequest { principal: principal.clone(), action, resource, context: serde_json::Map::new() }
     }
 
     pub fn with_context(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {

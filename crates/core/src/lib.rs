@@ -9,7 +9,5 @@ pub mod names;
 pub mod secrets;
 pub mod time;
 
-pub use access::{
-    AccessRequest, Action, Decision, Effect, PolicyDecisionPoint, Principal, Resource, ResourceKind,
-};
+pub use access::{AccessRequest, Action, Decision, Effect, PolicyDecisionPoint, Principal, Resource, ResourceKind};
 pub use names::{Classification, Jurisdiction, NameError, Role, SiteKind, TenantName};

@@ -20,9 +20,7 @@ pub struct NameError {
 fn check_slug(what: &'static str, value: &str, max_len: usize) -> Result<(), NameError> {
     let valid = !value.is_empty()
         && value.len() <= max_len
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && value.as_bytes()[0].is_ascii_alphanumeric();
     if valid {
         Ok(())
@@ -202,13 +200,8 @@ mod tests {
 
     #[test]
     fn closed_enums_name_their_allowed_values() {
-        let error = "gpu"
-            .parse::<SiteKind>()
-            .expect_err("gpu is not a site kind");
-        assert_eq!(
-            error.to_string(),
-            "site kind \"gpu\" is invalid: expected one of storage, compute, serving"
-        );
+        let error = "gpu".parse::<SiteKind>().expect_err("gpu is not a site kind");
+        assert_eq!(error.to_string(), "site kind \"gpu\" is invalid: expected one of storage, compute, serving");
         assert_eq!("auditor".parse::<Role>(), Ok(Role::Auditor));
         assert!(Classification::Secret.level() > Classification::Public.level());
     }

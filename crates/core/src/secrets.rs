@@ -22,6 +22,15 @@ pub fn new_api_key_secret() -> String {
     format!("fk_{}", hex::encode(random_bytes()))
 }
 
+pub fn encode_hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+/// Reads back a secret written by `encode_hex`.
+pub fn decode_hex_secret(text: &str) -> Option<[u8; 32]> {
+    hex::decode(text).ok()?.try_into().ok()
+}
+
 /// A short random identifier for rows that need no ordering.
 pub fn new_id(prefix: &str) -> String {
     let bytes = random_bytes();

@@ -34,6 +34,100 @@ pub enum Command {
     /// Verify the audit log and fetch checkpoints, proofs and records
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Define datasets, ingest versions and read them back
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Define a dataset
+    Create {
+        name: String,
+        /// public, internal, confidential or secret
+        #[arg(long)]
+        classification: String,
+        #[arg(long)]
+        jurisdiction: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A tag; repeat for several
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Default PII treatment: keep, mask, hash or drop_column
+        #[arg(long, default_value = "mask")]
+        pii: String,
+        /// Platform keys name the tenant
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the datasets you may see
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a dataset and its versions
+    Show {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stream a local file in as the dataset's next version, with a progress bar
+    Ingest {
+        name: String,
+        file: PathBuf,
+        /// jsonl, csv, parquet or text (default: from the file name)
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long)]
+        text_column: Option<String>,
+        /// fail or skip
+        #[arg(long, default_value = "fail")]
+        on_error: String,
+        /// off, flag or remove
+        #[arg(long, default_value = "off")]
+        dedup: String,
+        /// text files: one record per paragraph
+        #[arg(long)]
+        paragraphs: bool,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print rows of a version as JSON
+    Rows {
+        name: String,
+        #[arg(long)]
+        version: i64,
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Download a version as one Parquet file
+    Download {
+        name: String,
+        #[arg(long)]
+        version: i64,
+        /// Where to write it
+        #[arg(long, short)]
+        output: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -67,12 +161,7 @@ pub enum ConfigCommand {
 #[derive(Debug, Args, Clone)]
 pub struct Remote {
     /// The factory's base URL
-    #[arg(
-        long,
-        env = "FACTORY_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "FACTORY_URL", default_value = "http://127.0.0.1:8080", global = true)]
     pub url: String,
     /// An API key (the platform admin's is in DATA_DIR/admin.key)
     #[arg(long, env = "FACTORY_API_KEY", hide_env_values = true, global = true)]
@@ -226,6 +315,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(AuditCommand::Verify(args)) => crate::verify::run(args).await,
+        Command::Dataset(DatasetCommand::Ingest {
+            name,
+            file,
+            format,
+            text_column,
+            on_error,
+            dedup,
+            paragraphs,
+            tenant,
+            remote,
+        }) => {
+            let options =
+                crate::transfer::IngestArgs { name, file, format, text_column, on_error, dedup, paragraphs, tenant };
+            crate::transfer::ingest(&remote, options).await
+        }
+        Command::Dataset(DatasetCommand::Download { name, version, output, tenant, remote }) => {
+            crate::transfer::download(&remote, &name, version, &output, tenant.as_deref()).await
+        }
         other => crate::client::run(other).await,
     }
 }

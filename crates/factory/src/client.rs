@@ -4,9 +4,7 @@ use anyhow::{anyhow, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{
-    AuditCommand, Command, JobCommand, KeyCommand, ProofCommand, Remote, TenantCommand,
-};
+use crate::cli::{AuditCommand, Command, DatasetCommand, JobCommand, KeyCommand, ProofCommand, Remote, TenantCommand};
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     let (remote, method, path, body) = request_for(command)?;
@@ -22,11 +20,7 @@ type Request = (Remote, Method, String, Option<Value>);
 
 fn request_for(command: Command) -> anyhow::Result<Request> {
     Ok(match command {
-        Command::Tenant(TenantCommand::Create {
-            name,
-            jurisdictions,
-            remote,
-        }) => (
+        Command::Tenant(TenantCommand::Create { name, jurisdictions, remote }) => (
             remote,
             Method::POST,
             "/api/v1/tenants".to_string(),
@@ -35,30 +29,15 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
         Command::Tenant(TenantCommand::Show { name, remote }) => {
             (remote, Method::GET, format!("/api/v1/tenants/{name}"), None)
         }
-        Command::Key(KeyCommand::Create {
-            tenant,
-            role,
-            description,
-            expires_at,
-            remote,
-        }) => (
+        Command::Key(KeyCommand::Create { tenant, role, description, expires_at, remote }) => (
             remote,
             Method::POST,
             format!("/api/v1/tenants/{tenant}/keys"),
             Some(json!({ "role": role, "description": description, "expires_at": expires_at })),
         ),
-        Command::Key(KeyCommand::Revoke { id, remote }) => {
-            (remote, Method::DELETE, format!("/api/v1/keys/{id}"), None)
-        }
-        Command::Job(JobCommand::Enqueue {
-            tenant,
-            kind,
-            payload,
-            priority,
-            remote,
-        }) => {
-            let payload: Value =
-                serde_json::from_str(&payload).context("--payload is not valid JSON")?;
+        Command::Key(KeyCommand::Revoke { id, remote }) => (remote, Method::DELETE, format!("/api/v1/keys/{id}"), None),
+        Command::Job(JobCommand::Enqueue { tenant, kind, payload, priority, remote }) => {
+            let payload: Value = serde_json::from_str(&payload).context("--payload is not valid JSON")?;
             (
                 remote,
                 Method::POST,
@@ -66,72 +45,96 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
                 Some(json!({ "kind": kind, "payload": payload, "priority": priority })),
             )
         }
-        Command::Job(JobCommand::Show { id, remote }) => {
-            (remote, Method::GET, format!("/api/v1/jobs/{id}"), None)
+        Command::Job(JobCommand::Show { id, remote }) => (remote, Method::GET, format!("/api/v1/jobs/{id}"), None),
+        Command::Job(JobCommand::Cancel { id, remote }) => {
+            (remote, Method::POST, format!("/api/v1/jobs/{id}/cancel"), None)
         }
-        Command::Job(JobCommand::Cancel { id, remote }) => (
-            remote,
-            Method::POST,
-            format!("/api/v1/jobs/{id}/cancel"),
-            None,
-        ),
-        Command::Audit(AuditCommand::Checkpoint { remote }) => (
-            remote,
-            Method::GET,
-            "/api/v1/audit/checkpoint".to_string(),
-            None,
-        ),
-        Command::Audit(AuditCommand::Proof(ProofCommand::Inclusion {
-            index,
-            size,
-            remote,
-        })) => (
-            remote,
-            Method::GET,
-            format!("/api/v1/audit/proof/inclusion?index={index}&size={size}"),
-            None,
-        ),
-        Command::Audit(AuditCommand::Proof(ProofCommand::Consistency { old, new, remote })) => (
-            remote,
-            Method::GET,
-            format!("/api/v1/audit/proof/consistency?old={old}&new={new}"),
-            None,
-        ),
-        Command::Audit(AuditCommand::Records {
-            from,
-            limit,
+        Command::Audit(AuditCommand::Checkpoint { remote }) => {
+            (remote, Method::GET, "/api/v1/audit/checkpoint".to_string(), None)
+        }
+        Command::Audit(AuditCommand::Proof(ProofCommand::Inclusion { index, size, remote })) => {
+            (remote, Method::GET, format!("/api/v1/audit/proof/inclusion?index={index}&size={size}"), None)
+        }
+        Command::Audit(AuditCommand::Proof(ProofCommand::Consistency { old, new, remote })) => {
+            (remote, Method::GET, format!("/api/v1/audit/proof/consistency?old={old}&new={new}"), None)
+        }
+        Command::Audit(AuditCommand::Records { from, limit, remote }) => {
+            (remote, Method::GET, format!("/api/v1/audit/records?from={from}&limit={limit}"), None)
+        }
+        Command::Dataset(DatasetCommand::Create {
+            name,
+            classification,
+            jurisdiction,
+            description,
+            tags,
+            pii,
+            tenant,
             remote,
         }) => (
             remote,
+            Method::POST,
+            format!("/api/v1/datasets{}", tenant_query(tenant.as_deref(), "?")),
+            Some(json!({
+                "name": name, "classification": classification, "jurisdiction": jurisdiction,
+                "description": description, "tags": tags, "pii_policy": { "default": pii },
+            })),
+        ),
+        Command::Dataset(DatasetCommand::List { tenant, remote }) => {
+            (remote, Method::GET, format!("/api/v1/datasets{}", tenant_query(tenant.as_deref(), "?")), None)
+        }
+        Command::Dataset(DatasetCommand::Show { name, tenant, remote }) => {
+            (remote, Method::GET, format!("/api/v1/datasets/{name}{}", tenant_query(tenant.as_deref(), "?")), None)
+        }
+        Command::Dataset(DatasetCommand::Rows { name, version, offset, limit, tenant, remote }) => (
+            remote,
             Method::GET,
-            format!("/api/v1/audit/records?from={from}&limit={limit}"),
+            format!(
+                "/api/v1/datasets/{name}/versions/{version}/rows?offset={offset}&limit={limit}{}",
+                tenant_query(tenant.as_deref(), "&")
+            ),
             None,
         ),
-        Command::Up(_) | Command::Config(_) | Command::Audit(AuditCommand::Verify(_)) => {
+        Command::Up(_)
+        | Command::Config(_)
+        | Command::Audit(AuditCommand::Verify(_))
+        | Command::Dataset(DatasetCommand::Ingest { .. } | DatasetCommand::Download { .. }) => {
             return Err(anyhow!("this command does not talk to a server"))
         }
     })
 }
 
-async fn call(
-    remote: &Remote,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let api_key = remote.api_key.as_deref().ok_or_else(|| {
+/// `?tenant=NAME` (or `&tenant=NAME`) when a platform key names the tenant.
+pub fn tenant_query(tenant: Option<&str>, separator: &str) -> String {
+    tenant.map(|t| format!("{separator}tenant={t}")).unwrap_or_default()
+}
+
+/// The API key, or the error that says where to find one.
+pub fn api_key(remote: &Remote) -> anyhow::Result<&str> {
+    remote.api_key.as_deref().map(str::trim).ok_or_else(|| {
         anyhow!("no API key: pass --api-key or set FACTORY_API_KEY (the platform admin key is in DATA_DIR/admin.key)")
-    })?;
+    })
+}
+
+/// The `error.message` of an error body, or the body itself.
+pub fn error_message(status: reqwest::StatusCode, text: &str) -> anyhow::Error {
+    let value = serde_json::from_str::<Value>(text).ok();
+    let message = value.as_ref().and_then(|v| v["error"]["message"].as_str()).unwrap_or(text);
+    let rows = value.as_ref().and_then(|v| v["error"]["rows"].as_array()).filter(|rows| !rows.is_empty());
+    match rows {
+        Some(rows) => anyhow!("{status}: {message} ({} bad rows reported)", rows.len()),
+        None => anyhow!("{status}: {message}"),
+    }
+}
+
+async fn call(remote: &Remote, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let api_key = api_key(remote)?;
     let url = format!("{}{path}", remote.url.trim_end_matches('/'));
     let client = reqwest::Client::new();
-    let mut request = client.request(method, &url).bearer_auth(api_key.trim());
+    let mut request = client.request(method, &url).bearer_auth(api_key);
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the factory at {}", remote.url))?;
+    let response = request.send().await.with_context(|| format!("cannot reach the factory at {}", remote.url))?;
     let status = response.status();
     let is_json = response
         .headers()
@@ -140,11 +143,7 @@ async fn call(
         .is_some_and(|v| v.starts_with("application/json"));
     let text = response.text().await?;
     if !status.is_success() {
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-            .unwrap_or(text);
-        return Err(anyhow!("{status}: {message}"));
+        return Err(error_message(status, &text));
     }
     if is_json {
         Ok(serde_json::from_str(&text)?)

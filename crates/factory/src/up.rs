@@ -2,7 +2,7 @@
 //! Ctrl-C, then drain and exit 0.
 
 use factory_config::{Config, FlagOverrides};
-use tracing_subscriber::EnvFilter;
+use factory_telemetry::{TelemetrySettings, DEFAULT_FILTER};
 
 use crate::cli::UpArgs;
 
@@ -14,10 +14,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         jurisdiction: args.jurisdiction,
     };
     let config = Config::load(args.config.as_deref(), std::env::vars(), &flags)?;
-    init_logging(config.server.json_logs);
-    if config.server.otlp_endpoint.is_some() {
-        anyhow::bail!("server.otlp_endpoint: OpenTelemetry export is not available in this build yet; remove the key");
-    }
+    // Held until `serve` returns: dropping it stops exporting spans.
+    let telemetry = factory_telemetry::init(&TelemetrySettings {
+        json_logs: config.server.json_logs,
+        otlp_endpoint: config.server.otlp_endpoint.clone(),
+        service_name: "factory".to_string(),
+        filter: DEFAULT_FILTER.to_string(),
+    })?;
     let listen = config.listen;
     let data_dir = config.data_dir.clone();
     let opened = factory_server::open(config).await?;
@@ -28,29 +31,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
         println!("  {secret}");
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let address = listener.local_addr()?;
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("factory listening on http://{address}");
     tracing::info!(%address, data_dir = %data_dir.display(), "factory is up");
     factory_server::serve(opened.state, listener, shutdown_signal()).await?;
     tracing::info!("factory stopped");
+    // The last spans (the drain's included) are sent now. Flushing blocks on the collector, so
+    // it runs off the async workers; a collector that is down costs a warning, not the exit code.
+    match tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "spans may be lost"),
+        Err(error) => tracing::warn!(%error, "cannot flush the exported spans"),
+    }
     Ok(())
-}
-
-fn init_logging(json: bool) {
-    let filter =
-        EnvFilter::try_from_env("FACTORY_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }
 
 async fn shutdown_signal() {

@@ -22,16 +22,11 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read the verifier key {}", path.display()))?
         }
     };
-    let verifier = NoteVerifier::from_verifier_key(key_text.trim())
-        .map_err(|e| anyhow!("invalid verifier key: {e}"))?;
-    let url = args
-        .database_url
-        .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("metadata.db").display()));
+    let verifier =
+        NoteVerifier::from_verifier_key(key_text.trim()).map_err(|e| anyhow!("invalid verifier key: {e}"))?;
+    let url = args.database_url.unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("metadata.db").display()));
     if url.starts_with("sqlite:") && !args.data_dir.join("metadata.db").exists() {
-        return Err(anyhow!(
-            "no factory database in {}",
-            args.data_dir.display()
-        ));
+        return Err(anyhow!("no factory database in {}", args.data_dir.display()));
     }
     let store = Store::open_read_only(&url).await?;
     let started = Instant::now();
@@ -61,11 +56,15 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     }
     let report = match (result, pages.details_mismatch) {
         (Err(error), Some(index)) if error.record.is_some_and(|bad| bad > index) => {
-            return Err(anyhow!("audit log verification failed: record {index}: details do not match the record's details digest"))
+            return Err(anyhow!(
+                "audit log verification failed: record {index}: details do not match the record's details digest"
+            ))
         }
         (Err(error), _) => return Err(anyhow!("audit log verification failed: {error}")),
         (Ok(_), Some(index)) => {
-            return Err(anyhow!("audit log verification failed: record {index}: details do not match the record's details digest"))
+            return Err(anyhow!(
+                "audit log verification failed: record {index}: details do not match the record's details digest"
+            ))
         }
         (Ok(report), None) => report,
     };
@@ -106,10 +105,7 @@ impl Iterator for StoredPages<'_> {
         let (record, details) = match self.page.next() {
             Some(item) => item,
             None => {
-                match self
-                    .handle
-                    .block_on(self.store.stored_audit_page(self.after, self.below, PAGE))
-                {
+                match self.handle.block_on(self.store.stored_audit_page(self.after, self.below, PAGE)) {
                     Ok(page) => self.page = page.into_iter(),
                     Err(error) => {
                         self.failure = Some(error.into());

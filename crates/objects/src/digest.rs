@@ -65,32 +65,20 @@ impl FromStr for ObjectDigest {
         if s.len() != HEX_LEN {
             return Err(ObjectError::new(
                 ObjectErrorKind::InvalidDigest,
-                format!(
-                    "invalid digest: expected {HEX_LEN} lowercase hex characters, got {} bytes",
-                    s.len()
-                ),
+                format!("invalid digest: expected {HEX_LEN} lowercase hex characters, got {} bytes", s.len()),
             ));
         }
         // hex::decode also accepts uppercase, which would give one object two spellings, so the
         // alphabet is checked first
-        if let Some((position, c)) = s
-            .char_indices()
-            .find(|&(_, c)| !matches!(c, '0'..='9' | 'a'..='f'))
-        {
+        if let Some((position, c)) = s.char_indices().find(|&(_, c)| !matches!(c, '0'..='9' | 'a'..='f')) {
             return Err(ObjectError::new(
                 ObjectErrorKind::InvalidDigest,
-                format!(
-                    "invalid digest: character {c:?} at position {position} is not lowercase hex"
-                ),
+                format!("invalid digest: character {c:?} at position {position} is not lowercase hex"),
             ));
         }
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(s, &mut bytes).map_err(|e| {
-            ObjectError::new(
-                ObjectErrorKind::InvalidDigest,
-                format!("invalid digest: {e}"),
-            )
-        })?;
+        hex::decode_to_slice(s, &mut bytes)
+            .map_err(|e| ObjectError::new(ObjectErrorKind::InvalidDigest, format!("invalid digest: {e}")))?;
         Ok(Self(bytes))
     }
 }
@@ -105,17 +93,10 @@ mod tests {
     fn display_and_parse_round_trip() {
         let digest = ObjectDigest::of(b"hello");
         let text = digest.to_string();
-        assert_eq!(
-            text,
-            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
+        assert_eq!(text, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
         assert_eq!(text, digest.to_hex());
         assert_eq!(text.parse::<ObjectDigest>().unwrap(), digest);
-        assert_eq!(
-            format!("{digest:?}"),
-            format!("ObjectDigest({text})"),
-            "debug output is the readable hex form"
-        );
+        assert_eq!(format!("{digest:?}"), format!("ObjectDigest({text})"), "debug output is the readable hex form");
     }
 
     #[test]

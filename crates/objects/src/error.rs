@@ -57,11 +57,7 @@ pub type Result<T, E = ObjectError> = std::result::Result<T, E>;
 
 impl ObjectError {
     pub(crate) fn new(kind: ObjectErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            source: None,
-        }
+        Self { kind, message: message.into(), source: None }
     }
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
@@ -76,18 +72,12 @@ impl ObjectError {
 
     /// Classifies a backend error raised while working on `digest`; `NotFound` is kept distinct
     /// because it is an expected outcome rather than an outage.
-    pub(crate) fn backend(
-        context: &str,
-        digest: Option<&ObjectDigest>,
-        err: object_store::Error,
-    ) -> Self {
+    pub(crate) fn backend(context: &str, digest: Option<&ObjectDigest>, err: object_store::Error) -> Self {
         let subject = digest.map(|d| format!(" {d}")).unwrap_or_default();
         match err {
-            object_store::Error::NotFound { .. } => Self::new(
-                ObjectErrorKind::NotFound,
-                format!("object{subject} not found"),
-            )
-            .with_source(err),
+            object_store::Error::NotFound { .. } => {
+                Self::new(ObjectErrorKind::NotFound, format!("object{subject} not found")).with_source(err)
+            }
             other => Self::new(
                 ObjectErrorKind::Backend,
                 format!("object store backend failed to {context}{subject}: {other}"),
@@ -97,18 +87,11 @@ impl ObjectError {
     }
 
     pub(crate) fn corrupt(expected: &ObjectDigest, actual: &ObjectDigest) -> Self {
-        Self::new(
-            ObjectErrorKind::Corrupt,
-            format!("object {expected} is corrupt: its content hashes to {actual}"),
-        )
+        Self::new(ObjectErrorKind::Corrupt, format!("object {expected} is corrupt: its content hashes to {actual}"))
     }
 
     pub(crate) fn input(source: BoxError) -> Self {
-        Self::new(
-            ObjectErrorKind::Input,
-            format!("input stream failed: {source}"),
-        )
-        .with_source(source)
+        Self::new(ObjectErrorKind::Input, format!("input stream failed: {source}")).with_source(source)
     }
 }
 

@@ -73,10 +73,7 @@ impl fmt::Debug for S3Settings {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
-            )
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
             .field("allow_http", &self.allow_http)
             .field("prefix", &self.prefix)
             .finish()
@@ -115,14 +112,11 @@ impl ContentStore {
     /// A store in a local directory, created if missing.
     pub fn local(dir: &FsPath) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            ObjectError::new(
-                ObjectErrorKind::Backend,
-                format!("cannot create object directory {}: {e}", dir.display()),
-            )
-            .with_source(e)
+            ObjectError::new(ObjectErrorKind::Backend, format!("cannot create object directory {}: {e}", dir.display()))
+                .with_source(e)
         })?;
-        let backend = LocalFileSystem::new_with_prefix(dir)
-            .map_err(|e| ObjectError::backend("open directory", None, e))?;
+        let backend =
+            LocalFileSystem::new_with_prefix(dir).map_err(|e| ObjectError::backend("open directory", None, e))?;
         let mut store = Self::with_backend(Arc::new(backend), "")?;
         store.local_staging_dir = Some(dir.join(STAGING_DIR));
         Ok(store)
@@ -133,25 +127,17 @@ impl ContentStore {
     /// addressed virtual-hosted style, which it recommends.
     pub fn s3(config: &S3Settings) -> Result<Self> {
         if config.bucket.trim().is_empty() {
-            return Err(ObjectError::new(
-                ObjectErrorKind::Config,
-                "S3 bucket name is empty",
-            ));
+            return Err(ObjectError::new(ObjectErrorKind::Config, "S3 bucket name is empty"));
         }
         if config.region.trim().is_empty() {
-            return Err(ObjectError::new(
-                ObjectErrorKind::Config,
-                "S3 region is empty",
-            ));
+            return Err(ObjectError::new(ObjectErrorKind::Config, "S3 region is empty"));
         }
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
             .with_allow_http(config.allow_http);
         builder = match &config.endpoint {
-            Some(endpoint) => builder
-                .with_endpoint(endpoint)
-                .with_virtual_hosted_style_request(false),
+            Some(endpoint) => builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false),
             None => builder.with_virtual_hosted_style_request(true),
         };
         if let Some(key) = &config.access_key_id {
@@ -161,39 +147,25 @@ impl ContentStore {
             builder = builder.with_secret_access_key(secret);
         }
         let backend = builder.build().map_err(|e| {
-            ObjectError::new(
-                ObjectErrorKind::Config,
-                format!("invalid S3 settings for bucket {}: {e}", config.bucket),
-            )
-            .with_source(e)
+            ObjectError::new(ObjectErrorKind::Config, format!("invalid S3 settings for bucket {}: {e}", config.bucket))
+                .with_source(e)
         })?;
         Self::with_backend(Arc::new(backend), &config.prefix)
     }
 
     /// A store held in process memory, for tests and ephemeral runs.
     pub fn in_memory() -> Self {
-        Self {
-            store: Arc::new(InMemory::new()),
-            prefix: Path::default(),
-            local_staging_dir: None,
-        }
+        Self { store: Arc::new(InMemory::new()), prefix: Path::default(), local_staging_dir: None }
     }
 
     /// A store over an already-built backend, for backends this crate has no constructor for.
     /// `prefix` is a `/`-separated key prefix; leading and trailing slashes are ignored.
     pub fn with_backend(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Self> {
         let prefix = Path::parse(prefix.trim_matches('/')).map_err(|e| {
-            ObjectError::new(
-                ObjectErrorKind::Config,
-                format!("invalid object key prefix {prefix:?}: {e}"),
-            )
-            .with_source(e)
+            ObjectError::new(ObjectErrorKind::Config, format!("invalid object key prefix {prefix:?}: {e}"))
+                .with_source(e)
         })?;
-        Ok(Self {
-            store,
-            prefix,
-            local_staging_dir: None,
-        })
+        Ok(Self { store, prefix, local_staging_dir: None })
     }
 
     /// Stores an in-memory buffer and returns its digest.
@@ -227,11 +199,7 @@ impl ContentStore {
         result
     }
 
-    async fn put_stream_inner<S, E>(
-        &self,
-        mut input: S,
-        staged: &mut Option<StagedUpload>,
-    ) -> Result<PutReceipt>
+    async fn put_stream_inner<S, E>(&self, mut input: S, staged: &mut Option<StagedUpload>) -> Result<PutReceipt>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
@@ -287,10 +255,7 @@ impl ContentStore {
         if self.key_exists(&key, digest).await? {
             return Ok(());
         }
-        self.store
-            .put(&key, payload)
-            .await
-            .map_err(|e| ObjectError::backend("write", Some(digest), e))?;
+        self.store.put(&key, payload).await.map_err(|e| ObjectError::backend("write", Some(digest), e))?;
         Ok(())
     }
 
@@ -301,26 +266,19 @@ impl ContentStore {
             Ok(()) => {}
             // Content addressing makes a concurrent or earlier writer of this digest equivalent
             // to this one, so losing the race is success
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => {}
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {}
             // Plain S3 has no conditional copy without extra configuration. An unconditional
             // copy is still safe: a server-side copy replaces the target atomically and any
             // object already there holds the same bytes
-            Err(object_store::Error::NotSupported { .. })
-            | Err(object_store::Error::NotImplemented) => {
+            Err(object_store::Error::NotSupported { .. }) | Err(object_store::Error::NotImplemented) => {
                 if !self.key_exists(&target, digest).await? {
-                    self.store.copy(staging, &target).await.map_err(|e| {
-                        ObjectError::backend("copy staged upload to", Some(digest), e)
-                    })?;
+                    self.store
+                        .copy(staging, &target)
+                        .await
+                        .map_err(|e| ObjectError::backend("copy staged upload to", Some(digest), e))?;
                 }
             }
-            Err(e) => {
-                return Err(ObjectError::backend(
-                    "copy staged upload to",
-                    Some(digest),
-                    e,
-                ))
-            }
+            Err(e) => return Err(ObjectError::backend("copy staged upload to", Some(digest), e)),
         }
         // The object is safely in place; a staging object that fails to delete is only litter
         // that collect_staging will sweep, so it does not fail the upload
@@ -335,10 +293,7 @@ impl ContentStore {
             .get(&self.object_key(digest))
             .await
             .map_err(|e| ObjectError::backend("read", Some(digest), e))?;
-        let data = found
-            .bytes()
-            .await
-            .map_err(|e| ObjectError::backend("read", Some(digest), e))?;
+        let data = found.bytes().await.map_err(|e| ObjectError::backend("read", Some(digest), e))?;
         let actual = ObjectDigest::of(&data);
         if actual != *digest {
             return Err(ObjectError::corrupt(digest, &actual));
@@ -392,10 +347,8 @@ impl ContentStore {
         let Some(cutoff) = SystemTime::now().checked_sub(older_than) else {
             return Ok(0);
         };
-        let cutoff_millis = cutoff
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let cutoff_millis =
+            cutoff.duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0);
 
         let staging = self.prefix.child(STAGING_DIR);
         let mut listing = self.store.list(Some(&staging));
@@ -422,16 +375,11 @@ impl ContentStore {
     pub(crate) fn object_key(&self, digest: &ObjectDigest) -> Path {
         let hex = digest.to_hex();
         // Two hex characters of fan-out keep directories (and S3 listing pages) small
-        self.prefix
-            .child(OBJECTS_DIR)
-            .child(&hex[..2])
-            .child(&hex[2..])
+        self.prefix.child(OBJECTS_DIR).child(&hex[..2]).child(&hex[2..])
     }
 
     pub(crate) fn new_staging_key(&self) -> Path {
-        self.prefix
-            .child(STAGING_DIR)
-            .child(uuid::Uuid::new_v4().to_string())
+        self.prefix.child(STAGING_DIR).child(uuid::Uuid::new_v4().to_string())
     }
 
     async fn key_exists(&self, key: &Path, digest: &ObjectDigest) -> Result<bool> {
@@ -475,16 +423,12 @@ async fn collect_local_partials(dir: PathBuf, cutoff: SystemTime) -> Result<usiz
     .await;
     match swept {
         Ok(Ok(removed)) => Ok(removed),
-        Ok(Err(e)) => Err(ObjectError::new(
-            ObjectErrorKind::Backend,
-            format!("cannot sweep local staging directory: {e}"),
-        )
-        .with_source(e)),
-        Err(e) => Err(ObjectError::new(
-            ObjectErrorKind::Backend,
-            format!("local staging sweep did not finish: {e}"),
-        )
-        .with_source(e)),
+        Ok(Err(e)) => {
+            Err(ObjectError::new(ObjectErrorKind::Backend, format!("cannot sweep local staging directory: {e}"))
+                .with_source(e))
+        }
+        Err(e) => Err(ObjectError::new(ObjectErrorKind::Backend, format!("local staging sweep did not finish: {e}"))
+            .with_source(e)),
     }
 }
 
@@ -500,17 +444,9 @@ struct StagedUpload {
 impl StagedUpload {
     async fn start(owner: &ContentStore) -> Result<Self> {
         let key = owner.new_staging_key();
-        let upload = owner
-            .store
-            .put_multipart(&key)
-            .await
-            .map_err(|e| ObjectError::backend("start staged upload", None, e))?;
-        Ok(Self {
-            store: Arc::clone(&owner.store),
-            key,
-            upload,
-            in_flight: JoinSet::new(),
-        })
+        let upload =
+            owner.store.put_multipart(&key).await.map_err(|e| ObjectError::backend("start staged upload", None, e))?;
+        Ok(Self { store: Arc::clone(&owner.store), key, upload, in_flight: JoinSet::new() })
     }
 
     /// Queues a part, first waiting for a free slot: this back-pressure is what bounds memory.
@@ -527,10 +463,7 @@ impl StagedUpload {
         while !self.in_flight.is_empty() {
             self.join_one().await?;
         }
-        self.upload
-            .complete()
-            .await
-            .map_err(|e| ObjectError::backend("complete staged upload", None, e))?;
+        self.upload.complete().await.map_err(|e| ObjectError::backend("complete staged upload", None, e))?;
         Ok(())
     }
 
@@ -538,11 +471,10 @@ impl StagedUpload {
         match self.in_flight.join_next().await {
             None | Some(Ok(Ok(()))) => Ok(()),
             Some(Ok(Err(e))) => Err(ObjectError::backend("upload part", None, e)),
-            Some(Err(e)) => Err(ObjectError::new(
-                ObjectErrorKind::Backend,
-                format!("part upload task did not finish: {e}"),
-            )
-            .with_source(e)),
+            Some(Err(e)) => {
+                Err(ObjectError::new(ObjectErrorKind::Backend, format!("part upload task did not finish: {e}"))
+                    .with_source(e))
+            }
         }
     }
 

@@ -33,12 +33,7 @@ impl VerifiedStream {
         expected: ObjectDigest,
         size: u64,
     ) -> Self {
-        Self {
-            inner,
-            expected,
-            size,
-            hasher: Some(Sha256::new()),
-        }
+        Self { inner, expected, size, hasher: Some(Sha256::new()) }
     }
 
     /// The object's size as reported by the backend when the stream was opened, useful for a
@@ -70,11 +65,7 @@ impl Stream for VerifiedStream {
             }
             Poll::Ready(Some(Err(err))) => {
                 this.hasher = None;
-                Poll::Ready(Some(Err(ObjectError::backend(
-                    "read",
-                    Some(&this.expected),
-                    err,
-                ))))
+                Poll::Ready(Some(Err(ObjectError::backend("read", Some(&this.expected), err))))
             }
             Poll::Ready(None) => {
                 let Some(hasher) = this.hasher.take() else {

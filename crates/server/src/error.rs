@@ -31,12 +31,7 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after_secs: None,
-        }
+        ApiError { status, code, message: message.into(), retry_after_secs: None }
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -65,9 +60,7 @@ impl From<StoreError> for ApiError {
             StoreErrorKind::Denied => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
             StoreErrorKind::NotFound => ApiError::not_found(message),
             StoreErrorKind::Conflict => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            StoreErrorKind::Invalid => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
-            }
+            StoreErrorKind::Invalid => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message),
             StoreErrorKind::Config | StoreErrorKind::Database | StoreErrorKind::Corrupt => {
                 tracing::error!(error = %message, "metadata store failed");
                 ApiError::new(
@@ -88,17 +81,10 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(status = %self.status, code = self.code, message = %self.message, "request failed");
         }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after_secs {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -106,10 +92,6 @@ impl IntoResponse for ApiError {
 
 /// Turns axum's own rejections (bad JSON, bad query, bad path) into the JSON error shape.
 pub fn rejection(status: StatusCode, message: String) -> ApiError {
-    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        "payload_too_large"
-    } else {
-        "invalid_request"
-    };
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "invalid_request" };
     ApiError::new(status, code, message)
 }

@@ -17,12 +17,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let id = parts
-            .headers
-            .get(crate::REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("unknown")
-            .to_string();
+        let id =
+            parts.headers.get(crate::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("unknown").to_string();
         Ok(RequestId(id))
     }
 }
@@ -42,26 +38,20 @@ impl FromRequestParts<AppState> for Caller {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::unauthorized("missing Authorization: Bearer <api key> header")
-            })?;
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <api key> header"))?;
         let secret = header
             .to_str()
             .ok()
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|secret| !secret.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <api key>`")
-            })?;
-        let key =
-            state.store.authenticate(secret).await?.ok_or_else(|| {
-                ApiError::unauthorized("the API key is unknown, revoked or expired")
-            })?;
-        Ok(Caller {
-            principal: key.principal(),
-            request_id,
-        })
+            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <api key>`"))?;
+        let key = state
+            .store
+            .authenticate(secret)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("the API key is unknown, revoked or expired"))?;
+        Ok(Caller { principal: key.principal(), request_id })
     }
 }
 

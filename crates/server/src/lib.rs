@@ -58,10 +58,7 @@ pub async fn serve(
         state.config.jobs.lease,
     );
     tasks.push(tokio::spawn(workers.run(background_stopped.clone())));
-    tasks.push(tokio::spawn(sign_checkpoints(
-        state.clone(),
-        background_stopped.clone(),
-    )));
+    tasks.push(tokio::spawn(sign_checkpoints(state.clone(), background_stopped.clone())));
 
     let grace = state.config.server.shutdown_grace;
     let (draining, mut drain_started) = watch::channel(false);

@@ -52,51 +52,22 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("factory");
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_seconds: HistogramFamily<RouteLabels> =
-            Family::new_with_constructor(latency_histogram);
+        let request_seconds: HistogramFamily<RouteLabels> = Family::new_with_constructor(latency_histogram);
         let authz_decisions = Family::<DecisionLabels, Counter>::default();
         let authz_seconds = latency_histogram();
         let audit_log_size = Gauge::default();
         let in_flight = Gauge::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests by route, method and status",
-            requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency by route",
-            request_seconds.clone(),
-        );
-        registry.register(
-            "authz_decisions",
-            "Authorization decisions by action and effect",
-            authz_decisions.clone(),
-        );
+        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency by route", request_seconds.clone());
+        registry.register("authz_decisions", "Authorization decisions by action and effect", authz_decisions.clone());
         registry.register(
             "authz_decision_duration_seconds",
             "Time to reach an authorization decision",
             authz_seconds.clone(),
         );
-        registry.register(
-            "audit_log_records",
-            "Records in the audit log",
-            audit_log_size.clone(),
-        );
-        registry.register(
-            "http_requests_in_flight",
-            "HTTP requests being handled",
-            in_flight.clone(),
-        );
-        Metrics {
-            registry,
-            requests,
-            request_seconds,
-            authz_decisions,
-            authz_seconds,
-            audit_log_size,
-            in_flight,
-        }
+        registry.register("audit_log_records", "Records in the audit log", audit_log_size.clone());
+        registry.register("http_requests_in_flight", "HTTP requests being handled", in_flight.clone());
+        Metrics { registry, requests, request_seconds, authz_decisions, authz_seconds, audit_log_size, in_flight }
     }
 
     pub fn render(&self) -> String {
@@ -123,20 +94,11 @@ impl<P: PolicyDecisionPoint> PolicyDecisionPoint for MeteredDecisionPoint<P> {
     fn decide(&self, request: &AccessRequest) -> Decision {
         let started = Instant::now();
         let decision = self.inner.decide(request);
-        self.metrics
-            .authz_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let effect = if decision.is_allowed() {
-            "allow"
-        } else {
-            "deny"
-        };
+        self.metrics.authz_seconds.observe(started.elapsed().as_secs_f64());
+        let effect = if decision.is_allowed() { "allow" } else { "deny" };
         self.metrics
             .authz_decisions
-            .get_or_create(&DecisionLabels {
-                action: request.action.as_str().to_string(),
-                effect: effect.to_string(),
-            })
+            .get_or_create(&DecisionLabels { action: request.action.as_str().to_string(), effect: effect.to_string() })
             .inc();
         decision
     }

@@ -14,7 +14,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{audit, jobs, keys, ops, tenants};
+use crate::api::{audit, datasets, jobs, keys, ops, tenants};
 use crate::error::ApiError;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::AppState;
@@ -27,6 +27,8 @@ use crate::REQUEST_ID_HEADER;
         tenants::create, tenants::show, keys::create, keys::revoke,
         audit::checkpoint, audit::public_key, audit::inclusion, audit::consistency, audit::records,
         jobs::enqueue, jobs::list, jobs::show, jobs::cancel,
+        datasets::create, datasets::list, datasets::show, datasets::ingest, datasets::manifest,
+        datasets::rows, datasets::download, datasets::profile,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     modifiers(&BearerAuth)
@@ -38,12 +40,13 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     }
 }
+
+/// Routes that stream large bodies get the transfer timeout instead of the request timeout.
+const INGEST_ROUTE: &str = "/api/v1/datasets/{name}/versions";
+const DOWNLOAD_ROUTE: &str = "/api/v1/datasets/{name}/versions/{version}/download";
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.request_body_limit_bytes;
@@ -56,6 +59,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tenants/{tenant}/jobs", post(jobs::enqueue).get(jobs::list))
         .route("/api/v1/jobs/{id}", get(jobs::show))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/v1/datasets", post(datasets::create).get(datasets::list))
+        .route("/api/v1/datasets/{name}", get(datasets::show))
+        .route(INGEST_ROUTE, post(datasets::ingest))
+        .route("/api/v1/datasets/{name}/versions/{version}", get(datasets::manifest))
+        .route("/api/v1/datasets/{name}/versions/{version}/rows", get(datasets::rows))
+        .route(DOWNLOAD_ROUTE, get(datasets::download))
+        .route("/api/v1/datasets/{name}/versions/{version}/profile", get(datasets::profile))
         .route("/api/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/api/v1/audit/public-key", get(audit::public_key))
         .route("/api/v1/audit/proof/inclusion", get(audit::inclusion))
@@ -88,11 +98,7 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not accept that method",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
 }
 
 /// Sheds load past `max_in_flight`, bounds each request's time, and records its metrics.
@@ -105,24 +111,23 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let method = request.method().to_string();
     let started = Instant::now();
     let response = match state.in_flight.clone().try_acquire_owned() {
-        Err(_) => ApiError::overloaded(
-            "the server is at its concurrent request limit; retry shortly",
-            1,
-        )
-        .into_response(),
+        Err(_) => {
+            ApiError::overloaded("the server is at its concurrent request limit; retry shortly", 1).into_response()
+        }
         Ok(_permit) => {
             state.metrics.in_flight.inc();
-            let timeout = state.config.server.request_timeout;
+            let timeout = if route == INGEST_ROUTE || route == DOWNLOAD_ROUTE {
+                state.config.datasets.transfer_timeout
+            } else {
+                state.config.server.request_timeout
+            };
             // Dropping the handler future on timeout rolls back any open transaction.
             let response = match tokio::time::timeout(timeout, next.run(request)).await {
                 Ok(response) => response,
                 Err(_) => ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
-                    format!(
-                        "the request took longer than {} s and was abandoned",
-                        timeout.as_secs()
-                    ),
+                    format!("the request took longer than {} s and was abandoned", timeout.as_secs()),
                 )
                 .into_response(),
             };
@@ -130,16 +135,8 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
             response
         }
     };
-    let labels = RequestLabels {
-        route: route.clone(),
-        method,
-        status: response.status().as_u16(),
-    };
+    let labels = RequestLabels { route: route.clone(), method, status: response.status().as_u16() };
     state.metrics.requests.get_or_create(&labels).inc();
-    state
-        .metrics
-        .request_seconds
-        .get_or_create(&RouteLabels { route })
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.request_seconds.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
     response
 }

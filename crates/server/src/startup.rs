@@ -20,6 +20,7 @@ use crate::state::AppState;
 pub const ADMIN_KEY_FILE: &str = "admin.key";
 pub const SIGNING_KEY_FILE: &str = "audit-signing.key";
 pub const VERIFIER_KEY_FILE: &str = "audit.pub";
+pub const PII_SECRET_FILE: &str = "pii-hash.key";
 
 /// The opened factory, and the platform admin key if this start created it.
 pub struct Opened {
@@ -32,16 +33,11 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let metrics = Arc::new(Metrics::new());
     let authorizer = CedarAuthorizer::from_files(&config.authz.policy_files)?;
-    let pdp = Arc::new(MeteredDecisionPoint {
-        inner: authorizer,
-        metrics: metrics.clone(),
-    });
+    let pdp = Arc::new(MeteredDecisionPoint { inner: authorizer, metrics: metrics.clone() });
     let store = Store::open(&config.effective_database_url()).await?;
     let objects = match &config.objects {
         ObjectSettings::Local { path } => {
-            let path = path
-                .clone()
-                .unwrap_or_else(|| config.data_dir.join("objects"));
+            let path = path.clone().unwrap_or_else(|| config.data_dir.join("objects"));
             ContentStore::local(&path)?
         }
         ObjectSettings::S3(s3) => ContentStore::s3(&S3Settings {
@@ -55,22 +51,15 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         })?,
     };
     let signer = load_or_create_signer(&config.data_dir, &config.audit.origin)?;
-    let checkpoints = Arc::new(CheckpointIssuer {
-        origin: config.audit.origin.clone(),
-        signer,
-    });
+    let checkpoints = Arc::new(CheckpointIssuer { origin: config.audit.origin.clone(), signer });
     let new_admin_key = bootstrap_platform_admin(&store, pdp.as_ref(), &config.data_dir).await?;
-    let job_kinds = crate::workers::WorkerPool::with_builtin_handlers(
-        store.clone(),
-        pdp.clone(),
-        0,
-        config.jobs.lease,
-    )
-    .handlers
-    .keys()
-    .map(|kind| kind.to_string())
-    .collect();
+    let job_kinds = crate::workers::WorkerPool::with_builtin_handlers(store.clone(), pdp.clone(), 0, config.jobs.lease)
+        .handlers
+        .keys()
+        .map(|kind| kind.to_string())
+        .collect();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight));
+    let pii_secret = Arc::new(load_or_create_secret(&config.data_dir.join(PII_SECRET_FILE))?);
     let state = AppState {
         config: Arc::new(config),
         store,
@@ -80,11 +69,9 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         metrics,
         job_kinds: Arc::new(job_kinds),
         in_flight,
+        pii_secret,
     };
-    Ok(Opened {
-        state,
-        new_admin_key,
-    })
+    Ok(Opened { state, new_admin_key })
 }
 
 /// Writes `contents` to `path` readable by the owner only, never leaving a partial file.
@@ -103,29 +90,32 @@ pub fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A 256-bit secret kept hex-encoded in a mode-0600 file, created on first use.
+fn load_or_create_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
+    if path.exists() {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = factory_core::secrets::decode_hex_secret(text.trim())
+            .ok_or_else(|| anyhow::anyhow!("{} does not hold a 64-digit hex secret", path.display()))?;
+        return Ok(bytes);
+    }
+    let secret = factory_core::secrets::random_bytes();
+    write_private_file(path, &format!("{}\n", factory_core::secrets::encode_hex(&secret)))?;
+    Ok(secret)
+}
+
 fn load_or_create_signer(data_dir: &Path, origin: &str) -> anyhow::Result<NoteSigner> {
     let key_path = data_dir.join(SIGNING_KEY_FILE);
     let signer = if key_path.exists() {
-        let text = std::fs::read_to_string(&key_path)
-            .with_context(|| format!("cannot read {}", key_path.display()))?;
-        NoteSigner::from_secret_key_text(text.trim()).map_err(|e| {
-            anyhow::anyhow!(
-                "{} is not a valid audit signing key: {e}",
-                key_path.display()
-            )
-        })?
+        let text = std::fs::read_to_string(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
+        NoteSigner::from_secret_key_text(text.trim())
+            .map_err(|e| anyhow::anyhow!("{} is not a valid audit signing key: {e}", key_path.display()))?
     } else {
-        let signer =
-            NoteSigner::generate(origin, factory_core::secrets::random_bytes()).map_err(|e| {
-                anyhow::anyhow!("audit.origin {origin:?} cannot name a signing key: {e}")
-            })?;
+        let signer = NoteSigner::generate(origin, factory_core::secrets::random_bytes())
+            .map_err(|e| anyhow::anyhow!("audit.origin {origin:?} cannot name a signing key: {e}"))?;
         write_private_file(&key_path, &signer.secret_key_text())?;
         signer
     };
-    std::fs::write(
-        data_dir.join(VERIFIER_KEY_FILE),
-        format!("{}\n", signer.verifier_key()),
-    )?;
+    std::fs::write(data_dir.join(VERIFIER_KEY_FILE), format!("{}\n", signer.verifier_key()))?;
     Ok(signer)
 }
 
@@ -139,28 +129,12 @@ async fn bootstrap_platform_admin(
     if store.has_platform_admin().await? {
         return Ok(None);
     }
-    let request = AccessRequest::new(
-        &Principal::system(),
-        Action::KeyCreate,
-        Resource::platform(),
-    )
-    .with_context("role", Role::Admin.as_str());
+    let request = AccessRequest::new(&Principal::system(), Action::KeyCreate, Resource::platform())
+        .with_context("role", Role::Admin.as_str());
     let mut change = store.begin_change(pdp, request, "bootstrap").await?;
-    let issued = change
-        .create_api_key(
-            None,
-            Role::Admin,
-            "platform admin, created at first start",
-            None,
-        )
-        .await?;
+    let issued = change.create_api_key(None, Role::Admin, "platform admin, created at first start", None).await?;
     let details = serde_json::json!({ "key": issued.key.id, "role": "admin", "scope": "platform" });
-    change
-        .commit(details.clone(), Event::new("key.created", details))
-        .await?;
-    write_private_file(
-        &data_dir.join(ADMIN_KEY_FILE),
-        &format!("{}\n", issued.secret),
-    )?;
+    change.commit(details.clone(), Event::new("key.created", details)).await?;
+    write_private_file(&data_dir.join(ADMIN_KEY_FILE), &format!("{}\n", issued.secret))?;
     Ok(Some(issued.secret))
 }

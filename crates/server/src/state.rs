@@ -23,4 +23,18 @@ pub struct AppState {
     pub job_kinds: Arc<Vec<String>>,
     /// Requests handled at once; past it, new requests get 503 with Retry-After.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// The factory's secret for keyed hashing of PII; each tenant gets its own key from it.
+    pub pii_secret: Arc<[u8; 32]>,
+}
+
+impl AppState {
+    /// The key PII values of `tenant` are hashed with: equal values map to equal tokens inside
+    /// a tenant, and tokens cannot be linked across tenants or brute-forced without the secret.
+    pub fn pii_hash_key(&self, tenant: &factory_core::TenantName) -> Vec<u8> {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(self.pii_secret.as_slice());
+        hasher.update(tenant.as_str().as_bytes());
+        hasher.finalize().to_vec()
+    }
 }

@@ -17,11 +17,7 @@ use crate::state::DecisionPoint;
 #[async_trait::async_trait]
 pub trait JobHandler: Send + Sync {
     fn kind(&self) -> &'static str;
-    async fn run(
-        &self,
-        job: &Job,
-        cancel: watch::Receiver<bool>,
-    ) -> Result<serde_json::Value, JobError>;
+    async fn run(&self, job: &Job, cancel: watch::Receiver<bool>) -> Result<serde_json::Value, JobError>;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -41,22 +37,9 @@ impl JobHandler for SleepHandler {
         "platform.sleep"
     }
 
-    async fn run(
-        &self,
-        job: &Job,
-        mut cancel: watch::Receiver<bool>,
-    ) -> Result<serde_json::Value, JobError> {
-        let millis = job
-            .payload
-            .get("millis")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
-        if job
-            .payload
-            .get("fail")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false)
-        {
+    async fn run(&self, job: &Job, mut cancel: watch::Receiver<bool>) -> Result<serde_json::Value, JobError> {
+        let millis = job.payload.get("millis").and_then(|v| v.as_u64()).unwrap_or(0);
+        if job.payload.get("fail").and_then(|v| v.as_bool()).unwrap_or(false) {
             return Err(JobError::Failed("asked to fail".to_string()));
         }
         tokio::select! {
@@ -77,25 +60,12 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub fn with_builtin_handlers(
-        store: Store,
-        pdp: Arc<DecisionPoint>,
-        workers: usize,
-        lease: Duration,
-    ) -> Self {
+    pub fn with_builtin_handlers(store: Store, pdp: Arc<DecisionPoint>, workers: usize, lease: Duration) -> Self {
         let mut handlers: HashMap<&'static str, Arc<dyn JobHandler>> = HashMap::new();
         let sleep: Arc<dyn JobHandler> = Arc::new(SleepHandler);
         handlers.insert(sleep.kind(), sleep);
         let name = format!("{}-{}", hostname(), std::process::id());
-        WorkerPool {
-            store,
-            pdp,
-            handlers,
-            workers,
-            lease,
-            retry_base: Duration::from_secs(2),
-            name,
-        }
+        WorkerPool { store, pdp, handlers, workers, lease, retry_base: Duration::from_secs(2), name }
     }
 
     /// Runs the workers and the lease reaper until `shutdown` turns true.
@@ -105,9 +75,7 @@ impl WorkerPool {
         for index in 0..pool.workers {
             let pool = pool.clone();
             let shutdown = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                pool.worker_loop(index, shutdown).await
-            }));
+            tasks.push(tokio::spawn(async move { pool.worker_loop(index, shutdown).await }));
         }
         let reaper = {
             let pool = pool.clone();
@@ -134,11 +102,7 @@ impl WorkerPool {
         let worker = format!("{}/{index}", self.name);
         let mut idle = Duration::from_millis(50);
         while !*shutdown.borrow() {
-            match self
-                .store
-                .claim_job(self.pdp.as_ref(), &worker, self.lease)
-                .await
-            {
+            match self.store.claim_job(self.pdp.as_ref(), &worker, self.lease).await {
                 Ok(Some(job)) => {
                     idle = Duration::from_millis(50);
                     self.run_job(&worker, job).await;
@@ -161,15 +125,7 @@ impl WorkerPool {
     async fn run_job(&self, worker: &str, job: Job) {
         let Some(handler) = self.handlers.get(job.kind.as_str()).cloned() else {
             let error = format!("no handler for job kind {:?} in this factory", job.kind);
-            self.finish(
-                worker,
-                &job,
-                Outcome::Failed {
-                    error,
-                    retry_base: self.retry_base,
-                },
-            )
-            .await;
+            self.finish(worker, &job, Outcome::Failed { error, retry_base: self.retry_base }).await;
             return;
         };
         tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempts, worker, "job started");
@@ -201,20 +157,13 @@ impl WorkerPool {
             None => return,
             Some(Ok(value)) => Outcome::Succeeded(value),
             Some(Err(JobError::Cancelled)) => Outcome::Cancelled,
-            Some(Err(JobError::Failed(error))) => Outcome::Failed {
-                error,
-                retry_base: self.retry_base,
-            },
+            Some(Err(JobError::Failed(error))) => Outcome::Failed { error, retry_base: self.retry_base },
         };
         self.finish(worker, &job, outcome).await;
     }
 
     async fn finish(&self, worker: &str, job: &Job, outcome: Outcome) {
-        match self
-            .store
-            .finish_job(self.pdp.as_ref(), &job.id, worker, outcome)
-            .await
-        {
+        match self.store.finish_job(self.pdp.as_ref(), &job.id, worker, outcome).await {
             Ok(done) => {
                 tracing::info!(job = %done.id, state = done.state.as_str(), worker, "job attempt ended")
             }
@@ -226,7 +175,5 @@ impl WorkerPool {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "factory".to_string())
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "factory".to_string())
 }

@@ -15,10 +15,7 @@ pub struct Event {
 
 impl Event {
     pub fn new(topic: &str, payload: serde_json::Value) -> Self {
-        Event {
-            topic: topic.to_string(),
-            payload,
-        }
+        Event { topic: topic.to_string(), payload }
     }
 }
 
@@ -53,14 +50,7 @@ impl Store {
         }
         let mut write = self.begin_write().await?;
         let details = serde_json::json!({ "errors": decision.errors, "context": request.context });
-        append_audit_record(
-            &mut write.transaction,
-            request,
-            &decision,
-            request_id,
-            &details,
-        )
-        .await?;
+        append_audit_record(&mut write.transaction, request, &decision, request_id, &details).await?;
         write.commit().await?;
         self.committed.notify_one();
         Err(denied(request, decision))
@@ -75,26 +65,13 @@ impl Store {
     ) -> Result<Change, StoreError> {
         let decision = self.authorize(pdp, &request, request_id).await?;
         let write = self.begin_write().await?;
-        Ok(Change {
-            write,
-            request,
-            decision,
-            request_id: request_id.to_string(),
-            store: self.clone(),
-        })
+        Ok(Change { write, request, decision, request_id: request_id.to_string(), store: self.clone() })
     }
 
     /// For changes whose resource is only known inside the transaction (a worker claiming
     /// whichever job is next): the caller asks the PDP itself before writing.
-    pub(crate) async fn begin_change_unauthorized(
-        &self,
-        request_id: &str,
-    ) -> Result<PendingChange, StoreError> {
-        Ok(PendingChange {
-            write: self.begin_write().await?,
-            request_id: request_id.to_string(),
-            store: self.clone(),
-        })
+    pub(crate) async fn begin_change_unauthorized(&self, request_id: &str) -> Result<PendingChange, StoreError> {
+        Ok(PendingChange { write: self.begin_write().await?, request_id: request_id.to_string(), store: self.clone() })
     }
 }
 
@@ -114,19 +91,10 @@ impl PendingChange {
         let decision = pdp.decide(&request);
         if !decision.is_allowed() {
             drop(self.write);
-            let _ = self
-                .store
-                .authorize(pdp, &request, &self.request_id)
-                .await?;
+            let _ = self.store.authorize(pdp, &request, &self.request_id).await?;
             return Err(denied(&request, decision));
         }
-        Ok(Change {
-            write: self.write,
-            request,
-            decision,
-            request_id: self.request_id,
-            store: self.store,
-        })
+        Ok(Change { write: self.write, request, decision, request_id: self.request_id, store: self.store })
     }
 }
 
@@ -145,19 +113,10 @@ impl Change {
 
     /// Appends the audit record (with a digest of `details`) and the outbox event, then commits
     /// all of it at once.
-    pub async fn commit(
-        mut self,
-        details: serde_json::Value,
-        event: Event,
-    ) -> Result<Committed, StoreError> {
-        let audit_index = append_audit_record(
-            &mut self.write.transaction,
-            &self.request,
-            &self.decision,
-            &self.request_id,
-            &details,
-        )
-        .await?;
+    pub async fn commit(mut self, details: serde_json::Value, event: Event) -> Result<Committed, StoreError> {
+        let audit_index =
+            append_audit_record(&mut self.write.transaction, &self.request, &self.decision, &self.request_id, &details)
+                .await?;
         let idempotency_key = format!("{}#{audit_index}", event.topic);
         let event_id: i64 = sqlx::query_scalar(
             "INSERT INTO outbox (topic, idempotency_key, payload, audit_index, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -171,20 +130,14 @@ impl Change {
         .await?;
         self.write.commit().await?;
         self.store.committed.notify_one();
-        Ok(Committed {
-            audit_index,
-            event_id,
-        })
+        Ok(Committed { audit_index, event_id })
     }
 }
 
 fn denied(request: &AccessRequest, decision: Decision) -> StoreError {
     let mut error = StoreError::new(
         StoreErrorKind::Denied,
-        format!(
-            "{} on {} is not allowed for {}",
-            request.action, request.resource, request.principal.id
-        ),
+        format!("{} on {} is not allowed for {}", request.action, request.resource, request.principal.id),
     );
     error.decision = Some(decision);
     error
@@ -200,17 +153,11 @@ async fn append_audit_record(
     request_id: &str,
     details: &serde_json::Value,
 ) -> Result<u64, StoreError> {
-    let size: i64 =
-        sqlx::query_scalar("UPDATE audit_head SET size = size + 1 WHERE id = 1 RETURNING size")
-            .fetch_one(&mut *connection)
-            .await?;
+    let size: i64 = sqlx::query_scalar("UPDATE audit_head SET size = size + 1 WHERE id = 1 RETURNING size")
+        .fetch_one(&mut *connection)
+        .await?;
     let index = (size - 1) as u64;
-    let tenant = request
-        .resource
-        .tenant
-        .as_ref()
-        .or(request.principal.tenant.as_ref())
-        .map(|t| t.to_string());
+    let tenant = request.resource.tenant.as_ref().or(request.principal.tenant.as_ref()).map(|t| t.to_string());
     let now = factory_core::time::now_millis();
     let record = AuditRecord {
         index,
@@ -229,12 +176,8 @@ async fn append_audit_record(
     };
     let bytes = record.canonical_bytes();
     let leaf_hash = factory_audit::merkle::leaf_hash(&bytes);
-    let text = String::from_utf8(bytes).map_err(|_| {
-        StoreError::new(
-            StoreErrorKind::Corrupt,
-            "canonical audit record is not UTF-8",
-        )
-    })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| StoreError::new(StoreErrorKind::Corrupt, "canonical audit record is not UTF-8"))?;
     sqlx::query(
         "INSERT INTO audit_records (idx, record, leaf_hash, details, tenant, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )

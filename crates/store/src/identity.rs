@@ -34,11 +34,7 @@ pub struct ApiKey {
 
 impl ApiKey {
     pub fn principal(&self) -> Principal {
-        Principal {
-            id: self.id.clone(),
-            tenant: self.tenant.clone(),
-            role: self.role,
-        }
+        Principal { id: self.id.clone(), tenant: self.tenant.clone(), role: self.role }
     }
 
     fn usable_at(&self, now: i64) -> bool {
@@ -53,21 +49,14 @@ pub struct IssuedKey {
     pub secret: String,
 }
 
-const KEY_COLUMNS: &str =
-    "id, tenant, role, description, created_at, created_by, expires_at, revoked_at";
+const KEY_COLUMNS: &str = "id, tenant, role, description, created_at, created_by, expires_at, revoked_at";
 
 fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::new(
-        StoreErrorKind::Corrupt,
-        format!("stored {what} is invalid: {error}"),
-    )
+    StoreError::new(StoreErrorKind::Corrupt, format!("stored {what} is invalid: {error}"))
 }
 
 fn key_from_row(row: &AnyRow) -> Result<ApiKey, StoreError> {
-    let tenant = opt_string(row, "tenant")?
-        .map(TenantName::new)
-        .transpose()
-        .map_err(|e| corrupt("key tenant", e))?;
+    let tenant = opt_string(row, "tenant")?.map(TenantName::new).transpose().map_err(|e| corrupt("key tenant", e))?;
     let role: String = row.try_get("role")?;
     Ok(ApiKey {
         id: row.try_get("id")?,
@@ -101,10 +90,7 @@ impl Change {
         jurisdictions: &[Jurisdiction],
     ) -> Result<Tenant, StoreError> {
         if jurisdictions.is_empty() {
-            return Err(StoreError::new(
-                StoreErrorKind::Invalid,
-                "a tenant needs at least one allowed jurisdiction",
-            ));
+            return Err(StoreError::new(StoreErrorKind::Invalid, "a tenant needs at least one allowed jurisdiction"));
         }
         let tenant = Tenant {
             name: name.clone(),
@@ -112,21 +98,21 @@ impl Change {
             created_at: now_millis(),
             created_by: self.request().principal.id.clone(),
         };
-        let jurisdictions_json = serde_json::to_string(&tenant.jurisdictions)
-            .map_err(|e| corrupt("jurisdictions", e))?;
-        let result = sqlx::query("INSERT INTO tenants (name, jurisdictions, created_at, created_by) VALUES ($1, $2, $3, $4)")
-            .bind(tenant.name.as_str())
-            .bind(jurisdictions_json)
-            .bind(tenant.created_at)
-            .bind(&tenant.created_by)
-            .execute(self.connection())
-            .await;
+        let jurisdictions_json =
+            serde_json::to_string(&tenant.jurisdictions).map_err(|e| corrupt("jurisdictions", e))?;
+        let result =
+            sqlx::query("INSERT INTO tenants (name, jurisdictions, created_at, created_by) VALUES ($1, $2, $3, $4)")
+                .bind(tenant.name.as_str())
+                .bind(jurisdictions_json)
+                .bind(tenant.created_at)
+                .bind(&tenant.created_by)
+                .execute(self.connection())
+                .await;
         match result {
             Ok(_) => Ok(tenant),
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(StoreError::new(
-                StoreErrorKind::Conflict,
-                format!("tenant {name} already exists"),
-            )),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                Err(StoreError::new(StoreErrorKind::Conflict, format!("tenant {name} already exists")))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -139,24 +125,17 @@ impl Change {
         expires_at: Option<i64>,
     ) -> Result<IssuedKey, StoreError> {
         if let Some(tenant) = tenant {
-            let exists: Option<String> =
-                sqlx::query_scalar("SELECT name FROM tenants WHERE name = $1")
-                    .bind(tenant.as_str())
-                    .fetch_optional(self.connection())
-                    .await?;
+            let exists: Option<String> = sqlx::query_scalar("SELECT name FROM tenants WHERE name = $1")
+                .bind(tenant.as_str())
+                .fetch_optional(self.connection())
+                .await?;
             if exists.is_none() {
-                return Err(StoreError::new(
-                    StoreErrorKind::NotFound,
-                    format!("tenant {tenant} does not exist"),
-                ));
+                return Err(StoreError::new(StoreErrorKind::NotFound, format!("tenant {tenant} does not exist")));
             }
         }
         let now = now_millis();
         if expires_at.is_some_and(|expiry| expiry <= now) {
-            return Err(StoreError::new(
-                StoreErrorKind::Invalid,
-                "expires_at must be in the future",
-            ));
+            return Err(StoreError::new(StoreErrorKind::Invalid, "expires_at must be in the future"));
         }
         let secret = new_api_key_secret();
         let key = ApiKey {
@@ -197,22 +176,19 @@ impl Change {
         .await?;
         match row {
             Some(row) => key_from_row(&row),
-            None => Err(StoreError::new(
-                StoreErrorKind::Conflict,
-                format!("key {id} does not exist or is already revoked"),
-            )),
+            None => {
+                Err(StoreError::new(StoreErrorKind::Conflict, format!("key {id} does not exist or is already revoked")))
+            }
         }
     }
 }
 
 impl Store {
     pub async fn tenant(&self, name: &TenantName) -> Result<Option<Tenant>, StoreError> {
-        let row = sqlx::query(
-            "SELECT name, jurisdictions, created_at, created_by FROM tenants WHERE name = $1",
-        )
-        .bind(name.as_str())
-        .fetch_optional(self.pool())
-        .await?;
+        let row = sqlx::query("SELECT name, jurisdictions, created_at, created_by FROM tenants WHERE name = $1")
+            .bind(name.as_str())
+            .fetch_optional(self.pool())
+            .await?;
         row.as_ref().map(tenant_from_row).transpose()
     }
 
@@ -226,12 +202,10 @@ impl Store {
 
     /// The key a bearer secret belongs to, if it exists, is not revoked and has not expired.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<ApiKey>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = $1"
-        ))
-        .bind(sha256_hex(secret.as_bytes()))
-        .fetch_optional(self.pool())
-        .await?;
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = $1"))
+            .bind(sha256_hex(secret.as_bytes()))
+            .fetch_optional(self.pool())
+            .await?;
         let key = row.as_ref().map(key_from_row).transpose()?;
         Ok(key.filter(|key| key.usable_at(now_millis())))
     }

@@ -43,16 +43,10 @@ impl JobState {
 impl FromStr for JobState {
     type Err = String;
     fn from_str(value: &str) -> Result<Self, String> {
-        [
-            JobState::Queued,
-            JobState::Running,
-            JobState::Succeeded,
-            JobState::Dead,
-            JobState::Cancelled,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == value)
-        .ok_or_else(|| format!("unknown job state {value:?}"))
+        [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Dead, JobState::Cancelled]
+            .into_iter()
+            .find(|state| state.as_str() == value)
+            .ok_or_else(|| format!("unknown job state {value:?}"))
     }
 }
 
@@ -111,10 +105,7 @@ const JOB_COLUMNS: &str =
      lease_expires_at, cancel_requested, last_error, result, created_by, created_at, updated_at";
 
 fn invalid_stored(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::new(
-        StoreErrorKind::Corrupt,
-        format!("stored job {what} is invalid: {error}"),
-    )
+    StoreError::new(StoreErrorKind::Corrupt, format!("stored job {what} is invalid: {error}"))
 }
 
 fn job_from_row(row: &AnyRow) -> Result<Job, StoreError> {
@@ -128,9 +119,7 @@ fn job_from_row(row: &AnyRow) -> Result<Job, StoreError> {
         kind: row.try_get("kind")?,
         payload: serde_json::from_str(&payload).map_err(|e| invalid_stored("payload", e))?,
         priority: row.try_get("priority")?,
-        state: state
-            .parse()
-            .map_err(|e: String| invalid_stored("state", e))?,
+        state: state.parse().map_err(|e: String| invalid_stored("state", e))?,
         attempts: row.try_get("attempts")?,
         max_attempts: row.try_get("max_attempts")?,
         run_after: row.try_get("run_after")?,
@@ -138,10 +127,7 @@ fn job_from_row(row: &AnyRow) -> Result<Job, StoreError> {
         lease_expires_at: row.try_get("lease_expires_at")?,
         cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
         last_error: opt_string(row, "last_error")?,
-        result: result
-            .map(|r| serde_json::from_str(&r))
-            .transpose()
-            .map_err(|e| invalid_stored("result", e))?,
+        result: result.map(|r| serde_json::from_str(&r)).transpose().map_err(|e| invalid_stored("result", e))?,
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -156,11 +142,7 @@ fn job_event(topic: &str, job: &Job) -> Event {
 }
 
 fn system_request(action: Action, job: &Job) -> AccessRequest {
-    AccessRequest::new(
-        &Principal::system(),
-        action,
-        Resource::job(&job.id, &job.tenant),
-    )
+    AccessRequest::new(&Principal::system(), action, Resource::job(&job.id, &job.tenant))
 }
 
 impl Change {
@@ -172,20 +154,14 @@ impl Change {
             .clone()
             .ok_or_else(|| StoreError::new(StoreErrorKind::Invalid, "a job belongs to a tenant"))?;
         if new.kind.is_empty() || new.max_attempts == 0 {
-            return Err(StoreError::new(
-                StoreErrorKind::Invalid,
-                "a job needs a kind and at least one attempt",
-            ));
+            return Err(StoreError::new(StoreErrorKind::Invalid, "a job needs a kind and at least one attempt"));
         }
         let exists: Option<String> = sqlx::query_scalar("SELECT name FROM tenants WHERE name = $1")
             .bind(tenant.as_str())
             .fetch_optional(self.connection())
             .await?;
         if exists.is_none() {
-            return Err(StoreError::new(
-                StoreErrorKind::NotFound,
-                format!("tenant {tenant} does not exist"),
-            ));
+            return Err(StoreError::new(StoreErrorKind::NotFound, format!("tenant {tenant} does not exist")));
         }
         let now = now_millis();
         let created_by = self.request().principal.id.clone();
@@ -221,10 +197,7 @@ impl Change {
         .await?;
         match row {
             Some(row) => job_from_row(&row),
-            None => Err(StoreError::new(
-                StoreErrorKind::Conflict,
-                format!("job {id} is not queued or running"),
-            )),
+            None => Err(StoreError::new(StoreErrorKind::Conflict, format!("job {id} is not queued or running"))),
         }
     }
 }
@@ -267,9 +240,7 @@ impl Store {
              AND attempts < max_attempts AND cancel_requested = 0 ORDER BY priority DESC, created_at, id LIMIT 1 {lock}) \
              RETURNING {JOB_COLUMNS}"
         );
-        let mut pending = self
-            .begin_change_unauthorized(&format!("claim:{worker}"))
-            .await?;
+        let mut pending = self.begin_change_unauthorized(&format!("claim:{worker}")).await?;
         let row = sqlx::query(&sql)
             .bind(worker)
             .bind(now + lease.as_millis() as i64)
@@ -280,25 +251,15 @@ impl Store {
             return Ok(None);
         };
         let job = job_from_row(&row)?;
-        let change = pending
-            .authorize(pdp, system_request(Action::JobRun, &job))
-            .await?;
+        let change = pending.authorize(pdp, system_request(Action::JobRun, &job)).await?;
         change
-            .commit(
-                serde_json::json!({ "worker": worker, "attempt": job.attempts }),
-                job_event("job.started", &job),
-            )
+            .commit(serde_json::json!({ "worker": worker, "attempt": job.attempts }), job_event("job.started", &job))
             .await?;
         Ok(Some(job))
     }
 
     /// Renews `worker`'s lease on `job_id`. Not audited: it changes no fact, only extends one.
-    pub async fn heartbeat(
-        &self,
-        job_id: &str,
-        worker: &str,
-        lease: Duration,
-    ) -> Result<Heartbeat, StoreError> {
+    pub async fn heartbeat(&self, job_id: &str, worker: &str, lease: Duration) -> Result<Heartbeat, StoreError> {
         let now = now_millis();
         let mut write = self.begin_write().await?;
         let cancel_requested: Option<i64> = sqlx::query_scalar(
@@ -312,10 +273,7 @@ impl Store {
         .fetch_optional(&mut *write.transaction)
         .await?;
         write.commit().await?;
-        Ok(Heartbeat {
-            still_owned: cancel_requested.is_some(),
-            cancel_requested: cancel_requested.unwrap_or(0) != 0,
-        })
+        Ok(Heartbeat { still_owned: cancel_requested.is_some(), cancel_requested: cancel_requested.unwrap_or(0) != 0 })
     }
 
     /// Records how `worker`'s attempt at `job_id` ended. A failure is retried after an
@@ -328,9 +286,7 @@ impl Store {
         worker: &str,
         outcome: Outcome,
     ) -> Result<Job, StoreError> {
-        let mut pending = self
-            .begin_change_unauthorized(&format!("finish:{worker}"))
-            .await?;
+        let mut pending = self.begin_change_unauthorized(&format!("finish:{worker}")).await?;
         let row = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
         ))
@@ -347,28 +303,14 @@ impl Store {
         let job = job_from_row(&row)?;
         let now = now_millis();
         let (state, run_after, error, result) = match &outcome {
-            Outcome::Succeeded(result) => (
-                JobState::Succeeded,
-                job.run_after,
-                None,
-                Some(result.to_string()),
-            ),
+            Outcome::Succeeded(result) => (JobState::Succeeded, job.run_after, None, Some(result.to_string())),
             Outcome::Cancelled => (JobState::Cancelled, job.run_after, None, None),
             Outcome::Failed { error, retry_base } if job.attempts < job.max_attempts => {
                 let factor = 1u32 << (job.attempts.clamp(1, 20) - 1);
-                let delay = retry_base
-                    .saturating_mul(factor)
-                    .min(Duration::from_secs(600));
-                (
-                    JobState::Queued,
-                    now + delay.as_millis() as i64,
-                    Some(error.clone()),
-                    None,
-                )
+                let delay = retry_base.saturating_mul(factor).min(Duration::from_secs(600));
+                (JobState::Queued, now + delay.as_millis() as i64, Some(error.clone()), None)
             }
-            Outcome::Failed { error, .. } => {
-                (JobState::Dead, job.run_after, Some(error.clone()), None)
-            }
+            Outcome::Failed { error, .. } => (JobState::Dead, job.run_after, Some(error.clone()), None),
         };
         let row = sqlx::query(&format!(
             "UPDATE jobs SET state = $1, run_after = $2, last_error = COALESCE($3, last_error), result = $4, \
@@ -383,9 +325,7 @@ impl Store {
         .fetch_one(&mut *pending.write.transaction)
         .await?;
         let updated = job_from_row(&row)?;
-        let change = pending
-            .authorize(pdp, system_request(Action::JobRun, &updated))
-            .await?;
+        let change = pending.authorize(pdp, system_request(Action::JobRun, &updated)).await?;
         let topic = format!("job.{}", state.as_str());
         change
             .commit(
@@ -398,10 +338,7 @@ impl Store {
 
     /// Ends running jobs whose lease expired and that cannot be claimed again (out of attempts,
     /// or cancelled): their worker died, and no other will take them.
-    pub async fn reap_expired_jobs(
-        &self,
-        pdp: &dyn PolicyDecisionPoint,
-    ) -> Result<usize, StoreError> {
+    pub async fn reap_expired_jobs(&self, pdp: &dyn PolicyDecisionPoint) -> Result<usize, StoreError> {
         let now = now_millis();
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 \
@@ -425,16 +362,9 @@ impl Store {
             .await?;
             let Some(row) = row else { continue };
             let job = job_from_row(&row)?;
-            let change = pending
-                .authorize(pdp, system_request(Action::JobRun, &job))
-                .await?;
+            let change = pending.authorize(pdp, system_request(Action::JobRun, &job)).await?;
             let topic = format!("job.{}", job.state.as_str());
-            change
-                .commit(
-                    serde_json::json!({ "reason": "lease expired" }),
-                    job_event(&topic, &job),
-                )
-                .await?;
+            change.commit(serde_json::json!({ "reason": "lease expired" }), job_event(&topic, &job)).await?;
             reaped += 1;
         }
         Ok(reaped)

@@ -9,6 +9,7 @@
 //! heartbeats, checkpoint signatures over the log) is written directly.
 
 mod audit_log;
+pub mod datasets;
 mod governed;
 pub mod identity;
 pub mod jobs;
@@ -39,10 +40,7 @@ impl Dialect {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Dialect::Postgres)
         } else {
-            Err(StoreError::new(
-                StoreErrorKind::Config,
-                format!("unsupported database URL {url:?}"),
-            ))
+            Err(StoreError::new(StoreErrorKind::Config, format!("unsupported database URL {url:?}")))
         }
     }
 }
@@ -75,11 +73,7 @@ pub struct StoreError {
 
 impl StoreError {
     pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
-        StoreError {
-            kind,
-            message: message.into(),
-            decision: None,
-        }
+        StoreError { kind, message: message.into(), decision: None }
     }
 
     pub fn kind(&self) -> StoreErrorKind {
@@ -125,18 +119,11 @@ impl Store {
             .acquire_timeout(Duration::from_secs(30))
             .connect(url)
             .await
-            .map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::Database,
-                    format!("cannot open {}: {e}", redact_url(url)),
-                )
-            })?;
+            .map_err(|e| StoreError::new(StoreErrorKind::Database, format!("cannot open {}: {e}", redact_url(url))))?;
         if dialect == Dialect::Sqlite {
             // WAL lets readers (and `factory audit verify`) run beside the writer; the setting
             // persists in the file.
-            sqlx::query("PRAGMA journal_mode=WAL")
-                .execute(&pool)
-                .await?;
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
         }
         let store = Store {
             pool,
@@ -161,15 +148,9 @@ impl Store {
             }
             Dialect::Postgres => url.to_string(),
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(2)
-            .connect(&url)
-            .await
-            .map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::Database,
-                    format!("cannot open {}: {e}", redact_url(&url)),
-                )
+        let pool =
+            AnyPoolOptions::new().max_connections(2).connect(&url).await.map_err(|e| {
+                StoreError::new(StoreErrorKind::Database, format!("cannot open {}: {e}", redact_url(&url)))
             })?;
         Ok(Store {
             pool,
@@ -205,10 +186,7 @@ impl Store {
             None => None,
         };
         let transaction = self.pool.begin().await?;
-        Ok(WriteTransaction {
-            transaction,
-            _guard: guard,
-        })
+        Ok(WriteTransaction { transaction, _guard: guard })
     }
 }
 

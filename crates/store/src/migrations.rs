@@ -6,7 +6,10 @@
 
 use crate::{Dialect, Store, StoreError, StoreErrorKind};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "spine", include_str!("migrations/0001_spine.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "spine", include_str!("migrations/0001_spine.sql")),
+    (2, "datasets", include_str!("migrations/0002_datasets.sql")),
+];
 
 pub(crate) async fn apply(store: &Store) -> Result<(), StoreError> {
     let mut write = store.begin_write().await?;
@@ -17,11 +20,10 @@ pub(crate) async fn apply(store: &Store) -> Result<(), StoreError> {
 
     for (version, name, template) in MIGRATIONS {
         let mut write = store.begin_write().await?;
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
-                .bind(*version)
-                .fetch_optional(&mut *write.transaction)
-                .await?;
+        let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+            .bind(*version)
+            .fetch_optional(&mut *write.transaction)
+            .await?;
         if applied.is_some() {
             continue;
         }
@@ -30,30 +32,21 @@ pub(crate) async fn apply(store: &Store) -> Result<(), StoreError> {
             if statement.is_empty() {
                 continue;
             }
-            sqlx::query(statement)
-                .execute(&mut *write.transaction)
-                .await
-                .map_err(|e| {
-                    StoreError::new(
-                        StoreErrorKind::Database,
-                        format!("migration {version} ({name}) failed: {e}"),
-                    )
-                })?;
+            sqlx::query(statement).execute(&mut *write.transaction).await.map_err(|e| {
+                StoreError::new(StoreErrorKind::Database, format!("migration {version} ({name}) failed: {e}"))
+            })?;
         }
-        sqlx::query(
-            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-        )
-        .bind(*version)
-        .bind(*name)
-        .bind(factory_core::time::now_millis())
-        .execute(&mut *write.transaction)
-        .await?;
+        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+            .bind(*version)
+            .bind(*name)
+            .bind(factory_core::time::now_millis())
+            .execute(&mut *write.transaction)
+            .await?;
         write.commit().await?;
         tracing::info!(version, name, "applied metadata migration");
     }
-    let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
-        .fetch_one(store.pool())
-        .await?;
+    let newest: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations").fetch_one(store.pool()).await?;
     let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if newest.unwrap_or(0) > known {
         return Err(StoreError::new(
@@ -71,12 +64,6 @@ fn render(template: &str, dialect: Dialect) -> String {
         Dialect::Sqlite => ("BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT"),
         Dialect::Postgres => ("BYTEA", "BIGSERIAL PRIMARY KEY"),
     };
-    let without_comments: Vec<&str> = template
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("--"))
-        .collect();
-    without_comments
-        .join("\n")
-        .replace("{blob}", blob)
-        .replace("{serial_primary_key}", serial)
+    let without_comments: Vec<&str> = template.lines().filter(|line| !line.trim_start().starts_with("--")).collect();
+    without_comments.join("\n").replace("{blob}", blob).replace("{serial_primary_key}", serial)
 }

@@ -45,12 +45,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(store: Store, subscribers: Vec<Arc<dyn Subscriber>>) -> Self {
-        Dispatcher {
-            store,
-            subscribers,
-            retry_at: HashMap::new(),
-            batch: 256,
-        }
+        Dispatcher { store, subscribers, retry_at: HashMap::new(), batch: 256 }
     }
 
     /// Delivers everything pending to every subscriber whose back-off has passed; returns how
@@ -59,11 +54,7 @@ impl Dispatcher {
         let mut delivered = 0;
         for subscriber in self.subscribers.clone() {
             let name = subscriber.name().to_string();
-            if self
-                .retry_at
-                .get(&name)
-                .is_some_and(|at| *at > Instant::now())
-            {
+            if self.retry_at.get(&name).is_some_and(|at| *at > Instant::now()) {
                 continue;
             }
             delivered += self.deliver_to(subscriber.as_ref()).await?;
@@ -89,8 +80,7 @@ impl Dispatcher {
                 id: row.try_get("id")?,
                 topic: row.try_get("topic")?,
                 idempotency_key: row.try_get("idempotency_key")?,
-                payload: serde_json::from_str(&payload)
-                    .unwrap_or(serde_json::Value::String(payload)),
+                payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
                 audit_index: row.try_get::<i64, _>("audit_index")? as u64,
             };
             if subscriber.wants(&event.topic) {
@@ -110,11 +100,10 @@ impl Dispatcher {
     }
 
     async fn cursor(&self, name: &str) -> Result<i64, StoreError> {
-        let cursor: Option<i64> =
-            sqlx::query_scalar("SELECT last_event_id FROM outbox_cursors WHERE subscriber = $1")
-                .bind(name)
-                .fetch_optional(self.store.pool())
-                .await?;
+        let cursor: Option<i64> = sqlx::query_scalar("SELECT last_event_id FROM outbox_cursors WHERE subscriber = $1")
+            .bind(name)
+            .fetch_optional(self.store.pool())
+            .await?;
         Ok(cursor.unwrap_or(0))
     }
 
@@ -131,12 +120,7 @@ impl Dispatcher {
         write.commit().await
     }
 
-    async fn record_failure(
-        &mut self,
-        name: &str,
-        acknowledged: i64,
-        message: &str,
-    ) -> Result<(), StoreError> {
+    async fn record_failure(&mut self, name: &str, acknowledged: i64, message: &str) -> Result<(), StoreError> {
         let mut write = self.store.begin_write().await?;
         let failures: i64 = sqlx::query_scalar(
             "INSERT INTO outbox_cursors (subscriber, last_event_id, failures, last_error) VALUES ($1, $2, 1, $3) \
@@ -150,14 +134,8 @@ impl Dispatcher {
         .await?;
         write.commit().await?;
         let delay = Duration::from_millis(100u64.saturating_mul(1 << failures.clamp(0, 9)));
-        tracing::warn!(
-            subscriber = name,
-            failures,
-            error = message,
-            "event delivery failed; retrying later"
-        );
-        self.retry_at
-            .insert(name.to_string(), Instant::now() + delay);
+        tracing::warn!(subscriber = name, failures, error = message, "event delivery failed; retrying later");
+        self.retry_at.insert(name.to_string(), Instant::now() + delay);
         Ok(())
     }
 

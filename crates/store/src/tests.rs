@@ -24,15 +24,9 @@ pub(crate) enum TestDatabase {
 impl TestDatabase {
     pub(crate) fn url(&self) -> String {
         match self {
-            TestDatabase::Sqlite(dir) => format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("metadata.db").display()
-            ),
+            TestDatabase::Sqlite(dir) => format!("sqlite://{}?mode=rwc", dir.path().join("metadata.db").display()),
             TestDatabase::Postgres { admin_url, name } => {
-                let base = admin_url
-                    .rsplit_once('/')
-                    .map(|(base, _)| base)
-                    .unwrap_or(admin_url);
+                let base = admin_url.rsplit_once('/').map(|(base, _)| base).unwrap_or(admin_url);
                 format!("{base}/{name}")
             }
         }
@@ -42,9 +36,7 @@ impl TestDatabase {
         store.close().await;
         if let TestDatabase::Postgres { admin_url, name } = self {
             if let Ok(admin) = sqlx::AnyPool::connect(&admin_url).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&admin)
-                    .await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
             }
         }
     }
@@ -65,14 +57,8 @@ pub(crate) async fn postgres_database() -> Option<TestDatabase> {
             return None;
         }
     };
-    let name = format!(
-        "factory_test_{}",
-        hex::encode(&factory_core::secrets::random_bytes()[..6])
-    );
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    let name = format!("factory_test_{}", hex::encode(&factory_core::secrets::random_bytes()[..6]));
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
     admin.close().await;
     Some(TestDatabase::Postgres { admin_url, name })
 }
@@ -116,6 +102,7 @@ store_suite!(
     jobs_follow_priority_and_retry_with_backoff,
     expired_leases_are_claimed_again,
     cancellation_and_concurrent_claims,
+    dataset_versions_appear_whole_and_numbered,
 );
 
 fn authorizer() -> CedarAuthorizer {
@@ -127,66 +114,35 @@ fn tenant(name: &str) -> TenantName {
 }
 
 fn platform_admin() -> Principal {
-    Principal {
-        id: "key_admin".to_string(),
-        tenant: None,
-        role: Role::Admin,
-    }
+    Principal { id: "key_admin".to_string(), tenant: None, role: Role::Admin }
 }
 
 async fn create_tenant(store: &Store, name: &str) {
     let pdp = authorizer();
-    let request = AccessRequest::new(
-        &platform_admin(),
-        Action::TenantCreate,
-        Resource::platform(),
-    );
-    let mut change = store
-        .begin_change(&pdp, request, "req-tenant")
-        .await
-        .unwrap();
+    let request = AccessRequest::new(&platform_admin(), Action::TenantCreate, Resource::platform());
+    let mut change = store.begin_change(&pdp, request, "req-tenant").await.unwrap();
+    change.create_tenant(&tenant(name), &[Jurisdiction::new("eu").unwrap()]).await.unwrap();
     change
-        .create_tenant(&tenant(name), &[Jurisdiction::new("eu").unwrap()])
-        .await
-        .unwrap();
-    change
-        .commit(
-            serde_json::json!({ "tenant": name }),
-            Event::new("tenant.created", serde_json::json!({})),
-        )
+        .commit(serde_json::json!({ "tenant": name }), Event::new("tenant.created", serde_json::json!({})))
         .await
         .unwrap();
 }
 
 async fn count(store: &Store, table: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-        .fetch_one(store.pool())
-        .await
-        .unwrap()
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(store.pool()).await.unwrap()
 }
 
 async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
     let again = Store::open(&database.url()).await.unwrap();
-    let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations")
-        .fetch_one(again.pool())
-        .await
-        .unwrap();
-    assert_eq!(versions, 1);
+    let versions: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(again.pool()).await.unwrap();
+    assert_eq!(versions, 2);
     again.close().await;
 }
 
 async fn a_change_commits_with_its_audit_record_and_event(store: &Store, _database: &TestDatabase) {
     create_tenant(store, "acme").await;
-    assert_eq!(
-        store
-            .tenant(&tenant("acme"))
-            .await
-            .unwrap()
-            .unwrap()
-            .jurisdictions[0]
-            .as_str(),
-        "eu"
-    );
+    assert_eq!(store.tenant(&tenant("acme")).await.unwrap().unwrap().jurisdictions[0].as_str(), "eu");
     assert_eq!(store.audit_size().await.unwrap(), 1);
     let records = store.audit_records(0, 10, None).await.unwrap();
     let record = &records[0].record;
@@ -194,51 +150,27 @@ async fn a_change_commits_with_its_audit_record_and_event(store: &Store, _databa
     assert_eq!(record.principal, "key_admin");
     assert_eq!(record.policies, vec!["platform-admin".to_string()]);
     assert_eq!(record.request_id, "req-tenant");
-    assert_eq!(
-        record.details_digest,
-        factory_audit::record::details_digest(&records[0].details)
-    );
+    assert_eq!(record.details_digest, factory_audit::record::details_digest(&records[0].details));
     assert_eq!(count(store, "outbox").await, 1);
 
     let pdp = authorizer();
-    let request = AccessRequest::new(
-        &platform_admin(),
-        Action::TenantCreate,
-        Resource::platform(),
-    );
-    let mut change = store
-        .begin_change(&pdp, request, "req-again")
-        .await
-        .unwrap();
-    let error = change
-        .create_tenant(&tenant("acme"), &[Jurisdiction::new("eu").unwrap()])
-        .await
-        .unwrap_err();
+    let request = AccessRequest::new(&platform_admin(), Action::TenantCreate, Resource::platform());
+    let mut change = store.begin_change(&pdp, request, "req-again").await.unwrap();
+    let error = change.create_tenant(&tenant("acme"), &[Jurisdiction::new("eu").unwrap()]).await.unwrap_err();
     assert_eq!(error.kind(), StoreErrorKind::Conflict);
 }
 
 async fn denials_are_audited_and_change_nothing(store: &Store, _database: &TestDatabase) {
     let pdp = authorizer();
-    let intruder = Principal {
-        id: "key_intruder".to_string(),
-        tenant: Some(tenant("globex")),
-        role: Role::Admin,
-    };
+    let intruder = Principal { id: "key_intruder".to_string(), tenant: Some(tenant("globex")), role: Role::Admin };
     let request = AccessRequest::new(&intruder, Action::TenantCreate, Resource::platform());
-    let error = store
-        .begin_change(&pdp, request, "req-denied")
-        .await
-        .err()
-        .unwrap();
+    let error = store.begin_change(&pdp, request, "req-denied").await.err().unwrap();
     assert_eq!(error.kind(), StoreErrorKind::Denied);
     assert!(!error.decision.unwrap().is_allowed());
     let records = store.audit_records(0, 10, None).await.unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].record.principal, "key_intruder");
-    assert_eq!(
-        records[0].record.decision,
-        factory_audit::record::Decision::Deny
-    );
+    assert_eq!(records[0].record.decision, factory_audit::record::Decision::Deny);
     assert_eq!(records[0].record.tenant.as_deref(), Some("globex"));
     assert_eq!(count(store, "tenants").await, 0);
     assert_eq!(count(store, "outbox").await, 0);
@@ -246,16 +178,9 @@ async fn denials_are_audited_and_change_nothing(store: &Store, _database: &TestD
 
 async fn an_abandoned_change_leaves_nothing(store: &Store, _database: &TestDatabase) {
     let pdp = authorizer();
-    let request = AccessRequest::new(
-        &platform_admin(),
-        Action::TenantCreate,
-        Resource::platform(),
-    );
+    let request = AccessRequest::new(&platform_admin(), Action::TenantCreate, Resource::platform());
     let mut change = store.begin_change(&pdp, request, "req").await.unwrap();
-    change
-        .create_tenant(&tenant("ghost"), &[Jurisdiction::new("eu").unwrap()])
-        .await
-        .unwrap();
+    change.create_tenant(&tenant("ghost"), &[Jurisdiction::new("eu").unwrap()]).await.unwrap();
     drop(change);
     assert!(store.tenant(&tenant("ghost")).await.unwrap().is_none());
     assert_eq!(store.audit_size().await.unwrap(), 0);
@@ -268,32 +193,14 @@ async fn an_abandoned_change_leaves_nothing(store: &Store, _database: &TestDatab
 async fn keys_authenticate_until_revoked_or_expired(store: &Store, _database: &TestDatabase) {
     create_tenant(store, "acme").await;
     let pdp = authorizer();
-    let request = AccessRequest::new(
-        &platform_admin(),
-        Action::KeyCreate,
-        Resource::tenant(&tenant("acme")),
-    );
+    let request = AccessRequest::new(&platform_admin(), Action::KeyCreate, Resource::tenant(&tenant("acme")));
     let mut change = store.begin_change(&pdp, request, "req").await.unwrap();
-    let issued = change
-        .create_api_key(Some(&tenant("acme")), Role::Engineer, "ci", None)
-        .await
-        .unwrap();
+    let issued = change.create_api_key(Some(&tenant("acme")), Role::Engineer, "ci", None).await.unwrap();
     let short_lived = change
-        .create_api_key(
-            Some(&tenant("acme")),
-            Role::App,
-            "soon gone",
-            Some(factory_core::time::now_millis() + 300),
-        )
+        .create_api_key(Some(&tenant("acme")), Role::App, "soon gone", Some(factory_core::time::now_millis() + 300))
         .await
         .unwrap();
-    change
-        .commit(
-            serde_json::json!({}),
-            Event::new("key.created", serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    change.commit(serde_json::json!({}), Event::new("key.created", serde_json::json!({}))).await.unwrap();
 
     let stored_hash: String = sqlx::query_scalar("SELECT secret_hash FROM api_keys WHERE id = $1")
         .bind(&issued.key.id)
@@ -301,58 +208,23 @@ async fn keys_authenticate_until_revoked_or_expired(store: &Store, _database: &T
         .await
         .unwrap();
     assert_ne!(stored_hash, issued.secret, "the secret must not be stored");
-    assert_eq!(
-        store
-            .authenticate(&issued.secret)
-            .await
-            .unwrap()
-            .unwrap()
-            .role,
-        Role::Engineer
-    );
+    assert_eq!(store.authenticate(&issued.secret).await.unwrap().unwrap().role, Role::Engineer);
     assert!(store.authenticate("fk_wrong").await.unwrap().is_none());
-    assert!(store
-        .authenticate(&short_lived.secret)
-        .await
-        .unwrap()
-        .is_some());
+    assert!(store.authenticate(&short_lived.secret).await.unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        store
-            .authenticate(&short_lived.secret)
-            .await
-            .unwrap()
-            .is_none(),
-        "expired keys fail"
-    );
+    assert!(store.authenticate(&short_lived.secret).await.unwrap().is_none(), "expired keys fail");
 
     let request = AccessRequest::new(
         &platform_admin(),
         Action::KeyRevoke,
         Resource::api_key(&issued.key.id, Some(&tenant("acme"))),
     );
-    let mut change = store
-        .begin_change(&pdp, request.clone(), "req")
-        .await
-        .unwrap();
+    let mut change = store.begin_change(&pdp, request.clone(), "req").await.unwrap();
     change.revoke_api_key(&issued.key.id).await.unwrap();
-    change
-        .commit(
-            serde_json::json!({}),
-            Event::new("key.revoked", serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    change.commit(serde_json::json!({}), Event::new("key.revoked", serde_json::json!({}))).await.unwrap();
     assert!(store.authenticate(&issued.secret).await.unwrap().is_none());
     let mut change = store.begin_change(&pdp, request, "req").await.unwrap();
-    assert_eq!(
-        change
-            .revoke_api_key(&issued.key.id)
-            .await
-            .unwrap_err()
-            .kind(),
-        StoreErrorKind::Conflict
-    );
+    assert_eq!(change.revoke_api_key(&issued.key.id).await.unwrap_err().kind(), StoreErrorKind::Conflict);
 }
 
 fn issuer() -> CheckpointIssuer {
@@ -364,9 +236,7 @@ fn issuer() -> CheckpointIssuer {
 
 async fn audit_proofs_and_checkpoints_verify(store: &Store, _database: &TestDatabase) {
     let issuer = issuer();
-    let verifier =
-        factory_audit::checkpoint::NoteVerifier::from_verifier_key(&issuer.signer.verifier_key())
-            .unwrap();
+    let verifier = factory_audit::checkpoint::NoteVerifier::from_verifier_key(&issuer.signer.verifier_key()).unwrap();
     for i in 0..5 {
         create_tenant(store, &format!("t{i}")).await;
     }
@@ -377,11 +247,7 @@ async fn audit_proofs_and_checkpoints_verify(store: &Store, _database: &TestData
         create_tenant(store, &format!("t{i}")).await;
     }
     let note = store.issue_checkpoint(&issuer).await.unwrap();
-    assert_eq!(
-        store.issue_checkpoint(&issuer).await.unwrap(),
-        note,
-        "an unchanged log reuses its checkpoint"
-    );
+    assert_eq!(store.issue_checkpoint(&issuer).await.unwrap(), note, "an unchanged log reuses its checkpoint");
     let second = verifier.verify(&note).unwrap();
     assert_eq!(second.size, 13);
     for index in 0..13 {
@@ -390,24 +256,16 @@ async fn audit_proofs_and_checkpoints_verify(store: &Store, _database: &TestData
     }
     let proof = store.consistency_proof(5, 13).await.unwrap();
     factory_audit::merkle::verify_consistency(5, 13, &first.root, &second.root, &proof).unwrap();
-    assert_eq!(
-        store.inclusion_proof(13, 13).await.unwrap_err().kind(),
-        StoreErrorKind::Invalid
-    );
+    assert_eq!(store.inclusion_proof(13, 13).await.unwrap_err().kind(), StoreErrorKind::Invalid);
     assert_eq!(store.audit_checkpoints().await.unwrap().len(), 2);
 }
 
 async fn verify_store(store: &Store, issuer: &CheckpointIssuer) -> Result<u64, String> {
-    let verifier =
-        factory_audit::checkpoint::NoteVerifier::from_verifier_key(&issuer.signer.verifier_key())
-            .unwrap();
+    let verifier = factory_audit::checkpoint::NoteVerifier::from_verifier_key(&issuer.signer.verifier_key()).unwrap();
     let mut records = Vec::new();
     let mut after = None;
     loop {
-        let page = store
-            .stored_audit_page(after, u64::MAX >> 2, 3)
-            .await
-            .unwrap();
+        let page = store.stored_audit_page(after, u64::MAX >> 2, 3).await.unwrap();
         let Some(last) = page.last() else { break };
         after = Some(last.0.index);
         records.extend(page.into_iter().map(|(record, _)| record));
@@ -452,10 +310,7 @@ impl Subscriber for Recorder {
             *failures -= 1;
             return Err("temporarily unavailable".to_string());
         }
-        self.seen
-            .lock()
-            .unwrap()
-            .push(event.idempotency_key.clone());
+        self.seen.lock().unwrap().push(event.idempotency_key.clone());
         Ok(())
     }
 }
@@ -468,10 +323,7 @@ fn recorder(name: &str, fail_first: u32) -> Arc<Recorder> {
     })
 }
 
-async fn outbox_delivers_in_order_at_least_once_across_restarts(
-    store: &Store,
-    database: &TestDatabase,
-) {
+async fn outbox_delivers_in_order_at_least_once_across_restarts(store: &Store, database: &TestDatabase) {
     for i in 0..3 {
         create_tenant(store, &format!("t{i}")).await;
     }
@@ -479,14 +331,8 @@ async fn outbox_delivers_in_order_at_least_once_across_restarts(
     let flaky = recorder("flaky", 1);
     let mut dispatcher = Dispatcher::new(store.clone(), vec![steady.clone(), flaky.clone()]);
     assert_eq!(dispatcher.deliver_pending().await.unwrap(), 3);
-    assert_eq!(
-        *steady.seen.lock().unwrap(),
-        vec!["tenant.created#0", "tenant.created#1", "tenant.created#2"]
-    );
-    assert!(
-        flaky.seen.lock().unwrap().is_empty(),
-        "the failed delivery is retried later, not skipped"
-    );
+    assert_eq!(*steady.seen.lock().unwrap(), vec!["tenant.created#0", "tenant.created#1", "tenant.created#2"]);
+    assert!(flaky.seen.lock().unwrap().is_empty(), "the failed delivery is retried later, not skipped");
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(dispatcher.deliver_pending().await.unwrap(), 3);
     assert_eq!(flaky.seen.lock().unwrap().len(), 3);
@@ -497,40 +343,18 @@ async fn outbox_delivers_in_order_at_least_once_across_restarts(
     let after_restart = recorder("steady", 0);
     let mut dispatcher = Dispatcher::new(reopened.clone(), vec![after_restart.clone()]);
     assert_eq!(dispatcher.deliver_pending().await.unwrap(), 1);
-    assert_eq!(
-        *after_restart.seen.lock().unwrap(),
-        vec!["tenant.created#3"]
-    );
+    assert_eq!(*after_restart.seen.lock().unwrap(), vec!["tenant.created#3"]);
     reopened.close().await;
 }
 
 async fn enqueue(store: &Store, id: &str, kind: &str, priority: i64, max_attempts: u32) {
     let pdp = authorizer();
-    let engineer = Principal {
-        id: "key_eng".to_string(),
-        tenant: Some(tenant("acme")),
-        role: Role::Engineer,
-    };
-    let request = AccessRequest::new(
-        &engineer,
-        Action::JobEnqueue,
-        Resource::job(id, &tenant("acme")),
-    );
+    let engineer = Principal { id: "key_eng".to_string(), tenant: Some(tenant("acme")), role: Role::Engineer };
+    let request = AccessRequest::new(&engineer, Action::JobEnqueue, Resource::job(id, &tenant("acme")));
     let mut change = store.begin_change(&pdp, request, "req").await.unwrap();
-    let new = NewJob {
-        kind: kind.to_string(),
-        payload: serde_json::json!({ "n": 1 }),
-        priority,
-        max_attempts,
-    };
+    let new = NewJob { kind: kind.to_string(), payload: serde_json::json!({ "n": 1 }), priority, max_attempts };
     let job = change.enqueue_job(&new).await.unwrap();
-    change
-        .commit(
-            serde_json::json!({}),
-            Event::new("job.queued", serde_json::json!({ "job": job.id })),
-        )
-        .await
-        .unwrap();
+    change.commit(serde_json::json!({}), Event::new("job.queued", serde_json::json!({ "job": job.id }))).await.unwrap();
 }
 
 async fn jobs_follow_priority_and_retry_with_backoff(store: &Store, _database: &TestDatabase) {
@@ -544,76 +368,32 @@ async fn jobs_follow_priority_and_retry_with_backoff(store: &Store, _database: &
     assert_eq!(first.attempts, 1);
     let retry_base = Duration::from_millis(200);
     let failed = store
-        .finish_job(
-            &pdp,
-            "job_high",
-            "w1",
-            Outcome::Failed {
-                error: "boom".to_string(),
-                retry_base,
-            },
-        )
+        .finish_job(&pdp, "job_high", "w1", Outcome::Failed { error: "boom".to_string(), retry_base })
         .await
         .unwrap();
     assert_eq!(failed.state, crate::jobs::JobState::Queued);
     // Backing off: the low-priority job goes first.
-    assert_eq!(
-        store
-            .claim_job(&pdp, "w1", lease)
-            .await
-            .unwrap()
-            .unwrap()
-            .id,
-        "job_low"
-    );
+    assert_eq!(store.claim_job(&pdp, "w1", lease).await.unwrap().unwrap().id, "job_low");
     assert!(store.claim_job(&pdp, "w1", lease).await.unwrap().is_none());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let again = store.claim_job(&pdp, "w2", lease).await.unwrap().unwrap();
     assert_eq!((again.id.as_str(), again.attempts), ("job_high", 2));
     let dead = store
-        .finish_job(
-            &pdp,
-            "job_high",
-            "w2",
-            Outcome::Failed {
-                error: "boom again".to_string(),
-                retry_base,
-            },
-        )
+        .finish_job(&pdp, "job_high", "w2", Outcome::Failed { error: "boom again".to_string(), retry_base })
         .await
         .unwrap();
     assert_eq!(dead.state, crate::jobs::JobState::Dead);
     assert_eq!(dead.last_error.as_deref(), Some("boom again"));
-    let done = store
-        .finish_job(
-            &pdp,
-            "job_low",
-            "w1",
-            Outcome::Succeeded(serde_json::json!({"ok": true})),
-        )
-        .await
-        .unwrap();
+    let done =
+        store.finish_job(&pdp, "job_low", "w1", Outcome::Succeeded(serde_json::json!({"ok": true}))).await.unwrap();
     assert_eq!(done.state, crate::jobs::JobState::Succeeded);
     assert_eq!(
-        store
-            .finish_job(&pdp, "job_low", "w1", Outcome::Cancelled)
-            .await
-            .unwrap_err()
-            .kind(),
+        store.finish_job(&pdp, "job_low", "w1", Outcome::Cancelled).await.unwrap_err().kind(),
         StoreErrorKind::Conflict
     );
-    let actions: Vec<String> = store
-        .audit_records(0, 100, None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.record.action)
-        .collect();
-    assert_eq!(
-        actions.iter().filter(|a| *a == "job.run").count(),
-        6,
-        "three claims and three outcomes: {actions:?}"
-    );
+    let actions: Vec<String> =
+        store.audit_records(0, 100, None).await.unwrap().into_iter().map(|e| e.record.action).collect();
+    assert_eq!(actions.iter().filter(|a| *a == "job.run").count(), 6, "three claims and three outcomes: {actions:?}");
 }
 
 async fn expired_leases_are_claimed_again(store: &Store, _database: &TestDatabase) {
@@ -621,42 +401,17 @@ async fn expired_leases_are_claimed_again(store: &Store, _database: &TestDatabas
     create_tenant(store, "acme").await;
     enqueue(store, "job_a", "train", 0, 2).await;
     let short = Duration::from_millis(150);
-    let claimed = store
-        .claim_job(&pdp, "doomed-worker", short)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        store
-            .heartbeat(&claimed.id, "doomed-worker", short)
-            .await
-            .unwrap()
-            .still_owned
-    );
-    assert!(
-        store.claim_job(&pdp, "w2", short).await.unwrap().is_none(),
-        "a live lease is respected"
-    );
+    let claimed = store.claim_job(&pdp, "doomed-worker", short).await.unwrap().unwrap();
+    assert!(store.heartbeat(&claimed.id, "doomed-worker", short).await.unwrap().still_owned);
+    assert!(store.claim_job(&pdp, "w2", short).await.unwrap().is_none(), "a live lease is respected");
     tokio::time::sleep(Duration::from_millis(250)).await;
     let reclaimed = store.claim_job(&pdp, "w2", short).await.unwrap().unwrap();
-    assert_eq!(
-        (reclaimed.lease_owner.as_deref(), reclaimed.attempts),
-        (Some("w2"), 2)
-    );
-    assert!(
-        !store
-            .heartbeat("job_a", "doomed-worker", short)
-            .await
-            .unwrap()
-            .still_owned
-    );
+    assert_eq!((reclaimed.lease_owner.as_deref(), reclaimed.attempts), (Some("w2"), 2));
+    assert!(!store.heartbeat("job_a", "doomed-worker", short).await.unwrap().still_owned);
     tokio::time::sleep(Duration::from_millis(250)).await;
     // Out of attempts and abandoned again: the reaper marks it dead.
     assert_eq!(store.reap_expired_jobs(&pdp).await.unwrap(), 1);
-    assert_eq!(
-        store.job("job_a").await.unwrap().unwrap().state,
-        crate::jobs::JobState::Dead
-    );
+    assert_eq!(store.job("job_a").await.unwrap().unwrap().state, crate::jobs::JobState::Dead);
 }
 
 async fn cancellation_and_concurrent_claims(store: &Store, _database: &TestDatabase) {
@@ -664,55 +419,20 @@ async fn cancellation_and_concurrent_claims(store: &Store, _database: &TestDatab
     create_tenant(store, "acme").await;
     enqueue(store, "job_queued", "train", 0, 1).await;
     let admin = platform_admin();
-    let cancel = AccessRequest::new(
-        &admin,
-        Action::JobCancel,
-        Resource::job("job_queued", &tenant("acme")),
-    );
+    let cancel = AccessRequest::new(&admin, Action::JobCancel, Resource::job("job_queued", &tenant("acme")));
     let mut change = store.begin_change(&pdp, cancel, "req").await.unwrap();
-    assert_eq!(
-        change.cancel_job().await.unwrap().state,
-        crate::jobs::JobState::Cancelled
-    );
-    change
-        .commit(
-            serde_json::json!({}),
-            Event::new("job.cancelled", serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    assert_eq!(change.cancel_job().await.unwrap().state, crate::jobs::JobState::Cancelled);
+    change.commit(serde_json::json!({}), Event::new("job.cancelled", serde_json::json!({}))).await.unwrap();
 
     enqueue(store, "job_running", "train", 0, 1).await;
     let lease = Duration::from_secs(30);
     store.claim_job(&pdp, "w1", lease).await.unwrap().unwrap();
-    let cancel = AccessRequest::new(
-        &admin,
-        Action::JobCancel,
-        Resource::job("job_running", &tenant("acme")),
-    );
+    let cancel = AccessRequest::new(&admin, Action::JobCancel, Resource::job("job_running", &tenant("acme")));
     let mut change = store.begin_change(&pdp, cancel, "req").await.unwrap();
-    assert_eq!(
-        change.cancel_job().await.unwrap().state,
-        crate::jobs::JobState::Running
-    );
-    change
-        .commit(
-            serde_json::json!({}),
-            Event::new("job.cancel_requested", serde_json::json!({})),
-        )
-        .await
-        .unwrap();
-    assert!(
-        store
-            .heartbeat("job_running", "w1", lease)
-            .await
-            .unwrap()
-            .cancel_requested
-    );
-    let ended = store
-        .finish_job(&pdp, "job_running", "w1", Outcome::Cancelled)
-        .await
-        .unwrap();
+    assert_eq!(change.cancel_job().await.unwrap().state, crate::jobs::JobState::Running);
+    change.commit(serde_json::json!({}), Event::new("job.cancel_requested", serde_json::json!({}))).await.unwrap();
+    assert!(store.heartbeat("job_running", "w1", lease).await.unwrap().cancel_requested);
+    let ended = store.finish_job(&pdp, "job_running", "w1", Outcome::Cancelled).await.unwrap();
     assert_eq!(ended.state, crate::jobs::JobState::Cancelled);
 
     for i in 0..12 {
@@ -724,11 +444,7 @@ async fn cancellation_and_concurrent_claims(store: &Store, _database: &TestDatab
             tokio::spawn(async move {
                 let pdp = authorizer();
                 let mut mine = Vec::new();
-                while let Some(job) = store
-                    .claim_job(&pdp, &format!("w{w}"), Duration::from_secs(30))
-                    .await
-                    .unwrap()
-                {
+                while let Some(job) = store.claim_job(&pdp, &format!("w{w}"), Duration::from_secs(30)).await.unwrap() {
                     mine.push(job.id);
                 }
                 mine
@@ -742,4 +458,76 @@ async fn cancellation_and_concurrent_claims(store: &Store, _database: &TestDatab
     all.sort();
     let expected: Vec<String> = (0..12).map(|i| format!("job_{i:02}")).collect();
     assert_eq!(all, expected, "every job claimed exactly once");
+}
+
+async fn dataset_versions_appear_whole_and_numbered(store: &Store, _database: &TestDatabase) {
+    use crate::datasets::{Dataset, NewVersion};
+    use factory_core::Classification;
+    let pdp = authorizer();
+    create_tenant(store, "acme").await;
+    let engineer = Principal { id: "key_eng".to_string(), tenant: Some(tenant("acme")), role: Role::Engineer };
+    let eu = Jurisdiction::new("eu").unwrap();
+    let resource = Resource::dataset(&tenant("acme"), "corpus", Classification::Internal, &eu);
+    let residency = |request: AccessRequest, allowed: bool| {
+        request.with_context("jurisdiction_allowed", allowed).with_context("storage_site", true)
+    };
+    let dataset = Dataset {
+        tenant: tenant("acme"),
+        name: "corpus".to_string(),
+        classification: Classification::Internal,
+        jurisdiction: eu.clone(),
+        site: "local".to_string(),
+        owner: "key_eng".to_string(),
+        retention_days: Some(30),
+        description: String::new(),
+        tags: vec!["a".to_string()],
+        pii_policy: serde_json::json!({ "default": "mask" }),
+        declared_schema: None,
+        latest_version: 0,
+        created_at: 0,
+        created_by: String::new(),
+    };
+    let refused = residency(AccessRequest::new(&engineer, Action::DatasetCreate, resource.clone()), false);
+    let error = store.begin_change(&pdp, refused, "req").await.err().unwrap();
+    assert_eq!(error.decision.unwrap().policies, vec!["residency".to_string()]);
+
+    let request = residency(AccessRequest::new(&engineer, Action::DatasetCreate, resource.clone()), true);
+    let mut change = store.begin_change(&pdp, request.clone(), "req").await.unwrap();
+    change.create_dataset(&dataset).await.unwrap();
+    change.commit(serde_json::json!({}), Event::new("dataset.created", serde_json::json!({}))).await.unwrap();
+    let mut change = store.begin_change(&pdp, request, "req").await.unwrap();
+    assert_eq!(change.create_dataset(&dataset).await.unwrap_err().kind(), StoreErrorKind::Conflict);
+    drop(change);
+
+    let ingest = residency(AccessRequest::new(&engineer, Action::DatasetIngest, resource), true);
+    for expected in 1..=2 {
+        let new = NewVersion {
+            manifest_digest: format!("m{expected}"),
+            rows: 10,
+            bytes: 100,
+            source_digest: "s".to_string(),
+            objects: vec![format!("m{expected}"), "shared-shard".to_string()],
+        };
+        let mut change = store.begin_change(&pdp, ingest.clone(), "req").await.unwrap();
+        assert_eq!(change.add_dataset_version(&tenant("acme"), "corpus", &new).await.unwrap(), expected);
+        if expected == 2 {
+            // An abandoned version leaves no trace and consumes no number.
+            drop(change);
+            break;
+        }
+        change
+            .commit(serde_json::json!({}), Event::new("dataset.version.created", serde_json::json!({})))
+            .await
+            .unwrap();
+    }
+    let stored = store.dataset(&tenant("acme"), "corpus").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.latest_version, stored.tags.clone(), stored.retention_days),
+        (1, vec!["a".to_string()], Some(30))
+    );
+    assert_eq!(store.dataset_versions(&tenant("acme"), "corpus").await.unwrap().len(), 1);
+    assert!(store.dataset_version(&tenant("acme"), "corpus", 2).await.unwrap().is_none());
+    assert!(store.object_is_referenced("shared-shard").await.unwrap());
+    assert!(!store.object_is_referenced("m2").await.unwrap());
+    assert_eq!(store.datasets(&tenant("acme")).await.unwrap().len(), 1);
 }

@@ -20,11 +20,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 async fn tamper(dir: &Path, statements: &[String]) {
     let url = format!("sqlite://{}", dir.join("metadata.db").display());
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await
-        .unwrap();
+    let pool = SqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
     for statement in statements {
         sqlx::query(statement).execute(&pool).await.unwrap();
     }
@@ -32,10 +28,7 @@ async fn tamper(dir: &Path, statements: &[String]) {
 }
 
 fn verify(dir: &Path) -> (bool, String) {
-    let (ok, stdout, stderr) = cli(
-        &["audit", "verify", "--data-dir", dir.to_str().unwrap()],
-        &[],
-    );
+    let (ok, stdout, stderr) = cli(&["audit", "verify", "--data-dir", dir.to_str().unwrap()], &[]);
     (ok, format!("{stdout}{stderr}"))
 }
 
@@ -92,29 +85,17 @@ async fn audit_verify_catches_every_kind_of_tampering() {
         tamper(&copy, &statements).await;
         let (ok, output) = verify(&copy);
         assert!(!ok, "{name}: verify must fail, said {output}");
-        assert!(
-            output.contains(expected),
-            "{name}: expected {expected:?} in {output}"
-        );
+        assert!(output.contains(expected), "{name}: expected {expected:?} in {output}");
     }
 
     // An attacker who rewrites a record and recomputes its leaf hash is caught by the checkpoint.
     let copy = root.path().join("rewrite-with-leaf-hash");
     copy_dir(&original, &copy);
     let url = format!("sqlite://{}", copy.join("metadata.db").display());
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await
-        .unwrap();
-    let record: String = sqlx::query("SELECT record FROM audit_records WHERE idx = 2")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("record");
-    let forged = record
-        .replace("\"engineer\"", "\"admin\"")
-        .replace("\"allow\"", "\"deny\"");
+    let pool = SqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    let record: String =
+        sqlx::query("SELECT record FROM audit_records WHERE idx = 2").fetch_one(&pool).await.unwrap().get("record");
+    let forged = record.replace("\"engineer\"", "\"admin\"").replace("\"allow\"", "\"deny\"");
     assert_ne!(forged, record);
     let leaf = factory_audit::merkle::leaf_hash(forged.as_bytes()).to_vec();
     sqlx::query("UPDATE audit_records SET record = $1, leaf_hash = $2 WHERE idx = 2")
@@ -125,54 +106,31 @@ async fn audit_verify_catches_every_kind_of_tampering() {
         .unwrap();
     pool.close().await;
     let (ok, output) = verify(&copy);
-    assert!(
-        !ok && output.contains("does not match the root"),
-        "{output}"
-    );
+    assert!(!ok && output.contains("does not match the root"), "{output}");
 
     // A checkpoint forged with another key: signed correctly, but not by the factory.
     let copy = root.path().join("foreign-key");
     copy_dir(&original, &copy);
-    let other =
-        factory_audit::checkpoint::NoteSigner::generate("factory.local/audit", [9u8; 32]).unwrap();
+    let other = factory_audit::checkpoint::NoteSigner::generate("factory.local/audit", [9u8; 32]).unwrap();
     let forged = other.sign(&factory_audit::checkpoint::Checkpoint {
         origin: "factory.local/audit".to_string(),
         size: 6,
         root: [0u8; 32],
     });
-    tamper(
-        &copy,
-        &[format!(
-            "UPDATE audit_checkpoints SET note = '{forged}' WHERE size = 6"
-        )],
-    )
-    .await;
+    tamper(&copy, &[format!("UPDATE audit_checkpoints SET note = '{forged}' WHERE size = 6")]).await;
     let (ok, output) = verify(&copy);
     assert!(!ok && output.contains("checkpoint"), "{output}");
 
     // Replacing audit.pub with the forger's key is caught when the key is pinned.
     let pinned = std::fs::read_to_string(original.join("audit.pub")).unwrap();
     std::fs::write(copy.join("audit.pub"), other.verifier_key()).unwrap();
-    let (ok, stdout, stderr) = cli(
-        &[
-            "audit",
-            "verify",
-            "--data-dir",
-            copy.to_str().unwrap(),
-            "--public-key",
-            pinned.trim(),
-        ],
-        &[],
-    );
+    let (ok, stdout, stderr) =
+        cli(&["audit", "verify", "--data-dir", copy.to_str().unwrap(), "--public-key", pinned.trim()], &[]);
     assert!(!ok, "{stdout}{stderr}");
 
     // The stored rows are what the verifier read: make sure the original still has them all.
     let url = format!("sqlite://{}", original.join("metadata.db").display());
     let pool = SqlitePoolOptions::new().connect(&url).await.unwrap();
-    let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_records")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("n");
+    let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_records").fetch_one(&pool).await.unwrap().get("n");
     assert_eq!(count, 6);
 }

@@ -31,11 +31,8 @@ async fn kill_9_during_a_write_burst_loses_no_acknowledged_change() {
                         .await;
                     match sent {
                         Ok(response) if response.status().as_u16() == 201 => {
-                            let index: u64 = response.headers()["x-factory-audit-index"]
-                                .to_str()
-                                .unwrap()
-                                .parse()
-                                .unwrap();
+                            let index: u64 =
+                                response.headers()["x-factory-audit-index"].to_str().unwrap().parse().unwrap();
                             acknowledged.lock().unwrap().push((name, index));
                         }
                         Ok(response) => panic!("unexpected status {}", response.status()),
@@ -54,26 +51,14 @@ async fn kill_9_during_a_write_burst_loses_no_acknowledged_change() {
     let acknowledged = acknowledged.lock().unwrap().clone();
 
     let restarted = Server::start(dir.path(), &[], &[]);
-    let size = call(
-        &restarted.url,
-        "GET",
-        "/api/v1/audit/records?limit=1",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let size = call(&restarted.url, "GET", "/api/v1/audit/records?limit=1", Some(&admin), None).await;
     assert_eq!(size.status, 200);
     let mut records = Vec::new();
     let mut from = 0;
     loop {
-        let page = call(
-            &restarted.url,
-            "GET",
-            &format!("/api/v1/audit/records?from={from}&limit=1000"),
-            Some(&admin),
-            None,
-        )
-        .await;
+        let page =
+            call(&restarted.url, "GET", &format!("/api/v1/audit/records?from={from}&limit=1000"), Some(&admin), None)
+                .await;
         records.extend(page.body["records"].as_array().unwrap().iter().cloned());
         match page.body["next"].as_u64() {
             Some(next) => from = next,
@@ -81,53 +66,25 @@ async fn kill_9_during_a_write_burst_loses_no_acknowledged_change() {
         }
     }
     for (name, index) in &acknowledged {
-        let tenant = call(
-            &restarted.url,
-            "GET",
-            &format!("/api/v1/tenants/{name}"),
-            Some(&admin),
-            None,
-        )
-        .await;
-        assert_eq!(
-            tenant.status, 200,
-            "acknowledged tenant {name} is missing after the crash"
-        );
+        let tenant = call(&restarted.url, "GET", &format!("/api/v1/tenants/{name}"), Some(&admin), None).await;
+        assert_eq!(tenant.status, 200, "acknowledged tenant {name} is missing after the crash");
         let record = &records[*index as usize];
         assert_eq!(record["record"]["action"], "tenant.create");
-        assert_eq!(
-            record["details"]["tenant"],
-            name.as_str(),
-            "audit record {index} is not {name}'s"
-        );
+        assert_eq!(record["details"]["tenant"], name.as_str(), "audit record {index} is not {name}'s");
     }
     // Consistency: every committed tenant has exactly one audit record, acknowledged or not.
-    let created = records
-        .iter()
-        .filter(|r| r["record"]["action"] == "tenant.create")
-        .count();
+    let created = records.iter().filter(|r| r["record"]["action"] == "tenant.create").count();
     assert!(created >= acknowledged.len());
     let status = restarted.terminate();
     assert!(status.success(), "{status:?}");
-    let (ok, stdout, stderr) = cli(
-        &[
-            "audit",
-            "verify",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (ok, stdout, stderr) = cli(&["audit", "verify", "--data-dir", dir.path().to_str().unwrap()], &[]);
     assert!(ok, "{stdout}{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_worker_dies_is_claimed_again_after_its_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("FACTORY_JOBS__LEASE_SECS", "2"),
-        ("FACTORY_JOBS__WORKERS", "1"),
-    ];
+    let env = [("FACTORY_JOBS__LEASE_SECS", "2"), ("FACTORY_JOBS__WORKERS", "1")];
     let server = Server::start(dir.path(), &[], &env);
     let keys = tenant_with_keys(&server, "acme", &["engineer"]).await;
     let engineer = keys[0].1.clone();
@@ -143,10 +100,8 @@ async fn a_job_whose_worker_dies_is_claimed_again_after_its_lease() {
     let path = format!("/api/v1/jobs/{}", job.body["id"].as_str().unwrap());
     let url = server.url.clone();
     assert!(
-        eventually(20, || async {
-            call(&url, "GET", &path, Some(&engineer), None).await.body["state"] == "running"
-        })
-        .await,
+        eventually(20, || async { call(&url, "GET", &path, Some(&engineer), None).await.body["state"] == "running" })
+            .await,
         "the job never started"
     );
     server.kill();
@@ -154,10 +109,8 @@ async fn a_job_whose_worker_dies_is_claimed_again_after_its_lease() {
     let restarted = Server::start(dir.path(), &[], &env);
     let url = restarted.url.clone();
     assert!(
-        eventually(30, || async {
-            call(&url, "GET", &path, Some(&engineer), None).await.body["state"] == "succeeded"
-        })
-        .await,
+        eventually(30, || async { call(&url, "GET", &path, Some(&engineer), None).await.body["state"] == "succeeded" })
+            .await,
         "the abandoned job was not run again"
     );
     let done = call(&url, "GET", &path, Some(&engineer), None).await;

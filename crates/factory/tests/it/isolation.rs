@@ -10,7 +10,7 @@ use crate::support::{call, tenant_with_keys, Server};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenants_key_never_reaches_data_on_any_route() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[], &[]);
+    let server = Server::start(dir.path(), &["--jurisdiction", "eu"], &[]);
     let url = server.url.clone();
     let globex = tenant_with_keys(&server, "globex", &["admin", "engineer"]).await;
     let acme = tenant_with_keys(&server, "acme", &["admin", "engineer", "app", "auditor"]).await;
@@ -25,46 +25,51 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
     .await;
     assert_eq!(job.status, 201, "{}", job.text);
     let job_id = job.body["id"].as_str().unwrap().to_string();
+    let created = call(
+        &url,
+        "POST",
+        "/api/v1/datasets",
+        Some(&globex_engineer),
+        Some(json!({ "name": "gdata", "classification": "internal" })),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let ingested = crate::support::upload(
+        &url,
+        &globex_engineer,
+        "/api/v1/datasets/gdata/versions?format=jsonl",
+        b"{\"text\": \"globex-payload row\"}\n".to_vec(),
+    )
+    .await;
+    assert_eq!(ingested.status, 201, "{}", ingested.text);
 
     // Every API route, with the globex resource it would touch.
     let routes: Vec<(&str, String, Option<serde_json::Value>)> = vec![
-        (
-            "POST",
-            "/api/v1/tenants".to_string(),
-            Some(json!({ "name": "globex2", "jurisdictions": ["eu"] })),
-        ),
+        ("POST", "/api/v1/tenants".to_string(), Some(json!({ "name": "globex2", "jurisdictions": ["eu"] }))),
         ("GET", "/api/v1/tenants/globex".to_string(), None),
-        (
-            "POST",
-            "/api/v1/tenants/globex/keys".to_string(),
-            Some(json!({ "role": "admin" })),
-        ),
+        ("POST", "/api/v1/tenants/globex/keys".to_string(), Some(json!({ "role": "admin" }))),
         ("DELETE", format!("/api/v1/keys/{globex_engineer_id}"), None),
-        (
-            "POST",
-            "/api/v1/tenants/globex/jobs".to_string(),
-            Some(json!({ "kind": "platform.sleep" })),
-        ),
+        ("POST", "/api/v1/tenants/globex/jobs".to_string(), Some(json!({ "kind": "platform.sleep" }))),
         ("GET", "/api/v1/tenants/globex/jobs".to_string(), None),
         ("GET", format!("/api/v1/jobs/{job_id}"), None),
         ("POST", format!("/api/v1/jobs/{job_id}/cancel"), None),
         (
-            "GET",
-            "/api/v1/audit/records?from=0&limit=1000".to_string(),
-            None,
+            "POST",
+            "/api/v1/datasets?tenant=globex".to_string(),
+            Some(json!({ "name": "x", "classification": "public" })),
         ),
+        ("GET", "/api/v1/datasets?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/datasets/gdata?tenant=globex".to_string(), None),
+        ("POST", "/api/v1/datasets/gdata/versions?format=text&tenant=globex".to_string(), None),
+        ("GET", "/api/v1/datasets/gdata/versions/1".to_string(), None),
+        ("GET", "/api/v1/datasets/gdata/versions/1/rows?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/datasets/gdata/versions/1/download".to_string(), None),
+        ("GET", "/api/v1/datasets/gdata/versions/1/profile?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/audit/records?from=0&limit=1000".to_string(), None),
         ("GET", "/api/v1/audit/checkpoint".to_string(), None),
         ("GET", "/api/v1/audit/public-key".to_string(), None),
-        (
-            "GET",
-            "/api/v1/audit/proof/inclusion?index=0&size=1".to_string(),
-            None,
-        ),
-        (
-            "GET",
-            "/api/v1/audit/proof/consistency?old=1&new=2".to_string(),
-            None,
-        ),
+        ("GET", "/api/v1/audit/proof/inclusion?index=0&size=1".to_string(), None),
+        ("GET", "/api/v1/audit/proof/consistency?old=1&new=2".to_string(), None),
     ];
 
     // The list above must cover the whole API as the OpenAPI document describes it.
@@ -75,12 +80,7 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         .unwrap()
         .iter()
         .filter(|(path, _)| path.starts_with("/api/v1/"))
-        .flat_map(|(path, item)| {
-            item.as_object()
-                .unwrap()
-                .keys()
-                .map(move |m| format!("{} {path}", m.to_uppercase()))
-        })
+        .flat_map(|(path, item)| item.as_object().unwrap().keys().map(move |m| format!("{} {path}", m.to_uppercase())))
         .collect();
     let tested: BTreeSet<String> = routes
         .iter()
@@ -89,32 +89,20 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
             let path = path
                 .replace("/globex/", "/{tenant}/")
                 .replace(&globex_engineer_id, "{id}")
-                .replace(&job_id, "{id}");
-            let path = if path == "/api/v1/tenants/globex" {
-                "/api/v1/tenants/{tenant}".to_string()
-            } else {
-                path
-            };
+                .replace(&job_id, "{id}")
+                .replace("/gdata", "/{name}")
+                .replace("/versions/1", "/versions/{version}");
+            let path = if path == "/api/v1/tenants/globex" { "/api/v1/tenants/{tenant}".to_string() } else { path };
             format!("{method} {path}")
         })
         .collect();
-    assert_eq!(
-        documented, tested,
-        "every documented route must be in the isolation test"
-    );
+    assert_eq!(documented, tested, "every documented route must be in the isolation test");
 
     for (_, secret) in &acme {
         for (method, path, body) in &routes {
             let reply = call(&url, method, path, Some(secret), body.clone()).await;
-            assert!(
-                !reply.text.contains("globex-payload"),
-                "{method} {path} leaked data: {}",
-                reply.text
-            );
-            assert!(
-                !reply.text.contains(&globex_engineer),
-                "{method} {path} leaked a secret"
-            );
+            assert!(!reply.text.contains("globex-payload"), "{method} {path} leaked data: {}", reply.text);
+            assert!(!reply.text.contains(&globex_engineer), "{method} {path} leaked a secret");
             if path.starts_with("/api/v1/audit/") {
                 // Hashes and checkpoints reveal no tenant data; records are filtered.
                 if path.starts_with("/api/v1/audit/records") && reply.status == 200 {
@@ -122,25 +110,12 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
                         assert_eq!(record["record"]["tenant"], "acme", "{}", reply.text);
                     }
                 } else {
-                    assert!(
-                        [200, 403].contains(&reply.status),
-                        "{method} {path}: {}",
-                        reply.text
-                    );
+                    assert!([200, 403].contains(&reply.status), "{method} {path}: {}", reply.text);
                 }
                 continue;
             }
-            assert!(
-                [401, 403, 404].contains(&reply.status),
-                "{method} {path} gave {}: {}",
-                reply.status,
-                reply.text
-            );
-            assert!(
-                reply.body["error"]["code"].is_string(),
-                "{method} {path}: error body {}",
-                reply.text
-            );
+            assert!([401, 403, 404].contains(&reply.status), "{method} {path} gave {}: {}", reply.status, reply.text);
+            assert!(reply.body["error"]["code"].is_string(), "{method} {path}: error body {}", reply.text);
         }
     }
 
@@ -154,64 +129,17 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
     }
 
     // Nothing of globex changed: its key works, its job is untouched, no tenant was created.
-    let own = call(
-        &url,
-        "GET",
-        &format!("/api/v1/jobs/{job_id}"),
-        Some(&globex_engineer),
-        None,
-    )
-    .await;
+    let own = call(&url, "GET", &format!("/api/v1/jobs/{job_id}"), Some(&globex_engineer), None).await;
     assert_eq!(own.status, 200);
     assert_eq!(own.body["cancel_requested"], false);
-    assert_eq!(
-        call(
-            &url,
-            "GET",
-            "/api/v1/tenants/globex2",
-            Some(&server.admin_key),
-            None
-        )
-        .await
-        .status,
-        404
-    );
-    let jobs = call(
-        &url,
-        "GET",
-        "/api/v1/tenants/globex/jobs",
-        Some(&globex_engineer),
-        None,
-    )
-    .await;
-    assert_eq!(
-        jobs.body["jobs"].as_array().unwrap().len(),
-        1,
-        "{}",
-        jobs.text
-    );
+    assert_eq!(call(&url, "GET", "/api/v1/tenants/globex2", Some(&server.admin_key), None).await.status, 404);
+    let jobs = call(&url, "GET", "/api/v1/tenants/globex/jobs", Some(&globex_engineer), None).await;
+    assert_eq!(jobs.body["jobs"].as_array().unwrap().len(), 1, "{}", jobs.text);
 
     // Every denial is in the audit log, with the policy that decided it.
-    let records = call(
-        &url,
-        "GET",
-        "/api/v1/audit/records?limit=1000",
-        Some(&server.admin_key),
-        None,
-    )
-    .await;
-    let denials: Vec<&serde_json::Value> = records.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["record"]["decision"] == "deny")
-        .collect();
-    assert!(
-        denials.len() >= 4 * 7,
-        "expected the denials to be audited, found {}",
-        denials.len()
-    );
-    assert!(denials
-        .iter()
-        .any(|r| r["record"]["policies"] == json!(["tenant-isolation"])));
+    let records = call(&url, "GET", "/api/v1/audit/records?limit=1000", Some(&server.admin_key), None).await;
+    let denials: Vec<&serde_json::Value> =
+        records.body["records"].as_array().unwrap().iter().filter(|r| r["record"]["decision"] == "deny").collect();
+    assert!(denials.len() >= 4 * 7, "expected the denials to be audited, found {}", denials.len());
+    assert!(denials.iter().any(|r| r["record"]["policies"] == json!(["tenant-isolation"])));
 }

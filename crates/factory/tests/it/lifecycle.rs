@@ -1,6 +1,7 @@
-//! Start, restart and stop; operations endpoints; bad input; configuration; the CLI; and the
-//! same lifecycle on PostgreSQL.
+//! Start, restart and stop; operations endpoints; bad input; configuration; the CLI; logs and
+//! traces; and the same lifecycle on PostgreSQL.
 
+use factory_telemetry::receiver::TraceReceiver;
 use serde_json::json;
 
 use crate::support::{call, cli, tenant_with_keys, Server};
@@ -11,10 +12,7 @@ async fn state_survives_a_restart_and_sigterm_exits_zero() {
     let server = Server::start(dir.path(), &["--jurisdiction", "de"], &[]);
     let admin = server.admin_key.clone();
     let mode = std::fs::metadata(dir.path().join("admin.key")).unwrap();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
-        0o600
-    );
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
     assert_eq!(admin.len(), 3 + 64, "a 256-bit secret, hex encoded");
     tenant_with_keys(&server, "acme", &["engineer"]).await;
     let status = server.terminate();
@@ -22,14 +20,7 @@ async fn state_survives_a_restart_and_sigterm_exits_zero() {
 
     let again = Server::start(dir.path(), &[], &[]);
     assert_eq!(again.admin_key, admin, "the platform admin is created once");
-    let tenant = call(
-        &again.url,
-        "GET",
-        "/api/v1/tenants/acme",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let tenant = call(&again.url, "GET", "/api/v1/tenants/acme", Some(&admin), None).await;
     assert_eq!(tenant.status, 200);
     assert_eq!(tenant.body["jurisdictions"], json!(["eu"]));
     assert_eq!(again.terminate().code(), Some(0));
@@ -38,31 +29,19 @@ async fn state_survives_a_restart_and_sigterm_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoints_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        dir.path(),
-        &[],
-        &[("FACTORY_SERVER__REQUEST_BODY_LIMIT_BYTES", "2048")],
-    );
+    let server = Server::start(dir.path(), &[], &[("FACTORY_SERVER__REQUEST_BODY_LIMIT_BYTES", "2048")]);
     let url = server.url.clone();
     let admin = server.admin_key.clone();
 
     assert_eq!(call(&url, "GET", "/healthz", None, None).await.status, 200);
-    assert_eq!(
-        call(&url, "GET", "/readyz", None, None).await.body["status"],
-        "ready"
-    );
+    assert_eq!(call(&url, "GET", "/readyz", None, None).await.body["status"], "ready");
     let document = call(&url, "GET", "/api/v1/openapi.json", None, None).await;
     assert!(document.body["openapi"].as_str().unwrap().starts_with("3."));
     assert!(document.body["paths"]["/api/v1/tenants/{tenant}/keys"]["post"].is_object());
 
     // Request ids: generated, or kept from the client, and echoed.
     let client = reqwest::Client::new();
-    let response = client
-        .get(format!("{url}/healthz"))
-        .header("x-request-id", "trace-me-42")
-        .send()
-        .await
-        .unwrap();
+    let response = client.get(format!("{url}/healthz")).header("x-request-id", "trace-me-42").send().await.unwrap();
     assert_eq!(response.headers()["x-request-id"], "trace-me-42");
     let response = client.get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(response.headers()["x-request-id"].len(), 36);
@@ -78,13 +57,7 @@ async fn operations_endpoints_and_bad_input() {
         .unwrap();
     assert_eq!(bad_json.status().as_u16(), 400);
     let body: serde_json::Value = bad_json.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("line 1"),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("line 1"), "{body}");
     let unknown_field = call(
         &url,
         "POST",
@@ -94,44 +67,15 @@ async fn operations_endpoints_and_bad_input() {
     )
     .await;
     assert_eq!(unknown_field.status, 422, "{}", unknown_field.text);
-    assert!(
-        unknown_field.text.contains("unknown field"),
-        "{}",
-        unknown_field.text
-    );
-    let bad_name = call(
-        &url,
-        "POST",
-        "/api/v1/tenants",
-        Some(&admin),
-        Some(json!({ "name": "Not OK", "jurisdictions": ["eu"] })),
-    )
-    .await;
+    assert!(unknown_field.text.contains("unknown field"), "{}", unknown_field.text);
+    let bad_name =
+        call(&url, "POST", "/api/v1/tenants", Some(&admin), Some(json!({ "name": "Not OK", "jurisdictions": ["eu"] })))
+            .await;
     assert_eq!(bad_name.status, 400);
-    assert!(
-        bad_name.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("name:"),
-        "{}",
-        bad_name.text
-    );
-    let bad_role = call(
-        &url,
-        "POST",
-        "/api/v1/tenants/acme/keys",
-        Some(&admin),
-        Some(json!({ "role": "root" })),
-    )
-    .await;
+    assert!(bad_name.body["error"]["message"].as_str().unwrap().starts_with("name:"), "{}", bad_name.text);
+    let bad_role = call(&url, "POST", "/api/v1/tenants/acme/keys", Some(&admin), Some(json!({ "role": "root" }))).await;
     assert_eq!(bad_role.status, 400);
-    assert!(
-        bad_role
-            .text
-            .contains("admin, steward, engineer, app, auditor"),
-        "{}",
-        bad_role.text
-    );
+    assert!(bad_role.text.contains("admin, steward, engineer, app, auditor"), "{}", bad_role.text);
     let too_large = call(
         &url,
         "POST",
@@ -144,49 +88,17 @@ async fn operations_endpoints_and_bad_input() {
     assert_eq!(too_large.body["error"]["code"], "payload_too_large");
     let unknown_kind = {
         tenant_with_keys(&server, "acme", &[]).await;
-        call(
-            &url,
-            "POST",
-            "/api/v1/tenants/acme/jobs",
-            Some(&admin),
-            Some(json!({ "kind": "mine.bitcoin" })),
-        )
-        .await
+        call(&url, "POST", "/api/v1/tenants/acme/jobs", Some(&admin), Some(json!({ "kind": "mine.bitcoin" }))).await
     };
     assert_eq!(unknown_kind.status, 400);
-    assert!(
-        unknown_kind.text.contains("platform.sleep"),
-        "{}",
-        unknown_kind.text
-    );
-    let proof = call(
-        &url,
-        "GET",
-        "/api/v1/audit/proof/inclusion?index=5&size=2",
-        Some(&admin),
-        None,
-    )
-    .await;
+    assert!(unknown_kind.text.contains("platform.sleep"), "{}", unknown_kind.text);
+    let proof = call(&url, "GET", "/api/v1/audit/proof/inclusion?index=5&size=2", Some(&admin), None).await;
     assert_eq!(proof.status, 400, "{}", proof.text);
     let no_route = call(&url, "GET", "/api/v1/nothing", Some(&admin), None).await;
-    assert_eq!(
-        (no_route.status, no_route.body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
-    let records = call(
-        &url,
-        "GET",
-        "/api/v1/audit/records?limit=100",
-        Some(&admin),
-        None,
-    )
-    .await;
-    let tenants_created = records.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["record"]["action"] == "tenant.create")
-        .count();
+    assert_eq!((no_route.status, no_route.body["error"]["code"].as_str()), (404, Some("not_found")));
+    let records = call(&url, "GET", "/api/v1/audit/records?limit=100", Some(&admin), None).await;
+    let tenants_created =
+        records.body["records"].as_array().unwrap().iter().filter(|r| r["record"]["action"] == "tenant.create").count();
     assert_eq!(tenants_created, 1, "rejected requests wrote nothing");
 
     let metrics = call(&url, "GET", "/metrics", None, None).await;
@@ -197,94 +109,40 @@ async fn operations_endpoints_and_bad_input() {
         "factory_authz_decision_duration_seconds_count",
         "factory_audit_log_records",
     ] {
-        assert!(
-            metrics.text.contains(family),
-            "{family} missing from\n{}",
-            metrics.text
-        );
+        assert!(metrics.text.contains(family), "{family} missing from\n{}", metrics.text);
     }
-    assert!(
-        metrics.text.contains("route=\"/api/v1/tenants\""),
-        "{}",
-        metrics.text
-    );
+    assert!(metrics.text.contains("route=\"/api/v1/tenants\""), "{}", metrics.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_drives_a_running_factory() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[], &[]);
-    let env = [
-        ("FACTORY_URL", server.url.as_str()),
-        ("FACTORY_API_KEY", server.admin_key.as_str()),
-    ];
-    let (ok, stdout, stderr) = cli(
-        &[
-            "tenant",
-            "create",
-            "acme",
-            "--jurisdiction",
-            "eu",
-            "--jurisdiction",
-            "de",
-        ],
-        &env,
-    );
+    let env = [("FACTORY_URL", server.url.as_str()), ("FACTORY_API_KEY", server.admin_key.as_str())];
+    let (ok, stdout, stderr) = cli(&["tenant", "create", "acme", "--jurisdiction", "eu", "--jurisdiction", "de"], &env);
     assert!(ok, "{stdout}{stderr}");
     let (ok, stdout, _) = cli(&["tenant", "show", "acme"], &env);
     assert!(ok && stdout.contains("\"de\""), "{stdout}");
-    let (ok, stdout, stderr) = cli(
-        &["key", "create", "--tenant", "acme", "--role", "auditor"],
-        &env,
-    );
+    let (ok, stdout, stderr) = cli(&["key", "create", "--tenant", "acme", "--role", "auditor"], &env);
     assert!(ok, "{stderr}");
     let key: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let secret = key["secret"].as_str().unwrap();
-    let auditor_env = [
-        ("FACTORY_URL", server.url.as_str()),
-        ("FACTORY_API_KEY", secret),
-    ];
+    let auditor_env = [("FACTORY_URL", server.url.as_str()), ("FACTORY_API_KEY", secret)];
     let (ok, stdout, _) = cli(&["audit", "records"], &auditor_env);
     assert!(ok && stdout.contains("key.create"), "{stdout}");
     let (ok, stdout, _) = cli(&["audit", "checkpoint"], &env);
-    assert!(
-        ok && stdout.starts_with("factory.local/audit\n"),
-        "{stdout}"
-    );
-    let (ok, stdout, _) = cli(
-        &["audit", "proof", "inclusion", "--index", "1", "--size", "3"],
-        &env,
-    );
+    assert!(ok && stdout.starts_with("factory.local/audit\n"), "{stdout}");
+    let (ok, stdout, _) = cli(&["audit", "proof", "inclusion", "--index", "1", "--size", "3"], &env);
     assert!(ok && stdout.contains("\"proof\""), "{stdout}");
-    let (ok, stdout, _) = cli(
-        &["audit", "proof", "consistency", "--old", "1", "--new", "3"],
-        &env,
-    );
+    let (ok, stdout, _) = cli(&["audit", "proof", "consistency", "--old", "1", "--new", "3"], &env);
     assert!(ok && stdout.contains("\"new_root\""), "{stdout}");
     let (ok, _, stderr) = cli(&["key", "revoke", key["id"].as_str().unwrap()], &env);
     assert!(ok, "{stderr}");
     let (ok, _, stderr) = cli(&["audit", "records"], &auditor_env);
-    assert!(
-        !ok && stderr.contains("401"),
-        "a revoked key is refused: {stderr}"
-    );
-    let (ok, _, stderr) = cli(
-        &["tenant", "show", "acme"],
-        &[("FACTORY_URL", server.url.as_str())],
-    );
+    assert!(!ok && stderr.contains("401"), "a revoked key is refused: {stderr}");
+    let (ok, _, stderr) = cli(&["tenant", "show", "acme"], &[("FACTORY_URL", server.url.as_str())]);
     assert!(!ok && stderr.contains("no API key"), "{stderr}");
-    let (ok, _, stderr) = cli(
-        &[
-            "tenant",
-            "show",
-            "acme",
-            "--url",
-            "http://127.0.0.1:1",
-            "--api-key",
-            "x",
-        ],
-        &[],
-    );
+    let (ok, _, stderr) = cli(&["tenant", "show", "acme", "--url", "http://127.0.0.1:1", "--api-key", "x"], &[]);
     assert!(!ok && stderr.contains("cannot reach"), "{stderr}");
     let (ok, stdout, _) = cli(&["audit", "--help"], &[]);
     assert!(ok && stdout.contains("verify"), "{stdout}");
@@ -300,32 +158,74 @@ fn config_check_names_every_bad_key() {
     let (ok, stdout, stderr) = cli(&["config", "check", good.to_str().unwrap()], &[]);
     assert!(ok, "{stdout}{stderr}");
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "listen = 8080\n[[sites]]\nname = \"x\"\njurisdiction = \"eu\"\nkinds = [\"gpu\"]\n[jobs]\nworkerz = 3\n").unwrap();
+    std::fs::write(
+        &bad,
+        "listen = 8080\n[[sites]]\nname = \"x\"\njurisdiction = \"eu\"\nkinds = [\"gpu\"]\n[jobs]\nworkerz = 3\n",
+    )
+    .unwrap();
     let (ok, _, stderr) = cli(&["config", "check", bad.to_str().unwrap()], &[]);
     assert!(!ok);
-    for expected in [
-        "listen: expected a string",
-        "sites[0].kinds[0]",
-        "storage, compute, serving",
-        "jobs.workerz: unknown key",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "{expected:?} missing from {stderr}"
-        );
+    for expected in
+        ["listen: expected a string", "sites[0].kinds[0]", "storage, compute, serving", "jobs.workerz: unknown key"]
+    {
+        assert!(stderr.contains(expected), "{expected:?} missing from {stderr}");
     }
     // The same validation guards `up`.
-    let (ok, _, stderr) = cli(
-        &[
-            "up",
-            "--config",
-            bad.to_str().unwrap(),
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (ok, _, stderr) =
+        cli(&["up", "--config", bad.to_str().unwrap(), "--data-dir", dir.path().to_str().unwrap()], &[]);
     assert!(!ok && stderr.contains("jobs.workerz"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_traced_to_an_otlp_collector_and_logged_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    // A collector that is not a URL stops `up` before anything is opened.
+    let (ok, _, stderr) = cli(
+        &["up", "--data-dir", dir.path().join("never").to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        &[("FACTORY_SERVER__OTLP_ENDPOINT", "collector:4318")],
+    );
+    assert!(!ok && stderr.contains("server.otlp_endpoint"), "{stderr}");
+    assert!(!dir.path().join("never").exists());
+
+    let receiver = TraceReceiver::start().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[],
+        &[("FACTORY_SERVER__OTLP_ENDPOINT", receiver.endpoint()), ("FACTORY_SERVER__JSON_LOGS", "true")],
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/tenants", server.url))
+        .bearer_auth(&server.admin_key)
+        .header("x-request-id", "otlp-e2e-1")
+        .json(&json!({ "name": "traced", "jurisdictions": ["eu"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    // SIGTERM: the server drains, then flushes the spans still batched before it exits.
+    assert_eq!(server.terminate().code(), Some(0));
+
+    let spans = receiver.spans().unwrap();
+    let span = spans
+        .iter()
+        .find(|span| span.attributes.get("request_id").map(String::as_str) == Some("otlp-e2e-1"))
+        .unwrap_or_else(|| panic!("no span carries the request id: {spans:#?}"));
+    assert_eq!(span.name, "request");
+    assert_eq!(span.attributes["method"], "POST");
+    assert_eq!(span.attributes["path"], "/api/v1/tenants");
+    assert_eq!(span.resource["service.name"], "factory");
+
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(lines.iter().all(serde_json::Value::is_object), "{log}");
+    assert!(
+        lines.iter().any(|line| line["span"]["request_id"] == "otlp-e2e-1"),
+        "no log line names the request: {log}"
+    );
+    assert!(lines.iter().any(|line| line["fields"]["message"] == "factory stopped"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,14 +238,8 @@ async fn the_same_factory_runs_on_postgresql() {
         return;
     };
     let name = format!("factory_it_{}", std::process::id());
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin_pool).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_pool).await.unwrap();
     let database_url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
 
     let dir = tempfile::tempdir().unwrap();
@@ -354,36 +248,10 @@ async fn the_same_factory_runs_on_postgresql() {
     let admin = server.admin_key.clone();
     assert!(server.terminate().success());
     let again = Server::start(dir.path(), &["--database-url", &database_url], &[]);
-    assert_eq!(
-        call(
-            &again.url,
-            "GET",
-            "/api/v1/tenants/acme",
-            Some(&admin),
-            None
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(call(&again.url, "GET", "/api/v1/tenants/acme", Some(&admin), None).await.status, 200);
     assert!(again.terminate().success());
-    let (ok, stdout, stderr) = cli(
-        &[
-            "audit",
-            "verify",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--database-url",
-            &database_url,
-        ],
-        &[],
-    );
-    assert!(
-        ok && stdout.contains("audit log verified: 3 records"),
-        "{stdout}{stderr}"
-    );
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
+    let (ok, stdout, stderr) =
+        cli(&["audit", "verify", "--data-dir", dir.path().to_str().unwrap(), "--database-url", &database_url], &[]);
+    assert!(ok && stdout.contains("audit log verified: 3 records"), "{stdout}{stderr}");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin_pool).await.unwrap();
 }

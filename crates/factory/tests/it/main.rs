@@ -4,6 +4,7 @@
 
 mod audit_tamper;
 mod crash;
+mod datasets;
 mod isolation;
 mod lifecycle;
 mod support;

@@ -22,20 +22,10 @@ impl Server {
     /// Starts `factory up` on a free port with `data_dir`, extra flags and environment.
     pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("server.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("server.log")).unwrap();
         let mut command = Command::new(factory_binary());
         command
-            .args([
-                "up",
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(["up", "--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
             .args(args)
             .env("FACTORY_LOG", "info,sqlx=warn")
             .env("FACTORY_AUDIT__CHECKPOINT_INTERVAL_SECS", "1")
@@ -63,15 +53,8 @@ impl Server {
                 panic!("the factory did not start within 60 s; its log:\n{log}");
             }
         };
-        let admin_key = std::fs::read_to_string(data_dir.join("admin.key"))
-            .unwrap()
-            .trim()
-            .to_string();
-        Server {
-            child,
-            url,
-            admin_key,
-        }
+        let admin_key = std::fs::read_to_string(data_dir.join("admin.key")).unwrap().trim().to_string();
+        Server { child, url, admin_key }
     }
 
     pub fn pid(&self) -> u32 {
@@ -80,10 +63,7 @@ impl Server {
 
     /// SIGTERM, then wait for the exit.
     pub fn terminate(mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
         assert!(status.success());
         for _ in 0..600 {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -117,13 +97,7 @@ pub struct Reply {
     pub text: String,
 }
 
-pub async fn call(
-    server_url: &str,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: Option<Value>,
-) -> Reply {
+pub async fn call(server_url: &str, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> Reply {
     let client = reqwest::Client::new();
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut request = client.request(method, format!("{server_url}{path}"));
@@ -143,11 +117,7 @@ pub async fn call(
 /// Runs the CLI and returns (exit success, stdout, stderr).
 pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut command = Command::new(factory_binary());
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .env_remove("FACTORY_URL")
-        .env_remove("FACTORY_API_KEY");
+    command.args(args).stdin(Stdio::null()).env_remove("FACTORY_URL").env_remove("FACTORY_API_KEY");
     for (key, value) in env {
         command.env(key, value);
     }
@@ -160,11 +130,7 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 }
 
 /// Creates a tenant and one key per requested role, as the platform admin; returns the secrets.
-pub async fn tenant_with_keys(
-    server: &Server,
-    tenant: &str,
-    roles: &[&str],
-) -> Vec<(String, String)> {
+pub async fn tenant_with_keys(server: &Server, tenant: &str, roles: &[&str]) -> Vec<(String, String)> {
     let reply = call(
         &server.url,
         "POST",
@@ -185,10 +151,7 @@ pub async fn tenant_with_keys(
         )
         .await;
         assert_eq!(reply.status, 201, "{}", reply.text);
-        keys.push((
-            reply.body["id"].as_str().unwrap().to_string(),
-            reply.body["secret"].as_str().unwrap().to_string(),
-        ));
+        keys.push((reply.body["id"].as_str().unwrap().to_string(), reply.body["secret"].as_str().unwrap().to_string()));
     }
     keys
 }
@@ -206,4 +169,14 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// POSTs raw bytes (an upload) and returns the reply.
+pub async fn upload(server_url: &str, key: &str, path: &str, body: Vec<u8>) -> Reply {
+    let response =
+        reqwest::Client::new().post(format!("{server_url}{path}")).bearer_auth(key).body(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply { status, body, text }
 }

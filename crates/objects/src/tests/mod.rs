@@ -52,10 +52,8 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 }
 
 fn chunks_of(data: &Bytes, size: usize) -> impl Stream<Item = Result<Bytes, io::Error>> + Unpin {
-    let pieces: Vec<_> = (0..data.len())
-        .step_by(size)
-        .map(|start| Ok(data.slice(start..(start + size).min(data.len()))))
-        .collect();
+    let pieces: Vec<_> =
+        (0..data.len()).step_by(size).map(|start| Ok(data.slice(start..(start + size).min(data.len())))).collect();
     stream::iter(pieces)
 }
 
@@ -87,10 +85,7 @@ impl LiveBytes {
     fn chunk(&self, data: Vec<u8>) -> Bytes {
         let now = self.live.fetch_add(data.len(), Ordering::SeqCst) + data.len();
         self.peak.fetch_max(now, Ordering::SeqCst);
-        Bytes::from_owner(TrackedBuffer {
-            data,
-            live: Arc::clone(&self.live),
-        })
+        Bytes::from_owner(TrackedBuffer { data, live: Arc::clone(&self.live) })
     }
 
     fn peak(&self) -> usize {
@@ -100,26 +95,16 @@ impl LiveBytes {
 
 async fn keys_under(store: &ContentStore, dir: &str) -> Vec<String> {
     let prefix = store.prefix.child(dir);
-    let mut keys: Vec<String> = store
-        .store
-        .list(Some(&prefix))
-        .map_ok(|meta| meta.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
+    let mut keys: Vec<String> =
+        store.store.list(Some(&prefix)).map_ok(|meta| meta.location.to_string()).try_collect().await.unwrap();
     keys.sort();
     keys
 }
 
 async fn all_keys(store: &ContentStore) -> Vec<String> {
     let prefix = (!store.prefix.as_ref().is_empty()).then(|| store.prefix.clone());
-    let mut keys: Vec<String> = store
-        .store
-        .list(prefix.as_ref())
-        .map_ok(|meta| meta.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
+    let mut keys: Vec<String> =
+        store.store.list(prefix.as_ref()).map_ok(|meta| meta.location.to_string()).try_collect().await.unwrap();
     keys.sort();
     keys
 }
@@ -172,15 +157,9 @@ async fn round_trip(store: &ContentStore, backend: &Backend) {
     assert_eq!(digest, ObjectDigest::of(&data), "{name}");
     assert_eq!(store.get(&digest).await.unwrap(), data, "{name}");
     assert!(store.exists(&digest).await.unwrap(), "{name}");
-    assert_eq!(
-        store.size(&digest).await.unwrap(),
-        data.len() as u64,
-        "{name}"
-    );
+    assert_eq!(store.size(&digest).await.unwrap(), data.len() as u64, "{name}");
     assert!(
-        keys_under(store, "objects")
-            .await
-            .contains(&object_key_text(backend, &digest)),
+        keys_under(store, "objects").await.contains(&object_key_text(backend, &digest)),
         "{name}: object stored under objects/<2 hex>/<62 hex>"
     );
 
@@ -194,28 +173,14 @@ async fn round_trip(store: &ContentStore, backend: &Backend) {
     // A small multi-chunk stream takes the direct path and must agree with put_bytes
     let medium = Bytes::from(pattern(1, 100_000));
     let receipt = store.put_stream(chunks_of(&medium, 7_000)).await.unwrap();
-    assert_eq!(
-        receipt,
-        PutReceipt {
-            digest: ObjectDigest::of(&medium),
-            size: medium.len() as u64
-        },
-        "{name}"
-    );
+    assert_eq!(receipt, PutReceipt { digest: ObjectDigest::of(&medium), size: medium.len() as u64 }, "{name}");
     assert_eq!(store.get(&receipt.digest).await.unwrap(), medium, "{name}");
 
     // Empty objects are legitimate content too
     let empty = store.put_bytes(Bytes::new()).await.unwrap();
-    assert_eq!(
-        empty.to_string(),
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-        "{name}"
-    );
+    assert_eq!(empty.to_string(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "{name}");
     assert!(store.get(&empty).await.unwrap().is_empty(), "{name}");
-    let receipt = store
-        .put_stream(stream::iter(Vec::<Result<Bytes, io::Error>>::new()))
-        .await
-        .unwrap();
+    let receipt = store.put_stream(stream::iter(Vec::<Result<Bytes, io::Error>>::new())).await.unwrap();
     assert_eq!((receipt.digest, receipt.size), (empty, 0), "{name}");
 }
 
@@ -229,11 +194,7 @@ async fn identical_content_is_stored_once(store: &ContentStore, backend: &Backen
     assert_eq!(first, second, "{name}");
     assert_eq!(streamed.digest, first, "{name}");
     let after = keys_under(store, "objects").await;
-    assert_eq!(
-        after.len(),
-        before.len() + 1,
-        "{name}: one object for identical content"
-    );
+    assert_eq!(after.len(), before.len() + 1, "{name}: one object for identical content");
 
     // Large enough to go through staging both times; the second promotion finds the object
     // already in place
@@ -253,32 +214,16 @@ async fn identical_content_is_stored_once(store: &ContentStore, backend: &Backen
 
 async fn tampered_content_reads_as_corrupt(store: &ContentStore, backend: &Backend) {
     let name = backend.name;
-    let digest = store
-        .put_bytes(Bytes::from_static(b"approved weights"))
-        .await
-        .unwrap();
+    let digest = store.put_bytes(Bytes::from_static(b"approved weights")).await.unwrap();
     // Overwrite the object behind the store's back, as bit rot or an intruder would
-    store
-        .store
-        .put(
-            &store.object_key(&digest),
-            Bytes::from_static(b"swapped weights!").into(),
-        )
-        .await
-        .unwrap();
+    store.store.put(&store.object_key(&digest), Bytes::from_static(b"swapped weights!").into()).await.unwrap();
 
     let err = store.get(&digest).await.unwrap_err();
     assert_eq!(err.kind(), ObjectErrorKind::Corrupt, "{name}: {err}");
-    assert!(
-        err.to_string().contains(&digest.to_string()),
-        "{name}: {err}"
-    );
+    assert!(err.to_string().contains(&digest.to_string()), "{name}: {err}");
 
     let (seen, err) = drain(store.open_stream(&digest).await.unwrap()).await;
-    assert_eq!(
-        seen, b"swapped weights!",
-        "{name}: data flows, then the verdict"
-    );
+    assert_eq!(seen, b"swapped weights!", "{name}: data flows, then the verdict");
     let err = err.expect("a corrupt stream must end with an error");
     assert_eq!(err.kind(), ObjectErrorKind::Corrupt, "{name}: {err}");
 
@@ -292,27 +237,15 @@ async fn failed_input_leaves_nothing(store: &ContentStore, backend: &Backend) {
     // Fails after two full parts have been handed to the backend, so a multipart upload to
     // staging is in progress when the input breaks
     let chunk = 4 << 20;
-    let mut items: Vec<Result<Bytes, io::Error>> = (0..3)
-        .map(|i| Ok(Bytes::from(pattern(10 + i, chunk))))
-        .collect();
+    let mut items: Vec<Result<Bytes, io::Error>> = (0..3).map(|i| Ok(Bytes::from(pattern(10 + i, chunk)))).collect();
     items.push(Err(io::Error::other("client disconnected")));
     let err = store.put_stream(stream::iter(items)).await.unwrap_err();
     assert_eq!(err.kind(), ObjectErrorKind::Input, "{name}: {err}");
-    assert!(
-        err.to_string().contains("client disconnected"),
-        "{name}: {err}"
-    );
-    assert_eq!(
-        all_keys(store).await,
-        before,
-        "{name}: nothing left after a failed upload"
-    );
+    assert!(err.to_string().contains("client disconnected"), "{name}: {err}");
+    assert_eq!(all_keys(store).await, before, "{name}: nothing left after a failed upload");
 
     // Fails before a single part was full
-    let items = vec![
-        Ok(Bytes::from_static(b"a few bytes")),
-        Err(io::Error::other("reset by peer")),
-    ];
+    let items = vec![Ok(Bytes::from_static(b"a few bytes")), Err(io::Error::other("reset by peer"))];
     let err = store.put_stream(stream::iter(items)).await.unwrap_err();
     assert_eq!(err.kind(), ObjectErrorKind::Input, "{name}: {err}");
     assert_eq!(all_keys(store).await, before, "{name}");
@@ -328,9 +261,7 @@ async fn cancelled_upload_is_cleaned_up(store: &ContentStore, backend: &Backend)
     let name = backend.name;
     let before = all_keys(store).await;
     // Two parts go out, then the input stalls and the caller gives up, dropping the future
-    let items: Vec<Result<Bytes, io::Error>> = (0..3)
-        .map(|i| Ok(Bytes::from(pattern(30 + i, 4 << 20))))
-        .collect();
+    let items: Vec<Result<Bytes, io::Error>> = (0..3).map(|i| Ok(Bytes::from(pattern(30 + i, 4 << 20)))).collect();
     let stalled = stream::iter(items).chain(stream::pending());
     let outcome = tokio::time::timeout(Duration::from_secs(2), store.put_stream(stalled)).await;
     assert!(outcome.is_err(), "{name}: the upload cannot finish");
@@ -342,10 +273,7 @@ async fn cancelled_upload_is_cleaned_up(store: &ContentStore, backend: &Backend)
         if now == before {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name}: cancelled upload left {now:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{name}: cancelled upload left {now:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -374,8 +302,7 @@ async fn large_stream_in_small_chunks(store: &ContentStore, backend: &Backend) {
     // Chunks are produced lazily and counted while alive
     let tracker = LiveBytes::default();
     let producer = tracker.clone();
-    let input =
-        stream::iter(0..CHUNKS).map(move |i| Ok::<_, io::Error>(producer.chunk(make_chunk(i))));
+    let input = stream::iter(0..CHUNKS).map(move |i| Ok::<_, io::Error>(producer.chunk(make_chunk(i))));
     let receipt = store.put_stream(input).await.unwrap();
     assert_eq!(receipt.digest, expected, "{name}");
     assert_eq!(receipt.size, CHUNKS * CHUNK as u64, "{name}");
@@ -383,11 +310,7 @@ async fn large_stream_in_small_chunks(store: &ContentStore, backend: &Backend) {
     if backend.parts_leave_memory {
         // The part being filled plus the parts in flight, and the chunk being split
         let bound = 3 * PART_SIZE + CHUNK;
-        assert!(
-            tracker.peak() <= bound,
-            "{name}: peak {} bytes of input alive exceeds {bound}",
-            tracker.peak()
-        );
+        assert!(tracker.peak() <= bound, "{name}: peak {} bytes of input alive exceeds {bound}", tracker.peak());
     }
 
     assert_eq!(store.size(&expected).await.unwrap(), receipt.size, "{name}");
@@ -401,11 +324,7 @@ async fn large_stream_in_small_chunks(store: &ContentStore, backend: &Backend) {
     }
     assert_eq!(read, receipt.size, "{name}");
     assert_eq!(ObjectDigest::from_hasher(read_hasher), expected, "{name}");
-    assert_eq!(
-        store.get(&expected).await.unwrap().len() as u64,
-        receipt.size,
-        "{name}"
-    );
+    assert_eq!(store.get(&expected).await.unwrap().len() as u64, receipt.size, "{name}");
     assert!(keys_under(store, "staging").await.is_empty(), "{name}");
     store.delete(&expected).await.unwrap();
 }
@@ -414,27 +333,18 @@ async fn concurrent_identical_uploads(store: &ContentStore, backend: &Backend) {
     let name = backend.name;
     let before = keys_under(store, "objects").await;
     let data = Bytes::from(pattern(3, PART_SIZE + PART_SIZE / 2));
-    let (a, b) = tokio::join!(
-        store.put_stream(chunks_of(&data, 1 << 20)),
-        store.put_stream(chunks_of(&data, 777_777)),
-    );
+    let (a, b) =
+        tokio::join!(store.put_stream(chunks_of(&data, 1 << 20)), store.put_stream(chunks_of(&data, 777_777)),);
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a, b, "{name}");
-    assert_eq!(
-        keys_under(store, "objects").await.len(),
-        before.len() + 1,
-        "{name}"
-    );
+    assert_eq!(keys_under(store, "objects").await.len(), before.len() + 1, "{name}");
     assert_eq!(store.get(&a.digest).await.unwrap(), data, "{name}");
     assert!(keys_under(store, "staging").await.is_empty(), "{name}");
 }
 
 async fn delete_and_missing_objects(store: &ContentStore, backend: &Backend) {
     let name = backend.name;
-    let digest = store
-        .put_bytes(Bytes::from_static(b"short-lived"))
-        .await
-        .unwrap();
+    let digest = store.put_bytes(Bytes::from_static(b"short-lived")).await.unwrap();
     store.delete(&digest).await.unwrap();
     assert!(!store.exists(&digest).await.unwrap(), "{name}");
     for err in [
@@ -443,47 +353,29 @@ async fn delete_and_missing_objects(store: &ContentStore, backend: &Backend) {
         store.size(&digest).await.unwrap_err(),
     ] {
         assert_eq!(err.kind(), ObjectErrorKind::NotFound, "{name}: {err}");
-        assert!(
-            err.to_string().contains(&digest.to_string()),
-            "{name}: {err}"
-        );
+        assert!(err.to_string().contains(&digest.to_string()), "{name}: {err}");
     }
     // Deleting again is not an error, whatever the backend reports
     store.delete(&digest).await.unwrap();
 
     let never = ObjectDigest::of(b"never stored");
     assert!(!store.exists(&never).await.unwrap(), "{name}");
-    assert_eq!(
-        store.get(&never).await.unwrap_err().kind(),
-        ObjectErrorKind::NotFound,
-        "{name}"
-    );
+    assert_eq!(store.get(&never).await.unwrap_err().kind(), ObjectErrorKind::NotFound, "{name}");
 }
 
 async fn staging_collection(store: &ContentStore, backend: &Backend) {
     let name = backend.name;
     // What an upload interrupted between completion and promotion leaves behind
     let orphan = store.new_staging_key();
-    store
-        .store
-        .put(&orphan, Bytes::from_static(b"interrupted upload").into())
-        .await
-        .unwrap();
+    store.store.put(&orphan, Bytes::from_static(b"interrupted upload").into()).await.unwrap();
     let objects_before = keys_under(store, "objects").await;
 
     assert_eq!(
-        store
-            .collect_staging(Duration::from_secs(3600))
-            .await
-            .unwrap(),
+        store.collect_staging(Duration::from_secs(3600)).await.unwrap(),
         0,
         "{name}: a fresh staging object is kept"
     );
-    assert_eq!(
-        keys_under(store, "staging").await,
-        vec![orphan.to_string()],
-        "{name}"
-    );
+    assert_eq!(keys_under(store, "staging").await, vec![orphan.to_string()], "{name}");
 
     // S3 reports modification times in whole seconds, so age the orphan past one
     tokio::time::sleep(Duration::from_millis(1_200)).await;
@@ -493,16 +385,8 @@ async fn staging_collection(store: &ContentStore, backend: &Backend) {
         "{name}: an old staging object is removed"
     );
     assert!(keys_under(store, "staging").await.is_empty(), "{name}");
-    assert_eq!(
-        keys_under(store, "objects").await,
-        objects_before,
-        "{name}: collection never touches objects"
-    );
-    assert_eq!(
-        store.collect_staging(Duration::ZERO).await.unwrap(),
-        0,
-        "{name}"
-    );
+    assert_eq!(keys_under(store, "objects").await, objects_before, "{name}: collection never touches objects");
+    assert_eq!(store.collect_staging(Duration::ZERO).await.unwrap(), 0, "{name}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -511,22 +395,14 @@ async fn staging_collection(store: &ContentStore, backend: &Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_backend_passes_the_suite() {
     let store = ContentStore::in_memory();
-    let backend = Backend {
-        name: "memory",
-        key_prefix: "",
-        parts_leave_memory: false,
-    };
+    let backend = Backend { name: "memory", key_prefix: "", parts_leave_memory: false };
     run_suite(&store, &backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefixed_backend_passes_the_suite() {
     let store = ContentStore::with_backend(Arc::new(InMemory::new()), "/tenant-a/cas/").unwrap();
-    let backend = Backend {
-        name: "memory with prefix",
-        key_prefix: "tenant-a/cas/",
-        parts_leave_memory: false,
-    };
+    let backend = Backend { name: "memory with prefix", key_prefix: "tenant-a/cas/", parts_leave_memory: false };
     run_suite(&store, &backend).await;
 }
 
@@ -536,16 +412,9 @@ async fn local_backend_passes_the_suite() {
     let root = dir.path().join("nested/objects-root");
     let store = ContentStore::local(&root).unwrap();
     assert!(root.is_dir(), "the directory is created");
-    let backend = Backend {
-        name: "local",
-        key_prefix: "",
-        parts_leave_memory: true,
-    };
+    let backend = Backend { name: "local", key_prefix: "", parts_leave_memory: true };
     run_suite(&store, &backend).await;
-    let partials: Vec<_> = files_in(&root)
-        .into_iter()
-        .filter(|p| p.to_string_lossy().contains('#'))
-        .collect();
+    let partials: Vec<_> = files_in(&root).into_iter().filter(|p| p.to_string_lossy().contains('#')).collect();
     assert!(partials.is_empty(), "no partial upload files: {partials:?}");
 }
 
@@ -569,26 +438,16 @@ fn invalid_prefixes_and_settings_are_rejected() {
 
     settings.bucket = "bucket".to_string();
     settings.region = String::new();
-    assert_eq!(
-        ContentStore::s3(&settings).unwrap_err().kind(),
-        ObjectErrorKind::Config
-    );
+    assert_eq!(ContentStore::s3(&settings).unwrap_err().kind(), ObjectErrorKind::Config);
 
     settings.region = "us-east-1".to_string();
     settings.access_key_id = None;
     let err = ContentStore::s3(&settings).unwrap_err();
-    assert_eq!(
-        err.kind(),
-        ObjectErrorKind::Config,
-        "a secret without a key: {err}"
-    );
+    assert_eq!(err.kind(), ObjectErrorKind::Config, "a secret without a key: {err}");
 
     settings.access_key_id = Some("key".to_string());
     assert!(ContentStore::s3(&settings).is_ok());
-    assert!(
-        !format!("{settings:?}").contains("very-secret"),
-        "Debug must not print the secret key"
-    );
+    assert!(!format!("{settings:?}").contains("very-secret"), "Debug must not print the secret key");
 }
 
 #[test]
@@ -645,11 +504,7 @@ async fn local_file_altered_on_disk_reads_as_corrupt() {
     let digest = store.put_bytes(data.clone()).await.unwrap();
     let hex = digest.to_string();
     let file = dir.path().join("objects").join(&hex[..2]).join(&hex[2..]);
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        data,
-        "layout objects/<2>/<62>"
-    );
+    assert_eq!(std::fs::read(&file).unwrap(), data, "layout objects/<2>/<62>");
 
     // Same length, one bit flipped: only the hash can tell
     let mut altered = data.to_vec();
@@ -663,10 +518,7 @@ async fn local_file_altered_on_disk_reads_as_corrupt() {
 
     // Truncated
     std::fs::write(&file, &data[..1000]).unwrap();
-    assert_eq!(
-        store.get(&digest).await.unwrap_err().kind(),
-        ObjectErrorKind::Corrupt
-    );
+    assert_eq!(store.get(&digest).await.unwrap_err().kind(), ObjectErrorKind::Corrupt);
     let (_, err) = drain(store.open_stream(&digest).await.unwrap()).await;
     assert_eq!(err.unwrap().kind(), ObjectErrorKind::Corrupt);
 
@@ -679,9 +531,7 @@ async fn local_file_altered_on_disk_reads_as_corrupt() {
 async fn local_failed_stream_leaves_no_files() {
     let dir = tempfile::tempdir().unwrap();
     let store = ContentStore::local(dir.path()).unwrap();
-    let mut items: Vec<Result<Bytes, io::Error>> = (0..3)
-        .map(|i| Ok(Bytes::from(pattern(20 + i, 4 << 20))))
-        .collect();
+    let mut items: Vec<Result<Bytes, io::Error>> = (0..3).map(|i| Ok(Bytes::from(pattern(20 + i, 4 << 20)))).collect();
     items.push(Err(io::Error::other("upstream closed")));
     let err = store.put_stream(stream::iter(items)).await.unwrap_err();
     assert_eq!(err.kind(), ObjectErrorKind::Input);
@@ -708,17 +558,11 @@ async fn local_collect_staging_removes_old_partial_uploads() {
     backdate(&old_complete, Duration::from_secs(7200));
     let kept = store.put_bytes(Bytes::from_static(b"kept")).await.unwrap();
 
-    let removed = store
-        .collect_staging(Duration::from_secs(3600))
-        .await
-        .unwrap();
+    let removed = store.collect_staging(Duration::from_secs(3600)).await.unwrap();
     assert_eq!(removed, 2);
     assert!(!old_partial.exists());
     assert!(!old_complete.exists());
-    assert!(
-        fresh_partial.exists(),
-        "an upload that may still be running is kept"
-    );
+    assert!(fresh_partial.exists(), "an upload that may still be running is kept");
     assert!(store.exists(&kept).await.unwrap());
 }
 
@@ -745,11 +589,7 @@ async fn s3_backend_passes_the_suite() {
         prefix: "tenant-a/cas".to_string(),
     };
     let store = ContentStore::s3(&settings).unwrap();
-    let backend = Backend {
-        name: "s3",
-        key_prefix: "tenant-a/cas/",
-        parts_leave_memory: true,
-    };
+    let backend = Backend { name: "s3", key_prefix: "tenant-a/cas/", parts_leave_memory: true };
     run_suite(&store, &backend).await;
     assert_eq!(
         server.pending_multipart_uploads(bucket).await.unwrap(),
@@ -758,15 +598,8 @@ async fn s3_backend_passes_the_suite() {
     );
 
     // The same bucket without a prefix is a separate keyspace
-    let unprefixed = ContentStore::s3(&S3Settings {
-        prefix: String::new(),
-        ..settings
-    })
-    .unwrap();
-    let digest = unprefixed
-        .put_bytes(Bytes::from_static(b"root level"))
-        .await
-        .unwrap();
+    let unprefixed = ContentStore::s3(&S3Settings { prefix: String::new(), ..settings }).unwrap();
+    let digest = unprefixed.put_bytes(Bytes::from_static(b"root level")).await.unwrap();
     assert!(unprefixed.exists(&digest).await.unwrap());
     assert!(!store.exists(&digest).await.unwrap());
 }

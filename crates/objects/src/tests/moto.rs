@@ -22,9 +22,7 @@ impl MotoServer {
     /// Where `moto_server` is on PATH, if anywhere.
     pub fn locate() -> Option<PathBuf> {
         let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("moto_server"))
-            .find(|candidate| candidate.is_file())
+        std::env::split_paths(&path).map(|dir| dir.join("moto_server")).find(|candidate| candidate.is_file())
     }
 
     /// Starts a server on a free loopback port and waits until it answers.
@@ -74,32 +72,21 @@ impl MotoServer {
     /// unsigned requests, which is all bucket setup and inspection need, so no HTTP client
     /// dependency is pulled in for it.
     pub async fn request(&self, method: &str, target: &str) -> Result<(u16, String), String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.map_err(|e| format!("connect: {e}"))?;
         let request = format!(
             "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
         );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
+        stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
         let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("receive: {e}"))?;
+        stream.read_to_end(&mut response).await.map_err(|e| format!("receive: {e}"))?;
         let response = String::from_utf8_lossy(&response).into_owned();
         let status = response
             .split(' ')
             .nth(1)
             .and_then(|code| code.parse::<u16>().ok())
             .ok_or_else(|| format!("malformed response: {response:?}"))?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_string())
-            .unwrap_or_default();
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
         Ok((status, body))
     }
 
@@ -128,10 +115,6 @@ impl Drop for MotoServer {
 }
 
 fn free_port() -> Result<u16, String> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot bind a free port: {e}"))?;
-    listener
-        .local_addr()
-        .map(|addr| addr.port())
-        .map_err(|e| format!("cannot read bound port: {e}"))
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot bind a free port: {e}"))?;
+    listener.local_addr().map(|addr| addr.port()).map_err(|e| format!("cannot read bound port: {e}"))
 }

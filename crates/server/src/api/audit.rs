@@ -21,10 +21,7 @@ fn text(body: String) -> Response {
 
 async fn allow(state: &AppState, caller: &Caller, action: Action) -> Result<(), ApiError> {
     let request = AccessRequest::new(&caller.principal, action, Resource::audit_log());
-    state
-        .store
-        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
-        .await?;
+    state.store.authorize(state.pdp.as_ref(), &request, &caller.request_id).await?;
     Ok(())
 }
 
@@ -32,29 +29,18 @@ async fn allow(state: &AppState, caller: &Caller, action: Action) -> Result<(), 
     responses((status = 200, description = "A signed checkpoint of the log as it is now (C2SP tlog-checkpoint)", body = String, content_type = "text/plain"),
         (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn checkpoint(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<Response, ApiError> {
+pub async fn checkpoint(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     allow(&state, &caller, Action::AuditProof).await?;
-    Ok(text(
-        state.store.issue_checkpoint(&state.checkpoints).await?,
-    ))
+    Ok(text(state.store.issue_checkpoint(&state.checkpoints).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/public-key", tag = "audit",
     responses((status = 200, description = "The checkpoint verifier key (C2SP signed-note vkey)", body = String, content_type = "text/plain"),
         (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn public_key(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<Response, ApiError> {
+pub async fn public_key(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     allow(&state, &caller, Action::AuditProof).await?;
-    Ok(text(format!(
-        "{}\n",
-        state.checkpoints.signer.verifier_key()
-    )))
+    Ok(text(format!("{}\n", state.checkpoints.signer.verifier_key())))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -187,15 +173,8 @@ pub async fn records(
         return Err(ApiError::invalid("limit: must be between 1 and 1000"));
     }
     // Tenant auditors see their own tenant's records only.
-    let entries = state
-        .store
-        .audit_records(query.from, limit, caller.principal.tenant.as_ref())
-        .await?;
-    let next = if entries.len() == limit as usize {
-        entries.last().map(|e| e.record.index + 1)
-    } else {
-        None
-    };
+    let entries = state.store.audit_records(query.from, limit, caller.principal.tenant.as_ref()).await?;
+    let next = if entries.len() == limit as usize { entries.last().map(|e| e.record.index + 1) } else { None };
     let records = entries
         .into_iter()
         .map(|entry| RecordView {

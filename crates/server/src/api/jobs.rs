@@ -101,32 +101,17 @@ pub async fn enqueue(
         return Err(ApiError::invalid("max_attempts: must be between 1 and 100"));
     }
     let id = factory_core::secrets::new_id("job");
-    let request = AccessRequest::new(
-        &caller.principal,
-        Action::JobEnqueue,
-        Resource::job(&id, &tenant),
-    );
+    let request = AccessRequest::new(&caller.principal, Action::JobEnqueue, Resource::job(&id, &tenant));
     let mut change = state
         .store
         .begin_change(state.pdp.as_ref(), request, &caller.request_id)
         .await
         .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
-    let new = NewJob {
-        kind: body.kind,
-        payload: body.payload,
-        priority: body.priority,
-        max_attempts,
-    };
+    let new = NewJob { kind: body.kind, payload: body.payload, priority: body.priority, max_attempts };
     let job = change.enqueue_job(&new).await?;
     let payload = serde_json::json!({ "job": job.id, "tenant": tenant, "kind": job.kind, "priority": job.priority });
-    let committed = change
-        .commit(payload.clone(), Event::new("job.queued", payload))
-        .await?;
-    Ok(committed_response(
-        StatusCode::CREATED,
-        Json(JobView::from(job)),
-        committed,
-    ))
+    let committed = change.commit(payload.clone(), Event::new("job.queued", payload)).await?;
+    Ok(committed_response(StatusCode::CREATED, Json(JobView::from(job)), committed))
 }
 
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/jobs", tag = "jobs",
@@ -139,33 +124,18 @@ pub async fn list(
     ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<JobList>, ApiError> {
     let tenant = parse_tenant(&tenant)?;
-    let request = AccessRequest::new(
-        &caller.principal,
-        Action::JobRead,
-        Resource::job("*", &tenant),
-    );
+    let request = AccessRequest::new(&caller.principal, Action::JobRead, Resource::job("*", &tenant));
     state
         .store
         .authorize(state.pdp.as_ref(), &request, &caller.request_id)
         .await
         .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
     let jobs = state.store.jobs(&tenant, 100).await?;
-    Ok(Json(JobList {
-        jobs: jobs.into_iter().map(JobView::from).collect(),
-    }))
+    Ok(Json(JobList { jobs: jobs.into_iter().map(JobView::from).collect() }))
 }
 
-async fn find_and_authorize(
-    state: &AppState,
-    caller: &Caller,
-    id: &str,
-    action: Action,
-) -> Result<Job, ApiError> {
-    let job = state
-        .store
-        .job(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+async fn find_and_authorize(state: &AppState, caller: &Caller, id: &str, action: Action) -> Result<Job, ApiError> {
+    let job = state.store.job(id).await?.ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
     let request = AccessRequest::new(&caller.principal, action, Resource::job(id, &job.tenant));
     state
         .store
@@ -184,11 +154,7 @@ pub async fn show(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    Ok(Json(
-        find_and_authorize(&state, &caller, &id, Action::JobRead)
-            .await?
-            .into(),
-    ))
+    Ok(Json(find_and_authorize(&state, &caller, &id, Action::JobRead).await?.into()))
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
@@ -201,16 +167,8 @@ pub async fn cancel(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let job = state
-        .store
-        .job(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
-    let request = AccessRequest::new(
-        &caller.principal,
-        Action::JobCancel,
-        Resource::job(&id, &job.tenant),
-    );
+    let job = state.store.job(&id).await?.ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+    let request = AccessRequest::new(&caller.principal, Action::JobCancel, Resource::job(&id, &job.tenant));
     let mut change = state
         .store
         .begin_change(state.pdp.as_ref(), request, &caller.request_id)
@@ -218,12 +176,6 @@ pub async fn cancel(
         .map_err(|e| hide_foreign(&caller, Some(&job.tenant), e))?;
     let cancelled = change.cancel_job().await?;
     let payload = serde_json::json!({ "job": id, "state": cancelled.state });
-    let committed = change
-        .commit(payload.clone(), Event::new("job.cancel_requested", payload))
-        .await?;
-    Ok(committed_response(
-        StatusCode::OK,
-        Json(JobView::from(cancelled)),
-        committed,
-    ))
+    let committed = change.commit(payload.clone(), Event::new("job.cancel_requested", payload)).await?;
+    Ok(committed_response(StatusCode::OK, Json(JobView::from(cancelled)), committed))
 }

@@ -60,11 +60,7 @@ impl KeyView {
 
 fn parse_expiry(text: &str) -> Result<i64, ApiError> {
     let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| {
-            ApiError::invalid(format!(
-                "expires_at: {e}; expected RFC 3339 such as 2027-01-01T00:00:00Z"
-            ))
-        })?;
+        .map_err(|e| ApiError::invalid(format!("expires_at: {e}; expected RFC 3339 such as 2027-01-01T00:00:00Z")))?;
     Ok((parsed.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
@@ -80,37 +76,22 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateKey>,
 ) -> Result<Response, ApiError> {
     let tenant = parse_tenant(&tenant)?;
-    let role: Role = body
-        .role
-        .parse()
-        .map_err(|e| ApiError::invalid(format!("role: {e}")))?;
+    let role: Role = body.role.parse().map_err(|e| ApiError::invalid(format!("role: {e}")))?;
     let expires_at = body.expires_at.as_deref().map(parse_expiry).transpose()?;
     if body.description.len() > 1024 {
         return Err(ApiError::invalid("description: at most 1024 bytes"));
     }
-    let request = AccessRequest::new(
-        &caller.principal,
-        Action::KeyCreate,
-        Resource::tenant(&tenant),
-    )
-    .with_context("role", role.as_str());
+    let request = AccessRequest::new(&caller.principal, Action::KeyCreate, Resource::tenant(&tenant))
+        .with_context("role", role.as_str());
     let mut change = state
         .store
         .begin_change(state.pdp.as_ref(), request, &caller.request_id)
         .await
         .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
-    let issued = change
-        .create_api_key(Some(&tenant), role, &body.description, expires_at)
-        .await?;
+    let issued = change.create_api_key(Some(&tenant), role, &body.description, expires_at).await?;
     let payload = serde_json::json!({ "key": issued.key.id, "tenant": tenant, "role": role });
-    let committed = change
-        .commit(payload.clone(), Event::new("key.created", payload))
-        .await?;
-    Ok(committed_response(
-        StatusCode::CREATED,
-        Json(KeyView::new(issued.key, Some(issued.secret))),
-        committed,
-    ))
+    let committed = change.commit(payload.clone(), Event::new("key.created", payload)).await?;
+    Ok(committed_response(StatusCode::CREATED, Json(KeyView::new(issued.key, Some(issued.secret))), committed))
 }
 
 #[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "identity",
@@ -123,16 +104,8 @@ pub async fn revoke(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let key = state
-        .store
-        .api_key(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("key {id} does not exist")))?;
-    let request = AccessRequest::new(
-        &caller.principal,
-        Action::KeyRevoke,
-        Resource::api_key(&id, key.tenant.as_ref()),
-    );
+    let key = state.store.api_key(&id).await?.ok_or_else(|| ApiError::not_found(format!("key {id} does not exist")))?;
+    let request = AccessRequest::new(&caller.principal, Action::KeyRevoke, Resource::api_key(&id, key.tenant.as_ref()));
     let mut change = state
         .store
         .begin_change(state.pdp.as_ref(), request, &caller.request_id)
@@ -140,12 +113,6 @@ pub async fn revoke(
         .map_err(|e| hide_foreign(&caller, key.tenant.as_ref(), e))?;
     let revoked = change.revoke_api_key(&id).await?;
     let payload = serde_json::json!({ "key": id, "tenant": key.tenant });
-    let committed = change
-        .commit(payload.clone(), Event::new("key.revoked", payload))
-        .await?;
-    Ok(committed_response(
-        StatusCode::OK,
-        Json(KeyView::new(revoked, None)),
-        committed,
-    ))
+    let committed = change.commit(payload.clone(), Event::new("key.revoked", payload)).await?;
+    Ok(committed_response(StatusCode::OK, Json(KeyView::new(revoked, None)), committed))
 }

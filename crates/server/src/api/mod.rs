@@ -2,6 +2,7 @@
 //! access request, and go through the store's governed path; they never write directly.
 
 pub mod audit;
+pub mod datasets;
 pub mod jobs;
 pub mod keys;
 pub mod ops;
@@ -18,16 +19,11 @@ use crate::extract::Caller;
 pub const AUDIT_INDEX_HEADER: &str = "x-factory-audit-index";
 
 /// A governed write's response: the body plus the index of the audit record that proves it.
-pub fn committed_response(
-    status: StatusCode,
-    body: impl IntoResponse,
-    committed: Committed,
-) -> Response {
+pub fn committed_response(status: StatusCode, body: impl IntoResponse, committed: Committed) -> Response {
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(
-        HeaderName::from_static(AUDIT_INDEX_HEADER),
-        HeaderValue::from(committed.audit_index),
-    );
+    response
+        .headers_mut()
+        .insert(HeaderName::from_static(AUDIT_INDEX_HEADER), HeaderValue::from(committed.audit_index));
     response
 }
 

@@ -20,10 +20,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
     if state.store.ping().await {
         Ok(Json(serde_json::json!({ "status": "ready" })))
     } else {
-        Err(ApiError::overloaded(
-            "the metadata store does not answer",
-            5,
-        ))
+        Err(ApiError::overloaded("the metadata store does not answer", 5))
     }
 }
 
@@ -35,10 +32,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
     (
         StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.render(),
     )
         .into_response()

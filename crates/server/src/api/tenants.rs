@@ -54,37 +54,20 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let name = TenantName::new(&body.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
     if body.jurisdictions.is_empty() {
-        return Err(ApiError::invalid(
-            "jurisdictions: at least one jurisdiction is required",
-        ));
+        return Err(ApiError::invalid("jurisdictions: at least one jurisdiction is required"));
     }
     let jurisdictions = body
         .jurisdictions
         .iter()
         .enumerate()
-        .map(|(i, j)| {
-            Jurisdiction::new(j).map_err(|e| ApiError::invalid(format!("jurisdictions[{i}]: {e}")))
-        })
+        .map(|(i, j)| Jurisdiction::new(j).map_err(|e| ApiError::invalid(format!("jurisdictions[{i}]: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let request = AccessRequest::new(
-        &caller.principal,
-        Action::TenantCreate,
-        Resource::platform(),
-    );
-    let mut change = state
-        .store
-        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
-        .await?;
+    let request = AccessRequest::new(&caller.principal, Action::TenantCreate, Resource::platform());
+    let mut change = state.store.begin_change(state.pdp.as_ref(), request, &caller.request_id).await?;
     let tenant = change.create_tenant(&name, &jurisdictions).await?;
     let payload = serde_json::json!({ "tenant": name, "jurisdictions": jurisdictions });
-    let committed = change
-        .commit(payload.clone(), Event::new("tenant.created", payload))
-        .await?;
-    Ok(committed_response(
-        StatusCode::CREATED,
-        Json(TenantView::from(tenant)),
-        committed,
-    ))
+    let committed = change.commit(payload.clone(), Event::new("tenant.created", payload)).await?;
+    Ok(committed_response(StatusCode::CREATED, Json(TenantView::from(tenant)), committed))
 }
 
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}", tag = "identity",
@@ -97,18 +80,12 @@ pub async fn show(
     ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     let tenant = parse_tenant(&tenant)?;
-    let request = AccessRequest::new(
-        &caller.principal,
-        Action::TenantRead,
-        Resource::tenant(&tenant),
-    );
+    let request = AccessRequest::new(&caller.principal, Action::TenantRead, Resource::tenant(&tenant));
     state
         .store
         .authorize(state.pdp.as_ref(), &request, &caller.request_id)
         .await
         .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
     let found = state.store.tenant(&tenant).await?;
-    found
-        .map(|t| Json(t.into()))
-        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant} does not exist")))
+    found.map(|t| Json(t.into())).ok_or_else(|| ApiError::not_found(format!("tenant {tenant} does not exist")))
 }

@@ -1,0 +1,747 @@
+//! Governed datasets: define, ingest versions by streaming, read back manifests, rows, Parquet
+//! and profiles.
+//!
+//! An ingest runs in three steps so that no lock is held while bytes stream in: authorize (a
+//! refusal is audited), stream the upload into content-addressed shards and a manifest, then
+//! make the version visible in one governed transaction. A failed or interrupted ingest leaves
+//! no version, and its shards are deleted unless another version references them.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use factory_core::{
+    AccessRequest, Action, Classification, Jurisdiction, Principal, Resource, Role, SiteKind, TenantName,
+};
+use factory_datasets::{
+    ColumnSpec, DedupMode, Format, IngestErrorKind, IngestOptions, OnError, PiiPolicy, PiiTreatment, ShardSink,
+};
+use factory_objects::ObjectDigest;
+use factory_store::datasets::{Dataset, NewVersion};
+use factory_store::Event;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{committed_response, hide_foreign, millis_to_text};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuery {
+    /// Platform keys name the tenant; tenant keys act in their own tenant.
+    pub tenant: Option<String>,
+}
+
+/// The tenant a dataset request is about: the one named (policies decide whether the caller
+/// may act there, so a foreign tenant is refused and audited like any denial), else the
+/// caller's own.
+fn tenant_of(caller: &Caller, requested: Option<&str>) -> Result<TenantName, ApiError> {
+    match (&caller.principal.tenant, requested) {
+        (_, Some(requested)) => TenantName::new(requested).map_err(|e| ApiError::invalid(format!("tenant: {e}"))),
+        (Some(own), None) => Ok(own.clone()),
+        (None, None) => Err(ApiError::invalid("tenant: platform keys must name the tenant (?tenant=...)")),
+    }
+}
+
+fn valid_dataset_name(name: &str) -> Result<(), ApiError> {
+    TenantName::new(name)
+        .map(|_| ())
+        .map_err(|e| ApiError::invalid(format!("name: {}", e.to_string().replace("tenant name", "dataset name"))))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDataset {
+    pub name: String,
+    /// public, internal, confidential or secret.
+    pub classification: String,
+    /// Where the data may live; defaults to the tenant's first allowed jurisdiction.
+    pub jurisdiction: Option<String>,
+    /// The storage site; defaults to the first storage site in the jurisdiction.
+    pub site: Option<String>,
+    pub owner: Option<String>,
+    pub retention_days: Option<i64>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// `{"default": "mask", "columns": {"email": "drop_column"}}`; treatments are keep, mask,
+    /// hash and drop_column. Defaults to masking.
+    #[schema(value_type = Option<Object>)]
+    pub pii_policy: Option<PiiPolicy>,
+    /// A declared schema, `[{"name": "text", "type": "string"}]`; inferred when absent.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub schema: Option<Vec<ColumnSpec>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DatasetView {
+    pub tenant: String,
+    pub name: String,
+    pub classification: String,
+    pub jurisdiction: String,
+    pub site: String,
+    pub owner: String,
+    pub retention_days: Option<i64>,
+    pub description: String,
+    pub tags: Vec<String>,
+    #[schema(value_type = Object)]
+    pub pii_policy: serde_json::Value,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub schema: Option<serde_json::Value>,
+    pub latest_version: i64,
+    pub created_at: String,
+    pub created_by: String,
+}
+
+impl From<Dataset> for DatasetView {
+    fn from(d: Dataset) -> Self {
+        DatasetView {
+            tenant: d.tenant.to_string(),
+            name: d.name,
+            classification: d.classification.to_string(),
+            jurisdiction: d.jurisdiction.to_string(),
+            site: d.site,
+            owner: d.owner,
+            retention_days: d.retention_days,
+            description: d.description,
+            tags: d.tags,
+            pii_policy: d.pii_policy,
+            schema: d.declared_schema,
+            latest_version: d.latest_version,
+            created_at: millis_to_text(d.created_at),
+            created_by: d.created_by,
+        }
+    }
+}
+
+/// The residency facts Cedar decides on: whether the tenant allows the jurisdiction and whether
+/// the named site stores data inside it.
+async fn residency(
+    state: &AppState,
+    tenant: &TenantName,
+    jurisdiction: &Jurisdiction,
+    site: &str,
+) -> Result<(bool, bool), ApiError> {
+    let tenant_record = state.store.tenant(tenant).await?;
+    let allowed = tenant_record.is_some_and(|t| t.jurisdictions.contains(jurisdiction));
+    let storage = state
+        .config
+        .sites
+        .iter()
+        .any(|s| s.name == site && &s.jurisdiction == jurisdiction && s.kinds.contains(&SiteKind::Storage));
+    Ok((allowed, storage))
+}
+
+#[utoipa::path(post, path = "/api/v1/datasets", tag = "datasets", request_body = CreateDataset, params(TenantQuery),
+    responses((status = 201, body = DatasetView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+    ApiJson(body): ApiJson<CreateDataset>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    valid_dataset_name(&body.name)?;
+    let classification: Classification =
+        body.classification.parse().map_err(|e| ApiError::invalid(format!("classification: {e}")))?;
+    let catalogue = AccessRequest::new(&caller.principal, Action::DatasetRead, Resource::dataset_catalogue(&tenant));
+    state
+        .store
+        .authorize(state.pdp.as_ref(), &catalogue, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let tenant_record = state
+        .store
+        .tenant(&tenant)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant} does not exist")))?;
+    let jurisdiction = match &body.jurisdiction {
+        Some(j) => Jurisdiction::new(j).map_err(|e| ApiError::invalid(format!("jurisdiction: {e}")))?,
+        None => {
+            tenant_record.jurisdictions.first().cloned().ok_or_else(|| ApiError::invalid("jurisdiction: required"))?
+        }
+    };
+    let site = match &body.site {
+        Some(site) => site.clone(),
+        None => state
+            .config
+            .sites
+            .iter()
+            .find(|s| s.jurisdiction == jurisdiction && s.kinds.contains(&SiteKind::Storage))
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+    };
+    if body.retention_days.is_some_and(|d| d <= 0) {
+        return Err(ApiError::invalid("retention_days: must be positive"));
+    }
+    if let Some(schema) = &body.schema {
+        if schema.is_empty() {
+            return Err(ApiError::invalid("schema: declare at least one column"));
+        }
+    }
+    let (jurisdiction_allowed, storage_site) = residency(&state, &tenant, &jurisdiction, &site).await?;
+    let resource = Resource::dataset(&tenant, &body.name, classification, &jurisdiction);
+    let request = AccessRequest::new(&caller.principal, Action::DatasetCreate, resource)
+        .with_context("jurisdiction_allowed", jurisdiction_allowed)
+        .with_context("storage_site", storage_site);
+    let mut change = state
+        .store
+        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let dataset = Dataset {
+        tenant: tenant.clone(),
+        name: body.name.clone(),
+        classification,
+        jurisdiction,
+        site,
+        owner: body.owner.clone().unwrap_or_else(|| caller.principal.id.clone()),
+        retention_days: body.retention_days,
+        description: body.description,
+        tags: body.tags,
+        pii_policy: serde_json::to_value(body.pii_policy.unwrap_or_default()).unwrap_or_default(),
+        declared_schema: body.schema.map(|s| serde_json::to_value(s).unwrap_or_default()),
+        latest_version: 0,
+        created_at: factory_core::time::now_millis(),
+        created_by: caller.principal.id.clone(),
+    };
+    change.create_dataset(&dataset).await?;
+    let payload = serde_json::json!({
+        "tenant": tenant, "dataset": dataset.name, "classification": dataset.classification,
+        "jurisdiction": dataset.jurisdiction, "site": dataset.site,
+    });
+    let committed = change.commit(payload.clone(), Event::new("dataset.created", payload)).await?;
+    Ok(committed_response(StatusCode::CREATED, Json(DatasetView::from(dataset)), committed))
+}
+
+async fn find_dataset(state: &AppState, tenant: &TenantName, name: &str) -> Result<Dataset, ApiError> {
+    state
+        .store
+        .dataset(tenant, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("dataset {name} does not exist")))
+}
+
+async fn authorize_on(
+    state: &AppState,
+    caller: &Caller,
+    dataset: &Dataset,
+    action: Action,
+    context: &[(&str, bool)],
+) -> Result<(), ApiError> {
+    let resource = Resource::dataset(&dataset.tenant, &dataset.name, dataset.classification, &dataset.jurisdiction);
+    let mut request = AccessRequest::new(&caller.principal, action, resource);
+    for (key, value) in context {
+        request = request.with_context(key, *value);
+    }
+    state
+        .store
+        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(caller, Some(&dataset.tenant), e))?;
+    Ok(())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DatasetList {
+    pub datasets: Vec<DatasetView>,
+}
+
+#[utoipa::path(get, path = "/api/v1/datasets", tag = "datasets", params(TenantQuery),
+    responses((status = 200, body = DatasetList), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Json<DatasetList>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let catalogue = AccessRequest::new(&caller.principal, Action::DatasetRead, Resource::dataset_catalogue(&tenant));
+    state
+        .store
+        .authorize(state.pdp.as_ref(), &catalogue, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let mut visible = Vec::new();
+    for dataset in state.store.datasets(&tenant).await? {
+        // The catalogue shows what the caller may read; refusals here are not audited one by
+        // one, since listing reveals nothing the caller could not ask for by name.
+        let resource = Resource::dataset(&dataset.tenant, &dataset.name, dataset.classification, &dataset.jurisdiction);
+        let request = AccessRequest::new(&caller.principal, Action::DatasetRead, resource);
+        if factory_core::PolicyDecisionPoint::decide(state.pdp.as_ref(), &request).is_allowed() {
+            visible.push(DatasetView::from(dataset));
+        }
+    }
+    Ok(Json(DatasetList { datasets: visible }))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DatasetDetail {
+    #[serde(flatten)]
+    pub dataset: DatasetView,
+    pub versions: Vec<VersionSummary>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VersionSummary {
+    pub version: i64,
+    pub manifest_digest: String,
+    pub rows: i64,
+    pub bytes: i64,
+    pub source_digest: String,
+    pub created_at: String,
+    pub created_by: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/datasets/{name}", tag = "datasets", params(("name" = String, Path), TenantQuery),
+    responses((status = 200, body = DatasetDetail), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Json<DatasetDetail>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let dataset = find_dataset(&state, &tenant, &name).await?;
+    authorize_on(&state, &caller, &dataset, Action::DatasetRead, &[]).await?;
+    let versions = state
+        .store
+        .dataset_versions(&tenant, &name)
+        .await?
+        .into_iter()
+        .map(|v| VersionSummary {
+            version: v.version,
+            manifest_digest: v.manifest_digest,
+            rows: v.rows,
+            bytes: v.bytes,
+            source_digest: v.source_digest,
+            created_at: millis_to_text(v.created_at),
+            created_by: v.created_by,
+        })
+        .collect();
+    Ok(Json(DatasetDetail { dataset: dataset.into(), versions }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct IngestQuery {
+    /// jsonl, csv, parquet or text.
+    pub format: String,
+    /// The column language models train on (text uploads: `text`).
+    pub text_column: Option<String>,
+    /// fail (default) or skip.
+    pub on_error: Option<String>,
+    /// text uploads: one record per paragraph (blank-line separated) instead of per line.
+    pub paragraphs: Option<bool>,
+    /// off (default), flag or remove.
+    pub dedup: Option<String>,
+    /// Largest accepted row in bytes (default 1 MiB).
+    pub max_row_bytes: Option<usize>,
+    pub tenant: Option<String>,
+}
+
+struct ObjectSink {
+    objects: std::sync::Arc<factory_objects::ContentStore>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ShardSink for ObjectSink {
+    fn put_shard(&mut self, parquet: Vec<u8>) -> Result<String, String> {
+        self.runtime
+            .block_on(self.objects.put_bytes(Bytes::from(parquet)))
+            .map(|digest| digest.to_string())
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IngestReport {
+    pub version: i64,
+    pub manifest_digest: String,
+    pub rows: u64,
+    pub rows_skipped: u64,
+    #[schema(value_type = Vec<Object>)]
+    pub errors: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub pii: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub dedup: serde_json::Value,
+    pub shards: usize,
+    pub source_digest: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/datasets/{name}/versions", tag = "datasets", params(("name" = String, Path), IngestQuery),
+    request_body(content = Vec<u8>, description = "The data, streamed; gzip and zstd are recognised", content_type = "application/octet-stream"),
+    responses((status = 201, body = IngestReport), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn ingest(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<IngestQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let format: Format = query.format.parse().map_err(|e| ApiError::invalid(format!("format: {e}")))?;
+    let on_error = match query.on_error.as_deref() {
+        None | Some("fail") => OnError::Fail,
+        Some("skip") => OnError::Skip,
+        Some(other) => return Err(ApiError::invalid(format!("on_error: {other:?} is invalid; expected fail or skip"))),
+    };
+    let dedup: DedupMode = match &query.dedup {
+        Some(mode) => mode.parse().map_err(|e| ApiError::invalid(format!("dedup: {e}")))?,
+        None => DedupMode::Off,
+    };
+    let dataset = find_dataset(&state, &tenant, &name).await?;
+    let (jurisdiction_allowed, storage_site) = residency(&state, &tenant, &dataset.jurisdiction, &dataset.site).await?;
+    let context = [("jurisdiction_allowed", jurisdiction_allowed), ("storage_site", storage_site)];
+    authorize_on(&state, &caller, &dataset, Action::DatasetIngest, &context).await?;
+
+    let mut options = IngestOptions::new(format);
+    options.on_error = on_error;
+    options.dedup = dedup;
+    options.paragraphs = query.paragraphs.unwrap_or(false);
+    options.text_column = match (format, &query.text_column) {
+        (Format::Text, None) => Some("text".to_string()),
+        (_, column) => column.clone(),
+    };
+    if let Some(max) = query.max_row_bytes {
+        options.max_row_bytes = max.clamp(1024, 64 * 1024 * 1024);
+    }
+    options.pii_policy = serde_json::from_value(dataset.pii_policy.clone()).unwrap_or_default();
+    options.custom_pii = state.config.datasets.custom_pii.clone();
+    options.pii_hash_key = state.pii_hash_key(&tenant);
+    options.schema = dataset.declared_schema.clone().and_then(|s| serde_json::from_value(s).ok());
+
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let mut sink = ObjectSink { objects: state.objects.clone(), runtime: tokio::runtime::Handle::current() };
+    let outcome = tokio::task::spawn_blocking(move || {
+        let result = factory_datasets::ingest(reader, &options, &mut sink);
+        (result, sink)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("ingest task failed: {e}")))?;
+    let ingested = match outcome.0 {
+        Ok(ingested) => ingested,
+        Err(error) => {
+            delete_unreferenced(&state, &error.orphaned_shards).await;
+            let (status, code) = match error.kind {
+                IngestErrorKind::Rejected => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+                IngestErrorKind::Input => (StatusCode::BAD_REQUEST, "bad_upload"),
+                IngestErrorKind::Sink => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            };
+            let body = serde_json::json!({ "error": { "code": code, "message": error.message, "rows": error.errors } });
+            return Ok((status, Json(body)).into_response());
+        }
+    };
+
+    let manifest = serde_json::json!({
+        "tenant": tenant,
+        "dataset": name,
+        "classification": dataset.classification,
+        "jurisdiction": dataset.jurisdiction,
+        "site": dataset.site,
+        "schema": ingested.schema,
+        "text_column": ingested.text_column,
+        "pii_columns": ingested.pii_columns,
+        "dropped_columns": ingested.dropped_columns,
+        "rows": ingested.rows,
+        "rows_skipped": ingested.rows_skipped,
+        "errors": ingested.errors,
+        "shards": ingested.shards,
+        "source": {
+            "digest": ingested.source.digest,
+            "bytes": ingested.source.bytes,
+            "format": ingested.source.format,
+            "compression": ingested.source.compression,
+            "uploaded_by": caller.principal.id,
+            "uploaded_at": factory_core::time::now_rfc3339(),
+            "request_id": caller.request_id,
+        },
+        "lineage": { "derived_from": [] },
+        "pii": ingested.pii,
+        "dedup": ingested.dedup,
+        "profile": ingested.profile,
+    });
+    let shard_digests: Vec<String> = ingested.shards.iter().map(|s| s.digest.clone()).collect();
+    let manifest_bytes = serde_json::to_vec(&manifest).unwrap_or_default();
+    let manifest_digest = match state.objects.put_bytes(Bytes::from(manifest_bytes)).await {
+        Ok(digest) => digest.to_string(),
+        Err(error) => {
+            delete_unreferenced(&state, &shard_digests).await;
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("storing the manifest: {error}"),
+            ));
+        }
+    };
+    let mut objects = shard_digests.clone();
+    objects.push(manifest_digest.clone());
+    let new_version = NewVersion {
+        manifest_digest: manifest_digest.clone(),
+        rows: ingested.rows as i64,
+        bytes: ingested.shards.iter().map(|s| s.bytes as i64).sum(),
+        source_digest: ingested.source.digest.clone(),
+        objects: objects.clone(),
+    };
+    let resource = Resource::dataset(&tenant, &name, dataset.classification, &dataset.jurisdiction);
+    let request = AccessRequest::new(&caller.principal, Action::DatasetIngest, resource)
+        .with_context("jurisdiction_allowed", jurisdiction_allowed)
+        .with_context("storage_site", storage_site);
+    let committed = async {
+        let mut change = state.store.begin_change(state.pdp.as_ref(), request, &caller.request_id).await?;
+        let version = change.add_dataset_version(&tenant, &name, &new_version).await?;
+        let payload = serde_json::json!({
+            "tenant": tenant, "dataset": name, "version": version, "manifest": manifest_digest,
+            "rows": ingested.rows, "source_digest": ingested.source.digest,
+        });
+        let committed = change.commit(payload.clone(), Event::new("dataset.version.created", payload)).await?;
+        Ok::<_, factory_store::StoreError>((version, committed))
+    }
+    .await;
+    let (version, committed) = match committed {
+        Ok(done) => done,
+        Err(error) => {
+            delete_unreferenced(&state, &objects).await;
+            return Err(error.into());
+        }
+    };
+    let report = IngestReport {
+        version,
+        manifest_digest,
+        rows: ingested.rows,
+        rows_skipped: ingested.rows_skipped,
+        errors: serde_json::to_value(&ingested.errors).unwrap_or_default(),
+        pii: ingested.pii,
+        dedup: ingested.dedup,
+        shards: ingested.shards.len(),
+        source_digest: ingested.source.digest,
+    };
+    Ok(committed_response(StatusCode::CREATED, Json(report), committed))
+}
+
+/// Deletes objects of a failed ingest that no committed version references.
+async fn delete_unreferenced(state: &AppState, digests: &[String]) {
+    for digest in digests {
+        let Ok(parsed) = digest.parse::<ObjectDigest>() else { continue };
+        match state.store.object_is_referenced(digest).await {
+            Ok(false) => {
+                if let Err(error) = state.objects.delete(&parsed).await {
+                    tracing::warn!(%error, digest, "could not delete an orphaned object");
+                }
+            }
+            Ok(true) => {}
+            Err(error) => tracing::warn!(%error, digest, "could not check an object's references"),
+        }
+    }
+}
+
+async fn load_manifest(
+    state: &AppState,
+    tenant: &TenantName,
+    name: &str,
+    version: i64,
+) -> Result<(Dataset, serde_json::Value), ApiError> {
+    let dataset = find_dataset(state, tenant, name).await?;
+    let stored = state
+        .store
+        .dataset_version(tenant, name, version)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("dataset {name} has no version {version}")))?;
+    let digest: ObjectDigest = stored.manifest_digest.parse().map_err(|_| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stored manifest digest is invalid")
+    })?;
+    let bytes = state.objects.get(&digest).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("reading the manifest: {e}"))
+    })?;
+    let mut manifest: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("manifest: {e}")))?;
+    manifest["version"] = version.into();
+    manifest["manifest_digest"] = stored.manifest_digest.into();
+    manifest["created_at"] = millis_to_text(stored.created_at).into();
+    Ok((dataset, manifest))
+}
+
+fn raw_pii_columns(manifest: &serde_json::Value) -> Vec<String> {
+    let columns: BTreeMap<String, PiiTreatment> =
+        serde_json::from_value(manifest["pii_columns"].clone()).unwrap_or_default();
+    columns.into_iter().filter(|(_, t)| *t == PiiTreatment::Keep).map(|(c, _)| c).collect()
+}
+
+fn sees_raw_pii(principal: &Principal) -> bool {
+    matches!(principal.role, Role::Steward | Role::Admin)
+}
+
+#[utoipa::path(get, path = "/api/v1/datasets/{name}/versions/{version}", tag = "datasets",
+    params(("name" = String, Path), ("version" = i64, Path), TenantQuery),
+    responses((status = 200, description = "The version's manifest", body = Object), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn manifest(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, version)): ApiPath<(String, i64)>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let dataset = find_dataset(&state, &tenant, &name).await?;
+    authorize_on(&state, &caller, &dataset, Action::DatasetRead, &[]).await?;
+    let (_, manifest) = load_manifest(&state, &tenant, &name, version).await?;
+    Ok(Json(manifest))
+}
+
+#[utoipa::path(get, path = "/api/v1/datasets/{name}/versions/{version}/profile", tag = "datasets",
+    params(("name" = String, Path), ("version" = i64, Path), TenantQuery),
+    responses((status = 200, description = "Column profiles, PII report and dedup report", body = Object), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn profile(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, version)): ApiPath<(String, i64)>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let dataset = find_dataset(&state, &tenant, &name).await?;
+    authorize_on(&state, &caller, &dataset, Action::DatasetRead, &[]).await?;
+    let (_, manifest) = load_manifest(&state, &tenant, &name, version).await?;
+    Ok(Json(serde_json::json!({
+        "version": version,
+        "rows": manifest["rows"],
+        "profile": manifest["profile"],
+        "pii": manifest["pii"],
+        "dedup": manifest["dedup"],
+    })))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RowsQuery {
+    #[serde(default)]
+    pub offset: u64,
+    /// 1 to 1000, default 100.
+    pub limit: Option<u64>,
+    pub tenant: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/datasets/{name}/versions/{version}/rows", tag = "datasets",
+    params(("name" = String, Path), ("version" = i64, Path), RowsQuery),
+    responses((status = 200, description = "Rows as JSON objects; PII columns masked for roles that may not see them", body = Object),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rows(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, version)): ApiPath<(String, i64)>,
+    ApiQuery(query): ApiQuery<RowsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit: must be between 1 and 1000"));
+    }
+    let (dataset, manifest) = load_manifest(&state, &tenant, &name, version).await?;
+    let raw_columns = raw_pii_columns(&manifest);
+    authorize_on(&state, &caller, &dataset, Action::DatasetReadRows, &[("raw_pii", !raw_columns.is_empty())]).await?;
+    let shards: Vec<factory_datasets::ShardInfo> =
+        serde_json::from_value(manifest["shards"].clone()).unwrap_or_default();
+    let mut skip = query.offset;
+    let mut wanted = limit;
+    let mut rows = Vec::new();
+    for shard in shards {
+        if wanted == 0 {
+            break;
+        }
+        if skip >= shard.rows {
+            skip -= shard.rows;
+            continue;
+        }
+        let digest: ObjectDigest = shard.digest.parse().map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "manifest names an invalid shard")
+        })?;
+        let bytes = state.objects.get(&digest).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("reading a shard: {e}"))
+        })?;
+        let (from, take) = (skip as usize, wanted as usize);
+        let mut page = tokio::task::spawn_blocking(move || factory_datasets::read::shard_rows(bytes, from, take))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+        skip = 0;
+        wanted -= page.len() as u64;
+        rows.append(&mut page);
+    }
+    let masked = !raw_columns.is_empty() && !sees_raw_pii(&caller.principal);
+    if masked {
+        factory_datasets::mask_pii_columns(&mut rows, &raw_columns);
+    }
+    Ok(Json(serde_json::json!({
+        "version": version,
+        "offset": query.offset,
+        "rows": rows,
+        "masked_columns": if masked { raw_columns } else { Vec::new() },
+    })))
+}
+
+#[utoipa::path(get, path = "/api/v1/datasets/{name}/versions/{version}/download", tag = "datasets",
+    params(("name" = String, Path), ("version" = i64, Path), TenantQuery),
+    responses((status = 200, description = "The version as one zstd Parquet file", content_type = "application/vnd.apache.parquet"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn download(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, version)): ApiPath<(String, i64)>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let (dataset, manifest) = load_manifest(&state, &tenant, &name, version).await?;
+    let raw = !raw_pii_columns(&manifest).is_empty();
+    authorize_on(&state, &caller, &dataset, Action::DatasetDownload, &[("raw_pii", raw)]).await?;
+    let shards: Vec<factory_datasets::ShardInfo> =
+        serde_json::from_value(manifest["shards"].clone()).unwrap_or_default();
+    let digests =
+        shards.iter().map(|s| s.digest.parse::<ObjectDigest>()).collect::<Result<Vec<_>, _>>().map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "manifest names an invalid shard")
+        })?;
+    let filename = format!("{name}-v{version}.parquet");
+    let headers = [
+        (header::CONTENT_TYPE, "application/vnd.apache.parquet".to_string()),
+        (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+    ];
+    if let [only] = digests.as_slice() {
+        // One shard is already a complete Parquet file: stream it, verified as it goes.
+        let stream = state.objects.open_stream(only).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("reading a shard: {e}"))
+        })?;
+        return Ok((headers, Body::from_stream(stream.map_err(std::io::Error::from))).into_response());
+    }
+    // Several shards are rewritten into one file, spooled to disk to bound memory.
+    let objects = state.objects.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let spooled = tokio::task::spawn_blocking(move || {
+        let mut file = tempfile::tempfile().map_err(|e| e.to_string())?;
+        let shards = digests.iter().map(|digest| runtime.block_on(objects.get(digest)).map_err(|e| e.to_string()));
+        factory_datasets::read::merge_shards(shards, &mut file)?;
+        std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
+        Ok::<_, String>(file)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    let file = tokio::fs::File::from_std(spooled);
+    let stream = tokio_util::io::ReaderStream::new(file);
+    Ok((headers, Body::from_stream(stream)).into_response())
+}
