@@ -167,6 +167,7 @@ fn action_resources(action: Action) -> &'static [ResourceKind] {
         | Action::DatasetIngest
         | Action::DatasetReadRows
         | Action::DatasetDownload => &[ResourceKind::Dataset],
+        Action::ObjectsCollect => &[ResourceKind::Platform],
     }
 }
 

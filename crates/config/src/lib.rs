@@ -30,10 +30,34 @@ pub struct Config {
     pub sites: Vec<Site>,
     pub server: ServerSettings,
     pub objects: ObjectSettings,
+    pub orphans: OrphanSettings,
     pub audit: AuditSettings,
     pub authz: AuthzSettings,
     pub jobs: JobSettings,
     pub datasets: DatasetSettings,
+    pub lineage: LineageSettings,
+}
+
+/// When objects that nothing references (left by a crash mid-ingest) are deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrphanSettings {
+    /// Only objects older than this are candidates, so uploads in flight in another process
+    /// are never collected under their feet.
+    pub grace: Duration,
+    /// How often the server sweeps; zero turns the periodic sweep off.
+    pub sweep_interval: Duration,
+}
+
+/// Where OpenLineage run events go besides the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineageSettings {
+    /// The OpenLineage job namespace; jobs are named `<tenant>.<kind>.<subject>` inside it.
+    pub namespace: String,
+    /// A file that receives one event per line.
+    pub file: Option<PathBuf>,
+    /// An OpenLineage HTTP endpoint (such as Marquez's `/api/v1/lineage`) that receives each
+    /// event as a POST.
+    pub http_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

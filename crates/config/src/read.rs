@@ -11,8 +11,8 @@ use factory_core::{Jurisdiction, SiteKind};
 use toml::{Table, Value};
 
 use crate::{
-    AuditSettings, AuthzSettings, Config, DatasetSettings, JobSettings, ObjectSettings, S3ObjectSettings,
-    ServerSettings, Site,
+    AuditSettings, AuthzSettings, Config, DatasetSettings, JobSettings, LineageSettings, ObjectSettings,
+    OrphanSettings, S3ObjectSettings, ServerSettings, Site,
 };
 
 /// One problem, tied to the dotted key (or file and line) it concerns.
@@ -147,6 +147,17 @@ impl<'a> Section<'a> {
         }
     }
 
+    fn non_negative_integer(&mut self, key: &'static str, default: u64, errors: &mut Vec<ConfigError>) -> u64 {
+        match self.get(key) {
+            None => default,
+            Some(Value::Integer(n)) if *n >= 0 => *n as u64,
+            Some(other) => {
+                errors.push(ConfigError::new(self.key(key), format!("expected an integer >= 0, found {other}")));
+                default
+            }
+        }
+    }
+
     fn parsed<T: FromStr>(&mut self, key: &'static str, errors: &mut Vec<ConfigError>) -> Option<T>
     where
         T::Err: fmt::Display,
@@ -203,14 +214,30 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
 
     let sites = read_sites(&mut root, &jurisdiction, errors);
     let server = read_server(root.table("server", errors).unwrap_or(Section::new("server", &empty)), errors);
-    let objects = read_objects(root.table("objects", errors).unwrap_or(Section::new("objects", &empty)), errors);
+    let (objects, orphans) =
+        read_objects(root.table("objects", errors).unwrap_or(Section::new("objects", &empty)), errors);
     let audit = read_audit(root.table("audit", errors).unwrap_or(Section::new("audit", &empty)), errors);
     let authz = read_authz(root.table("authz", errors).unwrap_or(Section::new("authz", &empty)), errors);
     let jobs = read_jobs(root.table("jobs", errors).unwrap_or(Section::new("jobs", &empty)), errors);
     let datasets = read_datasets(root.table("datasets", errors).unwrap_or(Section::new("datasets", &empty)), errors);
+    let lineage = read_lineage(root.table("lineage", errors).unwrap_or(Section::new("lineage", &empty)), errors);
     root.finish(errors);
 
-    Some(Config { data_dir, listen, database_url, jurisdiction, sites, server, objects, audit, authz, jobs, datasets })
+    Some(Config {
+        data_dir,
+        listen,
+        database_url,
+        jurisdiction,
+        sites,
+        server,
+        objects,
+        orphans,
+        audit,
+        authz,
+        jobs,
+        datasets,
+        lineage,
+    })
 }
 
 fn read_sites(root: &mut Section<'_>, default_jurisdiction: &Jurisdiction, errors: &mut Vec<ConfigError>) -> Vec<Site> {
@@ -292,7 +319,11 @@ fn read_server(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serve
     settings
 }
 
-fn read_objects(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> ObjectSettings {
+fn read_objects(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> (ObjectSettings, OrphanSettings) {
+    let orphans = OrphanSettings {
+        grace: Duration::from_secs(section.non_negative_integer("orphan_grace_secs", 3600, errors)),
+        sweep_interval: Duration::from_secs(section.non_negative_integer("orphan_sweep_interval_secs", 3600, errors)),
+    };
     let kind = section.string("kind", errors).unwrap_or_else(|| "local".to_string());
     let path = section.string("path", errors).map(PathBuf::from);
     let s3 = section.table("s3", errors);
@@ -328,7 +359,7 @@ fn read_objects(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Obje
         }
     };
     section.finish(errors);
-    settings
+    (settings, orphans)
 }
 
 fn read_audit(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> AuditSettings {
@@ -370,6 +401,22 @@ fn read_jobs(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> JobSett
         workers: section.positive_integer("workers", 2, errors) as usize,
         lease: Duration::from_secs(section.positive_integer("lease_secs", 30, errors)),
         max_attempts: section.positive_integer("max_attempts", 3, errors) as u32,
+    };
+    section.finish(errors);
+    settings
+}
+
+fn read_lineage(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> LineageSettings {
+    let http_url = section.string("http_url", errors);
+    if let Some(url) = &http_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            errors.push(ConfigError::new("lineage.http_url", "expected an http:// or https:// URL"));
+        }
+    }
+    let settings = LineageSettings {
+        namespace: section.string("namespace", errors).unwrap_or_else(|| "factory".to_string()),
+        file: section.string("file", errors).map(PathBuf::from),
+        http_url,
     };
     section.finish(errors);
     settings

@@ -102,3 +102,21 @@ fn s3_objects_need_a_bucket() {
     let config = load_text("[objects]\nkind = \"s3\"\n[objects.s3]\nbucket = \"b\"\nallow_http = true\n", &[]).unwrap();
     assert!(matches!(config.objects, ObjectSettings::S3(ref s3) if s3.bucket == "b" && s3.allow_http));
 }
+
+#[test]
+fn orphan_collection_and_lineage_sinks_are_configurable() {
+    let config = load_text(
+        "[objects]\norphan_grace_secs = 0\norphan_sweep_interval_secs = 0\n[lineage]\nnamespace = \"gov\"\nfile = \"/tmp/l.jsonl\"\nhttp_url = \"http://127.0.0.1:5000/api/v1/lineage\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.orphans.grace, Duration::ZERO);
+    assert_eq!(config.orphans.sweep_interval, Duration::ZERO);
+    assert_eq!(config.lineage.namespace, "gov");
+    assert_eq!(config.lineage.file, Some(PathBuf::from("/tmp/l.jsonl")));
+    assert_eq!(config.lineage.http_url.as_deref(), Some("http://127.0.0.1:5000/api/v1/lineage"));
+
+    let errors = load_text("[objects]\norphan_grace_secs = -5\n[lineage]\nhttp_url = \"ftp://x\"\n", &[]).unwrap_err();
+    let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, vec!["objects.orphan_grace_secs", "lineage.http_url"], "{errors}");
+}

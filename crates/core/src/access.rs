@@ -183,6 +183,7 @@ actions! {
     DatasetIngest => "dataset.ingest",
     DatasetReadRows => "dataset.read_rows",
     DatasetDownload => "dataset.download",
+    ObjectsCollect => "objects.collect",
 }
 
 impl fmt::Display for Action {

@@ -131,3 +131,30 @@ pub fn merge_shards<W: std::io::Write + Send>(
         None => Err("a version without shards cannot be downloaded".to_string()),
     }
 }
+
+/// The non-null values of string column `column` in one shard, in row order: what tokenizers
+/// and language models train on. Rows flagged as duplicates (`_duplicate_of` set) are left out,
+/// so a version ingested with `dedup=flag` trains like one ingested with `dedup=remove`.
+pub fn shard_texts(shard: Bytes, column: &str) -> Result<Vec<String>, String> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(shard).map_err(|e| format!("reading a shard: {e}"))?;
+    let schema = builder.schema().clone();
+    let text_index =
+        schema.index_of(column).map_err(|_| format!("the version has no column {column:?} to train on"))?;
+    let duplicate_index = schema.index_of(crate::pipeline::DUPLICATE_COLUMN).ok();
+    let reader = builder.build().map_err(|e| format!("reading a shard: {e}"))?;
+    let mut texts = Vec::new();
+    for batch in reader {
+        let batch: RecordBatch = batch.map_err(|e| format!("reading a shard: {e}"))?;
+        let text = batch.column(text_index);
+        let duplicates = duplicate_index.map(|i| batch.column(i).clone());
+        for row in 0..batch.num_rows() {
+            if duplicates.as_ref().is_some_and(|d| !d.is_null(row)) {
+                continue;
+            }
+            if let Cell::Str(value) = cell_at(text.as_ref(), row) {
+                texts.push(value);
+            }
+        }
+    }
+    Ok(texts)
+}

@@ -274,3 +274,23 @@ fn duplicates_are_removed_or_flagged() {
     let error = run(input, &jsonl(|o| o.dedup = DedupMode::Remove)).0.unwrap_err();
     assert!(error.message.contains("text_column"), "{}", error.message);
 }
+
+#[test]
+fn training_text_leaves_out_flagged_duplicates() {
+    let input = b"{\"t\": \"The quick brown fox jumps over the lazy dog near the river bank today\"}\n{\"t\": \"the quick brown fox  jumps over the lazy dog near the river bank today\"}\n{\"t\": null}\n{\"t\": \"Something else entirely\"}\n";
+    let (result, sink) = run(
+        input,
+        &jsonl(|o| {
+            o.text_column = Some("t".into());
+            o.dedup = DedupMode::Flag;
+        }),
+    );
+    let ingested = result.unwrap();
+    let shard = Bytes::from(sink.shards[&ingested.shards[0].digest].clone());
+    let texts = read::shard_texts(shard.clone(), "t").unwrap();
+    assert_eq!(
+        texts,
+        vec!["The quick brown fox jumps over the lazy dog near the river bank today", "Something else entirely"]
+    );
+    assert!(read::shard_texts(shard, "missing").unwrap_err().contains("no column \"missing\""));
+}

@@ -37,6 +37,21 @@ pub enum Command {
     /// Define datasets, ingest versions and read them back
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Maintain the object store
+    #[command(subcommand)]
+    Objects(ObjectsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObjectsCommand {
+    /// Delete objects that no version references (what a crash mid-upload leaves behind)
+    Sweep {
+        /// Only objects older than this many seconds (default: the server's objects.orphan_grace_secs)
+        #[arg(long)]
+        grace_secs: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]

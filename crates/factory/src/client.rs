@@ -4,7 +4,9 @@ use anyhow::{anyhow, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::cli::{AuditCommand, Command, DatasetCommand, JobCommand, KeyCommand, ProofCommand, Remote, TenantCommand};
+use crate::cli::{
+    AuditCommand, Command, DatasetCommand, JobCommand, KeyCommand, ObjectsCommand, ProofCommand, Remote, TenantCommand,
+};
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     let (remote, method, path, body) = request_for(command)?;
@@ -94,6 +96,10 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
             ),
             None,
         ),
+        Command::Objects(ObjectsCommand::Sweep { grace_secs, remote }) => {
+            let query = grace_secs.map(|g| format!("?grace_secs={g}")).unwrap_or_default();
+            (remote, Method::POST, format!("/api/v1/objects/sweep{query}"), None)
+        }
         Command::Up(_)
         | Command::Config(_)
         | Command::Audit(AuditCommand::Verify(_))

@@ -15,5 +15,5 @@ mod tests;
 
 pub use digest::ObjectDigest;
 pub use error::{ObjectError, ObjectErrorKind, Result};
-pub use store::{ContentStore, PutReceipt, S3Settings, PART_SIZE};
+pub use store::{ContentStore, PutReceipt, S3Settings, StoredObject, PART_SIZE};
 pub use verify::VerifiedStream;

@@ -89,6 +89,14 @@ pub struct PutReceipt {
     pub size: u64,
 }
 
+/// One finished object as a listing sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredObject {
+    pub digest: ObjectDigest,
+    pub size: u64,
+    pub last_modified_millis: i64,
+}
+
 /// Content-addressed object store over any `object_store` backend.
 #[derive(Clone)]
 pub struct ContentStore {
@@ -370,6 +378,29 @@ impl ContentStore {
             removed += collect_local_partials(dir.clone(), cutoff).await?;
         }
         Ok(removed)
+    }
+
+    /// Every finished object with its size and last-modified time (milliseconds since the
+    /// epoch), for the orphan collector. Keys that are not a well-formed digest are skipped:
+    /// they are not ours to judge.
+    pub async fn list_objects(&self) -> Result<Vec<StoredObject>> {
+        let root = self.prefix.child(OBJECTS_DIR);
+        let mut listing = self.store.list(Some(&root));
+        let mut objects = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| ObjectError::backend("list objects", None, e))?;
+            let parts: Vec<_> = meta.location.parts().collect();
+            let [.., fan_out, rest] = parts.as_slice() else { continue };
+            let Ok(digest) = format!("{}{}", fan_out.as_ref(), rest.as_ref()).parse::<ObjectDigest>() else {
+                continue;
+            };
+            objects.push(StoredObject {
+                digest,
+                size: meta.size,
+                last_modified_millis: meta.last_modified.timestamp_millis(),
+            });
+        }
+        Ok(objects)
     }
 
     pub(crate) fn object_key(&self, digest: &ObjectDigest) -> Path {

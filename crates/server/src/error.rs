@@ -90,6 +90,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::orphans::SweepError> for ApiError {
+    fn from(error: crate::orphans::SweepError) -> Self {
+        match error {
+            crate::orphans::SweepError::Store(error) => error.into(),
+            crate::orphans::SweepError::Objects(error) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("object store: {error}"))
+            }
+        }
+    }
+}
+
 /// Turns axum's own rejections (bad JSON, bad query, bad path) into the JSON error shape.
 pub fn rejection(status: StatusCode, message: String) -> ApiError {
     let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "invalid_request" };

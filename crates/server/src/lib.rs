@@ -8,7 +8,9 @@
 pub mod api;
 pub mod error;
 pub mod extract;
+pub mod lineage;
 pub mod metrics;
+pub mod orphans;
 pub mod routes;
 pub mod startup;
 pub mod state;
@@ -49,7 +51,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_background, background_stopped) = watch::channel(false);
-    let dispatcher = Dispatcher::new(state.store.clone(), vec![Arc::new(EventLog)]);
+    let mut subscribers: Vec<Arc<dyn Subscriber>> = vec![Arc::new(EventLog)];
+    for sink in lineage::LineageSink::from_config(&state.config.lineage) {
+        subscribers.push(Arc::new(sink));
+    }
+    let dispatcher = Dispatcher::new(state.store.clone(), subscribers);
     let mut tasks = vec![tokio::spawn(dispatcher.run(background_stopped.clone()))];
     let workers = workers::WorkerPool::with_builtin_handlers(
         state.store.clone(),
@@ -59,6 +65,7 @@ pub async fn serve(
     );
     tasks.push(tokio::spawn(workers.run(background_stopped.clone())));
     tasks.push(tokio::spawn(sign_checkpoints(state.clone(), background_stopped.clone())));
+    tasks.push(tokio::spawn(orphans::sweep_periodically(state.clone(), background_stopped.clone())));
 
     let grace = state.config.server.shutdown_grace;
     let (draining, mut drain_started) = watch::channel(false);

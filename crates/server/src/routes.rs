@@ -29,7 +29,7 @@ use crate::REQUEST_ID_HEADER;
         jobs::enqueue, jobs::list, jobs::show, jobs::cancel,
         datasets::create, datasets::list, datasets::show, datasets::ingest, datasets::manifest,
         datasets::rows, datasets::download, datasets::profile,
-        ops::healthz, ops::readyz, ops::metrics,
+        ops::healthz, ops::readyz, ops::metrics, ops::sweep_orphans,
     ),
     modifiers(&BearerAuth)
 )]
@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/datasets/{name}/versions/{version}/rows", get(datasets::rows))
         .route(DOWNLOAD_ROUTE, get(datasets::download))
         .route("/api/v1/datasets/{name}/versions/{version}/profile", get(datasets::profile))
+        .route("/api/v1/objects/sweep", post(ops::sweep_orphans))
         .route("/api/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/api/v1/audit/public-key", get(audit::public_key))
         .route("/api/v1/audit/proof/inclusion", get(audit::inclusion))

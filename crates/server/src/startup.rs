@@ -70,6 +70,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         job_kinds: Arc::new(job_kinds),
         in_flight,
         pii_secret,
+        pending_objects: Arc::default(),
     };
     Ok(Opened { state, new_admin_key })
 }

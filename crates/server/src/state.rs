@@ -25,6 +25,9 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// The factory's secret for keyed hashing of PII; each tenant gets its own key from it.
     pub pii_secret: Arc<[u8; 32]>,
+    /// Objects written by uploads whose versions have not committed yet; the orphan sweep
+    /// leaves them alone.
+    pub pending_objects: Arc<crate::orphans::PendingObjects>,
 }
 
 impl AppState {

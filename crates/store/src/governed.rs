@@ -113,24 +113,41 @@ impl Change {
 
     /// Appends the audit record (with a digest of `details`) and the outbox event, then commits
     /// all of it at once.
-    pub async fn commit(mut self, details: serde_json::Value, event: Event) -> Result<Committed, StoreError> {
+    pub async fn commit(self, details: serde_json::Value, event: Event) -> Result<Committed, StoreError> {
+        self.commit_events(details, vec![event]).await
+    }
+
+    /// Like [`Change::commit`], for a change that publishes several events (a new dataset
+    /// version and the lineage event of the run that made it). `Committed` names the first.
+    pub async fn commit_events(
+        mut self,
+        details: serde_json::Value,
+        events: Vec<Event>,
+    ) -> Result<Committed, StoreError> {
         let audit_index =
             append_audit_record(&mut self.write.transaction, &self.request, &self.decision, &self.request_id, &details)
                 .await?;
-        let idempotency_key = format!("{}#{audit_index}", event.topic);
-        let event_id: i64 = sqlx::query_scalar(
-            "INSERT INTO outbox (topic, idempotency_key, payload, audit_index, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(&event.topic)
-        .bind(&idempotency_key)
-        .bind(event.payload.to_string())
-        .bind(audit_index as i64)
-        .bind(factory_core::time::now_millis())
-        .fetch_one(&mut *self.write.transaction)
-        .await?;
+        let mut first_event_id = None;
+        for (position, event) in events.iter().enumerate() {
+            let idempotency_key = match position {
+                0 => format!("{}#{audit_index}", event.topic),
+                _ => format!("{}#{audit_index}.{position}", event.topic),
+            };
+            let event_id: i64 = sqlx::query_scalar(
+                "INSERT INTO outbox (topic, idempotency_key, payload, audit_index, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(&event.topic)
+            .bind(&idempotency_key)
+            .bind(event.payload.to_string())
+            .bind(audit_index as i64)
+            .bind(factory_core::time::now_millis())
+            .fetch_one(&mut *self.write.transaction)
+            .await?;
+            first_event_id.get_or_insert(event_id);
+        }
         self.write.commit().await?;
         self.store.committed.notify_one();
-        Ok(Committed { audit_index, event_id })
+        Ok(Committed { audit_index, event_id: first_event_id.unwrap_or_default() })
     }
 }
 

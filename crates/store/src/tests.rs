@@ -99,6 +99,7 @@ store_suite!(
     audit_proofs_and_checkpoints_verify,
     offline_verification_catches_tampering,
     outbox_delivers_in_order_at_least_once_across_restarts,
+    one_change_may_publish_several_events,
     jobs_follow_priority_and_retry_with_backoff,
     expired_leases_are_claimed_again,
     cancellation_and_concurrent_claims,
@@ -345,6 +346,25 @@ async fn outbox_delivers_in_order_at_least_once_across_restarts(store: &Store, d
     assert_eq!(dispatcher.deliver_pending().await.unwrap(), 1);
     assert_eq!(*after_restart.seen.lock().unwrap(), vec!["tenant.created#3"]);
     reopened.close().await;
+}
+
+async fn one_change_may_publish_several_events(store: &Store, _database: &TestDatabase) {
+    let pdp = authorizer();
+    let request = AccessRequest::new(&platform_admin(), Action::TenantCreate, Resource::platform());
+    let mut change = store.begin_change(&pdp, request, "req-two-events").await.unwrap();
+    change.create_tenant(&tenant("acme"), &[Jurisdiction::new("eu").unwrap()]).await.unwrap();
+    let events = vec![
+        Event::new("tenant.created", serde_json::json!({ "n": 1 })),
+        Event::new("openlineage.run", serde_json::json!({ "n": 2 })),
+        Event::new("openlineage.run", serde_json::json!({ "n": 3 })),
+    ];
+    let committed = change.commit_events(serde_json::json!({}), events).await.unwrap();
+    assert_eq!(committed.audit_index, 0);
+    assert_eq!(store.audit_size().await.unwrap(), 1, "one audit record for the one change");
+    let seen = recorder("all", 0);
+    let mut dispatcher = Dispatcher::new(store.clone(), vec![seen.clone()]);
+    assert_eq!(dispatcher.deliver_pending().await.unwrap(), 3);
+    assert_eq!(*seen.seen.lock().unwrap(), vec!["tenant.created#0", "openlineage.run#0.1", "openlineage.run#0.2"]);
 }
 
 async fn enqueue(store: &Store, id: &str, kind: &str, priority: i64, max_attempts: u32) {

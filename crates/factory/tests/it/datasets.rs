@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::support::{call, cli, tenant_with_keys, upload, Server};
+use crate::support::{call, cli, eventually, tenant_with_keys, upload, JsonCollector, Server};
 
 fn labeled_rows() -> Vec<u8> {
     // The shared generator writes realistic rows with PII spliced into Shakespeare; it sits
@@ -35,7 +35,8 @@ fn object_files(dir: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datasets_are_governed_from_the_first_byte() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--jurisdiction", "eu"], &[]);
+    let lineage = JsonCollector::start().await;
+    let server = Server::start(dir.path(), &["--jurisdiction", "eu"], &[("FACTORY_LINEAGE__HTTP_URL", &lineage.url)]);
     let url = server.url.clone();
     let keys = tenant_with_keys(&server, "acme", &["engineer", "steward", "app"]).await;
     let (engineer, steward, app) = (keys[0].1.clone(), keys[1].1.clone(), keys[2].1.clone());
@@ -187,6 +188,41 @@ async fn datasets_are_governed_from_the_first_byte() {
         &[("FACTORY_URL", url.as_str()), ("FACTORY_API_KEY", engineer.as_str())],
     );
     assert!(ok && stdout.contains("notes version 1: 2 rows"), "{stdout}{stderr}");
+
+    // Lineage: every ingest is a run whose START, then COMPLETE or FAIL, reached the endpoint.
+    let all_delivered = eventually(20, || async { lineage.bodies().len() == 8 }).await;
+    let events = lineage.bodies();
+    assert!(all_delivered, "{events:#?}");
+    let story: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (e["job"]["name"].as_str().unwrap().to_string(), e["eventType"].as_str().unwrap().to_string()))
+        .collect();
+    let expected = [
+        ("acme.ingest.feedback", "START"),
+        ("acme.ingest.feedback", "FAIL"),
+        ("acme.ingest.feedback", "START"),
+        ("acme.ingest.feedback", "COMPLETE"),
+        ("acme.ingest.raw", "START"),
+        ("acme.ingest.raw", "COMPLETE"),
+        ("acme.ingest.notes", "START"),
+        ("acme.ingest.notes", "COMPLETE"),
+    ];
+    assert_eq!(story, expected.map(|(job, state)| (job.to_string(), state.to_string())));
+    assert!(events[1]["run"]["facets"]["errorMessage"]["message"].as_str().unwrap().contains("line 401"));
+    let complete = &events[3];
+    assert_eq!(complete["run"]["runId"], events[2]["run"]["runId"]);
+    assert_ne!(complete["run"]["runId"], events[0]["run"]["runId"]);
+    assert_eq!(manifest.body["lineage"]["run_id"], complete["run"]["runId"], "the manifest names its run");
+    assert_eq!(
+        complete["inputs"][0]["name"],
+        format!("sha256:{}", manifest.body["source"]["digest"].as_str().unwrap())
+    );
+    assert_eq!(complete["outputs"][0]["namespace"], "factory://factory/acme");
+    assert_eq!(complete["outputs"][0]["name"], "feedback");
+    assert_eq!(complete["outputs"][0]["facets"]["version"]["datasetVersion"], "1");
+    let fields = complete["outputs"][0]["facets"]["schema"]["fields"].as_array().unwrap();
+    assert!(fields.iter().any(|f| f["name"] == "text"), "{complete}");
+    assert_eq!(complete["outputs"][0]["facets"]["outputStatistics"]["rowCount"], 400);
 }
 
 fn flate2_encode(bytes: &[u8]) -> Vec<u8> {
@@ -204,7 +240,13 @@ fn flate2_encode(bytes: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_upload_leaves_no_version() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--jurisdiction", "eu"], &[]);
+    let lineage_file = dir.path().join("lineage.jsonl");
+    // The periodic sweep is off so that the test sees what a crash leaves before sweeping it.
+    let env = [
+        ("FACTORY_LINEAGE__FILE", lineage_file.to_str().unwrap()),
+        ("FACTORY_OBJECTS__ORPHAN_SWEEP_INTERVAL_SECS", "0"),
+    ];
+    let server = Server::start(dir.path(), &["--jurisdiction", "eu"], &env);
     let keys = tenant_with_keys(&server, "acme", &["engineer"]).await;
     let engineer = keys[0].1.clone();
     let created = call(
@@ -217,11 +259,12 @@ async fn an_interrupted_upload_leaves_no_version() {
     .await;
     assert_eq!(created.status, 201);
 
-    // The client promises 10 MB, sends 1 MB of good rows and hangs up.
+    // The client promises 10 MB, sends 1 MB of good rows (small shards, so some are written)
+    // and hangs up: its shards are deleted and the run's lineage ends in FAIL.
     let address = server.url.trim_start_matches("http://").to_string();
     let mut stream = std::net::TcpStream::connect(&address).unwrap();
     let head = format!(
-        "POST /api/v1/datasets/d/versions?format=jsonl HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {engineer}\r\nContent-Length: 10000000\r\n\r\n"
+        "POST /api/v1/datasets/d/versions?format=jsonl&shard_rows=1000 HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {engineer}\r\nContent-Length: 10000000\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).unwrap();
     let row = b"{\"text\": \"a perfectly good row of text\"}\n";
@@ -229,9 +272,23 @@ async fn an_interrupted_upload_leaves_no_version() {
         stream.write_all(row).unwrap();
     }
     drop(stream);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let failed = eventually(20, || async {
+        let events = lineage_events(&lineage_file);
+        events.len() == 2 && events[1]["eventType"] == "FAIL"
+    })
+    .await;
+    assert!(failed, "START then FAIL: {:?}", lineage_events(&lineage_file));
+    let events = lineage_events(&lineage_file);
+    assert_eq!(events[0]["eventType"], "START");
+    assert_eq!(events[0]["run"]["runId"], events[1]["run"]["runId"]);
+    assert_eq!(events[1]["job"]["name"], "acme.ingest.d");
+    assert!(events[1]["run"]["facets"]["errorMessage"]["message"].is_string(), "{}", events[1]);
     let shown = call(&server.url, "GET", "/api/v1/datasets/d", Some(&engineer), None).await;
     assert_eq!(shown.body["versions"], json!([]), "{}", shown.text);
+    assert!(
+        eventually(10, || async { object_files(dir.path()) == 0 }).await,
+        "the disconnected upload's shards are deleted"
+    );
 
     // kill -9 in the middle of a large upload: after a restart there is still no version.
     let url = server.url.clone();
@@ -246,7 +303,7 @@ async fn an_interrupted_upload_leaves_no_version() {
                 c
             }));
             let _ = reqwest::Client::new()
-                .post(format!("{url}/api/v1/datasets/d/versions?format=jsonl"))
+                .post(format!("{url}/api/v1/datasets/d/versions?format=jsonl&shard_rows=1000"))
                 .bearer_auth(&engineer)
                 .body(body)
                 .send()
@@ -256,8 +313,35 @@ async fn an_interrupted_upload_leaves_no_version() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     server.kill();
     let _ = uploading.await;
-    let restarted = Server::start(dir.path(), &["--jurisdiction", "eu"], &[]);
+    let restarted = Server::start(dir.path(), &["--jurisdiction", "eu"], &env);
     let shown = call(&restarted.url, "GET", "/api/v1/datasets/d", Some(&engineer), None).await;
     assert_eq!(shown.body["versions"], json!([]), "{}", shown.text);
     assert_eq!(shown.body["latest_version"], 0);
+
+    // The crash left shards that nothing references. A committed version's objects survive the
+    // sweep; the orphans do not, and the sweep is audited.
+    let orphans = object_files(dir.path());
+    assert!(orphans > 0, "the killed upload had written shards");
+    let kept = upload(&restarted.url, &engineer, "/api/v1/datasets/d/versions?format=jsonl", row.repeat(10)).await;
+    assert_eq!(kept.status, 201, "{}", kept.text);
+    let committed = object_files(dir.path()) - orphans;
+    assert_eq!(committed, 2, "one shard and one manifest");
+    let cli_env = [("FACTORY_URL", restarted.url.as_str()), ("FACTORY_API_KEY", engineer.as_str())];
+    let (ok, _, stderr) = cli(&["objects", "sweep", "--grace-secs", "0"], &cli_env);
+    assert!(!ok && stderr.contains("403"), "only the platform sweeps: {stderr}");
+    let cli_env = [("FACTORY_URL", restarted.url.as_str()), ("FACTORY_API_KEY", restarted.admin_key.as_str())];
+    let (ok, stdout, stderr) = cli(&["objects", "sweep", "--grace-secs", "0"], &cli_env);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["objects_deleted"].as_u64(), Some(orphans as u64), "{stdout}");
+    assert_eq!(object_files(dir.path()), committed);
+    let rows = call(&restarted.url, "GET", "/api/v1/datasets/d/versions/1/rows", Some(&engineer), None).await;
+    assert_eq!(rows.body["rows"].as_array().map(Vec::len), Some(10), "{}", rows.text);
+    let records =
+        call(&restarted.url, "GET", "/api/v1/audit/records?limit=1000", Some(&restarted.admin_key), None).await;
+    assert!(records.text.contains("objects.collect"), "the sweep is audited");
+}
+
+fn lineage_events(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
 }

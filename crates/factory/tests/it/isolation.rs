@@ -65,6 +65,7 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         ("GET", "/api/v1/datasets/gdata/versions/1/rows?tenant=globex".to_string(), None),
         ("GET", "/api/v1/datasets/gdata/versions/1/download".to_string(), None),
         ("GET", "/api/v1/datasets/gdata/versions/1/profile?tenant=globex".to_string(), None),
+        ("POST", "/api/v1/objects/sweep?grace_secs=0".to_string(), None),
         ("GET", "/api/v1/audit/records?from=0&limit=1000".to_string(), None),
         ("GET", "/api/v1/audit/checkpoint".to_string(), None),
         ("GET", "/api/v1/audit/public-key".to_string(), None),
@@ -135,6 +136,8 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
     assert_eq!(call(&url, "GET", "/api/v1/tenants/globex2", Some(&server.admin_key), None).await.status, 404);
     let jobs = call(&url, "GET", "/api/v1/tenants/globex/jobs", Some(&globex_engineer), None).await;
     assert_eq!(jobs.body["jobs"].as_array().unwrap().len(), 1, "{}", jobs.text);
+    let rows = call(&url, "GET", "/api/v1/datasets/gdata/versions/1/rows", Some(&globex_engineer), None).await;
+    assert!(rows.text.contains("globex-payload"), "globex's data is intact: {}", rows.text);
 
     // Every denial is in the audit log, with the policy that decided it.
     let records = call(&url, "GET", "/api/v1/audit/records?limit=1000", Some(&server.admin_key), None).await;

@@ -180,3 +180,58 @@ pub async fn upload(server_url: &str, key: &str, path: &str, body: Vec<u8>) -> R
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
     Reply { status, body, text }
 }
+
+/// A real HTTP endpoint that keeps the JSON bodies POSTed to it: the peer of the lineage sink.
+pub struct JsonCollector {
+    pub url: String,
+    pub bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl JsonCollector {
+    pub async fn start() -> JsonCollector {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1/lineage", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::<std::sync::Mutex<Vec<Value>>>::default();
+        let kept = bodies.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(collect_requests(stream, kept.clone()));
+            }
+        });
+        JsonCollector { url, bodies }
+    }
+
+    pub fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+/// Reads HTTP/1.1 requests with a Content-Length from one connection, answering each 200.
+async fn collect_requests(stream: tokio::net::TcpStream, bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut reader = tokio::io::BufReader::new(stream);
+    loop {
+        let mut content_length = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                content_length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; content_length];
+        if reader.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        bodies.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+        if reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.is_err() {
+            return;
+        }
+    }
+}

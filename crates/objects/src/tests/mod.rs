@@ -142,6 +142,7 @@ async fn run_suite(store: &ContentStore, backend: &Backend) {
     concurrent_identical_uploads(store, backend).await;
     delete_and_missing_objects(store, backend).await;
     staging_collection(store, backend).await;
+    listing_names_every_object(store, backend).await;
     assert_eq!(
         keys_under(store, "staging").await,
         Vec::<String>::new(),
@@ -387,6 +388,24 @@ async fn staging_collection(store: &ContentStore, backend: &Backend) {
     assert!(keys_under(store, "staging").await.is_empty(), "{name}");
     assert_eq!(keys_under(store, "objects").await, objects_before, "{name}: collection never touches objects");
     assert_eq!(store.collect_staging(Duration::ZERO).await.unwrap(), 0, "{name}");
+}
+
+async fn listing_names_every_object(store: &ContentStore, backend: &Backend) {
+    let name = backend.name;
+    let listed: Vec<ObjectDigest> = store.list_objects().await.unwrap().iter().map(|o| o.digest).collect();
+    let on_backend = keys_under(store, "objects").await;
+    assert_eq!(listed.len(), on_backend.len(), "{name}: one listing entry per stored object");
+    for digest in &listed {
+        assert!(on_backend.contains(&object_key_text(backend, digest)), "{name}: {digest} is really stored");
+    }
+    let data = Bytes::from_static(b"listed after this write");
+    let digest = store.put_bytes(data.clone()).await.unwrap();
+    let after = store.list_objects().await.unwrap();
+    let entry = after.iter().find(|o| o.digest == digest).expect("a new object is listed");
+    assert_eq!(entry.size, data.len() as u64, "{name}");
+    assert!(entry.last_modified_millis > 0, "{name}");
+    store.delete(&digest).await.unwrap();
+    assert!(!store.list_objects().await.unwrap().iter().any(|o| o.digest == digest), "{name}: deleted is unlisted");
 }
 
 // ---------------------------------------------------------------------------------------------

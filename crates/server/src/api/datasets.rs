@@ -30,6 +30,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::{committed_response, hide_foreign, millis_to_text};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use crate::lineage::{facet, LineageDataset, LineageRun, RunState};
+use crate::orphans::ObjectLease;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -348,20 +350,127 @@ pub struct IngestQuery {
     pub dedup: Option<String>,
     /// Largest accepted row in bytes (default 1 MiB).
     pub max_row_bytes: Option<usize>,
+    /// Most rows per Parquet shard (default 1,000,000; at least 100).
+    pub shard_rows: Option<u64>,
     pub tenant: Option<String>,
 }
 
+/// Writes shards to the object store, each held by the upload's lease until its version
+/// commits, so neither the sweep nor another failed upload can delete it first.
 struct ObjectSink {
     objects: std::sync::Arc<factory_objects::ContentStore>,
+    lease: ObjectLease,
     runtime: tokio::runtime::Handle,
 }
 
 impl ShardSink for ObjectSink {
     fn put_shard(&mut self, parquet: Vec<u8>) -> Result<String, String> {
+        self.lease.hold_blocking(ObjectDigest::of(&parquet));
         self.runtime
             .block_on(self.objects.put_bytes(Bytes::from(parquet)))
             .map(|digest| digest.to_string())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The lineage of one ingest: START is published when it begins, COMPLETE with its version,
+/// and FAIL when it fails or is abandoned (dropped before it finished, as when the client
+/// disconnects mid-upload).
+struct IngestRun {
+    state: AppState,
+    request: AccessRequest,
+    request_id: String,
+    tenant: String,
+    run: LineageRun,
+    output: LineageDataset,
+    finished: bool,
+}
+
+impl IngestRun {
+    /// Authorizes the ingest (a refusal is audited) and publishes START in the same change.
+    async fn start(
+        state: &AppState,
+        caller: &Caller,
+        dataset: &Dataset,
+        request: AccessRequest,
+    ) -> Result<Self, ApiError> {
+        let namespace = &state.config.lineage.namespace;
+        let run = LineageRun::new(namespace, dataset.tenant.as_str(), "ingest", &dataset.name);
+        let output = LineageDataset::governed(namespace, dataset.tenant.as_str(), &dataset.name, None);
+        let change = state
+            .store
+            .begin_change(state.pdp.as_ref(), request.clone(), &caller.request_id)
+            .await
+            .map_err(|e| hide_foreign(caller, Some(&dataset.tenant), e))?;
+        let details = serde_json::json!({ "run_id": run.run_id.to_string(), "phase": "start" });
+        change.commit(details, run.event(RunState::Start, &[], std::slice::from_ref(&output), None)).await?;
+        Ok(IngestRun {
+            state: state.clone(),
+            request,
+            request_id: caller.request_id.clone(),
+            tenant: dataset.tenant.to_string(),
+            run,
+            output,
+            finished: false,
+        })
+    }
+
+    /// The COMPLETE event, published by the change that makes the version visible.
+    fn complete_event(&mut self, version: i64, source: LineageDataset, schema: &[ColumnSpec], rows: u64) -> Event {
+        self.finished = true;
+        let namespace = &self.state.config.lineage.namespace;
+        let fields: Vec<serde_json::Value> =
+            schema.iter().map(|c| serde_json::json!({ "name": c.name, "type": c.kind.to_string() })).collect();
+        let output = LineageDataset::governed(namespace, &self.tenant, &self.output.name, Some(version))
+            .with_facet("schema", facet("SchemaDatasetFacet", serde_json::json!({ "fields": fields })))
+            .with_facet(
+                "outputStatistics",
+                facet("OutputStatisticsOutputDatasetFacet", serde_json::json!({ "rowCount": rows })),
+            );
+        self.run.event(RunState::Complete, &[source], &[output], None)
+    }
+
+    async fn fail(mut self, message: &str) {
+        self.finished = true;
+        record_failure(
+            self.state.clone(),
+            self.request.clone(),
+            self.request_id.clone(),
+            self.run.clone(),
+            self.output.clone(),
+            message.to_string(),
+        )
+        .await;
+    }
+}
+
+impl Drop for IngestRun {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let (state, request, request_id) = (self.state.clone(), self.request.clone(), self.request_id.clone());
+        let (run, output) = (self.run.clone(), self.output.clone());
+        tokio::spawn(record_failure(state, request, request_id, run, output, "the upload was interrupted".to_string()));
+    }
+}
+
+async fn record_failure(
+    state: AppState,
+    request: AccessRequest,
+    request_id: String,
+    run: LineageRun,
+    output: LineageDataset,
+    message: String,
+) {
+    let recorded = async {
+        let change = state.store.begin_change(state.pdp.as_ref(), request, &request_id).await?;
+        let details = serde_json::json!({ "run_id": run.run_id.to_string(), "phase": "fail", "error": message });
+        change.commit(details, run.event(RunState::Fail, &[], &[output], Some(&message))).await
+    }
+    .await;
+    if let Err(error) = recorded {
+        tracing::warn!(%error, run_id = %run.run_id, "could not record a failed ingest");
     }
 }
 
@@ -406,8 +515,11 @@ pub async fn ingest(
     };
     let dataset = find_dataset(&state, &tenant, &name).await?;
     let (jurisdiction_allowed, storage_site) = residency(&state, &tenant, &dataset.jurisdiction, &dataset.site).await?;
-    let context = [("jurisdiction_allowed", jurisdiction_allowed), ("storage_site", storage_site)];
-    authorize_on(&state, &caller, &dataset, Action::DatasetIngest, &context).await?;
+    let resource = Resource::dataset(&tenant, &name, dataset.classification, &dataset.jurisdiction);
+    let request = AccessRequest::new(&caller.principal, Action::DatasetIngest, resource)
+        .with_context("jurisdiction_allowed", jurisdiction_allowed)
+        .with_context("storage_site", storage_site);
+    let mut run = IngestRun::start(&state, &caller, &dataset, request.clone()).await?;
 
     let mut options = IngestOptions::new(format);
     options.on_error = on_error;
@@ -420,6 +532,9 @@ pub async fn ingest(
     if let Some(max) = query.max_row_bytes {
         options.max_row_bytes = max.clamp(1024, 64 * 1024 * 1024);
     }
+    if let Some(rows) = query.shard_rows {
+        options.max_shard_rows = rows.clamp(100, 10_000_000);
+    }
     options.pii_policy = serde_json::from_value(dataset.pii_policy.clone()).unwrap_or_default();
     options.custom_pii = state.config.datasets.custom_pii.clone();
     options.pii_hash_key = state.pii_hash_key(&tenant);
@@ -427,17 +542,20 @@ pub async fn ingest(
 
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let mut sink = ObjectSink { objects: state.objects.clone(), runtime: tokio::runtime::Handle::current() };
+    let lease = state.pending_objects.lease(state.store.clone(), state.objects.clone());
+    let mut sink = ObjectSink { objects: state.objects.clone(), lease, runtime: tokio::runtime::Handle::current() };
     let outcome = tokio::task::spawn_blocking(move || {
         let result = factory_datasets::ingest(reader, &options, &mut sink);
         (result, sink)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("ingest task failed: {e}")))?;
-    let ingested = match outcome.0 {
+    let (result, ObjectSink { mut lease, .. }) = outcome;
+    let ingested = match result {
         Ok(ingested) => ingested,
         Err(error) => {
-            delete_unreferenced(&state, &error.orphaned_shards).await;
+            lease.discard().await;
+            run.fail(&error.message).await;
             let (status, code) = match error.kind {
                 IngestErrorKind::Rejected => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
                 IngestErrorKind::Input => (StatusCode::BAD_REQUEST, "bad_upload"),
@@ -471,17 +589,21 @@ pub async fn ingest(
             "uploaded_at": factory_core::time::now_rfc3339(),
             "request_id": caller.request_id,
         },
-        "lineage": { "derived_from": [] },
+        // Uploads derive from nothing governed; versions the factory derives itself (filtered,
+        // joined, generated) will name their inputs here.
+        "lineage": { "run_id": run.run.run_id.to_string(), "job": run.run.job_name, "derived_from": [] },
         "pii": ingested.pii,
         "dedup": ingested.dedup,
         "profile": ingested.profile,
     });
     let shard_digests: Vec<String> = ingested.shards.iter().map(|s| s.digest.clone()).collect();
     let manifest_bytes = serde_json::to_vec(&manifest).unwrap_or_default();
+    lease.hold(ObjectDigest::of(&manifest_bytes)).await;
     let manifest_digest = match state.objects.put_bytes(Bytes::from(manifest_bytes)).await {
         Ok(digest) => digest.to_string(),
         Err(error) => {
-            delete_unreferenced(&state, &shard_digests).await;
+            lease.discard().await;
+            run.fail(&format!("storing the manifest: {error}")).await;
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -496,30 +618,31 @@ pub async fn ingest(
         rows: ingested.rows as i64,
         bytes: ingested.shards.iter().map(|s| s.bytes as i64).sum(),
         source_digest: ingested.source.digest.clone(),
-        objects: objects.clone(),
+        objects,
     };
-    let resource = Resource::dataset(&tenant, &name, dataset.classification, &dataset.jurisdiction);
-    let request = AccessRequest::new(&caller.principal, Action::DatasetIngest, resource)
-        .with_context("jurisdiction_allowed", jurisdiction_allowed)
-        .with_context("storage_site", storage_site);
+    let source = LineageDataset::upload(&ingested.source.digest, &caller.principal.id);
     let committed = async {
         let mut change = state.store.begin_change(state.pdp.as_ref(), request, &caller.request_id).await?;
         let version = change.add_dataset_version(&tenant, &name, &new_version).await?;
         let payload = serde_json::json!({
             "tenant": tenant, "dataset": name, "version": version, "manifest": manifest_digest,
-            "rows": ingested.rows, "source_digest": ingested.source.digest,
+            "rows": ingested.rows, "source_digest": ingested.source.digest, "run_id": run.run.run_id.to_string(),
         });
-        let committed = change.commit(payload.clone(), Event::new("dataset.version.created", payload)).await?;
+        let complete = run.complete_event(version, source, &ingested.schema, ingested.rows);
+        let events = vec![Event::new("dataset.version.created", payload.clone()), complete];
+        let committed = change.commit_events(payload, events).await?;
         Ok::<_, factory_store::StoreError>((version, committed))
     }
     .await;
     let (version, committed) = match committed {
         Ok(done) => done,
         Err(error) => {
-            delete_unreferenced(&state, &objects).await;
+            lease.discard().await;
+            run.fail(&error.to_string()).await;
             return Err(error.into());
         }
     };
+    lease.keep().await;
     let report = IngestReport {
         version,
         manifest_digest,
@@ -532,22 +655,6 @@ pub async fn ingest(
         source_digest: ingested.source.digest,
     };
     Ok(committed_response(StatusCode::CREATED, Json(report), committed))
-}
-
-/// Deletes objects of a failed ingest that no committed version references.
-async fn delete_unreferenced(state: &AppState, digests: &[String]) {
-    for digest in digests {
-        let Ok(parsed) = digest.parse::<ObjectDigest>() else { continue };
-        match state.store.object_is_referenced(digest).await {
-            Ok(false) => {
-                if let Err(error) = state.objects.delete(&parsed).await {
-                    tracing::warn!(%error, digest, "could not delete an orphaned object");
-                }
-            }
-            Ok(true) => {}
-            Err(error) => tracing::warn!(%error, digest, "could not check an object's references"),
-        }
-    }
 }
 
 async fn load_manifest(

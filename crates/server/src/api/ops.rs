@@ -6,7 +6,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiQuery, Caller};
+use crate::orphans::SweepReport;
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is alive")))]
@@ -36,6 +38,26 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SweepQuery {
+    /// Only objects older than this many seconds are collected (default: `objects.orphan_grace_secs`).
+    pub grace_secs: Option<u64>,
+}
+
+#[utoipa::path(post, path = "/api/v1/objects/sweep", tag = "operations", params(SweepQuery),
+    responses((status = 200, body = SweepReport), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn sweep_orphans(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<SweepQuery>,
+) -> Result<Json<SweepReport>, ApiError> {
+    let grace = query.grace_secs.map(std::time::Duration::from_secs).unwrap_or(state.config.orphans.grace);
+    let report = crate::orphans::sweep(&state, &caller.principal, &caller.request_id, grace, true).await?;
+    Ok(Json(report))
 }
 
 pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {

@@ -1,0 +1,243 @@
+//! The model's shape, read from and written as a Hugging Face `config.json`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+
+/// A Llama-architecture decoder's hyperparameters, under the names `transformers` uses, so a
+/// `config.json` written here loads in `LlamaForCausalLM` and one written there loads here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    #[serde(default = "llama_architectures")]
+    pub architectures: Vec<String>,
+    #[serde(default = "llama_model_type")]
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Fewer key/value heads than query heads is grouped-query attention; absent means equal.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    #[serde(default = "default_dtype")]
+    pub torch_dtype: String,
+    /// Keys this crate does not interpret are kept, so a round trip loses nothing.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn llama_architectures() -> Vec<String> {
+    vec!["LlamaForCausalLM".to_string()]
+}
+fn llama_model_type() -> String {
+    "llama".to_string()
+}
+fn default_max_positions() -> usize {
+    2048
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+fn default_hidden_act() -> String {
+    "silu".to_string()
+}
+fn default_dtype() -> String {
+    "float32".to_string()
+}
+
+impl LlamaConfig {
+    /// A model of the given shape with every other field at the Llama default.
+    pub fn new(vocab_size: usize, hidden_size: usize, intermediate_size: usize, layers: usize, heads: usize) -> Self {
+        LlamaConfig {
+            architectures: llama_architectures(),
+            model_type: llama_model_type(),
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: None,
+            max_position_embeddings: 512,
+            rope_theta: default_rope_theta(),
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: false,
+            hidden_act: default_hidden_act(),
+            bos_token_id: None,
+            eos_token_id: None,
+            torch_dtype: default_dtype(),
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// Named sizes from a few hundred thousand parameters (tests, the demo) to ~125M.
+    pub fn preset(name: &str, vocab_size: usize) -> Result<Self, ModelError> {
+        let mut config = match name {
+            "tiny" => LlamaConfig::new(vocab_size, 64, 192, 2, 4),
+            "small" => LlamaConfig::new(vocab_size, 256, 768, 4, 8),
+            "base" => LlamaConfig::new(vocab_size, 512, 1376, 8, 8),
+            "125m" => LlamaConfig::new(vocab_size, 768, 2048, 12, 12),
+            other => {
+                return Err(ModelError::Config(format!(
+                    "preset {other:?} is unknown; expected tiny, small, base or 125m"
+                )))
+            }
+        };
+        if name == "125m" {
+            config.max_position_embeddings = 2048;
+        }
+        Ok(config)
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, ModelError> {
+        let mut config: LlamaConfig =
+            serde_json::from_str(text).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        // transformers 5 moved `rope_theta` into `rope_parameters`; both spellings are read.
+        if let Some(theta) = config.rope_parameters().and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()) {
+            config.rope_theta = theta;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn rope_parameters(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.extra.get("rope_parameters").and_then(serde_json::Value::as_object)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Checks what the forward pass relies on, naming the offending field.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let fail = |message: String| Err(ModelError::Config(message));
+        if self.model_type != "llama" && !self.architectures.iter().any(|a| a.contains("Llama")) {
+            return fail(format!("model_type {:?} is not a Llama-family model", self.model_type));
+        }
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if value == 0 {
+                return fail(format!("{field} must be positive"));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return fail(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return fail(format!("the head dimension {} must be even for rotary embeddings", self.head_dim()));
+        }
+        let kv = self.kv_heads();
+        if kv == 0 || self.num_attention_heads % kv != 0 {
+            return fail(format!(
+                "num_key_value_heads {kv} must divide num_attention_heads {}",
+                self.num_attention_heads
+            ));
+        }
+        for flag in ["attention_bias", "mlp_bias"] {
+            if self.extra.get(flag).and_then(serde_json::Value::as_bool) == Some(true) {
+                return fail(format!("{flag} = true is not supported; Llama projections have no bias"));
+            }
+        }
+        if let Some(head_dim) = self.extra.get("head_dim").and_then(serde_json::Value::as_u64) {
+            if head_dim as usize != self.head_dim() {
+                return fail(format!("head_dim {head_dim} differs from hidden_size / num_attention_heads"));
+            }
+        }
+        let rope_type = self.rope_parameters().and_then(|p| p.get("rope_type")).and_then(|t| t.as_str());
+        if rope_type.is_some_and(|t| t != "default") {
+            return fail(format!("rope_parameters.rope_type {rope_type:?} is not supported; only \"default\""));
+        }
+        if self.extra.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+            return fail("rope_scaling is not supported yet; only plain rotary embeddings".to_string());
+        }
+        if self.hidden_act != "silu" {
+            return fail(format!("hidden_act {:?} is not supported; Llama uses silu", self.hidden_act));
+        }
+        Ok(())
+    }
+
+    /// Trainable parameters, counting a tied embedding once.
+    pub fn parameter_count(&self) -> usize {
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let kv_dim = self.kv_heads() * self.head_dim();
+        let attention = h * h * 2 + h * kv_dim * 2;
+        let mlp = 3 * h * i;
+        let layer = attention + mlp + 2 * h;
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + self.num_hidden_layers * layer + h + head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn reference_configs_read_and_count_like_transformers() {
+        let small = LlamaConfig::from_json(
+            r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 4096,
+                "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4,
+                "num_attention_heads": 8, "num_key_value_heads": 8, "max_position_embeddings": 512,
+                "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": false,
+                "hidden_act": "silu", "torch_dtype": "float32"}"#,
+        )
+        .unwrap();
+        // transformers counts 5,507,328 parameters for this config (the shared bench README: 5.5M).
+        assert_eq!(small.parameter_count(), 5_507_328);
+        let big = LlamaConfig::preset("125m", 32_000).unwrap();
+        assert!((100_000_000..140_000_000).contains(&big.parameter_count()), "{}", big.parameter_count());
+    }
+
+    #[test]
+    fn bad_shapes_name_their_field() {
+        let mut config = LlamaConfig::new(10, 30, 8, 1, 4);
+        assert!(config.validate().unwrap_err().to_string().contains("num_attention_heads"));
+        config.hidden_size = 32;
+        config.num_key_value_heads = Some(3);
+        assert!(config.validate().unwrap_err().to_string().contains("num_key_value_heads"));
+        assert!(LlamaConfig::preset("huge", 10).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_survive_a_round_trip() {
+        let mut config = LlamaConfig::new(10, 8, 16, 1, 2);
+        config.extra.insert("rope_scaling".to_string(), serde_json::Value::Null);
+        let again = LlamaConfig::from_json(&config.to_json()).unwrap();
+        assert_eq!(again, config);
+    }
+}

@@ -1,0 +1,139 @@
+//! The Llama decoder: token embedding, N blocks of (RMSNorm, grouped-query attention with
+//! rotary positions, RMSNorm, SwiGLU MLP) with residuals, a final RMSNorm and the output
+//! projection (optionally tied to the embedding). Layouts and names follow `transformers`'
+//! `LlamaForCausalLM`, so its weights load unchanged and the logits agree (`tests/parity.rs`).
+
+use candle_core::{DType, Tensor, D};
+
+use crate::ops::{causal_mask, cross_entropy, rms_norm, silu, softmax_last_dim, Rotary};
+use crate::{LlamaConfig, ModelError, Weights};
+
+pub struct Llama {
+    pub config: LlamaConfig,
+    pub weights: Weights,
+    rotary: Rotary,
+}
+
+impl std::fmt::Debug for Llama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llama")
+            .field("parameters", &self.weights.parameter_count())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `x @ weight^T` for `x` of any rank, `weight` `[out, in]` as `transformers` stores it.
+fn linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (inner, rest) = dims.split_last().ok_or_else(|| candle_core::Error::Msg("linear on a scalar".into()))?;
+    let rows: usize = rest.iter().product();
+    let out = weight.dim(0)?;
+    let flat = x.reshape((rows, *inner))?;
+    let projected = flat.matmul(&weight.t()?)?;
+    let mut shape = rest.to_vec();
+    shape.push(out);
+    projected.reshape(shape)
+}
+
+impl Llama {
+    pub fn new(config: LlamaConfig, weights: Weights) -> Result<Self, ModelError> {
+        config.validate()?;
+        let rotary = Rotary::new(
+            config.head_dim(),
+            config.max_position_embeddings,
+            config.rope_theta,
+            weights.dtype,
+            &weights.device,
+        )?;
+        Ok(Llama { config, weights, rotary })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.weights.dtype
+    }
+
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (u32).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor, ModelError> {
+        let (batch, seq) = ids.dims2()?;
+        if seq > self.rotary.max_positions() {
+            return Err(ModelError::Input(format!(
+                "{seq} tokens exceed max_position_embeddings {}",
+                self.rotary.max_positions()
+            )));
+        }
+        let config = &self.config;
+        let embedding = self.weights.get("model.embed_tokens.weight")?;
+        let mut hidden = embedding.index_select(&ids.flatten_all()?, 0)?.reshape((batch, seq, config.hidden_size))?;
+        let mask = causal_mask(seq, 0, self.dtype(), &self.weights.device)?;
+        for layer in 0..config.num_hidden_layers {
+            hidden = self.block(layer, &hidden, &mask)?;
+        }
+        let hidden = rms_norm(&hidden, self.weights.get("model.norm.weight")?, config.rms_norm_eps)?;
+        let head = if config.tie_word_embeddings { embedding } else { self.weights.get("lm_head.weight")? };
+        Ok(linear(&hidden, head)?)
+    }
+
+    fn block(&self, layer: usize, hidden: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
+        let config = &self.config;
+        let weight = |name: &str| self.weights.get(&format!("model.layers.{layer}.{name}.weight"));
+        let (batch, seq, _) = hidden.dims3()?;
+        let (heads, kv_heads, head_dim) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
+
+        let normed = rms_norm(hidden, weight("input_layernorm")?, config.rms_norm_eps)?;
+        let split_heads = |x: Tensor, count: usize| -> candle_core::Result<Tensor> {
+            x.reshape((batch, seq, count, head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let q = split_heads(linear(&normed, weight("self_attn.q_proj")?)?, heads)?;
+        let k = split_heads(linear(&normed, weight("self_attn.k_proj")?)?, kv_heads)?;
+        let v = split_heads(linear(&normed, weight("self_attn.v_proj")?)?, kv_heads)?;
+        let q = self.rotary.apply(&q, 0)?;
+        let k = self.rotary.apply(&k, 0)?;
+        let (k, v) = (repeat_kv(&k, heads / kv_heads)?, repeat_kv(&v, heads / kv_heads)?);
+
+        let scores = (q.matmul(&k.t()?.contiguous()?)? / (head_dim as f64).sqrt())?;
+        let weights = softmax_last_dim(&scores.broadcast_add(mask)?)?;
+        let attended = weights.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, config.hidden_size))?;
+        let hidden = (hidden + linear(&attended, weight("self_attn.o_proj")?)?)?;
+
+        let normed = rms_norm(&hidden, weight("post_attention_layernorm")?, config.rms_norm_eps)?;
+        let gate = silu(&linear(&normed, weight("mlp.gate_proj")?)?)?;
+        let up = linear(&normed, weight("mlp.up_proj")?)?;
+        let down = linear(&(gate * up)?, weight("mlp.down_proj")?)?;
+        Ok((hidden + down)?)
+    }
+
+    /// Mean next-token cross-entropy of a batch `[batch, seq + 1]`: positions `..seq` predict
+    /// `1..`.
+    pub fn loss(&self, tokens: &Tensor) -> Result<Tensor, ModelError> {
+        let (batch, length) = tokens.dims2()?;
+        if length < 2 {
+            return Err(ModelError::Input("a training sequence needs at least two tokens".to_string()));
+        }
+        let inputs = tokens.narrow(1, 0, length - 1)?;
+        let targets = tokens.narrow(1, 1, length - 1)?.flatten_all()?;
+        let logits = self.forward(&inputs)?;
+        let logits = logits.reshape((batch * (length - 1), self.config.vocab_size))?;
+        Ok(cross_entropy(&logits, &targets)?)
+    }
+}
+
+/// Key/value heads repeated so each group of `repeats` query heads shares one, in the order
+/// `transformers`' `repeat_kv` uses (head `h` reads key head `h / repeats`).
+fn repeat_kv(x: &Tensor, repeats: usize) -> candle_core::Result<Tensor> {
+    if repeats == 1 {
+        return Ok(x.clone());
+    }
+    let (batch, kv_heads, seq, head_dim) = x.dims4()?;
+    x.unsqueeze(2)?.broadcast_as((batch, kv_heads, repeats, seq, head_dim))?.contiguous()?.reshape((
+        batch,
+        kv_heads * repeats,
+        seq,
+        head_dim,
+    ))
+}
+
+/// The last dimension's argmax per row, for tests and greedy decoding.
+pub fn argmax_last(logits: &Tensor) -> Result<Vec<u32>, ModelError> {
+    Ok(logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?)
+}

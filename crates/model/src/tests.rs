@@ -1,0 +1,270 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+fn tiny_config(tied: bool) -> LlamaConfig {
+    let mut config = LlamaConfig::new(48, 16, 40, 2, 4);
+    config.num_key_value_heads = Some(2);
+    config.max_position_embeddings = 32;
+    config.tie_word_embeddings = tied;
+    config
+}
+
+fn tokens(values: &[u32], batch: usize) -> Tensor {
+    Tensor::from_vec(values.to_vec(), (batch, values.len() / batch), &Device::Cpu).unwrap()
+}
+
+fn gradients(model: &Llama, batch: &Tensor) -> (f64, BTreeMap<String, Tensor>) {
+    let loss = model.loss(batch).unwrap();
+    let grads = loss.backward().unwrap();
+    let by_name = model
+        .weights
+        .vars()
+        .filter_map(|(name, var)| grads.get(var.as_tensor()).map(|g| (name.clone(), g.clone())))
+        .collect();
+    (loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(), by_name)
+}
+
+#[test]
+fn every_parameter_gets_a_gradient() {
+    for tied in [false, true] {
+        let config = tiny_config(tied);
+        let weights = Weights::init(&config, 7, DType::F32, &Device::Cpu).unwrap();
+        let model = Llama::new(config, weights).unwrap();
+        let batch = tokens(&[1, 5, 9, 2, 40, 33, 7, 7, 3, 12, 0, 47, 8, 8, 21, 30], 2);
+        let (_, grads) = gradients(&model, &batch);
+        for (name, var) in model.weights.vars() {
+            let grad = grads.get(name).unwrap_or_else(|| panic!("{name} received no gradient (tied: {tied})"));
+            assert_eq!(grad.dims(), var.dims(), "{name}");
+            let magnitude = grad.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(magnitude > 0.0 && magnitude.is_finite(), "{name} has gradient magnitude {magnitude}");
+        }
+        assert_eq!(grads.len(), model.config.num_hidden_layers * 9 + if tied { 2 } else { 3 });
+    }
+}
+
+fn set_element(var: &Var, index: usize, value: f64) {
+    let shape = var.dims().to_vec();
+    let mut values = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    values[index] = value;
+    var.set(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap();
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    // f64 throughout, so the central difference is accurate to ~1e-10.
+    let config = tiny_config(false);
+    let weights = Weights::init(&config, 11, DType::F64, &Device::Cpu).unwrap();
+    let model = Llama::new(config, weights).unwrap();
+    let batch = tokens(&[3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 23, 8, 46, 2], 2);
+    let (_, grads) = gradients(&model, &batch);
+    let epsilon = 1e-5;
+    let mut checked = 0;
+    for (name, var) in model.weights.vars() {
+        let analytic = grads[name].flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let count = analytic.len();
+        for index in [0, count / 3, count - 1] {
+            let original = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap()[index];
+            set_element(var, index, original + epsilon);
+            let above = model.loss(&batch).unwrap().to_scalar::<f64>().unwrap();
+            set_element(var, index, original - epsilon);
+            let below = model.loss(&batch).unwrap().to_scalar::<f64>().unwrap();
+            set_element(var, index, original);
+            let numeric = (above - below) / (2.0 * epsilon);
+            let tolerance = 1e-8 + 1e-5 * analytic[index].abs().max(numeric.abs());
+            assert!(
+                (numeric - analytic[index]).abs() <= tolerance,
+                "{name}[{index}]: finite difference {numeric:e}, backward {:e}",
+                analytic[index]
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, model.weights.params.len() * 3);
+}
+
+fn byte_windows(text: &[u8], batch: usize, seq: usize, offset: usize) -> Tensor {
+    let values: Vec<u32> = (0..batch)
+        .flat_map(|b| text[offset + b * seq..offset + b * seq + seq + 1].iter().map(|&c| u32::from(c)))
+        .collect();
+    Tensor::from_vec(values, (batch, seq + 1), &Device::Cpu).unwrap()
+}
+
+fn shakespeare() -> Vec<u8> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/tinyshakespeare.txt");
+    match std::fs::read(path) {
+        Ok(text) => text,
+        // Public-domain lines, so the test still trains on real English where the shared data is absent.
+        Err(_) => include_str!("../tests/fixtures/sonnets.txt").as_bytes().to_vec(),
+    }
+}
+
+fn train_steps(model: &Llama, optimizer: &mut AdamW, text: &[u8], steps: std::ops::Range<u64>, total: u64) -> Vec<f64> {
+    let mut losses = Vec::new();
+    for step in steps {
+        let batch = byte_windows(text, 4, 32, (step as usize * 4 * 33) % (text.len() - 200));
+        let (loss, mut grads) = gradients(model, &batch);
+        clip_grad_norm(&mut grads, 1.0).unwrap();
+        optimizer.step(&model.weights.params, &grads, learning_rate(step, 5, total, 3e-3, 3e-4)).unwrap();
+        losses.push(loss);
+    }
+    losses
+}
+
+#[test]
+fn loss_falls_on_real_text_and_resumes_exactly() {
+    let text = shakespeare();
+    let mut config = LlamaConfig::new(256, 32, 64, 2, 4);
+    config.max_position_embeddings = 64;
+    let model = Llama::new(config.clone(), Weights::init(&config, 1, DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let mut optimizer = AdamW::new(AdamWConfig::default());
+    let losses = train_steps(&model, &mut optimizer, &text, 0..40, 60);
+    let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+    let last: f64 = losses[35..].iter().sum::<f64>() / 5.0;
+    assert!(first > 5.0, "an untrained byte model starts near ln(256) = 5.55: {first}");
+    assert!(last < first - 1.0, "loss falls on Shakespeare: {first:.3} -> {last:.3}");
+
+    // Save weights and optimizer state, restore into a fresh model, continue: the losses equal
+    // those of the run that never stopped.
+    let saved_weights = model.weights.to_safetensors().unwrap();
+    let state: BTreeMap<String, Tensor> = optimizer.state_tensors(&Device::Cpu).unwrap().into_iter().collect();
+    let uninterrupted = train_steps(&model, &mut optimizer, &text, 40..50, 60);
+    let restored_weights = Weights::from_safetensors(&config, &saved_weights, DType::F32, &Device::Cpu).unwrap();
+    let restored = Llama::new(config, restored_weights).unwrap();
+    let mut restored_optimizer = AdamW::restore(AdamWConfig::default(), state).unwrap();
+    assert_eq!(restored_optimizer.step, 40);
+    let resumed = train_steps(&restored, &mut restored_optimizer, &text, 40..50, 60);
+    assert_eq!(resumed, uninterrupted);
+}
+
+#[test]
+fn schedule_warms_up_then_decays_to_the_floor() {
+    assert!((learning_rate(0, 10, 100, 1.0, 0.1) - 0.1).abs() < 1e-12);
+    assert!((learning_rate(9, 10, 100, 1.0, 0.1) - 1.0).abs() < 1e-12);
+    assert!((learning_rate(10, 10, 100, 1.0, 0.1) - 1.0).abs() < 1e-12);
+    assert!((learning_rate(55, 10, 100, 1.0, 0.1) - 0.55).abs() < 1e-12);
+    assert!((learning_rate(100, 10, 100, 1.0, 0.1) - 0.1).abs() < 1e-12);
+    let mut previous = f64::INFINITY;
+    for step in 10..100 {
+        let lr = learning_rate(step, 10, 100, 1.0, 0.1);
+        assert!(lr <= previous);
+        previous = lr;
+    }
+}
+
+#[test]
+fn clipping_bounds_the_global_norm() {
+    let mut grads = BTreeMap::new();
+    grads.insert("a".to_string(), Tensor::new(&[3.0f32, 0.0], &Device::Cpu).unwrap());
+    grads.insert("b".to_string(), Tensor::new(&[0.0f32, 4.0], &Device::Cpu).unwrap());
+    let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
+    assert!((norm - 5.0).abs() < 1e-6);
+    let after = clip_grad_norm(&mut grads, 10.0).unwrap();
+    assert!((after - 1.0).abs() < 1e-5, "{after}");
+}
+
+#[test]
+fn weights_round_trip_and_bad_files_are_named() {
+    let config = tiny_config(true);
+    let weights = Weights::init(&config, 3, DType::F32, &Device::Cpu).unwrap();
+    let bytes = weights.to_safetensors().unwrap();
+    let again = Weights::from_safetensors(&config, &bytes, DType::F32, &Device::Cpu).unwrap();
+    for (name, var) in weights.vars() {
+        let a = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = again.get(name).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b, "{name}");
+    }
+    let mut wider = config.clone();
+    wider.hidden_size = 32;
+    let error = Weights::from_safetensors(&wider, &bytes, DType::F32, &Device::Cpu).err().unwrap().to_string();
+    assert!(error.contains("model.embed_tokens.weight has shape [48, 16]"), "{error}");
+    let mut untied = config;
+    untied.tie_word_embeddings = false;
+    let error = Weights::from_safetensors(&untied, &bytes, DType::F32, &Device::Cpu).err().unwrap().to_string();
+    assert!(error.contains("lm_head.weight"), "{error}");
+}
+
+fn fixture_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama")
+}
+
+fn max_difference(ours: &Tensor, theirs: &serde_json::Value) -> f64 {
+    let ours = ours.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let mut flat = Vec::new();
+    fn collect(value: &serde_json::Value, into: &mut Vec<f64>) {
+        match value {
+            serde_json::Value::Array(items) => items.iter().for_each(|item| collect(item, into)),
+            other => into.push(other.as_f64().unwrap()),
+        }
+    }
+    collect(theirs, &mut flat);
+    assert_eq!(ours.len(), flat.len(), "logit counts differ");
+    ours.iter().zip(&flat).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
+}
+
+fn fixture_ids(expected: &serde_json::Value) -> Tensor {
+    let rows: Vec<Vec<u32>> = serde_json::from_value(expected["input_ids"].clone()).unwrap();
+    let (batch, seq) = (rows.len(), rows[0].len());
+    Tensor::from_vec(rows.concat(), (batch, seq), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn logits_match_transformers_on_its_own_tiny_llama() {
+    // Made by scripts/make_parity_fixture.py with transformers' save_pretrained.
+    let dir = fixture_dir();
+    let config = LlamaConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config.kv_heads(), 2, "the fixture exercises grouped-query attention");
+    let weights = Weights::load(&config, &dir.join("model.safetensors"), DType::F32, &Device::Cpu).unwrap();
+    let model = Llama::new(config, weights).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
+    let logits = model.forward(&fixture_ids(&expected)).unwrap();
+    let difference = max_difference(&logits, &expected["logits"]);
+    assert!(difference < 1e-4, "largest logit difference from transformers: {difference:e}");
+}
+
+/// The Python that has torch and transformers: `FACTORY_TORCH_PYTHON`, else the bench venv.
+fn torch_python() -> Option<String> {
+    let candidates = [
+        std::env::var("FACTORY_TORCH_PYTHON").ok(),
+        std::env::var("HOME").ok().map(|home| format!("{home}/.cache/factory-torch-venv/bin/python")),
+        Some("python3".to_string()),
+    ];
+    candidates.into_iter().flatten().find(|python| {
+        std::process::Command::new(python)
+            .args(["-c", "import torch, transformers"])
+            .output()
+            .is_ok_and(|output| output.status.success())
+    })
+}
+
+#[test]
+fn exported_models_load_in_transformers() {
+    let Some(python) = torch_python() else {
+        eprintln!("\n*** SKIPPED: no Python with torch and transformers (set FACTORY_TORCH_PYTHON); our export was not loaded by transformers ***\n");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for tied in [false, true] {
+        let mut config = tiny_config(tied);
+        config.extra.insert("initializer_range".to_string(), serde_json::json!(0.02));
+        let weights = Weights::init(&config, 5, DType::F32, &Device::Cpu).unwrap();
+        std::fs::write(dir.path().join("config.json"), config.to_json()).unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), weights.to_safetensors().unwrap()).unwrap();
+        let model = Llama::new(config.clone(), weights).unwrap();
+        let ids = vec![vec![1u32, 9, 4, 47, 0, 22, 13, 8]];
+        let ours = model.forward(&Tensor::from_vec(ids.concat(), (1, 8), &Device::Cpu).unwrap()).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/transformers_logits.py");
+        let output = std::process::Command::new(&python)
+            .args([script, dir.path().to_str().unwrap(), &serde_json::to_string(&ids).unwrap()])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(theirs["parameters"].as_u64().unwrap() as usize, config.parameter_count(), "tied: {tied}");
+        let difference = max_difference(&ours, &theirs["logits"]);
+        assert!(difference < 1e-4, "tied {tied}: largest logit difference {difference:e}");
+    }
+}

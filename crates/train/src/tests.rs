@@ -1,0 +1,129 @@
+#![allow(clippy::unwrap_used)]
+
+use factory_model::LlamaConfig;
+use factory_tokenizer::{BpeSettings, Tokenizer};
+
+use super::*;
+
+fn documents() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/tinyshakespeare.txt");
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|_| include_str!("../../model/tests/fixtures/sonnets.txt").repeat(40));
+    text.split("\n\n").take(600).map(str::to_string).collect()
+}
+
+fn streams(seq_len: usize) -> (Tokenizer, TokenStreams) {
+    let tokenizer = Tokenizer::train(&BpeSettings::new(320), documents().into_iter()).unwrap();
+    let tokens = tokenize_documents(&tokenizer, documents()).unwrap();
+    (tokenizer, split_tokens(tokens, 0.05, seq_len).unwrap())
+}
+
+fn small_config(vocab: usize) -> LlamaConfig {
+    let mut config = LlamaConfig::new(vocab, 32, 64, 2, 4);
+    config.num_key_value_heads = Some(2);
+    config.max_position_embeddings = 64;
+    config
+}
+
+#[derive(Default)]
+struct Recorder {
+    steps: Vec<StepMetrics>,
+    evals: Vec<EvalMetrics>,
+    checkpoints: Vec<Checkpoint>,
+    preempt_at: Option<u64>,
+    stop_at: Option<u64>,
+}
+
+impl TrainObserver for Recorder {
+    fn on_step(&mut self, metrics: &StepMetrics) -> Control {
+        self.steps.push(metrics.clone());
+        if self.preempt_at == Some(metrics.step) {
+            Control::Checkpoint
+        } else if self.stop_at == Some(metrics.step) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+    fn on_eval(&mut self, metrics: &EvalMetrics) {
+        self.evals.push(metrics.clone());
+    }
+    fn on_checkpoint(&mut self, checkpoint: Checkpoint) -> Result<(), String> {
+        self.checkpoints.push(checkpoint);
+        Ok(())
+    }
+}
+
+fn settings(steps: u64) -> TrainSettings {
+    TrainSettings {
+        seq_len: 32,
+        batch_size: 4,
+        steps,
+        warmup_steps: 3,
+        eval_every: 10,
+        eval_windows: 8,
+        checkpoint_every: 10,
+        ..TrainSettings::default()
+    }
+}
+
+#[test]
+fn loss_falls_and_validation_is_reported() {
+    let (tokenizer, data) = streams(32);
+    let config = small_config(tokenizer.vocab_size());
+    let mut recorder = Recorder::default();
+    let outcome = train(&config, &settings(40), &data, 3, None, None, &mut recorder).unwrap();
+    let Outcome::Finished { eval, .. } = outcome else { panic!("the run finishes") };
+    let first = recorder.steps[..5].iter().map(|m| m.loss).sum::<f64>() / 5.0;
+    let last = recorder.steps[35..].iter().map(|m| m.loss).sum::<f64>() / 5.0;
+    assert!(last < first - 0.5, "loss falls: {first:.3} -> {last:.3}");
+    assert_eq!(recorder.steps.len(), 40);
+    assert!(recorder.steps.iter().all(|m| m.tokens_per_second > 0.0 && m.grad_norm.is_finite()));
+    assert_eq!(recorder.evals.iter().map(|e| e.step).collect::<Vec<_>>(), vec![10, 20, 30, 40]);
+    assert!(eval.perplexity < (tokenizer.vocab_size() as f64), "better than uniform: {}", eval.perplexity);
+    assert_eq!(recorder.checkpoints.iter().map(|c| c.step).collect::<Vec<_>>(), vec![10, 20, 30]);
+}
+
+#[test]
+fn a_resumed_run_repeats_the_uninterrupted_losses_exactly() {
+    let (tokenizer, data) = streams(32);
+    let config = small_config(tokenizer.vocab_size());
+    let mut uninterrupted = Recorder::default();
+    train(&config, &settings(20), &data, 9, None, None, &mut uninterrupted).unwrap();
+
+    // Preempted after step 7 (a checkpoint is written then), resumed from it.
+    let mut first_half = Recorder { preempt_at: Some(7), ..Recorder::default() };
+    let outcome = train(&config, &settings(20), &data, 9, None, None, &mut first_half).unwrap();
+    assert!(matches!(outcome, Outcome::Preempted { step: 7 }), "{outcome:?}");
+    let saved = first_half.checkpoints.last().unwrap().clone();
+    assert_eq!(saved.step, 7);
+    let mut second_half = Recorder::default();
+    train(&config, &settings(20), &data, 9, None, Some(&saved), &mut second_half).unwrap();
+
+    let resumed: Vec<(u64, f64)> =
+        first_half.steps.iter().chain(&second_half.steps).map(|m| (m.step, m.loss)).collect();
+    let expected: Vec<(u64, f64)> = uninterrupted.steps.iter().map(|m| (m.step, m.loss)).collect();
+    assert_eq!(resumed, expected);
+
+    // A different seed samples different batches.
+    let mut other = Recorder { stop_at: Some(3), ..Recorder::default() };
+    let outcome = train(&config, &settings(20), &data, 10, None, None, &mut other).unwrap();
+    assert!(matches!(outcome, Outcome::Stopped { step: 3 }));
+    assert_ne!(other.steps[2].loss, uninterrupted.steps[2].loss);
+}
+
+#[test]
+fn accumulation_and_bad_settings() {
+    let (tokenizer, data) = streams(16);
+    let config = small_config(tokenizer.vocab_size());
+    let accumulate = TrainSettings { seq_len: 16, grad_accum: 3, ..settings(2) };
+    assert_eq!(accumulate.tokens_per_step(), 16 * 4 * 3);
+    let mut recorder = Recorder::default();
+    train(&config, &accumulate, &data, 1, None, None, &mut recorder).unwrap();
+    assert_eq!(recorder.steps.len(), 2);
+
+    let bad = TrainSettings { batch_size: 0, learning_rate: 2.0, ..TrainSettings::default() };
+    let error = train(&config, &bad, &data, 1, None, None, &mut Recorder::default()).err().unwrap().to_string();
+    assert!(error.contains("batch_size must be positive") && error.contains("learning_rate"), "{error}");
+    assert!(split_tokens(vec![1, 2, 3], 0.1, 16).unwrap_err().contains("training needs at least"));
+}
