@@ -96,10 +96,15 @@ impl Inspector {
         }
     }
 
-    /// The row this text repeats, exactly or nearly, if any.
-    pub fn duplicate_of(&mut self, text: &str) -> Option<u64> {
+    /// What computes dedup fingerprints, when dedup is on.
+    pub fn fingerprinter(&self) -> Option<factory_profile::Fingerprinter> {
+        self.deduplicator.as_ref().map(Deduplicator::fingerprinter)
+    }
+
+    /// The row whose text this fingerprint repeats, exactly or nearly, if any.
+    pub fn duplicate_of(&mut self, fingerprint: &factory_profile::Fingerprint) -> Option<u64> {
         let deduplicator = self.deduplicator.as_mut()?;
-        match deduplicator.check(text) {
+        match deduplicator.check_fingerprint(fingerprint) {
             DedupVerdict::Unique => None,
             DedupVerdict::ExactDuplicate { of } => Some(of),
             DedupVerdict::NearDuplicate { of, .. } => Some(of),

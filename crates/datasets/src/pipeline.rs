@@ -14,8 +14,57 @@ use crate::{
     DedupMode, Format, IngestError, IngestErrorKind, IngestOptions, Ingested, OnError, PiiTreatment, RowError,
     ShardInfo, ShardSink, SourceInfo,
 };
+use factory_profile::{Fingerprint, Fingerprinter};
 
 const REPORTED_ERRORS: usize = 20;
+/// Records per batch handed from the reader thread, and batches it may read ahead.
+const READ_BATCH: usize = 512;
+const READ_AHEAD_BATCHES: usize = 4;
+
+/// A record's line (or record number), its cells and the dedup fingerprint of its text, or
+/// why it could not be converted.
+type ConvertedRecord = (u64, Result<(Vec<Cell>, Option<Fingerprint>), String>);
+
+/// Converts one raw record and fingerprints its text column (the uploaded text, before PII
+/// treatment) when dedup is on.
+struct Preparer<'a> {
+    converter: &'a Converter,
+    fingerprinter: Option<Fingerprinter>,
+    text_position: Option<usize>,
+}
+
+impl Preparer<'_> {
+    fn prepare(&self, record: Result<RawRecord, String>) -> Result<(Vec<Cell>, Option<Fingerprint>), String> {
+        let cells = record.and_then(|raw| self.converter.convert(raw))?;
+        let fingerprint = match (&self.fingerprinter, self.text_position.and_then(|p| cells.get(p))) {
+            (Some(fingerprinter), Some(Cell::Str(text))) => Some(fingerprinter.fingerprint(text)),
+            _ => None,
+        };
+        Ok((cells, fingerprint))
+    }
+}
+
+/// The reader stage: records from `source`, converted and fingerprinted, in batches, until the
+/// input ends, it fails, or the consumer hangs up (it rejected the upload).
+fn read_records(
+    source: &mut (dyn RecordSource + Send),
+    preparer: &Preparer<'_>,
+    sender: std::sync::mpsc::SyncSender<Vec<ConvertedRecord>>,
+) -> std::io::Result<()> {
+    let mut batch = Vec::with_capacity(READ_BATCH);
+    while let Some((line, record)) = source.next_record()? {
+        batch.push((line, preparer.prepare(record)));
+        if batch.len() == READ_BATCH
+            && sender.send(std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH))).is_err()
+        {
+            return Ok(());
+        }
+    }
+    if !batch.is_empty() {
+        let _ = sender.send(batch);
+    }
+    Ok(())
+}
 pub const DUPLICATE_COLUMN: &str = "_duplicate_of";
 
 /// Streams `input` into shards stored through `sink`. On error, the shards already stored are
@@ -141,7 +190,7 @@ fn run(
     let (hashing, source_stats) = HashingReader::new(input);
     let (reader, compression) = decompress(hashing).map_err(input_error)?;
     let mut csv_header = None;
-    let mut source: Box<dyn RecordSource> = match options.format {
+    let mut source: Box<dyn RecordSource + Send> = match options.format {
         Format::Jsonl => Box::new(JsonLines::new(reader, options.max_row_bytes)),
         Format::Text => Box::new(TextRecords::new(reader, options.paragraphs, options.max_row_bytes)),
         Format::Csv => {
@@ -224,64 +273,73 @@ fn run(
     let mut rows = 0u64;
     let mut skipped = 0u64;
     let mut errors: Vec<RowError> = Vec::new();
-    let mut next = window.into_iter();
-    loop {
-        let record = match next.next() {
-            Some(record) => Some(record),
-            None => source.next_record().map_err(input_error)?,
-        };
-        let Some((line, record)) = record else { break };
-        let cells = record.and_then(|raw| converter.convert(raw));
-        let mut cells = match cells {
-            Ok(cells) => cells,
-            Err(message) => {
-                let error = RowError { line, message };
-                match options.on_error {
-                    OnError::Fail => {
-                        let mut rejection = rejected(format!("line {}: {}", error.line, error.message));
-                        rejection.errors.push(error);
-                        return Err(rejection);
-                    }
-                    OnError::Skip => {
-                        skipped += 1;
-                        if errors.len() < REPORTED_ERRORS {
-                            errors.push(error);
+    // Two stages on two threads: this one inspects, deduplicates, profiles and writes shards
+    // while a reader thread decompresses, splits and parses the next records. The channel holds
+    // a few batches, so memory stays bounded and a slow stage throttles the other.
+    let preparer = Preparer {
+        converter: &converter,
+        fingerprinter: inspector.fingerprinter(),
+        text_position: options.text_column.as_ref().and_then(|t| columns.iter().position(|c| &c.name == t)),
+    };
+    let preparer = &preparer;
+    std::thread::scope(|scope| -> Result<(), IngestError> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<ConvertedRecord>>(READ_AHEAD_BATCHES);
+        let reader = scope.spawn(move || read_records(source.as_mut(), preparer, sender));
+        let window = window.into_iter().map(|(line, record)| (line, preparer.prepare(record)));
+        let mut records = window.chain(receiver.into_iter().flatten());
+        for (line, prepared) in records.by_ref() {
+            let (mut cells, fingerprint) = match prepared {
+                Ok(prepared) => prepared,
+                Err(message) => {
+                    let error = RowError { line, message };
+                    match options.on_error {
+                        OnError::Fail => {
+                            let mut rejection = rejected(format!("line {}: {}", error.line, error.message));
+                            rejection.errors.push(error);
+                            return Err(rejection);
                         }
-                        continue;
+                        OnError::Skip => {
+                            skipped += 1;
+                            if errors.len() < REPORTED_ERRORS {
+                                errors.push(error);
+                            }
+                            continue;
+                        }
                     }
                 }
-            }
-        };
-        if dropped_columns.is_empty() {
-            // Fast path: nothing to remove.
-        } else {
-            let mut position = 0;
-            cells.retain(|_| {
-                let keep_it = keep[position];
-                position += 1;
-                keep_it
-            });
-        }
-        inspector.scan(&mut cells);
-        if let Some(index) = text_index {
-            let duplicate_of = match &cells[index] {
-                Cell::Str(text) => inspector.duplicate_of(text),
-                _ => None,
             };
-            match (options.dedup, duplicate_of) {
-                (DedupMode::Remove, Some(_)) => continue,
-                (DedupMode::Flag, duplicate) => {
-                    cells.push(duplicate.map(|d| Cell::Int(d as i64)).unwrap_or(Cell::Null))
+            if !dropped_columns.is_empty() {
+                let mut position = 0;
+                cells.retain(|_| {
+                    let keep_it = keep[position];
+                    position += 1;
+                    keep_it
+                });
+            }
+            inspector.scan(&mut cells);
+            if text_index.is_some() {
+                let duplicate_of = fingerprint.as_ref().and_then(|f| inspector.duplicate_of(f));
+                match (options.dedup, duplicate_of) {
+                    (DedupMode::Remove, Some(_)) => continue,
+                    (DedupMode::Flag, duplicate) => {
+                        cells.push(duplicate.map(|d| Cell::Int(d as i64)).unwrap_or(Cell::Null))
+                    }
+                    _ => {}
                 }
-                _ => {}
+            }
+            inspector.profile(&cells);
+            rows += 1;
+            if let Some(shard) = writer.append(&cells).map_err(rejected)? {
+                store_shard(sink, shard, stored)?;
             }
         }
-        inspector.profile(&cells);
-        rows += 1;
-        if let Some(shard) = writer.append(&cells).map_err(rejected)? {
-            store_shard(sink, shard, stored)?;
+        drop(records);
+        // The channel ended: either the input did, or reading it failed.
+        match reader.join() {
+            Ok(result) => result.map_err(input_error),
+            Err(_) => Err(input_error("the reader thread panicked")),
         }
-    }
+    })?;
     if let Some(shard) = writer.finish().map_err(rejected)? {
         store_shard(sink, shard, stored)?;
     }

@@ -10,11 +10,12 @@
 //!   id of the first document with that digest.
 //! * **Near duplicates**: MinHash (Broder, "On the resemblance and containment of documents",
 //!   1997) over word `shingle`-grams estimates the Jaccard similarity of two documents' shingle
-//!   sets as the share of equal signature entries. Permutation `i` is the universal hash
-//!   `h_i(x) = (a_i x + b_i) mod (2^61 - 1)` of the shingle's 64-bit hash, with `a_i`, `b_i`
-//!   drawn from a fixed seed so signatures are comparable across runs. Each minimum is stored as
-//!   its low 32 bits (b-bit minwise hashing, Li and König 2010; at 32 bits an accidental match
-//!   has probability 2^-32, which does not move the estimate).
+//!   sets as the share of equal signature entries. Permutation `i` is Dietzfelbinger's
+//!   multiply-add-shift hash `h_i(x) = ((a_i x + b_i) mod 2^64) >> 32` of the shingle's hash
+//!   folded to 32 bits (strongly universal for 32-bit keys), with `a_i`, `b_i` drawn from a
+//!   fixed seed so signatures are comparable across runs. It costs one 64-bit multiply per
+//!   permutation, where a Mersenne-prime modulus needed a 128-bit product and a fold; with 128
+//!   permutations per shingle that made MinHash the slowest step of ingest.
 //! * **Candidates** come from LSH banding (Indyk and Motwani 1998; Leskovec, Rajaraman and
 //!   Ullman, *Mining of Massive Datasets*, ch. 3): the signature is cut into `b` bands of `r`
 //!   rows, each band is hashed to a bucket, and documents sharing any bucket are candidates. Two
@@ -33,6 +34,10 @@
 //! Memory per retained document is its signature (`4 * permutations` bytes), one bucket entry
 //! and one chain link per band, its digest and its id: under 1 KiB with the defaults, whatever
 //! the document's length (about 1 GiB per million unique documents is the planning figure).
+//! `memory_budget_bytes` caps it: once the retained state would exceed the budget, later
+//! documents are still checked against everything retained but no longer added, and the report
+//! says from which document on (`index_full_at`), so an ingest's memory stays bounded whatever
+//! the input size.
 //!
 //! Note what a threshold means: editing a fraction `e` of the words changes up to `shingle`
 //! shingles per edit, so the shingle Jaccard similarity falls roughly like
@@ -46,10 +51,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::hash::{digest128, hash_with_seed, SplitMix64, SEED_BAND, SEED_SHINGLE};
-use crate::normalize::normalized_tokens;
+use crate::normalize::normalize_into;
 
-/// The Mersenne prime 2^61 - 1: reduction modulo it needs only shifts and adds.
-const MERSENNE_61: u64 = (1 << 61) - 1;
 /// Seed of the permutation coefficients; fixed so that signatures are stable.
 const PERMUTATION_SEED: u64 = 0x005e_ed0f_d0d0;
 /// Upper bound on `permutations`, to keep the per-document memory bounded.
@@ -80,11 +83,21 @@ pub struct DedupOptions {
     /// LSH bands; 0 chooses them from the threshold ([`lsh_parameters`]). Rows per band are
     /// `permutations / bands`.
     pub bands: usize,
+    /// Most bytes of retained state; past it no further document is remembered.
+    pub memory_budget_bytes: usize,
 }
 
 impl Default for DedupOptions {
     fn default() -> Self {
-        Self { exact: true, near: true, threshold: 0.8, shingle: 5, permutations: 128, bands: 0 }
+        Self {
+            exact: true,
+            near: true,
+            threshold: 0.8,
+            shingle: 5,
+            permutations: 128,
+            bands: 0,
+            memory_budget_bytes: 256 * 1024 * 1024,
+        }
     }
 }
 
@@ -121,6 +134,10 @@ pub struct DedupReport {
     pub unique: u64,
     pub exact_duplicates: u64,
     pub near_duplicates: u64,
+    /// The first document not remembered because the memory budget was reached; documents
+    /// from there on were compared with the earlier ones but not with each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_full_at: Option<u64>,
 }
 
 /// Probability that two documents of Jaccard similarity `s` share at least one of `bands`
@@ -158,14 +175,35 @@ pub fn lsh_parameters(threshold: f64, permutations: usize) -> (usize, usize) {
     best
 }
 
+/// What [`Deduplicator::check_fingerprint`] needs of a document: its exact digest and its
+/// MinHash signature with band keys. Computing it is most of the cost of a check and touches
+/// no shared state, so the ingest pipeline computes fingerprints on its reader thread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fingerprint {
+    digest: Option<u128>,
+    signature: Vec<u32>,
+    keys: Vec<u64>,
+}
+
+/// Computes fingerprints with a deduplicator's parameters; cheap to clone and share.
+#[derive(Debug, Clone)]
+pub struct Fingerprinter {
+    exact: bool,
+    near: bool,
+    shingle: usize,
+    bands: usize,
+    rows: usize,
+    /// `(a_i, b_i)` of each MinHash permutation.
+    coefficients: std::sync::Arc<Vec<(u64, u64)>>,
+}
+
 /// Streaming deduplicator; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct Deduplicator {
     options: DedupOptions,
     bands: usize,
     rows: usize,
-    /// `(a_i, b_i)` of each MinHash permutation.
-    coefficients: Vec<(u64, u64)>,
+    fingerprinter: Fingerprinter,
     /// Normalised-text digest -> id of the retained document.
     digests: HashMap<u128, u64>,
     /// Retained signatures, `permutations` entries each, back to back.
@@ -173,7 +211,7 @@ pub struct Deduplicator {
     /// Id of each retained signature.
     signature_ids: Vec<u64>,
     /// Per band: bucket key -> most recent retained signature with that key.
-    buckets: Vec<HashMap<u64, u32>>,
+    buckets: Vec<nohash_hasher::IntMap<u64, u32>>,
     /// Per retained signature and band: the previous signature in the same bucket, or
     /// `NO_LINK` (a linked list through `buckets`, so a bucket costs no allocation of its own).
     chains: Vec<u32>,
@@ -181,6 +219,10 @@ pub struct Deduplicator {
     unique: u64,
     exact_duplicates: u64,
     near_duplicates: u64,
+    /// Estimated bytes of retained state per remembered document.
+    bytes_per_document: usize,
+    retained_bytes: usize,
+    index_full_at: Option<u64>,
 }
 
 impl Deduplicator {
@@ -205,25 +247,38 @@ impl Deduplicator {
         let mut random = SplitMix64::new(PERMUTATION_SEED);
         let coefficients = (0..options.permutations)
             .map(|_| {
-                let a = random.next_u64() % (MERSENNE_61 - 1) + 1;
-                let b = random.next_u64() % MERSENNE_61;
+                let a = random.next_u64() | 1;
+                let b = random.next_u64();
                 (a, b)
             })
-            .collect();
-        Ok(Self {
-            options,
+            .collect::<Vec<_>>();
+        let fingerprinter = Fingerprinter {
+            exact: options.exact,
+            near: options.near,
+            shingle: options.shingle,
             bands,
             rows,
-            coefficients,
+            coefficients: std::sync::Arc::new(coefficients),
+        };
+        Ok(Self {
+            bands,
+            rows,
+            fingerprinter,
             digests: HashMap::new(),
             signatures: Vec::new(),
             signature_ids: Vec::new(),
-            buckets: vec![HashMap::new(); bands],
+            buckets: vec![Default::default(); bands],
             chains: Vec::new(),
             next_id: 0,
             unique: 0,
             exact_duplicates: 0,
             near_duplicates: 0,
+            // Signature, id, and per band a bucket entry (key, slot, hash-table slack) and a
+            // chain link; the exact digest map's entry with its slack.
+            bytes_per_document: options_cost(&options, bands),
+            retained_bytes: 0,
+            index_full_at: None,
+            options,
         })
     }
 
@@ -231,30 +286,44 @@ impl Deduplicator {
         &self.options
     }
 
+    /// The fingerprinter for [`Deduplicator::check_fingerprint`].
+    pub fn fingerprinter(&self) -> Fingerprinter {
+        self.fingerprinter.clone()
+    }
+
     /// Checks the next document (its id is the number of documents checked before it).
-    /// Unique documents are remembered; duplicates are not.
+    /// Unique documents are remembered (within the memory budget); duplicates are not.
     pub fn check(&mut self, text: &str) -> DedupVerdict {
+        let fingerprint = self.fingerprinter.fingerprint(text);
+        self.check_fingerprint(&fingerprint)
+    }
+
+    /// [`Deduplicator::check`] for a fingerprint computed by this deduplicator's fingerprinter.
+    pub fn check_fingerprint(&mut self, fingerprint: &Fingerprint) -> DedupVerdict {
         let id = self.next_id;
         self.next_id += 1;
-        let tokens: Vec<String> = normalized_tokens(text).collect();
-
-        let digest = self.options.exact.then(|| digest128(tokens.join(" ").as_bytes()));
-        if let Some(&of) = digest.and_then(|d| self.digests.get(&d)) {
+        if let Some(&of) = fingerprint.digest.and_then(|d| self.digests.get(&d)) {
             self.exact_duplicates += 1;
             return DedupVerdict::ExactDuplicate { of };
         }
-
+        let remember = self.retained_bytes + self.bytes_per_document <= self.options.memory_budget_bytes;
+        if !remember && self.index_full_at.is_none() {
+            self.index_full_at = Some(id);
+        }
         if self.options.near {
-            let signature = self.signature(&tokens);
-            let keys = self.band_keys(&signature);
-            if let Some((of, similarity_estimate)) = self.best_candidate(&signature, &keys) {
+            if let Some((of, similarity_estimate)) = self.best_candidate(&fingerprint.signature, &fingerprint.keys) {
                 self.near_duplicates += 1;
                 return DedupVerdict::NearDuplicate { of, similarity_estimate };
             }
-            self.index(id, &signature, &keys);
+            if remember {
+                self.index(id, &fingerprint.signature, &fingerprint.keys);
+            }
         }
-        if let Some(digest) = digest {
+        if let (Some(digest), true) = (fingerprint.digest, remember) {
             self.digests.insert(digest, id);
+        }
+        if remember {
+            self.retained_bytes += self.bytes_per_document;
         }
         self.unique += 1;
         DedupVerdict::Unique
@@ -269,49 +338,8 @@ impl Deduplicator {
             unique: self.unique,
             exact_duplicates: self.exact_duplicates,
             near_duplicates: self.near_duplicates,
+            index_full_at: self.index_full_at,
         }
-    }
-
-    /// MinHash signature of the document's word shingles. A document shorter than one shingle
-    /// is a single shingle of all its words, so short texts still compare.
-    fn signature(&self, tokens: &[String]) -> Vec<u32> {
-        let mut minimums = vec![u64::MAX; self.coefficients.len()];
-        let k = self.options.shingle.min(tokens.len()).max(1);
-        let mut shingle = String::new();
-        let windows: Box<dyn Iterator<Item = &[String]>> =
-            if tokens.is_empty() { Box::new(std::iter::once(tokens)) } else { Box::new(tokens.windows(k)) };
-        for window in windows {
-            shingle.clear();
-            for (i, token) in window.iter().enumerate() {
-                if i > 0 {
-                    shingle.push(' ');
-                }
-                shingle.push_str(token);
-            }
-            let x = hash_with_seed(shingle.as_bytes(), SEED_SHINGLE) & MERSENNE_61;
-            for (minimum, &(a, b)) in minimums.iter_mut().zip(&self.coefficients) {
-                let value = mod_mersenne(u128::from(a) * u128::from(x) + u128::from(b));
-                if value < *minimum {
-                    *minimum = value;
-                }
-            }
-        }
-        // b-bit minwise hashing with b = 32: keep the low half of each minimum.
-        minimums.into_iter().map(|m| m as u32).collect()
-    }
-
-    fn band_keys(&self, signature: &[u32]) -> Vec<u64> {
-        let mut bytes = Vec::with_capacity(self.rows * 4);
-        (0..self.bands)
-            .map(|band| {
-                bytes.clear();
-                let rows = signature.iter().skip(band * self.rows).take(self.rows);
-                for value in rows {
-                    bytes.extend_from_slice(&value.to_le_bytes());
-                }
-                hash_with_seed(&bytes, SEED_BAND.wrapping_add(band as u64))
-            })
-            .collect()
     }
 
     /// The retained document most similar to `signature` among its band candidates, if its
@@ -332,7 +360,7 @@ impl Deduplicator {
         }
         candidates.sort_unstable();
         candidates.dedup();
-        let permutations = self.coefficients.len();
+        let permutations = self.fingerprinter.coefficients.len();
         let mut best: Option<(u64, f64)> = None;
         for slot in candidates {
             let start = slot as usize * permutations;
@@ -367,14 +395,66 @@ impl Deduplicator {
     }
 }
 
-/// `y mod (2^61 - 1)` for `y < 2^123`, by folding the high bits onto the low ones
-/// (2^61 = 1 modulo the prime).
-fn mod_mersenne(y: u128) -> u64 {
-    let p = u128::from(MERSENNE_61);
-    let folded = (y & p) + (y >> 61);
-    let folded = (folded & p) + (folded >> 61);
-    let folded = if folded >= p { folded - p } else { folded };
-    folded as u64
+impl Fingerprinter {
+    pub fn fingerprint(&self, text: &str) -> Fingerprint {
+        let mut joined = String::with_capacity(text.len());
+        let mut bounds = Vec::new();
+        normalize_into(text, &mut joined, &mut bounds);
+        let digest = self.exact.then(|| digest128(joined.as_bytes()));
+        let (signature, keys) = if self.near {
+            let signature = self.signature(&joined, &bounds);
+            let keys = self.band_keys(&signature);
+            (signature, keys)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Fingerprint { digest, signature, keys }
+    }
+
+    /// MinHash signature of the document's word shingles: each shingle is the slice of
+    /// `joined` from its first token's start to its last token's end, so it is hashed in place.
+    /// A document shorter than one shingle is a single shingle of all its words, so short
+    /// texts still compare.
+    fn signature(&self, joined: &str, bounds: &[(usize, usize)]) -> Vec<u32> {
+        let mut minimums = vec![u32::MAX; self.coefficients.len()];
+        let k = self.shingle.min(bounds.len()).max(1);
+        let shingles = bounds.len().saturating_sub(k) + 1;
+        for first in 0..shingles {
+            let shingle = match (bounds.get(first), bounds.get(first + k - 1)) {
+                (Some(&(start, _)), Some(&(_, end))) => &joined[start..end],
+                _ => "",
+            };
+            let hash = hash_with_seed(shingle.as_bytes(), SEED_SHINGLE);
+            let x = (hash ^ (hash >> 32)) & 0xffff_ffff;
+            for (minimum, &(a, b)) in minimums.iter_mut().zip(self.coefficients.iter()) {
+                let value = (a.wrapping_mul(x).wrapping_add(b) >> 32) as u32;
+                if value < *minimum {
+                    *minimum = value;
+                }
+            }
+        }
+        minimums
+    }
+
+    fn band_keys(&self, signature: &[u32]) -> Vec<u64> {
+        let mut bytes = Vec::with_capacity(self.rows * 4);
+        (0..self.bands)
+            .map(|band| {
+                bytes.clear();
+                let rows = signature.iter().skip(band * self.rows).take(self.rows);
+                for value in rows {
+                    bytes.extend_from_slice(&value.to_le_bytes());
+                }
+                hash_with_seed(&bytes, SEED_BAND.wrapping_add(band as u64))
+            })
+            .collect()
+    }
+}
+
+fn options_cost(options: &DedupOptions, bands: usize) -> usize {
+    let near = if options.near { options.permutations * 4 + 8 + bands * (16 + 4) } else { 0 };
+    let exact = if options.exact { 48 } else { 0 };
+    near + exact
 }
 
 #[cfg(test)]
@@ -439,7 +519,9 @@ mod tests {
     fn a_few_changed_words_make_a_near_duplicate() {
         let mut d = dedup();
         assert_eq!(d.check(PARAGRAPH), DedupVerdict::Unique);
-        let edited = PARAGRAPH.replace("spectacles", "glasses").replace("furniture", "chairs");
+        // One word changed: 5 of 111 shingles differ, true Jaccard 0.91, several standard
+        // errors of a 128-permutation estimate above the 0.8 threshold.
+        let edited = PARAGRAPH.replace("spectacles", "glasses");
         match d.check(&edited) {
             DedupVerdict::NearDuplicate { of, similarity_estimate } => {
                 assert_eq!(of, 0);
@@ -477,6 +559,25 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_budget_stops_remembering_but_not_checking() {
+        let probe = Deduplicator::new(DedupOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let budget = probe.bytes_per_document * 2;
+        let options = DedupOptions { memory_budget_bytes: budget, ..DedupOptions::default() };
+        let mut d = Deduplicator::new(options).unwrap_or_else(|e| panic!("{e}"));
+        let docs =
+            ["first distinct document about apples and pears", "second distinct document about rivers and hills"];
+        assert_eq!(d.check(docs[0]), DedupVerdict::Unique);
+        assert_eq!(d.check(docs[1]), DedupVerdict::Unique);
+        let third = "third distinct document about ships and harbours";
+        assert_eq!(d.check(third), DedupVerdict::Unique, "over budget: checked, not remembered");
+        assert_eq!(d.check(docs[1]), DedupVerdict::ExactDuplicate { of: 1 }, "remembered ones still match");
+        assert_eq!(d.check(third), DedupVerdict::Unique, "the unremembered one cannot match");
+        let report = d.report();
+        assert_eq!(report.index_full_at, Some(2));
+        assert!(d.retained_bytes <= budget);
+    }
+
+    #[test]
     fn verdicts_and_reports_serialize() {
         let verdict = DedupVerdict::NearDuplicate { of: 3, similarity_estimate: 0.875 };
         let json = serde_json::to_value(verdict).unwrap_or_default();
@@ -485,13 +586,5 @@ mod tests {
         let text = serde_json::to_string(&report).unwrap_or_default();
         let back: Result<DedupReport, _> = serde_json::from_str(&text);
         assert_eq!(back.ok(), Some(report));
-    }
-
-    #[test]
-    fn mersenne_reduction_matches_remainder() {
-        let p = u128::from(MERSENNE_61);
-        for y in [0u128, 1, p - 1, p, p + 1, 2 * p, (p - 1) * (p - 1) + p - 1, u128::from(u64::MAX) << 58] {
-            assert_eq!(u128::from(mod_mersenne(y)), y % p, "{y}");
-        }
     }
 }

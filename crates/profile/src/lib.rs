@@ -34,7 +34,7 @@ mod topk;
 pub use column::{BooleanSummary, ColumnProfile, ColumnProfiler, ColumnType, FrequentValue, StringSummary, TOP_VALUES};
 pub use dedup::{
     candidate_probability, lsh_parameters, DedupError, DedupOptions, DedupReport, DedupVerdict, Deduplicator,
-    MAX_PERMUTATIONS,
+    Fingerprint, Fingerprinter, MAX_PERMUTATIONS,
 };
 pub use language::{detect_language, Language, LanguageGuess, MAX_TRIGRAMS, MIN_COVERAGE, MIN_TRIGRAMS};
 pub use normalize::{normalize_token, normalized_tokens};

@@ -12,11 +12,15 @@
 //! * The frequency table is a Space-Saving summary ([`crate::topk`]) of 2,000 counters, reported
 //!   as the 1,000 most frequent tokens with their probability and a remainder `other` mass, so
 //!   the distribution sums to 1 and can be compared (KL / Jensen-Shannon, PSI) with another.
-//! * Each document's language is guessed from its first trigrams ([`crate::language`]).
+//! * A document's language is guessed from its first trigrams ([`crate::language`]) for the
+//!   first [`LANGUAGE_ALL_UNTIL`] documents and then for about one document in
+//!   [`LANGUAGE_STRIDE`] (chosen by a hash of the position): the mix is estimated from that
+//!   sample, because guessing every document made language detection the costliest step of
+//!   ingest.
 
 use serde::{Deserialize, Serialize};
 
-use crate::hash::hash_str;
+use crate::hash::{hash_i64, hash_str};
 use crate::language::{detect_language, Language};
 use crate::normalize::normalize_token;
 use crate::numeric::{NumericAccumulator, NumericSummary};
@@ -29,6 +33,10 @@ const TOKEN_CAPACITY: usize = 2_000;
 pub const TOP_TOKENS: usize = 1_000;
 /// Token lengths 1..=`MAX_TOKEN_LENGTH_BIN` have their own bin; longer tokens share the last.
 pub const MAX_TOKEN_LENGTH_BIN: usize = 32;
+/// Every document's language is guessed up to this many documents...
+pub const LANGUAGE_ALL_UNTIL: u64 = 1_000;
+/// ...and one in this many after.
+pub const LANGUAGE_STRIDE: u64 = 8;
 
 /// Incremental profiler of a training-text column; see the module documentation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,8 +51,11 @@ pub struct TextProfiler {
     /// Index `i` counts tokens of `i + 1` characters, the last also everything longer.
     token_lengths: Vec<u64>,
     token_counts: SpaceSaving,
-    /// Documents per language, indexed by `Language::index`.
+    /// Sampled documents per language, indexed by `Language::index`.
     languages: [u64; 4],
+    /// Documents whose language was guessed.
+    #[serde(default)]
+    language_sample: u64,
 }
 
 impl Default for TextProfiler {
@@ -76,8 +87,11 @@ pub struct TextProfile {
     /// The data set's language: the most common per-document guess (unknown included, so a
     /// corpus that is mostly unrecognised text is reported as unknown).
     pub language: Language,
-    /// Documents per language, in [`Language::ALL`] order.
+    /// Sampled documents per language, in [`Language::ALL`] order.
     pub languages: Vec<LanguageShare>,
+    /// Documents whose language was guessed (all of the first 1,000, then about one in 8).
+    #[serde(default)]
+    pub language_sample: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,8 +127,9 @@ pub struct TokenFrequency {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LanguageShare {
     pub language: Language,
+    /// Sampled documents guessed to be in this language.
     pub documents: u64,
-    /// `documents` over all documents.
+    /// `documents` over the sampled documents: the estimated share of the whole column.
     pub share: f64,
 }
 
@@ -131,6 +146,7 @@ impl TextProfiler {
             token_lengths: vec![0; MAX_TOKEN_LENGTH_BIN],
             token_counts: SpaceSaving::new(TOKEN_CAPACITY),
             languages: [0; 4],
+            language_sample: 0,
         }
     }
 
@@ -157,9 +173,14 @@ impl TextProfiler {
         }
         self.tokens += tokens;
         self.document_tokens.push_i64(tokens as i64);
-        let language = detect_language(document).language;
-        if let Some(slot) = self.languages.get_mut(language.index()) {
-            *slot += 1;
+        // Which documents are sampled is decided by a hash of their position, not by the
+        // position itself, so data with a period (every fourth row German) is not aliased.
+        if self.documents <= LANGUAGE_ALL_UNTIL || hash_i64(self.documents as i64) % LANGUAGE_STRIDE == 0 {
+            self.language_sample += 1;
+            let language = detect_language(document).language;
+            if let Some(slot) = self.languages.get_mut(language.index()) {
+                *slot += 1;
+            }
         }
     }
 
@@ -182,6 +203,7 @@ impl TextProfiler {
         for (mine, theirs) in self.languages.iter_mut().zip(other.languages) {
             *mine += theirs;
         }
+        self.language_sample += other.language_sample;
     }
 
     pub fn finish(&self) -> TextProfile {
@@ -218,7 +240,7 @@ impl TextProfiler {
                 LanguageShare {
                     language,
                     documents,
-                    share: if self.documents == 0 { 0.0 } else { documents as f64 / self.documents as f64 },
+                    share: if self.language_sample == 0 { 0.0 } else { documents as f64 / self.language_sample as f64 },
                 }
             })
             .collect();
@@ -243,6 +265,7 @@ impl TextProfiler {
             token_distribution: TokenDistribution { total, tokens, other_probability },
             language,
             languages,
+            language_sample: self.language_sample,
         }
     }
 }
@@ -308,6 +331,21 @@ mod tests {
         );
         assert!((profile.languages[0].share - 0.6).abs() < 1e-12);
         assert_eq!(TextProfiler::new().finish().language, Language::Unknown);
+    }
+
+    #[test]
+    fn languages_are_estimated_from_a_systematic_sample() {
+        let mut p = TextProfiler::new();
+        for i in 0..3_000u64 {
+            p.observe(if i % 4 == 0 { DE } else { EN });
+        }
+        let profile = p.finish();
+        assert_eq!(profile.documents, 3_000);
+        let expected = 1_000 + 2_000 / LANGUAGE_STRIDE;
+        assert!(profile.language_sample.abs_diff(expected) < 60, "{} sampled", profile.language_sample);
+        assert_eq!(profile.language, Language::English);
+        let german = profile.languages.iter().find(|s| s.language == Language::German).map(|s| s.share);
+        assert!(german.is_some_and(|share| (share - 0.25).abs() < 0.03), "periodic data is not aliased: {german:?}");
     }
 
     #[test]

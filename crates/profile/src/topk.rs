@@ -52,8 +52,8 @@ pub(crate) struct SpaceSaving {
     total: u64,
     /// Min-heap on `count`.
     heap: Vec<Counter>,
-    /// Key -> position in `heap`.
-    index: HashMap<u64, usize>,
+    /// Key (already a hash) -> position in `heap`.
+    index: nohash_hasher::IntMap<u64, usize>,
 }
 
 impl From<SpaceSavingState> for SpaceSaving {
@@ -81,7 +81,7 @@ pub(crate) fn truncate_label(value: &str) -> (String, bool) {
 
 impl SpaceSaving {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), total: 0, heap: Vec::new(), index: HashMap::new() }
+        Self { capacity: capacity.max(1), total: 0, heap: Vec::new(), index: Default::default() }
     }
 
     pub(crate) fn total(&self) -> u64 {
