@@ -40,6 +40,58 @@ pub enum Command {
     /// Maintain the object store
     #[command(subcommand)]
     Objects(ObjectsCommand),
+    /// Train tokenizers and models on governed datasets
+    #[command(subcommand)]
+    Run(RunCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Start a run on DATASET@VERSION; with --follow, show its progress until it ends
+    Create {
+        /// tokenizer or pretrain
+        #[arg(long, default_value = "pretrain")]
+        kind: String,
+        /// NAME@VERSION
+        #[arg(long)]
+        dataset: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 1024)]
+        vocab_size: usize,
+        /// tiny, small, base or 125m
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Training settings as JSON, e.g. '{"steps": 300, "seq_len": 128}'
+        #[arg(long, default_value = "{}")]
+        train: String,
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a run: state, attempts, result
+    Show {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a run's metrics (per step, and validation)
+    Metrics {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Ask a run to stop
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,6 +396,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let options =
                 crate::transfer::IngestArgs { name, file, format, text_column, on_error, dedup, paragraphs, tenant };
             crate::transfer::ingest(&remote, options).await
+        }
+        Command::Run(RunCommand::Create { kind, dataset, seed, vocab_size, preset, train, follow, tenant, remote }) => {
+            let args = crate::runs::CreateArgs { kind, dataset, seed, vocab_size, preset, train, follow, tenant };
+            crate::runs::create(&remote, args).await
         }
         Command::Dataset(DatasetCommand::Download { name, version, output, tenant, remote }) => {
             crate::transfer::download(&remote, &name, version, &output, tenant.as_deref()).await

@@ -5,7 +5,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    AuditCommand, Command, DatasetCommand, JobCommand, KeyCommand, ObjectsCommand, ProofCommand, Remote, TenantCommand,
+    AuditCommand, Command, DatasetCommand, JobCommand, KeyCommand, ObjectsCommand, ProofCommand, Remote, RunCommand,
+    TenantCommand,
 };
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -96,6 +97,13 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
             ),
             None,
         ),
+        Command::Run(RunCommand::Show { id, remote }) => (remote, Method::GET, format!("/api/v1/runs/{id}"), None),
+        Command::Run(RunCommand::Metrics { id, after, remote }) => {
+            (remote, Method::GET, format!("/api/v1/runs/{id}/metrics?after={after}"), None)
+        }
+        Command::Run(RunCommand::Cancel { id, remote }) => {
+            (remote, Method::POST, format!("/api/v1/runs/{id}/cancel"), None)
+        }
         Command::Objects(ObjectsCommand::Sweep { grace_secs, remote }) => {
             let query = grace_secs.map(|g| format!("?grace_secs={g}")).unwrap_or_default();
             (remote, Method::POST, format!("/api/v1/objects/sweep{query}"), None)
@@ -103,6 +111,7 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
         Command::Up(_)
         | Command::Config(_)
         | Command::Audit(AuditCommand::Verify(_))
+        | Command::Run(RunCommand::Create { .. })
         | Command::Dataset(DatasetCommand::Ingest { .. } | DatasetCommand::Download { .. }) => {
             return Err(anyhow!("this command does not talk to a server"))
         }
@@ -132,7 +141,7 @@ pub fn error_message(status: reqwest::StatusCode, text: &str) -> anyhow::Error {
     }
 }
 
-async fn call(remote: &Remote, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+pub async fn call(remote: &Remote, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
     let api_key = api_key(remote)?;
     let url = format!("{}{path}", remote.url.trim_end_matches('/'));
     let client = reqwest::Client::new();

@@ -5,6 +5,7 @@
 
 mod cli;
 mod client;
+mod runs;
 mod transfer;
 mod up;
 mod verify;

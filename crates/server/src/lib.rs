@@ -14,6 +14,7 @@ pub mod orphans;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod training;
 pub mod workers;
 
 use std::future::Future;
@@ -63,6 +64,7 @@ pub async fn serve(
         state.config.jobs.workers,
         state.config.jobs.lease,
     );
+    let workers = training::with_training_handlers(workers, &state);
     tasks.push(tokio::spawn(workers.run(background_stopped.clone())));
     tasks.push(tokio::spawn(sign_checkpoints(state.clone(), background_stopped.clone())));
     tasks.push(tokio::spawn(orphans::sweep_periodically(state.clone(), background_stopped.clone())));

@@ -14,7 +14,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{audit, datasets, jobs, keys, ops, tenants};
+use crate::api::{audit, datasets, jobs, keys, ops, runs, tenants};
 use crate::error::ApiError;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::AppState;
@@ -29,6 +29,7 @@ use crate::REQUEST_ID_HEADER;
         jobs::enqueue, jobs::list, jobs::show, jobs::cancel,
         datasets::create, datasets::list, datasets::show, datasets::ingest, datasets::manifest,
         datasets::rows, datasets::download, datasets::profile,
+        runs::create, runs::show, runs::metrics, runs::cancel,
         ops::healthz, ops::readyz, ops::metrics, ops::sweep_orphans,
     ),
     modifiers(&BearerAuth)
@@ -66,6 +67,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/datasets/{name}/versions/{version}/rows", get(datasets::rows))
         .route(DOWNLOAD_ROUTE, get(datasets::download))
         .route("/api/v1/datasets/{name}/versions/{version}/profile", get(datasets::profile))
+        .route("/api/v1/runs", post(runs::create))
+        .route("/api/v1/runs/{id}", get(runs::show))
+        .route("/api/v1/runs/{id}/metrics", get(runs::metrics))
+        .route("/api/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/api/v1/objects/sweep", post(ops::sweep_orphans))
         .route("/api/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/api/v1/audit/public-key", get(audit::public_key))

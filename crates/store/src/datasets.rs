@@ -235,13 +235,15 @@ impl Store {
         rows.iter().map(version_from_row).collect()
     }
 
-    /// Whether any version references the object; unreferenced objects may be collected.
+    /// Whether any dataset version or run artifact references the object; unreferenced
+    /// objects may be collected.
     pub async fn object_is_referenced(&self, digest: &str) -> Result<bool, StoreError> {
-        let found: Option<String> =
-            sqlx::query_scalar("SELECT digest FROM object_references WHERE digest = $1 LIMIT 1")
-                .bind(digest)
-                .fetch_optional(self.pool())
-                .await?;
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT digest FROM object_references WHERE digest = $1              UNION ALL SELECT digest FROM artifact_references WHERE digest = $1 LIMIT 1",
+        )
+        .bind(digest)
+        .fetch_optional(self.pool())
+        .await?;
         Ok(found.is_some())
     }
 }

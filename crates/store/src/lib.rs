@@ -15,6 +15,7 @@ pub mod identity;
 pub mod jobs;
 mod migrations;
 pub mod outbox;
+pub mod runs;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,6 +9,7 @@ use crate::{Dialect, Store, StoreError, StoreErrorKind};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "spine", include_str!("migrations/0001_spine.sql")),
     (2, "datasets", include_str!("migrations/0002_datasets.sql")),
+    (3, "runs", include_str!("migrations/0003_runs.sql")),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<(), StoreError> {

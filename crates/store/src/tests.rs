@@ -104,6 +104,7 @@ store_suite!(
     expired_leases_are_claimed_again,
     cancellation_and_concurrent_claims,
     dataset_versions_appear_whole_and_numbered,
+    run_metrics_checkpoints_and_artifacts_are_kept,
 );
 
 fn authorizer() -> CedarAuthorizer {
@@ -137,8 +138,39 @@ async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
     let again = Store::open(&database.url()).await.unwrap();
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(again.pool()).await.unwrap();
-    assert_eq!(versions, 2);
+    assert_eq!(versions, 3);
     again.close().await;
+}
+
+async fn run_metrics_checkpoints_and_artifacts_are_kept(store: &Store, _database: &TestDatabase) {
+    create_tenant(store, "acme").await;
+    let rows = vec![(1, serde_json::json!({ "loss": 5.0 })), (2, serde_json::json!({ "loss": 4.0 }))];
+    store.record_run_metrics("run_a", "train", &rows).await.unwrap();
+    // A resumed attempt writes step 2 again: the first value stays.
+    store.record_run_metrics("run_a", "train", &[(2, serde_json::json!({ "loss": 9.0 }))]).await.unwrap();
+    store.record_run_metrics("run_a", "eval", &[(2, serde_json::json!({ "perplexity": 50.0 }))]).await.unwrap();
+    let metrics = store.run_metrics("run_a", 0, 100).await.unwrap();
+    let seen: Vec<(String, i64)> = metrics.iter().map(|m| (m.kind.clone(), m.step)).collect();
+    assert_eq!(seen, vec![("train".into(), 1), ("eval".into(), 2), ("train".into(), 2)]);
+    assert_eq!(metrics[2].metrics["loss"], 4.0);
+    assert_eq!(store.run_metrics("run_a", 1, 100).await.unwrap().len(), 2);
+
+    assert_eq!(store.latest_run_checkpoint("run_a").await.unwrap(), None);
+    let acme = tenant("acme");
+    for step in [10, 20] {
+        let checkpoint = crate::runs::RunCheckpoint {
+            step,
+            weights_digest: format!("w{step}"),
+            optimizer_digest: format!("o{step}"),
+            created_at: step,
+        };
+        store.record_run_checkpoint(&acme, "run_a", &checkpoint).await.unwrap();
+    }
+    assert_eq!(store.latest_run_checkpoint("run_a").await.unwrap().map(|c| c.step), Some(20));
+    assert!(store.object_is_referenced("w10").await.unwrap(), "checkpoints keep their objects");
+    assert!(!store.object_is_referenced("final").await.unwrap());
+    store.reference_artifacts(&acme, "run_a", &["final".to_string()]).await.unwrap();
+    assert!(store.object_is_referenced("final").await.unwrap());
 }
 
 async fn a_change_commits_with_its_audit_record_and_event(store: &Store, _database: &TestDatabase) {

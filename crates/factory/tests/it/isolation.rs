@@ -42,6 +42,24 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
     )
     .await;
     assert_eq!(ingested.status, 201, "{}", ingested.text);
+    let trainable = crate::support::upload(
+        &url,
+        &globex_engineer,
+        "/api/v1/datasets/gdata/versions?format=jsonl&text_column=text",
+        b"{\"text\": \"globex-payload row\"}\n".to_vec(),
+    )
+    .await;
+    assert_eq!(trainable.status, 201, "{}", trainable.text);
+    let run = call(
+        &url,
+        "POST",
+        "/api/v1/runs",
+        Some(&globex_engineer),
+        Some(json!({ "kind": "tokenizer", "dataset": "gdata", "version": 2, "tokenizer": { "vocab_size": 300 } })),
+    )
+    .await;
+    assert_eq!(run.status, 201, "{}", run.text);
+    let run_id = run.body["id"].as_str().unwrap().to_string();
 
     // Every API route, with the globex resource it would touch.
     let routes: Vec<(&str, String, Option<serde_json::Value>)> = vec![
@@ -66,6 +84,14 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         ("GET", "/api/v1/datasets/gdata/versions/1/download".to_string(), None),
         ("GET", "/api/v1/datasets/gdata/versions/1/profile?tenant=globex".to_string(), None),
         ("POST", "/api/v1/objects/sweep?grace_secs=0".to_string(), None),
+        (
+            "POST",
+            "/api/v1/runs".to_string(),
+            Some(json!({ "kind": "tokenizer", "dataset": "gdata", "version": 2, "tenant": "globex" })),
+        ),
+        ("GET", format!("/api/v1/runs/{run_id}"), None),
+        ("GET", format!("/api/v1/runs/{run_id}/metrics"), None),
+        ("POST", format!("/api/v1/runs/{run_id}/cancel"), None),
         ("GET", "/api/v1/audit/records?from=0&limit=1000".to_string(), None),
         ("GET", "/api/v1/audit/checkpoint".to_string(), None),
         ("GET", "/api/v1/audit/public-key".to_string(), None),
@@ -91,6 +117,7 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
                 .replace("/globex/", "/{tenant}/")
                 .replace(&globex_engineer_id, "{id}")
                 .replace(&job_id, "{id}")
+                .replace(&run_id, "{id}")
                 .replace("/gdata", "/{name}")
                 .replace("/versions/1", "/versions/{version}");
             let path = if path == "/api/v1/tenants/globex" { "/api/v1/tenants/{tenant}".to_string() } else { path };
@@ -135,7 +162,7 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
     assert_eq!(own.body["cancel_requested"], false);
     assert_eq!(call(&url, "GET", "/api/v1/tenants/globex2", Some(&server.admin_key), None).await.status, 404);
     let jobs = call(&url, "GET", "/api/v1/tenants/globex/jobs", Some(&globex_engineer), None).await;
-    assert_eq!(jobs.body["jobs"].as_array().unwrap().len(), 1, "{}", jobs.text);
+    assert_eq!(jobs.body["jobs"].as_array().unwrap().len(), 2, "the sleep job and the run: {}", jobs.text);
     let rows = call(&url, "GET", "/api/v1/datasets/gdata/versions/1/rows", Some(&globex_engineer), None).await;
     assert!(rows.text.contains("globex-payload"), "globex's data is intact: {}", rows.text);
 

@@ -8,3 +8,4 @@ mod datasets;
 mod isolation;
 mod lifecycle;
 mod support;
+mod training;

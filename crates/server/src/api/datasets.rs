@@ -44,7 +44,7 @@ pub struct TenantQuery {
 /// The tenant a dataset request is about: the one named (policies decide whether the caller
 /// may act there, so a foreign tenant is refused and audited like any denial), else the
 /// caller's own.
-fn tenant_of(caller: &Caller, requested: Option<&str>) -> Result<TenantName, ApiError> {
+pub(crate) fn tenant_of(caller: &Caller, requested: Option<&str>) -> Result<TenantName, ApiError> {
     match (&caller.principal.tenant, requested) {
         (_, Some(requested)) => TenantName::new(requested).map_err(|e| ApiError::invalid(format!("tenant: {e}"))),
         (Some(own), None) => Ok(own.clone()),
@@ -657,7 +657,7 @@ pub async fn ingest(
     Ok(committed_response(StatusCode::CREATED, Json(report), committed))
 }
 
-async fn load_manifest(
+pub(crate) async fn load_manifest(
     state: &AppState,
     tenant: &TenantName,
     name: &str,
@@ -683,7 +683,7 @@ async fn load_manifest(
     Ok((dataset, manifest))
 }
 
-fn raw_pii_columns(manifest: &serde_json::Value) -> Vec<String> {
+pub(crate) fn raw_pii_columns(manifest: &serde_json::Value) -> Vec<String> {
     let columns: BTreeMap<String, PiiTreatment> =
         serde_json::from_value(manifest["pii_columns"].clone()).unwrap_or_default();
     columns.into_iter().filter(|(_, t)| *t == PiiTreatment::Keep).map(|(c, _)| c).collect()

@@ -6,6 +6,7 @@ pub mod datasets;
 pub mod jobs;
 pub mod keys;
 pub mod ops;
+pub mod runs;
 pub mod tenants;
 
 use axum::http::{HeaderName, HeaderValue, StatusCode};

@@ -1,0 +1,201 @@
+//! Training runs through the real server: a tokenizer and a small Llama trained on a governed
+//! dataset version, metrics and artifacts read back, and a run whose server is killed with
+//! -9 resuming from its checkpoint to the very losses an uninterrupted run produces.
+
+use serde_json::{json, Value};
+
+use crate::support::{call, eventually, tenant_with_keys, upload, Server};
+
+fn shakespeare(bytes: usize) -> Vec<u8> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/tinyshakespeare.txt");
+    let text = std::fs::read(path).unwrap_or_else(|_| {
+        eprintln!("\n*** shared/data is absent: training on the model crate's sonnets instead ***\n");
+        include_bytes!("../../../model/tests/fixtures/sonnets.txt").repeat(40)
+    });
+    text[..bytes.min(text.len())].to_vec()
+}
+
+async fn finished(url: &str, key: &str, run: &str) -> Value {
+    let path = format!("/api/v1/runs/{run}");
+    let done = eventually(240, || async {
+        let state = call(url, "GET", &path, Some(key), None).await.body["state"].clone();
+        state == "succeeded" || state == "dead" || state == "cancelled"
+    })
+    .await;
+    let reply = call(url, "GET", &path, Some(key), None).await;
+    assert!(done, "run {run} did not finish: {}", reply.text);
+    assert_eq!(reply.body["state"], "succeeded", "{}", reply.text);
+    reply.body
+}
+
+async fn losses(url: &str, key: &str, run: &str) -> Vec<(i64, f64)> {
+    let reply = call(url, "GET", &format!("/api/v1/runs/{run}/metrics"), Some(key), None).await;
+    reply.body["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["kind"] == "train")
+        .map(|m| (m["step"].as_i64().unwrap(), m["metrics"]["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+/// Long enough that the kill below lands well before the end: a checkpoint every 10 steps.
+const STEPS: u64 = 150;
+
+fn pretrain_body(steps: u64, seed: u64) -> Value {
+    json!({
+        "kind": "pretrain", "dataset": "plays", "version": 1, "seed": seed,
+        "tokenizer": { "vocab_size": 320 },
+        "model": { "config": {
+            "vocab_size": 320, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64
+        } },
+        "train": { "steps": steps, "seq_len": 32, "batch_size": 4, "warmup_steps": 3,
+                   "eval_every": 10, "checkpoint_every": 10, "eval_windows": 8 }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_is_trained_on_governed_text_and_resumes_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("FACTORY_JOBS__LEASE_SECS", "2"), ("FACTORY_JOBS__WORKERS", "1")];
+    let server = Server::start(dir.path(), &["--jurisdiction", "eu"], &env);
+    let keys = tenant_with_keys(&server, "acme", &["engineer", "app"]).await;
+    let (engineer, app) = (keys[0].1.clone(), keys[1].1.clone());
+    let url = server.url.clone();
+    let created = call(
+        &url,
+        "POST",
+        "/api/v1/datasets",
+        Some(&engineer),
+        Some(json!({ "name": "plays", "classification": "internal" })),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let ingested =
+        upload(&url, &engineer, "/api/v1/datasets/plays/versions?format=text&paragraphs=true", shakespeare(120_000))
+            .await;
+    assert_eq!(ingested.status, 201, "{}", ingested.text);
+
+    // Bad specs are refused before anything is queued; applications may not train.
+    let bad = call(
+        &url,
+        "POST",
+        "/api/v1/runs",
+        Some(&engineer),
+        Some(json!({ "kind": "finetune-ish", "dataset": "plays", "version": 1 })),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    let bad = call(
+        &url,
+        "POST",
+        "/api/v1/runs",
+        Some(&engineer),
+        Some(json!({ "kind": "tokenizer", "dataset": "plays", "version": 1, "tokenizer": { "vocab_size": 10 } })),
+    )
+    .await;
+    assert!(bad.status == 400 && bad.text.contains("vocab_size"), "{}", bad.text);
+    let missing = call(
+        &url,
+        "POST",
+        "/api/v1/runs",
+        Some(&engineer),
+        Some(json!({ "kind": "tokenizer", "dataset": "plays", "version": 9 })),
+    )
+    .await;
+    assert_eq!(missing.status, 404, "{}", missing.text);
+    let refused = call(
+        &url,
+        "POST",
+        "/api/v1/runs",
+        Some(&app),
+        Some(json!({ "kind": "tokenizer", "dataset": "plays", "version": 1 })),
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+
+    // A tokenizer run stores a Hugging Face tokenizer.json.
+    let run = call(
+        &url,
+        "POST",
+        "/api/v1/runs",
+        Some(&engineer),
+        Some(json!({ "kind": "tokenizer", "dataset": "plays", "version": 1, "tokenizer": { "vocab_size": 320 } })),
+    )
+    .await;
+    assert_eq!(run.status, 201, "{}", run.text);
+    let done = finished(&url, &engineer, run.body["id"].as_str().unwrap()).await;
+    assert_eq!(done["result"]["vocab_size"], 320);
+    let tokenizer = done["result"]["artifacts"]["tokenizer"].as_str().unwrap().to_string();
+    let stored = std::fs::read(dir.path().join("objects/objects").join(&tokenizer[..2]).join(&tokenizer[2..])).unwrap();
+    let json: Value = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(json["model"]["type"], "BPE");
+
+    // An uninterrupted pretraining run: loss falls, validation is reported, artifacts stored.
+    let run = call(&url, "POST", "/api/v1/runs", Some(&engineer), Some(pretrain_body(STEPS, 7))).await;
+    assert_eq!(run.status, 201, "{}", run.text);
+    let reference = run.body["id"].as_str().unwrap().to_string();
+    let done = finished(&url, &engineer, &reference).await;
+    assert!(done["result"]["eval"]["perplexity"].as_f64().unwrap().is_finite(), "{done}");
+    assert!(done["result"]["artifacts"]["weights"].is_string());
+    let uninterrupted = losses(&url, &engineer, &reference).await;
+    assert_eq!(uninterrupted.len(), STEPS as usize);
+    let first: f64 = uninterrupted[..5].iter().map(|(_, l)| l).sum::<f64>() / 5.0;
+    let last: f64 = uninterrupted[STEPS as usize - 5..].iter().map(|(_, l)| l).sum::<f64>() / 5.0;
+    assert!(last < first - 0.3, "loss falls: {first:.3} -> {last:.3}");
+    let metrics =
+        call(&url, "GET", &format!("/api/v1/runs/{reference}/metrics?after={}", STEPS - 5), Some(&engineer), None)
+            .await;
+    let evals: Vec<i64> = metrics.body["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["kind"] == "eval")
+        .map(|m| m["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(evals, vec![STEPS as i64]);
+
+    // The same run again, killed with -9 once it has checkpointed: after a restart the job is
+    // claimed again, resumes from its last checkpoint, and every loss equals the reference.
+    let run = call(&url, "POST", "/api/v1/runs", Some(&engineer), Some(pretrain_body(STEPS, 7))).await;
+    let resumed = run.body["id"].as_str().unwrap().to_string();
+    let metrics_path = format!("/api/v1/runs/{resumed}/metrics");
+    let checkpointed = eventually(120, || async {
+        let reply = call(&url, "GET", &metrics_path, Some(&engineer), None).await;
+        reply.body["metrics"].as_array().is_some_and(|m| m.iter().filter(|m| m["kind"] == "train").count() >= 21)
+    })
+    .await;
+    assert!(checkpointed, "the run never passed its second checkpoint");
+    server.kill();
+    let restarted = Server::start(dir.path(), &["--jurisdiction", "eu"], &env);
+    let done = finished(&restarted.url, &engineer, &resumed).await;
+    assert_eq!(done["attempts"], 2, "{done}");
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(log.contains("resuming a run from its checkpoint"), "the second attempt resumed");
+    assert_eq!(losses(&restarted.url, &engineer, &resumed).await, uninterrupted);
+
+    // The CLI starts a run and follows it to the end.
+    let env = [("FACTORY_URL", restarted.url.as_str()), ("FACTORY_API_KEY", engineer.as_str())];
+    let (ok, stdout, stderr) = crate::support::cli(
+        &[
+            "run",
+            "create",
+            "--kind",
+            "pretrain",
+            "--dataset",
+            "plays@1",
+            "--vocab-size",
+            "300",
+            "--train",
+            r#"{"steps": 12, "seq_len": 32, "batch_size": 2, "eval_every": 6}"#,
+            "--follow",
+        ],
+        &env,
+    );
+    assert!(ok, "{stdout}{stderr}");
+    let run: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(run["state"], "succeeded", "{stdout}");
+    let (ok, stdout, _) = crate::support::cli(&["run", "metrics", run["id"].as_str().unwrap()], &env);
+    assert!(ok && stdout.contains("validation_loss"), "{stdout}");
+}

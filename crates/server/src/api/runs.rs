@@ -1,0 +1,205 @@
+//! Training runs: create one on a governed dataset version, follow its metrics, cancel it.
+//! A run is a job (`training.tokenizer` or `training.pretrain`) whose payload pins the exact
+//! shards it reads; creating it needs the right to read the dataset's rows and to enqueue.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use factory_core::{AccessRequest, Action, Resource};
+use factory_store::jobs::NewJob;
+use factory_store::Event;
+use factory_tokenizer::BpeSettings;
+use factory_train::TrainSettings;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::jobs::JobView;
+use super::{committed_response, hide_foreign};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use crate::state::AppState;
+use crate::training::{ModelSpec, RunSpec, PRETRAIN_KIND, TOKENIZER_KIND};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    /// tokenizer or pretrain.
+    pub kind: String,
+    pub dataset: String,
+    pub version: i64,
+    /// Platform keys name the tenant.
+    pub tenant: Option<String>,
+    /// Fixes initialisation and batch order: the same seed gives the same losses.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub priority: i64,
+    /// `{"vocab_size": 1024}` (default 1024).
+    #[schema(value_type = Option<Object>)]
+    pub tokenizer: Option<BpeSettings>,
+    /// `{"preset": "tiny"}` (tiny, small, base, 125m) or `{"config": {...config.json...}}`.
+    #[schema(value_type = Option<Object>)]
+    pub model: Option<ModelSpec>,
+    /// steps, seq_len, batch_size, grad_accum, learning_rate, warmup_steps, eval_every,
+    /// checkpoint_every, ... (see factory_train::TrainSettings).
+    #[schema(value_type = Option<Object>)]
+    pub train: Option<TrainSettings>,
+}
+
+#[utoipa::path(post, path = "/api/v1/runs", tag = "training", request_body = CreateRun,
+    responses((status = 201, body = JobView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateRun>,
+) -> Result<Response, ApiError> {
+    let kind = match body.kind.as_str() {
+        "tokenizer" => TOKENIZER_KIND,
+        "pretrain" => PRETRAIN_KIND,
+        other => return Err(ApiError::invalid(format!("kind: {other:?} is not tokenizer or pretrain"))),
+    };
+    let tenant = super::datasets::tenant_of(&caller, body.tenant.as_deref())?;
+    let tokenizer = body.tokenizer.unwrap_or_else(|| BpeSettings::new(1024));
+    tokenizer.validate().map_err(|e| ApiError::invalid(format!("tokenizer: {e}")))?;
+    let train = body.train.unwrap_or_default();
+    train.validate().map_err(|e| ApiError::invalid(format!("train: {e}")))?;
+
+    // Training reads every row: the caller must be allowed to read the version's rows.
+    let dataset = state
+        .store
+        .dataset(&tenant, &body.dataset)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("dataset {} does not exist", body.dataset)))?;
+    let (_, manifest) = super::datasets::load_manifest(&state, &tenant, &body.dataset, body.version).await?;
+    let raw = !super::datasets::raw_pii_columns(&manifest).is_empty();
+    let read = AccessRequest::new(
+        &caller.principal,
+        Action::DatasetReadRows,
+        Resource::dataset(&tenant, &dataset.name, dataset.classification, &dataset.jurisdiction),
+    )
+    .with_context("raw_pii", raw);
+    state
+        .store
+        .authorize(state.pdp.as_ref(), &read, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let text_column = manifest["text_column"]
+        .as_str()
+        .ok_or_else(|| ApiError::invalid("dataset: the version was ingested without a text_column to train on"))?
+        .to_string();
+    let shards: Vec<String> = manifest["shards"]
+        .as_array()
+        .map(|shards| shards.iter().filter_map(|s| s["digest"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let spec = RunSpec {
+        dataset: dataset.name.clone(),
+        version: body.version,
+        text_column,
+        shards,
+        seed: body.seed,
+        tokenizer,
+        model: body.model,
+        train: Some(train),
+    };
+    if kind == PRETRAIN_KIND {
+        spec.model_config(spec.tokenizer.vocab_size).map_err(|e| ApiError::invalid(format!("model: {e}")))?;
+    }
+
+    let id = factory_core::secrets::new_id("run");
+    let request = AccessRequest::new(&caller.principal, Action::JobEnqueue, Resource::job(&id, &tenant));
+    let mut change = state
+        .store
+        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let payload = serde_json::to_value(&spec).unwrap_or_default();
+    let job = change
+        .enqueue_job(&NewJob {
+            kind: kind.to_string(),
+            payload,
+            priority: body.priority,
+            max_attempts: state.config.jobs.max_attempts,
+        })
+        .await?;
+    let event = serde_json::json!({
+        "run": job.id, "tenant": tenant, "kind": body.kind, "dataset": dataset.name, "version": body.version,
+        "classification": dataset.classification, "jurisdiction": dataset.jurisdiction, "seed": body.seed,
+    });
+    let committed = change.commit(event.clone(), Event::new("run.created", event)).await?;
+    Ok(committed_response(StatusCode::CREATED, Json(JobView::from(job)), committed))
+}
+
+async fn find_run(state: &AppState, caller: &Caller, id: &str) -> Result<factory_store::jobs::Job, ApiError> {
+    let job = state
+        .store
+        .job(id)
+        .await?
+        .filter(|job| job.kind == TOKENIZER_KIND || job.kind == PRETRAIN_KIND)
+        .ok_or_else(|| ApiError::not_found(format!("run {id} does not exist")))?;
+    let request = AccessRequest::new(&caller.principal, Action::JobRead, Resource::job(id, &job.tenant));
+    state
+        .store
+        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(caller, Some(&job.tenant), e))?;
+    Ok(job)
+}
+
+#[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "training", params(("id" = String, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(find_run(&state, &caller, &id).await?.into()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    /// Only steps after this one (for following a run: pass the last step seen).
+    #[serde(default)]
+    pub after: i64,
+    /// At most this many rows (default 1000).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunMetrics {
+    pub run: String,
+    pub state: String,
+    #[schema(value_type = Vec<Object>)]
+    pub metrics: Vec<factory_store::runs::RunMetric>,
+}
+
+#[utoipa::path(get, path = "/api/v1/runs/{id}/metrics", tag = "training", params(("id" = String, Path), MetricsQuery),
+    responses((status = 200, body = RunMetrics), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<MetricsQuery>,
+) -> Result<Json<RunMetrics>, ApiError> {
+    let job = find_run(&state, &caller, &id).await?;
+    let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
+    let metrics = state.store.run_metrics(&id, query.after, limit).await?;
+    Ok(Json(RunMetrics { run: id, state: job.state.as_str().to_string(), metrics }))
+}
+
+#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", tag = "training", params(("id" = String, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    find_run(&state, &caller, &id).await?;
+    super::jobs::cancel(State(state), caller, ApiPath(id)).await
+}
