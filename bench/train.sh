@@ -5,14 +5,14 @@
 #   bench/train.sh [CONFIG] [BATCH] [SEQ]     (default: shared/bench/configs/ref-small.json 8 256)
 #
 # Needs `cargo build --release -p factory-bench` and a Python with torch and transformers
-# (FACTORY_TORCH_PYTHON, default ~/.cache/factory-torch-venv/bin/python).
+# (TORCH_PYTHON, default ~/.cache/factory-torch-venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="$(cd .. && pwd)/shared"
 CONFIG="${1:-$SHARED/bench/configs/ref-small.json}"
 BATCH="${2:-8}"
 SEQ="${3:-256}"
-PYTHON="${FACTORY_TORCH_PYTHON:-$HOME/.cache/factory-torch-venv/bin/python}"
+PYTHON="${TORCH_PYTHON:-$HOME/.cache/factory-torch-venv/bin/python}"
 BENCH="${CARGO_TARGET_DIR:-target}/release/train-bench"
 
 PEER=$("$PYTHON" "$SHARED/bench/peers/torch_train.py" --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps 20 --threads 2)

@@ -225,10 +225,10 @@ fn logits_match_transformers_on_its_own_tiny_llama() {
     assert!(difference < 1e-4, "largest logit difference from transformers: {difference:e}");
 }
 
-/// The Python that has torch and transformers: `FACTORY_TORCH_PYTHON`, else the bench venv.
+/// The Python that has torch and transformers: `TORCH_PYTHON`, else the bench venv.
 fn torch_python() -> Option<String> {
     let candidates = [
-        std::env::var("FACTORY_TORCH_PYTHON").ok(),
+        std::env::var("TORCH_PYTHON").ok(),
         std::env::var("HOME").ok().map(|home| format!("{home}/.cache/factory-torch-venv/bin/python")),
         Some("python3".to_string()),
     ];
@@ -243,7 +243,7 @@ fn torch_python() -> Option<String> {
 #[test]
 fn exported_models_load_in_transformers() {
     let Some(python) = torch_python() else {
-        eprintln!("\n*** SKIPPED: no Python with torch and transformers (set FACTORY_TORCH_PYTHON); our export was not loaded by transformers ***\n");
+        eprintln!("\n*** SKIPPED: no Python with torch and transformers (set TORCH_PYTHON); our export was not loaded by transformers ***\n");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

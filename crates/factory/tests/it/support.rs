@@ -12,6 +12,16 @@ pub fn factory_binary() -> &'static str {
     env!("CARGO_BIN_EXE_factory")
 }
 
+/// Every `FACTORY_*` variable is configuration to the binary, so none leaks in from the
+/// environment the tests run in: each test sets exactly what it means.
+fn without_inherited_settings(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FACTORY_") {
+            command.env_remove(key);
+        }
+    }
+}
+
 pub struct Server {
     child: Child,
     pub url: String,
@@ -24,6 +34,7 @@ impl Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("server.log")).unwrap();
         let mut command = Command::new(factory_binary());
+        without_inherited_settings(&mut command);
         command
             .args(["up", "--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
             .args(args)
@@ -117,7 +128,8 @@ pub async fn call(server_url: &str, method: &str, path: &str, key: Option<&str>,
 /// Runs the CLI and returns (exit success, stdout, stderr).
 pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut command = Command::new(factory_binary());
-    command.args(args).stdin(Stdio::null()).env_remove("FACTORY_URL").env_remove("FACTORY_API_KEY");
+    without_inherited_settings(&mut command);
+    command.args(args).stdin(Stdio::null());
     for (key, value) in env {
         command.env(key, value);
     }
