@@ -225,13 +225,11 @@ pub struct IngestError {
     pub kind: IngestErrorKind,
     pub message: String,
     pub errors: Vec<RowError>,
-    /// Shards stored before the failure, which the caller must delete.
-    pub orphaned_shards: Vec<String>,
 }
 
 impl IngestError {
     fn new(kind: IngestErrorKind, message: impl Into<String>) -> Self {
-        IngestError { kind, message: message.into(), errors: Vec::new(), orphaned_shards: Vec::new() }
+        IngestError { kind, message: message.into(), errors: Vec::new() }
     }
 }
 

@@ -67,19 +67,14 @@ fn read_records(
 }
 pub const DUPLICATE_COLUMN: &str = "_duplicate_of";
 
-/// Streams `input` into shards stored through `sink`. On error, the shards already stored are
-/// listed in `IngestError::orphaned_shards` for the caller to delete.
+/// Streams `input` into shards stored through `sink`. On error the sink's owner deletes what
+/// it stored: the sink saw every shard.
 pub fn ingest(
     input: impl Read + Send + 'static,
     options: &IngestOptions,
     sink: &mut dyn ShardSink,
 ) -> Result<Ingested, IngestError> {
-    let mut stored = Vec::new();
-    let result = run(input, options, sink, &mut stored);
-    result.map_err(|mut error| {
-        error.orphaned_shards = stored.iter().map(|s: &ShardInfo| s.digest.clone()).collect();
-        error
-    })
+    run(input, options, sink)
 }
 
 fn input_error(error: impl std::fmt::Display) -> IngestError {
@@ -185,8 +180,8 @@ fn run(
     input: impl Read + Send + 'static,
     options: &IngestOptions,
     sink: &mut dyn ShardSink,
-    stored: &mut Vec<ShardInfo>,
 ) -> Result<Ingested, IngestError> {
+    let mut stored = Vec::new();
     let (hashing, source_stats) = HashingReader::new(input);
     let (reader, compression) = decompress(hashing).map_err(input_error)?;
     let mut csv_header = None;
@@ -330,7 +325,7 @@ fn run(
             inspector.profile(&cells);
             rows += 1;
             if let Some(shard) = writer.append(&cells).map_err(rejected)? {
-                store_shard(sink, shard, stored)?;
+                store_shard(sink, shard, &mut stored)?;
             }
         }
         drop(records);
@@ -341,7 +336,7 @@ fn run(
         }
     })?;
     if let Some(shard) = writer.finish().map_err(rejected)? {
-        store_shard(sink, shard, stored)?;
+        store_shard(sink, shard, &mut stored)?;
     }
     if rows == 0 {
         let mut rejection = if skipped > 0 {
@@ -365,7 +360,7 @@ fn run(
         rows,
         rows_skipped: skipped,
         errors,
-        shards: stored.clone(),
+        shards: stored,
         source,
         pii: report.pii,
         dedup: report.dedup,

@@ -60,9 +60,7 @@ impl RunSpec {
             }
             _ => return Err("model: give either preset or config".to_string()),
         };
-        if config.vocab_size != vocab_size {
-            config.vocab_size = vocab_size;
-        }
+        config.vocab_size = vocab_size;
         let seq_len = self.train.as_ref().map(|t| t.seq_len).unwrap_or_default();
         config.max_position_embeddings = config.max_position_embeddings.max(seq_len);
         config.validate().map_err(|e| e.to_string())?;
@@ -80,11 +78,15 @@ fn failed(error: impl std::fmt::Display) -> JobError {
 }
 
 impl TrainingHandler {
+    async fn fetch(&self, digest: &str) -> Result<Bytes, JobError> {
+        let digest: ObjectDigest = digest.parse().map_err(failed)?;
+        self.state.objects.get(&digest).await.map_err(failed)
+    }
+
     async fn texts(&self, spec: &RunSpec) -> Result<Vec<String>, JobError> {
         let mut texts = Vec::new();
         for digest in &spec.shards {
-            let digest: ObjectDigest = digest.parse().map_err(failed)?;
-            let bytes = self.state.objects.get(&digest).await.map_err(failed)?;
+            let bytes = self.fetch(digest).await?;
             let column = spec.text_column.clone();
             let shard = tokio::task::spawn_blocking(move || factory_datasets::read::shard_texts(bytes, &column))
                 .await
@@ -116,10 +118,9 @@ impl TrainingHandler {
         spec: &RunSpec,
         texts: &Arc<Vec<String>>,
     ) -> Result<(Tokenizer, String), JobError> {
-        let earlier = self.state.store.run_metrics(&job.id, -1, 1_000_000).await.map_err(failed)?;
-        if let Some(stored) = earlier.iter().find(|m| m.kind == "tokenizer") {
+        if let Some(stored) = self.state.store.run_metric(&job.id, "tokenizer", 0).await.map_err(failed)? {
             let digest = stored.metrics["digest"].as_str().unwrap_or_default().to_string();
-            let bytes = self.state.objects.get(&digest.parse().map_err(failed)?).await.map_err(failed)?;
+            let bytes = self.fetch(&digest).await?;
             let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&bytes)).map_err(failed)?;
             return Ok((tokenizer, digest));
         }
@@ -147,20 +148,8 @@ impl TrainingHandler {
         let resume = match self.state.store.latest_run_checkpoint(&job.id).await.map_err(failed)? {
             Some(stored) => Some(Checkpoint {
                 step: stored.step as u64,
-                weights: self
-                    .state
-                    .objects
-                    .get(&stored.weights_digest.parse().map_err(failed)?)
-                    .await
-                    .map_err(failed)?
-                    .to_vec(),
-                optimizer: self
-                    .state
-                    .objects
-                    .get(&stored.optimizer_digest.parse().map_err(failed)?)
-                    .await
-                    .map_err(failed)?
-                    .to_vec(),
+                weights: self.fetch(&stored.weights_digest).await?.to_vec(),
+                optimizer: self.fetch(&stored.optimizer_digest).await?.to_vec(),
             }),
             None => None,
         };

@@ -64,17 +64,20 @@ impl Store {
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|row| {
-                let metrics: String = row.try_get("metrics")?;
-                Ok(RunMetric {
-                    kind: row.try_get("kind")?,
-                    step: row.try_get("step")?,
-                    metrics: serde_json::from_str(&metrics).unwrap_or_default(),
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(metric_from_row).collect()
+    }
+
+    /// One metrics row, if it was recorded.
+    pub async fn run_metric(&self, run_id: &str, kind: &str, step: i64) -> Result<Option<RunMetric>, StoreError> {
+        let row = sqlx::query(
+            "SELECT kind, step, metrics, created_at FROM run_metrics WHERE run_id = $1 AND kind = $2 AND step = $3",
+        )
+        .bind(run_id)
+        .bind(kind)
+        .bind(step)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(metric_from_row).transpose()
     }
 
     /// Records a checkpoint whose objects are stored, and references them, in one transaction.
@@ -134,6 +137,16 @@ impl Store {
         }
         write.commit().await
     }
+}
+
+fn metric_from_row(row: &sqlx::any::AnyRow) -> Result<RunMetric, StoreError> {
+    let metrics: String = row.try_get("metrics")?;
+    Ok(RunMetric {
+        kind: row.try_get("kind")?,
+        step: row.try_get("step")?,
+        metrics: serde_json::from_str(&metrics).unwrap_or_default(),
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 async fn insert_reference(

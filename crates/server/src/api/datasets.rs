@@ -226,7 +226,7 @@ pub async fn create(
     Ok(committed_response(StatusCode::CREATED, Json(DatasetView::from(dataset)), committed))
 }
 
-async fn find_dataset(state: &AppState, tenant: &TenantName, name: &str) -> Result<Dataset, ApiError> {
+pub(crate) async fn find_dataset(state: &AppState, tenant: &TenantName, name: &str) -> Result<Dataset, ApiError> {
     state
         .store
         .dataset(tenant, name)
@@ -234,7 +234,7 @@ async fn find_dataset(state: &AppState, tenant: &TenantName, name: &str) -> Resu
         .ok_or_else(|| ApiError::not_found(format!("dataset {name} does not exist")))
 }
 
-async fn authorize_on(
+pub(crate) async fn authorize_on(
     state: &AppState,
     caller: &Caller,
     dataset: &Dataset,
@@ -657,16 +657,16 @@ pub async fn ingest(
     Ok(committed_response(StatusCode::CREATED, Json(report), committed))
 }
 
+/// The manifest of `dataset`'s `version`, with the version's row facts added.
 pub(crate) async fn load_manifest(
     state: &AppState,
-    tenant: &TenantName,
-    name: &str,
+    dataset: &Dataset,
     version: i64,
-) -> Result<(Dataset, serde_json::Value), ApiError> {
-    let dataset = find_dataset(state, tenant, name).await?;
+) -> Result<serde_json::Value, ApiError> {
+    let name = &dataset.name;
     let stored = state
         .store
-        .dataset_version(tenant, name, version)
+        .dataset_version(&dataset.tenant, name, version)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("dataset {name} has no version {version}")))?;
     let digest: ObjectDigest = stored.manifest_digest.parse().map_err(|_| {
@@ -680,7 +680,7 @@ pub(crate) async fn load_manifest(
     manifest["version"] = version.into();
     manifest["manifest_digest"] = stored.manifest_digest.into();
     manifest["created_at"] = millis_to_text(stored.created_at).into();
-    Ok((dataset, manifest))
+    Ok(manifest)
 }
 
 pub(crate) fn raw_pii_columns(manifest: &serde_json::Value) -> Vec<String> {
@@ -706,7 +706,7 @@ pub async fn manifest(
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     let dataset = find_dataset(&state, &tenant, &name).await?;
     authorize_on(&state, &caller, &dataset, Action::DatasetRead, &[]).await?;
-    let (_, manifest) = load_manifest(&state, &tenant, &name, version).await?;
+    let manifest = load_manifest(&state, &dataset, version).await?;
     Ok(Json(manifest))
 }
 
@@ -723,7 +723,7 @@ pub async fn profile(
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     let dataset = find_dataset(&state, &tenant, &name).await?;
     authorize_on(&state, &caller, &dataset, Action::DatasetRead, &[]).await?;
-    let (_, manifest) = load_manifest(&state, &tenant, &name, version).await?;
+    let manifest = load_manifest(&state, &dataset, version).await?;
     Ok(Json(serde_json::json!({
         "version": version,
         "rows": manifest["rows"],
@@ -759,7 +759,8 @@ pub async fn rows(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit: must be between 1 and 1000"));
     }
-    let (dataset, manifest) = load_manifest(&state, &tenant, &name, version).await?;
+    let dataset = find_dataset(&state, &tenant, &name).await?;
+    let manifest = load_manifest(&state, &dataset, version).await?;
     let raw_columns = raw_pii_columns(&manifest);
     authorize_on(&state, &caller, &dataset, Action::DatasetReadRows, &[("raw_pii", !raw_columns.is_empty())]).await?;
     let shards: Vec<factory_datasets::ShardInfo> =
@@ -814,7 +815,8 @@ pub async fn download(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let (dataset, manifest) = load_manifest(&state, &tenant, &name, version).await?;
+    let dataset = find_dataset(&state, &tenant, &name).await?;
+    let manifest = load_manifest(&state, &dataset, version).await?;
     let raw = !raw_pii_columns(&manifest).is_empty();
     authorize_on(&state, &caller, &dataset, Action::DatasetDownload, &[("raw_pii", raw)]).await?;
     let shards: Vec<factory_datasets::ShardInfo> =

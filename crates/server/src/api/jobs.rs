@@ -168,12 +168,18 @@ pub async fn cancel(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let job = state.store.job(&id).await?.ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+    cancel_job(&state, &caller, job).await
+}
+
+/// Requests cancellation of `job` as `caller` (also how a training run is cancelled).
+pub(crate) async fn cancel_job(state: &AppState, caller: &Caller, job: Job) -> Result<Response, ApiError> {
+    let id = job.id.clone();
     let request = AccessRequest::new(&caller.principal, Action::JobCancel, Resource::job(&id, &job.tenant));
     let mut change = state
         .store
         .begin_change(state.pdp.as_ref(), request, &caller.request_id)
         .await
-        .map_err(|e| hide_foreign(&caller, Some(&job.tenant), e))?;
+        .map_err(|e| hide_foreign(caller, Some(&job.tenant), e))?;
     let cancelled = change.cancel_job().await?;
     let payload = serde_json::json!({ "job": id, "state": cancelled.state });
     let committed = change.commit(payload.clone(), Event::new("job.cancel_requested", payload)).await?;

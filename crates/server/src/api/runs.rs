@@ -14,6 +14,7 @@ use factory_train::TrainSettings;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::datasets;
 use super::jobs::JobView;
 use super::{committed_response, hide_foreign};
 use crate::error::{ApiError, ErrorBody};
@@ -61,31 +62,17 @@ pub async fn create(
         "pretrain" => PRETRAIN_KIND,
         other => return Err(ApiError::invalid(format!("kind: {other:?} is not tokenizer or pretrain"))),
     };
-    let tenant = super::datasets::tenant_of(&caller, body.tenant.as_deref())?;
+    let tenant = datasets::tenant_of(&caller, body.tenant.as_deref())?;
     let tokenizer = body.tokenizer.unwrap_or_else(|| BpeSettings::new(1024));
     tokenizer.validate().map_err(|e| ApiError::invalid(format!("tokenizer: {e}")))?;
     let train = body.train.unwrap_or_default();
     train.validate().map_err(|e| ApiError::invalid(format!("train: {e}")))?;
 
     // Training reads every row: the caller must be allowed to read the version's rows.
-    let dataset = state
-        .store
-        .dataset(&tenant, &body.dataset)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("dataset {} does not exist", body.dataset)))?;
-    let (_, manifest) = super::datasets::load_manifest(&state, &tenant, &body.dataset, body.version).await?;
-    let raw = !super::datasets::raw_pii_columns(&manifest).is_empty();
-    let read = AccessRequest::new(
-        &caller.principal,
-        Action::DatasetReadRows,
-        Resource::dataset(&tenant, &dataset.name, dataset.classification, &dataset.jurisdiction),
-    )
-    .with_context("raw_pii", raw);
-    state
-        .store
-        .authorize(state.pdp.as_ref(), &read, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let dataset = datasets::find_dataset(&state, &tenant, &body.dataset).await?;
+    let manifest = datasets::load_manifest(&state, &dataset, body.version).await?;
+    let raw = !datasets::raw_pii_columns(&manifest).is_empty();
+    datasets::authorize_on(&state, &caller, &dataset, Action::DatasetReadRows, &[("raw_pii", raw)]).await?;
     let text_column = manifest["text_column"]
         .as_str()
         .ok_or_else(|| ApiError::invalid("dataset: the version was ingested without a text_column to train on"))?
@@ -132,13 +119,18 @@ pub async fn create(
     Ok(committed_response(StatusCode::CREATED, Json(JobView::from(job)), committed))
 }
 
-async fn find_run(state: &AppState, caller: &Caller, id: &str) -> Result<factory_store::jobs::Job, ApiError> {
-    let job = state
+/// The job that is run `id`; other jobs are not runs.
+async fn run_job(state: &AppState, id: &str) -> Result<factory_store::jobs::Job, ApiError> {
+    state
         .store
         .job(id)
         .await?
         .filter(|job| job.kind == TOKENIZER_KIND || job.kind == PRETRAIN_KIND)
-        .ok_or_else(|| ApiError::not_found(format!("run {id} does not exist")))?;
+        .ok_or_else(|| ApiError::not_found(format!("run {id} does not exist")))
+}
+
+async fn find_run(state: &AppState, caller: &Caller, id: &str) -> Result<factory_store::jobs::Job, ApiError> {
+    let job = run_job(state, id).await?;
     let request = AccessRequest::new(&caller.principal, Action::JobRead, Resource::job(id, &job.tenant));
     state
         .store
@@ -200,6 +192,6 @@ pub async fn cancel(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    find_run(&state, &caller, &id).await?;
-    super::jobs::cancel(State(state), caller, ApiPath(id)).await
+    let job = run_job(&state, &id).await?;
+    super::jobs::cancel_job(&state, &caller, job).await
 }
