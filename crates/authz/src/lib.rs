@@ -168,6 +168,9 @@ fn action_resources(action: Action) -> &'static [ResourceKind] {
         | Action::DatasetReadRows
         | Action::DatasetDownload => &[ResourceKind::Dataset],
         Action::ObjectsCollect => &[ResourceKind::Platform],
+        Action::ModelRegister | Action::ModelRead | Action::ModelAlias | Action::ModelExport | Action::ModelImport => {
+            &[ResourceKind::Model]
+        }
     }
 }
 
@@ -178,6 +181,7 @@ fn action_context(action: Action) -> &'static str {
     match action {
         Action::DatasetCreate | Action::DatasetIngest => "{ jurisdiction_allowed: Bool, storage_site: Bool }",
         Action::DatasetReadRows | Action::DatasetDownload => "{ raw_pii: Bool }",
+        Action::ModelRegister | Action::ModelImport => "{ jurisdiction_allowed: Bool, storage_site: Bool }",
         _ => "{ role?: String }",
     }
 }
@@ -189,6 +193,7 @@ const RESOURCE_KINDS: &[ResourceKind] = &[
     ResourceKind::AuditLog,
     ResourceKind::Job,
     ResourceKind::Dataset,
+    ResourceKind::Model,
 ];
 
 fn schema_text() -> String {

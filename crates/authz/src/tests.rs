@@ -151,3 +151,31 @@ fn rows_follow_classification_and_raw_pii_stays_with_stewards() {
     let other = decide_with(&steward, Action::DatasetRead, dataset("globex", Classification::Public), &[]);
     assert_eq!(other.policies, vec!["tenant-isolation".to_string()]);
 }
+
+fn model(tenant_name: &str, classification: Classification) -> Resource {
+    Resource::model(&tenant(tenant_name), "assistant", classification, Some(&Jurisdiction::new("eu").unwrap()))
+}
+
+#[test]
+fn models_follow_roles_residency_and_clearance() {
+    let engineer = key(Some("acme"), Role::Engineer);
+    let allowed = [("jurisdiction_allowed", true), ("storage_site", true)];
+    let internal = model("acme", Classification::Internal);
+    let decision = decide_with(&engineer, Action::ModelRegister, internal.clone(), &allowed);
+    assert_eq!((decision.effect, decision.policies), (Effect::Allow, vec!["tenant-model-writers".to_string()]));
+    let outside = [("jurisdiction_allowed", false), ("storage_site", true)];
+    let decision = decide_with(&engineer, Action::ModelImport, internal.clone(), &outside);
+    assert_eq!((decision.effect, decision.policies), (Effect::Deny, vec!["model-residency".to_string()]));
+    let app = key(Some("acme"), Role::App);
+    assert_eq!(decide_with(&app, Action::ModelAlias, internal.clone(), &[]).effect, Effect::Deny);
+    assert_eq!(decide_with(&app, Action::ModelRead, model("acme", Classification::Public), &[]).effect, Effect::Allow);
+    let auditor = key(Some("acme"), Role::Auditor);
+    assert_eq!(decide_with(&auditor, Action::ModelExport, internal, &[]).effect, Effect::Deny);
+    let secret = model("acme", Classification::Secret);
+    let decision = decide_with(&engineer, Action::ModelExport, secret.clone(), &[]);
+    assert_eq!(decision.policies, vec!["model-export-clearance".to_string()]);
+    let steward = key(Some("acme"), Role::Steward);
+    assert_eq!(decide_with(&steward, Action::ModelExport, secret, &[]).effect, Effect::Allow);
+    let foreign = decide_with(&engineer, Action::ModelRead, model("globex", Classification::Public), &[]);
+    assert_eq!(foreign.policies, vec!["tenant-isolation".to_string()]);
+}

@@ -36,6 +36,16 @@ pub struct Config {
     pub jobs: JobSettings,
     pub datasets: DatasetSettings,
     pub lineage: LineageSettings,
+    pub registry: RegistrySettings,
+}
+
+/// Whose signatures the model registry accepts on imported bundles, beside this
+/// installation's own model-signing key.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RegistrySettings {
+    /// Verifier keys (`<name>+<id>+<base64>`, as `model-signing.pub` holds) of other
+    /// installations whose exported models may be imported here.
+    pub trusted_keys: Vec<String>,
 }
 
 /// When objects that nothing references (left by a crash mid-ingest) are deleted.

@@ -12,7 +12,7 @@ use toml::{Table, Value};
 
 use crate::{
     AuditSettings, AuthzSettings, Config, DatasetSettings, JobSettings, LineageSettings, ObjectSettings,
-    OrphanSettings, S3ObjectSettings, ServerSettings, Site,
+    OrphanSettings, RegistrySettings, S3ObjectSettings, ServerSettings, Site,
 };
 
 /// One problem, tied to the dotted key (or file and line) it concerns.
@@ -221,6 +221,7 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
     let jobs = read_jobs(root.table("jobs", errors).unwrap_or(Section::new("jobs", &empty)), errors);
     let datasets = read_datasets(root.table("datasets", errors).unwrap_or(Section::new("datasets", &empty)), errors);
     let lineage = read_lineage(root.table("lineage", errors).unwrap_or(Section::new("lineage", &empty)), errors);
+    let registry = read_registry(root.table("registry", errors).unwrap_or(Section::new("registry", &empty)), errors);
     root.finish(errors);
 
     Some(Config {
@@ -237,6 +238,7 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
         jobs,
         datasets,
         lineage,
+        registry,
     })
 }
 
@@ -375,25 +377,46 @@ fn read_audit(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> AuditS
     settings
 }
 
-fn read_authz(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> AuthzSettings {
-    let mut policy_files = Vec::new();
-    match section.get("policy_files") {
+/// A list of strings at `section.key`, each problem named by its index.
+fn string_list(section: &mut Section<'_>, key: &'static str, what: &str, errors: &mut Vec<ConfigError>) -> Vec<String> {
+    let mut strings = Vec::new();
+    let path = section.key(key);
+    match section.get(key) {
         None => {}
         Some(Value::Array(values)) => {
             for (index, value) in values.iter().enumerate() {
                 match value.as_str() {
-                    Some(path) => policy_files.push(PathBuf::from(path)),
-                    None => errors.push(ConfigError::new(format!("authz.policy_files[{index}]"), "expected a path")),
+                    Some(text) => strings.push(text.to_string()),
+                    None => errors.push(ConfigError::new(format!("{path}[{index}]"), format!("expected {what}"))),
                 }
             }
         }
-        Some(other) => errors.push(ConfigError::new(
-            "authz.policy_files",
-            format!("expected a list of paths, found {}", other.type_str()),
-        )),
+        Some(other) => {
+            errors.push(ConfigError::new(path, format!("expected a list of {what}s, found {}", other.type_str())))
+        }
     }
+    strings
+}
+
+fn read_authz(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> AuthzSettings {
+    let policy_files = string_list(&mut section, "policy_files", "a path", errors).into_iter().map(PathBuf::from);
+    let policy_files = policy_files.collect();
     section.finish(errors);
     AuthzSettings { policy_files }
+}
+
+fn read_registry(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> RegistrySettings {
+    let trusted_keys = string_list(&mut section, "trusted_keys", "a verifier key", errors);
+    for (index, key) in trusted_keys.iter().enumerate() {
+        if key.split('+').count() != 3 {
+            errors.push(ConfigError::new(
+                format!("registry.trusted_keys[{index}]"),
+                "expected a verifier key <name>+<id>+<base64>",
+            ));
+        }
+    }
+    section.finish(errors);
+    RegistrySettings { trusted_keys }
 }
 
 fn read_jobs(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> JobSettings {

@@ -120,3 +120,12 @@ fn orphan_collection_and_lineage_sinks_are_configurable() {
     let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, vec!["objects.orphan_grace_secs", "lineage.http_url"], "{errors}");
 }
+
+#[test]
+fn registry_trusts_listed_verifier_keys_and_names_bad_ones() {
+    let config = load_text("[registry]\ntrusted_keys = [\"other/models+1a2b3c4d+AQID\"]\n", &[]).unwrap();
+    assert_eq!(config.registry.trusted_keys, vec!["other/models+1a2b3c4d+AQID".to_string()]);
+    let errors = load_text("[registry]\ntrusted_keys = [\"ok+1+A\", \"nonsense\", 3]\n", &[]).unwrap_err();
+    let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, vec!["registry.trusted_keys[2]", "registry.trusted_keys[1]"], "{errors}");
+}

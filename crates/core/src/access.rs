@@ -40,6 +40,7 @@ pub enum ResourceKind {
     AuditLog,
     Job,
     Dataset,
+    Model,
 }
 
 impl ResourceKind {
@@ -52,6 +53,7 @@ impl ResourceKind {
             ResourceKind::AuditLog => "AuditLog",
             ResourceKind::Job => "Job",
             ResourceKind::Dataset => "Dataset",
+            ResourceKind::Model => "Model",
         }
     }
 }
@@ -129,6 +131,23 @@ impl Resource {
         }
     }
 
+    /// A registered model, named `<tenant>/<name>`; its classification and jurisdiction come
+    /// from the data it was trained on (or, for an imported model, from its importer).
+    pub fn model(
+        tenant: &TenantName,
+        name: &str,
+        classification: Classification,
+        jurisdiction: Option<&Jurisdiction>,
+    ) -> Self {
+        Resource {
+            kind: ResourceKind::Model,
+            id: format!("{tenant}/{name}"),
+            tenant: Some(tenant.clone()),
+            classification,
+            jurisdiction: jurisdiction.cloned(),
+        }
+    }
+
     pub fn job(id: &str, tenant: &TenantName) -> Self {
         Resource {
             kind: ResourceKind::Job,
@@ -184,6 +203,11 @@ actions! {
     DatasetReadRows => "dataset.read_rows",
     DatasetDownload => "dataset.download",
     ObjectsCollect => "objects.collect",
+    ModelRegister => "model.register",
+    ModelRead => "model.read",
+    ModelAlias => "model.alias",
+    ModelExport => "model.export",
+    ModelImport => "model.import",
 }
 
 impl fmt::Display for Action {

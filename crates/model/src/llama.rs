@@ -103,6 +103,32 @@ impl Llama {
         Ok((hidden + down)?)
     }
 
+    /// Greedy continuation of `prompt` by up to `max_new` tokens, ending early after any token
+    /// in `stop`. Every step re-reads the context (its last `max_position_embeddings` tokens):
+    /// this is for evaluating a freshly trained model; serving has its own engine with a KV
+    /// cache.
+    pub fn greedy(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>, ModelError> {
+        if prompt.is_empty() {
+            return Err(ModelError::Input("an empty prompt has nothing to continue".to_string()));
+        }
+        let window = self.rotary.max_positions();
+        let mut context = prompt.to_vec();
+        let mut generated = Vec::new();
+        for _ in 0..max_new {
+            let start = context.len().saturating_sub(window);
+            let ids = Tensor::new(&context[start..], &self.weights.device)?.unsqueeze(0)?;
+            let logits = self.forward(&ids)?;
+            let last = logits.narrow(1, context.len() - start - 1, 1)?;
+            let next = argmax_last(&last)?[0];
+            generated.push(next);
+            context.push(next);
+            if stop.contains(&next) {
+                break;
+            }
+        }
+        Ok(generated)
+    }
+
     /// Mean next-token cross-entropy of a batch `[batch, seq + 1]`: positions `..seq` predict
     /// `1..`.
     pub fn loss(&self, tokens: &Tensor) -> Result<Tensor, ModelError> {

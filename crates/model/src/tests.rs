@@ -268,3 +268,23 @@ fn exported_models_load_in_transformers() {
         assert!(difference < 1e-4, "tied {tied}: largest logit difference {difference:e}");
     }
 }
+
+#[test]
+fn greedy_decoding_follows_the_argmax_stops_and_slides_its_window() {
+    let config = tiny_config(true);
+    let model = Llama::new(config.clone(), Weights::init(&config, 3, DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let prompt = [1u32, 2, 3];
+    let generated = model.greedy(&prompt, 6, &[]).unwrap();
+    assert_eq!(generated.len(), 6);
+    let mut context = prompt.to_vec();
+    for token in &generated {
+        let logits = model.forward(&tokens(&context, 1)).unwrap();
+        let last = logits.narrow(1, context.len() - 1, 1).unwrap();
+        assert_eq!(argmax_last(&last).unwrap()[0], *token);
+        context.push(*token);
+    }
+    assert_eq!(model.greedy(&prompt, 6, &generated[..1]).unwrap(), generated[..1].to_vec());
+    let long: Vec<u32> = (0..40).map(|i| i % 48).collect();
+    assert_eq!(model.greedy(&long, 3, &[]).unwrap().len(), 3, "a context past 32 positions keeps its last 32");
+    assert!(model.greedy(&[], 3, &[]).is_err());
+}

@@ -14,6 +14,7 @@ mod governed;
 pub mod identity;
 pub mod jobs;
 mod migrations;
+pub mod models;
 pub mod outbox;
 pub mod runs;
 

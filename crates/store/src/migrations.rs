@@ -10,6 +10,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "spine", include_str!("migrations/0001_spine.sql")),
     (2, "datasets", include_str!("migrations/0002_datasets.sql")),
     (3, "runs", include_str!("migrations/0003_runs.sql")),
+    (4, "models", include_str!("migrations/0004_models.sql")),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<(), StoreError> {

@@ -105,6 +105,7 @@ store_suite!(
     cancellation_and_concurrent_claims,
     dataset_versions_appear_whole_and_numbered,
     run_metrics_checkpoints_and_artifacts_are_kept,
+    model_versions_are_numbered_immutable_and_aliased,
 );
 
 fn authorizer() -> CedarAuthorizer {
@@ -582,4 +583,65 @@ async fn dataset_versions_appear_whole_and_numbered(store: &Store, _database: &T
     assert!(store.object_is_referenced("shared-shard").await.unwrap());
     assert!(!store.object_is_referenced("m2").await.unwrap());
     assert_eq!(store.datasets(&tenant("acme")).await.unwrap().len(), 1);
+}
+
+async fn model_versions_are_numbered_immutable_and_aliased(store: &Store, _database: &TestDatabase) {
+    use crate::models::NewModelVersion;
+    use factory_core::Classification;
+    let pdp = authorizer();
+    create_tenant(store, "acme").await;
+    let acme = tenant("acme");
+    let engineer = Principal { id: "key_eng".to_string(), tenant: Some(acme.clone()), role: Role::Engineer };
+    let eu = Jurisdiction::new("eu").unwrap();
+    let resource = Resource::model(&acme, "bard", Classification::Internal, Some(&eu));
+    let register = AccessRequest::new(&engineer, Action::ModelRegister, resource.clone())
+        .with_context("jurisdiction_allowed", true)
+        .with_context("storage_site", true);
+    let new = |manifest: &str| NewModelVersion {
+        version: None,
+        origin: "trained".to_string(),
+        run_id: Some(format!("run_{manifest}")),
+        jurisdiction: eu.clone(),
+        classification: Classification::Internal,
+        parameters: 1000,
+        manifest_digest: manifest.to_string(),
+        signer: "factory.local/models+1+AA".to_string(),
+        evals: serde_json::json!({ "validation_perplexity": 9.5 }),
+        objects: vec![manifest.to_string(), "weights".to_string()],
+    };
+    for expected in 1..=2 {
+        let mut change = store.begin_change(&pdp, register.clone(), "req").await.unwrap();
+        let version = change.next_model_version(&acme, "bard").await.unwrap();
+        assert_eq!(version, expected);
+        let stored = change.add_model_version(&acme, "bard", version, &new(&format!("m{version}"))).await.unwrap();
+        assert_eq!(stored.created_by, "key_eng");
+        change.commit(serde_json::json!({}), Event::new("model.version.created", serde_json::json!({}))).await.unwrap();
+    }
+    // A number is never reused: registering 2 again is a conflict and leaves nothing.
+    let mut change = store.begin_change(&pdp, register.clone(), "req").await.unwrap();
+    let error = change.add_model_version(&acme, "bard", 2, &new("m-dup")).await.unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Conflict);
+    drop(change);
+    assert!(!store.object_is_referenced("m-dup").await.unwrap());
+    assert!(store.object_is_referenced("weights").await.unwrap());
+
+    let alias = AccessRequest::new(&engineer, Action::ModelAlias, resource);
+    let mut change = store.begin_change(&pdp, alias.clone(), "req").await.unwrap();
+    assert_eq!(change.set_model_alias(&acme, "bard", "production", 1).await.unwrap(), None);
+    change.commit(serde_json::json!({}), Event::new("model.alias.set", serde_json::json!({}))).await.unwrap();
+    let mut change = store.begin_change(&pdp, alias.clone(), "req").await.unwrap();
+    assert_eq!(change.set_model_alias(&acme, "bard", "production", 2).await.unwrap(), Some(1));
+    change.commit(serde_json::json!({}), Event::new("model.alias.set", serde_json::json!({}))).await.unwrap();
+    let mut change = store.begin_change(&pdp, alias, "req").await.unwrap();
+    assert_eq!(change.set_model_alias(&acme, "bard", "staging", 9).await.unwrap_err().kind(), StoreErrorKind::NotFound);
+    drop(change);
+
+    let aliases = store.model_aliases(&acme, "bard").await.unwrap();
+    assert_eq!(aliases.iter().map(|a| (a.alias.as_str(), a.version)).collect::<Vec<_>>(), vec![("production", 2)]);
+    let versions = store.model_versions(&acme, Some("bard")).await.unwrap();
+    assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(versions[0].evals["validation_perplexity"], 9.5);
+    assert_eq!(store.model_version_of_run("run_m2").await.unwrap().unwrap().version, 2);
+    assert!(store.model_version(&acme, "bard", 3).await.unwrap().is_none());
+    assert_eq!(store.model_versions(&tenant("globex"), None).await.unwrap().len(), 0);
 }

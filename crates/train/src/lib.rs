@@ -7,6 +7,7 @@
 //! resumed from a checkpoint at step N sees exactly the batches the uninterrupted run saw.
 
 mod data;
+mod evalsets;
 mod settings;
 mod trainer;
 
@@ -14,5 +15,6 @@ mod trainer;
 mod tests;
 
 pub use data::{split_tokens, tokenize_documents, TokenStreams};
+pub use evalsets::{judge, score_eval_set, validate_eval_sets, EvalItem, EvalSample, EvalSet, EvalSetScore};
 pub use settings::TrainSettings;
 pub use trainer::{evaluate, train, Checkpoint, Control, EvalMetrics, Outcome, StepMetrics, TrainError, TrainObserver};

@@ -29,6 +29,9 @@ pub struct TrainSettings {
     pub eval_windows: usize,
     /// Checkpoint every this many steps; 0 never (but a preempted run still checkpoints).
     pub checkpoint_every: u64,
+    /// Stop (and finish normally, with a final evaluation) once an attempt has trained this
+    /// many seconds; 0 means no limit. The learning-rate schedule still spans `steps`.
+    pub max_seconds: f64,
 }
 
 impl Default for TrainSettings {
@@ -49,6 +52,7 @@ impl Default for TrainSettings {
             eval_every: 50,
             eval_windows: 32,
             checkpoint_every: 50,
+            max_seconds: 0.0,
         }
     }
 }
@@ -84,6 +88,9 @@ impl TrainSettings {
         }
         if self.grad_clip <= 0.0 {
             problems.push("grad_clip must be positive".to_string());
+        }
+        if !(self.max_seconds >= 0.0 && self.max_seconds.is_finite()) {
+            problems.push("max_seconds must be zero (no limit) or positive".to_string());
         }
         if !(0.0..0.5).contains(&self.validation_fraction) {
             problems.push("validation_fraction must be in [0, 0.5)".to_string());

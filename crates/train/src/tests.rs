@@ -127,3 +127,53 @@ fn accumulation_and_bad_settings() {
     assert!(error.contains("batch_size must be positive") && error.contains("learning_rate"), "{error}");
     assert!(split_tokens(vec![1, 2, 3], 0.1, 16).unwrap_err().contains("training needs at least"));
 }
+
+#[test]
+fn a_time_limit_finishes_the_run_early_with_a_final_evaluation() {
+    let (tokenizer, data) = streams(32);
+    let config = small_config(tokenizer.vocab_size());
+    let mut recorder = Recorder::default();
+    let limited = TrainSettings { max_seconds: 1e-9, ..settings(40) };
+    let Outcome::Finished { eval, .. } = train(&config, &limited, &data, 3, None, None, &mut recorder).unwrap() else {
+        panic!("a time limit finishes the run")
+    };
+    assert_eq!((recorder.steps.len(), eval.step), (1, 1));
+    let bad = TrainSettings { max_seconds: -1.0, ..settings(4) };
+    assert!(bad.validate().unwrap_err().contains("max_seconds"));
+}
+
+#[test]
+fn eval_sets_score_greedy_completions_by_exact_match_and_containment() {
+    assert_eq!(judge(" the mat.\nand more", "the mat."), (true, true));
+    assert_eq!(judge(" the mat and the hat", "the mat"), (false, true));
+    assert_eq!(judge(" a dog", "the mat"), (false, false));
+
+    // A model that has memorised one sentence completes it; a wrong answer scores zero.
+    let documents: Vec<String> = vec!["the cat sat on the mat.".to_string(); 300];
+    let tokenizer = Tokenizer::train(&BpeSettings::new(300), documents.iter().cloned()).unwrap();
+    let tokens = tokenize_documents(&tokenizer, documents).unwrap();
+    let data = split_tokens(tokens, 0.05, 16).unwrap();
+    let config = small_config(tokenizer.vocab_size());
+    let quick = TrainSettings { seq_len: 16, learning_rate: 1e-2, eval_every: 0, checkpoint_every: 0, ..settings(60) };
+    let Outcome::Finished { model, .. } =
+        train(&config, &quick, &data, 5, None, None, &mut Recorder::default()).unwrap()
+    else {
+        panic!("the run finishes")
+    };
+    let item = |prompt: &str, expected: &str| EvalItem { prompt: prompt.to_string(), expected: expected.to_string() };
+    let set = EvalSet {
+        name: "recall".to_string(),
+        items: vec![item("the cat sat on", "the mat."), item("the cat sat on", "a throne")],
+        max_new_tokens: 8,
+    };
+    validate_eval_sets(std::slice::from_ref(&set)).unwrap();
+    let score = score_eval_set(&model, &tokenizer, &set).unwrap();
+    assert_eq!((score.items, score.exact_match, score.contains), (2, 0.5, 0.5), "{score:?}");
+    assert!(score.samples[0].completion.contains("the mat."), "{score:?}");
+
+    let bad = [EvalSet { name: String::new(), items: vec![item("", " ")], max_new_tokens: 0 }];
+    let error = validate_eval_sets(&bad).unwrap_err();
+    for expected in ["eval_sets[0].name", "max_new_tokens", "items[0].prompt", "items[0].expected"] {
+        assert!(error.contains(expected), "{expected} in {error}");
+    }
+}

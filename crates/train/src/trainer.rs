@@ -164,6 +164,8 @@ pub fn train(
     let model = Llama::new(config.clone(), weights)?;
     let validation = if data.validation.len() >= window { Some(data.validation.as_slice()) } else { None };
 
+    let attempt_started = Instant::now();
+    let mut last_step = settings.steps;
     for step in start..settings.steps {
         let started = Instant::now();
         let mut summed: BTreeMap<String, Tensor> = BTreeMap::new();
@@ -219,10 +221,14 @@ pub fn train(
             Control::Checkpoint => return Ok(Outcome::Preempted { step: done }),
             Control::Stop => return Ok(Outcome::Stopped { step: done }),
         }
+        if settings.max_seconds > 0.0 && attempt_started.elapsed().as_secs_f64() >= settings.max_seconds {
+            last_step = done;
+            break;
+        }
     }
     let eval = match validation {
-        Some(validation) => evaluate(&model, validation, settings.seq_len, settings.eval_windows, settings.steps)?,
-        None => evaluate(&model, &data.train, settings.seq_len, settings.eval_windows, settings.steps)?,
+        Some(validation) => evaluate(&model, validation, settings.seq_len, settings.eval_windows, last_step)?,
+        None => evaluate(&model, &data.train, settings.seq_len, settings.eval_windows, last_step)?,
     };
     observer.on_eval(&eval);
     Ok(Outcome::Finished { model: Box::new(model), eval })
