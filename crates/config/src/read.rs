@@ -408,7 +408,8 @@ fn read_authz(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> AuthzS
 fn read_registry(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> RegistrySettings {
     let trusted_keys = string_list(&mut section, "trusted_keys", "a verifier key", errors);
     for (index, key) in trusted_keys.iter().enumerate() {
-        if key.split('+').count() != 3 {
+        // The base64 part may itself hold '+', so only the first two separate fields.
+        if key.splitn(3, '+').count() != 3 || key.splitn(3, '+').any(str::is_empty) {
             errors.push(ConfigError::new(
                 format!("registry.trusted_keys[{index}]"),
                 "expected a verifier key <name>+<id>+<base64>",

@@ -123,8 +123,8 @@ fn orphan_collection_and_lineage_sinks_are_configurable() {
 
 #[test]
 fn registry_trusts_listed_verifier_keys_and_names_bad_ones() {
-    let config = load_text("[registry]\ntrusted_keys = [\"other/models+1a2b3c4d+AQID\"]\n", &[]).unwrap();
-    assert_eq!(config.registry.trusted_keys, vec!["other/models+1a2b3c4d+AQID".to_string()]);
+    let config = load_text("[registry]\ntrusted_keys = [\"other/models+1a2b3c4d+AQ+D\"]\n", &[]).unwrap();
+    assert_eq!(config.registry.trusted_keys, vec!["other/models+1a2b3c4d+AQ+D".to_string()]);
     let errors = load_text("[registry]\ntrusted_keys = [\"ok+1+A\", \"nonsense\", 3]\n", &[]).unwrap_err();
     let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, vec!["registry.trusted_keys[2]", "registry.trusted_keys[1]"], "{errors}");

@@ -43,6 +43,129 @@ pub enum Command {
     /// Train tokenizers and models on governed datasets
     #[command(subcommand)]
     Run(RunCommand),
+    /// Train (or, with --base, fine-tune) a model on DATASET@VERSION and register it as the
+    /// next version of --name
+    Train(TrainCommand),
+    /// The model registry: list, show, verify, alias, export, import
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainCommand {
+    /// NAME@VERSION of a dataset ingested with a text column
+    #[arg(long)]
+    pub dataset: String,
+    /// The model to register the result under (MODEL@1, MODEL@2, ...)
+    #[arg(long)]
+    pub name: String,
+    /// tiny, small, ref-small, base or 125m (default tiny)
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A JSON file with any of model, train, tokenizer and eval_sets; flags win over it
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Stop training after this many seconds (the run still evaluates and registers)
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The tokenizer's vocabulary (trained on the dataset first)
+    #[arg(long)]
+    pub vocab_size: Option<usize>,
+    /// Fine-tune this registered model (NAME@VERSION or NAME@ALIAS) instead of training anew
+    #[arg(long)]
+    pub base: Option<String>,
+    /// JSON lines of {"prompt": ..., "expected": ...}, scored on the final model
+    #[arg(long)]
+    pub eval_set: Option<PathBuf>,
+    /// For the model card
+    #[arg(long)]
+    pub intended_use: Option<String>,
+    /// Follow the run with a progress bar; exit non-zero unless it succeeds
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// List the tenant's models with their latest version and aliases
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a model's versions, or one version (NAME@VERSION or NAME@ALIAS) with its manifest
+    Show {
+        model: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Check NAME@VERSION's signature and every file's digest, here on the client
+    Verify {
+        model: String,
+        /// The verifier key to trust (model-signing.pub); default: the keys the server trusts
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Point ALIAS (production, staging, candidate, ...) at VERSION
+    Alias {
+        model: String,
+        alias: String,
+        version: i64,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Write NAME@VERSION as a signed air-gap bundle (tar)
+    Export {
+        model: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Import a bundle made by `model export` (its signer must be trusted here)
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Import a local Hugging Face Llama-family directory as the next version of --name
+    ImportHf {
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Where the model may live (imports declare it; trained models derive it)
+        #[arg(long)]
+        jurisdiction: String,
+        #[arg(long, default_value = "internal")]
+        classification: String,
+        #[arg(long)]
+        intended_use: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +212,14 @@ pub enum RunCommand {
     /// Ask a run to stop
     Cancel {
         id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a run's steps and validations; with -f, keep following until it ends
+    Logs {
+        id: String,
+        #[arg(short = 'f', long)]
+        follow: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -400,6 +531,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(RunCommand::Create { kind, dataset, seed, vocab_size, preset, train, follow, tenant, remote }) => {
             let args = crate::runs::CreateArgs { kind, dataset, seed, vocab_size, preset, train, follow, tenant };
             crate::runs::create(&remote, args).await
+        }
+        Command::Run(RunCommand::Logs { id, follow, remote }) => crate::runs::logs(&remote, &id, follow).await,
+        Command::Train(train) => {
+            let remote = train.remote.clone();
+            let args = crate::runs::TrainArgs {
+                dataset: train.dataset,
+                name: train.name,
+                preset: train.preset,
+                config: train.config,
+                max_steps: train.max_steps,
+                max_seconds: train.max_seconds,
+                seed: train.seed,
+                vocab_size: train.vocab_size,
+                base: train.base,
+                eval_set: train.eval_set,
+                intended_use: train.intended_use,
+                wait: train.wait,
+                tenant: train.tenant,
+            };
+            crate::runs::train(&remote, args).await
+        }
+        Command::Model(ModelCommand::Verify { model, key, tenant, remote }) => {
+            crate::models::verify(&remote, &model, key.as_deref(), tenant.as_deref()).await
+        }
+        Command::Model(ModelCommand::Export { model, out, tenant, remote }) => {
+            crate::models::export(&remote, &model, &out, tenant.as_deref()).await
+        }
+        Command::Model(ModelCommand::Import { file, tenant, remote }) => {
+            crate::models::import(&remote, &file, tenant.as_deref()).await
+        }
+        Command::Model(ModelCommand::ImportHf {
+            dir,
+            name,
+            jurisdiction,
+            classification,
+            intended_use,
+            tenant,
+            remote,
+        }) => {
+            let args = crate::models::ImportHfArgs { dir, name, jurisdiction, classification, intended_use, tenant };
+            crate::models::import_hf(&remote, args).await
         }
         Command::Dataset(DatasetCommand::Download { name, version, output, tenant, remote }) => {
             crate::transfer::download(&remote, &name, version, &output, tenant.as_deref()).await

@@ -5,8 +5,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    AuditCommand, Command, DatasetCommand, JobCommand, KeyCommand, ObjectsCommand, ProofCommand, Remote, RunCommand,
-    TenantCommand,
+    AuditCommand, Command, DatasetCommand, JobCommand, KeyCommand, ModelCommand, ObjectsCommand, ProofCommand, Remote,
+    RunCommand, TenantCommand,
 };
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -104,6 +104,22 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
         Command::Run(RunCommand::Cancel { id, remote }) => {
             (remote, Method::POST, format!("/api/v1/runs/{id}/cancel"), None)
         }
+        Command::Model(ModelCommand::List { tenant, remote }) => {
+            (remote, Method::GET, format!("/api/v1/models{}", tenant_query(tenant.as_deref(), "?")), None)
+        }
+        Command::Model(ModelCommand::Show { model, tenant, remote }) => {
+            let path = match model.split_once('@') {
+                Some((name, version)) => format!("/api/v1/models/{name}/versions/{version}"),
+                None => format!("/api/v1/models/{model}"),
+            };
+            (remote, Method::GET, format!("{path}{}", tenant_query(tenant.as_deref(), "?")), None)
+        }
+        Command::Model(ModelCommand::Alias { model, alias, version, tenant, remote }) => (
+            remote,
+            Method::PUT,
+            format!("/api/v1/models/{model}/aliases/{alias}{}", tenant_query(tenant.as_deref(), "?")),
+            Some(json!({ "version": version })),
+        ),
         Command::Objects(ObjectsCommand::Sweep { grace_secs, remote }) => {
             let query = grace_secs.map(|g| format!("?grace_secs={g}")).unwrap_or_default();
             (remote, Method::POST, format!("/api/v1/objects/sweep{query}"), None)
@@ -111,7 +127,14 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
         Command::Up(_)
         | Command::Config(_)
         | Command::Audit(AuditCommand::Verify(_))
-        | Command::Run(RunCommand::Create { .. })
+        | Command::Run(RunCommand::Create { .. } | RunCommand::Logs { .. })
+        | Command::Train(_)
+        | Command::Model(
+            ModelCommand::Verify { .. }
+            | ModelCommand::Export { .. }
+            | ModelCommand::Import { .. }
+            | ModelCommand::ImportHf { .. },
+        )
         | Command::Dataset(DatasetCommand::Ingest { .. } | DatasetCommand::Download { .. }) => {
             return Err(anyhow!("this command does not talk to a server"))
         }

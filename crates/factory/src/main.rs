@@ -5,6 +5,7 @@
 
 mod cli;
 mod client;
+mod models;
 mod runs;
 mod transfer;
 mod up;

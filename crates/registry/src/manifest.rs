@@ -167,9 +167,11 @@ pub fn strictest_residency<'a>(
     for (jurisdiction, classification) in inputs {
         result = match result {
             None => Some((jurisdiction.clone(), classification)),
-            Some((held, _)) if &held != jurisdiction => return Err(RegistryError::Residency(format!(
+            Some((held, _)) if &held != jurisdiction => {
+                return Err(RegistryError::Residency(format!(
                 "inputs are bound to different jurisdictions ({held} and {jurisdiction}); no site may hold their model"
-            ))),
+            )))
+            }
             Some((held, strictest)) => Some((held, strictest.max(classification))),
         };
     }

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod lineage;
 pub mod metrics;
 pub mod orphans;
+pub mod registry;
 pub mod routes;
 pub mod startup;
 pub mod state;

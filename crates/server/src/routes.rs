@@ -7,14 +7,14 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{audit, datasets, jobs, keys, ops, runs, tenants};
+use crate::api::{audit, datasets, jobs, keys, models, ops, runs, tenants};
 use crate::error::ApiError;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::AppState;
@@ -30,6 +30,9 @@ use crate::REQUEST_ID_HEADER;
         datasets::create, datasets::list, datasets::show, datasets::ingest, datasets::manifest,
         datasets::rows, datasets::download, datasets::profile,
         runs::create, runs::show, runs::metrics, runs::cancel,
+        models::list, models::show, models::register, models::version, models::signed_manifest, models::file,
+        models::verify, models::set_alias, models::bundle, models::import_bundle, models::import_hf,
+        models::signing_key,
         ops::healthz, ops::readyz, ops::metrics, ops::sweep_orphans,
     ),
     modifiers(&BearerAuth)
@@ -48,6 +51,12 @@ impl Modify for BearerAuth {
 /// Routes that stream large bodies get the transfer timeout instead of the request timeout.
 const INGEST_ROUTE: &str = "/api/v1/datasets/{name}/versions";
 const DOWNLOAD_ROUTE: &str = "/api/v1/datasets/{name}/versions/{version}/download";
+const MODEL_IMPORT_ROUTE: &str = "/api/v1/models/import";
+const HF_IMPORT_ROUTE: &str = "/api/v1/models/{name}/import-hf";
+const BUNDLE_ROUTE: &str = "/api/v1/models/{name}/versions/{version}/bundle";
+/// Routes that move whole datasets or models: bounded by the transfer timeout, not the
+/// request timeout.
+const TRANSFER_ROUTES: &[&str] = &[INGEST_ROUTE, DOWNLOAD_ROUTE, MODEL_IMPORT_ROUTE, HF_IMPORT_ROUTE, BUNDLE_ROUTE];
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.request_body_limit_bytes;
@@ -71,6 +80,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}", get(runs::show))
         .route("/api/v1/runs/{id}/metrics", get(runs::metrics))
         .route("/api/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/api/v1/models", get(models::list))
+        .route("/api/v1/models/signing-key", get(models::signing_key))
+        .route(MODEL_IMPORT_ROUTE, post(models::import_bundle))
+        .route("/api/v1/models/{name}", get(models::show))
+        .route("/api/v1/models/{name}/versions", post(models::register))
+        .route(HF_IMPORT_ROUTE, post(models::import_hf))
+        .route("/api/v1/models/{name}/versions/{version}", get(models::version))
+        .route("/api/v1/models/{name}/versions/{version}/manifest", get(models::signed_manifest))
+        .route("/api/v1/models/{name}/versions/{version}/files/{path}", get(models::file))
+        .route("/api/v1/models/{name}/versions/{version}/verify", post(models::verify))
+        .route(BUNDLE_ROUTE, get(models::bundle))
+        .route("/api/v1/models/{name}/aliases/{alias}", put(models::set_alias))
         .route("/api/v1/objects/sweep", post(ops::sweep_orphans))
         .route("/api/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/api/v1/audit/public-key", get(audit::public_key))
@@ -122,7 +143,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         }
         Ok(_permit) => {
             state.metrics.in_flight.inc();
-            let timeout = if route == INGEST_ROUTE || route == DOWNLOAD_ROUTE {
+            let timeout = if TRANSFER_ROUTES.contains(&route.as_str()) {
                 state.config.datasets.transfer_timeout
             } else {
                 state.config.server.request_timeout

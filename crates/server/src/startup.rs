@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use factory_audit::checkpoint::NoteSigner;
+use factory_audit::checkpoint::{NoteSigner, NoteVerifier};
 use factory_authz::CedarAuthorizer;
 use factory_config::{Config, ObjectSettings};
 use factory_core::{AccessRequest, Action, Principal, Resource, Role};
@@ -21,6 +21,8 @@ pub const ADMIN_KEY_FILE: &str = "admin.key";
 pub const SIGNING_KEY_FILE: &str = "audit-signing.key";
 pub const VERIFIER_KEY_FILE: &str = "audit.pub";
 pub const PII_SECRET_FILE: &str = "pii-hash.key";
+pub const MODEL_SIGNING_KEY_FILE: &str = "model-signing.key";
+pub const MODEL_VERIFIER_KEY_FILE: &str = "model-signing.pub";
 
 /// The opened factory, and the platform admin key if this start created it.
 pub struct Opened {
@@ -50,7 +52,8 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
             prefix: s3.prefix.clone(),
         })?,
     };
-    let signer = load_or_create_signer(&config.data_dir, &config.audit.origin)?;
+    let signer = load_or_create_signer(&config.data_dir, &config.audit.origin, SIGNING_KEY_FILE, VERIFIER_KEY_FILE)?;
+    let model_keys = Arc::new(model_keys(&config)?);
     let checkpoints = Arc::new(CheckpointIssuer { origin: config.audit.origin.clone(), signer });
     let new_admin_key = bootstrap_platform_admin(&store, pdp.as_ref(), &config.data_dir).await?;
     let job_kinds = crate::workers::WorkerPool::with_builtin_handlers(store.clone(), pdp.clone(), 0, config.jobs.lease)
@@ -71,6 +74,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         in_flight,
         pii_secret,
         pending_objects: Arc::default(),
+        model_keys,
     };
     Ok(Opened { state, new_admin_key })
 }
@@ -104,19 +108,39 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
     Ok(secret)
 }
 
-fn load_or_create_signer(data_dir: &Path, origin: &str) -> anyhow::Result<NoteSigner> {
-    let key_path = data_dir.join(SIGNING_KEY_FILE);
+/// The registry's signing key (its own, so audit and artifact keys can be rotated and
+/// guarded apart), and the keys whose model signatures this installation trusts.
+fn model_keys(config: &Config) -> anyhow::Result<crate::registry::ModelKeys> {
+    let base = config.audit.origin.strip_suffix("/audit").unwrap_or(&config.audit.origin);
+    let name = format!("{base}/models");
+    let signer = load_or_create_signer(&config.data_dir, &name, MODEL_SIGNING_KEY_FILE, MODEL_VERIFIER_KEY_FILE)?;
+    let mut trusted = vec![signer.verifier()];
+    for (index, key) in config.registry.trusted_keys.iter().enumerate() {
+        let verifier = NoteVerifier::from_verifier_key(key)
+            .map_err(|e| anyhow::anyhow!("registry.trusted_keys[{index}] is not a verifier key: {e}"))?;
+        trusted.push(verifier);
+    }
+    Ok(crate::registry::ModelKeys { signer, trusted })
+}
+
+fn load_or_create_signer(
+    data_dir: &Path,
+    origin: &str,
+    secret_file: &str,
+    public_file: &str,
+) -> anyhow::Result<NoteSigner> {
+    let key_path = data_dir.join(secret_file);
     let signer = if key_path.exists() {
         let text = std::fs::read_to_string(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
         NoteSigner::from_secret_key_text(text.trim())
-            .map_err(|e| anyhow::anyhow!("{} is not a valid audit signing key: {e}", key_path.display()))?
+            .map_err(|e| anyhow::anyhow!("{} is not a valid signing key: {e}", key_path.display()))?
     } else {
         let signer = NoteSigner::generate(origin, factory_core::secrets::random_bytes())
             .map_err(|e| anyhow::anyhow!("audit.origin {origin:?} cannot name a signing key: {e}"))?;
         write_private_file(&key_path, &signer.secret_key_text())?;
         signer
     };
-    std::fs::write(data_dir.join(VERIFIER_KEY_FILE), format!("{}\n", signer.verifier_key()))?;
+    std::fs::write(data_dir.join(public_file), format!("{}\n", signer.verifier_key()))?;
     Ok(signer)
 }
 

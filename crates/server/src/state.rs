@@ -28,6 +28,8 @@ pub struct AppState {
     /// Objects written by uploads whose versions have not committed yet; the orphan sweep
     /// leaves them alone.
     pub pending_objects: Arc<crate::orphans::PendingObjects>,
+    /// Signs registered model versions and verifies them (and imported bundles).
+    pub model_keys: Arc<crate::registry::ModelKeys>,
 }
 
 impl AppState {

@@ -8,20 +8,54 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use factory_core::{Action, Classification, Jurisdiction, Principal};
 use factory_model::LlamaConfig;
 use factory_objects::ObjectDigest;
+use factory_registry::{strictest_residency, DatasetInput, Lineage, Origin, Residency};
 use factory_store::jobs::Job;
 use factory_store::runs::RunCheckpoint;
 use factory_tokenizer::{BpeSettings, Tokenizer};
-use factory_train::{Checkpoint, Control, EvalMetrics, Outcome, StepMetrics, TrainObserver, TrainSettings};
+use factory_train::{Checkpoint, Control, EvalMetrics, EvalSet, Outcome, StepMetrics, TrainObserver, TrainSettings};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::error::ApiError;
+use crate::registry::{Draft, DraftFile, FileSource, Signing};
 use crate::state::AppState;
 use crate::workers::{JobError, JobHandler};
 
 pub const TOKENIZER_KIND: &str = "training.tokenizer";
 pub const PRETRAIN_KIND: &str = "training.pretrain";
+pub const FINETUNE_KIND: &str = "training.finetune";
+pub const RUN_KINDS: [&str; 3] = [TOKENIZER_KIND, PRETRAIN_KIND, FINETUNE_KIND];
+
+/// The registered model a fine-tune starts from, pinned (with its verified file digests) when
+/// the run is created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaseModel {
+    pub name: String,
+    pub version: i64,
+    pub jurisdiction: Jurisdiction,
+    pub classification: Classification,
+    pub weights: String,
+    pub config: String,
+    pub tokenizer: String,
+}
+
+impl BaseModel {
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// Register the trained model as the next version of `name` when the run succeeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterSpec {
+    pub name: String,
+    #[serde(default)]
+    pub intended_use: Option<String>,
+}
 
 /// The model to train: a named preset sized to the tokenizer, or a full `config.json` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +81,19 @@ pub struct RunSpec {
     pub model: Option<ModelSpec>,
     #[serde(default)]
     pub train: Option<TrainSettings>,
+    /// The dataset's residency, which the model inherits.
+    pub jurisdiction: Jurisdiction,
+    pub classification: Classification,
+    #[serde(default)]
+    pub base: Option<BaseModel>,
+    #[serde(default)]
+    pub eval_sets: Vec<EvalSet>,
+    #[serde(default)]
+    pub register: Option<RegisterSpec>,
+    /// Whose authority registration uses: the run's creator, re-checked against the policies
+    /// when the run ends.
+    #[serde(default)]
+    pub requested_by: Option<Principal>,
 }
 
 impl RunSpec {
@@ -118,8 +165,17 @@ impl TrainingHandler {
         spec: &RunSpec,
         texts: &Arc<Vec<String>>,
     ) -> Result<(Tokenizer, String), JobError> {
-        if let Some(stored) = self.state.store.run_metric(&job.id, "tokenizer", 0).await.map_err(failed)? {
-            let digest = stored.metrics["digest"].as_str().unwrap_or_default().to_string();
+        let reused = match &spec.base {
+            Some(base) => Some(base.tokenizer.clone()),
+            None => self
+                .state
+                .store
+                .run_metric(&job.id, "tokenizer", 0)
+                .await
+                .map_err(failed)?
+                .map(|stored| stored.metrics["digest"].as_str().unwrap_or_default().to_string()),
+        };
+        if let Some(digest) = reused {
             let bytes = self.fetch(&digest).await?;
             let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&bytes)).map_err(failed)?;
             return Ok((tokenizer, digest));
@@ -144,7 +200,14 @@ impl TrainingHandler {
     ) -> Result<serde_json::Value, JobError> {
         let (tokenizer, tokenizer_digest) = self.tokenizer(job, &spec, &texts).await?;
         let settings = spec.train.clone().unwrap_or_default();
-        let config = spec.model_config(tokenizer.vocab_size()).map_err(failed)?;
+        let (config, initial) = match &spec.base {
+            Some(base) => {
+                let config = LlamaConfig::from_json(&String::from_utf8_lossy(&self.fetch(&base.config).await?))
+                    .map_err(failed)?;
+                (config, Some(self.fetch(&base.weights).await?.to_vec()))
+            }
+            None => (spec.model_config(tokenizer.vocab_size()).map_err(failed)?, None),
+        };
         let resume = match self.state.store.latest_run_checkpoint(&job.id).await.map_err(failed)? {
             Some(stored) => Some(Checkpoint {
                 step: stored.step as u64,
@@ -169,29 +232,59 @@ impl TrainingHandler {
             pending: Vec::new(),
         };
         let train_config = config.clone();
+        let eval_sets = spec.eval_sets.clone();
+        let seed = spec.seed;
         let outcome = tokio::task::spawn_blocking(move || {
             let tokens = factory_train::tokenize_documents(&tokenizer, texts.iter().cloned()).map_err(failed)?;
             let data =
                 factory_train::split_tokens(tokens, settings.validation_fraction, settings.seq_len).map_err(failed)?;
-            let outcome =
-                factory_train::train(&train_config, &settings, &data, spec.seed, None, resume.as_ref(), &mut observer)
-                    .map_err(failed)?;
+            let outcome = factory_train::train(
+                &train_config,
+                &settings,
+                &data,
+                seed,
+                initial.as_deref(),
+                resume.as_ref(),
+                &mut observer,
+            )
+            .map_err(failed)?;
             observer.flush();
-            Ok::<_, JobError>((outcome, data.train.len(), data.validation.len()))
+            let mut scores = Vec::new();
+            if let Outcome::Finished { model, .. } = &outcome {
+                for set in &eval_sets {
+                    scores.push(factory_train::score_eval_set(model, &tokenizer, set).map_err(failed)?);
+                }
+            }
+            Ok::<_, JobError>((outcome, data.train.len(), data.validation.len(), scores))
         })
         .await
         .map_err(failed)??;
         match outcome.0 {
             Outcome::Finished { model, eval } => {
+                if !outcome.3.is_empty() {
+                    let row = (eval.step as i64, serde_json::to_value(&outcome.3).unwrap_or_default());
+                    self.state.store.record_run_metrics(&job.id, "eval_sets", &[row]).await.map_err(failed)?;
+                }
                 let weights = self.store(job, model.weights.to_safetensors().map_err(failed)?).await?;
                 let config_digest = self.store(job, config.to_json().into_bytes()).await?;
-                Ok(serde_json::json!({
+                let mut result = serde_json::json!({
                     "artifacts": { "weights": weights, "config": config_digest, "tokenizer": tokenizer_digest },
                     "parameters": config.parameter_count(),
                     "train_tokens": outcome.1,
                     "validation_tokens": outcome.2,
                     "eval": eval,
-                }))
+                    "eval_sets": outcome.3,
+                });
+                if let Some(register) = &spec.register {
+                    let principal = spec.requested_by.clone().unwrap_or_else(Principal::system);
+                    let draft = draft_from_run(&self.state, &spec, &job.id, &result, register).await.map_err(failed)?;
+                    let (version, _) =
+                        crate::registry::register(&self.state, &principal, &job.id, Action::ModelRegister, draft)
+                            .await
+                            .map_err(|e| failed(format!("registering {}: {e}", register.name)))?;
+                    result["model"] = serde_json::json!({ "name": version.name, "version": version.version });
+                }
+                Ok(result)
             }
             Outcome::Stopped { .. } => Err(JobError::Cancelled),
             Outcome::Preempted { step } => {
@@ -218,6 +311,13 @@ impl JobHandler for TrainingHandler {
     async fn run(&self, job: &Job, cancel: watch::Receiver<bool>) -> Result<serde_json::Value, JobError> {
         let spec: RunSpec =
             serde_json::from_value(job.payload.clone()).map_err(|e| failed(format!("run payload: {e}")))?;
+        // An earlier attempt registered the model and died before the job was marked done.
+        if let Some(version) = self.state.store.model_version_of_run(&job.id).await.map_err(failed)? {
+            return Ok(serde_json::json!({
+                "model": { "name": version.name, "version": version.version },
+                "note": "registered by an earlier attempt of this run",
+            }));
+        }
         let texts = Arc::new(self.texts(&spec).await?);
         if self.kind == TOKENIZER_KIND {
             let (tokenizer, digest) = self.tokenizer(job, &spec, &texts).await?;
@@ -298,8 +398,100 @@ impl TrainObserver for RunObserver {
 
 /// Adds the training job kinds to a worker pool.
 pub fn with_training_handlers(mut pool: crate::workers::WorkerPool, state: &AppState) -> crate::workers::WorkerPool {
-    for kind in [TOKENIZER_KIND, PRETRAIN_KIND] {
+    for kind in RUN_KINDS {
         pool.handlers.insert(kind, Arc::new(TrainingHandler { state: state.clone(), kind }));
     }
     pool
+}
+
+/// The version a finished run becomes: its weights, config and tokenizer as stored by the
+/// run, a generation config and tokenizer config made here, lineage from the run's spec and
+/// residency derived from its inputs (the strictest wins).
+pub async fn draft_from_run(
+    state: &AppState,
+    spec: &RunSpec,
+    run_id: &str,
+    result: &serde_json::Value,
+    register: &RegisterSpec,
+) -> Result<Draft, ApiError> {
+    let artifact = |name: &str| {
+        result["artifacts"][name]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::invalid(format!("run {run_id} produced no {name}")))
+    };
+    let (weights, config_digest, tokenizer_digest) =
+        (artifact("weights")?, artifact("config")?, artifact("tokenizer")?);
+    let stored = |digest: String| async move {
+        let parsed: factory_objects::ObjectDigest =
+            digest.parse().map_err(|_| ApiError::invalid(format!("run {run_id}: bad artifact digest")))?;
+        state.objects.get(&parsed).await.map_err(|e| ApiError::invalid(format!("run {run_id}: {e}")))
+    };
+    let config = LlamaConfig::from_json(&String::from_utf8_lossy(&stored(config_digest.clone()).await?))
+        .map_err(|e| ApiError::invalid(format!("run {run_id}: {e}")))?;
+    let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&stored(tokenizer_digest.clone()).await?))
+        .map_err(|e| ApiError::invalid(format!("run {run_id}: {e}")))?;
+    let end = tokenizer.token_id(factory_tokenizer::END_OF_TEXT);
+    let generation = serde_json::json!({
+        "bos_token_id": end, "eos_token_id": end, "do_sample": true, "temperature": 0.8, "top_p": 0.95,
+        "max_new_tokens": 256,
+    });
+    let tokenizer_config = tokenizer.hf_tokenizer_config(config.max_position_embeddings);
+
+    let dataset = DatasetInput {
+        name: spec.dataset.clone(),
+        version: spec.version,
+        jurisdiction: spec.jurisdiction.clone(),
+        classification: spec.classification,
+    };
+    let mut inputs = vec![(&dataset.jurisdiction, dataset.classification)];
+    if let Some(base) = &spec.base {
+        inputs.push((&base.jurisdiction, base.classification));
+    }
+    let (jurisdiction, classification) = strictest_residency(inputs).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let mut evals = serde_json::Map::new();
+    if let Some(loss) = result["eval"]["validation_loss"].as_f64() {
+        evals.insert("validation_loss".into(), loss.into());
+        evals.insert("validation_perplexity".into(), loss.exp().into());
+    }
+    for score in result["eval_sets"].as_array().into_iter().flatten() {
+        let name = score["name"].as_str().unwrap_or_default();
+        evals.insert(format!("{name}.exact_match"), score["exact_match"].clone());
+        evals.insert(format!("{name}.contains"), score["contains"].clone());
+    }
+    let json = |value: serde_json::Value| Bytes::from(serde_json::to_vec_pretty(&value).unwrap_or_default());
+    Ok(Draft {
+        tenant: spec_tenant(state, run_id).await?,
+        name: register.name.clone(),
+        version: None,
+        parameters: config.parameter_count() as u64,
+        residency: Residency { jurisdiction, classification, derived_from: "training data".to_string() },
+        lineage: Lineage {
+            origin: if spec.base.is_some() { Origin::FineTuned } else { Origin::Trained },
+            run: Some(run_id.to_string()),
+            datasets: vec![dataset],
+            base_model: spec.base.as_ref().map(BaseModel::reference),
+            code_version: crate::registry::code_version(),
+            config: serde_json::json!({
+                "model": serde_json::from_str::<serde_json::Value>(&config.to_json()).unwrap_or_default(),
+                "train": spec.train, "tokenizer": spec.tokenizer,
+            }),
+            seed: Some(spec.seed),
+        },
+        evals: serde_json::Value::Object(evals),
+        files: vec![
+            DraftFile { path: "model.safetensors".into(), source: FileSource::Stored(weights) },
+            DraftFile { path: "config.json".into(), source: FileSource::Stored(config_digest) },
+            DraftFile { path: "tokenizer.json".into(), source: FileSource::Stored(tokenizer_digest) },
+            DraftFile { path: "generation_config.json".into(), source: FileSource::Bytes(json(generation)) },
+            DraftFile { path: "tokenizer_config.json".into(), source: FileSource::Bytes(json(tokenizer_config)) },
+        ],
+        signing: Signing::Sign { intended_use: register.intended_use.clone() },
+    })
+}
+
+async fn spec_tenant(state: &AppState, run_id: &str) -> Result<factory_core::TenantName, ApiError> {
+    let job =
+        state.store.job(run_id).await?.ok_or_else(|| ApiError::not_found(format!("run {run_id} does not exist")))?;
+    Ok(job.tenant)
 }

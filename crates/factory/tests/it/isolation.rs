@@ -61,6 +61,39 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
     assert_eq!(run.status, 201, "{}", run.text);
     let run_id = run.body["id"].as_str().unwrap().to_string();
 
+    // A model of globex's, imported from the transformers fixture with the tokenizer its run
+    // trained (read from the object store on disk).
+    let finished = crate::support::eventually(60, || async {
+        call(&url, "GET", &format!("/api/v1/runs/{run_id}"), Some(&globex_engineer), None).await.body["state"]
+            == "succeeded"
+    })
+    .await;
+    assert!(finished, "the tokenizer run finishes");
+    let result = call(&url, "GET", &format!("/api/v1/runs/{run_id}"), Some(&globex_engineer), None).await;
+    let tokenizer_digest = result.body["result"]["artifacts"]["tokenizer"].as_str().unwrap().to_string();
+    let tokenizer = dir.path().join("objects/objects").join(&tokenizer_digest[..2]).join(&tokenizer_digest[2..]);
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/tiny-llama");
+    let mut tar = Vec::new();
+    for (name, path) in [
+        ("config.json", fixture.join("config.json")),
+        ("model.safetensors", fixture.join("model.safetensors")),
+        ("tokenizer.json", tokenizer),
+    ] {
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        tar.extend(tar_header(name, bytes.len()));
+        tar.extend_from_slice(&bytes);
+        tar.extend(vec![0u8; (512 - bytes.len() % 512) % 512]);
+    }
+    tar.extend([0u8; 1024]);
+    let imported = crate::support::upload(
+        &url,
+        &globex_engineer,
+        "/api/v1/models/gmodel/import-hf?jurisdiction=eu&intended_use=globex-payload",
+        tar,
+    )
+    .await;
+    assert_eq!(imported.status, 201, "{}", imported.text);
+
     // Every API route, with the globex resource it would touch.
     let routes: Vec<(&str, String, Option<serde_json::Value>)> = vec![
         ("POST", "/api/v1/tenants".to_string(), Some(json!({ "name": "globex2", "jurisdictions": ["eu"] }))),
@@ -92,6 +125,18 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         ("GET", format!("/api/v1/runs/{run_id}"), None),
         ("GET", format!("/api/v1/runs/{run_id}/metrics"), None),
         ("POST", format!("/api/v1/runs/{run_id}/cancel"), None),
+        ("GET", "/api/v1/models?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/models/signing-key".to_string(), None),
+        ("GET", "/api/v1/models/gmodel?tenant=globex".to_string(), None),
+        ("POST", "/api/v1/models/gmodel/versions?tenant=globex".to_string(), Some(json!({ "run": run_id }))),
+        ("GET", "/api/v1/models/gmodel/versions/1?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/models/gmodel/versions/1/manifest?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/models/gmodel/versions/1/files/README.md?tenant=globex".to_string(), None),
+        ("POST", "/api/v1/models/gmodel/versions/1/verify?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/models/gmodel/versions/1/bundle?tenant=globex".to_string(), None),
+        ("PUT", "/api/v1/models/gmodel/aliases/prod?tenant=globex".to_string(), Some(json!({ "version": 1 }))),
+        ("POST", "/api/v1/models/import?tenant=globex".to_string(), None),
+        ("POST", "/api/v1/models/gmodel/import-hf?jurisdiction=eu&tenant=globex".to_string(), None),
         ("GET", "/api/v1/audit/records?from=0&limit=1000".to_string(), None),
         ("GET", "/api/v1/audit/checkpoint".to_string(), None),
         ("GET", "/api/v1/audit/public-key".to_string(), None),
@@ -119,6 +164,9 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
                 .replace(&job_id, "{id}")
                 .replace(&run_id, "{id}")
                 .replace("/gdata", "/{name}")
+                .replace("/gmodel", "/{name}")
+                .replace("/files/README.md", "/files/{path}")
+                .replace("/aliases/prod", "/aliases/{alias}")
                 .replace("/versions/1", "/versions/{version}");
             let path = if path == "/api/v1/tenants/globex" { "/api/v1/tenants/{tenant}".to_string() } else { path };
             format!("{method} {path}")
@@ -131,6 +179,11 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
             let reply = call(&url, method, path, Some(secret), body.clone()).await;
             assert!(!reply.text.contains("globex-payload"), "{method} {path} leaked data: {}", reply.text);
             assert!(!reply.text.contains(&globex_engineer), "{method} {path} leaked a secret");
+            if path == "/api/v1/models/signing-key" {
+                // Public keys only, the same for every caller.
+                assert_eq!(reply.status, 200, "{}", reply.text);
+                continue;
+            }
             if path.starts_with("/api/v1/audit/") {
                 // Hashes and checkpoints reveal no tenant data; records are filtered.
                 if path.starts_with("/api/v1/audit/records") && reply.status == 200 {
@@ -172,4 +225,23 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         records.body["records"].as_array().unwrap().iter().filter(|r| r["record"]["decision"] == "deny").collect();
     assert!(denials.len() >= 4 * 7, "expected the denials to be audited, found {}", denials.len());
     assert!(denials.iter().any(|r| r["record"]["policies"] == json!(["tenant-isolation"])));
+}
+
+/// A ustar header for a regular file, written out by hand so the test does not share the
+/// registry's writer.
+fn tar_header(name: &str, size: usize) -> Vec<u8> {
+    let mut header = vec![0u8; 512];
+    header[..name.len()].copy_from_slice(name.as_bytes());
+    header[100..108].copy_from_slice(b"0000644\0");
+    header[108..116].copy_from_slice(b"0000000\0");
+    header[116..124].copy_from_slice(b"0000000\0");
+    header[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    header[136..148].copy_from_slice(b"00000000000\0");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    header
 }

@@ -7,5 +7,6 @@ mod crash;
 mod datasets;
 mod isolation;
 mod lifecycle;
+mod registry;
 mod support;
 mod training;

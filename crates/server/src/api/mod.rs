@@ -5,6 +5,7 @@ pub mod audit;
 pub mod datasets;
 pub mod jobs;
 pub mod keys;
+pub mod models;
 pub mod ops;
 pub mod runs;
 pub mod tenants;

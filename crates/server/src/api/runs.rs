@@ -10,7 +10,7 @@ use factory_core::{AccessRequest, Action, Resource};
 use factory_store::jobs::NewJob;
 use factory_store::Event;
 use factory_tokenizer::BpeSettings;
-use factory_train::TrainSettings;
+use factory_train::{EvalSet, TrainSettings};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -20,12 +20,14 @@ use super::{committed_response, hide_foreign};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use crate::state::AppState;
-use crate::training::{ModelSpec, RunSpec, PRETRAIN_KIND, TOKENIZER_KIND};
+use crate::training::{
+    BaseModel, ModelSpec, RegisterSpec, RunSpec, FINETUNE_KIND, PRETRAIN_KIND, RUN_KINDS, TOKENIZER_KIND,
+};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRun {
-    /// tokenizer or pretrain.
+    /// tokenizer, pretrain or finetune.
     pub kind: String,
     pub dataset: String,
     pub version: i64,
@@ -46,6 +48,15 @@ pub struct CreateRun {
     /// checkpoint_every, ... (see factory_train::TrainSettings).
     #[schema(value_type = Option<Object>)]
     pub train: Option<TrainSettings>,
+    /// finetune: the registered model to start from, `NAME@VERSION` or `NAME@ALIAS`. Its
+    /// tokenizer and architecture are kept.
+    pub base: Option<String>,
+    /// Prompts with expected answers, scored (exact match, contains) on the final model.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub eval_sets: Option<Vec<EvalSet>>,
+    /// Register the result as the next version of this model when the run succeeds.
+    #[schema(value_type = Option<Object>)]
+    pub register: Option<RegisterSpec>,
 }
 
 #[utoipa::path(post, path = "/api/v1/runs", tag = "training", request_body = CreateRun,
@@ -60,8 +71,17 @@ pub async fn create(
     let kind = match body.kind.as_str() {
         "tokenizer" => TOKENIZER_KIND,
         "pretrain" => PRETRAIN_KIND,
-        other => return Err(ApiError::invalid(format!("kind: {other:?} is not tokenizer or pretrain"))),
+        "finetune" => FINETUNE_KIND,
+        other => return Err(ApiError::invalid(format!("kind: {other:?} is not tokenizer, pretrain or finetune"))),
     };
+    if (kind == FINETUNE_KIND) != body.base.is_some() {
+        return Err(ApiError::invalid("base: a finetune run names its base model, and only a finetune run does"));
+    }
+    if kind == TOKENIZER_KIND && (body.register.is_some() || body.eval_sets.is_some()) {
+        return Err(ApiError::invalid("register, eval_sets: a tokenizer run trains no model"));
+    }
+    let eval_sets = body.eval_sets.unwrap_or_default();
+    factory_train::validate_eval_sets(&eval_sets).map_err(ApiError::invalid)?;
     let tenant = datasets::tenant_of(&caller, body.tenant.as_deref())?;
     let tokenizer = body.tokenizer.unwrap_or_else(|| BpeSettings::new(1024));
     tokenizer.validate().map_err(|e| ApiError::invalid(format!("tokenizer: {e}")))?;
@@ -81,6 +101,19 @@ pub async fn create(
         .as_array()
         .map(|shards| shards.iter().filter_map(|s| s["digest"].as_str().map(str::to_string)).collect())
         .unwrap_or_default();
+    let base = match &body.base {
+        Some(reference) => {
+            let (base, max_positions) = base_model(&state, &caller, &tenant, reference).await?;
+            if train.seq_len > max_positions {
+                return Err(ApiError::invalid(format!(
+                    "train.seq_len: {} exceeds the base model's max_position_embeddings {max_positions}",
+                    train.seq_len
+                )));
+            }
+            Some(base)
+        }
+        None => None,
+    };
     let spec = RunSpec {
         dataset: dataset.name.clone(),
         version: body.version,
@@ -89,10 +122,37 @@ pub async fn create(
         seed: body.seed,
         tokenizer,
         model: body.model,
-        train: Some(train),
+        train: Some(train.clone()),
+        jurisdiction: dataset.jurisdiction.clone(),
+        classification: dataset.classification,
+        base,
+        eval_sets,
+        register: body.register,
+        requested_by: Some(caller.principal.clone()),
     };
     if kind == PRETRAIN_KIND {
         spec.model_config(spec.tokenizer.vocab_size).map_err(|e| ApiError::invalid(format!("model: {e}")))?;
+    }
+    // A run that will register its model checks now, not after hours of training, that the
+    // residency its inputs give the model is allowed and that the caller may register it.
+    let mut residency_inputs = vec![(&spec.jurisdiction, spec.classification)];
+    if let Some(base) = &spec.base {
+        residency_inputs.push((&base.jurisdiction, base.classification));
+    }
+    let (jurisdiction, classification) = factory_registry::strictest_residency(residency_inputs)
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()))?;
+    if let Some(register) = &spec.register {
+        super::models::valid_model_name(&register.name)?;
+        let (allowed, storage) = crate::registry::residency_facts(&state, &tenant, &jurisdiction).await?;
+        let resource = Resource::model(&tenant, &register.name, classification, Some(&jurisdiction));
+        let request = AccessRequest::new(&caller.principal, Action::ModelRegister, resource)
+            .with_context("jurisdiction_allowed", allowed)
+            .with_context("storage_site", storage);
+        state
+            .store
+            .authorize(state.pdp.as_ref(), &request, &caller.request_id)
+            .await
+            .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
     }
 
     let id = factory_core::secrets::new_id("run");
@@ -125,7 +185,7 @@ async fn run_job(state: &AppState, id: &str) -> Result<factory_store::jobs::Job,
         .store
         .job(id)
         .await?
-        .filter(|job| job.kind == TOKENIZER_KIND || job.kind == PRETRAIN_KIND)
+        .filter(|job| RUN_KINDS.contains(&job.kind.as_str()))
         .ok_or_else(|| ApiError::not_found(format!("run {id} does not exist")))
 }
 
@@ -194,4 +254,43 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let job = run_job(&state, &id).await?;
     super::jobs::cancel_job(&state, &caller, job).await
+}
+
+/// Resolves and verifies a fine-tune's base model, pinning the digests the run will read.
+async fn base_model(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &factory_core::TenantName,
+    reference: &str,
+) -> Result<(BaseModel, usize), ApiError> {
+    let (name, version) = super::models::split_reference(reference)?;
+    let version = super::models::resolve(state, caller, tenant, name, version, Action::ModelRead).await?;
+    let report = super::models::verify_version(state, &version).await;
+    if !report.verified {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "verification_failed",
+            format!("base model {reference} fails verification: {}", report.error.unwrap_or_default()),
+        ));
+    }
+    let (manifest, _) = crate::registry::open_manifest(state, &version).await?;
+    let digest = |path: &str| {
+        manifest
+            .file(path)
+            .map(|f| f.digest.clone())
+            .ok_or_else(|| ApiError::invalid(format!("base model {reference} has no {path}")))
+    };
+    let config = crate::registry::fetch_file(state, &manifest, "config.json").await?;
+    let config = factory_model::LlamaConfig::from_json(&String::from_utf8_lossy(&config))
+        .map_err(|e| ApiError::invalid(format!("base model {reference}: {e}")))?;
+    let base = BaseModel {
+        name: version.name.clone(),
+        version: version.version,
+        jurisdiction: version.jurisdiction.clone(),
+        classification: version.classification,
+        weights: digest("model.safetensors")?,
+        config: digest("config.json")?,
+        tokenizer: digest("tokenizer.json")?,
+    };
+    Ok((base, config.max_position_embeddings))
 }

@@ -1,0 +1,198 @@
+//! `factory model ...`: the registry from the command line. `verify` checks a version here,
+//! on the client, against the signed manifest: the server is not trusted to say its own
+//! artifacts are intact. `export` and `import` move signed bundles between installations.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use factory_registry::{verify_file, ModelManifest, NoteVerifier};
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use crate::cli::Remote;
+use crate::client::{api_key, call, error_message, tenant_query};
+
+/// The files `import-hf` sends from a Hugging Face directory (the server refuses others).
+const HF_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+];
+
+fn split_reference(text: &str) -> anyhow::Result<(&str, &str)> {
+    text.split_once('@')
+        .filter(|(name, version)| !name.is_empty() && !version.is_empty())
+        .ok_or_else(|| anyhow!("{text:?}: expected NAME@VERSION or NAME@ALIAS"))
+}
+
+fn url(remote: &Remote, path: &str) -> String {
+    format!("{}{path}", remote.url.trim_end_matches('/'))
+}
+
+async fn get_bytes(remote: &Remote, path: &str) -> anyhow::Result<Vec<u8>> {
+    let response = reqwest::Client::new()
+        .get(url(remote, path))
+        .bearer_auth(api_key(remote)?)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the factory at {}", remote.url))?;
+    let status = response.status();
+    let bytes = response.bytes().await?;
+    if !status.is_success() {
+        return Err(error_message(status, &String::from_utf8_lossy(&bytes)));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// Verifies NAME@VERSION: the manifest's signature against `key` (or, without one, the keys
+/// the server says it trusts, which is said on stderr) and every file against its digest.
+pub async fn verify(remote: &Remote, reference: &str, key: Option<&str>, tenant: Option<&str>) -> anyhow::Result<()> {
+    let (name, version) = split_reference(reference)?;
+    let base = format!("/api/v1/models/{name}/versions/{version}");
+    let note = String::from_utf8(get_bytes(remote, &format!("{base}/manifest{}", tenant_query(tenant, "?"))).await?)
+        .context("the manifest is not UTF-8")?;
+    let trusted: Vec<NoteVerifier> = match key {
+        Some(key) => vec![NoteVerifier::from_verifier_key(key.trim()).map_err(|e| anyhow!("--key: {e}"))?],
+        None => {
+            eprintln!("note: checking against the keys the server trusts; pin one with --key for an independent check");
+            let keys = call(remote, Method::GET, "/api/v1/models/signing-key", None).await?;
+            keys["trusted"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str())
+                .map(|k| NoteVerifier::from_verifier_key(k).map_err(|e| anyhow!("server key {k}: {e}")))
+                .collect::<anyhow::Result<_>>()?
+        }
+    };
+    let (manifest, signer) =
+        ModelManifest::open(&note, &trusted).map_err(|e| anyhow!("{reference} FAILED verification: {e}"))?;
+    println!("{} signature ok (signed by {signer})", manifest.reference());
+    let mut failures = Vec::new();
+    for file in &manifest.files {
+        let path = format!("{base}/files/{}{}", file.path, tenant_query(tenant, "?"));
+        match get_bytes(remote, &path).await {
+            Ok(bytes) => match verify_file(file, &bytes) {
+                Ok(()) => println!("  {} ok ({} bytes, sha256 {})", file.path, file.size, file.digest),
+                Err(error) => failures.push(error.to_string()),
+            },
+            Err(error) => failures.push(format!("{}: {error}", file.path)),
+        }
+    }
+    if !failures.is_empty() {
+        for failure in &failures {
+            println!("  FAILED {failure}");
+        }
+        return Err(anyhow!("{reference} FAILED verification: {} of {} files", failures.len(), manifest.files.len()));
+    }
+    println!("{} verified: {} files", manifest.reference(), manifest.files.len());
+    Ok(())
+}
+
+/// Streams NAME@VERSION's bundle to `out` (written beside it, renamed when whole).
+pub async fn export(remote: &Remote, reference: &str, out: &Path, tenant: Option<&str>) -> anyhow::Result<()> {
+    let (name, version) = split_reference(reference)?;
+    let path = format!("/api/v1/models/{name}/versions/{version}/bundle{}", tenant_query(tenant, "?"));
+    let response = reqwest::Client::new()
+        .get(url(remote, &path))
+        .bearer_auth(api_key(remote)?)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the factory at {}", remote.url))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(error_message(status, &response.text().await?));
+    }
+    let partial = out.with_extension("partial");
+    let mut file =
+        tokio::fs::File::create(&partial).await.with_context(|| format!("cannot write {}", partial.display()))?;
+    let mut written = 0u64;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.context("the export broke off")?;
+        file.write_all(&chunk).await?;
+        written += chunk.len() as u64;
+    }
+    file.flush().await?;
+    drop(file);
+    tokio::fs::rename(&partial, out).await?;
+    println!("wrote {} ({written} bytes): {reference}, signed manifest and files", out.display());
+    Ok(())
+}
+
+async fn post_tar(remote: &Remote, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+    let response = reqwest::Client::new()
+        .post(url(remote, path))
+        .bearer_auth(api_key(remote)?)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the factory at {}", remote.url))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        return Err(error_message(status, &text));
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
+pub async fn import(remote: &Remote, file: &Path, tenant: Option<&str>) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let version = post_tar(remote, &format!("/api/v1/models/import{}", tenant_query(tenant, "?")), bytes).await?;
+    println!("{}", serde_json::to_string_pretty(&version)?);
+    Ok(())
+}
+
+pub struct ImportHfArgs {
+    pub dir: PathBuf,
+    pub name: String,
+    pub jurisdiction: String,
+    pub classification: String,
+    pub intended_use: Option<String>,
+    pub tenant: Option<String>,
+}
+
+/// Sends the directory's model files as a tar; the server checks it loads as a Llama.
+pub async fn import_hf(remote: &Remote, args: ImportHfArgs) -> anyhow::Result<()> {
+    let mut tar = Vec::new();
+    let mut sent = Vec::new();
+    for name in HF_FILES {
+        let path = args.dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        tar.extend(factory_registry::tar_header(name, bytes.len() as u64)?);
+        tar.extend_from_slice(&bytes);
+        tar.extend(factory_registry::tar_padding(bytes.len() as u64));
+        sent.push(*name);
+    }
+    if !sent.contains(&"model.safetensors") {
+        return Err(anyhow!("{} has no model.safetensors", args.dir.display()));
+    }
+    tar.extend(factory_registry::tar_end());
+    let mut query = format!("jurisdiction={}&classification={}", args.jurisdiction, args.classification);
+    if let Some(intended_use) = &args.intended_use {
+        query.push_str(&format!("&intended_use={}", encode_query(intended_use)));
+    }
+    query.push_str(&tenant_query(args.tenant.as_deref(), "&"));
+    eprintln!("importing {} from {}: {}", args.name, args.dir.display(), sent.join(", "));
+    let version = post_tar(remote, &format!("/api/v1/models/{}/import-hf?{query}", args.name), tar).await?;
+    println!("{}", serde_json::to_string_pretty(&version)?);
+    Ok(())
+}
+
+fn encode_query(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

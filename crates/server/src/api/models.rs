@@ -1,0 +1,756 @@
+//! The model registry: register a version from a run, import one (an air-gap bundle or a
+//! Hugging Face directory), read versions, their signed manifests and files, verify them,
+//! export bundles, and move aliases. Versions are immutable and signed; every write is one
+//! governed change.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use factory_core::{AccessRequest, Action, Classification, Jurisdiction, Resource, TenantName};
+use factory_registry::{read_bundle, tar_end, tar_header, tar_padding, Lineage, ModelManifest, Origin, Residency};
+use factory_store::models::ModelVersion;
+use factory_store::Event;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::datasets::{tenant_of, TenantQuery};
+use super::{committed_response, hide_foreign, millis_to_text};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use crate::registry::{self, Draft, DraftFile, FileSource, Signing};
+use crate::state::AppState;
+use crate::training::{draft_from_run, RegisterSpec, RunSpec, FINETUNE_KIND, PRETRAIN_KIND};
+
+/// The most file content an import may carry (a ~1B-parameter f32 model fits).
+const MAX_IMPORT_BYTES: u64 = 8 << 30;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelVersionView {
+    pub name: String,
+    pub version: i64,
+    pub tenant: String,
+    /// trained, fine_tuned or imported.
+    pub origin: String,
+    pub run: Option<String>,
+    pub jurisdiction: String,
+    pub classification: String,
+    pub parameters: i64,
+    pub manifest_digest: String,
+    pub signer: String,
+    #[schema(value_type = Object)]
+    pub evals: serde_json::Value,
+    /// Aliases pointing at this version.
+    pub aliases: Vec<String>,
+    pub created_by: String,
+    pub created_at: String,
+}
+
+impl ModelVersionView {
+    fn new(version: ModelVersion, aliases: Vec<String>) -> Self {
+        ModelVersionView {
+            name: version.name,
+            version: version.version,
+            tenant: version.tenant.to_string(),
+            origin: version.origin,
+            run: version.run_id,
+            jurisdiction: version.jurisdiction.to_string(),
+            classification: version.classification.to_string(),
+            parameters: version.parameters,
+            manifest_digest: version.manifest_digest,
+            signer: version.signer,
+            evals: version.evals,
+            aliases,
+            created_by: version.created_by,
+            created_at: millis_to_text(version.created_at),
+        }
+    }
+}
+
+pub(crate) fn valid_model_name(name: &str) -> Result<(), ApiError> {
+    TenantName::new(name)
+        .map(|_| ())
+        .map_err(|e| ApiError::invalid(format!("name: {}", e.to_string().replace("tenant name", "model name"))))
+}
+
+fn valid_alias(alias: &str) -> Result<(), ApiError> {
+    if alias.parse::<i64>().is_ok() {
+        return Err(ApiError::invalid("alias: a number names a version; aliases need a letter"));
+    }
+    TenantName::new(alias)
+        .map(|_| ())
+        .map_err(|e| ApiError::invalid(format!("alias: {}", e.to_string().replace("tenant name", "alias"))))
+}
+
+/// Authorizes `action` on the model `name` (an existing version's residency, or `fallback`
+/// for a name with no version yet).
+async fn authorize_model(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    version: Option<&ModelVersion>,
+    action: Action,
+) -> Result<(), ApiError> {
+    let resource = match version {
+        Some(v) => Resource::model(tenant, name, v.classification, Some(&v.jurisdiction)),
+        None => Resource::model(tenant, name, Classification::Public, None),
+    };
+    let request = AccessRequest::new(&caller.principal, action, resource);
+    state
+        .store
+        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(caller, Some(tenant), e))?;
+    Ok(())
+}
+
+/// The version `reference` (a number or an alias) of `name`, after authorizing `action`.
+pub(crate) async fn resolve(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    reference: &str,
+    action: Action,
+) -> Result<ModelVersion, ApiError> {
+    let number = match reference.parse::<i64>() {
+        Ok(number) => Some(number),
+        Err(_) => {
+            let aliases = state.store.model_aliases(tenant, name).await?;
+            aliases.into_iter().find(|a| a.alias == reference).map(|a| a.version)
+        }
+    };
+    let version = match number {
+        Some(number) => state.store.model_version(tenant, name, number).await?,
+        None => None,
+    };
+    let Some(version) = version else {
+        // Refuse a foreign tenant's probe the same way whether or not the model exists.
+        authorize_model(state, caller, tenant, name, None, Action::ModelRead).await?;
+        return Err(ApiError::not_found(format!("model {name} has no version {reference}")));
+    };
+    authorize_model(state, caller, tenant, name, Some(&version), action).await?;
+    Ok(version)
+}
+
+/// Splits `name@reference`.
+pub(crate) fn split_reference(text: &str) -> Result<(&str, &str), ApiError> {
+    text.split_once('@')
+        .filter(|(name, reference)| !name.is_empty() && !reference.is_empty())
+        .ok_or_else(|| ApiError::invalid(format!("{text:?} is not NAME@VERSION or NAME@ALIAS")))
+}
+
+async fn aliases_of(state: &AppState, version: &ModelVersion) -> Result<Vec<String>, ApiError> {
+    let aliases = state.store.model_aliases(&version.tenant, &version.name).await?;
+    Ok(aliases.into_iter().filter(|a| a.version == version.version).map(|a| a.alias).collect())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelSummary {
+    pub name: String,
+    pub versions: usize,
+    pub latest: i64,
+    /// alias -> version.
+    #[schema(value_type = Object)]
+    pub aliases: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    pub models: Vec<ModelSummary>,
+}
+
+#[utoipa::path(get, path = "/api/v1/models", tag = "models", params(TenantQuery),
+    responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Json<ModelList>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    authorize_model(&state, &caller, &tenant, "*", None, Action::ModelRead).await?;
+    let versions = state.store.model_versions(&tenant, None).await?;
+    let mut models: Vec<ModelSummary> = Vec::new();
+    for version in versions {
+        match models.last_mut() {
+            Some(summary) if summary.name == version.name => {
+                summary.versions += 1;
+                summary.latest = summary.latest.max(version.version);
+            }
+            _ => models.push(ModelSummary {
+                name: version.name.clone(),
+                versions: 1,
+                latest: version.version,
+                aliases: serde_json::Map::new(),
+            }),
+        }
+    }
+    for summary in &mut models {
+        for alias in state.store.model_aliases(&tenant, &summary.name).await? {
+            summary.aliases.insert(alias.alias, alias.version.into());
+        }
+    }
+    Ok(Json(ModelList { models }))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelDetail {
+    pub name: String,
+    pub versions: Vec<ModelVersionView>,
+}
+
+#[utoipa::path(get, path = "/api/v1/models/{name}", tag = "models", params(("name" = String, Path), TenantQuery),
+    responses((status = 200, body = ModelDetail), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Json<ModelDetail>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    authorize_model(&state, &caller, &tenant, &name, None, Action::ModelRead).await?;
+    let versions = state.store.model_versions(&tenant, Some(&name)).await?;
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!("model {name} does not exist")));
+    }
+    let aliases = state.store.model_aliases(&tenant, &name).await?;
+    let versions = versions
+        .into_iter()
+        .map(|v| {
+            let names = aliases.iter().filter(|a| a.version == v.version).map(|a| a.alias.clone()).collect();
+            ModelVersionView::new(v, names)
+        })
+        .collect();
+    Ok(Json(ModelDetail { name, versions }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterVersion {
+    /// A succeeded pretrain or finetune run.
+    pub run: String,
+    /// Goes into the model card.
+    pub intended_use: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/models/{name}/versions", tag = "models", request_body = RegisterVersion,
+    params(("name" = String, Path), TenantQuery),
+    responses((status = 201, body = ModelVersionView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn register(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+    ApiJson(body): ApiJson<RegisterVersion>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    valid_model_name(&name)?;
+    let job = state
+        .store
+        .job(&body.run)
+        .await?
+        .filter(|job| (job.kind == PRETRAIN_KIND || job.kind == FINETUNE_KIND) && job.tenant == tenant)
+        .ok_or_else(|| ApiError::not_found(format!("no pretrain or finetune run {} in tenant {tenant}", body.run)))?;
+    if job.state != factory_store::jobs::JobState::Succeeded {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("run {} is {}, not succeeded", job.id, job.state.as_str()),
+        ));
+    }
+    if let Some(existing) = state.store.model_version_of_run(&job.id).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("run {} is already registered as {}@{}", job.id, existing.name, existing.version),
+        ));
+    }
+    let spec: RunSpec = serde_json::from_value(job.payload.clone())
+        .map_err(|e| ApiError::invalid(format!("run {} predates registration: {e}", job.id)))?;
+    let result = job.result.clone().unwrap_or_default();
+    let register = RegisterSpec { name: name.clone(), intended_use: body.intended_use };
+    let draft = draft_from_run(&state, &spec, &job.id, &result, &register).await?;
+    let (version, committed) =
+        registry::register(&state, &caller.principal, &caller.request_id, Action::ModelRegister, draft)
+            .await
+            .map_err(|e| hide_foreign_api(&caller, &tenant, e))?;
+    Ok(committed_response(StatusCode::CREATED, Json(ModelVersionView::new(version, Vec::new())), committed))
+}
+
+fn hide_foreign_api(caller: &Caller, tenant: &TenantName, error: ApiError) -> ApiError {
+    let foreign = caller.principal.tenant.as_ref().is_some_and(|own| own != tenant);
+    if foreign && error.status == StatusCode::FORBIDDEN {
+        return ApiError::not_found("no such resource");
+    }
+    error
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VersionDetail {
+    #[serde(flatten)]
+    pub version: ModelVersionView,
+    /// The signed manifest's content (files, lineage, residency, evals).
+    #[schema(value_type = Object)]
+    pub manifest: ModelManifest,
+}
+
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}", tag = "models",
+    params(("name" = String, Path), ("version" = String, Path, description = "A number or an alias"), TenantQuery),
+    responses((status = 200, body = VersionDetail), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn version(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, reference)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Json<VersionDetail>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let version = resolve(&state, &caller, &tenant, &name, &reference, Action::ModelRead).await?;
+    let (manifest, _) = registry::open_manifest(&state, &version).await?;
+    let aliases = aliases_of(&state, &version).await?;
+    Ok(Json(VersionDetail { version: ModelVersionView::new(version, aliases), manifest }))
+}
+
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}/manifest", tag = "models",
+    params(("name" = String, Path), ("version" = String, Path), TenantQuery),
+    responses((status = 200, description = "The signed manifest (a C2SP signed note)", body = String),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn signed_manifest(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, reference)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let version = resolve(&state, &caller, &tenant, &name, &reference, Action::ModelRead).await?;
+    let digest = version.manifest_digest.parse().map_err(|_| ApiError::invalid("stored manifest digest"))?;
+    // Served as stored, unverified: whoever asks for the signed note verifies it themselves.
+    let note = state.objects.get(&digest).await.map_err(|e| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "verification_failed", format!("manifest: {e}"))
+    })?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}/files/{path}", tag = "models",
+    params(("name" = String, Path), ("version" = String, Path), ("path" = String, Path), TenantQuery),
+    responses((status = 200, description = "The file's bytes", body = Vec<u8>), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn file(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, reference, path)): ApiPath<(String, String, String)>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let version = resolve(&state, &caller, &tenant, &name, &reference, Action::ModelExport).await?;
+    let digest = version.manifest_digest.parse().map_err(|_| ApiError::invalid("stored manifest digest"))?;
+    let note = state.objects.get(&digest).await.map_err(|e| ApiError::invalid(format!("manifest: {e}")))?;
+    // Unverified on purpose (the object store checks each object against its digest on read):
+    // `factory model verify` fetches the files to check them against the signed manifest.
+    let text = String::from_utf8_lossy(&note);
+    let body = text.split("\n\n").next().unwrap_or_default();
+    let manifest: ModelManifest =
+        serde_json::from_str(body).map_err(|e| ApiError::invalid(format!("stored manifest: {e}")))?;
+    let entry =
+        manifest.file(&path).ok_or_else(|| ApiError::not_found(format!("{name}@{reference} has no file {path}")))?;
+    let digest = entry.digest.parse().map_err(|_| ApiError::invalid("manifest digest"))?;
+    let bytes =
+        state.objects.get(&digest).await.map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "verification_failed", format!("{path}: {e}"))
+        })?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VerifyReport {
+    pub model: String,
+    pub verified: bool,
+    pub signer: Option<String>,
+    pub files: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// Checks a version the way a deployment will before loading it: the signature against the
+/// trusted keys and every file against its digest.
+pub async fn verify_version(state: &AppState, version: &ModelVersion) -> VerifyReport {
+    let reference = format!("{}@{}", version.name, version.version);
+    let outcome = async {
+        let (manifest, signer) = registry::open_manifest(state, version).await?;
+        for file in &manifest.files {
+            registry::fetch_file(state, &manifest, &file.path).await?;
+        }
+        Ok::<_, ApiError>((signer, manifest.files.iter().map(|f| f.path.clone()).collect()))
+    }
+    .await;
+    match outcome {
+        Ok((signer, files)) => {
+            VerifyReport { model: reference, verified: true, signer: Some(signer), files, error: None }
+        }
+        Err(error) => VerifyReport {
+            model: reference,
+            verified: false,
+            signer: None,
+            files: Vec::new(),
+            error: Some(error.message),
+        },
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/models/{name}/versions/{version}/verify", tag = "models",
+    params(("name" = String, Path), ("version" = String, Path), TenantQuery),
+    responses((status = 200, body = VerifyReport), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn verify(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, reference)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Json<VerifyReport>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let version = resolve(&state, &caller, &tenant, &name, &reference, Action::ModelRead).await?;
+    Ok(Json(verify_version(&state, &version).await))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetAlias {
+    /// A version number of this model.
+    pub version: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AliasView {
+    pub model: String,
+    pub alias: String,
+    pub version: i64,
+    pub previous: Option<i64>,
+}
+
+#[utoipa::path(put, path = "/api/v1/models/{name}/aliases/{alias}", tag = "models", request_body = SetAlias,
+    params(("name" = String, Path), ("alias" = String, Path), TenantQuery),
+    responses((status = 200, body = AliasView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_alias(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, alias)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+    ApiJson(body): ApiJson<SetAlias>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    valid_alias(&alias)?;
+    let target = resolve(&state, &caller, &tenant, &name, &body.version.to_string(), Action::ModelAlias).await?;
+    let resource = Resource::model(&tenant, &name, target.classification, Some(&target.jurisdiction));
+    let request = AccessRequest::new(&caller.principal, Action::ModelAlias, resource);
+    let mut change = state
+        .store
+        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let previous = change.set_model_alias(&tenant, &name, &alias, body.version).await?;
+    let details = serde_json::json!({
+        "tenant": tenant, "model": name, "alias": alias, "version": body.version, "previous": previous,
+    });
+    let committed = change.commit(details.clone(), Event::new("model.alias.set", details)).await?;
+    let view = AliasView { model: name, alias, version: body.version, previous };
+    Ok(committed_response(StatusCode::OK, Json(view), committed))
+}
+
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}/bundle", tag = "models",
+    params(("name" = String, Path), ("version" = String, Path), TenantQuery),
+    responses((status = 200, description = "An air-gap bundle (tar)", body = Vec<u8>), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn bundle(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, reference)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let version = resolve(&state, &caller, &tenant, &name, &reference, Action::ModelExport).await?;
+    // Nothing leaves unless it verifies: a tampered store must not export a tampered model
+    // under our signature.
+    let (manifest, _) = registry::open_manifest(&state, &version).await?;
+    let digest = version.manifest_digest.parse().map_err(|_| ApiError::invalid("stored manifest digest"))?;
+    let note = state.objects.get(&digest).await.map_err(|e| ApiError::invalid(format!("manifest: {e}")))?;
+    for file in &manifest.files {
+        registry::fetch_file(&state, &manifest, &file.path).await?;
+    }
+    // The export is a governed act: it is audited before the first byte leaves.
+    let resource = Resource::model(&tenant, &name, version.classification, Some(&version.jurisdiction));
+    let request = AccessRequest::new(&caller.principal, Action::ModelExport, resource);
+    let change = state.store.begin_change(state.pdp.as_ref(), request, &caller.request_id).await?;
+    let details = serde_json::json!({
+        "tenant": tenant, "model": name, "version": version.version, "manifest": version.manifest_digest,
+    });
+    change.commit(details.clone(), Event::new("model.exported", details)).await?;
+
+    let mut head = tar_header(factory_registry::BUNDLE_MANIFEST, note.len() as u64).map_err(internal)?;
+    head.extend_from_slice(&note);
+    head.extend(tar_padding(note.len() as u64));
+    let entries = manifest.files.clone();
+    let objects = state.objects.clone();
+    let files = futures::stream::iter(entries).then(move |file| {
+        let objects = objects.clone();
+        async move {
+            let digest = file.digest.parse().map_err(|_| std::io::Error::other("bad digest"))?;
+            let bytes = objects.get(&digest).await.map_err(std::io::Error::other)?;
+            factory_registry::verify_file(&file, &bytes).map_err(std::io::Error::other)?;
+            let mut chunk = tar_header(&file.path, file.size).map_err(std::io::Error::other)?;
+            chunk.extend_from_slice(&bytes);
+            chunk.extend(tar_padding(file.size));
+            Ok::<Bytes, std::io::Error>(Bytes::from(chunk))
+        }
+    });
+    let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(head)) })
+        .chain(files)
+        .chain(futures::stream::once(async { Ok(Bytes::from(tar_end())) }));
+    let filename = format!("{name}-{}.tar", version.version);
+    let headers = [
+        (header::CONTENT_TYPE, "application/x-tar".to_string()),
+        (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+    ];
+    Ok((headers, Body::from_stream(stream)).into_response())
+}
+
+fn internal(error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
+}
+
+async fn read_body(body: Body) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.try_next().await.map_err(|e| ApiError::invalid(format!("upload: {e}")))? {
+        if (bytes.len() + chunk.len()) as u64 > MAX_IMPORT_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("imports are limited to {MAX_IMPORT_BYTES} bytes"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+#[utoipa::path(post, path = "/api/v1/models/import", tag = "models", params(TenantQuery),
+    request_body(content = Vec<u8>, description = "An air-gap bundle from `factory model export`", content_type = "application/x-tar"),
+    responses((status = 201, body = ModelVersionView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn import_bundle(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    // Who may import at all is decided before a byte is read; the model's own residency is
+    // decided once the bundle says what it is.
+    let (allowed, storage) = (true, true);
+    let request = AccessRequest::new(
+        &caller.principal,
+        Action::ModelImport,
+        Resource::model(&tenant, "*", Classification::Public, None),
+    )
+    .with_context("jurisdiction_allowed", allowed)
+    .with_context("storage_site", storage);
+    state
+        .store
+        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let bytes = read_body(body).await?;
+    let trusted = state.model_keys.trusted.clone();
+    let (bundle, manifest, signer) = tokio::task::spawn_blocking(move || {
+        let bundle = read_bundle(bytes.as_slice(), MAX_IMPORT_BYTES)?;
+        let (manifest, signer) = bundle.verify(&trusted)?;
+        Ok::<_, factory_registry::RegistryError>((bundle, manifest, signer))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "verification_failed", e.to_string()))?;
+    valid_model_name(&manifest.name)?;
+    let note = bundle.note.clone();
+    let files = bundle
+        .files
+        .into_iter()
+        .map(|(path, bytes)| DraftFile { path, source: FileSource::Bytes(Bytes::from(bytes)) })
+        .collect();
+    let draft = Draft {
+        tenant: tenant.clone(),
+        name: manifest.name.clone(),
+        version: Some(manifest.version),
+        parameters: manifest.parameters,
+        residency: manifest.residency.clone(),
+        lineage: manifest.lineage.clone(),
+        evals: manifest.evals.clone(),
+        files,
+        signing: Signing::Signed { note, manifest: Box::new(manifest), signer },
+    };
+    let (version, committed) =
+        registry::register(&state, &caller.principal, &caller.request_id, Action::ModelImport, draft)
+            .await
+            .map_err(|e| hide_foreign_api(&caller, &tenant, e))?;
+    Ok(committed_response(StatusCode::CREATED, Json(ModelVersionView::new(version, Vec::new())), committed))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HfImportQuery {
+    pub tenant: Option<String>,
+    /// Where the model may live: imported models declare it (trained ones derive it).
+    pub jurisdiction: String,
+    /// public, internal (default), confidential or secret.
+    pub classification: Option<String>,
+    /// Goes into the model card.
+    pub intended_use: Option<String>,
+}
+
+/// Files of a Hugging Face directory the registry keeps; anything else is refused.
+const HF_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+];
+
+#[utoipa::path(post, path = "/api/v1/models/{name}/import-hf", tag = "models", params(("name" = String, Path), HfImportQuery),
+    request_body(content = Vec<u8>, description = "A tar of the directory's files (config.json, model.safetensors, tokenizer.json, ...)", content_type = "application/x-tar"),
+    responses((status = 201, body = ModelVersionView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn import_hf(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<HfImportQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    valid_model_name(&name)?;
+    let jurisdiction: Jurisdiction =
+        query.jurisdiction.parse().map_err(|e| ApiError::invalid(format!("jurisdiction: {e}")))?;
+    let classification: Classification = query
+        .classification
+        .as_deref()
+        .unwrap_or("internal")
+        .parse()
+        .map_err(|e| ApiError::invalid(format!("classification: {e}")))?;
+    // Decided before a byte is read: the caller, the tenant and the declared residency.
+    let (allowed, storage) = registry::residency_facts(&state, &tenant, &jurisdiction).await?;
+    let resource = Resource::model(&tenant, &name, classification, Some(&jurisdiction));
+    let request = AccessRequest::new(&caller.principal, Action::ModelImport, resource)
+        .with_context("jurisdiction_allowed", allowed)
+        .with_context("storage_site", storage);
+    state
+        .store
+        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let bytes = read_body(body).await?;
+    let (files, parameters, config) =
+        tokio::task::spawn_blocking(move || check_hf_directory(&bytes)).await.map_err(internal)??;
+    let draft = Draft {
+        tenant: tenant.clone(),
+        name,
+        version: None,
+        parameters,
+        residency: Residency { jurisdiction, classification, derived_from: "declared at import".to_string() },
+        lineage: Lineage {
+            origin: Origin::Imported,
+            run: None,
+            datasets: Vec::new(),
+            base_model: None,
+            code_version: registry::code_version(),
+            config,
+            seed: None,
+        },
+        evals: serde_json::json!({}),
+        files,
+        signing: Signing::Sign { intended_use: query.intended_use },
+    };
+    let (version, committed) =
+        registry::register(&state, &caller.principal, &caller.request_id, Action::ModelImport, draft)
+            .await
+            .map_err(|e| hide_foreign_api(&caller, &tenant, e))?;
+    Ok(committed_response(StatusCode::CREATED, Json(ModelVersionView::new(version, Vec::new())), committed))
+}
+
+/// Reads a tar of a Hugging Face Llama directory and checks that the factory can run it: the
+/// config parses as a Llama, every weight the config needs is present with its shape, and the
+/// tokenizer loads.
+fn check_hf_directory(bytes: &[u8]) -> Result<(Vec<DraftFile>, u64, serde_json::Value), ApiError> {
+    let bundle_files = read_plain_tar(bytes)?;
+    for path in bundle_files.keys() {
+        if !HF_FILES.contains(&path.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "{path}: not a file the registry keeps (expected {})",
+                HF_FILES.join(", ")
+            )));
+        }
+    }
+    let need = |path: &str| {
+        bundle_files.get(path).ok_or_else(|| ApiError::invalid(format!("{path} is missing from the directory")))
+    };
+    let config_text = String::from_utf8_lossy(need("config.json")?).into_owned();
+    let config = factory_model::LlamaConfig::from_json(&config_text)
+        .map_err(|e| ApiError::invalid(format!("config.json: {e}")))?;
+    factory_model::Weights::from_safetensors(
+        &config,
+        need("model.safetensors")?,
+        factory_model::DType::F32,
+        &factory_model::Device::Cpu,
+    )
+    .map_err(|e| ApiError::invalid(format!("model.safetensors: {e}")))?;
+    factory_tokenizer::Tokenizer::from_json(&String::from_utf8_lossy(need("tokenizer.json")?))
+        .map_err(|e| ApiError::invalid(format!("tokenizer.json: {e}")))?;
+    let config_value: serde_json::Value = serde_json::from_str(&config_text).unwrap_or_default();
+    let files = bundle_files
+        .into_iter()
+        .map(|(path, bytes)| DraftFile { path, source: FileSource::Bytes(Bytes::from(bytes)) })
+        .collect();
+    Ok((files, config.parameter_count() as u64, serde_json::json!({ "model": config_value })))
+}
+
+/// A tar of plain files (no manifest), with the bundle reader's checks on names and sizes.
+fn read_plain_tar(bytes: &[u8]) -> Result<std::collections::BTreeMap<String, Vec<u8>>, ApiError> {
+    // The bundle reader wants a manifest entry; give it an empty one so the same strict checks
+    // (regular files, plain names, no duplicates, a size limit) apply.
+    let mut with_manifest = tar_header(factory_registry::BUNDLE_MANIFEST, 0).map_err(internal)?;
+    with_manifest.extend_from_slice(bytes);
+    let bundle =
+        read_bundle(with_manifest.as_slice(), MAX_IMPORT_BYTES).map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(bundle.files)
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeys {
+    /// This installation's model-signing verifier key: give it to installations that import
+    /// its bundles (`registry.trusted_keys`).
+    pub verifier_key: String,
+    pub trusted: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/models/signing-key", tag = "models",
+    responses((status = 200, body = SigningKeys)),
+    security(("bearer" = [])))]
+pub async fn signing_key(State(state): State<AppState>, _caller: Caller) -> Json<SigningKeys> {
+    let keys = &state.model_keys;
+    Json(SigningKeys {
+        verifier_key: keys.signer.verifier_key(),
+        trusted: keys.trusted.iter().map(|k| k.verifier_key()).collect(),
+    })
+}
