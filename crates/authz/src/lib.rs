@@ -157,7 +157,7 @@ fn resource_entity(resource: &Resource) -> serde_json::Value {
 fn action_resources(action: Action) -> &'static [ResourceKind] {
     match action {
         Action::TenantCreate => &[ResourceKind::Platform],
-        Action::TenantRead => &[ResourceKind::Tenant],
+        Action::TenantRead | Action::TenantQuota => &[ResourceKind::Tenant],
         Action::KeyCreate => &[ResourceKind::Tenant, ResourceKind::Platform],
         Action::KeyRevoke => &[ResourceKind::ApiKey],
         Action::AuditRead | Action::AuditProof | Action::AuditCheckpoint => &[ResourceKind::AuditLog],

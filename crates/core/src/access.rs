@@ -188,6 +188,7 @@ macro_rules! actions {
 actions! {
     TenantCreate => "tenant.create",
     TenantRead => "tenant.read",
+    TenantQuota => "tenant.quota",
     KeyCreate => "key.create",
     KeyRevoke => "key.revoke",
     AuditRead => "audit.read",

@@ -383,6 +383,18 @@ pub enum TenantCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Limit a tenant's compute: jobs at once and worker-seconds in all (platform admins)
+    Quota {
+        name: String,
+        /// Jobs running at once (omit for no limit)
+        #[arg(long)]
+        max_concurrent_jobs: Option<i64>,
+        /// Worker-seconds all its jobs may use (omit for no limit)
+        #[arg(long)]
+        compute_seconds: Option<i64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]

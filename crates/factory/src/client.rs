@@ -32,6 +32,12 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
         Command::Tenant(TenantCommand::Show { name, remote }) => {
             (remote, Method::GET, format!("/api/v1/tenants/{name}"), None)
         }
+        Command::Tenant(TenantCommand::Quota { name, max_concurrent_jobs, compute_seconds, remote }) => (
+            remote,
+            Method::PUT,
+            format!("/api/v1/tenants/{name}/quota"),
+            Some(json!({ "max_concurrent_jobs": max_concurrent_jobs, "compute_seconds": compute_seconds })),
+        ),
         Command::Key(KeyCommand::Create { tenant, role, description, expires_at, remote }) => (
             remote,
             Method::POST,

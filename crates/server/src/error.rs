@@ -67,6 +67,13 @@ impl From<StoreError> for ApiError {
             StoreErrorKind::NotFound => ApiError::not_found(message),
             StoreErrorKind::Conflict => ApiError::new(StatusCode::CONFLICT, "conflict", message),
             StoreErrorKind::Invalid => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message),
+            StoreErrorKind::QuotaExceeded => {
+                // Spent compute comes back only when an admin raises the quota; an hour is a
+                // polite interval to ask again.
+                let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message);
+                error.retry_after_secs = Some(3600);
+                error
+            }
             StoreErrorKind::Config | StoreErrorKind::Database | StoreErrorKind::Corrupt => {
                 tracing::error!(error = %message, "metadata store failed");
                 ApiError::new(

@@ -24,7 +24,7 @@ use crate::REQUEST_ID_HEADER;
 #[openapi(
     info(title = "Sovereign AI Factory", description = "The governed control plane of the factory"),
     paths(
-        tenants::create, tenants::show, keys::create, keys::revoke,
+        tenants::create, tenants::show, tenants::set_quota, keys::create, keys::revoke,
         audit::checkpoint, audit::public_key, audit::inclusion, audit::consistency, audit::records,
         jobs::enqueue, jobs::list, jobs::show, jobs::cancel,
         datasets::create, datasets::list, datasets::show, datasets::ingest, datasets::manifest,
@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/tenants", post(tenants::create))
         .route("/api/v1/tenants/{tenant}", get(tenants::show))
+        .route("/api/v1/tenants/{tenant}/quota", put(tenants::set_quota))
         .route("/api/v1/tenants/{tenant}/keys", post(keys::create))
         .route("/api/v1/keys/{id}", delete(keys::revoke))
         .route("/api/v1/tenants/{tenant}/jobs", post(jobs::enqueue).get(jobs::list))

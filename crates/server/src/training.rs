@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::error::ApiError;
 use crate::registry::{Draft, DraftFile, FileSource, Signing};
 use crate::state::AppState;
-use crate::workers::{JobError, JobHandler};
+use crate::workers::{JobControl, JobError, JobHandler};
 
 pub const TOKENIZER_KIND: &str = "training.tokenizer";
 pub const PRETRAIN_KIND: &str = "training.pretrain";
@@ -196,7 +196,7 @@ impl TrainingHandler {
         job: &Job,
         spec: RunSpec,
         texts: Arc<Vec<String>>,
-        cancel: watch::Receiver<bool>,
+        control: JobControl,
     ) -> Result<serde_json::Value, JobError> {
         let (tokenizer, tokenizer_digest) = self.tokenizer(job, &spec, &texts).await?;
         let settings = spec.train.clone().unwrap_or_default();
@@ -223,11 +223,13 @@ impl TrainingHandler {
         // stops, so the blocking thread never outlives the job it works for.
         let abandoned = Arc::new(AtomicBool::new(false));
         let _guard = AbandonOnDrop(abandoned.clone());
+        let preempt_requested = control.preempt.clone();
         let mut observer = RunObserver {
             state: self.state.clone(),
             job: job.clone(),
             runtime: tokio::runtime::Handle::current(),
-            cancel,
+            cancel: control.cancel,
+            preempt: control.preempt,
             abandoned,
             pending: Vec::new(),
         };
@@ -287,8 +289,13 @@ impl TrainingHandler {
                 Ok(result)
             }
             Outcome::Stopped { .. } => Err(JobError::Cancelled),
+            // Asked to yield: the checkpoint is stored, the job waits in the queue again.
+            Outcome::Preempted { step } if *preempt_requested.borrow() => {
+                tracing::info!(run = %job.id, step, "yielded the worker to higher-priority work");
+                Err(JobError::Preempted)
+            }
             Outcome::Preempted { step } => {
-                Err(failed(format!("preempted after step {step}; resumes from its checkpoint")))
+                Err(failed(format!("stopped after step {step} (shutdown or lost lease); resumes from its checkpoint")))
             }
         }
     }
@@ -308,7 +315,7 @@ impl JobHandler for TrainingHandler {
         self.kind
     }
 
-    async fn run(&self, job: &Job, cancel: watch::Receiver<bool>) -> Result<serde_json::Value, JobError> {
+    async fn run(&self, job: &Job, control: JobControl) -> Result<serde_json::Value, JobError> {
         let spec: RunSpec =
             serde_json::from_value(job.payload.clone()).map_err(|e| failed(format!("run payload: {e}")))?;
         // An earlier attempt registered the model and died before the job was marked done.
@@ -327,7 +334,7 @@ impl JobHandler for TrainingHandler {
                 "documents": texts.len(),
             }));
         }
-        self.pretrain(job, spec, texts, cancel).await
+        self.pretrain(job, spec, texts, control).await
     }
 }
 
@@ -338,6 +345,7 @@ struct RunObserver {
     job: Job,
     runtime: tokio::runtime::Handle,
     cancel: watch::Receiver<bool>,
+    preempt: watch::Receiver<bool>,
     abandoned: Arc<AtomicBool>,
     pending: Vec<(i64, serde_json::Value)>,
 }
@@ -362,7 +370,7 @@ impl TrainObserver for RunObserver {
         }
         if *self.cancel.borrow() {
             Control::Stop
-        } else if self.abandoned.load(Ordering::SeqCst) {
+        } else if self.abandoned.load(Ordering::SeqCst) || *self.preempt.borrow() {
             Control::Checkpoint
         } else {
             Control::Continue

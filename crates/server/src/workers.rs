@@ -3,6 +3,7 @@
 //! worker (in this process or after a restart) claims the job again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,17 +13,26 @@ use tokio::sync::watch;
 
 use crate::state::DecisionPoint;
 
-/// Runs one kind of job. `cancel` turns true when cancellation was requested; a handler should
-/// stop soon after and return `Err(JobError::Cancelled)`.
+/// What the worker tells a running handler. `cancel` turns true when cancellation was
+/// requested: stop soon and return `Err(JobError::Cancelled)`. `preempt` turns true when a
+/// higher-priority job needs the worker: save what lets the job resume, then return
+/// `Err(JobError::Preempted)`; the job goes back to the queue without losing an attempt.
+#[derive(Debug, Clone)]
+pub struct JobControl {
+    pub cancel: watch::Receiver<bool>,
+    pub preempt: watch::Receiver<bool>,
+}
+
 #[async_trait::async_trait]
 pub trait JobHandler: Send + Sync {
     fn kind(&self) -> &'static str;
-    async fn run(&self, job: &Job, cancel: watch::Receiver<bool>) -> Result<serde_json::Value, JobError>;
+    async fn run(&self, job: &Job, control: JobControl) -> Result<serde_json::Value, JobError>;
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobError {
     Cancelled,
+    Preempted,
     Failed(String),
 }
 
@@ -37,17 +47,23 @@ impl JobHandler for SleepHandler {
         "platform.sleep"
     }
 
-    async fn run(&self, job: &Job, mut cancel: watch::Receiver<bool>) -> Result<serde_json::Value, JobError> {
+    async fn run(&self, job: &Job, control: JobControl) -> Result<serde_json::Value, JobError> {
         let millis = job.payload.get("millis").and_then(|v| v.as_u64()).unwrap_or(0);
         if job.payload.get("fail").and_then(|v| v.as_bool()).unwrap_or(false) {
             return Err(JobError::Failed("asked to fail".to_string()));
         }
+        let (mut cancel, mut preempt) = (control.cancel, control.preempt);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(millis)) => Ok(serde_json::json!({ "slept_millis": millis })),
             _ = cancel.wait_for(|cancelled| *cancelled) => Err(JobError::Cancelled),
+            // Sleeping keeps no state: yielding is free.
+            _ = preempt.wait_for(|preempted| *preempted) => Err(JobError::Preempted),
         }
     }
 }
+
+/// How often a pool whose workers are all busy looks for waiting higher-priority work.
+const SCHEDULER_INTERVAL: Duration = Duration::from_millis(500);
 
 pub struct WorkerPool {
     pub store: Store,
@@ -57,6 +73,8 @@ pub struct WorkerPool {
     pub lease: Duration,
     pub retry_base: Duration,
     pub name: String,
+    /// Workers running a job now; when all are, waiting higher-priority work may preempt.
+    busy: AtomicUsize,
 }
 
 impl WorkerPool {
@@ -65,7 +83,16 @@ impl WorkerPool {
         let sleep: Arc<dyn JobHandler> = Arc::new(SleepHandler);
         handlers.insert(sleep.kind(), sleep);
         let name = format!("{}-{}", hostname(), std::process::id());
-        WorkerPool { store, pdp, handlers, workers, lease, retry_base: Duration::from_secs(2), name }
+        WorkerPool {
+            store,
+            pdp,
+            handlers,
+            workers,
+            lease,
+            retry_base: Duration::from_secs(2),
+            name,
+            busy: AtomicUsize::new(0),
+        }
     }
 
     /// Runs the workers and the lease reaper until `shutdown` turns true.
@@ -92,10 +119,33 @@ impl WorkerPool {
                 }
             })
         };
+        let scheduler = {
+            let pool = pool.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(SCHEDULER_INTERVAL) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    if pool.workers == 0 || pool.busy.load(Ordering::SeqCst) < pool.workers {
+                        continue;
+                    }
+                    match pool.store.request_preemption(pool.pdp.as_ref()).await {
+                        Ok(Some(job)) => {
+                            tracing::info!(job = %job.id, priority = job.priority, "asked a job to yield its worker")
+                        }
+                        Ok(None) => {}
+                        Err(error) => tracing::error!(%error, "the preemption check failed"),
+                    }
+                }
+            })
+        };
         for task in tasks {
             let _ = task.await;
         }
         reaper.abort();
+        scheduler.abort();
     }
 
     async fn worker_loop(&self, index: usize, mut shutdown: watch::Receiver<bool>) {
@@ -105,7 +155,9 @@ impl WorkerPool {
             match self.store.claim_job(self.pdp.as_ref(), &worker, self.lease).await {
                 Ok(Some(job)) => {
                     idle = Duration::from_millis(50);
+                    self.busy.fetch_add(1, Ordering::SeqCst);
                     self.run_job(&worker, job).await;
+                    self.busy.fetch_sub(1, Ordering::SeqCst);
                 }
                 Ok(None) => {
                     tokio::select! {
@@ -130,7 +182,8 @@ impl WorkerPool {
         };
         tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempts, worker, "job started");
         let (cancel_sender, cancel) = watch::channel(false);
-        let run = handler.run(&job, cancel);
+        let (preempt_sender, preempt) = watch::channel(false);
+        let run = handler.run(&job, JobControl { cancel, preempt });
         tokio::pin!(run);
         let mut heartbeat = tokio::time::interval(self.lease / 3);
         heartbeat.tick().await;
@@ -147,6 +200,9 @@ impl WorkerPool {
                             if beat.cancel_requested {
                                 let _ = cancel_sender.send(true);
                             }
+                            if beat.preempt_requested {
+                                let _ = preempt_sender.send(true);
+                            }
                         }
                         Err(error) => tracing::warn!(%error, job = %job.id, "heartbeat failed"),
                     }
@@ -157,6 +213,7 @@ impl WorkerPool {
             None => return,
             Some(Ok(value)) => Outcome::Succeeded(value),
             Some(Err(JobError::Cancelled)) => Outcome::Cancelled,
+            Some(Err(JobError::Preempted)) => Outcome::Preempted,
             Some(Err(JobError::Failed(error))) => Outcome::Failed { error, retry_base: self.retry_base },
         };
         self.finish(worker, &job, outcome).await;

@@ -69,6 +69,10 @@ pub struct Job {
     pub created_by: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// A higher-priority job is waiting: checkpoint, give the worker back, resume later.
+    pub preempt_requested: bool,
+    /// Worker time all attempts have used, for compute-seconds quotas.
+    pub compute_ms: i64,
 }
 
 /// What a caller asks to run.
@@ -86,6 +90,29 @@ pub struct Heartbeat {
     /// False when the lease was lost (expired and claimed by another worker); stop working.
     pub still_owned: bool,
     pub cancel_requested: bool,
+    pub preempt_requested: bool,
+}
+
+/// A tenant's limits on scarce compute, and what it uses now.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TenantQuota {
+    /// Jobs of the tenant running at once; `None` is no limit.
+    pub max_concurrent_jobs: Option<i64>,
+    /// Worker-seconds all its jobs may use; `None` is no limit.
+    pub compute_seconds: Option<i64>,
+    pub running_jobs: i64,
+    pub used_compute_seconds: f64,
+}
+
+/// The condition a ready job's tenant must meet to be claimed: under its concurrency limit
+/// and its compute quota. `j` is the candidate row; `now` names the parameter holding the time.
+fn within_quota(now: &str) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM jobs r WHERE r.tenant = j.tenant AND r.state = 'running' AND r.lease_expires_at >= {now}) \
+         < COALESCE((SELECT q.max_concurrent_jobs FROM tenant_quotas q WHERE q.tenant = j.tenant), 1000000000) \
+         AND (SELECT COALESCE(SUM(u.compute_ms), 0) FROM jobs u WHERE u.tenant = j.tenant) \
+         < COALESCE((SELECT q.compute_seconds FROM tenant_quotas q WHERE q.tenant = j.tenant) * 1000, 1000000000000000)"
+    )
 }
 
 /// How a worker's attempt ended.
@@ -98,11 +125,15 @@ pub enum Outcome {
     },
     /// The worker stopped because cancellation was requested.
     Cancelled,
+    /// The worker checkpointed and gave the job back for a higher-priority one: it waits in
+    /// the queue again, and the attempt does not count.
+    Preempted,
 }
 
 const JOB_COLUMNS: &str =
     "id, tenant, kind, payload, priority, state, attempts, max_attempts, run_after, lease_owner, \
-     lease_expires_at, cancel_requested, last_error, result, created_by, created_at, updated_at";
+     lease_expires_at, cancel_requested, last_error, result, created_by, created_at, updated_at, \
+     preempt_requested, compute_ms";
 
 fn invalid_stored(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::new(StoreErrorKind::Corrupt, format!("stored job {what} is invalid: {error}"))
@@ -131,6 +162,8 @@ fn job_from_row(row: &AnyRow) -> Result<Job, StoreError> {
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        preempt_requested: row.try_get::<i64, _>("preempt_requested")? != 0,
+        compute_ms: row.try_get("compute_ms")?,
     })
 }
 
@@ -146,6 +179,41 @@ fn system_request(action: Action, job: &Job) -> AccessRequest {
 }
 
 impl Change {
+    /// Sets the limits of the tenant named by this change's resource.
+    pub async fn set_tenant_quota(
+        &mut self,
+        max_concurrent_jobs: Option<i64>,
+        compute_seconds: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let tenant = self.request().resource.id.clone();
+        if max_concurrent_jobs.is_some_and(|n| n < 1) || compute_seconds.is_some_and(|n| n < 0) {
+            return Err(StoreError::new(
+                StoreErrorKind::Invalid,
+                "quotas: max_concurrent_jobs >= 1, compute_seconds >= 0",
+            ));
+        }
+        let updated_by = self.request().principal.id.clone();
+        sqlx::query(
+            "INSERT INTO tenant_quotas (tenant, max_concurrent_jobs, compute_seconds, updated_at, updated_by) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant) DO UPDATE SET max_concurrent_jobs = excluded.max_concurrent_jobs, \
+             compute_seconds = excluded.compute_seconds, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+        )
+        .bind(&tenant)
+        .bind(max_concurrent_jobs)
+        .bind(compute_seconds)
+        .bind(now_millis())
+        .bind(updated_by)
+        .execute(self.connection())
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                StoreError::new(StoreErrorKind::NotFound, format!("tenant {tenant} does not exist"))
+            }
+            _ => e.into(),
+        })?;
+        Ok(())
+    }
+
     /// Inserts the job named by this change's resource (its id and tenant).
     pub async fn enqueue_job(&mut self, new: &NewJob) -> Result<Job, StoreError> {
         let resource = self.request().resource.clone();
@@ -163,10 +231,28 @@ impl Change {
         if exists.is_none() {
             return Err(StoreError::new(StoreErrorKind::NotFound, format!("tenant {tenant} does not exist")));
         }
+        let quota: Option<(Option<i64>, i64)> = sqlx::query_as(
+            "SELECT q.compute_seconds, (SELECT CAST(COALESCE(SUM(compute_ms), 0) AS BIGINT) FROM jobs WHERE tenant = $1) \
+             FROM tenant_quotas q WHERE q.tenant = $1",
+        )
+        .bind(tenant.as_str())
+        .fetch_optional(self.connection())
+        .await?;
+        if let Some((Some(seconds), used_ms)) = quota {
+            if used_ms >= seconds.saturating_mul(1000) {
+                return Err(StoreError::new(
+                    StoreErrorKind::QuotaExceeded,
+                    format!(
+                        "tenant {tenant} has used {:.0} of its {seconds} compute-seconds; a platform admin can raise the quota",
+                        used_ms as f64 / 1000.0
+                    ),
+                ));
+            }
+        }
         let now = now_millis();
         let created_by = self.request().principal.id.clone();
         let row = sqlx::query(&format!(
-            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, NULL, NULL, 0, NULL, NULL, $8, $9, $9) RETURNING {JOB_COLUMNS}"
+            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, NULL, NULL, 0, NULL, NULL, $8, $9, $9, 0, 0) RETURNING {JOB_COLUMNS}"
         ))
         .bind(&resource.id)
         .bind(tenant.as_str())
@@ -234,11 +320,16 @@ impl Store {
             Dialect::Sqlite => "",
             Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
         };
+        // A job reclaimed after its worker died is charged the time up to its lease's end.
         let sql = format!(
-            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, updated_at = $3 \
-             WHERE id = (SELECT id FROM jobs WHERE ((state = 'queued' AND run_after <= $3) OR (state = 'running' AND lease_expires_at < $3)) \
-             AND attempts < max_attempts AND cancel_requested = 0 ORDER BY priority DESC, created_at, id LIMIT 1 {lock}) \
-             RETURNING {JOB_COLUMNS}"
+            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, updated_at = $3, \
+             compute_ms = compute_ms + CASE WHEN state = 'running' AND attempt_started_at IS NOT NULL \
+             THEN lease_expires_at - attempt_started_at ELSE 0 END, attempt_started_at = $3, preempt_requested = 0 \
+             WHERE id = (SELECT id FROM jobs j WHERE ((j.state = 'queued' AND j.run_after <= $3) OR (j.state = 'running' AND j.lease_expires_at < $3)) \
+             AND j.attempts < j.max_attempts AND j.cancel_requested = 0 AND {} \
+             ORDER BY j.priority DESC, j.created_at, j.id LIMIT 1 {lock}) \
+             RETURNING {JOB_COLUMNS}",
+            within_quota("$3")
         );
         let mut pending = self.begin_change_unauthorized(&format!("claim:{worker}")).await?;
         let row = sqlx::query(&sql)
@@ -262,9 +353,9 @@ impl Store {
     pub async fn heartbeat(&self, job_id: &str, worker: &str, lease: Duration) -> Result<Heartbeat, StoreError> {
         let now = now_millis();
         let mut write = self.begin_write().await?;
-        let cancel_requested: Option<i64> = sqlx::query_scalar(
+        let flags: Option<(i64, i64)> = sqlx::query_as(
             "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND state = 'running' \
-             RETURNING cancel_requested",
+             RETURNING cancel_requested, preempt_requested",
         )
         .bind(now + lease.as_millis() as i64)
         .bind(now)
@@ -273,7 +364,8 @@ impl Store {
         .fetch_optional(&mut *write.transaction)
         .await?;
         write.commit().await?;
-        Ok(Heartbeat { still_owned: cancel_requested.is_some(), cancel_requested: cancel_requested.unwrap_or(0) != 0 })
+        let (cancel, preempt) = flags.unwrap_or_default();
+        Ok(Heartbeat { still_owned: flags.is_some(), cancel_requested: cancel != 0, preempt_requested: preempt != 0 })
     }
 
     /// Records how `worker`'s attempt at `job_id` ended. A failure is retried after an
@@ -305,6 +397,7 @@ impl Store {
         let (state, run_after, error, result) = match &outcome {
             Outcome::Succeeded(result) => (JobState::Succeeded, job.run_after, None, Some(result.to_string())),
             Outcome::Cancelled => (JobState::Cancelled, job.run_after, None, None),
+            Outcome::Preempted => (JobState::Queued, now, None, None),
             Outcome::Failed { error, retry_base } if job.attempts < job.max_attempts => {
                 let factor = 1u32 << (job.attempts.clamp(1, 20) - 1);
                 let delay = retry_base.saturating_mul(factor).min(Duration::from_secs(600));
@@ -312,9 +405,12 @@ impl Store {
             }
             Outcome::Failed { error, .. } => (JobState::Dead, job.run_after, Some(error.clone()), None),
         };
+        let refund = i64::from(outcome == Outcome::Preempted);
         let row = sqlx::query(&format!(
             "UPDATE jobs SET state = $1, run_after = $2, last_error = COALESCE($3, last_error), result = $4, \
-             lease_owner = NULL, lease_expires_at = NULL, updated_at = $5 WHERE id = $6 RETURNING {JOB_COLUMNS}"
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = $5, attempts = attempts - $7, preempt_requested = 0, \
+             compute_ms = compute_ms + CASE WHEN attempt_started_at IS NULL THEN 0 ELSE $5 - attempt_started_at END, \
+             attempt_started_at = NULL WHERE id = $6 RETURNING {JOB_COLUMNS}"
         ))
         .bind(state.as_str())
         .bind(run_after)
@@ -322,11 +418,15 @@ impl Store {
         .bind(result)
         .bind(now)
         .bind(job_id)
+        .bind(refund)
         .fetch_one(&mut *pending.write.transaction)
         .await?;
         let updated = job_from_row(&row)?;
         let change = pending.authorize(pdp, system_request(Action::JobRun, &updated)).await?;
-        let topic = format!("job.{}", state.as_str());
+        let topic = match outcome {
+            Outcome::Preempted => "job.preempted".to_string(),
+            _ => format!("job.{}", state.as_str()),
+        };
         change
             .commit(
                 serde_json::json!({ "worker": worker, "attempt": job.attempts, "error": updated.last_error }),
@@ -334,6 +434,72 @@ impl Store {
             )
             .await?;
         Ok(updated)
+    }
+
+    /// When a ready job waits for a worker, asks the lowest-priority running job below it to
+    /// checkpoint and give its worker back. Returns the job asked, if any. Governed as the
+    /// system: the audit log names the waiting job the victim yields to.
+    pub async fn request_preemption(&self, pdp: &dyn PolicyDecisionPoint) -> Result<Option<Job>, StoreError> {
+        let now = now_millis();
+        let waiting: Option<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT j.id, j.priority FROM jobs j WHERE j.state = 'queued' AND j.run_after <= $1 \
+             AND j.attempts < j.max_attempts AND j.cancel_requested = 0 AND {} \
+             ORDER BY j.priority DESC, j.created_at, j.id LIMIT 1",
+            within_quota("$1")
+        ))
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((waiting_id, priority)) = waiting else {
+            return Ok(None);
+        };
+        let mut pending = self.begin_change_unauthorized("scheduler").await?;
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET preempt_requested = 1, updated_at = $1 WHERE id = (SELECT id FROM jobs \
+             WHERE state = 'running' AND preempt_requested = 0 AND cancel_requested = 0 AND priority < $2 \
+             AND lease_expires_at >= $1 ORDER BY priority, created_at DESC, id LIMIT 1) RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(priority)
+        .fetch_optional(&mut *pending.write.transaction)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let victim = job_from_row(&row)?;
+        let change = pending.authorize(pdp, system_request(Action::JobRun, &victim)).await?;
+        change
+            .commit(
+                serde_json::json!({ "yields_to": waiting_id, "waiting_priority": priority, "priority": victim.priority }),
+                job_event("job.preempt_requested", &victim),
+            )
+            .await?;
+        Ok(Some(victim))
+    }
+
+    /// The tenant's limits (none set reads as no limits) and current use.
+    pub async fn tenant_quota(&self, tenant: &TenantName) -> Result<TenantQuota, StoreError> {
+        let limits: Option<(Option<i64>, Option<i64>)> =
+            sqlx::query_as("SELECT max_concurrent_jobs, compute_seconds FROM tenant_quotas WHERE tenant = $1")
+                .bind(tenant.as_str())
+                .fetch_optional(self.pool())
+                .await?;
+        let (running, used_ms): (i64, i64) = sqlx::query_as(
+            // PostgreSQL sums BIGINTs as NUMERIC, which the Any driver cannot decode.
+            "SELECT CAST(COALESCE(SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(compute_ms), 0) AS BIGINT) \
+             FROM jobs WHERE tenant = $1",
+        )
+        .bind(tenant.as_str())
+        .fetch_one(self.pool())
+        .await?;
+        let (max_concurrent_jobs, compute_seconds) = limits.unwrap_or_default();
+        Ok(TenantQuota {
+            max_concurrent_jobs,
+            compute_seconds,
+            running_jobs: running,
+            used_compute_seconds: used_ms as f64 / 1000.0,
+        })
     }
 
     /// Ends running jobs whose lease expired and that cannot be claimed again (out of attempts,

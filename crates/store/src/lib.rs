@@ -62,6 +62,8 @@ pub enum StoreErrorKind {
     Database,
     /// Stored data failed an integrity check.
     Corrupt,
+    /// A tenant's quota (compute-seconds) is spent.
+    QuotaExceeded,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "datasets", include_str!("migrations/0002_datasets.sql")),
     (3, "runs", include_str!("migrations/0003_runs.sql")),
     (4, "models", include_str!("migrations/0004_models.sql")),
+    (5, "scheduling", include_str!("migrations/0005_scheduling.sql")),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<(), StoreError> {

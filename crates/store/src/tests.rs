@@ -106,6 +106,7 @@ store_suite!(
     dataset_versions_appear_whole_and_numbered,
     run_metrics_checkpoints_and_artifacts_are_kept,
     model_versions_are_numbered_immutable_and_aliased,
+    scheduling_respects_quotas_and_preempts_lower_priority_work,
 );
 
 fn authorizer() -> CedarAuthorizer {
@@ -139,7 +140,7 @@ async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
     let again = Store::open(&database.url()).await.unwrap();
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(again.pool()).await.unwrap();
-    assert_eq!(versions, 4);
+    assert_eq!(versions, 5);
     again.close().await;
 }
 
@@ -644,4 +645,75 @@ async fn model_versions_are_numbered_immutable_and_aliased(store: &Store, _datab
     assert_eq!(store.model_version_of_run("run_m2").await.unwrap().unwrap().version, 2);
     assert!(store.model_version(&acme, "bard", 3).await.unwrap().is_none());
     assert_eq!(store.model_versions(&tenant("globex"), None).await.unwrap().len(), 0);
+}
+
+async fn enqueue_for(store: &Store, tenant_name: &str, id: &str, priority: i64) -> Result<(), crate::StoreError> {
+    let pdp = authorizer();
+    let engineer = Principal { id: "key_eng".to_string(), tenant: Some(tenant(tenant_name)), role: Role::Engineer };
+    let request = AccessRequest::new(&engineer, Action::JobEnqueue, Resource::job(id, &tenant(tenant_name)));
+    let mut change = store.begin_change(&pdp, request, "req").await.unwrap();
+    let new = NewJob { kind: "train".to_string(), payload: serde_json::json!({}), priority, max_attempts: 3 };
+    change.enqueue_job(&new).await?;
+    change.commit(serde_json::json!({}), Event::new("job.queued", serde_json::json!({}))).await.unwrap();
+    Ok(())
+}
+
+async fn set_quota(store: &Store, tenant_name: &str, concurrent: Option<i64>, seconds: Option<i64>) {
+    let pdp = authorizer();
+    let request = AccessRequest::new(&platform_admin(), Action::TenantQuota, Resource::tenant(&tenant(tenant_name)));
+    let mut change = store.begin_change(&pdp, request, "req").await.unwrap();
+    change.set_tenant_quota(concurrent, seconds).await.unwrap();
+    change.commit(serde_json::json!({}), Event::new("tenant.quota.set", serde_json::json!({}))).await.unwrap();
+}
+
+async fn scheduling_respects_quotas_and_preempts_lower_priority_work(store: &Store, _database: &TestDatabase) {
+    use crate::jobs::JobState;
+    let pdp = authorizer();
+    let lease = Duration::from_secs(30);
+    create_tenant(store, "acme").await;
+    create_tenant(store, "globex").await;
+    // A tenant tenant admins cannot raise their own quota.
+    let tenant_admin = Principal { id: "key_adm".to_string(), tenant: Some(tenant("acme")), role: Role::Admin };
+    let request = AccessRequest::new(&tenant_admin, Action::TenantQuota, Resource::tenant(&tenant("acme")));
+    assert_eq!(store.begin_change(&pdp, request, "req").await.err().unwrap().kind(), StoreErrorKind::Denied);
+
+    // One job at a time for acme: its second job waits while globex's runs.
+    set_quota(store, "acme", Some(1), None).await;
+    enqueue_for(store, "acme", "acme_1", 5).await.unwrap();
+    enqueue_for(store, "acme", "acme_2", 5).await.unwrap();
+    enqueue_for(store, "globex", "globex_1", 0).await.unwrap();
+    assert_eq!(store.claim_job(&pdp, "w1", lease).await.unwrap().unwrap().id, "acme_1");
+    assert_eq!(store.claim_job(&pdp, "w2", lease).await.unwrap().unwrap().id, "globex_1");
+    assert!(store.claim_job(&pdp, "w3", lease).await.unwrap().is_none(), "acme is at its limit");
+    let quota = store.tenant_quota(&tenant("acme")).await.unwrap();
+    assert_eq!((quota.max_concurrent_jobs, quota.running_jobs), (Some(1), 1));
+
+    // A high-priority job of globex waits for a worker: the lowest-priority running job below
+    // it is asked to yield, and yielding costs it no attempt.
+    enqueue_for(store, "globex", "globex_urgent", 9).await.unwrap();
+    let victim = store.request_preemption(&pdp).await.unwrap().unwrap();
+    assert_eq!(victim.id, "globex_1", "priority 0 yields before priority 5");
+    assert!(store.request_preemption(&pdp).await.unwrap().map(|j| j.id) != Some("globex_1".to_string()));
+    let beat = store.heartbeat("globex_1", "w2", lease).await.unwrap();
+    assert!(beat.preempt_requested && !beat.cancel_requested);
+    let requeued = store.finish_job(&pdp, "globex_1", "w2", Outcome::Preempted).await.unwrap();
+    assert_eq!((requeued.state, requeued.attempts, requeued.preempt_requested), (JobState::Queued, 0, false));
+    assert_eq!(store.claim_job(&pdp, "w2", lease).await.unwrap().unwrap().id, "globex_urgent");
+
+    // Compute-seconds: acme's spent time is counted; past the quota new jobs are refused and
+    // queued ones wait.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let done = store.finish_job(&pdp, "acme_1", "w1", Outcome::Succeeded(serde_json::json!({}))).await.unwrap();
+    assert!(done.compute_ms >= 30, "{}", done.compute_ms);
+    set_quota(store, "acme", Some(1), Some(0)).await;
+    let refused = enqueue_for(store, "acme", "acme_3", 0).await.unwrap_err();
+    assert_eq!(refused.kind(), StoreErrorKind::QuotaExceeded);
+    assert!(store.job("acme_3").await.unwrap().is_none());
+    let next = store.claim_job(&pdp, "w1", lease).await.unwrap().unwrap();
+    assert_eq!(next.id, "globex_1", "acme_2 waits for compute; globex's job resumes");
+    set_quota(store, "acme", None, None).await;
+    assert_eq!(store.claim_job(&pdp, "w3", lease).await.unwrap().unwrap().id, "acme_2");
+    let actions: Vec<String> =
+        store.audit_records(0, 200, None).await.unwrap().into_iter().map(|e| e.record.action).collect();
+    assert!(actions.iter().any(|a| a == "tenant.quota"), "{actions:?}");
 }

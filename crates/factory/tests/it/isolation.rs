@@ -99,6 +99,7 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         ("POST", "/api/v1/tenants".to_string(), Some(json!({ "name": "globex2", "jurisdictions": ["eu"] }))),
         ("GET", "/api/v1/tenants/globex".to_string(), None),
         ("POST", "/api/v1/tenants/globex/keys".to_string(), Some(json!({ "role": "admin" }))),
+        ("PUT", "/api/v1/tenants/globex/quota".to_string(), Some(json!({ "compute_seconds": 0 }))),
         ("DELETE", format!("/api/v1/keys/{globex_engineer_id}"), None),
         ("POST", "/api/v1/tenants/globex/jobs".to_string(), Some(json!({ "kind": "platform.sleep" }))),
         ("GET", "/api/v1/tenants/globex/jobs".to_string(), None),

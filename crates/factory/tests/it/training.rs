@@ -175,6 +175,56 @@ async fn a_model_is_trained_on_governed_text_and_resumes_after_kill_9() {
     assert!(log.contains("resuming a run from its checkpoint"), "the second attempt resumed");
     assert_eq!(losses(&restarted.url, &engineer, &resumed).await, uninterrupted);
 
+    // Preemption: with the one worker busy on a priority-0 run, a priority-10 job makes the run
+    // checkpoint and yield; the urgent job finishes first, the run resumes without losing an
+    // attempt, and its losses still equal the reference.
+    let url = restarted.url.clone();
+    let run = call(&url, "POST", "/api/v1/runs", Some(&engineer), Some(pretrain_body(STEPS, 7))).await;
+    let yielding = run.body["id"].as_str().unwrap().to_string();
+    let metrics_path = format!("/api/v1/runs/{yielding}/metrics");
+    let started = eventually(120, || async {
+        let reply = call(&url, "GET", &metrics_path, Some(&engineer), None).await;
+        reply.body["metrics"].as_array().is_some_and(|m| m.iter().filter(|m| m["kind"] == "train").count() >= 10)
+    })
+    .await;
+    assert!(started, "the run never started");
+    let urgent = call(
+        &url,
+        "POST",
+        "/api/v1/tenants/acme/jobs",
+        Some(&engineer),
+        Some(json!({ "kind": "platform.sleep", "payload": { "millis": 200 }, "priority": 10 })),
+    )
+    .await;
+    assert_eq!(urgent.status, 201, "{}", urgent.text);
+    let urgent_path = format!("/api/v1/jobs/{}", urgent.body["id"].as_str().unwrap());
+    let urgent_done = eventually(120, || async {
+        call(&url, "GET", &urgent_path, Some(&engineer), None).await.body["state"] == "succeeded"
+    })
+    .await;
+    assert!(urgent_done, "the urgent job did not run");
+    let meanwhile = call(&url, "GET", &format!("/api/v1/runs/{yielding}"), Some(&engineer), None).await;
+    assert_ne!(meanwhile.body["state"], "succeeded", "the urgent job ran before the run ended: {}", meanwhile.text);
+    let done = finished(&url, &engineer, &yielding).await;
+    assert_eq!(done["attempts"], 1, "yielding costs no attempt: {done}");
+    assert_eq!(losses(&url, &engineer, &yielding).await, uninterrupted);
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(log.contains("yielded the worker to higher-priority work"), "the run yielded");
+
+    // Quotas: only platform admins set them; past its compute-seconds a tenant's new runs get
+    // 429 with Retry-After.
+    let quota_path = "/api/v1/tenants/acme/quota";
+    let own = call(&url, "PUT", quota_path, Some(&engineer), Some(json!({ "compute_seconds": 1000000 }))).await;
+    assert_eq!(own.status, 403, "{}", own.text);
+    let set = call(&url, "PUT", quota_path, Some(&restarted.admin_key), Some(json!({ "compute_seconds": 0 }))).await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    assert!(set.body["quota"]["used_compute_seconds"].as_f64().unwrap() > 0.0, "{}", set.text);
+    let spent = call(&url, "POST", "/api/v1/runs", Some(&engineer), Some(pretrain_body(5, 1))).await;
+    assert_eq!(spent.status, 429, "{}", spent.text);
+    assert_eq!(spent.body["error"]["code"], "quota_exceeded");
+    let lifted = call(&url, "PUT", quota_path, Some(&restarted.admin_key), Some(json!({}))).await;
+    assert_eq!(lifted.status, 200, "{}", lifted.text);
+
     // The CLI starts a run and follows it to the end.
     let env = [("FACTORY_URL", restarted.url.as_str()), ("FACTORY_API_KEY", engineer.as_str())];
     let (ok, stdout, stderr) = crate::support::cli(

@@ -1,4 +1,4 @@
-//! `POST /api/v1/tenants` and `GET /api/v1/tenants/{tenant}`.
+//! `POST /api/v1/tenants`, `GET /api/v1/tenants/{tenant}` and its compute quota.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -30,6 +30,9 @@ pub struct TenantView {
     pub jurisdictions: Vec<String>,
     pub created_at: String,
     pub created_by: String,
+    /// Limits on scarce compute and current use (absent on creation).
+    #[schema(value_type = Option<Object>)]
+    pub quota: Option<factory_store::jobs::TenantQuota>,
 }
 
 impl From<Tenant> for TenantView {
@@ -39,6 +42,7 @@ impl From<Tenant> for TenantView {
             jurisdictions: tenant.jurisdictions.iter().map(|j| j.to_string()).collect(),
             created_at: millis_to_text(tenant.created_at),
             created_by: tenant.created_by,
+            quota: None,
         }
     }
 }
@@ -87,5 +91,48 @@ pub async fn show(
         .await
         .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
     let found = state.store.tenant(&tenant).await?;
-    found.map(|t| Json(t.into())).ok_or_else(|| ApiError::not_found(format!("tenant {tenant} does not exist")))
+    let mut view: TenantView =
+        found.map(TenantView::from).ok_or_else(|| ApiError::not_found(format!("tenant {tenant} does not exist")))?;
+    view.quota = Some(state.store.tenant_quota(&tenant).await?);
+    Ok(Json(view))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetQuota {
+    /// Jobs of the tenant running at once; absent or null for no limit.
+    pub max_concurrent_jobs: Option<i64>,
+    /// Worker-seconds all the tenant's jobs may use; absent or null for no limit. New jobs
+    /// past it get 429, queued ones wait.
+    pub compute_seconds: Option<i64>,
+}
+
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/quota", tag = "identity", request_body = SetQuota,
+    params(("tenant" = String, Path, description = "tenant name")),
+    responses((status = 200, body = TenantView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_quota(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(tenant): ApiPath<String>,
+    ApiJson(body): ApiJson<SetQuota>,
+) -> Result<Response, ApiError> {
+    let tenant = parse_tenant(&tenant)?;
+    let found = state.store.tenant(&tenant).await?;
+    let request = AccessRequest::new(&caller.principal, Action::TenantQuota, Resource::tenant(&tenant));
+    let mut change = state
+        .store
+        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let found = found.ok_or_else(|| ApiError::not_found(format!("tenant {tenant} does not exist")))?;
+    change.set_tenant_quota(body.max_concurrent_jobs, body.compute_seconds).await?;
+    let details = serde_json::json!({
+        "tenant": tenant, "max_concurrent_jobs": body.max_concurrent_jobs, "compute_seconds": body.compute_seconds,
+    });
+    let committed = change.commit(details.clone(), Event::new("tenant.quota.set", details)).await?;
+    let mut view = TenantView::from(found);
+    view.quota = Some(state.store.tenant_quota(&tenant).await?);
+    Ok(committed_response(StatusCode::OK, Json(view), committed))
 }
