@@ -78,6 +78,9 @@ pub struct TrainCommand {
     /// Fine-tune this registered model (NAME@VERSION or NAME@ALIAS) instead of training anew
     #[arg(long)]
     pub base: Option<String>,
+    /// Use this registered model's tokenizer (NAME@VERSION) instead of training one
+    #[arg(long, conflicts_with = "base")]
+    pub tokenizer: Option<String>,
     /// JSON lines of {"prompt": ..., "expected": ...}, scored on the final model
     #[arg(long)]
     pub eval_set: Option<PathBuf>,
@@ -557,6 +560,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 seed: train.seed,
                 vocab_size: train.vocab_size,
                 base: train.base,
+                tokenizer: train.tokenizer,
                 eval_set: train.eval_set,
                 intended_use: train.intended_use,
                 wait: train.wait,

@@ -142,6 +142,7 @@ pub struct TrainArgs {
     pub seed: u64,
     pub vocab_size: Option<usize>,
     pub base: Option<String>,
+    pub tokenizer: Option<String>,
     pub eval_set: Option<std::path::PathBuf>,
     pub intended_use: Option<String>,
     pub wait: bool,
@@ -194,6 +195,9 @@ pub async fn train(remote: &Remote, args: TrainArgs) -> anyhow::Result<()> {
         body["base"] = json!(base);
     } else if args.preset.is_some() || body.get("model").is_none() {
         body["model"] = json!({ "preset": args.preset.as_deref().unwrap_or("tiny") });
+    }
+    if let Some(tokenizer) = &args.tokenizer {
+        body["tokenizer_from"] = json!(tokenizer);
     }
     if let Some(vocab_size) = args.vocab_size {
         body["tokenizer"] = json!({ "vocab_size": vocab_size });

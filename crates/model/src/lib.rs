@@ -7,6 +7,7 @@
 
 mod config;
 mod llama;
+mod lora;
 pub mod ops;
 mod optim;
 mod weights;
@@ -17,6 +18,7 @@ mod tests;
 pub use candle_core::{DType, Device, Tensor, Var};
 pub use config::LlamaConfig;
 pub use llama::{argmax_last, Llama};
+pub use lora::{LoraAdapters, LoraConfig};
 pub use optim::{clip_grad_norm, learning_rate, AdamW, AdamWConfig};
 pub use weights::{from_safetensors, parameter_shapes, to_safetensors, Weights};
 

@@ -6,11 +6,13 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::ops::{causal_mask, cross_entropy, rms_norm, silu, softmax_last_dim, Rotary};
-use crate::{LlamaConfig, ModelError, Weights};
+use crate::{LlamaConfig, LoraAdapters, ModelError, Weights};
 
 pub struct Llama {
     pub config: LlamaConfig,
     pub weights: Weights,
+    /// With adapters the base weights are frozen: gradients reach only the adapters.
+    pub adapters: Option<LoraAdapters>,
     rotary: Rotary,
 }
 
@@ -46,7 +48,30 @@ impl Llama {
             weights.dtype,
             &weights.device,
         )?;
-        Ok(Llama { config, weights, rotary })
+        Ok(Llama { config, weights, adapters: None, rotary })
+    }
+
+    /// The model with low-rank adapters on its targeted projections (and its base frozen).
+    pub fn with_adapters(mut self, adapters: LoraAdapters) -> Self {
+        self.adapters = Some(adapters);
+        self
+    }
+
+    /// A base parameter; detached from the autograd graph when adapters train instead.
+    fn weight(&self, name: &str) -> Result<Tensor, ModelError> {
+        let tensor = self.weights.get(name)?;
+        Ok(if self.adapters.is_some() { tensor.detach() } else { tensor.clone() })
+    }
+
+    /// `x W^T` for the projection `name`, plus its adapter's `scale * x A^T B^T` if it has one.
+    fn project(&self, name: &str, x: &Tensor) -> Result<Tensor, ModelError> {
+        let base = linear(x, &self.weight(name)?)?;
+        let Some((a, b)) = self.adapters.as_ref().and_then(|adapters| adapters.pair(name)) else {
+            return Ok(base);
+        };
+        let scale = self.adapters.as_ref().map(|adapters| adapters.config.scale()).unwrap_or(1.0);
+        let delta = linear(&linear(x, a)?, b)?;
+        Ok((base + (delta * scale)?)?)
     }
 
     pub fn dtype(&self) -> DType {
@@ -63,30 +88,30 @@ impl Llama {
             )));
         }
         let config = &self.config;
-        let embedding = self.weights.get("model.embed_tokens.weight")?;
+        let embedding = self.weight("model.embed_tokens.weight")?;
         let mut hidden = embedding.index_select(&ids.flatten_all()?, 0)?.reshape((batch, seq, config.hidden_size))?;
         let mask = causal_mask(seq, 0, self.dtype(), &self.weights.device)?;
         for layer in 0..config.num_hidden_layers {
             hidden = self.block(layer, &hidden, &mask)?;
         }
-        let hidden = rms_norm(&hidden, self.weights.get("model.norm.weight")?, config.rms_norm_eps)?;
-        let head = if config.tie_word_embeddings { embedding } else { self.weights.get("lm_head.weight")? };
-        Ok(linear(&hidden, head)?)
+        let hidden = rms_norm(&hidden, &self.weight("model.norm.weight")?, config.rms_norm_eps)?;
+        let head = if config.tie_word_embeddings { embedding } else { self.weight("lm_head.weight")? };
+        Ok(linear(&hidden, &head)?)
     }
 
     fn block(&self, layer: usize, hidden: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
         let config = &self.config;
-        let weight = |name: &str| self.weights.get(&format!("model.layers.{layer}.{name}.weight"));
+        let name = |module: &str| format!("model.layers.{layer}.{module}.weight");
         let (batch, seq, _) = hidden.dims3()?;
         let (heads, kv_heads, head_dim) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
 
-        let normed = rms_norm(hidden, weight("input_layernorm")?, config.rms_norm_eps)?;
+        let normed = rms_norm(hidden, &self.weight(&name("input_layernorm"))?, config.rms_norm_eps)?;
         let split_heads = |x: Tensor, count: usize| -> candle_core::Result<Tensor> {
             x.reshape((batch, seq, count, head_dim))?.transpose(1, 2)?.contiguous()
         };
-        let q = split_heads(linear(&normed, weight("self_attn.q_proj")?)?, heads)?;
-        let k = split_heads(linear(&normed, weight("self_attn.k_proj")?)?, kv_heads)?;
-        let v = split_heads(linear(&normed, weight("self_attn.v_proj")?)?, kv_heads)?;
+        let q = split_heads(self.project(&name("self_attn.q_proj"), &normed)?, heads)?;
+        let k = split_heads(self.project(&name("self_attn.k_proj"), &normed)?, kv_heads)?;
+        let v = split_heads(self.project(&name("self_attn.v_proj"), &normed)?, kv_heads)?;
         let q = self.rotary.apply(&q, 0)?;
         let k = self.rotary.apply(&k, 0)?;
         let (k, v) = (repeat_kv(&k, heads / kv_heads)?, repeat_kv(&v, heads / kv_heads)?);
@@ -94,12 +119,12 @@ impl Llama {
         let scores = (q.matmul(&k.t()?.contiguous()?)? / (head_dim as f64).sqrt())?;
         let weights = softmax_last_dim(&scores.broadcast_add(mask)?)?;
         let attended = weights.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, config.hidden_size))?;
-        let hidden = (hidden + linear(&attended, weight("self_attn.o_proj")?)?)?;
+        let hidden = (hidden + self.project(&name("self_attn.o_proj"), &attended)?)?;
 
-        let normed = rms_norm(&hidden, weight("post_attention_layernorm")?, config.rms_norm_eps)?;
-        let gate = silu(&linear(&normed, weight("mlp.gate_proj")?)?)?;
-        let up = linear(&normed, weight("mlp.up_proj")?)?;
-        let down = linear(&(gate * up)?, weight("mlp.down_proj")?)?;
+        let normed = rms_norm(&hidden, &self.weight(&name("post_attention_layernorm"))?, config.rms_norm_eps)?;
+        let gate = silu(&self.project(&name("mlp.gate_proj"), &normed)?)?;
+        let up = self.project(&name("mlp.up_proj"), &normed)?;
+        let down = self.project(&name("mlp.down_proj"), &(gate * up)?)?;
         Ok((hidden + down)?)
     }
 

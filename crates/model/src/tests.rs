@@ -288,3 +288,65 @@ fn greedy_decoding_follows_the_argmax_stops_and_slides_its_window() {
     assert_eq!(model.greedy(&long, 3, &[]).unwrap().len(), 3, "a context past 32 positions keeps its last 32");
     assert!(model.greedy(&[], 3, &[]).is_err());
 }
+
+fn max_abs_difference(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+#[test]
+fn lora_adapters_train_alone_and_merge_into_the_base() {
+    let config = tiny_config(false);
+    let base = Weights::init(&config, 5, DType::F32, &Device::Cpu).unwrap();
+    let base_bytes = base.to_safetensors().unwrap();
+    let plain = Llama::new(config.clone(), base).unwrap();
+    let lora =
+        LoraConfig { rank: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()] };
+    let adapters = LoraAdapters::init(&config, &lora, 1, &Device::Cpu).unwrap();
+    assert_eq!(adapters.params.len(), 2 * 3 * config.num_hidden_layers);
+    let frozen = Weights::from_safetensors(&config, &base_bytes, DType::F32, &Device::Cpu).unwrap();
+    let adapted = Llama::new(config.clone(), frozen).unwrap().with_adapters(adapters);
+    let batch = tokens(&[1, 5, 9, 2, 7, 3, 11, 4, 6, 8, 10, 12], 2);
+    let inputs = batch.narrow(1, 0, 5).unwrap();
+    let untrained = max_abs_difference(&plain.forward(&inputs).unwrap(), &adapted.forward(&inputs).unwrap());
+    assert!(untrained < 1e-6, "B starts at zero, so an untrained adapter changes nothing: {untrained}");
+
+    // Gradients reach the adapters and never the frozen base; after one step (B no longer zero)
+    // every adapter tensor gets a non-zero gradient.
+    let adapter_params = adapted.adapters.as_ref().unwrap().params.clone();
+    let mut optimizer = AdamW::new(AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() });
+    for round in 0..2 {
+        let grads = adapted.loss(&batch).unwrap().backward().unwrap();
+        for (name, var) in adapted.weights.vars() {
+            assert!(grads.get(var.as_tensor()).is_none(), "base weight {name} got a gradient");
+        }
+        let mut by_name = BTreeMap::new();
+        for (name, var) in &adapter_params {
+            let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} got no gradient")).clone();
+            let norm = grad.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            if round == 1 || name.contains("lora_B") {
+                assert!(norm > 0.0, "{name} got a zero gradient in round {round}");
+            }
+            by_name.insert(name.clone(), grad);
+        }
+        optimizer.step(&adapter_params, &by_name, 1e-2).unwrap();
+    }
+
+    // Merged weights compute what base + adapters compute; adapters survive a round trip.
+    let adapters = adapted.adapters.as_ref().unwrap();
+    let merged = Llama::new(config.clone(), adapters.merge_into(&adapted.weights).unwrap()).unwrap();
+    let logits = adapted.forward(&inputs).unwrap();
+    assert!(max_abs_difference(&merged.forward(&inputs).unwrap(), &logits) < 1e-5);
+    assert!(max_abs_difference(&plain.forward(&inputs).unwrap(), &logits) > 1e-4, "training changed the model");
+    let bytes = adapters.to_safetensors().unwrap();
+    let reloaded = LoraAdapters::from_safetensors(&config, &lora, &bytes, &Device::Cpu).unwrap();
+    let frozen = Weights::from_safetensors(&config, &base_bytes, DType::F32, &Device::Cpu).unwrap();
+    let again = Llama::new(config.clone(), frozen).unwrap().with_adapters(reloaded);
+    assert!(max_abs_difference(&again.forward(&inputs).unwrap(), &logits) < 1e-6);
+    assert_eq!(lora.adapter_config_json("bard@1")["r"], 4);
+
+    let bad = LoraConfig { rank: 0, alpha: 8.0, target_modules: vec!["lm_head".into()] };
+    let error = LoraAdapters::init(&config, &bad, 1, &Device::Cpu).err().unwrap().to_string();
+    assert!(error.contains("rank") && error.contains("lm_head"), "{error}");
+    let other = LoraConfig { rank: 2, ..lora };
+    assert!(LoraAdapters::from_safetensors(&config, &other, &bytes, &Device::Cpu).is_err());
+}

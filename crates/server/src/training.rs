@@ -86,6 +86,9 @@ pub struct RunSpec {
     pub classification: Classification,
     #[serde(default)]
     pub base: Option<BaseModel>,
+    /// A registered model's verified `tokenizer.json` to use instead of training one.
+    #[serde(default)]
+    pub tokenizer_digest: Option<String>,
     #[serde(default)]
     pub eval_sets: Vec<EvalSet>,
     #[serde(default)]
@@ -267,10 +270,30 @@ impl TrainingHandler {
                     let row = (eval.step as i64, serde_json::to_value(&outcome.3).unwrap_or_default());
                     self.state.store.record_run_metrics(&job.id, "eval_sets", &[row]).await.map_err(failed)?;
                 }
-                let weights = self.store(job, model.weights.to_safetensors().map_err(failed)?).await?;
+                // LoRA: the registered weights are the base with the adapters merged (servable
+                // as is); the adapters themselves are kept beside them.
+                let (weights, adapter) = match &model.adapters {
+                    Some(adapters) => {
+                        let merged = adapters.merge_into(&model.weights).map_err(failed)?;
+                        let base = spec.base.as_ref().map(BaseModel::reference).unwrap_or_default();
+                        let adapter_config =
+                            serde_json::to_vec_pretty(&adapters.config.adapter_config_json(&base)).map_err(failed)?;
+                        let adapter = (adapters.to_safetensors().map_err(failed)?, adapter_config);
+                        (merged.to_safetensors().map_err(failed)?, Some(adapter))
+                    }
+                    None => (model.weights.to_safetensors().map_err(failed)?, None),
+                };
+                let weights = self.store(job, weights).await?;
                 let config_digest = self.store(job, config.to_json().into_bytes()).await?;
+                let mut artifacts = serde_json::json!({
+                    "weights": weights, "config": config_digest, "tokenizer": tokenizer_digest,
+                });
+                if let Some((adapter, adapter_config)) = adapter {
+                    artifacts["adapter"] = self.store(job, adapter).await?.into();
+                    artifacts["adapter_config"] = self.store(job, adapter_config).await?.into();
+                }
                 let mut result = serde_json::json!({
-                    "artifacts": { "weights": weights, "config": config_digest, "tokenizer": tokenizer_digest },
+                    "artifacts": artifacts,
                     "parameters": config.parameter_count(),
                     "train_tokens": outcome.1,
                     "validation_tokens": outcome.2,
@@ -493,7 +516,17 @@ pub async fn draft_from_run(
             DraftFile { path: "tokenizer.json".into(), source: FileSource::Stored(tokenizer_digest) },
             DraftFile { path: "generation_config.json".into(), source: FileSource::Bytes(json(generation)) },
             DraftFile { path: "tokenizer_config.json".into(), source: FileSource::Bytes(json(tokenizer_config)) },
-        ],
+        ]
+        .into_iter()
+        .chain(
+            [("adapter", "adapter_model.safetensors"), ("adapter_config", "adapter_config.json")]
+                .into_iter()
+                .filter_map(|(artifact, path)| {
+                    let digest = result["artifacts"][artifact].as_str()?.to_string();
+                    Some(DraftFile { path: path.into(), source: FileSource::Stored(digest) })
+                }),
+        )
+        .collect(),
         signing: Signing::Sign { intended_use: register.intended_use.clone() },
     })
 }

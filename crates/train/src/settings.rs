@@ -32,6 +32,8 @@ pub struct TrainSettings {
     /// Stop (and finish normally, with a final evaluation) once an attempt has trained this
     /// many seconds; 0 means no limit. The learning-rate schedule still spans `steps`.
     pub max_seconds: f64,
+    /// Train low-rank adapters on a frozen base instead of every weight (fine-tuning only).
+    pub lora: Option<factory_model::LoraConfig>,
 }
 
 impl Default for TrainSettings {
@@ -53,6 +55,7 @@ impl Default for TrainSettings {
             eval_windows: 32,
             checkpoint_every: 50,
             max_seconds: 0.0,
+            lora: None,
         }
     }
 }
@@ -88,6 +91,11 @@ impl TrainSettings {
         }
         if self.grad_clip <= 0.0 {
             problems.push("grad_clip must be positive".to_string());
+        }
+        if let Some(lora) = &self.lora {
+            if let Err(error) = lora.validate() {
+                problems.push(error.to_string().trim_start_matches("invalid model config: ").to_string());
+            }
         }
         if !(self.max_seconds >= 0.0 && self.max_seconds.is_finite()) {
             problems.push("max_seconds must be zero (no limit) or positive".to_string());

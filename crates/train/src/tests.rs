@@ -177,3 +177,44 @@ fn eval_sets_score_greedy_completions_by_exact_match_and_containment() {
         assert!(error.contains(expected), "{expected} in {error}");
     }
 }
+
+#[test]
+fn lora_fine_tunes_adapters_only_and_resumes_exactly() {
+    let (tokenizer, data) = streams(32);
+    let config = small_config(tokenizer.vocab_size());
+    let Outcome::Finished { model: base, .. } =
+        train(&config, &settings(15), &data, 2, None, None, &mut Recorder::default()).unwrap()
+    else {
+        panic!("the base run finishes")
+    };
+    let base_bytes = base.weights.to_safetensors().unwrap();
+    let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    let lora = factory_model::LoraConfig { rank: 8, alpha: 16.0, target_modules: targets.map(String::from).to_vec() };
+    let tune = TrainSettings { lora: Some(lora), learning_rate: 2e-2, checkpoint_every: 0, ..settings(40) };
+
+    let error = train(&config, &tune, &data, 3, None, None, &mut Recorder::default()).err().unwrap().to_string();
+    assert!(error.contains("base model"), "{error}");
+
+    // Fine-tuning data of another kind: one sentence, over and over.
+    let sentences = vec!["the cat sat on the mat.".to_string(); 400];
+    let data = split_tokens(tokenize_documents(&tokenizer, sentences).unwrap(), 0.05, 32).unwrap();
+    let mut uninterrupted = Recorder::default();
+    let Outcome::Finished { model, .. } =
+        train(&config, &tune, &data, 3, Some(&base_bytes), None, &mut uninterrupted).unwrap()
+    else {
+        panic!("the fine-tune finishes")
+    };
+    let before = evaluate(&base, &data.train, 32, 16, 0).unwrap().validation_loss;
+    let after = evaluate(&model, &data.train, 32, 16, 0).unwrap().validation_loss;
+    assert!(after < before - 0.1, "adapters learn: {before:.3} -> {after:.3}");
+    assert_eq!(model.weights.to_safetensors().unwrap(), base_bytes, "the base stays frozen");
+    assert!(model.adapters.is_some());
+
+    let mut first_half = Recorder { preempt_at: Some(8), ..Recorder::default() };
+    train(&config, &tune, &data, 3, Some(&base_bytes), None, &mut first_half).unwrap();
+    let saved = first_half.checkpoints.last().unwrap().clone();
+    let mut second_half = Recorder::default();
+    train(&config, &tune, &data, 3, Some(&base_bytes), Some(&saved), &mut second_half).unwrap();
+    let resumed: Vec<f64> = first_half.steps.iter().chain(&second_half.steps).map(|m| m.loss).collect();
+    assert_eq!(resumed, uninterrupted.steps.iter().map(|m| m.loss).collect::<Vec<_>>());
+}

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use factory_model::{
-    clip_grad_norm, learning_rate, AdamW, AdamWConfig, DType, Device, Llama, LlamaConfig, ModelError, Tensor, Weights,
+    clip_grad_norm, learning_rate, AdamW, AdamWConfig, DType, Device, Llama, LlamaConfig, LoraAdapters, ModelError,
+    Tensor, Var, Weights,
 };
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -119,9 +120,47 @@ pub fn evaluate(
     Ok(EvalMetrics { step, validation_loss, perplexity: validation_loss.exp(), tokens: starts.len() * seq_len })
 }
 
+/// What a checkpoint holds as `weights`: the adapters when only they train, else the model.
 fn checkpoint(model: &Llama, optimizer: &AdamW, step: u64) -> Result<Checkpoint, TrainError> {
     let state = optimizer.state_tensors(&model.weights.device)?;
-    Ok(Checkpoint { step, weights: model.weights.to_safetensors()?, optimizer: factory_model::to_safetensors(state)? })
+    let weights = match &model.adapters {
+        Some(adapters) => adapters.to_safetensors()?,
+        None => model.weights.to_safetensors()?,
+    };
+    Ok(Checkpoint { step, weights, optimizer: factory_model::to_safetensors(state)? })
+}
+
+/// The model to train and the step to start from: fresh, from a base (`initial`), or from a
+/// checkpoint; with LoRA, a frozen base carrying adapters that are fresh or restored.
+fn starting_point(
+    config: &LlamaConfig,
+    settings: &TrainSettings,
+    seed: u64,
+    initial: Option<&[u8]>,
+    resume: Option<&Checkpoint>,
+    adam: AdamWConfig,
+    device: &Device,
+) -> Result<(Llama, AdamW, u64), TrainError> {
+    let optimizer = match resume {
+        Some(checkpoint) => AdamW::restore(adam, factory_model::from_safetensors(&checkpoint.optimizer, device)?)?,
+        None => AdamW::new(adam),
+    };
+    let start = resume.map(|c| c.step).unwrap_or(0);
+    if let Some(lora) = &settings.lora {
+        let base = initial.ok_or_else(|| TrainError::Settings("lora: adapters need a base model to adapt".into()))?;
+        let weights = Weights::from_safetensors(config, base, DType::F32, device)?;
+        let adapters = match resume {
+            Some(checkpoint) => LoraAdapters::from_safetensors(config, lora, &checkpoint.weights, device)?,
+            None => LoraAdapters::init(config, lora, seed, device)?,
+        };
+        return Ok((Llama::new(config.clone(), weights)?.with_adapters(adapters), optimizer, start));
+    }
+    let weights = match (resume, initial) {
+        (Some(checkpoint), _) => Weights::from_safetensors(config, &checkpoint.weights, DType::F32, device)?,
+        (None, Some(bytes)) => Weights::from_safetensors(config, bytes, DType::F32, device)?,
+        (None, None) => Weights::init(config, seed, DType::F32, device)?,
+    };
+    Ok((Llama::new(config.clone(), weights)?, optimizer, start))
 }
 
 /// Trains `config` on `data` for `settings.steps` steps from `seed`. With `resume`, starts
@@ -147,21 +186,12 @@ pub fn train(
     }
     let adam =
         AdamWConfig { beta1: settings.beta1, beta2: settings.beta2, eps: 1e-8, weight_decay: settings.weight_decay };
-    let (weights, mut optimizer, start) = match resume {
-        Some(checkpoint) => (
-            Weights::from_safetensors(config, &checkpoint.weights, DType::F32, &device)?,
-            AdamW::restore(adam, factory_model::from_safetensors(&checkpoint.optimizer, &device)?)?,
-            checkpoint.step,
-        ),
-        None => {
-            let weights = match initial {
-                Some(bytes) => Weights::from_safetensors(config, bytes, DType::F32, &device)?,
-                None => Weights::init(config, seed, DType::F32, &device)?,
-            };
-            (weights, AdamW::new(adam), 0)
-        }
+    let (model, mut optimizer, start) = starting_point(config, settings, seed, initial, resume, adam, &device)?;
+    // Var clones share storage: updating these updates the model.
+    let trainable: BTreeMap<String, Var> = match &model.adapters {
+        Some(adapters) => adapters.params.clone(),
+        None => model.weights.params.clone(),
     };
-    let model = Llama::new(config.clone(), weights)?;
     let validation = if data.validation.len() >= window { Some(data.validation.as_slice()) } else { None };
 
     let attempt_started = Instant::now();
@@ -177,7 +207,7 @@ pub fn train(
             loss_total +=
                 loss.to_dtype(DType::F64).map_err(ModelError::from)?.to_scalar::<f64>().map_err(ModelError::from)?;
             let grads = loss.backward().map_err(ModelError::from)?;
-            for (name, var) in model.weights.vars() {
+            for (name, var) in &trainable {
                 if let Some(grad) = grads.get(var.as_tensor()) {
                     let grad = (grad / settings.grad_accum as f64).map_err(ModelError::from)?;
                     let total = match summed.remove(name) {
@@ -196,7 +226,7 @@ pub fn train(
             settings.learning_rate,
             settings.min_learning_rate,
         );
-        optimizer.step(&model.weights.params, &summed, lr)?;
+        optimizer.step(&trainable, &summed, lr)?;
         let seconds = started.elapsed().as_secs_f64().max(1e-9);
         let metrics = StepMetrics {
             step: step + 1,

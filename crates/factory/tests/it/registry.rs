@@ -210,6 +210,75 @@ async fn models_are_registered_signed_verified_aliased_fine_tuned_and_moved_betw
     assert_eq!(file_digest(&tuned.body, "tokenizer.json"), file_digest(&version.body, "tokenizer.json"));
     assert_ne!(file_digest(&tuned.body, "model.safetensors"), file_digest(&version.body, "model.safetensors"));
 
+    // A LoRA fine-tune keeps its adapters beside the merged weights.
+    let lora_config = dir.path().join("lora.json");
+    std::fs::write(
+        &lora_config,
+        json!({ "train": { "seq_len": 32, "batch_size": 4, "checkpoint_every": 0, "eval_every": 0, "eval_windows": 4,
+                           "lora": { "rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"] } } })
+        .to_string(),
+    )
+    .unwrap();
+    let config_arg = lora_config.to_str().unwrap();
+    let (ok, stdout, stderr) = cli(
+        &[
+            "train",
+            "--dataset",
+            "plays@1",
+            "--name",
+            "bard",
+            "--base",
+            "bard@1",
+            "--config",
+            config_arg,
+            "--max-steps",
+            "5",
+            "--wait",
+        ],
+        &env,
+    );
+    assert!(ok && stderr.contains("registered bard@3"), "{stdout}\n{stderr}");
+    let adapted = call(&url, "GET", "/api/v1/models/bard/versions/3", Some(&engineer), None).await;
+    let adapter_config =
+        call(&url, "GET", "/api/v1/models/bard/versions/3/files/adapter_config.json", Some(&engineer), None).await;
+    assert_eq!(
+        (adapter_config.body["r"].clone(), adapter_config.body["base_model_name_or_path"].clone()),
+        (json!(4), json!("bard@1"))
+    );
+    assert!(file_digest(&adapted.body, "adapter_model.safetensors").is_string(), "{}", adapted.text);
+    let (ok, stdout, _) = cli(&["model", "verify", "bard@3", "--key", &key_a], &env);
+    assert!(ok && stdout.contains("bard@3 verified: 8 files"), "{stdout}");
+    // A new model can reuse a registered model's tokenizer instead of training one.
+    let (ok, stdout, stderr) = cli(
+        &[
+            "train",
+            "--dataset",
+            "plays@1",
+            "--name",
+            "sonnet",
+            "--tokenizer",
+            "bard@1",
+            "--config",
+            config.to_str().unwrap(),
+            "--max-steps",
+            "3",
+            "--wait",
+        ],
+        &env,
+    );
+    assert!(ok && stderr.contains("registered sonnet@1"), "{stdout}\n{stderr}");
+    let sonnet = call(&url, "GET", "/api/v1/models/sonnet/versions/1", Some(&engineer), None).await;
+    assert_eq!(file_digest(&sonnet.body, "tokenizer.json"), file_digest(&version.body, "tokenizer.json"));
+    let pretrain_lora = call(
+        &url,
+        "POST",
+        "/api/v1/runs",
+        Some(&engineer),
+        Some(json!({ "kind": "pretrain", "dataset": "plays", "version": 1, "train": { "lora": { "rank": 4, "alpha": 8.0 } } })),
+    )
+    .await;
+    assert_eq!(pretrain_lora.status, 400, "{}", pretrain_lora.text);
+
     // A Llama directory written by `transformers` imports; a jurisdiction the tenant does not
     // allow is refused by the residency policy.
     let hf_dir = dir.path().join("hf");
@@ -290,6 +359,9 @@ async fn models_are_registered_signed_verified_aliased_fine_tuned_and_moved_betw
     assert_eq!(report.body["verified"], true, "{}", report.text);
 
     let (ok, stdout, _) = cli(&["model", "list"], &env);
-    assert!(ok && stdout.contains("\"bard\"") && stdout.contains("\"outsider\""), "{stdout}");
+    assert!(
+        ok && stdout.contains("\"bard\"") && stdout.contains("\"outsider\"") && stdout.contains("\"sonnet\""),
+        "{stdout}"
+    );
     server.terminate();
 }

@@ -51,6 +51,9 @@ pub struct CreateRun {
     /// finetune: the registered model to start from, `NAME@VERSION` or `NAME@ALIAS`. Its
     /// tokenizer and architecture are kept.
     pub base: Option<String>,
+    /// pretrain: use this registered model's tokenizer (`NAME@VERSION` or `NAME@ALIAS`)
+    /// instead of training one.
+    pub tokenizer_from: Option<String>,
     /// Prompts with expected answers, scored (exact match, contains) on the final model.
     #[schema(value_type = Option<Vec<Object>>)]
     pub eval_sets: Option<Vec<EvalSet>>,
@@ -79,6 +82,9 @@ pub async fn create(
     }
     if kind == TOKENIZER_KIND && (body.register.is_some() || body.eval_sets.is_some()) {
         return Err(ApiError::invalid("register, eval_sets: a tokenizer run trains no model"));
+    }
+    if body.train.as_ref().is_some_and(|t| t.lora.is_some()) && kind != FINETUNE_KIND {
+        return Err(ApiError::invalid("train.lora: adapters fine-tune a base model; use kind finetune"));
     }
     let eval_sets = body.eval_sets.unwrap_or_default();
     factory_train::validate_eval_sets(&eval_sets).map_err(ApiError::invalid)?;
@@ -114,6 +120,13 @@ pub async fn create(
         }
         None => None,
     };
+    let tokenizer_digest = match &body.tokenizer_from {
+        Some(_) if kind != PRETRAIN_KIND => {
+            return Err(ApiError::invalid("tokenizer_from: only a pretrain run takes another model's tokenizer"))
+        }
+        Some(reference) => Some(base_model(&state, &caller, &tenant, reference).await?.0.tokenizer),
+        None => None,
+    };
     let spec = RunSpec {
         dataset: dataset.name.clone(),
         version: body.version,
@@ -126,6 +139,7 @@ pub async fn create(
         jurisdiction: dataset.jurisdiction.clone(),
         classification: dataset.classification,
         base,
+        tokenizer_digest,
         eval_sets,
         register: body.register,
         requested_by: Some(caller.principal.clone()),
