@@ -92,11 +92,19 @@ impl LlamaConfig {
         let mut config = match name {
             "tiny" => LlamaConfig::new(vocab_size, 64, 192, 2, 4),
             "small" => LlamaConfig::new(vocab_size, 256, 768, 4, 8),
+            // The shape of shared/bench/configs/ref-small.json (untied, 512 positions), sized to
+            // the tokenizer: the benchmark's model, and the demo's.
+            "ref-small" => {
+                let mut config = LlamaConfig::new(vocab_size, 256, 768, 4, 8);
+                config.tie_word_embeddings = false;
+                config.max_position_embeddings = 512;
+                config
+            }
             "base" => LlamaConfig::new(vocab_size, 512, 1376, 8, 8),
             "125m" => LlamaConfig::new(vocab_size, 768, 2048, 12, 12),
             other => {
                 return Err(ModelError::Config(format!(
-                    "preset {other:?} is unknown; expected tiny, small, base or 125m"
+                    "preset {other:?} is unknown; expected tiny, small, ref-small, base or 125m"
                 )))
             }
         };
@@ -219,6 +227,10 @@ mod tests {
         .unwrap();
         // transformers counts 5,507,328 parameters for this config (the shared bench README: 5.5M).
         assert_eq!(small.parameter_count(), 5_507_328);
+        let reference = LlamaConfig::preset("ref-small", 4096).unwrap();
+        let shared: LlamaConfig = LlamaConfig::from_json(include_str!("../tests/fixtures/ref-small.json")).unwrap();
+        assert_eq!(reference.parameter_count(), shared.parameter_count());
+        assert_eq!((reference.tie_word_embeddings, reference.max_position_embeddings), (false, 512));
         let big = LlamaConfig::preset("125m", 32_000).unwrap();
         assert!((100_000_000..140_000_000).contains(&big.parameter_count()), "{}", big.parameter_count());
     }

@@ -6,6 +6,7 @@
 //! knowledge of jobs, datasets or the object store; the trainer drives this crate.
 
 mod config;
+mod infer;
 mod llama;
 mod lora;
 pub mod ops;
@@ -17,6 +18,7 @@ mod tests;
 
 pub use candle_core::{DType, Device, Tensor, Var};
 pub use config::LlamaConfig;
+pub use infer::{KvCache, StepInput};
 pub use llama::{argmax_last, Llama};
 pub use lora::{LoraAdapters, LoraConfig};
 pub use optim::{clip_grad_norm, learning_rate, AdamW, AdamWConfig};

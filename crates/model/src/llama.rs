@@ -26,7 +26,7 @@ impl std::fmt::Debug for Llama {
 }
 
 /// `x @ weight^T` for `x` of any rank, `weight` `[out, in]` as `transformers` stores it.
-fn linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
     let dims = x.dims().to_vec();
     let (inner, rest) = dims.split_last().ok_or_else(|| candle_core::Error::Msg("linear on a scalar".into()))?;
     let rows: usize = rest.iter().product();
@@ -76,6 +76,10 @@ impl Llama {
 
     pub fn dtype(&self) -> DType {
         self.weights.dtype
+    }
+
+    pub(crate) fn rotary(&self) -> &Rotary {
+        &self.rotary
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (u32).
@@ -171,7 +175,7 @@ impl Llama {
 
 /// Key/value heads repeated so each group of `repeats` query heads shares one, in the order
 /// `transformers`' `repeat_kv` uses (head `h` reads key head `h / repeats`).
-fn repeat_kv(x: &Tensor, repeats: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn repeat_kv(x: &Tensor, repeats: usize) -> candle_core::Result<Tensor> {
     if repeats == 1 {
         return Ok(x.clone());
     }

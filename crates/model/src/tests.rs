@@ -350,3 +350,46 @@ fn lora_adapters_train_alone_and_merge_into_the_base() {
     let other = LoraConfig { rank: 2, ..lora };
     assert!(LoraAdapters::from_safetensors(&config, &other, &bytes, &Device::Cpu).is_err());
 }
+
+#[test]
+fn cached_steps_match_the_full_forward_for_chunks_decodes_and_mixed_batches() {
+    let mut config = tiny_config(false);
+    config.num_key_value_heads = Some(2);
+    let model = Llama::new(config.clone(), Weights::init(&config, 9, DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let first: Vec<u32> = vec![3, 17, 4, 40, 8, 15, 23, 42, 16, 4, 2];
+    let second: Vec<u32> = vec![9, 1, 30, 12, 5];
+    let full = |ids: &[u32]| model.forward(&tokens(ids, 1)).unwrap().squeeze(0).unwrap();
+    let row = |logits: &Tensor, i: usize| logits.get(i).unwrap();
+
+    // A prompt in two chunks, then one token at a time, in one cache.
+    let mut cache = KvCache::new(&model, 16).unwrap();
+    let logits = model.forward_step(&mut [StepInput { tokens: &first[..4], cache: &mut cache }]).unwrap();
+    assert!(max_abs_difference(&row(&logits, 0), &row(&full(&first[..4]), 3)) < 1e-4);
+    let logits = model.forward_step(&mut [StepInput { tokens: &first[4..8], cache: &mut cache }]).unwrap();
+    assert!(max_abs_difference(&row(&logits, 0), &row(&full(&first[..8]), 7)) < 1e-4);
+    for end in 9..=first.len() {
+        let logits = model.forward_step(&mut [StepInput { tokens: &first[end - 1..end], cache: &mut cache }]).unwrap();
+        assert!(max_abs_difference(&row(&logits, 0), &row(&full(&first[..end]), end - 1)) < 1e-4, "at {end}");
+    }
+    assert_eq!(cache.len(), first.len());
+
+    // Two sequences of different lengths in one step: one decoding, one prefilling.
+    let mut other = KvCache::new(&model, 16).unwrap();
+    let mut again = KvCache::new(&model, 16).unwrap();
+    model.forward_step(&mut [StepInput { tokens: &first[..10], cache: &mut again }]).unwrap();
+    let logits = model
+        .forward_step(&mut [
+            StepInput { tokens: &first[10..11], cache: &mut again },
+            StepInput { tokens: &second, cache: &mut other },
+        ])
+        .unwrap();
+    assert_eq!(logits.dims(), &[2, config.vocab_size]);
+    assert!(max_abs_difference(&row(&logits, 0), &row(&full(&first), first.len() - 1)) < 1e-4);
+    assert!(max_abs_difference(&row(&logits, 1), &row(&full(&second), second.len() - 1)) < 1e-4);
+
+    // Past capacity is refused, and nothing is written.
+    let error = model.forward_step(&mut [StepInput { tokens: &[1; 12], cache: &mut other }]).err().unwrap();
+    assert!(error.to_string().contains("exceed"), "{error}");
+    assert_eq!(other.len(), second.len());
+    assert!(KvCache::new(&model, 33).is_err(), "longer than max_position_embeddings");
+}

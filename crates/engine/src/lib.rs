@@ -1,0 +1,378 @@
+//! The serving engine: one thread runs a loop of steps over every admitted sequence at once
+//! (continuous batching). New requests join at the next step, their prompts prefilled in
+//! chunks under a per-step token budget so a long prompt never stalls the decoding of others;
+//! finished sequences leave at once, and a client that hangs up frees its slot at the next step.
+//! Each sequence owns a preallocated KV cache. Admission is bounded: past `max_waiting` queued
+//! requests, `submit` says `Overloaded` instead of growing memory.
+//!
+//! Architecture Invariant: no HTTP, no registry. The server verifies a model before loading it
+//! here and turns events into API responses.
+
+mod sampling;
+mod text;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use factory_model::{KvCache, Llama, StepInput};
+use factory_tokenizer::Tokenizer;
+use serde::Serialize;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+pub use sampling::{argmax, sample, SamplingParams};
+
+use crate::text::TextStream;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    /// Sequences decoded together.
+    pub max_batch: usize,
+    /// Requests waiting for a slot before new ones are refused.
+    pub max_waiting: usize,
+    /// Prompt tokens prefilled per step, across all sequences.
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings { max_batch: 32, max_waiting: 64, prefill_chunk: 256 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("the engine is at capacity; retry shortly")]
+    Overloaded,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// Where a request's time went, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Timings {
+    /// Submitted until admitted to the batch.
+    pub queue_ms: f64,
+    /// Submitted until the first token.
+    pub first_token_ms: f64,
+    /// First token until the last.
+    pub decode_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// New text (possibly empty while a multi-byte character or a possible stop sequence is
+    /// held back) and the token that produced it.
+    Delta {
+        text: String,
+        token: u32,
+    },
+    Done {
+        reason: FinishReason,
+        usage: Usage,
+        timings: Timings,
+        batch_size: usize,
+    },
+    Failed(String),
+}
+
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+}
+
+/// What the engine is doing now, for metrics and load shedding.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub running: AtomicUsize,
+    pub waiting: AtomicUsize,
+    pub steps: AtomicUsize,
+}
+
+struct Submitted {
+    request: GenerationRequest,
+    events: UnboundedSender<GenerationEvent>,
+    submitted_at: Instant,
+}
+
+/// A handle to the engine thread; dropping every handle stops it.
+#[derive(Clone)]
+pub struct Engine {
+    queue: SyncSender<Submitted>,
+    pub stats: Arc<EngineStats>,
+    max_context: usize,
+    pub vocab_size: usize,
+}
+
+impl Engine {
+    /// Starts the engine thread for `model`.
+    pub fn start(model: Llama, tokenizer: Tokenizer, settings: EngineSettings) -> Engine {
+        let (queue, incoming) = std::sync::mpsc::sync_channel(settings.max_waiting.max(1));
+        let stats = Arc::new(EngineStats::default());
+        let max_context = model.config.max_position_embeddings;
+        let vocab_size = model.config.vocab_size;
+        let end_of_text = tokenizer.token_id(factory_tokenizer::END_OF_TEXT);
+        let scheduler = Scheduler {
+            model,
+            tokenizer,
+            settings,
+            incoming,
+            stats: stats.clone(),
+            waiting: VecDeque::new(),
+            active: Vec::new(),
+            end_of_text,
+        };
+        std::thread::Builder::new()
+            .name("factory-engine".to_string())
+            .spawn(move || scheduler.run())
+            .map(|_| ())
+            .unwrap_or_else(|error| eprintln!("cannot start the engine thread: {error}"));
+        Engine { queue, stats, max_context, vocab_size }
+    }
+
+    /// Queues a request; its events arrive on the returned receiver. Dropping the receiver
+    /// cancels the request.
+    pub fn submit(&self, request: GenerationRequest) -> Result<UnboundedReceiver<GenerationEvent>, EngineError> {
+        request.params.validate().map_err(EngineError::Invalid)?;
+        if request.prompt.is_empty() {
+            return Err(EngineError::Invalid("the prompt is empty".to_string()));
+        }
+        if request.prompt.len() >= self.max_context {
+            return Err(EngineError::Invalid(format!(
+                "the prompt has {} tokens; this model's context holds {}",
+                request.prompt.len(),
+                self.max_context
+            )));
+        }
+        let (events, receiver) = unbounded_channel();
+        let submitted = Submitted { request, events, submitted_at: Instant::now() };
+        match self.queue.try_send(submitted) {
+            Ok(()) => {
+                self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+                Ok(receiver)
+            }
+            Err(TrySendError::Full(_)) => Err(EngineError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(EngineError::Stopped),
+        }
+    }
+
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+}
+
+struct Sequence {
+    prompt: Vec<u32>,
+    prefilled: usize,
+    generated: Vec<u32>,
+    cache: KvCache,
+    params: SamplingParams,
+    rng: rand::rngs::StdRng,
+    events: UnboundedSender<GenerationEvent>,
+    text: TextStream,
+    submitted_at: Instant,
+    admitted_at: Instant,
+    first_token_at: Option<Instant>,
+}
+
+impl Sequence {
+    fn prefilling(&self) -> bool {
+        self.prefilled < self.prompt.len()
+    }
+}
+
+struct Scheduler {
+    model: Llama,
+    tokenizer: Tokenizer,
+    settings: EngineSettings,
+    incoming: Receiver<Submitted>,
+    stats: Arc<EngineStats>,
+    waiting: VecDeque<Submitted>,
+    active: Vec<Sequence>,
+    end_of_text: Option<u32>,
+}
+
+impl Scheduler {
+    fn run(mut self) {
+        loop {
+            if !self.receive() {
+                return;
+            }
+            self.admit();
+            if self.active.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.step() {
+                for sequence in self.active.drain(..) {
+                    let _ = sequence.events.send(GenerationEvent::Failed(error.clone()));
+                }
+            }
+            self.stats.running.store(self.active.len(), Ordering::SeqCst);
+            self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes what was submitted; blocks only when there is nothing else to do. False when every
+    /// handle is gone and no work remains.
+    fn receive(&mut self) -> bool {
+        if self.active.is_empty() && self.waiting.is_empty() {
+            match self.incoming.recv() {
+                Ok(submitted) => self.waiting.push_back(submitted),
+                Err(_) => return false,
+            }
+        }
+        loop {
+            match self.incoming.try_recv() {
+                Ok(submitted) => self.waiting.push_back(submitted),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return !(self.active.is_empty() && self.waiting.is_empty()),
+            }
+        }
+    }
+
+    fn admit(&mut self) {
+        while self.active.len() < self.settings.max_batch {
+            let Some(submitted) = self.waiting.pop_front() else { break };
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            if submitted.events.is_closed() {
+                continue;
+            }
+            let request = submitted.request;
+            let capacity =
+                (request.prompt.len() + request.params.max_tokens).min(self.model.config.max_position_embeddings);
+            let cache = match KvCache::new(&self.model, capacity) {
+                Ok(cache) => cache,
+                Err(error) => {
+                    let _ = submitted.events.send(GenerationEvent::Failed(error.to_string()));
+                    continue;
+                }
+            };
+            self.active.push(Sequence {
+                rng: request.params.rng(),
+                text: TextStream::new(request.params.stop.clone()),
+                prompt: request.prompt,
+                prefilled: 0,
+                generated: Vec::new(),
+                cache,
+                params: request.params,
+                events: submitted.events,
+                submitted_at: submitted.submitted_at,
+                admitted_at: Instant::now(),
+                first_token_at: None,
+            });
+        }
+        self.stats.running.store(self.active.len(), Ordering::SeqCst);
+    }
+
+    /// One forward pass over every sequence that has work this step.
+    fn step(&mut self) -> Result<(), String> {
+        // Clients that hung up leave before any work is done for them.
+        self.active.retain(|sequence| !sequence.events.is_closed());
+        if self.active.is_empty() {
+            return Ok(());
+        }
+        let mut budget = self.settings.prefill_chunk.max(1);
+        // (index into active, tokens this step, whether this step ends its prefill)
+        let mut plan: Vec<(usize, Vec<u32>, bool)> = Vec::new();
+        for (index, sequence) in self.active.iter().enumerate() {
+            if sequence.prefilling() {
+                if budget == 0 {
+                    continue;
+                }
+                let take = (sequence.prompt.len() - sequence.prefilled).min(budget);
+                budget -= take;
+                let end = sequence.prefilled + take;
+                plan.push((index, sequence.prompt[sequence.prefilled..end].to_vec(), end == sequence.prompt.len()));
+            } else if let Some(last) = sequence.generated.last() {
+                plan.push((index, vec![*last], true));
+            }
+        }
+        let logits = {
+            let mut planned = plan.iter().map(|(index, _, _)| *index).peekable();
+            let mut inputs = Vec::with_capacity(plan.len());
+            let mut tokens = plan.iter().map(|(_, tokens, _)| tokens);
+            for (index, sequence) in self.active.iter_mut().enumerate() {
+                if planned.peek() == Some(&index) {
+                    planned.next();
+                    let tokens = tokens.next().ok_or("the step plan is inconsistent")?;
+                    inputs.push(StepInput { tokens, cache: &mut sequence.cache });
+                }
+            }
+            self.model.forward_step(&mut inputs).map_err(|e| e.to_string())?
+        };
+        let batch_size = plan.len();
+        let mut finished = Vec::new();
+        for (row, (index, tokens, samples)) in plan.into_iter().enumerate() {
+            let sequence = &mut self.active[index];
+            if sequence.prefilling() {
+                sequence.prefilled += tokens.len();
+            }
+            if !samples {
+                continue;
+            }
+            let logits: Vec<f32> = logits.get(row).and_then(|r| r.to_vec1()).map_err(|e| e.to_string())?;
+            let token = sample(&logits, &sequence.params, &mut sequence.rng);
+            let now = Instant::now();
+            sequence.first_token_at.get_or_insert(now);
+            let end_of_text = Some(token) == self.end_of_text;
+            if !end_of_text {
+                sequence.generated.push(token);
+            }
+            let (delta, stopped) = if end_of_text {
+                (sequence.text.finish(), true)
+            } else {
+                let decoded = self.tokenizer.decode(&sequence.generated).map_err(|e| e.to_string())?;
+                sequence.text.update(&decoded)
+            };
+            if !delta.is_empty() || !end_of_text {
+                let _ = sequence.events.send(GenerationEvent::Delta { text: delta, token });
+            }
+            let full = sequence.generated.len() >= sequence.params.max_tokens
+                || sequence.cache.len() + 1 > sequence.cache.capacity();
+            if stopped || full {
+                let tail = if stopped { String::new() } else { sequence.text.finish() };
+                if !tail.is_empty() {
+                    let _ = sequence.events.send(GenerationEvent::Delta { text: tail, token });
+                }
+                let first = sequence.first_token_at.unwrap_or(now);
+                let timings = Timings {
+                    queue_ms: millis(sequence.admitted_at - sequence.submitted_at),
+                    first_token_ms: millis(first - sequence.submitted_at),
+                    decode_ms: millis(now - first),
+                };
+                let usage = Usage { prompt_tokens: sequence.prompt.len(), completion_tokens: sequence.generated.len() };
+                let reason = if stopped { FinishReason::Stop } else { FinishReason::Length };
+                let _ = sequence.events.send(GenerationEvent::Done { reason, usage, timings, batch_size });
+                finished.push(index);
+            }
+        }
+        for index in finished.into_iter().rev() {
+            self.active.swap_remove(index);
+        }
+        Ok(())
+    }
+}
+
+fn millis(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,105 @@
+//! Choosing the next token from logits: greedy at temperature 0, otherwise temperature,
+//! top-k and top-p (nucleus) filtering, then a draw from the request's own seeded generator.
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// 0 is greedy.
+    pub temperature: f32,
+    /// Keep the smallest set of tokens whose probability reaches this (1 keeps all).
+    pub top_p: f32,
+    /// Keep only the k most likely tokens (0 keeps all).
+    pub top_k: usize,
+    /// Fixes the draws: the same seed and prompt give the same completion.
+    pub seed: Option<u64>,
+    pub max_tokens: usize,
+    /// Generation ends before the first occurrence of any of these.
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, seed: None, max_tokens: 16, stop: Vec::new() }
+    }
+}
+
+impl SamplingParams {
+    /// Every problem, each naming its field as the OpenAI API spells it.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return Err("temperature must be between 0 and 2".to_string());
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err("top_p must be in (0, 1]".to_string());
+        }
+        if self.max_tokens == 0 {
+            return Err("max_tokens must be positive".to_string());
+        }
+        if self.stop.len() > 4 || self.stop.iter().any(|s| s.is_empty()) {
+            return Err("stop takes up to 4 non-empty sequences".to_string());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn rng(&self) -> rand::rngs::StdRng {
+        match self.seed {
+            Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
+            None => rand::rngs::StdRng::from_os_rng(),
+        }
+    }
+}
+
+/// The next token under `params`, from one row of logits.
+pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u32 {
+    if params.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    if params.top_k > 0 {
+        candidates.truncate(params.top_k);
+    }
+    let max = candidates.first().map(|c| c.1).unwrap_or(0.0);
+    let mut total = 0.0f64;
+    let mut weights: Vec<f64> = candidates
+        .iter()
+        .map(|(_, l)| {
+            let w = (((l - max) / params.temperature) as f64).exp();
+            total += w;
+            w
+        })
+        .collect();
+    if params.top_p < 1.0 {
+        let mut cumulative = 0.0;
+        let keep = weights
+            .iter()
+            .position(|w| {
+                cumulative += w / total;
+                cumulative >= params.top_p as f64
+            })
+            .map(|i| i + 1)
+            .unwrap_or(weights.len());
+        weights.truncate(keep);
+        total = weights.iter().sum();
+    }
+    let mut draw = rng.random::<f64>() * total;
+    for (index, weight) in weights.iter().enumerate() {
+        draw -= weight;
+        if draw <= 0.0 {
+            return candidates[index].0;
+        }
+    }
+    candidates[weights.len() - 1].0
+}
+
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (index, value) in logits.iter().enumerate() {
+        if *value > logits[best] {
+            best = index;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,175 @@
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use factory_model::{DType, Device, LlamaConfig, Weights};
+use factory_tokenizer::{BpeSettings, Tokenizer};
+
+use super::*;
+
+fn tokenizer() -> Tokenizer {
+    let text = "Now is the winter of our discontent made glorious summer by this sun of York. ";
+    Tokenizer::train(&BpeSettings::new(300), std::iter::repeat_n(text.to_string(), 50)).unwrap()
+}
+
+fn model(vocab: usize) -> Llama {
+    let mut config = LlamaConfig::new(vocab, 32, 64, 2, 4);
+    config.num_key_value_heads = Some(2);
+    config.max_position_embeddings = 64;
+    Llama::new(config.clone(), Weights::init(&config, 11, DType::F32, &Device::Cpu).unwrap()).unwrap()
+}
+
+fn engine(settings: EngineSettings) -> (Engine, Tokenizer, Llama) {
+    let tokenizer = tokenizer();
+    let reference = model(tokenizer.vocab_size());
+    (Engine::start(model(tokenizer.vocab_size()), tokenizer.clone(), settings), tokenizer, reference)
+}
+
+fn greedy(max_tokens: usize) -> SamplingParams {
+    SamplingParams { temperature: 0.0, max_tokens, ..SamplingParams::default() }
+}
+
+/// Every event of a request until it is done: (text, tokens, finish).
+async fn collect(mut events: UnboundedReceiver<GenerationEvent>) -> (String, Vec<u32>, GenerationEvent) {
+    let (mut text, mut tokens) = (String::new(), Vec::new());
+    while let Some(event) = events.recv().await {
+        match event {
+            GenerationEvent::Delta { text: delta, token } => {
+                text.push_str(&delta);
+                tokens.push(token);
+            }
+            done => return (text, tokens, done),
+        }
+    }
+    panic!("the engine closed the stream without a final event");
+}
+
+#[tokio::test]
+async fn greedy_generation_matches_the_reference_decoder_alone_and_in_a_batch() {
+    let (engine, tokenizer, reference) = engine(EngineSettings { prefill_chunk: 4, ..EngineSettings::default() });
+    let prompts = ["Now is the winter", "of our discontent made glorious", "York"];
+    let mut expected = Vec::new();
+    for prompt in prompts {
+        let ids = tokenizer.encode(prompt).unwrap();
+        let end = tokenizer.token_id(factory_tokenizer::END_OF_TEXT).unwrap();
+        let mut tokens = reference.greedy(&ids, 12, &[end]).unwrap();
+        tokens.retain(|t| *t != end);
+        expected.push((ids, tokens));
+    }
+    // All three at once (prompts prefilled 4 tokens per step, across sequences), then alone.
+    let receivers: Vec<_> = expected
+        .iter()
+        .map(|(ids, _)| engine.submit(GenerationRequest { prompt: ids.clone(), params: greedy(12) }).unwrap())
+        .collect();
+    for ((_, want), events) in expected.iter().zip(receivers) {
+        let (text, tokens, done) = collect(events).await;
+        assert_eq!(&tokens[..want.len()], want.as_slice());
+        assert_eq!(text, tokenizer.decode(want).unwrap());
+        let GenerationEvent::Done { usage, timings, .. } = done else { panic!("{done:?}") };
+        assert_eq!(usage.completion_tokens, want.len());
+        assert!(timings.first_token_ms >= timings.queue_ms);
+    }
+    let (ids, want) = &expected[1];
+    let (_, tokens, _) =
+        collect(engine.submit(GenerationRequest { prompt: ids.clone(), params: greedy(12) }).unwrap()).await;
+    assert_eq!(&tokens[..want.len()], want.as_slice());
+}
+
+#[tokio::test]
+async fn seeds_fix_sampling_and_limits_end_generation() {
+    let (engine, tokenizer, _) = engine(EngineSettings::default());
+    let prompt = tokenizer.encode("Now is the").unwrap();
+    let sampled = |seed| SamplingParams {
+        temperature: 1.5,
+        top_k: 50,
+        top_p: 0.95,
+        seed: Some(seed),
+        max_tokens: 20,
+        stop: vec![],
+    };
+    let run = |params: SamplingParams| {
+        let events = engine.submit(GenerationRequest { prompt: prompt.clone(), params }).unwrap();
+        collect(events)
+    };
+    let (first, tokens, done) = run(sampled(7)).await;
+    let (again, _, _) = run(sampled(7)).await;
+    let (other, _, _) = run(sampled(8)).await;
+    assert_eq!(first, again, "the same seed gives the same completion");
+    assert_ne!(first, other, "another seed draws differently");
+    let GenerationEvent::Done { reason, usage, .. } = done else { panic!("{done:?}") };
+    if reason == FinishReason::Length {
+        assert_eq!((usage.completion_tokens, tokens.len()), (20, 20));
+    }
+    // A stop sequence ends the completion before it; it is never sent.
+    let (text, _, _) = run(greedy(30)).await;
+    let stop: String = text.chars().skip(3).take(2).collect();
+    let stopped = SamplingParams { stop: vec![stop.clone()], ..greedy(30) };
+    let (cut, _, done) = run(stopped).await;
+    assert!(matches!(done, GenerationEvent::Done { reason: FinishReason::Stop, .. }), "{done:?}");
+    assert_eq!(cut, text[..text.find(&stop).unwrap()], "cut before {stop:?} in {text:?}");
+
+    let long = vec![1u32; 64];
+    let error = engine.submit(GenerationRequest { prompt: long, params: greedy(4) }).err().unwrap();
+    assert!(matches!(error, EngineError::Invalid(ref m) if m.contains("context")), "{error:?}");
+    let bad = SamplingParams { temperature: 3.0, ..greedy(4) };
+    assert!(engine.submit(GenerationRequest { prompt: prompt.clone(), params: bad }).is_err());
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_and_a_client_that_leaves_frees_its_slot() {
+    let (engine, tokenizer, _) = engine(EngineSettings { max_batch: 1, max_waiting: 2, prefill_chunk: 256 });
+    let prompt = tokenizer.encode("Now is the winter of our").unwrap();
+    let long = || GenerationRequest { prompt: prompt.clone(), params: greedy(50) };
+    let first = engine.submit(long()).unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..20 {
+        match engine.submit(long()) {
+            Ok(receiver) => held.push(receiver),
+            Err(EngineError::Overloaded) => refused += 1,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(refused > 0, "a bounded queue refuses when full");
+    // Everyone hangs up: the running sequence and the queued ones are dropped, not computed.
+    drop(first);
+    drop(held);
+    let mut idle = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if engine.stats.running.load(Ordering::SeqCst) == 0 && engine.stats.waiting.load(Ordering::SeqCst) == 0 {
+            idle = true;
+            break;
+        }
+    }
+    assert!(idle, "slots were freed");
+    let (_, tokens, _) = collect(engine.submit(GenerationRequest { prompt, params: greedy(3) }).unwrap()).await;
+    assert!(tokens.len() <= 3);
+}
+
+#[test]
+fn text_is_held_back_while_it_may_still_change() {
+    let mut stream = text::TextStream::new(vec!["END".to_string()]);
+    assert_eq!(stream.update("hello E"), ("hello ".to_string(), false));
+    assert_eq!(stream.update("hello EN"), (String::new(), false));
+    assert_eq!(stream.update("hello ENd"), ("ENd".to_string(), false));
+    assert_eq!(stream.update("hello ENd caf\u{FFFD}"), (" caf".to_string(), false));
+    assert_eq!(stream.update("hello ENd café and END more"), ("é and ".to_string(), true));
+    let mut plain = text::TextStream::new(Vec::new());
+    assert_eq!(plain.update("abc\u{FFFD}"), ("abc".to_string(), false));
+    assert_eq!(plain.finish(), "\u{FFFD}");
+}
+
+#[test]
+fn sampling_filters_by_top_k_and_top_p() {
+    use rand::SeedableRng;
+    let logits = [0.0f32, 5.0, 4.9, -3.0];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    assert_eq!(sample(&logits, &greedy(1), &mut rng), 1);
+    let top_one = SamplingParams { temperature: 1.0, top_k: 1, ..SamplingParams::default() };
+    assert!((0..50).all(|_| sample(&logits, &top_one, &mut rng) == 1));
+    let nucleus = SamplingParams { temperature: 1.0, top_p: 0.9, ..SamplingParams::default() };
+    let draws: Vec<u32> = (0..200).map(|_| sample(&logits, &nucleus, &mut rng)).collect();
+    assert!(draws.iter().all(|t| *t == 1 || *t == 2), "the tail is cut");
+    assert!(draws.contains(&1) && draws.contains(&2));
+}
