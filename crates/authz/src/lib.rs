@@ -171,6 +171,11 @@ fn action_resources(action: Action) -> &'static [ResourceKind] {
         Action::ModelRegister | Action::ModelRead | Action::ModelAlias | Action::ModelExport | Action::ModelImport => {
             &[ResourceKind::Model]
         }
+        Action::DeploymentCreate
+        | Action::DeploymentUpdate
+        | Action::DeploymentDelete
+        | Action::DeploymentRead
+        | Action::DeploymentInvoke => &[ResourceKind::Deployment],
     }
 }
 
@@ -182,6 +187,7 @@ fn action_context(action: Action) -> &'static str {
         Action::DatasetCreate | Action::DatasetIngest => "{ jurisdiction_allowed: Bool, storage_site: Bool }",
         Action::DatasetReadRows | Action::DatasetDownload => "{ raw_pii: Bool }",
         Action::ModelRegister | Action::ModelImport => "{ jurisdiction_allowed: Bool, storage_site: Bool }",
+        Action::DeploymentCreate | Action::DeploymentUpdate => "{ jurisdiction_allowed: Bool, serving_site: Bool }",
         _ => "{ role?: String }",
     }
 }
@@ -194,6 +200,7 @@ const RESOURCE_KINDS: &[ResourceKind] = &[
     ResourceKind::Job,
     ResourceKind::Dataset,
     ResourceKind::Model,
+    ResourceKind::Deployment,
 ];
 
 fn schema_text() -> String {

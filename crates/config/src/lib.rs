@@ -37,6 +37,18 @@ pub struct Config {
     pub datasets: DatasetSettings,
     pub lineage: LineageSettings,
     pub registry: RegistrySettings,
+    pub serving: ServingSettings,
+}
+
+/// The serving engine's limits, per loaded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServingSettings {
+    /// Sequences decoded together in one step.
+    pub max_batch: usize,
+    /// Requests waiting for a slot; past it, new requests get 429 with Retry-After.
+    pub max_waiting: usize,
+    /// Prompt tokens prefilled per step, so long prompts do not stall running decodes.
+    pub prefill_chunk: usize,
 }
 
 /// Whose signatures the model registry accepts on imported bundles, beside this

@@ -12,7 +12,7 @@ use toml::{Table, Value};
 
 use crate::{
     AuditSettings, AuthzSettings, Config, DatasetSettings, JobSettings, LineageSettings, ObjectSettings,
-    OrphanSettings, RegistrySettings, S3ObjectSettings, ServerSettings, Site,
+    OrphanSettings, RegistrySettings, S3ObjectSettings, ServerSettings, ServingSettings, Site,
 };
 
 /// One problem, tied to the dotted key (or file and line) it concerns.
@@ -222,6 +222,7 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
     let datasets = read_datasets(root.table("datasets", errors).unwrap_or(Section::new("datasets", &empty)), errors);
     let lineage = read_lineage(root.table("lineage", errors).unwrap_or(Section::new("lineage", &empty)), errors);
     let registry = read_registry(root.table("registry", errors).unwrap_or(Section::new("registry", &empty)), errors);
+    let serving = read_serving(root.table("serving", errors).unwrap_or(Section::new("serving", &empty)), errors);
     root.finish(errors);
 
     Some(Config {
@@ -239,6 +240,7 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
         datasets,
         lineage,
         registry,
+        serving,
     })
 }
 
@@ -425,6 +427,16 @@ fn read_jobs(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> JobSett
         workers: section.positive_integer("workers", 2, errors) as usize,
         lease: Duration::from_secs(section.positive_integer("lease_secs", 30, errors)),
         max_attempts: section.positive_integer("max_attempts", 3, errors) as u32,
+    };
+    section.finish(errors);
+    settings
+}
+
+fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> ServingSettings {
+    let settings = ServingSettings {
+        max_batch: section.positive_integer("max_batch", 32, errors) as usize,
+        max_waiting: section.positive_integer("max_waiting", 64, errors) as usize,
+        prefill_chunk: section.positive_integer("prefill_chunk", 256, errors) as usize,
     };
     section.finish(errors);
     settings

@@ -41,6 +41,7 @@ pub enum ResourceKind {
     Job,
     Dataset,
     Model,
+    Deployment,
 }
 
 impl ResourceKind {
@@ -54,6 +55,7 @@ impl ResourceKind {
             ResourceKind::Job => "Job",
             ResourceKind::Dataset => "Dataset",
             ResourceKind::Model => "Model",
+            ResourceKind::Deployment => "Deployment",
         }
     }
 }
@@ -148,6 +150,18 @@ impl Resource {
         }
     }
 
+    /// A deployment, named `<tenant>/<name>`. Calling a model reveals no training data, so a
+    /// deployment is internal whatever its models' classification: applications may call it.
+    pub fn deployment(tenant: &TenantName, name: &str) -> Self {
+        Resource {
+            kind: ResourceKind::Deployment,
+            id: format!("{tenant}/{name}"),
+            tenant: Some(tenant.clone()),
+            classification: Classification::Internal,
+            jurisdiction: None,
+        }
+    }
+
     pub fn job(id: &str, tenant: &TenantName) -> Self {
         Resource {
             kind: ResourceKind::Job,
@@ -209,6 +223,11 @@ actions! {
     ModelAlias => "model.alias",
     ModelExport => "model.export",
     ModelImport => "model.import",
+    DeploymentCreate => "deployment.create",
+    DeploymentUpdate => "deployment.update",
+    DeploymentDelete => "deployment.delete",
+    DeploymentRead => "deployment.read",
+    DeploymentInvoke => "deployment.invoke",
 }
 
 impl fmt::Display for Action {

@@ -49,6 +49,71 @@ pub enum Command {
     /// The model registry: list, show, verify, alias, export, import
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Serve registered models under a public name (weighted variants)
+    #[command(subcommand)]
+    Deploy(DeployCommand),
+    /// Chat with a deployment through the OpenAI-compatible API, streaming the answer
+    Chat {
+        deployment: String,
+        /// Send this one message and exit (otherwise read messages from stdin, one per line)
+        #[arg(long)]
+        message: Option<String>,
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        #[arg(long)]
+        temperature: Option<f32>,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeployCommand {
+    /// Deploy NAME with variants MODEL[=WEIGHT], e.g. --variant bard@production=90 --variant bard@candidate=10
+    Create {
+        name: String,
+        #[arg(long = "variant", required = true)]
+        variants: Vec<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the tenant's deployments
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a deployment's spec and revision
+    Show {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Replace a deployment's variants and weights
+    SetWeights {
+        name: String,
+        #[arg(long = "variant", required = true)]
+        variants: Vec<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a deployment
+    Delete {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -567,6 +632,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 tenant: train.tenant,
             };
             crate::runs::train(&remote, args).await
+        }
+        Command::Chat { deployment, message, max_tokens, temperature, seed, remote } => {
+            let args = crate::chat::ChatArgs { deployment, message, max_tokens, temperature, seed };
+            crate::chat::run(&remote, args).await
         }
         Command::Model(ModelCommand::Verify { model, key, tenant, remote }) => {
             crate::models::verify(&remote, &model, key.as_deref(), tenant.as_deref()).await

@@ -5,8 +5,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    AuditCommand, Command, DatasetCommand, JobCommand, KeyCommand, ModelCommand, ObjectsCommand, ProofCommand, Remote,
-    RunCommand, TenantCommand,
+    AuditCommand, Command, DatasetCommand, DeployCommand, JobCommand, KeyCommand, ModelCommand, ObjectsCommand,
+    ProofCommand, Remote, RunCommand, TenantCommand,
 };
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -126,6 +126,30 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
             format!("/api/v1/models/{model}/aliases/{alias}{}", tenant_query(tenant.as_deref(), "?")),
             Some(json!({ "version": version })),
         ),
+        Command::Deploy(DeployCommand::Create { name, variants, tenant, remote }) => (
+            remote,
+            Method::POST,
+            format!("/api/v1/deployments{}", tenant_query(tenant.as_deref(), "?")),
+            Some(json!({ "name": name, "variants": parse_variants(&variants)? })),
+        ),
+        Command::Deploy(DeployCommand::SetWeights { name, variants, tenant, remote }) => (
+            remote,
+            Method::PUT,
+            format!("/api/v1/deployments/{name}{}", tenant_query(tenant.as_deref(), "?")),
+            Some(json!({ "variants": parse_variants(&variants)? })),
+        ),
+        Command::Deploy(DeployCommand::List { tenant, remote }) => {
+            (remote, Method::GET, format!("/api/v1/deployments{}", tenant_query(tenant.as_deref(), "?")), None)
+        }
+        Command::Deploy(DeployCommand::Show { name, tenant, remote }) => {
+            (remote, Method::GET, format!("/api/v1/deployments/{name}{}", tenant_query(tenant.as_deref(), "?")), None)
+        }
+        Command::Deploy(DeployCommand::Delete { name, tenant, remote }) => (
+            remote,
+            Method::DELETE,
+            format!("/api/v1/deployments/{name}{}", tenant_query(tenant.as_deref(), "?")),
+            None,
+        ),
         Command::Objects(ObjectsCommand::Sweep { grace_secs, remote }) => {
             let query = grace_secs.map(|g| format!("?grace_secs={g}")).unwrap_or_default();
             (remote, Method::POST, format!("/api/v1/objects/sweep{query}"), None)
@@ -135,6 +159,7 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
         | Command::Audit(AuditCommand::Verify(_))
         | Command::Run(RunCommand::Create { .. } | RunCommand::Logs { .. })
         | Command::Train(_)
+        | Command::Chat { .. }
         | Command::Model(
             ModelCommand::Verify { .. }
             | ModelCommand::Export { .. }
@@ -145,6 +170,25 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
             return Err(anyhow!("this command does not talk to a server"))
         }
     })
+}
+
+/// `MODEL[=WEIGHT]` flags as deployment variants.
+fn parse_variants(flags: &[String]) -> anyhow::Result<Vec<Value>> {
+    flags
+        .iter()
+        .map(|flag| {
+            let (model, weight) = match flag.rsplit_once('=') {
+                Some((model, weight)) => {
+                    let weight: f64 = weight
+                        .parse()
+                        .map_err(|_| anyhow!("--variant {flag}: the weight after '=' is not a number"))?;
+                    (model, weight)
+                }
+                None => (flag.as_str(), 1.0),
+            };
+            Ok(json!({ "model": model, "weight": weight }))
+        })
+        .collect()
 }
 
 /// `?tenant=NAME` (or `&tenant=NAME`) when a platform key names the tenant.

@@ -3,6 +3,7 @@
 //! The binary stays thin: it parses flags, dispatches to `server`, `client` or `verify`, and
 //! maps errors to exit codes (0 success, 1 failure, 2 usage, as clap does).
 
+mod chat;
 mod cli;
 mod client;
 mod models;

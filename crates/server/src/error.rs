@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after_secs: Option<u64>,
+    /// The request field at fault, when one is (OpenAI's `param`).
+    pub param: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -22,16 +24,33 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// Also OpenAI's error shape, so its SDKs read our errors on the `/v1` routes.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable machine-readable code such as `forbidden` or `invalid_request`.
     pub code: String,
     pub message: String,
+    /// The class of error as OpenAI names it (`invalid_request_error`, `rate_limit_error`, ...).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub param: Option<String>,
+}
+
+fn error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        409 => "conflict_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), retry_after_secs: None }
+        ApiError { status, code, message: message.into(), retry_after_secs: None, param: None }
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -94,7 +113,13 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(status = %self.status, code = self.code, message = %self.message, "request failed");
         }
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let detail = ErrorDetail {
+            code: self.code.to_string(),
+            message: self.message,
+            kind: error_type(self.status),
+            param: self.param,
+        };
+        let body = ErrorBody { error: detail };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));

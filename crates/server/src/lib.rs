@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod orphans;
 pub mod registry;
 pub mod routes;
+pub mod serving;
 pub mod startup;
 pub mod state;
 pub mod training;

@@ -14,7 +14,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{audit, datasets, jobs, keys, models, ops, runs, tenants};
+use crate::api::{audit, datasets, deployments, jobs, keys, models, openai, ops, runs, tenants};
 use crate::error::ApiError;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::AppState;
@@ -33,6 +33,7 @@ use crate::REQUEST_ID_HEADER;
         models::list, models::show, models::register, models::version, models::signed_manifest, models::file,
         models::verify, models::set_alias, models::bundle, models::import_bundle, models::import_hf,
         models::signing_key,
+        deployments::create, deployments::list, deployments::show, deployments::update, deployments::delete,
         ops::healthz, ops::readyz, ops::metrics, ops::sweep_orphans,
     ),
     modifiers(&BearerAuth)
@@ -93,6 +94,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/models/{name}/versions/{version}/verify", post(models::verify))
         .route(BUNDLE_ROUTE, get(models::bundle))
         .route("/api/v1/models/{name}/aliases/{alias}", put(models::set_alias))
+        .route("/api/v1/deployments", post(deployments::create).get(deployments::list))
+        .route(
+            "/api/v1/deployments/{name}",
+            get(deployments::show).put(deployments::update).delete(deployments::delete),
+        )
+        .route("/v1/models", get(openai::models))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/api/v1/objects/sweep", post(ops::sweep_orphans))
         .route("/api/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/api/v1/audit/public-key", get(audit::public_key))

@@ -75,6 +75,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         pii_secret,
         pending_objects: Arc::default(),
         model_keys,
+        engines: Arc::default(),
     };
     Ok(Opened { state, new_admin_key })
 }

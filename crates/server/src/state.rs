@@ -30,6 +30,8 @@ pub struct AppState {
     pub pending_objects: Arc<crate::orphans::PendingObjects>,
     /// Signs registered model versions and verifies them (and imported bundles).
     pub model_keys: Arc<crate::registry::ModelKeys>,
+    /// Verified model versions loaded into serving engines.
+    pub engines: Arc<crate::serving::Engines>,
 }
 
 impl AppState {

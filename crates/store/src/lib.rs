@@ -10,6 +10,7 @@
 
 mod audit_log;
 pub mod datasets;
+pub mod deployments;
 mod governed;
 pub mod identity;
 pub mod jobs;

@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "runs", include_str!("migrations/0003_runs.sql")),
     (4, "models", include_str!("migrations/0004_models.sql")),
     (5, "scheduling", include_str!("migrations/0005_scheduling.sql")),
+    (6, "deployments", include_str!("migrations/0006_deployments.sql")),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<(), StoreError> {

@@ -107,6 +107,7 @@ store_suite!(
     run_metrics_checkpoints_and_artifacts_are_kept,
     model_versions_are_numbered_immutable_and_aliased,
     scheduling_respects_quotas_and_preempts_lower_priority_work,
+    deployments_are_created_revised_and_deleted,
 );
 
 fn authorizer() -> CedarAuthorizer {
@@ -140,7 +141,7 @@ async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
     let again = Store::open(&database.url()).await.unwrap();
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(again.pool()).await.unwrap();
-    assert_eq!(versions, 5);
+    assert_eq!(versions, 6);
     again.close().await;
 }
 
@@ -716,4 +717,37 @@ async fn scheduling_respects_quotas_and_preempts_lower_priority_work(store: &Sto
     let actions: Vec<String> =
         store.audit_records(0, 200, None).await.unwrap().into_iter().map(|e| e.record.action).collect();
     assert!(actions.iter().any(|a| a == "tenant.quota"), "{actions:?}");
+}
+
+async fn deployments_are_created_revised_and_deleted(store: &Store, _database: &TestDatabase) {
+    let pdp = authorizer();
+    create_tenant(store, "acme").await;
+    let acme = tenant("acme");
+    let engineer = Principal { id: "key_eng".to_string(), tenant: Some(acme.clone()), role: Role::Engineer };
+    let request = |action| {
+        AccessRequest::new(&engineer, action, Resource::deployment(&acme, "chat"))
+            .with_context("jurisdiction_allowed", true)
+            .with_context("serving_site", true)
+    };
+    let spec = serde_json::json!({ "variants": [{ "model": "bard@1", "weight": 1 }] });
+    let mut change = store.begin_change(&pdp, request(Action::DeploymentCreate), "req").await.unwrap();
+    let created = change.put_deployment(&acme, "chat", &spec, false).await.unwrap();
+    change.commit(serde_json::json!({}), Event::new("deployment.created", serde_json::json!({}))).await.unwrap();
+    assert_eq!((created.revision, created.created_by.as_str()), (1, "key_eng"));
+    let mut change = store.begin_change(&pdp, request(Action::DeploymentCreate), "req").await.unwrap();
+    assert_eq!(change.put_deployment(&acme, "chat", &spec, false).await.unwrap_err().kind(), StoreErrorKind::Conflict);
+    drop(change);
+    let revised = serde_json::json!({ "variants": [{ "model": "bard@2", "weight": 1 }] });
+    let mut change = store.begin_change(&pdp, request(Action::DeploymentUpdate), "req").await.unwrap();
+    assert_eq!(change.put_deployment(&acme, "chat", &revised, true).await.unwrap().revision, 2);
+    change.commit(serde_json::json!({}), Event::new("deployment.updated", serde_json::json!({}))).await.unwrap();
+    assert_eq!(store.deployment(&acme, "chat").await.unwrap().unwrap().spec, revised);
+    assert_eq!(store.deployments(&acme).await.unwrap().len(), 1);
+    let delete = AccessRequest::new(&engineer, Action::DeploymentDelete, Resource::deployment(&acme, "chat"));
+    let mut change = store.begin_change(&pdp, delete.clone(), "req").await.unwrap();
+    change.delete_deployment(&acme, "chat").await.unwrap();
+    change.commit(serde_json::json!({}), Event::new("deployment.deleted", serde_json::json!({}))).await.unwrap();
+    assert!(store.deployment(&acme, "chat").await.unwrap().is_none());
+    let mut change = store.begin_change(&pdp, delete, "req").await.unwrap();
+    assert_eq!(change.delete_deployment(&acme, "chat").await.unwrap_err().kind(), StoreErrorKind::NotFound);
 }

@@ -93,6 +93,15 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
     )
     .await;
     assert_eq!(imported.status, 201, "{}", imported.text);
+    let deployed = call(
+        &url,
+        "POST",
+        "/api/v1/deployments",
+        Some(&globex_engineer),
+        Some(json!({ "name": "gdeploy", "variants": [{ "model": "gmodel@1" }] })),
+    )
+    .await;
+    assert_eq!(deployed.status, 201, "{}", deployed.text);
 
     // Every API route, with the globex resource it would touch.
     let routes: Vec<(&str, String, Option<serde_json::Value>)> = vec![
@@ -138,6 +147,19 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         ("PUT", "/api/v1/models/gmodel/aliases/prod?tenant=globex".to_string(), Some(json!({ "version": 1 }))),
         ("POST", "/api/v1/models/import?tenant=globex".to_string(), None),
         ("POST", "/api/v1/models/gmodel/import-hf?jurisdiction=eu&tenant=globex".to_string(), None),
+        (
+            "POST",
+            "/api/v1/deployments?tenant=globex".to_string(),
+            Some(json!({ "name": "x", "variants": [{ "model": "gmodel@1" }] })),
+        ),
+        ("GET", "/api/v1/deployments?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/deployments/gdeploy?tenant=globex".to_string(), None),
+        (
+            "PUT",
+            "/api/v1/deployments/gdeploy?tenant=globex".to_string(),
+            Some(json!({ "variants": [{ "model": "gmodel@1" }] })),
+        ),
+        ("DELETE", "/api/v1/deployments/gdeploy?tenant=globex".to_string(), None),
         ("GET", "/api/v1/audit/records?from=0&limit=1000".to_string(), None),
         ("GET", "/api/v1/audit/checkpoint".to_string(), None),
         ("GET", "/api/v1/audit/public-key".to_string(), None),
@@ -166,6 +188,7 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
                 .replace(&run_id, "{id}")
                 .replace("/gdata", "/{name}")
                 .replace("/gmodel", "/{name}")
+                .replace("/gdeploy", "/{name}")
                 .replace("/files/README.md", "/files/{path}")
                 .replace("/aliases/prod", "/aliases/{alias}")
                 .replace("/versions/1", "/versions/{version}");
@@ -199,6 +222,15 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
             assert!([401, 403, 404].contains(&reply.status), "{method} {path} gave {}: {}", reply.status, reply.text);
             assert!(reply.body["error"]["code"].is_string(), "{method} {path}: error body {}", reply.text);
         }
+    }
+
+    // The OpenAI API only ever sees the caller's own tenant's deployments.
+    for (_, secret) in &acme {
+        let body = json!({ "model": "gdeploy", "messages": [{ "role": "user", "content": "hi" }] });
+        let reply = call(&url, "POST", "/v1/chat/completions", Some(secret), Some(body)).await;
+        assert!([403, 404].contains(&reply.status), "{}", reply.text);
+        let models = call(&url, "GET", "/v1/models", Some(secret), None).await;
+        assert!(!models.text.contains("gdeploy"), "{}", models.text);
     }
 
     // No key at all, and a made-up key, get 401 everywhere.

@@ -8,5 +8,6 @@ mod datasets;
 mod isolation;
 mod lifecycle;
 mod registry;
+mod serving;
 mod support;
 mod training;

@@ -3,9 +3,11 @@
 
 pub mod audit;
 pub mod datasets;
+pub mod deployments;
 pub mod jobs;
 pub mod keys;
 pub mod models;
+pub mod openai;
 pub mod ops;
 pub mod runs;
 pub mod tenants;

@@ -1,0 +1,77 @@
+"""Unmodified use of the official `openai` package against the factory's OpenAI-compatible API.
+
+Usage: openai_client.py BASE_URL API_KEY DEPLOYMENT. Prints one JSON object with what it saw.
+"""
+import json
+import sys
+
+import openai
+
+base_url, api_key, deployment = sys.argv[1], sys.argv[2], sys.argv[3]
+client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+seen = {}
+
+seen["models"] = [model.id for model in client.models.list()]
+
+completion = client.completions.create(model=deployment, prompt="ROMEO:", max_tokens=8, temperature=0)
+seen["completion"] = {
+    "object": completion.object,
+    "text": completion.choices[0].text,
+    "finish_reason": completion.choices[0].finish_reason,
+    "usage": completion.usage.model_dump(),
+}
+
+messages = [{"role": "system", "content": "You speak verse."}, {"role": "user", "content": "Speak of the king."}]
+chat = client.chat.completions.create(model=deployment, messages=messages, max_tokens=12, temperature=0)
+seen["chat"] = {
+    "object": chat.object,
+    "role": chat.choices[0].message.role,
+    "content": chat.choices[0].message.content,
+    "finish_reason": chat.choices[0].finish_reason,
+    "usage": chat.usage.model_dump(),
+}
+
+stream = client.chat.completions.create(
+    model=deployment,
+    messages=messages,
+    max_tokens=12,
+    temperature=0,
+    stream=True,
+    stream_options={"include_usage": True},
+)
+pieces, finish, usage, chunks = [], None, None, 0
+for chunk in stream:
+    chunks += 1
+    if chunk.usage is not None:
+        usage = chunk.usage.model_dump()
+    for choice in chunk.choices:
+        if choice.delta.content:
+            pieces.append(choice.delta.content)
+        if choice.finish_reason:
+            finish = choice.finish_reason
+seen["stream"] = {"content": "".join(pieces), "finish_reason": finish, "usage": usage, "chunks": chunks}
+
+seeded = [
+    client.chat.completions.create(model=deployment, messages=messages, max_tokens=10, temperature=1.2, seed=42)
+    .choices[0]
+    .message.content
+    for _ in range(2)
+]
+seen["seeded_equal"] = seeded[0] == seeded[1]
+
+errors = {}
+try:
+    client.chat.completions.create(model="no-such-deployment", messages=messages)
+except openai.NotFoundError as error:
+    errors["unknown_model"] = {"status": error.status_code, "message": error.message}
+try:
+    client.chat.completions.create(model=deployment, messages=messages, n=2)
+except openai.BadRequestError as error:
+    errors["bad_n"] = {"status": error.status_code, "param": error.param}
+try:
+    openai.OpenAI(base_url=base_url, api_key="fk_not_a_key", max_retries=0).models.list()
+except openai.AuthenticationError as error:
+    errors["bad_key"] = {"status": error.status_code}
+seen["errors"] = errors
+
+print(json.dumps(seen))

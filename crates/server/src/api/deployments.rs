@@ -1,0 +1,244 @@
+//! Deployments: a public model name mapped to weighted variants of registered models. Creating
+//! or changing one verifies every variant's signature and digests and checks residency: each
+//! model needs a serving site in its jurisdiction, which its tenant must allow. A refusal is
+//! a 403 with the `deployment-residency` policy in the audit log.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use factory_core::{AccessRequest, Action, Resource, TenantName};
+use factory_store::deployments::Deployment;
+use factory_store::Event;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::datasets::{tenant_of, TenantQuery};
+use super::models::{resolve, split_reference, verify_version};
+use super::{committed_response, hide_foreign, millis_to_text};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use crate::serving::{serving_facts, DeploymentSpec, VariantSpec};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeployment {
+    /// The name clients pass as `model`.
+    pub name: String,
+    /// `[{"model": "bard@production", "weight": 1}]`.
+    #[schema(value_type = Vec<Object>)]
+    pub variants: Vec<VariantSpec>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDeployment {
+    #[schema(value_type = Vec<Object>)]
+    pub variants: Vec<VariantSpec>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentView {
+    pub name: String,
+    pub tenant: String,
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+    pub revision: i64,
+    pub created_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<Deployment> for DeploymentView {
+    fn from(deployment: Deployment) -> Self {
+        DeploymentView {
+            name: deployment.name,
+            tenant: deployment.tenant.to_string(),
+            spec: deployment.spec,
+            revision: deployment.revision,
+            created_by: deployment.created_by,
+            created_at: millis_to_text(deployment.created_at),
+            updated_at: millis_to_text(deployment.updated_at),
+        }
+    }
+}
+
+fn valid_name(name: &str) -> Result<(), ApiError> {
+    TenantName::new(name)
+        .map(|_| ())
+        .map_err(|e| ApiError::invalid(format!("name: {}", e.to_string().replace("tenant name", "deployment name"))))
+}
+
+/// Resolves and verifies every variant, and builds the governed request with the residency
+/// facts of all of them.
+async fn checked_request(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    spec: &DeploymentSpec,
+    action: Action,
+) -> Result<(AccessRequest, Vec<serde_json::Value>), ApiError> {
+    spec.validate().map_err(ApiError::invalid)?;
+    let (mut allowed, mut serving) = (true, true);
+    let mut resolved = Vec::new();
+    for variant in &spec.variants {
+        let (model, reference) = split_reference(&variant.model)?;
+        let version = resolve(state, caller, tenant, model, reference, Action::ModelRead).await?;
+        let report = verify_version(state, &version).await;
+        if !report.verified {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "verification_failed",
+                format!("{} fails verification: {}", variant.model, report.error.unwrap_or_default()),
+            ));
+        }
+        let (tenant_allows, site) = serving_facts(state, tenant, &version.jurisdiction).await?;
+        allowed &= tenant_allows;
+        serving &= site;
+        resolved.push(serde_json::json!({
+            "model": variant.model, "version": version.version, "weight": variant.weight,
+            "jurisdiction": version.jurisdiction, "manifest": version.manifest_digest,
+        }));
+    }
+    let request = AccessRequest::new(&caller.principal, action, Resource::deployment(tenant, name))
+        .with_context("jurisdiction_allowed", allowed)
+        .with_context("serving_site", serving);
+    Ok((request, resolved))
+}
+
+/// Loads the deployment's models in the background, so the first request does not wait.
+fn warm(state: &AppState, tenant: &TenantName, spec: &DeploymentSpec) {
+    for variant in spec.variants.clone() {
+        let (state, tenant) = (state.clone(), tenant.clone());
+        tokio::spawn(async move {
+            if let Err(error) = crate::api::openai::load_variant(&state, &tenant, &variant).await {
+                tracing::warn!(model = %variant.model, error = %error.message, "could not preload a deployment's model");
+            }
+        });
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/deployments", tag = "serving", request_body = CreateDeployment, params(TenantQuery),
+    responses((status = 201, body = DeploymentView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+    ApiJson(body): ApiJson<CreateDeployment>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    valid_name(&body.name)?;
+    let spec = DeploymentSpec { variants: body.variants };
+    let (request, resolved) =
+        checked_request(&state, &caller, &tenant, &body.name, &spec, Action::DeploymentCreate).await?;
+    let mut change = state
+        .store
+        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let stored = serde_json::to_value(&spec).unwrap_or_default();
+    let deployment = change.put_deployment(&tenant, &body.name, &stored, false).await?;
+    let details = serde_json::json!({ "tenant": tenant, "deployment": body.name, "variants": resolved });
+    let committed = change.commit(details.clone(), Event::new("deployment.created", details)).await?;
+    warm(&state, &tenant, &spec);
+    Ok(committed_response(StatusCode::CREATED, Json(DeploymentView::from(deployment)), committed))
+}
+
+#[utoipa::path(put, path = "/api/v1/deployments/{name}", tag = "serving", request_body = UpdateDeployment,
+    params(("name" = String, Path), TenantQuery),
+    responses((status = 200, body = DeploymentView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+    ApiJson(body): ApiJson<UpdateDeployment>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let spec = DeploymentSpec { variants: body.variants };
+    let (request, resolved) = checked_request(&state, &caller, &tenant, &name, &spec, Action::DeploymentUpdate).await?;
+    let mut change = state
+        .store
+        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    let stored = serde_json::to_value(&spec).unwrap_or_default();
+    let deployment = change.put_deployment(&tenant, &name, &stored, true).await?;
+    let details = serde_json::json!({
+        "tenant": tenant, "deployment": name, "revision": deployment.revision, "variants": resolved,
+    });
+    let committed = change.commit(details.clone(), Event::new("deployment.updated", details)).await?;
+    warm(&state, &tenant, &spec);
+    Ok(committed_response(StatusCode::OK, Json(DeploymentView::from(deployment)), committed))
+}
+
+async fn authorize_read(state: &AppState, caller: &Caller, tenant: &TenantName, name: &str) -> Result<(), ApiError> {
+    let request = AccessRequest::new(&caller.principal, Action::DeploymentRead, Resource::deployment(tenant, name));
+    state
+        .store
+        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(caller, Some(tenant), e))?;
+    Ok(())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentList {
+    pub deployments: Vec<DeploymentView>,
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments", tag = "serving", params(TenantQuery),
+    responses((status = 200, body = DeploymentList)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Json<DeploymentList>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    authorize_read(&state, &caller, &tenant, "*").await?;
+    let deployments = state.store.deployments(&tenant).await?.into_iter().map(DeploymentView::from).collect();
+    Ok(Json(DeploymentList { deployments }))
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{name}", tag = "serving", params(("name" = String, Path), TenantQuery),
+    responses((status = 200, body = DeploymentView), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    authorize_read(&state, &caller, &tenant, &name).await?;
+    let deployment = state.store.deployment(&tenant, &name).await?;
+    deployment.map(|d| Json(d.into())).ok_or_else(|| ApiError::not_found(format!("deployment {name} does not exist")))
+}
+
+#[utoipa::path(delete, path = "/api/v1/deployments/{name}", tag = "serving", params(("name" = String, Path), TenantQuery),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let request = AccessRequest::new(&caller.principal, Action::DeploymentDelete, Resource::deployment(&tenant, &name));
+    let mut change = state
+        .store
+        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    change.delete_deployment(&tenant, &name).await?;
+    let details = serde_json::json!({ "tenant": tenant, "deployment": name });
+    let committed = change.commit(details.clone(), Event::new("deployment.deleted", details)).await?;
+    Ok(committed_response(StatusCode::NO_CONTENT, (), committed))
+}

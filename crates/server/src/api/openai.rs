@@ -1,0 +1,463 @@
+//! The OpenAI-compatible API: `/v1/models`, `/v1/completions` and `/v1/chat/completions`,
+//! plain or streamed as server-sent events ending in `data: [DONE]`. `model` names a
+//! deployment of the caller's tenant; each request is authorized (`deployment.invoke`), routed
+//! to a variant by weight (or by `x-episode-id`, so an episode sticks to one variant), and run
+//! on that variant's engine. A full engine queue answers 429 with Retry-After; a client that
+//! hangs up cancels its generation at the engine's next step.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use factory_core::{AccessRequest, Action, Resource, TenantName};
+use factory_engine::{EngineError, FinishReason, GenerationEvent, GenerationRequest, SamplingParams, Usage};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::models::split_reference;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, Caller};
+use crate::serving::{DeploymentSpec, LoadedModel, VariantSpec};
+use crate::state::AppState;
+
+/// The chat template for models whose tokenizer config has none: each message as a role tag
+/// line and its content, then the assistant's tag.
+pub const DEFAULT_CHAT_TEMPLATE: &str = "{% for message in messages %}<|{{ message.role }}|>\n{{ message.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}";
+
+const EPISODE_HEADER: &str = "x-episode-id";
+const VARIANT_HEADER: &str = "x-factory-model";
+
+/// The registered version a variant names (an alias is followed as it stands now) and its
+/// engine. Invocation was authorized on the deployment, which was checked when deployed.
+pub async fn load_variant(
+    state: &AppState,
+    tenant: &TenantName,
+    variant: &VariantSpec,
+) -> Result<Arc<LoadedModel>, ApiError> {
+    let (name, reference) = split_reference(&variant.model)?;
+    let number = match reference.parse::<i64>() {
+        Ok(number) => Some(number),
+        Err(_) => {
+            state.store.model_aliases(tenant, name).await?.into_iter().find(|a| a.alias == reference).map(|a| a.version)
+        }
+    };
+    let version = match number {
+        Some(number) => state.store.model_version(tenant, name, number).await?,
+        None => None,
+    };
+    let version = version.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "model_unavailable",
+            format!("{} is not registered", variant.model),
+        )
+    })?;
+    state.engines.get(state, &version).await
+}
+
+fn tenant_key(caller: &Caller) -> Result<TenantName, ApiError> {
+    caller
+        .principal
+        .tenant
+        .clone()
+        .ok_or_else(|| ApiError::invalid("the OpenAI API serves a tenant's deployments: use a tenant's API key"))
+}
+
+/// A deterministic draw in [0, 1) for an episode, so its requests reach one variant.
+fn episode_draw(episode: &str) -> f64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(episode.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+async fn route(
+    state: &AppState,
+    caller: &Caller,
+    deployment: &str,
+    headers: &HeaderMap,
+) -> Result<Arc<LoadedModel>, ApiError> {
+    let tenant = tenant_key(caller)?;
+    let request =
+        AccessRequest::new(&caller.principal, Action::DeploymentInvoke, Resource::deployment(&tenant, deployment));
+    state.store.authorize(state.pdp.as_ref(), &request, &caller.request_id).await?;
+    let stored = state.store.deployment(&tenant, deployment).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "model_not_found", format!("The model `{deployment}` does not exist"))
+    })?;
+    let spec: DeploymentSpec = serde_json::from_value(stored.spec)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("stored spec: {e}")))?;
+    let draw = match headers.get(EPISODE_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(episode) => episode_draw(episode),
+        // A v4 UUID is 122 random bits; 53 of them make a uniform draw.
+        None => (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64,
+    };
+    load_variant(state, &tenant, spec.pick(draw)).await
+}
+
+#[derive(Debug, Serialize)]
+struct ModelObject {
+    id: String,
+    object: &'static str,
+    created: i64,
+    owned_by: String,
+}
+
+pub async fn models(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let tenant = tenant_key(&caller)?;
+    let request = AccessRequest::new(&caller.principal, Action::DeploymentRead, Resource::deployment(&tenant, "*"));
+    state.store.authorize(state.pdp.as_ref(), &request, &caller.request_id).await?;
+    let data: Vec<ModelObject> = state
+        .store
+        .deployments(&tenant)
+        .await?
+        .into_iter()
+        .map(|d| ModelObject {
+            id: d.name,
+            object: "model",
+            created: d.created_at / 1000,
+            owned_by: tenant.to_string(),
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "object": "list", "data": data })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The sampling fields both endpoints share. Other OpenAI fields are accepted and ignored, as
+/// OpenAI-compatible servers do, except those that would change the answer's shape.
+#[derive(Debug, Deserialize)]
+pub struct Sampling {
+    pub max_tokens: Option<usize>,
+    pub max_completion_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub seed: Option<u64>,
+    pub stop: Option<OneOrMany>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub n: Option<usize>,
+}
+
+impl Sampling {
+    fn params(&self, default_max: usize) -> Result<SamplingParams, ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(invalid_param("n", "only n = 1 is supported"));
+        }
+        let params = SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_p: self.top_p.unwrap_or(1.0),
+            top_k: self.top_k.unwrap_or(0),
+            seed: self.seed,
+            max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(default_max),
+            stop: self.stop.take_clone(),
+        };
+        params.validate().map_err(|message| {
+            let field = message.split(' ').next().unwrap_or_default().to_string();
+            invalid_param(&field, &message)
+        })?;
+        Ok(params)
+    }
+
+    fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+}
+
+trait TakeClone {
+    fn take_clone(&self) -> Vec<String>;
+}
+
+impl TakeClone for Option<OneOrMany> {
+    fn take_clone(&self) -> Vec<String> {
+        match self {
+            None => Vec::new(),
+            Some(OneOrMany::One(one)) => vec![one.clone()],
+            Some(OneOrMany::Many(many)) => many.clone(),
+        }
+    }
+}
+
+fn invalid_param(param: &str, message: &str) -> ApiError {
+    let mut error = ApiError::invalid(message);
+    error.param = Some(param.to_string());
+    error
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: OneOrMany,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+/// How a response is shaped: `text_completion` or `chat.completion`.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Completion,
+    Chat,
+}
+
+struct Answer {
+    id: String,
+    kind: Kind,
+    model: String,
+    created: i64,
+}
+
+impl Answer {
+    fn new(kind: Kind, model: &str) -> Self {
+        let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+        let id = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+        Answer { id, kind, model: model.to_string(), created: factory_core::time::now_millis() / 1000 }
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Completion, _) => "text_completion",
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+        }
+    }
+
+    fn usage(usage: &Usage) -> serde_json::Value {
+        serde_json::json!({
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        })
+    }
+
+    fn whole(&self, text: String, reason: FinishReason, usage: &Usage) -> serde_json::Value {
+        let choice = match self.kind {
+            Kind::Completion => {
+                serde_json::json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": reason })
+            }
+            Kind::Chat => serde_json::json!({
+                "index": 0, "message": { "role": "assistant", "content": text }, "logprobs": null, "finish_reason": reason,
+            }),
+        };
+        serde_json::json!({
+            "id": self.id, "object": self.object(false), "created": self.created, "model": self.model,
+            "choices": [choice], "usage": Self::usage(usage),
+        })
+    }
+
+    fn chunk(&self, text: Option<&str>, reason: Option<FinishReason>, first: bool) -> serde_json::Value {
+        let choice = match self.kind {
+            Kind::Completion => {
+                serde_json::json!({ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": reason })
+            }
+            Kind::Chat => {
+                let mut delta = serde_json::Map::new();
+                if first {
+                    delta.insert("role".into(), "assistant".into());
+                }
+                if let Some(text) = text {
+                    delta.insert("content".into(), text.into());
+                }
+                serde_json::json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": reason })
+            }
+        };
+        serde_json::json!({
+            "id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [choice],
+        })
+    }
+
+    fn usage_chunk(&self, usage: &Usage) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id, "object": self.object(true), "created": self.created, "model": self.model,
+            "choices": [], "usage": Self::usage(usage),
+        })
+    }
+}
+
+fn engine_error(error: EngineError) -> ApiError {
+    match error {
+        EngineError::Overloaded => {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "engine_overloaded",
+                "the model is at capacity; retry shortly",
+            );
+            error.retry_after_secs = Some(1);
+            error
+        }
+        EngineError::Invalid(message) => invalid_param("messages", &message),
+        EngineError::Stopped => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", "the engine stopped")
+        }
+    }
+}
+
+async fn generate(
+    model: Arc<LoadedModel>,
+    prompt: &str,
+    sampling: &Sampling,
+    answer: Answer,
+) -> Result<Response, ApiError> {
+    let ids = model.tokenizer.encode(prompt).map_err(|e| ApiError::invalid(format!("prompt: {e}")))?;
+    let room = model.engine.max_context().saturating_sub(ids.len()).max(1);
+    let params = sampling.params(room)?;
+    let events = model.engine.submit(GenerationRequest { prompt: ids, params }).map_err(engine_error)?;
+    let variant = HeaderValue::from_str(&model.reference).unwrap_or(HeaderValue::from_static("-"));
+    if sampling.stream {
+        let body = Body::from_stream(sse(events, answer, sampling.include_usage()));
+        let headers = [
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ];
+        let mut response = (headers, body).into_response();
+        response.headers_mut().insert(VARIANT_HEADER, variant);
+        return Ok(response);
+    }
+    let mut events = events;
+    let mut text = String::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            GenerationEvent::Delta { text: delta, .. } => text.push_str(&delta),
+            GenerationEvent::Done { reason, usage, .. } => {
+                let mut response = Json(answer.whole(text, reason, &usage)).into_response();
+                response.headers_mut().insert(VARIANT_HEADER, variant);
+                return Ok(response);
+            }
+            GenerationEvent::Failed(message) => {
+                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "generation_failed", message))
+            }
+        }
+    }
+    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", "the engine ended the generation"))
+}
+
+fn data(value: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+/// Engine events as server-sent events. Dropping the stream (the client hung up) drops the
+/// receiver, which the engine notices at its next step.
+fn sse(
+    events: UnboundedReceiver<GenerationEvent>,
+    answer: Answer,
+    include_usage: bool,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let state = (events, answer, true, false);
+    futures::stream::unfold(state, move |(mut events, answer, first, done)| async move {
+        if done {
+            return None;
+        }
+        let Some(event) = events.recv().await else {
+            return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (events, answer, first, true)));
+        };
+        let (bytes, first, done) = match event {
+            GenerationEvent::Delta { text, .. } if text.is_empty() && !first => (Bytes::new(), first, false),
+            GenerationEvent::Delta { text, .. } => (data(&answer.chunk(Some(&text), None, first)), false, false),
+            GenerationEvent::Done { reason, usage, .. } => {
+                let mut out = data(&answer.chunk(None, Some(reason), first)).to_vec();
+                if include_usage {
+                    out.extend_from_slice(&data(&answer.usage_chunk(&usage)));
+                }
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                (Bytes::from(out), false, true)
+            }
+            GenerationEvent::Failed(message) => {
+                let error = serde_json::json!({ "error": { "message": message, "type": "server_error", "code": "generation_failed" } });
+                let mut out = data(&error).to_vec();
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                (Bytes::from(out), first, true)
+            }
+        };
+        Some((Ok(bytes), (events, answer, first, done)))
+    })
+    .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())))
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let prompts = body.prompt.into_vec();
+    let [prompt] = prompts.as_slice() else {
+        return Err(invalid_param("prompt", "give one prompt (a string)"));
+    };
+    let model = route(&state, &caller, &body.model, &headers).await?;
+    generate(model, prompt, &body.sampling, Answer::new(Kind::Completion, &body.model)).await
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    if body.messages.is_empty() {
+        return Err(invalid_param("messages", "give at least one message"));
+    }
+    for (index, message) in body.messages.iter().enumerate() {
+        if !matches!(message.role.as_str(), "system" | "user" | "assistant" | "developer" | "tool") {
+            return Err(invalid_param(&format!("messages[{index}].role"), &format!("unknown role {:?}", message.role)));
+        }
+    }
+    let model = route(&state, &caller, &body.model, &headers).await?;
+    let prompt = render_chat(model.chat_template.as_deref().unwrap_or(DEFAULT_CHAT_TEMPLATE), &body.messages)?;
+    generate(model, &prompt, &body.sampling, Answer::new(Kind::Chat, &body.model)).await
+}
+
+/// Renders the messages with the model's chat template (Jinja, as Hugging Face writes them).
+pub fn render_chat(template: &str, messages: &[ChatMessage]) -> Result<String, ApiError> {
+    let mut environment = minijinja::Environment::new();
+    environment
+        .add_template("chat", template)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_chat_template", e.to_string()))?;
+    let template = environment.get_template("chat").map_err(|e| ApiError::invalid(e.to_string()))?;
+    template
+        .render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => "",
+            eos_token => factory_tokenizer::END_OF_TEXT,
+        })
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_chat_template", e.to_string()))
+}

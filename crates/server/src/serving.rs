@@ -1,0 +1,151 @@
+//! Deployments at run time: which model version a request reaches, and the engines that serve
+//! them. A model version is loaded only after its signature and every file's digest check out
+//! (`registry::open_manifest`, `registry::fetch_file`); engines are shared by every deployment
+//! that serves the same signed manifest.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use factory_core::{SiteKind, TenantName};
+use factory_engine::{Engine, EngineSettings};
+use factory_model::{DType, Device, Llama, LlamaConfig, Weights};
+use factory_store::models::ModelVersion;
+use factory_tokenizer::Tokenizer;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::error::ApiError;
+use crate::registry;
+use crate::state::AppState;
+
+/// What `POST /api/v1/deployments` stores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSpec {
+    pub variants: Vec<VariantSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantSpec {
+    /// A registered model: `NAME@VERSION`, or `NAME@ALIAS` to follow the alias as it moves.
+    pub model: String,
+    /// Relative share of traffic (0 takes none).
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+impl DeploymentSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.variants.is_empty() || self.variants.len() > 16 {
+            return Err("variants: give 1 to 16 variants".to_string());
+        }
+        for (index, variant) in self.variants.iter().enumerate() {
+            if !(variant.weight >= 0.0 && variant.weight.is_finite()) {
+                return Err(format!("variants[{index}].weight must be zero or positive"));
+            }
+            if variant.model.split_once('@').is_none_or(|(n, v)| n.is_empty() || v.is_empty()) {
+                return Err(format!("variants[{index}].model: expected NAME@VERSION or NAME@ALIAS"));
+            }
+        }
+        if self.variants.iter().all(|v| v.weight == 0.0) {
+            return Err("variants: at least one variant needs a positive weight".to_string());
+        }
+        Ok(())
+    }
+
+    /// The variant for a draw in [0, 1): by weight.
+    pub fn pick(&self, draw: f64) -> &VariantSpec {
+        let total: f64 = self.variants.iter().map(|v| v.weight).sum();
+        let mut point = draw * total;
+        for variant in &self.variants {
+            if variant.weight > 0.0 && point < variant.weight {
+                return variant;
+            }
+            point -= variant.weight;
+        }
+        self.variants.iter().rfind(|v| v.weight > 0.0).unwrap_or(&self.variants[0])
+    }
+}
+
+/// A verified model version with its engine.
+pub struct LoadedModel {
+    pub engine: Engine,
+    pub tokenizer: Tokenizer,
+    /// `tokenizer_config.json`'s `chat_template`, when the model has one.
+    pub chat_template: Option<String>,
+    /// `name@version`.
+    pub reference: String,
+}
+
+/// Engines by signed manifest digest.
+#[derive(Default)]
+pub struct Engines {
+    loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
+}
+
+impl Engines {
+    /// The engine for `version`, verifying and loading it on first use.
+    pub async fn get(&self, state: &AppState, version: &ModelVersion) -> Result<Arc<LoadedModel>, ApiError> {
+        let mut loaded = self.loaded.lock().await;
+        if let Some(model) = loaded.get(&version.manifest_digest) {
+            return Ok(model.clone());
+        }
+        let model = Arc::new(load(state, version).await?);
+        loaded.insert(version.manifest_digest.clone(), model.clone());
+        Ok(model)
+    }
+}
+
+async fn load(state: &AppState, version: &ModelVersion) -> Result<LoadedModel, ApiError> {
+    let (manifest, _) = registry::open_manifest(state, version).await?;
+    for file in &manifest.files {
+        registry::fetch_file(state, &manifest, &file.path).await?;
+    }
+    let config = registry::fetch_file(state, &manifest, "config.json").await?;
+    let weights = registry::fetch_file(state, &manifest, "model.safetensors").await?;
+    let tokenizer = registry::fetch_file(state, &manifest, "tokenizer.json").await?;
+    let tokenizer_config = match manifest.file("tokenizer_config.json") {
+        Some(_) => Some(registry::fetch_file(state, &manifest, "tokenizer_config.json").await?),
+        None => None,
+    };
+    let reference = manifest.reference();
+    let invalid = |e: String| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "unservable_model", e);
+    let (model, tokenizer) = tokio::task::spawn_blocking(move || {
+        let config = LlamaConfig::from_json(&String::from_utf8_lossy(&config)).map_err(|e| e.to_string())?;
+        let weights =
+            Weights::from_safetensors(&config, &weights, DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
+        let model = Llama::new(config, weights).map_err(|e| e.to_string())?;
+        let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&tokenizer)).map_err(|e| e.to_string())?;
+        Ok::<_, String>((model, tokenizer))
+    })
+    .await
+    .map_err(|e| invalid(e.to_string()))?
+    .map_err(invalid)?;
+    let chat_template = tokenizer_config
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|config| config["chat_template"].as_str().map(str::to_string));
+    let settings = EngineSettings {
+        max_batch: state.config.serving.max_batch,
+        max_waiting: state.config.serving.max_waiting,
+        prefill_chunk: state.config.serving.prefill_chunk,
+    };
+    tracing::info!(model = %reference, "loaded a verified model version into an engine");
+    Ok(LoadedModel { engine: Engine::start(model, tokenizer.clone(), settings), tokenizer, chat_template, reference })
+}
+
+/// Whether `tenant` allows the jurisdiction and a serving site sits in it.
+pub async fn serving_facts(
+    state: &AppState,
+    tenant: &TenantName,
+    jurisdiction: &factory_core::Jurisdiction,
+) -> Result<(bool, bool), ApiError> {
+    let allowed = state.store.tenant(tenant).await?.is_some_and(|t| t.jurisdictions.contains(jurisdiction));
+    let serving =
+        state.config.sites.iter().any(|s| &s.jurisdiction == jurisdiction && s.kinds.contains(&SiteKind::Serving));
+    Ok((allowed, serving))
+}
