@@ -49,6 +49,9 @@ pub struct ServingSettings {
     pub max_waiting: usize,
     /// Prompt tokens prefilled per step, so long prompts do not stall running decodes.
     pub prefill_chunk: usize,
+    /// Price per 1,000 tokens by registered model name: (prompt, completion). Models without an
+    /// entry cost nothing.
+    pub prices: std::collections::BTreeMap<String, (f64, f64)>,
 }
 
 /// Whose signatures the model registry accepts on imported bundles, beside this

@@ -433,10 +433,26 @@ fn read_jobs(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> JobSett
 }
 
 fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> ServingSettings {
+    let mut prices = std::collections::BTreeMap::new();
+    if let Some(table) = section.table("prices", errors) {
+        for (model, value) in table.table {
+            let price = |field: &str| value.get(field).and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)));
+            match (price("prompt_per_1k"), price("completion_per_1k")) {
+                (Some(prompt), Some(completion)) if prompt >= 0.0 && completion >= 0.0 => {
+                    prices.insert(model.clone(), (prompt, completion));
+                }
+                _ => errors.push(ConfigError::new(
+                    format!("serving.prices.{model}"),
+                    "expected { prompt_per_1k = N, completion_per_1k = N } with non-negative prices",
+                )),
+            }
+        }
+    }
     let settings = ServingSettings {
         max_batch: section.positive_integer("max_batch", 32, errors) as usize,
         max_waiting: section.positive_integer("max_waiting", 64, errors) as usize,
         prefill_chunk: section.positive_integer("prefill_chunk", 256, errors) as usize,
+        prices,
     };
     section.finish(errors);
     settings

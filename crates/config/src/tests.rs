@@ -129,3 +129,16 @@ fn registry_trusts_listed_verifier_keys_and_names_bad_ones() {
     let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, vec!["registry.trusted_keys[2]", "registry.trusted_keys[1]"], "{errors}");
 }
+
+#[test]
+fn serving_limits_and_prices_are_read_and_checked() {
+    let config = load_text(
+        "[serving]\nmax_batch = 4\n[serving.prices]\nbard = { prompt_per_1k = 0.5, completion_per_1k = 2 }\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!((config.serving.max_batch, config.serving.max_waiting), (4, 64));
+    assert_eq!(config.serving.prices.get("bard"), Some(&(0.5, 2.0)));
+    let errors = load_text("[serving.prices]\nbard = { prompt_per_1k = -1 }\n", &[]).unwrap_err();
+    assert_eq!(errors.0[0].key, "serving.prices.bard", "{errors}");
+}

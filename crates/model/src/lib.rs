@@ -5,6 +5,7 @@
 //! Architecture Invariant: no I/O beyond bytes in and out (safetensors, config JSON) and no
 //! knowledge of jobs, datasets or the object store; the trainer drives this crate.
 
+mod bert;
 mod config;
 mod infer;
 mod llama;
@@ -16,6 +17,7 @@ mod weights;
 #[cfg(test)]
 mod tests;
 
+pub use bert::{BertConfig, BertEncoder};
 pub use candle_core::{DType, Device, Tensor, Var};
 pub use config::LlamaConfig;
 pub use infer::{KvCache, StepInput};

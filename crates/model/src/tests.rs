@@ -393,3 +393,37 @@ fn cached_steps_match_the_full_forward_for_chunks_decodes_and_mixed_batches() {
     assert_eq!(other.len(), second.len());
     assert!(KvCache::new(&model, 33).is_err(), "longer than max_position_embeddings");
 }
+
+#[test]
+fn bert_embeddings_are_unit_vectors_unchanged_by_padding() {
+    let config = BertConfig::from_json(
+        r#"{"model_type": "bert", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 32, "max_position_embeddings": 32}"#,
+    )
+    .unwrap();
+    let tensors: Vec<(String, Tensor)> = config
+        .shapes()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, shape))| {
+            let values: Vec<f32> =
+                (0..shape.iter().product::<usize>()).map(|j| ((i * 31 + j * 17) % 23) as f32 / 23.0 - 0.5).collect();
+            (name, Tensor::from_vec(values, shape, &Device::Cpu).unwrap())
+        })
+        .collect();
+    let bytes = to_safetensors(tensors).unwrap();
+    let encoder = BertEncoder::from_safetensors(config.clone(), &bytes, &Device::Cpu).unwrap();
+    let short = vec![2u32, 7, 9, 3];
+    let long = vec![2u32, 11, 12, 13, 14, 15, 16, 3];
+    let alone = encoder.embed(std::slice::from_ref(&short)).unwrap();
+    let together = encoder.embed(&[short, long]).unwrap();
+    let difference: f32 = alone[0].iter().zip(&together[0]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(difference < 1e-5, "padding changed the vector by {difference}");
+    for vector in &together {
+        let norm: f32 = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    }
+    assert_ne!(together[0], together[1]);
+    assert!(encoder.embed(&[vec![1; 40]]).is_err(), "longer than the positions");
+    assert!(BertConfig::from_json(r#"{"model_type": "llama"}"#).is_err());
+}

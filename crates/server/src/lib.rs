@@ -8,6 +8,7 @@
 pub mod api;
 pub mod error;
 pub mod extract;
+pub mod inference_log;
 pub mod lineage;
 pub mod metrics;
 pub mod orphans;
@@ -70,6 +71,7 @@ pub async fn serve(
     tasks.push(tokio::spawn(workers.run(background_stopped.clone())));
     tasks.push(tokio::spawn(sign_checkpoints(state.clone(), background_stopped.clone())));
     tasks.push(tokio::spawn(orphans::sweep_periodically(state.clone(), background_stopped.clone())));
+    tasks.push(tokio::spawn(state.inference_log.clone().write(state.store.clone(), background_stopped.clone())));
 
     let grace = state.config.server.shutdown_grace;
     let (draining, mut drain_started) = watch::channel(false);

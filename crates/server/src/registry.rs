@@ -48,6 +48,8 @@ pub struct Draft {
     pub name: String,
     /// Imports keep the number they were given where they were made; others get the next one.
     pub version: Option<i64>,
+    /// `llama` (generates text) or `bert` (embeds it).
+    pub architecture: String,
     pub parameters: u64,
     pub residency: Residency,
     pub lineage: Lineage,
@@ -128,7 +130,7 @@ pub async fn register(
                 name: draft.name.clone(),
                 version,
                 created_at: factory_core::time::now_millis(),
-                architecture: "llama".to_string(),
+                architecture: draft.architecture.clone(),
                 parameters: draft.parameters,
                 residency: draft.residency.clone(),
                 lineage: draft.lineage,

@@ -34,6 +34,7 @@ use crate::REQUEST_ID_HEADER;
         models::verify, models::set_alias, models::bundle, models::import_bundle, models::import_hf,
         models::signing_key,
         deployments::create, deployments::list, deployments::show, deployments::update, deployments::delete,
+        deployments::inferences,
         ops::healthz, ops::readyz, ops::metrics, ops::sweep_orphans,
     ),
     modifiers(&BearerAuth)
@@ -99,9 +100,11 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/deployments/{name}",
             get(deployments::show).put(deployments::update).delete(deployments::delete),
         )
+        .route("/api/v1/deployments/{name}/inferences", get(deployments::inferences))
         .route("/v1/models", get(openai::models))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(openai::embeddings))
         .route("/api/v1/objects/sweep", post(ops::sweep_orphans))
         .route("/api/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/api/v1/audit/public-key", get(audit::public_key))

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use factory_core::{SiteKind, TenantName};
+use factory_engine::embed::Embedder;
 use factory_engine::{Engine, EngineSettings};
 use factory_model::{DType, Device, Llama, LlamaConfig, Weights};
 use factory_store::models::ModelVersion;
@@ -72,20 +73,33 @@ impl DeploymentSpec {
     }
 }
 
-/// A verified model version with its engine.
-pub struct LoadedModel {
+/// A text generator: the engine that runs it and what turns messages into its prompt.
+pub struct Generator {
     pub engine: Engine,
     pub tokenizer: Tokenizer,
     /// `tokenizer_config.json`'s `chat_template`, when the model has one.
     pub chat_template: Option<String>,
+}
+
+/// A verified model version, ready to serve: a generator (Llama) or an embedder (BERT).
+pub struct LoadedModel {
+    pub generator: Option<Generator>,
+    pub embedder: Option<Arc<Embedder>>,
     /// `name@version`.
     pub reference: String,
 }
 
 /// Engines by signed manifest digest.
-#[derive(Default)]
 pub struct Engines {
     loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
+    /// Embedding requests computing or waiting at once; past it, 429.
+    pub embedding_permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Engines {
+    fn default() -> Self {
+        Engines { loaded: Mutex::default(), embedding_permits: Arc::new(tokio::sync::Semaphore::new(8)) }
+    }
 }
 
 impl Engines {
@@ -109,12 +123,42 @@ async fn load(state: &AppState, version: &ModelVersion) -> Result<LoadedModel, A
     let config = registry::fetch_file(state, &manifest, "config.json").await?;
     let weights = registry::fetch_file(state, &manifest, "model.safetensors").await?;
     let tokenizer = registry::fetch_file(state, &manifest, "tokenizer.json").await?;
+    let invalid = |e: String| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "unservable_model", e);
+    if manifest.architecture == "bert" {
+        // sentence-transformers' `max_seq_length`, else the encoder's whole context.
+        let max_tokens = match manifest.file("sentence_bert_config.json") {
+            Some(_) => serde_json::from_slice::<serde_json::Value>(
+                &registry::fetch_file(state, &manifest, "sentence_bert_config.json").await?,
+            )
+            .ok()
+            .and_then(|c| c["max_seq_length"].as_u64())
+            .unwrap_or(512) as usize,
+            None => 512,
+        };
+        let embedder = tokio::task::spawn_blocking(move || {
+            Embedder::load(
+                &String::from_utf8_lossy(&config),
+                &weights,
+                &String::from_utf8_lossy(&tokenizer),
+                max_tokens,
+            )
+            .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| invalid(e.to_string()))?
+        .map_err(invalid)?;
+        tracing::info!(model = %manifest.reference(), "loaded a verified embedding model");
+        return Ok(LoadedModel {
+            generator: None,
+            embedder: Some(Arc::new(embedder)),
+            reference: manifest.reference(),
+        });
+    }
     let tokenizer_config = match manifest.file("tokenizer_config.json") {
         Some(_) => Some(registry::fetch_file(state, &manifest, "tokenizer_config.json").await?),
         None => None,
     };
     let reference = manifest.reference();
-    let invalid = |e: String| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "unservable_model", e);
     let (model, tokenizer) = tokio::task::spawn_blocking(move || {
         let config = LlamaConfig::from_json(&String::from_utf8_lossy(&config)).map_err(|e| e.to_string())?;
         let weights =
@@ -135,7 +179,8 @@ async fn load(state: &AppState, version: &ModelVersion) -> Result<LoadedModel, A
         prefill_chunk: state.config.serving.prefill_chunk,
     };
     tracing::info!(model = %reference, "loaded a verified model version into an engine");
-    Ok(LoadedModel { engine: Engine::start(model, tokenizer.clone(), settings), tokenizer, chat_template, reference })
+    let engine = Engine::start(model, tokenizer.clone(), settings);
+    Ok(LoadedModel { generator: Some(Generator { engine, tokenizer, chat_template }), embedder: None, reference })
 }
 
 /// Whether `tenant` allows the jurisdiction and a serving site sits in it.

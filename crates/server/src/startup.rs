@@ -63,6 +63,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         .collect();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight));
     let pii_secret = Arc::new(load_or_create_secret(&config.data_dir.join(PII_SECRET_FILE))?);
+    let inference_log = Arc::new(crate::inference_log::InferenceLog::new(metrics.clone()));
     let state = AppState {
         config: Arc::new(config),
         store,
@@ -76,6 +77,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         pending_objects: Arc::default(),
         model_keys,
         engines: Arc::default(),
+        inference_log,
     };
     Ok(Opened { state, new_admin_key })
 }

@@ -32,6 +32,8 @@ pub struct AppState {
     pub model_keys: Arc<crate::registry::ModelKeys>,
     /// Verified model versions loaded into serving engines.
     pub engines: Arc<crate::serving::Engines>,
+    /// Usage and latency of every inference request, written in batches.
+    pub inference_log: Arc<crate::inference_log::InferenceLog>,
 }
 
 impl AppState {

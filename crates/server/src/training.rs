@@ -495,6 +495,7 @@ pub async fn draft_from_run(
         tenant: spec_tenant(state, run_id).await?,
         name: register.name.clone(),
         version: None,
+        architecture: "llama".to_string(),
         parameters: config.parameter_count() as u64,
         residency: Residency { jurisdiction, classification, derived_from: "training data".to_string() },
         lineage: Lineage {

@@ -13,6 +13,7 @@ pub mod datasets;
 pub mod deployments;
 mod governed;
 pub mod identity;
+pub mod inference;
 pub mod jobs;
 mod migrations;
 pub mod models;

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "models", include_str!("migrations/0004_models.sql")),
     (5, "scheduling", include_str!("migrations/0005_scheduling.sql")),
     (6, "deployments", include_str!("migrations/0006_deployments.sql")),
+    (7, "inference_log", include_str!("migrations/0007_inference_log.sql")),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<(), StoreError> {

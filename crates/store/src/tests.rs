@@ -108,6 +108,7 @@ store_suite!(
     model_versions_are_numbered_immutable_and_aliased,
     scheduling_respects_quotas_and_preempts_lower_priority_work,
     deployments_are_created_revised_and_deleted,
+    the_inference_log_takes_batches_and_reads_back,
 );
 
 fn authorizer() -> CedarAuthorizer {
@@ -141,7 +142,7 @@ async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
     let again = Store::open(&database.url()).await.unwrap();
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(again.pool()).await.unwrap();
-    assert_eq!(versions, 6);
+    assert_eq!(versions, 7);
     again.close().await;
 }
 
@@ -750,4 +751,36 @@ async fn deployments_are_created_revised_and_deleted(store: &Store, _database: &
     assert!(store.deployment(&acme, "chat").await.unwrap().is_none());
     let mut change = store.begin_change(&pdp, delete, "req").await.unwrap();
     assert_eq!(change.delete_deployment(&acme, "chat").await.unwrap_err().kind(), StoreErrorKind::NotFound);
+}
+
+async fn the_inference_log_takes_batches_and_reads_back(store: &Store, _database: &TestDatabase) {
+    use crate::inference::InferenceRecord;
+    let record = |id: &str, deployment: &str, created_at: i64| InferenceRecord {
+        id: id.to_string(),
+        tenant: "acme".to_string(),
+        deployment: deployment.to_string(),
+        variant: "bard@1".to_string(),
+        kind: "chat".to_string(),
+        request_id: format!("req-{id}"),
+        episode_id: Some("ep-1".to_string()),
+        status: "ok".to_string(),
+        finish_reason: Some("stop".to_string()),
+        prompt_tokens: 12,
+        completion_tokens: 30,
+        cost: 0.00042,
+        queue_ms: 0.5,
+        first_token_ms: 12.5,
+        decode_ms: 80.25,
+        total_ms: 93.0,
+        created_at,
+    };
+    let batch = vec![record("inf_1", "chat", 1000), record("inf_2", "chat", 2000), record("inf_3", "other", 3000)];
+    store.record_inferences(&batch).await.unwrap();
+    // A retried batch changes nothing.
+    store.record_inferences(&batch[..1]).await.unwrap();
+    assert_eq!(store.inference("inf_2").await.unwrap().unwrap(), batch[1]);
+    let recent = store.inferences(&tenant("acme"), "chat", 1500, 10).await.unwrap();
+    assert_eq!(recent.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["inf_2"]);
+    assert_eq!(store.inferences(&tenant("acme"), "chat", 0, 10).await.unwrap().len(), 2);
+    assert!(store.inference("inf_9").await.unwrap().is_none());
 }

@@ -147,6 +147,29 @@ impl Tokenizer {
     }
 }
 
+/// Any Hugging Face `tokenizer.json` (WordPiece for BERT encoders, and so on), for models the
+/// factory imports rather than trains. Encoding adds the model's special tokens and truncates to
+/// `max_length` tokens, as sentence-transformers does.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl TextTokenizer {
+    pub fn from_json(json: &str, max_length: usize) -> Result<TextTokenizer, TokenizerError> {
+        let mut inner: tokenizers::Tokenizer = json.parse()?;
+        let truncation = tokenizers::TruncationParams { max_length, ..Default::default() };
+        inner.with_truncation(Some(truncation))?;
+        inner.with_padding(None);
+        Ok(TextTokenizer { inner })
+    }
+
+    /// Token ids with the special tokens the model expects (`[CLS] ... [SEP]` for BERT).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        Ok(self.inner.encode(text, true)?.get_ids().to_vec())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

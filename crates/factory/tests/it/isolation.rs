@@ -159,6 +159,7 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
             "/api/v1/deployments/gdeploy?tenant=globex".to_string(),
             Some(json!({ "variants": [{ "model": "gmodel@1" }] })),
         ),
+        ("GET", "/api/v1/deployments/gdeploy/inferences?tenant=globex".to_string(), None),
         ("DELETE", "/api/v1/deployments/gdeploy?tenant=globex".to_string(), None),
         ("GET", "/api/v1/audit/records?from=0&limit=1000".to_string(), None),
         ("GET", "/api/v1/audit/checkpoint".to_string(), None),

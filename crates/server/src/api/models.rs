@@ -592,6 +592,7 @@ pub async fn import_bundle(
         tenant: tenant.clone(),
         name: manifest.name.clone(),
         version: Some(manifest.version),
+        architecture: manifest.architecture.clone(),
         parameters: manifest.parameters,
         residency: manifest.residency.clone(),
         lineage: manifest.lineage.clone(),
@@ -618,7 +619,8 @@ pub struct HfImportQuery {
     pub intended_use: Option<String>,
 }
 
-/// Files of a Hugging Face directory the registry keeps; anything else is refused.
+/// Files of a Hugging Face directory the registry keeps; anything else is refused. The
+/// sentence-transformers files describe BERT encoders (their pooling is taken to be the mean).
 const HF_FILES: &[&str] = &[
     "config.json",
     "model.safetensors",
@@ -626,6 +628,10 @@ const HF_FILES: &[&str] = &[
     "tokenizer_config.json",
     "generation_config.json",
     "special_tokens_map.json",
+    "vocab.txt",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
 ];
 
 #[utoipa::path(post, path = "/api/v1/models/{name}/import-hf", tag = "models", params(("name" = String, Path), HfImportQuery),
@@ -661,12 +667,13 @@ pub async fn import_hf(
         .await
         .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
     let bytes = read_body(body).await?;
-    let (files, parameters, config) =
+    let (files, parameters, config, architecture) =
         tokio::task::spawn_blocking(move || check_hf_directory(&bytes)).await.map_err(internal)??;
     let draft = Draft {
         tenant: tenant.clone(),
         name,
         version: None,
+        architecture,
         parameters,
         residency: Residency { jurisdiction, classification, derived_from: "declared at import".to_string() },
         lineage: Lineage {
@@ -689,10 +696,11 @@ pub async fn import_hf(
     Ok(committed_response(StatusCode::CREATED, Json(ModelVersionView::new(version, Vec::new())), committed))
 }
 
-/// Reads a tar of a Hugging Face Llama directory and checks that the factory can run it: the
-/// config parses as a Llama, every weight the config needs is present with its shape, and the
-/// tokenizer loads.
-fn check_hf_directory(bytes: &[u8]) -> Result<(Vec<DraftFile>, u64, serde_json::Value), ApiError> {
+/// Reads a tar of a Hugging Face directory and checks that the factory can run it: a Llama
+/// (generation) or a BERT encoder (embeddings) whose every weight the config implies is present
+/// with its shape, and whose tokenizer loads. Returns the files, the parameter count, the
+/// config for the lineage, and the architecture.
+fn check_hf_directory(bytes: &[u8]) -> Result<(Vec<DraftFile>, u64, serde_json::Value, String), ApiError> {
     let bundle_files = read_plain_tar(bytes)?;
     for path in bundle_files.keys() {
         if !HF_FILES.contains(&path.as_str()) {
@@ -706,23 +714,33 @@ fn check_hf_directory(bytes: &[u8]) -> Result<(Vec<DraftFile>, u64, serde_json::
         bundle_files.get(path).ok_or_else(|| ApiError::invalid(format!("{path} is missing from the directory")))
     };
     let config_text = String::from_utf8_lossy(need("config.json")?).into_owned();
-    let config = factory_model::LlamaConfig::from_json(&config_text)
-        .map_err(|e| ApiError::invalid(format!("config.json: {e}")))?;
-    factory_model::Weights::from_safetensors(
-        &config,
-        need("model.safetensors")?,
-        factory_model::DType::F32,
-        &factory_model::Device::Cpu,
-    )
-    .map_err(|e| ApiError::invalid(format!("model.safetensors: {e}")))?;
-    factory_tokenizer::Tokenizer::from_json(&String::from_utf8_lossy(need("tokenizer.json")?))
-        .map_err(|e| ApiError::invalid(format!("tokenizer.json: {e}")))?;
-    let config_value: serde_json::Value = serde_json::from_str(&config_text).unwrap_or_default();
+    let config_value: serde_json::Value =
+        serde_json::from_str(&config_text).map_err(|e| ApiError::invalid(format!("config.json: {e}")))?;
+    let tokenizer = String::from_utf8_lossy(need("tokenizer.json")?).into_owned();
+    let weights = need("model.safetensors")?;
+    let (parameters, architecture) = if config_value["model_type"] == "bert" {
+        let embedder = factory_engine::embed::Embedder::load(&config_text, weights, &tokenizer, 512)
+            .map_err(|e| ApiError::invalid(format!("bert model: {e}")))?;
+        (embedder.parameter_count() as u64, "bert".to_string())
+    } else {
+        let config = factory_model::LlamaConfig::from_json(&config_text)
+            .map_err(|e| ApiError::invalid(format!("config.json: {e}")))?;
+        factory_model::Weights::from_safetensors(
+            &config,
+            weights,
+            factory_model::DType::F32,
+            &factory_model::Device::Cpu,
+        )
+        .map_err(|e| ApiError::invalid(format!("model.safetensors: {e}")))?;
+        factory_tokenizer::Tokenizer::from_json(&tokenizer)
+            .map_err(|e| ApiError::invalid(format!("tokenizer.json: {e}")))?;
+        (config.parameter_count() as u64, "llama".to_string())
+    };
     let files = bundle_files
         .into_iter()
         .map(|(path, bytes)| DraftFile { path, source: FileSource::Bytes(Bytes::from(bytes)) })
         .collect();
-    Ok((files, config.parameter_count() as u64, serde_json::json!({ "model": config_value })))
+    Ok((files, parameters, serde_json::json!({ "model": config_value }), architecture))
 }
 
 /// A tar of plain files (no manifest), with the bundle reader's checks on names and sizes.

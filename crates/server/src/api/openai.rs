@@ -22,8 +22,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::models::split_reference;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, Caller};
+use crate::inference_log::Meter;
 use crate::serving::{DeploymentSpec, LoadedModel, VariantSpec};
 use crate::state::AppState;
+use factory_store::inference::InferenceRecord;
 
 /// The chat template for models whose tokenizer config has none: each message as a role tag
 /// line and its content, then the assistant's tag.
@@ -58,6 +60,45 @@ pub async fn load_variant(
         )
     })?;
     state.engines.get(state, &version).await
+}
+
+/// Starts measuring a request for the inference log and the metrics.
+fn meter(state: &AppState, caller: &Caller, headers: &HeaderMap, deployment: &str, id: &str, kind: &str) -> Meter {
+    let record = InferenceRecord {
+        id: id.to_string(),
+        tenant: caller.principal.tenant.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+        deployment: deployment.to_string(),
+        variant: String::new(),
+        kind: kind.to_string(),
+        request_id: caller.request_id.clone(),
+        episode_id: headers.get(EPISODE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string),
+        status: String::new(),
+        finish_reason: None,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        cost: 0.0,
+        queue_ms: 0.0,
+        first_token_ms: 0.0,
+        decode_ms: 0.0,
+        total_ms: 0.0,
+        created_at: factory_core::time::now_millis(),
+    };
+    Meter {
+        log: state.inference_log.clone(),
+        metrics: state.metrics.clone(),
+        record,
+        price: (0.0, 0.0),
+        started: std::time::Instant::now(),
+        done: true,
+    }
+}
+
+/// Arms the meter once the request reaches a model (refusals before that are not inferences).
+fn arm(state: &AppState, meter: &mut Meter, model: &LoadedModel) {
+    meter.record.variant = model.reference.clone();
+    let name = model.reference.split('@').next().unwrap_or_default();
+    meter.price = state.config.serving.prices.get(name).copied().unwrap_or((0.0, 0.0));
+    meter.done = false;
 }
 
 fn tenant_key(caller: &Caller) -> Result<TenantName, ApiError> {
@@ -331,19 +372,42 @@ fn engine_error(error: EngineError) -> ApiError {
     }
 }
 
+fn generator<'a>(model: &'a LoadedModel, deployment: &str) -> Result<&'a crate::serving::Generator, ApiError> {
+    model.generator.as_ref().ok_or_else(|| {
+        invalid_param("model", &format!("{deployment} serves embeddings ({}); call /v1/embeddings", model.reference))
+    })
+}
+
 async fn generate(
     model: Arc<LoadedModel>,
     prompt: &str,
     sampling: &Sampling,
     answer: Answer,
+    mut meter: Meter,
 ) -> Result<Response, ApiError> {
-    let ids = model.tokenizer.encode(prompt).map_err(|e| ApiError::invalid(format!("prompt: {e}")))?;
-    let room = model.engine.max_context().saturating_sub(ids.len()).max(1);
-    let params = sampling.params(room)?;
-    let events = model.engine.submit(GenerationRequest { prompt: ids, params }).map_err(engine_error)?;
+    let prepared = (|| {
+        let generator = generator(&model, &answer.model)?;
+        let ids = generator.tokenizer.encode(prompt).map_err(|e| ApiError::invalid(format!("prompt: {e}")))?;
+        let room = generator.engine.max_context().saturating_sub(ids.len()).max(1);
+        Ok::<_, ApiError>((generator, ids, sampling.params(room)?))
+    })();
+    let (generator, ids, params) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            meter.fail("refused");
+            return Err(error);
+        }
+    };
+    let events = match generator.engine.submit(GenerationRequest { prompt: ids, params }) {
+        Ok(events) => events,
+        Err(error) => {
+            meter.fail(if error == EngineError::Overloaded { "overloaded" } else { "refused" });
+            return Err(engine_error(error));
+        }
+    };
     let variant = HeaderValue::from_str(&model.reference).unwrap_or(HeaderValue::from_static("-"));
     if sampling.stream {
-        let body = Body::from_stream(sse(events, answer, sampling.include_usage()));
+        let body = Body::from_stream(sse(events, answer, sampling.include_usage(), meter));
         let headers = [
             (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -357,16 +421,19 @@ async fn generate(
     while let Some(event) = events.recv().await {
         match event {
             GenerationEvent::Delta { text: delta, .. } => text.push_str(&delta),
-            GenerationEvent::Done { reason, usage, .. } => {
+            GenerationEvent::Done { reason, usage, timings, batch_size } => {
+                meter.finish(Some(reason), &usage, &timings, batch_size);
                 let mut response = Json(answer.whole(text, reason, &usage)).into_response();
                 response.headers_mut().insert(VARIANT_HEADER, variant);
                 return Ok(response);
             }
             GenerationEvent::Failed(message) => {
-                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "generation_failed", message))
+                meter.fail("failed");
+                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "generation_failed", message));
             }
         }
     }
+    meter.fail("failed");
     Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", "the engine ended the generation"))
 }
 
@@ -380,19 +447,22 @@ fn sse(
     events: UnboundedReceiver<GenerationEvent>,
     answer: Answer,
     include_usage: bool,
+    meter: Meter,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    let state = (events, answer, true, false);
-    futures::stream::unfold(state, move |(mut events, answer, first, done)| async move {
+    let state = (events, answer, true, false, meter);
+    futures::stream::unfold(state, move |(mut events, answer, first, done, mut meter)| async move {
         if done {
             return None;
         }
         let Some(event) = events.recv().await else {
-            return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (events, answer, first, true)));
+            meter.fail("failed");
+            return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (events, answer, first, true, meter)));
         };
         let (bytes, first, done) = match event {
             GenerationEvent::Delta { text, .. } if text.is_empty() && !first => (Bytes::new(), first, false),
             GenerationEvent::Delta { text, .. } => (data(&answer.chunk(Some(&text), None, first)), false, false),
-            GenerationEvent::Done { reason, usage, .. } => {
+            GenerationEvent::Done { reason, usage, timings, batch_size } => {
+                meter.finish(Some(reason), &usage, &timings, batch_size);
                 let mut out = data(&answer.chunk(None, Some(reason), first)).to_vec();
                 if include_usage {
                     out.extend_from_slice(&data(&answer.usage_chunk(&usage)));
@@ -401,13 +471,14 @@ fn sse(
                 (Bytes::from(out), false, true)
             }
             GenerationEvent::Failed(message) => {
+                meter.fail("failed");
                 let error = serde_json::json!({ "error": { "message": message, "type": "server_error", "code": "generation_failed" } });
                 let mut out = data(&error).to_vec();
                 out.extend_from_slice(b"data: [DONE]\n\n");
                 (Bytes::from(out), first, true)
             }
         };
-        Some((Ok(bytes), (events, answer, first, done)))
+        Some((Ok(bytes), (events, answer, first, done, meter)))
     })
     .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())))
 }
@@ -423,7 +494,10 @@ pub async fn completions(
         return Err(invalid_param("prompt", "give one prompt (a string)"));
     };
     let model = route(&state, &caller, &body.model, &headers).await?;
-    generate(model, prompt, &body.sampling, Answer::new(Kind::Completion, &body.model)).await
+    let answer = Answer::new(Kind::Completion, &body.model);
+    let mut meter = meter(&state, &caller, &headers, &body.model, &answer.id, "completion");
+    arm(&state, &mut meter, &model);
+    generate(model, prompt, &body.sampling, answer, meter).await
 }
 
 pub async fn chat_completions(
@@ -441,8 +515,12 @@ pub async fn chat_completions(
         }
     }
     let model = route(&state, &caller, &body.model, &headers).await?;
-    let prompt = render_chat(model.chat_template.as_deref().unwrap_or(DEFAULT_CHAT_TEMPLATE), &body.messages)?;
-    generate(model, &prompt, &body.sampling, Answer::new(Kind::Chat, &body.model)).await
+    let template = generator(&model, &body.model)?.chat_template.as_deref().unwrap_or(DEFAULT_CHAT_TEMPLATE);
+    let prompt = render_chat(template, &body.messages)?;
+    let answer = Answer::new(Kind::Chat, &body.model);
+    let mut meter = meter(&state, &caller, &headers, &body.model, &answer.id, "chat");
+    arm(&state, &mut meter, &model);
+    generate(model, &prompt, &body.sampling, answer, meter).await
 }
 
 /// Renders the messages with the model's chat template (Jinja, as Hugging Face writes them).
@@ -460,4 +538,84 @@ pub fn render_chat(template: &str, messages: &[ChatMessage]) -> Result<String, A
             eos_token => factory_tokenizer::END_OF_TEXT,
         })
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_chat_template", e.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: OneOrMany,
+    /// `float` (default) or `base64` (little-endian f32, what the official SDKs ask for).
+    pub encoding_format: Option<String>,
+}
+
+/// Inputs one embedding request may carry.
+const MAX_EMBEDDING_INPUTS: usize = 256;
+
+pub async fn embeddings(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<EmbeddingRequest>,
+) -> Result<Response, ApiError> {
+    let inputs = body.input.into_vec();
+    if inputs.is_empty() || inputs.len() > MAX_EMBEDDING_INPUTS {
+        return Err(invalid_param("input", &format!("give 1 to {MAX_EMBEDDING_INPUTS} inputs")));
+    }
+    if let Some(index) = inputs.iter().position(|text| text.is_empty()) {
+        return Err(invalid_param("input", &format!("input[{index}] is empty")));
+    }
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => return Err(invalid_param("encoding_format", &format!("{other:?} is not float or base64"))),
+    };
+    let model = route(&state, &caller, &body.model, &headers).await?;
+    let embedder = model.embedder.clone().ok_or_else(|| {
+        invalid_param("model", &format!("{} generates text ({}); it has no embeddings", body.model, model.reference))
+    })?;
+    let id = format!("emb-{}", uuid::Uuid::new_v4().simple());
+    let mut meter = meter(&state, &caller, &headers, &body.model, &id, "embedding");
+    arm(&state, &mut meter, &model);
+    let Ok(permit) = state.engines.embedding_permits.clone().try_acquire_owned() else {
+        meter.fail("overloaded");
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "engine_overloaded",
+            "embeddings are at capacity; retry shortly",
+        );
+        error.retry_after_secs = Some(1);
+        return Err(error);
+    };
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        embedder.embed(&inputs)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| invalid_param("input", &e.to_string()))?;
+    let computed = meter.started.elapsed().as_secs_f64() * 1000.0;
+    let usage = Usage { prompt_tokens: tokens, completion_tokens: 0 };
+    meter.finish(None, &usage, &factory_engine::Timings { queue_ms: 0.0, first_token_ms: computed, decode_ms: 0.0 }, 1);
+    let data: Vec<serde_json::Value> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                serde_json::Value::String(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes))
+            } else {
+                serde_json::json!(vector)
+            };
+            serde_json::json!({ "object": "embedding", "index": index, "embedding": embedding })
+        })
+        .collect();
+    let mut response = Json(serde_json::json!({
+        "object": "list", "data": data, "model": body.model,
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+    }))
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&model.reference) {
+        response.headers_mut().insert(VARIANT_HEADER, value);
+    }
+    Ok(response)
 }

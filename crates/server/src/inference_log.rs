@@ -1,0 +1,143 @@
+//! Metering: every inference request's usage, cost, latency split and outcome, counted in
+//! Prometheus at once and written to the inference log in batches by a background task, off
+//! the request path. The queue to the writer is bounded: when it is full a record is dropped
+//! and counted (`factory_inference_log_dropped`), never buffered without limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use factory_engine::{FinishReason, Timings, Usage};
+use factory_store::inference::InferenceRecord;
+use factory_store::Store;
+use tokio::sync::{mpsc, watch, Mutex};
+
+use crate::metrics::{DeploymentLabels, InferenceLabels, Metrics, TokenLabels};
+
+/// Records waiting for the writer; past it, records are dropped and counted.
+const QUEUE: usize = 10_000;
+/// Records written per transaction.
+const BATCH: usize = 256;
+
+pub struct InferenceLog {
+    sender: mpsc::Sender<InferenceRecord>,
+    receiver: Mutex<Option<mpsc::Receiver<InferenceRecord>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl InferenceLog {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        InferenceLog { sender, receiver: Mutex::new(Some(receiver)), metrics }
+    }
+
+    fn record(&self, record: InferenceRecord) {
+        if self.sender.try_send(record).is_err() {
+            self.metrics.inference.log_dropped.inc();
+        }
+    }
+
+    /// Writes batches until `stop`, then drains what is queued.
+    pub async fn write(self: Arc<Self>, store: Store, mut stop: watch::Receiver<bool>) {
+        let Some(mut receiver) = self.receiver.lock().await.take() else { return };
+        loop {
+            let first = tokio::select! {
+                record = receiver.recv() => record,
+                _ = stop.changed() => { receiver.close(); receiver.recv().await }
+            };
+            let Some(first) = first else { return };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match receiver.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = store.record_inferences(&batch).await {
+                tracing::warn!(%error, records = batch.len(), "could not write inference log records; retrying once");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if store.record_inferences(&batch).await.is_err() {
+                    self.metrics.inference.log_dropped.inc_by(batch.len() as u64);
+                }
+            }
+        }
+    }
+}
+
+/// One request's measurements, recorded exactly once: when it ends, or as `cancelled` when it
+/// is dropped unfinished (the client hung up mid-stream).
+pub struct Meter {
+    pub log: Arc<InferenceLog>,
+    pub metrics: Arc<Metrics>,
+    pub record: InferenceRecord,
+    /// Price per 1,000 tokens (prompt, completion).
+    pub price: (f64, f64),
+    pub started: Instant,
+    pub done: bool,
+}
+
+impl Meter {
+    pub fn finish(&mut self, reason: Option<FinishReason>, usage: &Usage, timings: &Timings, batch_size: usize) {
+        let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let labels = DeploymentLabels { deployment: self.record.deployment.clone() };
+        let inference = &self.metrics.inference;
+        inference.time_to_first_token.get_or_create(&labels).observe(timings.first_token_ms / 1000.0);
+        inference.queue.get_or_create(&labels).observe(timings.queue_ms / 1000.0);
+        if usage.completion_tokens > 1 {
+            let per_token = timings.decode_ms / 1000.0 / (usage.completion_tokens - 1) as f64;
+            inference.time_per_output_token.get_or_create(&labels).observe(per_token);
+            if per_token > 0.0 {
+                inference.decode_tokens_per_second.get_or_create(&labels).observe(1.0 / per_token);
+            }
+        }
+        let engine_ms = timings.first_token_ms + timings.decode_ms;
+        inference.gateway_overhead.get_or_create(&labels).observe(((total_ms - engine_ms).max(0.0)) / 1000.0);
+        inference.batch_size.observe(batch_size as f64);
+        self.record.finish_reason = reason.map(|r| match r {
+            FinishReason::Stop => "stop".to_string(),
+            FinishReason::Length => "length".to_string(),
+        });
+        self.record.prompt_tokens = usage.prompt_tokens as i64;
+        self.record.completion_tokens = usage.completion_tokens as i64;
+        self.record.queue_ms = timings.queue_ms;
+        self.record.first_token_ms = timings.first_token_ms;
+        self.record.decode_ms = timings.decode_ms;
+        self.end("ok", total_ms);
+    }
+
+    pub fn fail(&mut self, status: &str) {
+        let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        self.end(status, total_ms);
+    }
+
+    fn end(&mut self, status: &str, total_ms: f64) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let record = &mut self.record;
+        record.status = status.to_string();
+        record.total_ms = total_ms;
+        record.cost =
+            (record.prompt_tokens as f64 * self.price.0 + record.completion_tokens as f64 * self.price.1) / 1000.0;
+        let inference = &self.metrics.inference;
+        let labels = InferenceLabels {
+            deployment: record.deployment.clone(),
+            variant: record.variant.clone(),
+            status: status.to_string(),
+        };
+        inference.requests.get_or_create(&labels).inc();
+        for (kind, count) in [("prompt", record.prompt_tokens), ("completion", record.completion_tokens)] {
+            let labels = TokenLabels { deployment: record.deployment.clone(), kind: kind.to_string() };
+            inference.tokens.get_or_create(&labels).inc_by(count.max(0) as u64);
+        }
+        self.log.record(record.clone());
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if !self.done {
+            self.fail("cancelled");
+        }
+    }
+}

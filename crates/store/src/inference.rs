@@ -1,0 +1,122 @@
+//! The inference log. Rows are facts about requests that were authorized when they arrived;
+//! they are bookkeeping written in batches by the gateway's log writer (not governed changes),
+//! idempotent by id so a retried batch duplicates nothing.
+
+use factory_core::TenantName;
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::{opt_string, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferenceRecord {
+    /// The response id clients see (`chatcmpl-...`), which feedback refers to.
+    pub id: String,
+    pub tenant: String,
+    pub deployment: String,
+    /// `name@version` that answered.
+    pub variant: String,
+    /// `completion`, `chat` or `embedding`.
+    pub kind: String,
+    pub request_id: String,
+    pub episode_id: Option<String>,
+    /// `ok`, `overloaded`, `failed` or `cancelled`.
+    pub status: String,
+    pub finish_reason: Option<String>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost: f64,
+    pub queue_ms: f64,
+    pub first_token_ms: f64,
+    pub decode_ms: f64,
+    pub total_ms: f64,
+    pub created_at: i64,
+}
+
+const COLUMNS: &str = "id, tenant, deployment, variant, kind, request_id, episode_id, status, finish_reason, \
+     prompt_tokens, completion_tokens, cost, queue_ms, first_token_ms, decode_ms, total_ms, created_at";
+
+fn from_row(row: &AnyRow) -> Result<InferenceRecord, StoreError> {
+    Ok(InferenceRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        deployment: row.try_get("deployment")?,
+        variant: row.try_get("variant")?,
+        kind: row.try_get("kind")?,
+        request_id: row.try_get("request_id")?,
+        episode_id: opt_string(row, "episode_id")?,
+        status: row.try_get("status")?,
+        finish_reason: opt_string(row, "finish_reason")?,
+        prompt_tokens: row.try_get("prompt_tokens")?,
+        completion_tokens: row.try_get("completion_tokens")?,
+        cost: row.try_get("cost")?,
+        queue_ms: row.try_get("queue_ms")?,
+        first_token_ms: row.try_get("first_token_ms")?,
+        decode_ms: row.try_get("decode_ms")?,
+        total_ms: row.try_get("total_ms")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    /// Writes a batch in one transaction.
+    pub async fn record_inferences(&self, records: &[InferenceRecord]) -> Result<(), StoreError> {
+        let mut write = self.begin_write().await?;
+        for r in records {
+            sqlx::query(&format!(
+                "INSERT INTO inference_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                 ON CONFLICT (id) DO NOTHING"
+            ))
+            .bind(&r.id)
+            .bind(&r.tenant)
+            .bind(&r.deployment)
+            .bind(&r.variant)
+            .bind(&r.kind)
+            .bind(&r.request_id)
+            .bind(r.episode_id.as_deref())
+            .bind(&r.status)
+            .bind(r.finish_reason.as_deref())
+            .bind(r.prompt_tokens)
+            .bind(r.completion_tokens)
+            .bind(r.cost)
+            .bind(r.queue_ms)
+            .bind(r.first_token_ms)
+            .bind(r.decode_ms)
+            .bind(r.total_ms)
+            .bind(r.created_at)
+            .execute(&mut *write.transaction)
+            .await?;
+        }
+        write.commit().await
+    }
+
+    pub async fn inference(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM inference_log WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// A deployment's requests since `after` (exclusive, milliseconds), oldest first.
+    pub async fn inferences(
+        &self,
+        tenant: &TenantName,
+        deployment: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<InferenceRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM inference_log WHERE tenant = $1 AND deployment = $2 AND created_at > $3 \
+             ORDER BY created_at, id LIMIT $4"
+        ))
+        .bind(tenant.as_str())
+        .bind(deployment)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+}
