@@ -335,7 +335,7 @@ impl Scheduler {
             let token = sample(&logits, &sequence.params, &mut sequence.rng);
             let now = Instant::now();
             sequence.first_token_at.get_or_insert(now);
-            let end_of_text = Some(token) == self.end_of_text;
+            let end_of_text = Some(token) == self.end_of_text && !sequence.params.ignore_eos;
             if !end_of_text {
                 sequence.generated.push(token);
             }

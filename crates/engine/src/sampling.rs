@@ -17,11 +17,22 @@ pub struct SamplingParams {
     pub max_tokens: usize,
     /// Generation ends before the first occurrence of any of these.
     pub stop: Vec<String>,
+    /// Keep generating past the end-of-text token (benchmarks that need a fixed count).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, seed: None, max_tokens: 16, stop: Vec::new() }
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: None,
+            max_tokens: 16,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
     }
 }
 

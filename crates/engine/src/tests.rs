@@ -85,7 +85,7 @@ async fn seeds_fix_sampling_and_limits_end_generation() {
         top_p: 0.95,
         seed: Some(seed),
         max_tokens: 20,
-        stop: vec![],
+        ..SamplingParams::default()
     };
     let run = |params: SamplingParams| {
         let events = engine.submit(GenerationRequest { prompt: prompt.clone(), params }).unwrap();
@@ -107,6 +107,12 @@ async fn seeds_fix_sampling_and_limits_end_generation() {
     let (cut, _, done) = run(stopped).await;
     assert!(matches!(done, GenerationEvent::Done { reason: FinishReason::Stop, .. }), "{done:?}");
     assert_eq!(cut, text[..text.find(&stop).unwrap()], "cut before {stop:?} in {text:?}");
+
+    // Past the end-of-text token when asked to (fixed-length benchmarks).
+    let fixed = SamplingParams { ignore_eos: true, ..greedy(30) };
+    let (_, tokens, done) = run(fixed).await;
+    assert!(matches!(done, GenerationEvent::Done { reason: FinishReason::Length, .. }), "{done:?}");
+    assert_eq!(tokens.len(), 30);
 
     let long = vec![1u32; 64];
     let error = engine.submit(GenerationRequest { prompt: long, params: greedy(4) }).err().unwrap();

@@ -73,6 +73,8 @@ pub struct Meter {
     pub price: (f64, f64),
     pub started: Instant,
     pub done: bool,
+    /// A shadow's answer is logged as `shadow`, never returned.
+    pub shadow: bool,
 }
 
 impl Meter {
@@ -114,6 +116,7 @@ impl Meter {
             return;
         }
         self.done = true;
+        let status = if self.shadow && status == "ok" { "shadow" } else { status };
         let record = &mut self.record;
         record.status = status.to_string();
         record.total_ms = total_ms;

@@ -30,10 +30,60 @@ pub struct DeploymentSpec {
 #[serde(deny_unknown_fields)]
 pub struct VariantSpec {
     /// A registered model: `NAME@VERSION`, or `NAME@ALIAS` to follow the alias as it moves.
-    pub model: String,
-    /// Relative share of traffic (0 takes none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Or an external OpenAI-compatible endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamSpec>,
+    /// Relative share of traffic among primaries (0 takes none).
     #[serde(default = "default_weight")]
     pub weight: f64,
+    #[serde(default)]
+    pub role: VariantRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VariantRole {
+    /// Answers its weighted share of requests.
+    #[default]
+    Primary,
+    /// Tried in order when the chosen primary fails or times out.
+    Fallback,
+    /// Gets a copy of every request; its answer is logged, never returned.
+    Shadow,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Base URL up to and including `/v1`.
+    pub url: String,
+    /// The model name the upstream knows.
+    pub model: String,
+    /// Where the upstream runs, as its operator declares; the tenant must allow it.
+    pub jurisdiction: factory_core::Jurisdiction,
+    /// The environment variable holding its API key (the key itself is never stored).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// How long to wait for its answer (or, streaming, its first byte) before falling back.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+impl VariantSpec {
+    /// How the variant is named in logs, metrics and the `x-factory-model` header.
+    pub fn label(&self) -> String {
+        match (&self.model, &self.upstream) {
+            (Some(model), _) => model.clone(),
+            (None, Some(upstream)) => format!("upstream:{}@{}", upstream.model, upstream.url),
+            (None, None) => "-".to_string(),
+        }
+    }
 }
 
 fn default_weight() -> f64 {
@@ -49,27 +99,47 @@ impl DeploymentSpec {
             if !(variant.weight >= 0.0 && variant.weight.is_finite()) {
                 return Err(format!("variants[{index}].weight must be zero or positive"));
             }
-            if variant.model.split_once('@').is_none_or(|(n, v)| n.is_empty() || v.is_empty()) {
-                return Err(format!("variants[{index}].model: expected NAME@VERSION or NAME@ALIAS"));
+            match (&variant.model, &variant.upstream) {
+                (Some(model), None) => {
+                    if model.split_once('@').is_none_or(|(n, v)| n.is_empty() || v.is_empty()) {
+                        return Err(format!("variants[{index}].model: expected NAME@VERSION or NAME@ALIAS"));
+                    }
+                }
+                (None, Some(upstream)) => {
+                    if !(upstream.url.starts_with("http://") || upstream.url.starts_with("https://")) {
+                        return Err(format!("variants[{index}].upstream.url: expected an http(s) URL"));
+                    }
+                    if upstream.model.is_empty() || upstream.timeout_ms == 0 {
+                        return Err(format!("variants[{index}].upstream: give a model and a positive timeout_ms"));
+                    }
+                }
+                _ => return Err(format!("variants[{index}]: give either model or upstream")),
             }
         }
-        if self.variants.iter().all(|v| v.weight == 0.0) {
-            return Err("variants: at least one variant needs a positive weight".to_string());
+        let primaries = self.variants.iter().filter(|v| v.role == VariantRole::Primary);
+        if !primaries.clone().any(|v| v.weight > 0.0) {
+            return Err("variants: at least one primary variant needs a positive weight".to_string());
         }
         Ok(())
     }
 
-    /// The variant for a draw in [0, 1): by weight.
+    /// The primary for a draw in [0, 1), by weight.
     pub fn pick(&self, draw: f64) -> &VariantSpec {
-        let total: f64 = self.variants.iter().map(|v| v.weight).sum();
+        let primaries: Vec<&VariantSpec> =
+            self.variants.iter().filter(|v| v.role == VariantRole::Primary && v.weight > 0.0).collect();
+        let total: f64 = primaries.iter().map(|v| v.weight).sum();
         let mut point = draw * total;
-        for variant in &self.variants {
-            if variant.weight > 0.0 && point < variant.weight {
+        for variant in &primaries {
+            if point < variant.weight {
                 return variant;
             }
             point -= variant.weight;
         }
-        self.variants.iter().rfind(|v| v.weight > 0.0).unwrap_or(&self.variants[0])
+        primaries.last().copied().unwrap_or(&self.variants[0])
+    }
+
+    pub fn with_role(&self, role: VariantRole) -> impl Iterator<Item = &VariantSpec> {
+        self.variants.iter().filter(move |v| v.role == role)
     }
 }
 
@@ -94,11 +164,17 @@ pub struct Engines {
     loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
     /// Embedding requests computing or waiting at once; past it, 429.
     pub embedding_permits: Arc<tokio::sync::Semaphore>,
+    /// The connection pool to upstream variants.
+    pub upstream: reqwest::Client,
 }
 
 impl Default for Engines {
     fn default() -> Self {
-        Engines { loaded: Mutex::default(), embedding_permits: Arc::new(tokio::sync::Semaphore::new(8)) }
+        Engines {
+            loaded: Mutex::default(),
+            embedding_permits: Arc::new(tokio::sync::Semaphore::new(8)),
+            upstream: reqwest::Client::new(),
+        }
     }
 }
 

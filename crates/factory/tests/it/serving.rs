@@ -51,7 +51,31 @@ async fn train(url: &str, key: &str, dir: &std::path::Path, name: &str, seed: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_models_answer_the_official_openai_client_through_deployments() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("FACTORY_SERVING__MAX_BATCH", "2"), ("FACTORY_SERVING__MAX_WAITING", "2")];
+    // A second factory serves as an OpenAI-compatible upstream for some variants.
+    let upstream = Server::start(&dir.path().join("upstream"), &["--jurisdiction", "eu"], &[]);
+    let partner = tenant_with_keys(&upstream, "partner", &["engineer", "app"]).await;
+    let up = upstream.url.clone();
+    let created = call(
+        &up,
+        "POST",
+        "/api/v1/datasets",
+        Some(&partner[0].1),
+        Some(json!({ "name": "plays", "classification": "internal" })),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let path = "/api/v1/datasets/plays/versions?format=text&paragraphs=true";
+    assert_eq!(upload(&up, &partner[0].1, path, shakespeare(30_000)).await.status, 201);
+    train(&up, &partner[0].1, dir.path(), "poet", "5").await;
+    let up_env = [("FACTORY_URL", up.as_str()), ("FACTORY_API_KEY", partner[0].1.as_str())];
+    let (ok, stdout, stderr) = cli(&["deploy", "create", "verse", "--variant", "poet@1"], &up_env);
+    assert!(ok, "{stdout}\n{stderr}");
+
+    let env = [
+        ("FACTORY_SERVING__MAX_BATCH", "2"),
+        ("FACTORY_SERVING__MAX_WAITING", "2"),
+        ("PARTNER_KEY", partner[1].1.as_str()),
+    ];
     let server = Server::start(&dir.path().join("a"), &["--jurisdiction", "eu"], &env);
     let keys = tenant_with_keys(&server, "acme", &["engineer", "app"]).await;
     let (engineer, app) = (keys[0].1.clone(), keys[1].1.clone());
@@ -223,6 +247,93 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     for reply in replies.iter().flatten().filter(|r| r.status() == 429) {
         assert_eq!(reply.headers()["retry-after"], "1");
     }
+
+    // Upstream variants: a proxy to the partner factory, a fallback when the upstream is down,
+    // a shadow that gets a copy, and residency for where requests would go.
+    let partner_variant = |role: &str, jurisdiction: &str| {
+        json!({ "upstream": { "url": format!("{up}/v1"), "model": "verse", "jurisdiction": jurisdiction,
+                              "api_key_env": "PARTNER_KEY", "timeout_ms": 20000 }, "role": role })
+    };
+    let deploy = |name: &str, variants: Value| {
+        call(&url, "POST", "/api/v1/deployments", Some(&engineer), Some(json!({ "name": name, "variants": variants })))
+    };
+    let proxy = deploy("proxy", json!([partner_variant("primary", "eu")])).await;
+    assert_eq!(proxy.status, 201, "{}", proxy.text);
+    let outside = deploy("abroad", json!([partner_variant("primary", "us")])).await;
+    assert_eq!(outside.status, 403, "an upstream outside the tenant's jurisdictions is refused: {}", outside.text);
+    let chat_body = |model: &str, stream: bool| json!({ "model": model, "messages": [{ "role": "user", "content": "Sing." }], "max_tokens": 6, "stream": stream });
+    let proxied = client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(&app)
+        .json(&chat_body("proxy", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 200);
+    assert!(proxied.headers()["x-factory-model"].to_str().unwrap().starts_with("upstream:verse@"));
+    let proxied: Value = proxied.json().await.unwrap();
+    assert_eq!(
+        (proxied["model"].as_str(), proxied["object"].as_str()),
+        (Some("proxy"), Some("chat.completion")),
+        "{proxied}"
+    );
+    let streamed = client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(&app)
+        .json(&chat_body("proxy", true))
+        .send()
+        .await
+        .unwrap();
+    assert!(streamed.text().await.unwrap().trim_end().ends_with("data: [DONE]"));
+    let resilient = deploy(
+        "resilient",
+        json!([
+            { "upstream": { "url": "http://127.0.0.1:9/v1", "model": "gone", "jurisdiction": "eu", "timeout_ms": 3000 } },
+            { "model": "bard@1", "role": "fallback" }
+        ]),
+    )
+    .await;
+    assert_eq!(resilient.status, 201, "{}", resilient.text);
+    let answered = client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(&app)
+        .json(&chat_body("resilient", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((answered.status().as_u16(), answered.headers()["x-factory-model"].to_str().unwrap()), (200, "bard@1"));
+    let shadowed = deploy("shadowed", json!([{ "model": "bard@1" }, partner_variant("shadow", "eu")])).await;
+    assert_eq!(shadowed.status, 201, "{}", shadowed.text);
+    let partner_log = || async {
+        let reply =
+            call(&up, "GET", "/api/v1/deployments/verse/inferences?limit=1000", Some(&partner[0].1), None).await;
+        reply.body["inferences"].as_array().map(|rows| rows.len()).unwrap_or(0)
+    };
+    let before = partner_log().await;
+    let answered = client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(&app)
+        .json(&chat_body("shadowed", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((answered.status().as_u16(), answered.headers()["x-factory-model"].to_str().unwrap()), (200, "bard@1"));
+    assert!(crate::support::eventually(20, || async { partner_log().await > before }).await, "the shadow got its copy");
+    let logged = |deployment: &'static str, status: &'static str| {
+        let url = url.clone();
+        let engineer = engineer.clone();
+        async move {
+            crate::support::eventually(10, || async {
+                let path = format!("/api/v1/deployments/{deployment}/inferences");
+                let reply = call(&url, "GET", &path, Some(&engineer), None).await;
+                reply.body["inferences"].as_array().is_some_and(|rows| rows.iter().any(|r| r["status"] == status))
+            })
+            .await
+        }
+    };
+    assert!(logged("shadowed", "shadow").await, "the shadow's answer is logged");
+    assert!(logged("resilient", "upstream_error").await, "the failed upstream attempt is logged");
+    upstream.terminate();
 
     // A tampered model is refused at deploy time.
     train(&url, &engineer, dir.path(), "lyric", "3").await;

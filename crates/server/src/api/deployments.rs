@@ -84,21 +84,33 @@ async fn checked_request(
     let (mut allowed, mut serving) = (true, true);
     let mut resolved = Vec::new();
     for variant in &spec.variants {
-        let (model, reference) = split_reference(&variant.model)?;
+        if let Some(upstream) = &variant.upstream {
+            // Requests leave the installation: the upstream's jurisdiction must be one the
+            // tenant allows. It is not our site, so the serving-site fact does not apply.
+            let (tenant_allows, _) = serving_facts(state, tenant, &upstream.jurisdiction).await?;
+            allowed &= tenant_allows;
+            resolved.push(serde_json::json!({
+                "upstream": upstream.url, "model": upstream.model, "jurisdiction": upstream.jurisdiction,
+                "weight": variant.weight, "role": variant.role,
+            }));
+            continue;
+        }
+        let model_reference = variant.model.clone().unwrap_or_default();
+        let (model, reference) = split_reference(&model_reference)?;
         let version = resolve(state, caller, tenant, model, reference, Action::ModelRead).await?;
         let report = verify_version(state, &version).await;
         if !report.verified {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "verification_failed",
-                format!("{} fails verification: {}", variant.model, report.error.unwrap_or_default()),
+                format!("{model_reference} fails verification: {}", report.error.unwrap_or_default()),
             ));
         }
         let (tenant_allows, site) = serving_facts(state, tenant, &version.jurisdiction).await?;
         allowed &= tenant_allows;
         serving &= site;
         resolved.push(serde_json::json!({
-            "model": variant.model, "version": version.version, "weight": variant.weight,
+            "model": model_reference, "version": version.version, "weight": variant.weight, "role": variant.role,
             "jurisdiction": version.jurisdiction, "manifest": version.manifest_digest,
         }));
     }
@@ -110,11 +122,11 @@ async fn checked_request(
 
 /// Loads the deployment's models in the background, so the first request does not wait.
 fn warm(state: &AppState, tenant: &TenantName, spec: &DeploymentSpec) {
-    for variant in spec.variants.clone() {
+    for variant in spec.variants.clone().into_iter().filter(|v| v.model.is_some()) {
         let (state, tenant) = (state.clone(), tenant.clone());
         tokio::spawn(async move {
             if let Err(error) = crate::api::openai::load_variant(&state, &tenant, &variant).await {
-                tracing::warn!(model = %variant.model, error = %error.message, "could not preload a deployment's model");
+                tracing::warn!(model = %variant.label(), error = %error.message, "could not preload a deployment's model");
             }
         });
     }

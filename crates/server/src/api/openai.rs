@@ -23,7 +23,7 @@ use super::models::split_reference;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, Caller};
 use crate::inference_log::Meter;
-use crate::serving::{DeploymentSpec, LoadedModel, VariantSpec};
+use crate::serving::{DeploymentSpec, LoadedModel, UpstreamSpec, VariantRole, VariantSpec};
 use crate::state::AppState;
 use factory_store::inference::InferenceRecord;
 
@@ -41,7 +41,8 @@ pub async fn load_variant(
     tenant: &TenantName,
     variant: &VariantSpec,
 ) -> Result<Arc<LoadedModel>, ApiError> {
-    let (name, reference) = split_reference(&variant.model)?;
+    let model = variant.model.as_deref().ok_or_else(|| ApiError::invalid("not a registered-model variant"))?;
+    let (name, reference) = split_reference(model)?;
     let number = match reference.parse::<i64>() {
         Ok(number) => Some(number),
         Err(_) => {
@@ -53,11 +54,7 @@ pub async fn load_variant(
         None => None,
     };
     let version = version.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "model_unavailable",
-            format!("{} is not registered", variant.model),
-        )
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", format!("{model} is not registered"))
     })?;
     state.engines.get(state, &version).await
 }
@@ -90,6 +87,7 @@ fn meter(state: &AppState, caller: &Caller, headers: &HeaderMap, deployment: &st
         price: (0.0, 0.0),
         started: std::time::Instant::now(),
         done: true,
+        shadow: false,
     }
 }
 
@@ -118,12 +116,15 @@ fn episode_draw(episode: &str) -> f64 {
     (u64::from_be_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-async fn route(
-    state: &AppState,
-    caller: &Caller,
-    deployment: &str,
-    headers: &HeaderMap,
-) -> Result<Arc<LoadedModel>, ApiError> {
+/// Where a request goes: the primary drawn by weight (or by episode), the fallbacks in order,
+/// and the shadows that get a copy.
+struct Plan {
+    primary: VariantSpec,
+    fallbacks: Vec<VariantSpec>,
+    shadows: Vec<VariantSpec>,
+}
+
+async fn plan(state: &AppState, caller: &Caller, deployment: &str, headers: &HeaderMap) -> Result<Plan, ApiError> {
     let tenant = tenant_key(caller)?;
     let request =
         AccessRequest::new(&caller.principal, Action::DeploymentInvoke, Resource::deployment(&tenant, deployment));
@@ -138,7 +139,11 @@ async fn route(
         // A v4 UUID is 122 random bits; 53 of them make a uniform draw.
         None => (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64,
     };
-    load_variant(state, &tenant, spec.pick(draw)).await
+    Ok(Plan {
+        primary: spec.pick(draw).clone(),
+        fallbacks: spec.with_role(VariantRole::Fallback).cloned().collect(),
+        shadows: spec.with_role(VariantRole::Shadow).cloned().collect(),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -168,7 +173,7 @@ pub async fn models(State(state): State<AppState>, caller: Caller) -> Result<Res
     Ok(Json(serde_json::json!({ "object": "list", "data": data })).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -184,7 +189,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
@@ -192,7 +197,7 @@ pub struct StreamOptions {
 
 /// The sampling fields both endpoints share. Other OpenAI fields are accepted and ignored, as
 /// OpenAI-compatible servers do, except those that would change the answer's shape.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Sampling {
     pub max_tokens: Option<usize>,
     pub max_completion_tokens: Option<usize>,
@@ -219,6 +224,7 @@ impl Sampling {
             seed: self.seed,
             max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(default_max),
             stop: self.stop.take_clone(),
+            ignore_eos: false,
         };
         params.validate().map_err(|message| {
             let field = message.split(' ').next().unwrap_or_default().to_string();
@@ -260,7 +266,7 @@ pub struct CompletionRequest {
     pub sampling: Sampling,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
@@ -483,29 +489,57 @@ fn sse(
     .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())))
 }
 
+/// A generation request in the form local models take; upstreams get the client's JSON.
+#[derive(Clone)]
+enum Call {
+    Completion(String),
+    Chat(Vec<ChatMessage>),
+}
+
+impl Call {
+    fn kind(&self) -> Kind {
+        match self {
+            Call::Completion(_) => Kind::Completion,
+            Call::Chat(_) => Kind::Chat,
+        }
+    }
+}
+
+/// The request as the client sent it (forwarded to upstreams) and its typed reading.
+struct Incoming {
+    raw: serde_json::Value,
+    deployment: String,
+    call: Call,
+    sampling: Sampling,
+}
+
+fn invalid_body(error: serde_json::Error) -> ApiError {
+    ApiError::invalid(format!("request body: {error}"))
+}
+
 pub async fn completions(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<CompletionRequest>,
+    ApiJson(raw): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
+    let body: CompletionRequest = serde_json::from_value(raw.clone()).map_err(invalid_body)?;
     let prompts = body.prompt.into_vec();
     let [prompt] = prompts.as_slice() else {
         return Err(invalid_param("prompt", "give one prompt (a string)"));
     };
-    let model = route(&state, &caller, &body.model, &headers).await?;
-    let answer = Answer::new(Kind::Completion, &body.model);
-    let mut meter = meter(&state, &caller, &headers, &body.model, &answer.id, "completion");
-    arm(&state, &mut meter, &model);
-    generate(model, prompt, &body.sampling, answer, meter).await
+    let incoming =
+        Incoming { raw, deployment: body.model, call: Call::Completion(prompt.clone()), sampling: body.sampling };
+    serve(&state, &caller, &headers, incoming).await
 }
 
 pub async fn chat_completions(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<ChatRequest>,
+    ApiJson(raw): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
+    let body: ChatRequest = serde_json::from_value(raw.clone()).map_err(invalid_body)?;
     if body.messages.is_empty() {
         return Err(invalid_param("messages", "give at least one message"));
     }
@@ -514,13 +548,176 @@ pub async fn chat_completions(
             return Err(invalid_param(&format!("messages[{index}].role"), &format!("unknown role {:?}", message.role)));
         }
     }
-    let model = route(&state, &caller, &body.model, &headers).await?;
-    let template = generator(&model, &body.model)?.chat_template.as_deref().unwrap_or(DEFAULT_CHAT_TEMPLATE);
-    let prompt = render_chat(template, &body.messages)?;
-    let answer = Answer::new(Kind::Chat, &body.model);
-    let mut meter = meter(&state, &caller, &headers, &body.model, &answer.id, "chat");
-    arm(&state, &mut meter, &model);
-    generate(model, &prompt, &body.sampling, answer, meter).await
+    let incoming = Incoming { raw, deployment: body.model, call: Call::Chat(body.messages), sampling: body.sampling };
+    serve(&state, &caller, &headers, incoming).await
+}
+
+/// Errors worth trying the next variant for: the variant failed, not the request.
+fn retryable(error: &ApiError) -> bool {
+    error.status.is_server_error() || error.status == StatusCode::TOO_MANY_REQUESTS
+}
+
+async fn serve(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    incoming: Incoming,
+) -> Result<Response, ApiError> {
+    let plan = plan(state, caller, &incoming.deployment, headers).await?;
+    let incoming = Arc::new(incoming);
+    for shadow in plan.shadows {
+        let (state, caller, headers, incoming) = (state.clone(), caller.clone(), headers.clone(), incoming.clone());
+        tokio::spawn(async move {
+            if let Err(error) = attempt(&state, &caller, &headers, &incoming, &shadow, true).await {
+                tracing::info!(variant = %shadow.label(), error = %error.message, "a shadow variant failed");
+            }
+        });
+    }
+    let mut last = None;
+    for variant in std::iter::once(plan.primary).chain(plan.fallbacks) {
+        match attempt(state, caller, headers, &incoming, &variant, false).await {
+            Ok(response) => return Ok(response),
+            Err(error) if retryable(&error) => {
+                tracing::warn!(variant = %variant.label(), error = %error.message, "a variant failed; trying the next");
+                last = Some(error);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", "no variant answered")))
+}
+
+/// One variant's answer. A shadow answers whole (never streamed) and its answer is dropped.
+async fn attempt(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    incoming: &Incoming,
+    variant: &VariantSpec,
+    shadow: bool,
+) -> Result<Response, ApiError> {
+    let kind = incoming.call.kind();
+    let answer = Answer::new(kind, &incoming.deployment);
+    let label = if kind == Kind::Chat { "chat" } else { "completion" };
+    let mut meter = meter(state, caller, headers, &incoming.deployment, &answer.id, label);
+    meter.shadow = shadow;
+    if let Some(upstream) = &variant.upstream {
+        meter.record.variant = variant.label();
+        meter.done = false;
+        let path = if kind == Kind::Chat { "/chat/completions" } else { "/completions" };
+        return forward(state, upstream, path, incoming, meter, shadow).await;
+    }
+    let tenant = tenant_key(caller)?;
+    let model = load_variant(state, &tenant, variant).await?;
+    arm(state, &mut meter, &model);
+    let prompt = match &incoming.call {
+        Call::Completion(prompt) => prompt.clone(),
+        Call::Chat(messages) => {
+            let template =
+                generator(&model, &incoming.deployment)?.chat_template.as_deref().unwrap_or(DEFAULT_CHAT_TEMPLATE);
+            render_chat(template, messages)?
+        }
+    };
+    let mut sampling = incoming.sampling.clone();
+    if shadow {
+        sampling.stream = false;
+    }
+    generate(model, &prompt, &sampling, answer, meter).await
+}
+
+/// Sends the client's request to an OpenAI-compatible upstream, under the variant's timeout
+/// (to the first byte when streaming). Its 4xx answers are the client's to see; anything else
+/// that fails is a reason to try the next variant.
+async fn forward(
+    state: &AppState,
+    upstream: &UpstreamSpec,
+    path: &str,
+    incoming: &Incoming,
+    mut meter: Meter,
+    shadow: bool,
+) -> Result<Response, ApiError> {
+    let mut body = incoming.raw.clone();
+    body["model"] = serde_json::Value::String(upstream.model.clone());
+    if shadow {
+        body["stream"] = serde_json::Value::Bool(false);
+    }
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let url = format!("{}{path}", upstream.url.trim_end_matches('/'));
+    let mut request = state.engines.upstream.post(&url).json(&body);
+    if let Some(key) = upstream.api_key_env.as_deref().and_then(|name| std::env::var(name).ok()) {
+        request = request.bearer_auth(key);
+    }
+    let budget = std::time::Duration::from_millis(upstream.timeout_ms);
+    let unavailable = |message: String| ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", message);
+    let response = match tokio::time::timeout(budget, request.send()).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            meter.fail("upstream_error");
+            return Err(unavailable(format!("{}: {error}", upstream.url)));
+        }
+        Err(_) => {
+            meter.fail("upstream_timeout");
+            return Err(unavailable(format!("{} did not answer within {} ms", upstream.url, upstream.timeout_ms)));
+        }
+    };
+    let status = response.status();
+    let label = HeaderValue::from_str(&meter.record.variant).unwrap_or(HeaderValue::from_static("-"));
+    if status.is_success() && stream {
+        let first_byte = meter.started.elapsed().as_secs_f64() * 1000.0;
+        let timings = factory_engine::Timings { queue_ms: 0.0, first_token_ms: first_byte, decode_ms: 0.0 };
+        meter.finish(None, &Usage::default(), &timings, 1);
+        let headers = [
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ];
+        let mut out = (headers, Body::from_stream(response.bytes_stream())).into_response();
+        out.headers_mut().insert(VARIANT_HEADER, label);
+        return Ok(out);
+    }
+    let remaining = budget.saturating_sub(meter.started.elapsed());
+    let text = match tokio::time::timeout(remaining, response.text()).await {
+        Ok(Ok(text)) => text,
+        _ => {
+            meter.fail("upstream_timeout");
+            return Err(unavailable(format!("{} did not finish its answer in time", upstream.url)));
+        }
+    };
+    if !status.is_success() {
+        // A request the upstream finds malformed is the client's to see; a refused key or a
+        // rate limit says the upstream cannot serve now, which the next variant may.
+        if status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 429) {
+            meter.fail("refused");
+            let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_REQUEST);
+            return Ok((status, [(header::CONTENT_TYPE, "application/json")], text).into_response());
+        }
+        meter.fail("upstream_error");
+        return Err(unavailable(format!("{} answered {status}", upstream.url)));
+    }
+    let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        meter.fail("upstream_error");
+        unavailable(format!("{} answered with malformed JSON: {e}", upstream.url))
+    })?;
+    json["model"] = serde_json::Value::String(incoming.deployment.clone());
+    let usage = Usage {
+        prompt_tokens: json["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
+        completion_tokens: json["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
+    };
+    let reason = match json["choices"][0]["finish_reason"].as_str() {
+        Some("length") => Some(FinishReason::Length),
+        Some(_) => Some(FinishReason::Stop),
+        None => None,
+    };
+    let elapsed = meter.started.elapsed().as_secs_f64() * 1000.0;
+    meter.finish(
+        reason,
+        &usage,
+        &factory_engine::Timings { queue_ms: 0.0, first_token_ms: elapsed, decode_ms: 0.0 },
+        1,
+    );
+    let mut out = Json(json).into_response();
+    out.headers_mut().insert(VARIANT_HEADER, label);
+    Ok(out)
 }
 
 /// Renders the messages with the model's chat template (Jinja, as Hugging Face writes them).
@@ -569,7 +766,11 @@ pub async fn embeddings(
         Some("base64") => true,
         Some(other) => return Err(invalid_param("encoding_format", &format!("{other:?} is not float or base64"))),
     };
-    let model = route(&state, &caller, &body.model, &headers).await?;
+    let plan = plan(&state, &caller, &body.model, &headers).await?;
+    if plan.primary.model.is_none() {
+        return Err(invalid_param("model", "embeddings are served from registered models only"));
+    }
+    let model = load_variant(&state, &tenant_key(&caller)?, &plan.primary).await?;
     let embedder = model.embedder.clone().ok_or_else(|| {
         invalid_param("model", &format!("{} generates text ({}); it has no embeddings", body.model, model.reference))
     })?;
