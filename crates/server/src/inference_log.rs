@@ -75,6 +75,15 @@ pub struct Meter {
     pub done: bool,
     /// A shadow's answer is logged as `shadow`, never returned.
     pub shadow: bool,
+    /// The deployment's limits, charged with what the request used when it ends.
+    pub settle: Option<Settlement>,
+}
+
+pub struct Settlement {
+    pub limits: Arc<crate::limits::Limits>,
+    pub spec: crate::limits::LimitsSpec,
+    pub scope: String,
+    pub subject: crate::limits::Subject,
 }
 
 impl Meter {
@@ -129,6 +138,10 @@ impl Meter {
             status: status.to_string(),
         };
         inference.requests.get_or_create(&labels).inc();
+        if let Some(settlement) = self.settle.take() {
+            let tokens = (record.prompt_tokens + record.completion_tokens).max(0) as u64;
+            settlement.limits.settle(&settlement.spec, &settlement.scope, &settlement.subject, tokens, record.cost);
+        }
         for (kind, count) in [("prompt", record.prompt_tokens), ("completion", record.completion_tokens)] {
             let labels = TokenLabels { deployment: record.deployment.clone(), kind: kind.to_string() };
             inference.tokens.get_or_create(&labels).inc_by(count.max(0) as u64);

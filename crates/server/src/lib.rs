@@ -9,6 +9,7 @@ pub mod api;
 pub mod error;
 pub mod extract;
 pub mod inference_log;
+pub mod limits;
 pub mod lineage;
 pub mod metrics;
 pub mod orphans;

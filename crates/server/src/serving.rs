@@ -24,6 +24,8 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct DeploymentSpec {
     pub variants: Vec<VariantSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::limits::LimitsSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +118,9 @@ impl DeploymentSpec {
                 _ => return Err(format!("variants[{index}]: give either model or upstream")),
             }
         }
+        if let Some(limits) = &self.limits {
+            limits.validate()?;
+        }
         let primaries = self.variants.iter().filter(|v| v.role == VariantRole::Primary);
         if !primaries.clone().any(|v| v.weight > 0.0) {
             return Err("variants: at least one primary variant needs a positive weight".to_string());
@@ -166,6 +171,8 @@ pub struct Engines {
     pub embedding_permits: Arc<tokio::sync::Semaphore>,
     /// The connection pool to upstream variants.
     pub upstream: reqwest::Client,
+    /// Rate limits and budgets of every deployment, by caller.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl Default for Engines {
@@ -174,6 +181,7 @@ impl Default for Engines {
             loaded: Mutex::default(),
             embedding_permits: Arc::new(tokio::sync::Semaphore::new(8)),
             upstream: reqwest::Client::new(),
+            limits: Arc::default(),
         }
     }
 }

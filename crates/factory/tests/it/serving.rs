@@ -75,6 +75,8 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         ("FACTORY_SERVING__MAX_BATCH", "2"),
         ("FACTORY_SERVING__MAX_WAITING", "2"),
         ("PARTNER_KEY", partner[1].1.as_str()),
+        // A price that makes one request cost at least 0.001.
+        ("FACTORY_SERVING__PRICES", "{ bard = { prompt_per_1k = 1.0, completion_per_1k = 1.0 } }"),
     ];
     let server = Server::start(&dir.path().join("a"), &["--jurisdiction", "eu"], &env);
     let keys = tenant_with_keys(&server, "acme", &["engineer", "app"]).await;
@@ -334,6 +336,54 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     assert!(logged("shadowed", "shadow").await, "the shadow's answer is logged");
     assert!(logged("resilient", "upstream_error").await, "the failed upstream attempt is logged");
     upstream.terminate();
+
+    // Limits: two requests a minute per key; a budget the first request spends.
+    let limited = json!({ "name": "limited", "variants": [{ "model": "bard@1" }],
+                          "limits": { "key_requests_per_minute": 2 } });
+    assert_eq!(call(&url, "POST", "/api/v1/deployments", Some(&engineer), Some(limited)).await.status, 201);
+    let statuses = {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let reply = client
+                .post(format!("{url}/v1/completions"))
+                .bearer_auth(&app)
+                .json(&json!({ "model": "limited", "prompt": "KING:", "max_tokens": 2 }))
+                .send()
+                .await
+                .unwrap();
+            statuses.push((
+                reply.status().as_u16(),
+                reply.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()),
+            ));
+        }
+        statuses
+    };
+    assert_eq!(statuses[..2], [(200, None), (200, None)]);
+    assert_eq!(statuses[2].0, 429);
+    assert!(statuses[2].1.as_deref().is_some_and(|s| s.parse::<u64>().unwrap() >= 1), "{statuses:?}");
+    let other_key = client
+        .post(format!("{url}/v1/completions"))
+        .bearer_auth(&engineer)
+        .json(&json!({ "model": "limited", "prompt": "KING:", "max_tokens": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_key.status(), 200, "limits are per key");
+    let budgeted = json!({ "name": "budgeted", "variants": [{ "model": "bard@1" }],
+                           "limits": { "budget": { "amount": 0.001, "window_secs": 3600 } } });
+    assert_eq!(call(&url, "POST", "/api/v1/deployments", Some(&engineer), Some(budgeted)).await.status, 201);
+    let ask_budgeted = || {
+        client
+            .post(format!("{url}/v1/completions"))
+            .bearer_auth(&app)
+            .json(&json!({ "model": "budgeted", "prompt": "KING:", "max_tokens": 2 }))
+            .send()
+    };
+    assert_eq!(ask_budgeted().await.unwrap().status(), 200);
+    assert_eq!(ask_budgeted().await.unwrap().status(), 429, "the budget is spent");
+    assert!(logged("budgeted", "ok").await);
+    let rows = call(&url, "GET", "/api/v1/deployments/budgeted/inferences", Some(&engineer), None).await;
+    assert!(rows.body["inferences"][0]["cost"].as_f64().unwrap() >= 0.001, "{}", rows.text);
 
     // A tampered model is refused at deploy time.
     train(&url, &engineer, dir.path(), "lyric", "3").await;

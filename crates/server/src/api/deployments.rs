@@ -29,6 +29,9 @@ pub struct CreateDeployment {
     /// `[{"model": "bard@production", "weight": 1}]`.
     #[schema(value_type = Vec<Object>)]
     pub variants: Vec<VariantSpec>,
+    /// Requests and tokens per minute per key and per tenant, and a money budget per window.
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<crate::limits::LimitsSpec>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -36,6 +39,8 @@ pub struct CreateDeployment {
 pub struct UpdateDeployment {
     #[schema(value_type = Vec<Object>)]
     pub variants: Vec<VariantSpec>,
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<crate::limits::LimitsSpec>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -144,7 +149,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     valid_name(&body.name)?;
-    let spec = DeploymentSpec { variants: body.variants };
+    let spec = DeploymentSpec { variants: body.variants, limits: body.limits };
     let (request, resolved) =
         checked_request(&state, &caller, &tenant, &body.name, &spec, Action::DeploymentCreate).await?;
     let mut change = state
@@ -172,7 +177,7 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateDeployment>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let spec = DeploymentSpec { variants: body.variants };
+    let spec = DeploymentSpec { variants: body.variants, limits: body.limits };
     let (request, resolved) = checked_request(&state, &caller, &tenant, &name, &spec, Action::DeploymentUpdate).await?;
     let mut change = state
         .store

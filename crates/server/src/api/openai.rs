@@ -22,7 +22,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::models::split_reference;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, Caller};
-use crate::inference_log::Meter;
+use crate::inference_log::{Meter, Settlement};
+use crate::limits::{LimitsSpec, Subject};
 use crate::serving::{DeploymentSpec, LoadedModel, UpstreamSpec, VariantRole, VariantSpec};
 use crate::state::AppState;
 use factory_store::inference::InferenceRecord;
@@ -88,6 +89,7 @@ fn meter(state: &AppState, caller: &Caller, headers: &HeaderMap, deployment: &st
         started: std::time::Instant::now(),
         done: true,
         shadow: false,
+        settle: None,
     }
 }
 
@@ -122,6 +124,8 @@ struct Plan {
     primary: VariantSpec,
     fallbacks: Vec<VariantSpec>,
     shadows: Vec<VariantSpec>,
+    /// The deployment's limits with the scope and caller they are kept under.
+    limits: Option<(LimitsSpec, String, Subject)>,
 }
 
 async fn plan(state: &AppState, caller: &Caller, deployment: &str, headers: &HeaderMap) -> Result<Plan, ApiError> {
@@ -139,10 +143,26 @@ async fn plan(state: &AppState, caller: &Caller, deployment: &str, headers: &Hea
         // A v4 UUID is 122 random bits; 53 of them make a uniform draw.
         None => (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64,
     };
+    let limits = spec.limits.clone().map(|limits| {
+        let scope = format!("{tenant}/{deployment}");
+        (limits, scope, Subject { key: caller.principal.id.clone(), tenant: tenant.to_string() })
+    });
+    if let Some((limits, scope, subject)) = &limits {
+        if let Err(wait) = state.engines.limits.admit(limits, scope, subject) {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("{deployment}: over its rate limit or budget; retry in {wait} s"),
+            );
+            error.retry_after_secs = Some(wait);
+            return Err(error);
+        }
+    }
     Ok(Plan {
         primary: spec.pick(draw).clone(),
         fallbacks: spec.with_role(VariantRole::Fallback).cloned().collect(),
         shadows: spec.with_role(VariantRole::Shadow).cloned().collect(),
+        limits,
     })
 }
 
@@ -568,14 +588,20 @@ async fn serve(
     for shadow in plan.shadows {
         let (state, caller, headers, incoming) = (state.clone(), caller.clone(), headers.clone(), incoming.clone());
         tokio::spawn(async move {
-            if let Err(error) = attempt(&state, &caller, &headers, &incoming, &shadow, true).await {
+            if let Err(error) = attempt(&state, &caller, &headers, &incoming, &shadow, true, None).await {
                 tracing::info!(variant = %shadow.label(), error = %error.message, "a shadow variant failed");
             }
         });
     }
     let mut last = None;
     for variant in std::iter::once(plan.primary).chain(plan.fallbacks) {
-        match attempt(state, caller, headers, &incoming, &variant, false).await {
+        let settle = plan.limits.clone().map(|(spec, scope, subject)| Settlement {
+            limits: state.engines.limits.clone(),
+            spec,
+            scope,
+            subject,
+        });
+        match attempt(state, caller, headers, &incoming, &variant, false, settle).await {
             Ok(response) => return Ok(response),
             Err(error) if retryable(&error) => {
                 tracing::warn!(variant = %variant.label(), error = %error.message, "a variant failed; trying the next");
@@ -596,12 +622,14 @@ async fn attempt(
     incoming: &Incoming,
     variant: &VariantSpec,
     shadow: bool,
+    settle: Option<Settlement>,
 ) -> Result<Response, ApiError> {
     let kind = incoming.call.kind();
     let answer = Answer::new(kind, &incoming.deployment);
     let label = if kind == Kind::Chat { "chat" } else { "completion" };
     let mut meter = meter(state, caller, headers, &incoming.deployment, &answer.id, label);
     meter.shadow = shadow;
+    meter.settle = settle;
     if let Some(upstream) = &variant.upstream {
         meter.record.variant = variant.label();
         meter.done = false;
@@ -777,6 +805,12 @@ pub async fn embeddings(
     let id = format!("emb-{}", uuid::Uuid::new_v4().simple());
     let mut meter = meter(&state, &caller, &headers, &body.model, &id, "embedding");
     arm(&state, &mut meter, &model);
+    meter.settle = plan.limits.clone().map(|(spec, scope, subject)| Settlement {
+        limits: state.engines.limits.clone(),
+        spec,
+        scope,
+        subject,
+    });
     let Ok(permit) = state.engines.embedding_permits.clone().try_acquire_owned() else {
         meter.fail("overloaded");
         let mut error = ApiError::new(
