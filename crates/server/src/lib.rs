@@ -8,6 +8,7 @@
 pub mod api;
 pub mod error;
 pub mod extract;
+pub mod guardrails;
 pub mod inference_log;
 pub mod limits;
 pub mod lineage;

@@ -44,6 +44,15 @@ pub struct InferenceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardrailLabels {
+    pub deployment: String,
+    pub rule: String,
+    pub kind: String,
+    pub action: String,
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     pub deployment: String,
     /// `prompt` or `completion`.
@@ -94,6 +103,7 @@ pub struct InferenceMetrics {
     pub batch_size: Histogram,
     /// Inference log records lost because the writer's queue was full or the store failed.
     pub log_dropped: Counter,
+    pub guardrail_verdicts: Family<GuardrailLabels, Counter>,
 }
 
 impl InferenceMetrics {
@@ -108,6 +118,7 @@ impl InferenceMetrics {
             decode_tokens_per_second: Family::new_with_constructor(rate_histogram),
             batch_size: batch_histogram(),
             log_dropped: Counter::default(),
+            guardrail_verdicts: Family::default(),
         };
         registry.register(
             "inference_requests",
@@ -140,6 +151,11 @@ impl InferenceMetrics {
             "inference_batch_size",
             "Sequences in the engine step that finished a request",
             metrics.batch_size.clone(),
+        );
+        registry.register(
+            "guardrail_verdicts",
+            "Guardrail rules that fired, by rule, kind, action and stage",
+            metrics.guardrail_verdicts.clone(),
         );
         registry.register(
             "inference_log_dropped",

@@ -26,6 +26,8 @@ pub struct DeploymentSpec {
     pub variants: Vec<VariantSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<crate::limits::LimitsSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guardrails: Vec<crate::guardrails::GuardrailSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +123,7 @@ impl DeploymentSpec {
         if let Some(limits) = &self.limits {
             limits.validate()?;
         }
+        crate::guardrails::Guardrails::compile(&self.guardrails)?;
         let primaries = self.variants.iter().filter(|v| v.role == VariantRole::Primary);
         if !primaries.clone().any(|v| v.weight > 0.0) {
             return Err("variants: at least one primary variant needs a positive weight".to_string());

@@ -32,6 +32,10 @@ pub struct CreateDeployment {
     /// Requests and tokens per minute per key and per tenant, and a money budget per window.
     #[schema(value_type = Option<Object>)]
     pub limits: Option<crate::limits::LimitsSpec>,
+    /// `[{"name": "no-pii", "stage": "input", "action": "mask", "rule": {"kind": "pii"}}]`.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub guardrails: Vec<crate::guardrails::GuardrailSpec>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -41,6 +45,9 @@ pub struct UpdateDeployment {
     pub variants: Vec<VariantSpec>,
     #[schema(value_type = Option<Object>)]
     pub limits: Option<crate::limits::LimitsSpec>,
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub guardrails: Vec<crate::guardrails::GuardrailSpec>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -149,7 +156,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     valid_name(&body.name)?;
-    let spec = DeploymentSpec { variants: body.variants, limits: body.limits };
+    let spec = DeploymentSpec { variants: body.variants, limits: body.limits, guardrails: body.guardrails };
     let (request, resolved) =
         checked_request(&state, &caller, &tenant, &body.name, &spec, Action::DeploymentCreate).await?;
     let mut change = state
@@ -177,7 +184,7 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateDeployment>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let spec = DeploymentSpec { variants: body.variants, limits: body.limits };
+    let spec = DeploymentSpec { variants: body.variants, limits: body.limits, guardrails: body.guardrails };
     let (request, resolved) = checked_request(&state, &caller, &tenant, &name, &spec, Action::DeploymentUpdate).await?;
     let mut change = state
         .store

@@ -22,6 +22,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::models::split_reference;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, Caller};
+use crate::guardrails::{Guardrails, Stage, Verdict};
 use crate::inference_log::{Meter, Settlement};
 use crate::limits::{LimitsSpec, Subject};
 use crate::serving::{DeploymentSpec, LoadedModel, UpstreamSpec, VariantRole, VariantSpec};
@@ -126,6 +127,8 @@ struct Plan {
     shadows: Vec<VariantSpec>,
     /// The deployment's limits with the scope and caller they are kept under.
     limits: Option<(LimitsSpec, String, Subject)>,
+    guardrails: Guardrails,
+    tenant: TenantName,
 }
 
 async fn plan(state: &AppState, caller: &Caller, deployment: &str, headers: &HeaderMap) -> Result<Plan, ApiError> {
@@ -158,11 +161,15 @@ async fn plan(state: &AppState, caller: &Caller, deployment: &str, headers: &Hea
             return Err(error);
         }
     }
+    let guardrails = Guardrails::compile(&spec.guardrails)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("stored guardrails: {e}")))?;
     Ok(Plan {
         primary: spec.pick(draw).clone(),
         fallbacks: spec.with_role(VariantRole::Fallback).cloned().collect(),
         shadows: spec.with_role(VariantRole::Shadow).cloned().collect(),
         limits,
+        guardrails,
+        tenant,
     })
 }
 
@@ -577,13 +584,173 @@ fn retryable(error: &ApiError) -> bool {
     error.status.is_server_error() || error.status == StatusCode::TOO_MANY_REQUESTS
 }
 
+/// Guardrail token limits count tokens the common way for any model: four bytes each.
+fn estimated_tokens(text: &str) -> usize {
+    text.len().div_ceil(4)
+}
+
+/// Audits every verdict (as the caller's invocation of the deployment) and counts it.
+async fn record_verdicts(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    deployment: &str,
+    verdicts: &[Verdict],
+) {
+    for verdict in verdicts {
+        let labels = crate::metrics::GuardrailLabels {
+            deployment: deployment.to_string(),
+            rule: verdict.rule.clone(),
+            kind: verdict.kind.to_string(),
+            action: format!("{:?}", verdict.action).to_lowercase(),
+            stage: format!("{:?}", verdict.stage).to_lowercase(),
+        };
+        state.metrics.inference.guardrail_verdicts.get_or_create(&labels).inc();
+        let request =
+            AccessRequest::new(&caller.principal, Action::DeploymentInvoke, Resource::deployment(tenant, deployment));
+        let details = serde_json::json!({ "deployment": deployment, "verdict": verdict });
+        let recorded = async {
+            let change = state.store.begin_change(state.pdp.as_ref(), request, &caller.request_id).await?;
+            change.commit(details.clone(), factory_store::Event::new("guardrail.verdict", details)).await
+        };
+        if let Err(error) = recorded.await {
+            tracing::warn!(%error, rule = %verdict.rule, "could not audit a guardrail verdict");
+        }
+    }
+}
+
+fn blocked(verdict: &Verdict) -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "guardrail_blocked",
+        format!("the request was blocked by guardrail {} ({})", verdict.rule, verdict.kind),
+    );
+    error.param = Some(if verdict.stage == Stage::Input { "messages" } else { "output" }.to_string());
+    error
+}
+
+/// Applies the input rules to the prompt (or each message), masking in place.
+fn guard_input(guardrails: &Guardrails, incoming: &mut Incoming) -> (Vec<Verdict>, Option<Verdict>) {
+    let mut verdicts = Vec::new();
+    let mut first_block = None;
+    let mut apply = |text: &mut String| {
+        let checked = guardrails.check(Stage::Input, text, &estimated_tokens);
+        *text = checked.text;
+        verdicts.extend(checked.verdicts);
+        if first_block.is_none() {
+            first_block = checked.blocked;
+        }
+    };
+    match &mut incoming.call {
+        Call::Completion(prompt) => {
+            apply(prompt);
+            incoming.raw["prompt"] = serde_json::Value::String(prompt.clone());
+        }
+        Call::Chat(messages) => {
+            for (index, message) in messages.iter_mut().enumerate() {
+                apply(&mut message.content);
+                incoming.raw["messages"][index]["content"] = serde_json::Value::String(message.content.clone());
+            }
+        }
+    }
+    (verdicts, first_block)
+}
+
 async fn serve(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
-    incoming: Incoming,
+    mut incoming: Incoming,
 ) -> Result<Response, ApiError> {
-    let plan = plan(state, caller, &incoming.deployment, headers).await?;
+    let mut plan = plan(state, caller, &incoming.deployment, headers).await?;
+    let guardrails = std::mem::replace(&mut plan.guardrails, Guardrails::empty());
+    let deployment = incoming.deployment.clone();
+    if !guardrails.is_empty() {
+        let (verdicts, block) = guard_input(&guardrails, &mut incoming);
+        record_verdicts(state, caller, &plan.tenant, &deployment, &verdicts).await;
+        if let Some(verdict) = block {
+            return Err(blocked(&verdict));
+        }
+    }
+    // Output rules need the whole answer: it is generated whole and, if the client asked for a
+    // stream, sent as one afterwards.
+    let guard_output = guardrails.covers(Stage::Output);
+    let wants_stream = incoming.sampling.stream;
+    let include_usage = incoming.sampling.include_usage();
+    if guard_output {
+        incoming.sampling.stream = false;
+        incoming.raw["stream"] = serde_json::Value::Bool(false);
+    }
+    let tenant = plan.tenant.clone();
+    let response = answer(state, caller, headers, incoming, plan).await?;
+    if !guard_output {
+        return Ok(response);
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", e.to_string()))?;
+    let mut json: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(json) if parts.status.is_success() => json,
+        _ => return Ok(Response::from_parts(parts, Body::from(bytes))),
+    };
+    let pointer = if json["object"] == "chat.completion" { "/choices/0/message/content" } else { "/choices/0/text" };
+    let text = json.pointer(pointer).and_then(|t| t.as_str()).unwrap_or_default().to_string();
+    let checked = guardrails.check(Stage::Output, &text, &estimated_tokens);
+    record_verdicts(state, caller, &tenant, &deployment, &checked.verdicts).await;
+    let (text, filtered) = match &checked.blocked {
+        Some(_) => (String::new(), true),
+        None => (checked.text, false),
+    };
+    if let Some(slot) = json.pointer_mut(pointer) {
+        *slot = serde_json::Value::String(text);
+    }
+    if filtered {
+        json["choices"][0]["finish_reason"] = "content_filter".into();
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if !wants_stream {
+        return Ok(Response::from_parts(parts, Body::from(json.to_string())));
+    }
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    Ok(Response::from_parts(parts, Body::from(whole_as_stream(&json, include_usage))))
+}
+
+/// A whole answer as the server-sent events a stream of it would have been.
+fn whole_as_stream(json: &serde_json::Value, include_usage: bool) -> String {
+    let chat = json["object"] == "chat.completion";
+    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let head = |choices: serde_json::Value| serde_json::json!({ "id": json["id"], "object": object, "created": json["created"], "model": json["model"], "choices": choices });
+    let choice = &json["choices"][0];
+    let (content, done) = if chat {
+        (
+            serde_json::json!([{ "index": 0, "delta": { "role": "assistant", "content": choice["message"]["content"] }, "logprobs": null, "finish_reason": null }]),
+            serde_json::json!([{ "index": 0, "delta": {}, "logprobs": null, "finish_reason": choice["finish_reason"] }]),
+        )
+    } else {
+        (
+            serde_json::json!([{ "index": 0, "text": choice["text"], "logprobs": null, "finish_reason": null }]),
+            serde_json::json!([{ "index": 0, "text": "", "logprobs": null, "finish_reason": choice["finish_reason"] }]),
+        )
+    };
+    let mut out = format!("data: {}\n\ndata: {}\n\n", head(content), head(done));
+    if include_usage {
+        let mut usage = head(serde_json::json!([]));
+        usage["usage"] = json["usage"].clone();
+        out.push_str(&format!("data: {usage}\n\n"));
+    }
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+/// Starts the shadows, then tries the primary and the fallbacks in order.
+async fn answer(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    incoming: Incoming,
+    plan: Plan,
+) -> Result<Response, ApiError> {
     let incoming = Arc::new(incoming);
     for shadow in plan.shadows {
         let (state, caller, headers, incoming) = (state.clone(), caller.clone(), headers.clone(), incoming.clone());
