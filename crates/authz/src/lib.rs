@@ -188,6 +188,8 @@ fn action_context(action: Action) -> &'static str {
         Action::DatasetReadRows | Action::DatasetDownload => "{ raw_pii: Bool }",
         Action::ModelRegister | Action::ModelImport => "{ jurisdiction_allowed: Bool, storage_site: Bool }",
         Action::DeploymentCreate | Action::DeploymentUpdate => "{ jurisdiction_allowed: Bool, serving_site: Bool }",
+        // Residency is checked again per variant at call time (sites and tenants change).
+        Action::DeploymentInvoke => "{ jurisdiction_allowed?: Bool, serving_site?: Bool }",
         _ => "{ role?: String }",
     }
 }

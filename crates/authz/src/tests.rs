@@ -179,3 +179,15 @@ fn models_follow_roles_residency_and_clearance() {
     let foreign = decide_with(&engineer, Action::ModelRead, model("globex", Classification::Public), &[]);
     assert_eq!(foreign.policies, vec!["tenant-isolation".to_string()]);
 }
+
+#[test]
+fn calls_are_refused_where_residency_no_longer_holds() {
+    let app = key(Some("acme"), Role::App);
+    let deployment = Resource::deployment(&tenant("acme"), "chat");
+    assert_eq!(decide_with(&app, Action::DeploymentInvoke, deployment.clone(), &[]).effect, Effect::Allow);
+    let fine = [("jurisdiction_allowed", true), ("serving_site", true)];
+    assert_eq!(decide_with(&app, Action::DeploymentInvoke, deployment.clone(), &fine).effect, Effect::Allow);
+    let moved = [("jurisdiction_allowed", true), ("serving_site", false)];
+    let decision = decide_with(&app, Action::DeploymentInvoke, deployment, &moved);
+    assert_eq!((decision.effect, decision.policies), (Effect::Deny, vec!["deployment-call-residency".to_string()]));
+}

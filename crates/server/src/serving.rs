@@ -165,6 +165,8 @@ pub struct LoadedModel {
     pub embedder: Option<Arc<Embedder>>,
     /// `name@version`.
     pub reference: String,
+    /// Where the model may be served, from its signed manifest.
+    pub jurisdiction: factory_core::Jurisdiction,
 }
 
 /// Engines by signed manifest digest.
@@ -239,6 +241,7 @@ async fn load(state: &AppState, version: &ModelVersion) -> Result<LoadedModel, A
             generator: None,
             embedder: Some(Arc::new(embedder)),
             reference: manifest.reference(),
+            jurisdiction: manifest.residency.jurisdiction.clone(),
         });
     }
     let tokenizer_config = match manifest.file("tokenizer_config.json") {
@@ -246,6 +249,7 @@ async fn load(state: &AppState, version: &ModelVersion) -> Result<LoadedModel, A
         None => None,
     };
     let reference = manifest.reference();
+    let jurisdiction = manifest.residency.jurisdiction.clone();
     let (model, tokenizer) = tokio::task::spawn_blocking(move || {
         let config = LlamaConfig::from_json(&String::from_utf8_lossy(&config)).map_err(|e| e.to_string())?;
         let weights =
@@ -267,7 +271,12 @@ async fn load(state: &AppState, version: &ModelVersion) -> Result<LoadedModel, A
     };
     tracing::info!(model = %reference, "loaded a verified model version into an engine");
     let engine = Engine::start(model, tokenizer.clone(), settings);
-    Ok(LoadedModel { generator: Some(Generator { engine, tokenizer, chat_template }), embedder: None, reference })
+    Ok(LoadedModel {
+        generator: Some(Generator { engine, tokenizer, chat_template }),
+        embedder: None,
+        reference,
+        jurisdiction,
+    })
 }
 
 /// Whether `tenant` allows the jurisdiction and a serving site sits in it.

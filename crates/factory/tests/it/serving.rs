@@ -460,10 +460,12 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     assert!(tampered.text.contains("model.safetensors"), "{}", tampered.text);
     server.terminate();
 
-    // An installation whose only eu site stores but does not serve refuses the deployment.
-    let sites = r#"[{ name = "vault", jurisdiction = "eu", kinds = ["storage", "compute"] }]"#;
-    let vault = Server::start(&dir.path().join("b"), &["--jurisdiction", "eu"], &[("FACTORY_SITES", sites)]);
-    let keys = tenant_with_keys(&vault, "acme", &["engineer"]).await;
+    // Residency at deploy and call time: an installation serving in eu deploys a model; after it
+    // restarts with an eu site that only stores, calls are refused (403, audited) and so is a
+    // new deployment.
+    let vault_dir = dir.path().join("b");
+    let vault = Server::start(&vault_dir, &["--jurisdiction", "eu"], &[]);
+    let keys = tenant_with_keys(&vault, "acme", &["engineer", "app"]).await;
     let hf = dir.path().join("hf");
     std::fs::create_dir_all(&hf).unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/tiny-llama");
@@ -483,20 +485,27 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     let (ok, stdout, stderr) =
         cli(&["model", "import-hf", hf.to_str().unwrap(), "--name", "base", "--jurisdiction", "eu"], &vault_env);
     assert!(ok, "{stdout}\n{stderr}");
-    let (ok, _, stderr) = cli(&["deploy", "create", "chat", "--variant", "base@1"], &vault_env);
+    let (ok, stdout, stderr) = cli(&["deploy", "create", "chat", "--variant", "base@1"], &vault_env);
+    assert!(ok, "{stdout}\n{stderr}");
+    vault.terminate();
+    let sites = r#"[{ name = "vault", jurisdiction = "eu", kinds = ["storage", "compute"] }]"#;
+    let vault = Server::start(&vault_dir, &["--jurisdiction", "eu"], &[("FACTORY_SITES", sites)]);
+    let body = json!({ "model": "chat", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 2 });
+    let called = call(&vault.url, "POST", "/v1/chat/completions", Some(&keys[1].1), Some(body)).await;
+    assert_eq!(called.status, 403, "{}", called.text);
+    let vault_env = [("FACTORY_URL", vault.url.as_str()), ("FACTORY_API_KEY", keys[0].1.as_str())];
+    let (ok, _, stderr) = cli(&["deploy", "create", "again", "--variant", "base@1"], &vault_env);
     assert!(!ok && stderr.contains("403"), "{stderr}");
     let records = call(&vault.url, "GET", "/api/v1/audit/records?limit=1000", Some(&vault.admin_key), None).await;
-    let refusal = records.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["record"]["action"] == "deployment.create")
-        .cloned();
-    let refusal = refusal.expect("the refused deployment is audited");
-    assert_eq!(
-        (refusal["record"]["decision"].as_str(), refusal["record"]["policies"].clone()),
-        (Some("deny"), json!(["deployment-residency"]))
-    );
+    let denied = |action: &str, policy: &str| {
+        records.body["records"].as_array().unwrap().iter().any(|r| {
+            r["record"]["action"] == action
+                && r["record"]["decision"] == "deny"
+                && r["record"]["policies"] == json!([policy])
+        })
+    };
+    assert!(denied("deployment.invoke", "deployment-call-residency"), "the refused call is audited");
+    assert!(denied("deployment.create", "deployment-residency"), "the refused deployment is audited");
     vault.terminate();
 }
 

@@ -102,6 +102,25 @@ fn arm(state: &AppState, meter: &mut Meter, model: &LoadedModel) {
     meter.done = false;
 }
 
+/// Refuses (403, audited) a variant whose jurisdiction the tenant no longer allows or, for our
+/// own models, that no serving site covers any more.
+async fn check_residency(
+    state: &AppState,
+    caller: &Caller,
+    deployment: &str,
+    jurisdiction: &factory_core::Jurisdiction,
+    ours: bool,
+) -> Result<(), ApiError> {
+    let tenant = tenant_key(caller)?;
+    let (allowed, serving) = crate::serving::serving_facts(state, &tenant, jurisdiction).await?;
+    let request =
+        AccessRequest::new(&caller.principal, Action::DeploymentInvoke, Resource::deployment(&tenant, deployment))
+            .with_context("jurisdiction_allowed", allowed)
+            .with_context("serving_site", serving || !ours);
+    state.store.authorize(state.pdp.as_ref(), &request, &caller.request_id).await?;
+    Ok(())
+}
+
 fn tenant_key(caller: &Caller) -> Result<TenantName, ApiError> {
     caller
         .principal
@@ -798,6 +817,7 @@ async fn attempt(
     meter.shadow = shadow;
     meter.settle = settle;
     if let Some(upstream) = &variant.upstream {
+        check_residency(state, caller, &incoming.deployment, &upstream.jurisdiction, false).await?;
         meter.record.variant = variant.label();
         meter.done = false;
         let path = if kind == Kind::Chat { "/chat/completions" } else { "/completions" };
@@ -805,6 +825,7 @@ async fn attempt(
     }
     let tenant = tenant_key(caller)?;
     let model = load_variant(state, &tenant, variant).await?;
+    check_residency(state, caller, &incoming.deployment, &model.jurisdiction, true).await?;
     arm(state, &mut meter, &model);
     let prompt = match &incoming.call {
         Call::Completion(prompt) => prompt.clone(),
@@ -966,6 +987,7 @@ pub async fn embeddings(
         return Err(invalid_param("model", "embeddings are served from registered models only"));
     }
     let model = load_variant(&state, &tenant_key(&caller)?, &plan.primary).await?;
+    check_residency(&state, &caller, &body.model, &model.jurisdiction, true).await?;
     let embedder = model.embedder.clone().ok_or_else(|| {
         invalid_param("model", &format!("{} generates text ({}); it has no embeddings", body.model, model.reference))
     })?;
