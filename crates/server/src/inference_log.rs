@@ -77,6 +77,8 @@ pub struct Meter {
     pub shadow: bool,
     /// The deployment's limits, charged with what the request used when it ends.
     pub settle: Option<Settlement>,
+    /// Set when the deployment's logging policy sampled this request: whether to mask PII.
+    pub keep_text: Option<bool>,
 }
 
 pub struct Settlement {
@@ -87,6 +89,27 @@ pub struct Settlement {
 }
 
 impl Meter {
+    /// Records the texts if the request was sampled, masked as the policy says.
+    pub fn texts(&mut self, prompt: Option<&str>, completion: Option<&str>) {
+        let Some(redact) = self.keep_text else { return };
+        let keep = |text: &str| match redact {
+            true => match factory_pii::Detector::new(&[]) {
+                Ok(detector) => {
+                    let spans = detector.find(text);
+                    detector.redact(text, &spans, factory_pii::PiiAction::Mask, &[]).into_owned()
+                }
+                Err(_) => String::new(),
+            },
+            false => text.to_string(),
+        };
+        if let Some(prompt) = prompt {
+            self.record.prompt_text = Some(keep(prompt));
+        }
+        if let Some(completion) = completion {
+            self.record.completion_text = Some(keep(completion));
+        }
+    }
+
     pub fn finish(&mut self, reason: Option<FinishReason>, usage: &Usage, timings: &Timings, batch_size: usize) {
         let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let labels = DeploymentLabels { deployment: self.record.deployment.clone() };

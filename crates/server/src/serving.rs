@@ -28,6 +28,23 @@ pub struct DeploymentSpec {
     pub limits: Option<crate::limits::LimitsSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guardrails: Vec<crate::guardrails::GuardrailSpec>,
+    /// Whether prompts and answers go into the inference log: none unless this says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<LoggingSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSpec {
+    /// The share of requests whose text is kept, 0 to 1.
+    pub sample_rate: f64,
+    /// Mask e-mails, phone numbers, IBANs, cards and IP addresses before storing (default on).
+    #[serde(default = "default_redact")]
+    pub redact_pii: bool,
+}
+
+fn default_redact() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +141,11 @@ impl DeploymentSpec {
             limits.validate()?;
         }
         crate::guardrails::Guardrails::compile(&self.guardrails)?;
+        if let Some(logging) = &self.logging {
+            if !(0.0..=1.0).contains(&logging.sample_rate) {
+                return Err("logging.sample_rate must be between 0 and 1".to_string());
+            }
+        }
         let primaries = self.variants.iter().filter(|v| v.role == VariantRole::Primary);
         if !primaries.clone().any(|v| v.weight > 0.0) {
             return Err("variants: at least one primary variant needs a positive weight".to_string());

@@ -32,10 +32,14 @@ pub struct InferenceRecord {
     pub decode_ms: f64,
     pub total_ms: f64,
     pub created_at: i64,
+    /// The prompt as the model saw it, when the deployment's logging policy sampled the request.
+    pub prompt_text: Option<String>,
+    pub completion_text: Option<String>,
 }
 
 const COLUMNS: &str = "id, tenant, deployment, variant, kind, request_id, episode_id, status, finish_reason, \
-     prompt_tokens, completion_tokens, cost, queue_ms, first_token_ms, decode_ms, total_ms, created_at";
+     prompt_tokens, completion_tokens, cost, queue_ms, first_token_ms, decode_ms, total_ms, created_at, \
+     prompt_text, completion_text";
 
 fn from_row(row: &AnyRow) -> Result<InferenceRecord, StoreError> {
     Ok(InferenceRecord {
@@ -56,6 +60,8 @@ fn from_row(row: &AnyRow) -> Result<InferenceRecord, StoreError> {
         decode_ms: row.try_get("decode_ms")?,
         total_ms: row.try_get("total_ms")?,
         created_at: row.try_get("created_at")?,
+        prompt_text: opt_string(row, "prompt_text")?,
+        completion_text: opt_string(row, "completion_text")?,
     })
 }
 
@@ -65,7 +71,7 @@ impl Store {
         let mut write = self.begin_write().await?;
         for r in records {
             sqlx::query(&format!(
-                "INSERT INTO inference_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                "INSERT INTO inference_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
                  ON CONFLICT (id) DO NOTHING"
             ))
             .bind(&r.id)
@@ -85,6 +91,8 @@ impl Store {
             .bind(r.decode_ms)
             .bind(r.total_ms)
             .bind(r.created_at)
+            .bind(r.prompt_text.as_deref())
+            .bind(r.completion_text.as_deref())
             .execute(&mut *write.transaction)
             .await?;
         }

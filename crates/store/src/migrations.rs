@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "scheduling", include_str!("migrations/0005_scheduling.sql")),
     (6, "deployments", include_str!("migrations/0006_deployments.sql")),
     (7, "inference_log", include_str!("migrations/0007_inference_log.sql")),
+    (8, "inference_bodies", include_str!("migrations/0008_inference_bodies.sql")),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<(), StoreError> {

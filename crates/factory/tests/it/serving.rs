@@ -432,6 +432,31 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         verdicts.iter().map(|r| r["details"]["verdict"]["rule"].as_str().unwrap()).collect();
     assert!(["no-pii", "weapons", "attacks"].iter().all(|r| rules.contains(r)), "{rules:?}");
 
+    // Bodies are logged only as the policy says: every request here, PII masked.
+    let logged_bodies = json!({ "name": "audited", "variants": [{ "model": "bard@1" }],
+                                "logging": { "sample_rate": 1.0, "redact_pii": true } });
+    assert_eq!(call(&url, "POST", "/api/v1/deployments", Some(&engineer), Some(logged_bodies)).await.status, 201);
+    let reply = client
+        .post(format!("{url}/v1/completions"))
+        .bearer_auth(&app)
+        .json(&json!({ "model": "audited", "prompt": "Write to jane@example.org:", "max_tokens": 4 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let kept = crate::support::eventually(10, || async {
+        let reply = call(&url, "GET", "/api/v1/deployments/audited/inferences", Some(&engineer), None).await;
+        reply.body["inferences"][0]["prompt_text"] == "Write to [EMAIL]:"
+            && reply.body["inferences"][0]["completion_text"].is_string()
+    })
+    .await;
+    assert!(kept, "the sampled request's texts are logged, masked");
+    let plain = call(&url, "GET", "/api/v1/deployments/chat/inferences", Some(&engineer), None).await;
+    assert!(
+        plain.body["inferences"].as_array().unwrap().iter().all(|r| r["prompt_text"].is_null()),
+        "no policy, no bodies"
+    );
+
     // A tampered model is refused at deploy time.
     train(&url, &engineer, dir.path(), "lyric", "3").await;
     let version = call(&url, "GET", "/api/v1/models/lyric/versions/1", Some(&engineer), None).await;

@@ -36,6 +36,9 @@ pub struct CreateDeployment {
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub guardrails: Vec<crate::guardrails::GuardrailSpec>,
+    /// `{"sample_rate": 0.1, "redact_pii": true}`: which prompts and answers are logged.
+    #[schema(value_type = Option<Object>)]
+    pub logging: Option<crate::serving::LoggingSpec>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -48,6 +51,8 @@ pub struct UpdateDeployment {
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub guardrails: Vec<crate::guardrails::GuardrailSpec>,
+    #[schema(value_type = Option<Object>)]
+    pub logging: Option<crate::serving::LoggingSpec>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -156,7 +161,12 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     valid_name(&body.name)?;
-    let spec = DeploymentSpec { variants: body.variants, limits: body.limits, guardrails: body.guardrails };
+    let spec = DeploymentSpec {
+        variants: body.variants,
+        limits: body.limits,
+        guardrails: body.guardrails,
+        logging: body.logging,
+    };
     let (request, resolved) =
         checked_request(&state, &caller, &tenant, &body.name, &spec, Action::DeploymentCreate).await?;
     let mut change = state
@@ -184,7 +194,12 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateDeployment>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let spec = DeploymentSpec { variants: body.variants, limits: body.limits, guardrails: body.guardrails };
+    let spec = DeploymentSpec {
+        variants: body.variants,
+        limits: body.limits,
+        guardrails: body.guardrails,
+        logging: body.logging,
+    };
     let (request, resolved) = checked_request(&state, &caller, &tenant, &name, &spec, Action::DeploymentUpdate).await?;
     let mut change = state
         .store

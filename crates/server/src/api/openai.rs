@@ -81,6 +81,8 @@ fn meter(state: &AppState, caller: &Caller, headers: &HeaderMap, deployment: &st
         decode_ms: 0.0,
         total_ms: 0.0,
         created_at: factory_core::time::now_millis(),
+        prompt_text: None,
+        completion_text: None,
     };
     Meter {
         log: state.inference_log.clone(),
@@ -91,6 +93,7 @@ fn meter(state: &AppState, caller: &Caller, headers: &HeaderMap, deployment: &st
         done: true,
         shadow: false,
         settle: None,
+        keep_text: None,
     }
 }
 
@@ -146,6 +149,7 @@ struct Plan {
     shadows: Vec<VariantSpec>,
     /// The deployment's limits with the scope and caller they are kept under.
     limits: Option<(LimitsSpec, String, Subject)>,
+    logging: Option<crate::serving::LoggingSpec>,
     guardrails: Guardrails,
     tenant: TenantName,
 }
@@ -187,6 +191,7 @@ async fn plan(state: &AppState, caller: &Caller, deployment: &str, headers: &Hea
         fallbacks: spec.with_role(VariantRole::Fallback).cloned().collect(),
         shadows: spec.with_role(VariantRole::Shadow).cloned().collect(),
         limits,
+        logging: spec.logging.clone(),
         guardrails,
         tenant,
     })
@@ -474,6 +479,7 @@ async fn generate(
         match event {
             GenerationEvent::Delta { text: delta, .. } => text.push_str(&delta),
             GenerationEvent::Done { reason, usage, timings, batch_size } => {
+                meter.texts(None, Some(&text));
                 meter.finish(Some(reason), &usage, &timings, batch_size);
                 let mut response = Json(answer.whole(text, reason, &usage)).into_response();
                 response.headers_mut().insert(VARIANT_HEADER, variant);
@@ -501,19 +507,25 @@ fn sse(
     include_usage: bool,
     meter: Meter,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    let state = (events, answer, true, false, meter);
-    futures::stream::unfold(state, move |(mut events, answer, first, done, mut meter)| async move {
+    let state = (events, answer, true, false, meter, String::new());
+    futures::stream::unfold(state, move |(mut events, answer, first, done, mut meter, mut sent)| async move {
         if done {
             return None;
         }
         let Some(event) = events.recv().await else {
             meter.fail("failed");
-            return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (events, answer, first, true, meter)));
+            return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (events, answer, first, true, meter, sent)));
         };
         let (bytes, first, done) = match event {
             GenerationEvent::Delta { text, .. } if text.is_empty() && !first => (Bytes::new(), first, false),
-            GenerationEvent::Delta { text, .. } => (data(&answer.chunk(Some(&text), None, first)), false, false),
+            GenerationEvent::Delta { text, .. } => {
+                if meter.keep_text.is_some() {
+                    sent.push_str(&text);
+                }
+                (data(&answer.chunk(Some(&text), None, first)), false, false)
+            }
             GenerationEvent::Done { reason, usage, timings, batch_size } => {
+                meter.texts(None, Some(&sent));
                 meter.finish(Some(reason), &usage, &timings, batch_size);
                 let mut out = data(&answer.chunk(None, Some(reason), first)).to_vec();
                 if include_usage {
@@ -530,7 +542,7 @@ fn sse(
                 (Bytes::from(out), first, true)
             }
         };
-        Some((Ok(bytes), (events, answer, first, done, meter)))
+        Some((Ok(bytes), (events, answer, first, done, meter, sent)))
     })
     .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())))
 }
@@ -557,6 +569,8 @@ struct Incoming {
     deployment: String,
     call: Call,
     sampling: Sampling,
+    /// Sampled by the deployment's logging policy: keep the texts (masking PII if true).
+    keep_text: Option<bool>,
 }
 
 fn invalid_body(error: serde_json::Error) -> ApiError {
@@ -574,8 +588,13 @@ pub async fn completions(
     let [prompt] = prompts.as_slice() else {
         return Err(invalid_param("prompt", "give one prompt (a string)"));
     };
-    let incoming =
-        Incoming { raw, deployment: body.model, call: Call::Completion(prompt.clone()), sampling: body.sampling };
+    let incoming = Incoming {
+        raw,
+        deployment: body.model,
+        call: Call::Completion(prompt.clone()),
+        sampling: body.sampling,
+        keep_text: None,
+    };
     serve(&state, &caller, &headers, incoming).await
 }
 
@@ -594,7 +613,13 @@ pub async fn chat_completions(
             return Err(invalid_param(&format!("messages[{index}].role"), &format!("unknown role {:?}", message.role)));
         }
     }
-    let incoming = Incoming { raw, deployment: body.model, call: Call::Chat(body.messages), sampling: body.sampling };
+    let incoming = Incoming {
+        raw,
+        deployment: body.model,
+        call: Call::Chat(body.messages),
+        sampling: body.sampling,
+        keep_text: None,
+    };
     serve(&state, &caller, &headers, incoming).await
 }
 
@@ -684,6 +709,10 @@ async fn serve(
     let mut plan = plan(state, caller, &incoming.deployment, headers).await?;
     let guardrails = std::mem::replace(&mut plan.guardrails, Guardrails::empty());
     let deployment = incoming.deployment.clone();
+    if let Some(logging) = &plan.logging {
+        let draw = (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64;
+        incoming.keep_text = (draw < logging.sample_rate).then_some(logging.redact_pii);
+    }
     if !guardrails.is_empty() {
         let (verdicts, block) = guard_input(&guardrails, &mut incoming);
         record_verdicts(state, caller, &plan.tenant, &deployment, &verdicts).await;
@@ -816,6 +845,7 @@ async fn attempt(
     let mut meter = meter(state, caller, headers, &incoming.deployment, &answer.id, label);
     meter.shadow = shadow;
     meter.settle = settle;
+    meter.keep_text = incoming.keep_text;
     if let Some(upstream) = &variant.upstream {
         check_residency(state, caller, &incoming.deployment, &upstream.jurisdiction, false).await?;
         meter.record.variant = variant.label();
@@ -835,6 +865,7 @@ async fn attempt(
             render_chat(template, messages)?
         }
     };
+    meter.texts(Some(&prompt), None);
     let mut sampling = incoming.sampling.clone();
     if shadow {
         sampling.stream = false;
