@@ -175,7 +175,8 @@ fn action_resources(action: Action) -> &'static [ResourceKind] {
         | Action::DeploymentUpdate
         | Action::DeploymentDelete
         | Action::DeploymentRead
-        | Action::DeploymentInvoke => &[ResourceKind::Deployment],
+        | Action::DeploymentInvoke
+        | Action::FeedbackCreate => &[ResourceKind::Deployment],
     }
 }
 

@@ -38,6 +38,19 @@ pub struct Config {
     pub lineage: LineageSettings,
     pub registry: RegistrySettings,
     pub serving: ServingSettings,
+    /// Feedback metrics clients may report, by name.
+    pub feedback: std::collections::BTreeMap<String, FeedbackMetric>,
+}
+
+/// A feedback metric declared in `[feedback.metrics.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackMetric {
+    /// `boolean` or `float`.
+    pub kind: String,
+    /// `higher` or `lower` is better.
+    pub better: String,
+    /// `inference` (one answer) or `episode` (a conversation, by `x-episode-id`).
+    pub level: String,
 }
 
 /// The serving engine's limits, per loaded model.

@@ -223,6 +223,7 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
     let lineage = read_lineage(root.table("lineage", errors).unwrap_or(Section::new("lineage", &empty)), errors);
     let registry = read_registry(root.table("registry", errors).unwrap_or(Section::new("registry", &empty)), errors);
     let serving = read_serving(root.table("serving", errors).unwrap_or(Section::new("serving", &empty)), errors);
+    let feedback = read_feedback(root.table("feedback", errors).unwrap_or(Section::new("feedback", &empty)), errors);
     root.finish(errors);
 
     Some(Config {
@@ -241,6 +242,7 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
         lineage,
         registry,
         serving,
+        feedback,
     })
 }
 
@@ -456,6 +458,36 @@ fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serv
     };
     section.finish(errors);
     settings
+}
+
+fn read_feedback(
+    mut section: Section<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> std::collections::BTreeMap<String, crate::FeedbackMetric> {
+    let mut metrics = std::collections::BTreeMap::new();
+    if let Some(table) = section.table("metrics", errors) {
+        for (name, value) in table.table {
+            let field = |key: &str, allowed: &[&str], default: &str| -> Option<String> {
+                let text = value.get(key).and_then(|v| v.as_str()).unwrap_or(default);
+                allowed.contains(&text).then(|| text.to_string())
+            };
+            match (
+                field("type", &["boolean", "float"], ""),
+                field("better", &["higher", "lower"], "higher"),
+                field("level", &["inference", "episode"], "inference"),
+            ) {
+                (Some(kind), Some(better), Some(level)) => {
+                    metrics.insert(name.clone(), crate::FeedbackMetric { kind, better, level });
+                }
+                _ => errors.push(ConfigError::new(
+                    format!("feedback.metrics.{name}"),
+                    "expected { type = \"boolean\"|\"float\", better = \"higher\"|\"lower\", level = \"inference\"|\"episode\" }",
+                )),
+            }
+        }
+    }
+    section.finish(errors);
+    metrics
 }
 
 fn read_lineage(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> LineageSettings {

@@ -142,3 +142,20 @@ fn serving_limits_and_prices_are_read_and_checked() {
     let errors = load_text("[serving.prices]\nbard = { prompt_per_1k = -1 }\n", &[]).unwrap_err();
     assert_eq!(errors.0[0].key, "serving.prices.bard", "{errors}");
 }
+
+#[test]
+fn feedback_metrics_are_declared_with_type_direction_and_level() {
+    let config = load_text(
+        "[feedback.metrics]\nthumbs = { type = \"boolean\" }\nlatency_ok = { type = \"float\", better = \"lower\", level = \"episode\" }\n",
+        &[],
+    )
+    .unwrap();
+    let thumbs = &config.feedback["thumbs"];
+    assert_eq!(
+        (thumbs.kind.as_str(), thumbs.better.as_str(), thumbs.level.as_str()),
+        ("boolean", "higher", "inference")
+    );
+    assert_eq!(config.feedback["latency_ok"].level, "episode");
+    let errors = load_text("[feedback.metrics]\nbad = { type = \"text\" }\n", &[]).unwrap_err();
+    assert_eq!(errors.0[0].key, "feedback.metrics.bad", "{errors}");
+}

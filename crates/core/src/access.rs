@@ -228,6 +228,7 @@ actions! {
     DeploymentDelete => "deployment.delete",
     DeploymentRead => "deployment.read",
     DeploymentInvoke => "deployment.invoke",
+    FeedbackCreate => "feedback.create",
 }
 
 impl fmt::Display for Action {

@@ -52,6 +52,20 @@ pub enum Command {
     /// Serve registered models under a public name (weighted variants)
     #[command(subcommand)]
     Deploy(DeployCommand),
+    /// Report a feedback metric on an answer (--inference ID) or an episode (--episode ID)
+    Feedback {
+        #[arg(long)]
+        inference: Option<String>,
+        #[arg(long)]
+        episode: Option<String>,
+        #[arg(long)]
+        metric: String,
+        /// true/false for boolean metrics, a number for float ones
+        #[arg(long)]
+        value: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Chat with a deployment through the OpenAI-compatible API, streaming the answer
     Chat {
         deployment: String,

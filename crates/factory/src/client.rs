@@ -150,6 +150,15 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
             format!("/api/v1/deployments/{name}{}", tenant_query(tenant.as_deref(), "?")),
             None,
         ),
+        Command::Feedback { inference, episode, metric, value, remote } => {
+            let value: Value = serde_json::from_str(&value).unwrap_or(Value::String(value));
+            (
+                remote,
+                Method::POST,
+                "/api/v1/feedback".to_string(),
+                Some(json!({ "inference_id": inference, "episode_id": episode, "metric": metric, "value": value })),
+            )
+        }
         Command::Objects(ObjectsCommand::Sweep { grace_secs, remote }) => {
             let query = grace_secs.map(|g| format!("?grace_secs={g}")).unwrap_or_default();
             (remote, Method::POST, format!("/api/v1/objects/sweep{query}"), None)

@@ -14,7 +14,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{audit, datasets, deployments, jobs, keys, models, openai, ops, runs, tenants};
+use crate::api::{audit, datasets, deployments, feedback, jobs, keys, models, openai, ops, runs, tenants};
 use crate::error::ApiError;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::AppState;
@@ -34,7 +34,7 @@ use crate::REQUEST_ID_HEADER;
         models::verify, models::set_alias, models::bundle, models::import_bundle, models::import_hf,
         models::signing_key,
         deployments::create, deployments::list, deployments::show, deployments::update, deployments::delete,
-        deployments::inferences,
+        deployments::inferences, deployments::feedback, feedback::create,
         ops::healthz, ops::readyz, ops::metrics, ops::sweep_orphans,
     ),
     modifiers(&BearerAuth)
@@ -101,6 +101,8 @@ pub fn router(state: AppState) -> Router {
             get(deployments::show).put(deployments::update).delete(deployments::delete),
         )
         .route("/api/v1/deployments/{name}/inferences", get(deployments::inferences))
+        .route("/api/v1/deployments/{name}/feedback", get(deployments::feedback))
+        .route("/api/v1/feedback", post(feedback::create))
         .route("/v1/models", get(openai::models))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))

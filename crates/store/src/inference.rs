@@ -128,3 +128,94 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 }
+
+/// One piece of feedback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Feedback {
+    pub id: String,
+    pub tenant: String,
+    pub deployment: String,
+    /// The variant that answered, when the feedback names an answer.
+    pub variant: Option<String>,
+    pub inference_id: Option<String>,
+    pub episode_id: Option<String>,
+    pub metric: String,
+    pub value: f64,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+impl crate::Change {
+    pub async fn add_feedback(&mut self, feedback: &Feedback) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO feedback (id, tenant, deployment, variant, inference_id, episode_id, metric, value, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&feedback.id)
+        .bind(&feedback.tenant)
+        .bind(&feedback.deployment)
+        .bind(feedback.variant.as_deref())
+        .bind(feedback.inference_id.as_deref())
+        .bind(feedback.episode_id.as_deref())
+        .bind(&feedback.metric)
+        .bind(feedback.value)
+        .bind(feedback.created_at)
+        .bind(&feedback.created_by)
+        .execute(self.connection())
+        .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// The most recent inference of an episode in a tenant, if any.
+    pub async fn episode_inference(
+        &self,
+        tenant: &TenantName,
+        episode: &str,
+    ) -> Result<Option<InferenceRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM inference_log WHERE tenant = $1 AND episode_id = $2 ORDER BY created_at DESC, id LIMIT 1"
+        ))
+        .bind(tenant.as_str())
+        .bind(episode)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    pub async fn feedback(
+        &self,
+        tenant: &TenantName,
+        deployment: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Feedback>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, deployment, variant, inference_id, episode_id, metric, value, created_at, created_by \
+             FROM feedback WHERE tenant = $1 AND deployment = $2 AND created_at > $3 ORDER BY created_at, id LIMIT $4",
+        )
+        .bind(tenant.as_str())
+        .bind(deployment)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Feedback {
+                    id: row.try_get("id")?,
+                    tenant: row.try_get("tenant")?,
+                    deployment: row.try_get("deployment")?,
+                    variant: opt_string(row, "variant")?,
+                    inference_id: opt_string(row, "inference_id")?,
+                    episode_id: opt_string(row, "episode_id")?,
+                    metric: row.try_get("metric")?,
+                    value: row.try_get("value")?,
+                    created_at: row.try_get("created_at")?,
+                    created_by: row.try_get("created_by")?,
+                })
+            })
+            .collect()
+    }
+}

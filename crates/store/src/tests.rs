@@ -142,7 +142,7 @@ async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
     let again = Store::open(&database.url()).await.unwrap();
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(again.pool()).await.unwrap();
-    assert_eq!(versions, 8);
+    assert_eq!(versions, 9);
     again.close().await;
 }
 
@@ -785,4 +785,28 @@ async fn the_inference_log_takes_batches_and_reads_back(store: &Store, _database
     assert_eq!(recent.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["inf_2"]);
     assert_eq!(store.inferences(&tenant("acme"), "chat", 0, 10).await.unwrap().len(), 2);
     assert!(store.inference("inf_9").await.unwrap().is_none());
+    assert_eq!(store.episode_inference(&tenant("acme"), "ep-1").await.unwrap().unwrap().id, "inf_3");
+
+    // Feedback is written through the governed path and read back by deployment.
+    create_tenant(store, "acme").await;
+    let pdp = authorizer();
+    let app = Principal { id: "key_app".to_string(), tenant: Some(tenant("acme")), role: Role::App };
+    let request = AccessRequest::new(&app, Action::FeedbackCreate, Resource::deployment(&tenant("acme"), "chat"));
+    let mut change = store.begin_change(&pdp, request, "req").await.unwrap();
+    let feedback = crate::inference::Feedback {
+        id: "fb_1".to_string(),
+        tenant: "acme".to_string(),
+        deployment: "chat".to_string(),
+        variant: Some("bard@1".to_string()),
+        inference_id: Some("inf_2".to_string()),
+        episode_id: None,
+        metric: "thumbs".to_string(),
+        value: 1.0,
+        created_at: 5000,
+        created_by: "key_app".to_string(),
+    };
+    change.add_feedback(&feedback).await.unwrap();
+    change.commit(serde_json::json!({}), Event::new("feedback.created", serde_json::json!({}))).await.unwrap();
+    assert_eq!(store.feedback(&tenant("acme"), "chat", 0, 10).await.unwrap(), vec![feedback]);
+    assert!(store.feedback(&tenant("acme"), "chat", 5000, 10).await.unwrap().is_empty());
 }

@@ -160,6 +160,12 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
             Some(json!({ "variants": [{ "model": "gmodel@1" }] })),
         ),
         ("GET", "/api/v1/deployments/gdeploy/inferences?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/deployments/gdeploy/feedback?tenant=globex".to_string(), None),
+        (
+            "POST",
+            "/api/v1/feedback?tenant=globex".to_string(),
+            Some(json!({ "episode_id": "e", "metric": "thumbs", "value": true })),
+        ),
         ("DELETE", "/api/v1/deployments/gdeploy?tenant=globex".to_string(), None),
         ("GET", "/api/v1/audit/records?from=0&limit=1000".to_string(), None),
         ("GET", "/api/v1/audit/checkpoint".to_string(), None),

@@ -77,6 +77,10 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         ("PARTNER_KEY", partner[1].1.as_str()),
         // A price that makes one request cost at least 0.001.
         ("FACTORY_SERVING__PRICES", "{ bard = { prompt_per_1k = 1.0, completion_per_1k = 1.0 } }"),
+        (
+            "FACTORY_FEEDBACK__METRICS",
+            "{ thumbs = { type = \"boolean\" }, resolved = { type = \"float\", level = \"episode\" } }",
+        ),
     ];
     let server = Server::start(&dir.path().join("a"), &["--jurisdiction", "eu"], &env);
     let keys = tenant_with_keys(&server, "acme", &["engineer", "app"]).await;
@@ -234,6 +238,43 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         variants.insert(ask(format!("episode-{episode}")).await);
     }
     assert_eq!(variants.into_iter().collect::<Vec<_>>(), vec!["bard@1", "bard@2"]);
+
+    // Feedback on an answer (by the id the client got) and on an episode; bad reports are 4xx.
+    let answered = client
+        .post(format!("{url}/v1/completions"))
+        .bearer_auth(&app)
+        .json(&json!({ "model": "chat", "prompt": "KING:", "max_tokens": 2 }))
+        .send()
+        .await
+        .unwrap();
+    let answer_id = answered.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert!(
+        crate::support::eventually(10, || async {
+            call(&url, "GET", "/api/v1/deployments/chat/inferences?limit=1000", Some(&engineer), None)
+                .await
+                .text
+                .contains(&answer_id)
+        })
+        .await
+    );
+    let (ok, stdout, stderr) =
+        cli(&["feedback", "--inference", &answer_id, "--metric", "thumbs", "--value", "true"], &app_env);
+    assert!(ok && stdout.contains("\"value\": 1.0"), "{stdout}\n{stderr}");
+    let episode = json!({ "episode_id": "episode-7", "metric": "resolved", "value": 0.75 });
+    assert_eq!(call(&url, "POST", "/api/v1/feedback", Some(&app), Some(episode)).await.status, 201);
+    for (body, status) in [
+        (json!({ "inference_id": answer_id, "metric": "stars", "value": 5 }), 400),
+        (json!({ "inference_id": answer_id, "metric": "thumbs", "value": 0.5 }), 400),
+        (json!({ "inference_id": "chatcmpl-unknown", "metric": "thumbs", "value": true }), 404),
+        (json!({ "inference_id": answer_id, "metric": "resolved", "value": 1.0 }), 400),
+    ] {
+        let reply = call(&url, "POST", "/api/v1/feedback", Some(&app), Some(body.clone())).await;
+        assert_eq!(reply.status, status, "{body}: {}", reply.text);
+    }
+    let reported = call(&url, "GET", "/api/v1/deployments/chat/feedback", Some(&engineer), None).await;
+    let metrics: std::collections::BTreeSet<&str> =
+        reported.body["feedback"].as_array().unwrap().iter().map(|f| f["metric"].as_str().unwrap()).collect();
+    assert_eq!(metrics, ["resolved", "thumbs"].into(), "{}", reported.text);
 
     // A burst past the engine's batch and queue gets 429 with Retry-After, never unbounded memory.
     let burst = (0..12).map(|_| {

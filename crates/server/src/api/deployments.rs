@@ -315,3 +315,26 @@ pub async fn inferences(
     let inferences = state.store.inferences(&tenant, &name, query.after, limit).await?;
     Ok(Json(InferenceList { inferences }))
 }
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FeedbackList {
+    #[schema(value_type = Vec<Object>)]
+    pub feedback: Vec<factory_store::inference::Feedback>,
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{name}/feedback", tag = "serving",
+    params(("name" = String, Path), InferencesQuery),
+    responses((status = 200, body = FeedbackList), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn feedback(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<InferencesQuery>,
+) -> Result<Json<FeedbackList>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    authorize_read(&state, &caller, &tenant, &name).await?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let feedback = state.store.feedback(&tenant, &name, query.after, limit).await?;
+    Ok(Json(FeedbackList { feedback }))
+}

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod datasets;
 pub mod deployments;
+pub mod feedback;
 pub mod jobs;
 pub mod keys;
 pub mod models;
