@@ -22,7 +22,7 @@ trap 'kill "${PIDS[@]}" 2>/dev/null; rm -rf "$DATA"' EXIT
 for v in $(env | grep -o '^FACTORY_[A-Z_]*'); do unset "$v"; done
 
 "$BIN/mock-upstream" --port 9100 & PIDS+=($!)
-"$BIN/factory" up --data-dir "$DATA" --listen 127.0.0.1:18090 > "$DATA/out" 2> "$DATA/log" & PIDS+=($!)
+FACTORY_SERVING__UPSTREAMS='["http://127.0.0.1:9100"]' "$BIN/factory" up --data-dir "$DATA" --listen 127.0.0.1:18090 > "$DATA/out" 2> "$DATA/log" & PIDS+=($!)
 FACTORY_PID=$!
 PATH="$VENV/bin:$PATH" "$SHARED/bench/peers/litellm_gateway.sh" http://127.0.0.1:9100/v1 4000 > "$DATA/litellm.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 1 120); do

@@ -65,6 +65,8 @@ pub struct ServingSettings {
     /// Price per 1,000 tokens by registered model name: (prompt, completion). Models without an
     /// entry cost nothing.
     pub prices: std::collections::BTreeMap<String, (f64, f64)>,
+    /// URL prefixes deployments may send requests to as upstream variants; none by default.
+    pub upstreams: Vec<String>,
 }
 
 /// Whose signatures the model registry accepts on imported bundles, beside this

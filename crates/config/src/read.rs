@@ -455,6 +455,7 @@ fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serv
         max_waiting: section.positive_integer("max_waiting", 64, errors) as usize,
         prefill_chunk: section.positive_integer("prefill_chunk", 256, errors) as usize,
         prices,
+        upstreams: string_list(&mut section, "upstreams", "a URL prefix", errors),
     };
     section.finish(errors);
     settings

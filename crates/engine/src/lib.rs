@@ -242,13 +242,16 @@ impl Scheduler {
                 Err(_) => return false,
             }
         }
-        loop {
+        // Only what the batch can take soon leaves the bounded channel, so a full channel is
+        // what refuses new requests: the engine's memory stays bounded under any load.
+        while self.waiting.len() < self.settings.max_batch.saturating_sub(self.active.len()).max(1) {
             match self.incoming.try_recv() {
                 Ok(submitted) => self.waiting.push_back(submitted),
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return !(self.active.is_empty() && self.waiting.is_empty()),
             }
         }
+        true
     }
 
     fn admit(&mut self) {
@@ -259,8 +262,11 @@ impl Scheduler {
                 continue;
             }
             let request = submitted.request;
-            let capacity =
-                (request.prompt.len() + request.params.max_tokens).min(self.model.config.max_position_embeddings);
+            let capacity = request
+                .prompt
+                .len()
+                .saturating_add(request.params.max_tokens)
+                .min(self.model.config.max_position_embeddings);
             let cache = match KvCache::new(&self.model, capacity) {
                 Ok(cache) => cache,
                 Err(error) => {

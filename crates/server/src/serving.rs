@@ -96,6 +96,16 @@ fn default_timeout_ms() -> u64 {
     30_000
 }
 
+/// Upstream API keys come only from environment variables named with this prefix: an operator
+/// sets them for upstreams on purpose, so no deployment can send the server's other secrets.
+pub const UPSTREAM_KEY_PREFIX: &str = "UPSTREAM_KEY_";
+
+/// Whether the operator allows requests to leave for `url` (`serving.upstreams` lists URL
+/// prefixes; none are allowed by default).
+pub fn upstream_allowed(allowlist: &[String], url: &str) -> bool {
+    allowlist.iter().any(|prefix| url.starts_with(prefix.as_str()))
+}
+
 impl VariantSpec {
     /// How the variant is named in logs, metrics and the `x-factory-model` header.
     pub fn label(&self) -> String {
@@ -132,6 +142,11 @@ impl DeploymentSpec {
                     }
                     if upstream.model.is_empty() || upstream.timeout_ms == 0 {
                         return Err(format!("variants[{index}].upstream: give a model and a positive timeout_ms"));
+                    }
+                    if upstream.api_key_env.as_deref().is_some_and(|name| !name.starts_with(UPSTREAM_KEY_PREFIX)) {
+                        return Err(format!(
+                            "variants[{index}].upstream.api_key_env must name a variable starting {UPSTREAM_KEY_PREFIX}"
+                        ));
                     }
                 }
                 _ => return Err(format!("variants[{index}]: give either model or upstream")),
@@ -193,7 +208,9 @@ pub struct LoadedModel {
 
 /// Engines by signed manifest digest.
 pub struct Engines {
-    loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
+    /// One cell per signed manifest: the map's lock is held only to find the cell, and each
+    /// model loads once while requests for other models go on.
+    loaded: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<LoadedModel>>>>>,
     /// Embedding requests computing or waiting at once; past it, 429.
     pub embedding_permits: Arc<tokio::sync::Semaphore>,
     /// The connection pool to upstream variants.
@@ -214,15 +231,11 @@ impl Default for Engines {
 }
 
 impl Engines {
-    /// The engine for `version`, verifying and loading it on first use.
+    /// The engine for `version`, verifying and loading it on first use. A failed load is not
+    /// kept: the next request tries again.
     pub async fn get(&self, state: &AppState, version: &ModelVersion) -> Result<Arc<LoadedModel>, ApiError> {
-        let mut loaded = self.loaded.lock().await;
-        if let Some(model) = loaded.get(&version.manifest_digest) {
-            return Ok(model.clone());
-        }
-        let model = Arc::new(load(state, version).await?);
-        loaded.insert(version.manifest_digest.clone(), model.clone());
-        Ok(model)
+        let cell = self.loaded.lock().await.entry(version.manifest_digest.clone()).or_default().clone();
+        cell.get_or_try_init(|| async { load(state, version).await.map(Arc::new) }).await.cloned()
     }
 }
 

@@ -74,7 +74,8 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     let env = [
         ("FACTORY_SERVING__MAX_BATCH", "2"),
         ("FACTORY_SERVING__MAX_WAITING", "2"),
-        ("PARTNER_KEY", partner[1].1.as_str()),
+        ("UPSTREAM_KEY_PARTNER", partner[1].1.as_str()),
+        ("FACTORY_SERVING__UPSTREAMS", "[\"http://127.0.0.1:\"]"),
         // A price that makes one request cost at least 0.001.
         ("FACTORY_SERVING__PRICES", "{ bard = { prompt_per_1k = 1.0, completion_per_1k = 1.0 } }"),
         (
@@ -189,7 +190,7 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         "factory_inference_time_to_first_token_seconds_count{deployment=\"chat\"}",
         "factory_inference_time_per_output_token_seconds_count{deployment=\"chat\"}",
         "factory_inference_queue_seconds_count{deployment=\"chat\"}",
-        "factory_inference_requests_total{deployment=\"chat\",variant=\"bard@1\",status=\"refused\"}",
+        "factory_inference_requests_total{deployment=\"chat\",variant=\"bard@1\",status=\"ok\"}",
         "factory_inference_gateway_overhead_seconds_count{deployment=\"chat\"}",
         "factory_inference_batch_size_count",
         "factory_inference_tokens_total{deployment=\"chat\",kind=\"completion\"}",
@@ -295,13 +296,18 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     // a shadow that gets a copy, and residency for where requests would go.
     let partner_variant = |role: &str, jurisdiction: &str| {
         json!({ "upstream": { "url": format!("{up}/v1"), "model": "verse", "jurisdiction": jurisdiction,
-                              "api_key_env": "PARTNER_KEY", "timeout_ms": 20000 }, "role": role })
+                              "api_key_env": "UPSTREAM_KEY_PARTNER", "timeout_ms": 20000 }, "role": role })
     };
     let deploy = |name: &str, variants: Value| {
         call(&url, "POST", "/api/v1/deployments", Some(&engineer), Some(json!({ "name": name, "variants": variants })))
     };
     let proxy = deploy("proxy", json!([partner_variant("primary", "eu")])).await;
     assert_eq!(proxy.status, 201, "{}", proxy.text);
+    let secret = json!([{ "upstream": { "url": format!("{up}/v1"), "model": "verse", "jurisdiction": "eu",
+                                        "api_key_env": "FACTORY_DATABASE_URL" } }]);
+    assert_eq!(deploy("leaky", secret).await.status, 400, "only UPSTREAM_KEY_* variables are sent upstream");
+    let elsewhere = json!([{ "upstream": { "url": "https://evil.example/v1", "model": "m", "jurisdiction": "eu" } }]);
+    assert_eq!(deploy("elsewhere", elsewhere).await.status, 403, "only allowlisted upstreams");
     let outside = deploy("abroad", json!([partner_variant("primary", "us")])).await;
     assert_eq!(outside.status, 403, "an upstream outside the tenant's jurisdictions is refused: {}", outside.text);
     let chat_body = |model: &str, stream: bool| json!({ "model": model, "messages": [{ "role": "user", "content": "Sing." }], "max_tokens": 6, "stream": stream });

@@ -102,6 +102,13 @@ async fn checked_request(
     let mut resolved = Vec::new();
     for variant in &spec.variants {
         if let Some(upstream) = &variant.upstream {
+            if !crate::serving::upstream_allowed(&state.config.serving.upstreams, &upstream.url) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "upstream_not_allowed",
+                    format!("{} is not among the upstreams this installation allows (serving.upstreams)", upstream.url),
+                ));
+            }
             // Requests leave the installation: the upstream's jurisdiction must be one the
             // tenant allows. It is not our site, so the serving-site fact does not apply.
             let (tenant_allows, _) = serving_facts(state, tenant, &upstream.jurisdiction).await?;

@@ -25,8 +25,10 @@ use crate::registry::{self, Draft, DraftFile, FileSource, Signing};
 use crate::state::AppState;
 use crate::training::{draft_from_run, RegisterSpec, RunSpec, FINETUNE_KIND, PRETRAIN_KIND};
 
-/// The most file content an import may carry (a ~1B-parameter f32 model fits).
-const MAX_IMPORT_BYTES: u64 = 8 << 30;
+/// The most an import may carry. Imports are held in memory while they are verified (twice,
+/// briefly), so this bounds their memory: a ~400M-parameter f32 model fits. Streaming imports
+/// to disk would lift it.
+const MAX_IMPORT_BYTES: u64 = 2 << 30;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModelVersionView {

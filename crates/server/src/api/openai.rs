@@ -273,7 +273,8 @@ impl Sampling {
             top_p: self.top_p.unwrap_or(1.0),
             top_k: self.top_k.unwrap_or(0),
             seed: self.seed,
-            max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(default_max),
+            // Never past the model's context: the room left after the prompt.
+            max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(default_max).min(default_max),
             stop: self.stop.take_clone(),
             ignore_eos: false,
         };
@@ -706,6 +707,9 @@ async fn serve(
     headers: &HeaderMap,
     mut incoming: Incoming,
 ) -> Result<Response, ApiError> {
+    if incoming.sampling.n.is_some_and(|n| n != 1) {
+        return Err(invalid_param("n", "only n = 1 is supported"));
+    }
     let mut plan = plan(state, caller, &incoming.deployment, headers).await?;
     let guardrails = std::mem::replace(&mut plan.guardrails, Guardrails::empty());
     let deployment = incoming.deployment.clone();
@@ -728,6 +732,9 @@ async fn serve(
     if guard_output {
         incoming.sampling.stream = false;
         incoming.raw["stream"] = serde_json::Value::Bool(false);
+        if let Some(fields) = incoming.raw.as_object_mut() {
+            fields.remove("stream_options");
+        }
     }
     let tenant = plan.tenant.clone();
     let response = answer(state, caller, headers, incoming, plan).await?;
@@ -886,13 +893,17 @@ async fn forward(
 ) -> Result<Response, ApiError> {
     let mut body = incoming.raw.clone();
     body["model"] = serde_json::Value::String(upstream.model.clone());
-    if shadow {
+    if shadow || !incoming.sampling.stream {
         body["stream"] = serde_json::Value::Bool(false);
+        if let Some(fields) = body.as_object_mut() {
+            fields.remove("stream_options");
+        }
     }
     let stream = body["stream"].as_bool().unwrap_or(false);
     let url = format!("{}{path}", upstream.url.trim_end_matches('/'));
     let mut request = state.engines.upstream.post(&url).json(&body);
-    if let Some(key) = upstream.api_key_env.as_deref().and_then(|name| std::env::var(name).ok()) {
+    let key_name = upstream.api_key_env.as_deref().filter(|name| name.starts_with(crate::serving::UPSTREAM_KEY_PREFIX));
+    if let Some(key) = key_name.and_then(|name| std::env::var(name).ok()) {
         request = request.bearer_auth(key);
     }
     let budget = std::time::Duration::from_millis(upstream.timeout_ms);
@@ -946,6 +957,8 @@ async fn forward(
         unavailable(format!("{} answered with malformed JSON: {e}", upstream.url))
     })?;
     json["model"] = serde_json::Value::String(incoming.deployment.clone());
+    // The id clients report feedback against is the one the inference log keeps.
+    json["id"] = serde_json::Value::String(meter.record.id.clone());
     let usage = Usage {
         prompt_tokens: json["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
         completion_tokens: json["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
