@@ -166,6 +166,21 @@ impl Guardrails {
         self.rules.iter().any(|r| r.spec.stage == stage || r.spec.stage == Stage::Both)
     }
 
+    /// The first token-limit rule of `stage` that `text` as a whole exceeds (for texts checked
+    /// in parts, such as a conversation's messages).
+    pub fn check_total(&self, stage: Stage, text: &str, count: &dyn Fn(&str) -> usize) -> Option<Verdict> {
+        self.rules.iter().filter(|r| r.spec.stage == stage || r.spec.stage == Stage::Both).find_map(|rule| {
+            let Matcher::TokenLimit(max) = rule.matcher else { return None };
+            (count(text) > max).then(|| Verdict {
+                rule: rule.spec.name.clone(),
+                kind: "token_limit",
+                action: rule.spec.action,
+                stage,
+                matches: 1,
+            })
+        })
+    }
+
     /// Runs the rules of `stage` over `text`, whose length in tokens `count` tells.
     pub fn check(&self, stage: Stage, text: &str, count: &dyn Fn(&str) -> usize) -> Checked {
         let mut text = text.to_string();
@@ -278,6 +293,11 @@ mod tests {
         let long = "word ".repeat(60);
         assert_eq!(guardrails.check(Stage::Input, &long, &words_of).blocked.unwrap().kind, "token_limit");
         assert!(guardrails.covers(Stage::Output));
+        // Parts under the limit can still exceed it together.
+        let part = "word ".repeat(30);
+        assert!(guardrails.check(Stage::Input, &part, &words_of).blocked.is_none());
+        let total = guardrails.check_total(Stage::Input, &format!("{part}\n{part}"), &words_of).unwrap();
+        assert_eq!((total.rule.as_str(), total.action), ("short", GuardAction::Block));
         assert!(Guardrails::compile(&[rule("x", Stage::Both, GuardAction::Block, Rule::WordList { words: vec![] })])
             .is_err());
     }

@@ -180,3 +180,68 @@ impl Drop for Meter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::limits::{Limits, LimitsSpec, Subject};
+
+    fn record() -> InferenceRecord {
+        InferenceRecord {
+            id: "chatcmpl-1".to_string(),
+            tenant: "acme".to_string(),
+            deployment: "chat".to_string(),
+            variant: "bard@1".to_string(),
+            kind: "chat".to_string(),
+            request_id: "req".to_string(),
+            episode_id: None,
+            status: String::new(),
+            finish_reason: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost: 0.0,
+            queue_ms: 0.0,
+            first_token_ms: 0.0,
+            decode_ms: 0.0,
+            total_ms: 0.0,
+            created_at: 0,
+            prompt_text: None,
+            completion_text: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_midway_is_logged_cancelled_and_charged_what_it_used() {
+        let metrics = Arc::new(Metrics::new());
+        let log = Arc::new(InferenceLog::new(metrics.clone()));
+        let mut receiver = log.receiver.lock().await.take().unwrap();
+        let limits = Arc::new(Limits::default());
+        let spec = LimitsSpec { key_tokens_per_minute: Some(60), ..LimitsSpec::default() };
+        let subject = Subject { key: "key_app".to_string(), tenant: "acme".to_string() };
+        let mut meter = Meter {
+            log: log.clone(),
+            metrics,
+            record: record(),
+            price: (1.0, 2.0),
+            started: Instant::now(),
+            done: false,
+            shadow: false,
+            settle: Some(Settlement {
+                limits: limits.clone(),
+                spec: spec.clone(),
+                scope: "acme/chat".into(),
+                subject: subject.clone(),
+            }),
+            keep_text: None,
+        };
+        meter.record.prompt_tokens = 40;
+        meter.record.completion_tokens = 30;
+        drop(meter);
+        let logged = receiver.recv().await.unwrap();
+        assert_eq!((logged.status.as_str(), logged.prompt_tokens, logged.completion_tokens), ("cancelled", 40, 30));
+        assert!((logged.cost - (40.0 * 1.0 + 30.0 * 2.0) / 1000.0).abs() < 1e-12, "{}", logged.cost);
+        // 70 tokens against 60 a minute: the next request waits.
+        assert!(limits.admit(&spec, "acme/chat", &subject).is_err());
+    }
+}

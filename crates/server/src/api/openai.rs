@@ -456,6 +456,8 @@ async fn generate(
             return Err(error);
         }
     };
+    // Counted as the request goes, so a client that hangs up is still charged what it used.
+    meter.record.prompt_tokens = ids.len() as i64;
     let events = match generator.engine.submit(GenerationRequest { prompt: ids, params }) {
         Ok(events) => events,
         Err(error) => {
@@ -478,7 +480,10 @@ async fn generate(
     let mut text = String::new();
     while let Some(event) = events.recv().await {
         match event {
-            GenerationEvent::Delta { text: delta, .. } => text.push_str(&delta),
+            GenerationEvent::Delta { text: delta, .. } => {
+                meter.record.completion_tokens += 1;
+                text.push_str(&delta);
+            }
             GenerationEvent::Done { reason, usage, timings, batch_size } => {
                 meter.texts(None, Some(&text));
                 meter.finish(Some(reason), &usage, &timings, batch_size);
@@ -518,8 +523,12 @@ fn sse(
             return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (events, answer, first, true, meter, sent)));
         };
         let (bytes, first, done) = match event {
-            GenerationEvent::Delta { text, .. } if text.is_empty() && !first => (Bytes::new(), first, false),
+            GenerationEvent::Delta { text, .. } if text.is_empty() && !first => {
+                meter.record.completion_tokens += 1;
+                (Bytes::new(), first, false)
+            }
             GenerationEvent::Delta { text, .. } => {
+                meter.record.completion_tokens += 1;
                 if meter.keep_text.is_some() {
                     sent.push_str(&text);
                 }
@@ -695,6 +704,14 @@ fn guard_input(guardrails: &Guardrails, incoming: &mut Incoming) -> (Vec<Verdict
             for (index, message) in messages.iter_mut().enumerate() {
                 apply(&mut message.content);
                 incoming.raw["messages"][index]["content"] = serde_json::Value::String(message.content.clone());
+            }
+            // Token limits apply to the conversation as a whole, not only to each message.
+            let whole: String = messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+            if let Some(verdict) = guardrails.check_total(Stage::Input, &whole, &estimated_tokens) {
+                if verdict.action == crate::guardrails::GuardAction::Block && first_block.is_none() {
+                    first_block = Some(verdict.clone());
+                }
+                verdicts.push(verdict);
             }
         }
     }
