@@ -333,7 +333,17 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         .send()
         .await
         .unwrap();
-    assert!(streamed.text().await.unwrap().trim_end().ends_with("data: [DONE]"));
+    let streamed = streamed.text().await.unwrap();
+    assert!(streamed.trim_end().ends_with("data: [DONE]"));
+    assert!(!streamed.contains("\"usage\":{"), "usage is passed on only when the client asks: {streamed}");
+    // The relayed stream is metered with the upstream's own usage figures.
+    let metered = crate::support::eventually(10, || async {
+        let reply = call(&url, "GET", "/api/v1/deployments/proxy/inferences", Some(&engineer), None).await;
+        let rows = reply.body["inferences"].as_array().cloned().unwrap_or_default();
+        rows.len() >= 2 && rows.iter().all(|r| r["status"] == "ok" && r["prompt_tokens"].as_i64() > Some(0))
+    })
+    .await;
+    assert!(metered, "the streamed upstream answer is metered");
     let resilient = deploy(
         "resilient",
         json!([

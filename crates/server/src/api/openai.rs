@@ -897,6 +897,72 @@ async fn attempt(
     generate(model, &prompt, &sampling, answer, meter).await
 }
 
+/// Relays an upstream's event stream event by event, metering as it goes: each content chunk
+/// counts a token until the usage chunk gives the exact figures, which are passed on only if the
+/// client asked for them. The meter records when the stream ends, or `cancelled` if the client
+/// leaves first.
+fn relay(
+    upstream: impl futures::Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+    meter: Meter,
+    include_usage: bool,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let state = (Box::pin(upstream), meter, String::new(), false);
+    futures::stream::unfold(state, move |(mut upstream, mut meter, mut pending, mut ended)| async move {
+        loop {
+            if let Some(end) = pending.find("\n\n") {
+                let event: String = pending.drain(..end + 2).collect();
+                let data = event.trim().strip_prefix("data:").map(str::trim).unwrap_or_default();
+                if data == "[DONE]" {
+                    finish_relay(&mut meter);
+                } else if let Ok(chunk) = serde_json::from_str::<serde_json::Value>(data) {
+                    if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+                        meter.record.prompt_tokens = usage["prompt_tokens"].as_i64().unwrap_or(0);
+                        meter.record.completion_tokens = usage["completion_tokens"].as_i64().unwrap_or(0);
+                        if !include_usage && chunk["choices"].as_array().is_some_and(|c| c.is_empty()) {
+                            continue;
+                        }
+                    } else {
+                        let choice = &chunk["choices"][0];
+                        let text = choice["delta"]["content"].as_str().or(choice["text"].as_str()).unwrap_or_default();
+                        if !text.is_empty() {
+                            meter.record.completion_tokens += 1;
+                        }
+                    }
+                }
+                return Some((Ok(Bytes::from(event)), (upstream, meter, pending, ended)));
+            }
+            if ended {
+                finish_relay(&mut meter);
+                if pending.is_empty() {
+                    return None;
+                }
+                let rest = std::mem::take(&mut pending);
+                return Some((Ok(Bytes::from(rest)), (upstream, meter, pending, ended)));
+            }
+            match upstream.next().await {
+                Some(Ok(bytes)) => pending.push_str(&String::from_utf8_lossy(&bytes)),
+                Some(Err(error)) => {
+                    meter.fail("upstream_error");
+                    return Some((Err(std::io::Error::other(error)), (upstream, meter, pending, true)));
+                }
+                None => ended = true,
+            }
+        }
+    })
+}
+
+fn finish_relay(meter: &mut Meter) {
+    if meter.done {
+        return;
+    }
+    let elapsed = meter.started.elapsed().as_secs_f64() * 1000.0;
+    let usage = Usage {
+        prompt_tokens: meter.record.prompt_tokens.max(0) as usize,
+        completion_tokens: meter.record.completion_tokens.max(0) as usize,
+    };
+    meter.finish(None, &usage, &factory_engine::Timings { queue_ms: 0.0, first_token_ms: elapsed, decode_ms: 0.0 }, 1);
+}
+
 /// Sends the client's request to an OpenAI-compatible upstream, under the variant's timeout
 /// (to the first byte when streaming). Its 4xx answers are the client's to see; anything else
 /// that fails is a reason to try the next variant.
@@ -917,6 +983,11 @@ async fn forward(
         }
     }
     let stream = body["stream"].as_bool().unwrap_or(false);
+    if stream {
+        // Usage arrives in a last chunk only when asked for; it is metered, and passed on only
+        // if the client asked too.
+        body["stream_options"] = serde_json::json!({ "include_usage": true });
+    }
     let url = format!("{}{path}", upstream.url.trim_end_matches('/'));
     let mut request = state.engines.upstream.post(&url).json(&body);
     let key_name = upstream.api_key_env.as_deref().filter(|name| name.starts_with(crate::serving::UPSTREAM_KEY_PREFIX));
@@ -939,14 +1010,12 @@ async fn forward(
     let status = response.status();
     let label = HeaderValue::from_str(&meter.record.variant).unwrap_or(HeaderValue::from_static("-"));
     if status.is_success() && stream {
-        let first_byte = meter.started.elapsed().as_secs_f64() * 1000.0;
-        let timings = factory_engine::Timings { queue_ms: 0.0, first_token_ms: first_byte, decode_ms: 0.0 };
-        meter.finish(None, &Usage::default(), &timings, 1);
         let headers = [
             (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ];
-        let mut out = (headers, Body::from_stream(response.bytes_stream())).into_response();
+        let relayed = relay(response.bytes_stream(), meter, incoming.sampling.include_usage());
+        let mut out = (headers, Body::from_stream(relayed)).into_response();
         out.headers_mut().insert(VARIANT_HEADER, label);
         return Ok(out);
     }
