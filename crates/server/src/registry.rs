@@ -63,16 +63,17 @@ pub fn code_version() -> String {
     format!("factory {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Whether the tenant allows `jurisdiction`, and whether a storage site sits inside it.
-pub async fn residency_facts(
+/// Whether the tenant allows `jurisdiction`, and whether a site of `kind` (storage for the
+/// registry, serving for deployments) sits inside it: the facts residency policies decide on.
+pub async fn site_facts(
     state: &AppState,
     tenant: &TenantName,
     jurisdiction: &factory_core::Jurisdiction,
+    kind: SiteKind,
 ) -> Result<(bool, bool), ApiError> {
     let allowed = state.store.tenant(tenant).await?.is_some_and(|t| t.jurisdictions.contains(jurisdiction));
-    let storage =
-        state.config.sites.iter().any(|s| &s.jurisdiction == jurisdiction && s.kinds.contains(&SiteKind::Storage));
-    Ok((allowed, storage))
+    let site = state.config.sites.iter().any(|s| &s.jurisdiction == jurisdiction && s.kinds.contains(&kind));
+    Ok((allowed, site))
 }
 
 fn internal(message: impl std::fmt::Display) -> ApiError {
@@ -88,7 +89,7 @@ pub async fn register(
     draft: Draft,
 ) -> Result<(ModelVersion, Committed), ApiError> {
     let residency = &draft.residency;
-    let (allowed, storage) = residency_facts(state, &draft.tenant, &residency.jurisdiction).await?;
+    let (allowed, storage) = site_facts(state, &draft.tenant, &residency.jurisdiction, SiteKind::Storage).await?;
     let resource = Resource::model(&draft.tenant, &draft.name, residency.classification, Some(&residency.jurisdiction));
     let request = AccessRequest::new(principal, action, resource)
         .with_context("jurisdiction_allowed", allowed)

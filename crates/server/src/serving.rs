@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use factory_core::{SiteKind, TenantName};
 use factory_engine::embed::Embedder;
 use factory_engine::{Engine, EngineSettings};
 use factory_model::{DType, Device, Llama, LlamaConfig, Weights};
@@ -241,24 +240,25 @@ impl Engines {
 
 async fn load(state: &AppState, version: &ModelVersion) -> Result<LoadedModel, ApiError> {
     let (manifest, _) = registry::open_manifest(state, version).await?;
+    // Every file is read and checked once, whether or not serving needs it: a version loads
+    // only whole and unaltered.
+    let mut files = HashMap::new();
     for file in &manifest.files {
-        registry::fetch_file(state, &manifest, &file.path).await?;
+        files.insert(file.path.clone(), registry::fetch_file(state, &manifest, &file.path).await?);
     }
-    let config = registry::fetch_file(state, &manifest, "config.json").await?;
-    let weights = registry::fetch_file(state, &manifest, "model.safetensors").await?;
-    let tokenizer = registry::fetch_file(state, &manifest, "tokenizer.json").await?;
+    let mut take = |path: &str| {
+        files.remove(path).ok_or_else(|| ApiError::not_found(format!("{} has no file {path}", manifest.reference())))
+    };
+    let (config, weights, tokenizer) = (take("config.json")?, take("model.safetensors")?, take("tokenizer.json")?);
+    let sentence_config = take("sentence_bert_config.json").ok();
+    let tokenizer_config = take("tokenizer_config.json").ok();
     let invalid = |e: String| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "unservable_model", e);
     if manifest.architecture == "bert" {
         // sentence-transformers' `max_seq_length`, else the encoder's whole context.
-        let max_tokens = match manifest.file("sentence_bert_config.json") {
-            Some(_) => serde_json::from_slice::<serde_json::Value>(
-                &registry::fetch_file(state, &manifest, "sentence_bert_config.json").await?,
-            )
-            .ok()
+        let max_tokens = sentence_config
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
             .and_then(|c| c["max_seq_length"].as_u64())
-            .unwrap_or(512) as usize,
-            None => 512,
-        };
+            .unwrap_or(512) as usize;
         let embedder = tokio::task::spawn_blocking(move || {
             Embedder::load(
                 &String::from_utf8_lossy(&config),
@@ -279,10 +279,6 @@ async fn load(state: &AppState, version: &ModelVersion) -> Result<LoadedModel, A
             jurisdiction: manifest.residency.jurisdiction.clone(),
         });
     }
-    let tokenizer_config = match manifest.file("tokenizer_config.json") {
-        Some(_) => Some(registry::fetch_file(state, &manifest, "tokenizer_config.json").await?),
-        None => None,
-    };
     let reference = manifest.reference();
     let jurisdiction = manifest.residency.jurisdiction.clone();
     let (model, tokenizer) = tokio::task::spawn_blocking(move || {
@@ -312,16 +308,4 @@ async fn load(state: &AppState, version: &ModelVersion) -> Result<LoadedModel, A
         reference,
         jurisdiction,
     })
-}
-
-/// Whether `tenant` allows the jurisdiction and a serving site sits in it.
-pub async fn serving_facts(
-    state: &AppState,
-    tenant: &TenantName,
-    jurisdiction: &factory_core::Jurisdiction,
-) -> Result<(bool, bool), ApiError> {
-    let allowed = state.store.tenant(tenant).await?.is_some_and(|t| t.jurisdictions.contains(jurisdiction));
-    let serving =
-        state.config.sites.iter().any(|s| &s.jurisdiction == jurisdiction && s.kinds.contains(&SiteKind::Serving));
-    Ok((allowed, serving))
 }

@@ -302,7 +302,9 @@ impl TrainingHandler {
                 });
                 if let Some(register) = &spec.register {
                     let principal = spec.requested_by.clone().unwrap_or_else(Principal::system);
-                    let draft = draft_from_run(&self.state, &spec, &job.id, &result, register).await.map_err(failed)?;
+                    let draft = draft_from_run(&self.state, &job.tenant, &spec, &job.id, &result, register)
+                        .await
+                        .map_err(failed)?;
                     let (version, _) =
                         crate::registry::register(&self.state, &principal, &job.id, Action::ModelRegister, draft)
                             .await
@@ -440,6 +442,7 @@ pub fn with_training_handlers(mut pool: crate::workers::WorkerPool, state: &AppS
 /// residency derived from its inputs (the strictest wins).
 pub async fn draft_from_run(
     state: &AppState,
+    tenant: &factory_core::TenantName,
     spec: &RunSpec,
     run_id: &str,
     result: &serde_json::Value,
@@ -492,7 +495,7 @@ pub async fn draft_from_run(
     }
     let json = |value: serde_json::Value| Bytes::from(serde_json::to_vec_pretty(&value).unwrap_or_default());
     Ok(Draft {
-        tenant: spec_tenant(state, run_id).await?,
+        tenant: tenant.clone(),
         name: register.name.clone(),
         version: None,
         architecture: "llama".to_string(),
@@ -530,10 +533,4 @@ pub async fn draft_from_run(
         .collect(),
         signing: Signing::Sign { intended_use: register.intended_use.clone() },
     })
-}
-
-async fn spec_tenant(state: &AppState, run_id: &str) -> Result<factory_core::TenantName, ApiError> {
-    let job =
-        state.store.job(run_id).await?.ok_or_else(|| ApiError::not_found(format!("run {run_id} does not exist")))?;
-    Ok(job.tenant)
 }

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
-use factory_core::{AccessRequest, Action, Resource, TenantName};
+use factory_core::{AccessRequest, Action, Resource, SiteKind, TenantName};
 use factory_store::deployments::Deployment;
 use factory_store::Event;
 use serde::{Deserialize, Serialize};
@@ -15,10 +15,11 @@ use utoipa::ToSchema;
 
 use super::datasets::{tenant_of, TenantQuery};
 use super::models::{resolve, split_reference, verify_version};
-use super::{committed_response, hide_foreign, millis_to_text};
+use super::{authorize_as, committed_response, hide_foreign, millis_to_text};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use crate::serving::{serving_facts, DeploymentSpec, VariantSpec};
+use crate::registry::site_facts;
+use crate::serving::{DeploymentSpec, VariantSpec};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -111,7 +112,7 @@ async fn checked_request(
             }
             // Requests leave the installation: the upstream's jurisdiction must be one the
             // tenant allows. It is not our site, so the serving-site fact does not apply.
-            let (tenant_allows, _) = serving_facts(state, tenant, &upstream.jurisdiction).await?;
+            let (tenant_allows, _) = site_facts(state, tenant, &upstream.jurisdiction, SiteKind::Serving).await?;
             allowed &= tenant_allows;
             resolved.push(serde_json::json!({
                 "upstream": upstream.url, "model": upstream.model, "jurisdiction": upstream.jurisdiction,
@@ -130,7 +131,7 @@ async fn checked_request(
                 format!("{model_reference} fails verification: {}", report.error.unwrap_or_default()),
             ));
         }
-        let (tenant_allows, site) = serving_facts(state, tenant, &version.jurisdiction).await?;
+        let (tenant_allows, site) = site_facts(state, tenant, &version.jurisdiction, SiteKind::Serving).await?;
         allowed &= tenant_allows;
         serving &= site;
         resolved.push(serde_json::json!({
@@ -225,12 +226,7 @@ pub async fn update(
 
 async fn authorize_read(state: &AppState, caller: &Caller, tenant: &TenantName, name: &str) -> Result<(), ApiError> {
     let request = AccessRequest::new(&caller.principal, Action::DeploymentRead, Resource::deployment(tenant, name));
-    state
-        .store
-        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(caller, Some(tenant), e))?;
-    Ok(())
+    authorize_as(state, caller, &request, tenant).await
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::datasets::{tenant_of, TenantQuery};
-use super::{committed_response, hide_foreign};
+use super::{authorize_as, committed_response, hide_foreign};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, Caller};
 use crate::state::AppState;
@@ -53,11 +53,7 @@ pub async fn create(
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     // Who may report in this tenant at all is decided before anything of it is looked up.
     let gate = AccessRequest::new(&caller.principal, Action::FeedbackCreate, Resource::deployment(&tenant, "*"));
-    state
-        .store
-        .authorize(state.pdp.as_ref(), &gate, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    authorize_as(&state, &caller, &gate, &tenant).await?;
     let metric = state.config.feedback.get(&body.metric).ok_or_else(|| {
         let known: Vec<&str> = state.config.feedback.keys().map(String::as_str).collect();
         ApiError::invalid(format!("metric: {:?} is not declared (declared: {})", body.metric, known.join(", ")))

@@ -16,7 +16,7 @@ pub mod tenants;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use factory_core::TenantName;
-use factory_store::{Committed, StoreError, StoreErrorKind};
+use factory_store::{Committed, StoreError};
 
 use crate::error::ApiError;
 use crate::extract::Caller;
@@ -35,11 +35,32 @@ pub fn committed_response(status: StatusCode, body: impl IntoResponse, committed
 /// A denial on another tenant's resource reads as "not found": a tenant must not learn what
 /// exists elsewhere. The denial itself is already in the audit log.
 pub fn hide_foreign(caller: &Caller, owner: Option<&TenantName>, error: StoreError) -> ApiError {
+    hide_foreign_refusal(caller, owner, error.into())
+}
+
+/// [`hide_foreign`] for errors already mapped to HTTP (a denial is a 403).
+pub fn hide_foreign_refusal(caller: &Caller, owner: Option<&TenantName>, error: ApiError) -> ApiError {
     let foreign = caller.principal.tenant.is_some() && owner != caller.principal.tenant.as_ref();
-    if error.kind() == StoreErrorKind::Denied && foreign {
+    if error.status == axum::http::StatusCode::FORBIDDEN && foreign {
         return ApiError::not_found("no such resource");
     }
-    error.into()
+    error
+}
+
+/// Asks the policies whether the caller may make `request` on a resource of `owner`; a
+/// refusal is audited, and reads as 404 when the resource is another tenant's.
+pub async fn authorize_as(
+    state: &crate::state::AppState,
+    caller: &Caller,
+    request: &factory_core::AccessRequest,
+    owner: &TenantName,
+) -> Result<(), ApiError> {
+    state
+        .store
+        .authorize(state.pdp.as_ref(), request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(caller, Some(owner), e))?;
+    Ok(())
 }
 
 pub fn parse_tenant(name: &str) -> Result<TenantName, ApiError> {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::datasets::{tenant_of, TenantQuery};
-use super::{committed_response, hide_foreign, millis_to_text};
+use super::{authorize_as, committed_response, hide_foreign, hide_foreign_refusal, millis_to_text};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use crate::registry::{self, Draft, DraftFile, FileSource, Signing};
@@ -101,13 +101,7 @@ async fn authorize_model(
         Some(v) => Resource::model(tenant, name, v.classification, Some(&v.jurisdiction)),
         None => Resource::model(tenant, name, Classification::Public, None),
     };
-    let request = AccessRequest::new(&caller.principal, action, resource);
-    state
-        .store
-        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(caller, Some(tenant), e))?;
-    Ok(())
+    authorize_as(state, caller, &AccessRequest::new(&caller.principal, action, resource), tenant).await
 }
 
 /// The version `reference` (a number or an alias) of `name`, after authorizing `action`.
@@ -279,20 +273,12 @@ pub async fn register(
         .map_err(|e| ApiError::invalid(format!("run {} predates registration: {e}", job.id)))?;
     let result = job.result.clone().unwrap_or_default();
     let register = RegisterSpec { name: name.clone(), intended_use: body.intended_use };
-    let draft = draft_from_run(&state, &spec, &job.id, &result, &register).await?;
+    let draft = draft_from_run(&state, &job.tenant, &spec, &job.id, &result, &register).await?;
     let (version, committed) =
         registry::register(&state, &caller.principal, &caller.request_id, Action::ModelRegister, draft)
             .await
-            .map_err(|e| hide_foreign_api(&caller, &tenant, e))?;
+            .map_err(|e| hide_foreign_refusal(&caller, Some(&tenant), e))?;
     Ok(committed_response(StatusCode::CREATED, Json(ModelVersionView::new(version, Vec::new())), committed))
-}
-
-fn hide_foreign_api(caller: &Caller, tenant: &TenantName, error: ApiError) -> ApiError {
-    let foreign = caller.principal.tenant.as_ref().is_some_and(|own| own != tenant);
-    if foreign && error.status == StatusCode::FORBIDDEN {
-        return ApiError::not_found("no such resource");
-    }
-    error
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -560,19 +546,14 @@ pub async fn import_bundle(
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     // Who may import at all is decided before a byte is read; the model's own residency is
     // decided once the bundle says what it is.
-    let (allowed, storage) = (true, true);
     let request = AccessRequest::new(
         &caller.principal,
         Action::ModelImport,
         Resource::model(&tenant, "*", Classification::Public, None),
     )
-    .with_context("jurisdiction_allowed", allowed)
-    .with_context("storage_site", storage);
-    state
-        .store
-        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    .with_context("jurisdiction_allowed", true)
+    .with_context("storage_site", true);
+    authorize_as(&state, &caller, &request, &tenant).await?;
     let bytes = read_body(body).await?;
     let trusted = state.model_keys.trusted.clone();
     let (bundle, manifest, signer) = tokio::task::spawn_blocking(move || {
@@ -605,7 +586,7 @@ pub async fn import_bundle(
     let (version, committed) =
         registry::register(&state, &caller.principal, &caller.request_id, Action::ModelImport, draft)
             .await
-            .map_err(|e| hide_foreign_api(&caller, &tenant, e))?;
+            .map_err(|e| hide_foreign_refusal(&caller, Some(&tenant), e))?;
     Ok(committed_response(StatusCode::CREATED, Json(ModelVersionView::new(version, Vec::new())), committed))
 }
 
@@ -658,16 +639,13 @@ pub async fn import_hf(
         .parse()
         .map_err(|e| ApiError::invalid(format!("classification: {e}")))?;
     // Decided before a byte is read: the caller, the tenant and the declared residency.
-    let (allowed, storage) = registry::residency_facts(&state, &tenant, &jurisdiction).await?;
+    let (allowed, storage) =
+        registry::site_facts(&state, &tenant, &jurisdiction, factory_core::SiteKind::Storage).await?;
     let resource = Resource::model(&tenant, &name, classification, Some(&jurisdiction));
     let request = AccessRequest::new(&caller.principal, Action::ModelImport, resource)
         .with_context("jurisdiction_allowed", allowed)
         .with_context("storage_site", storage);
-    state
-        .store
-        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+    authorize_as(&state, &caller, &request, &tenant).await?;
     let bytes = read_body(body).await?;
     let (files, parameters, config, architecture) =
         tokio::task::spawn_blocking(move || check_hf_directory(&bytes)).await.map_err(internal)??;
@@ -694,7 +672,7 @@ pub async fn import_hf(
     let (version, committed) =
         registry::register(&state, &caller.principal, &caller.request_id, Action::ModelImport, draft)
             .await
-            .map_err(|e| hide_foreign_api(&caller, &tenant, e))?;
+            .map_err(|e| hide_foreign_refusal(&caller, Some(&tenant), e))?;
     Ok(committed_response(StatusCode::CREATED, Json(ModelVersionView::new(version, Vec::new())), committed))
 }
 

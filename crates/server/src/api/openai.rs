@@ -115,7 +115,8 @@ async fn check_residency(
     ours: bool,
 ) -> Result<(), ApiError> {
     let tenant = tenant_key(caller)?;
-    let (allowed, serving) = crate::serving::serving_facts(state, &tenant, jurisdiction).await?;
+    let (allowed, serving) =
+        crate::registry::site_facts(state, &tenant, jurisdiction, factory_core::SiteKind::Serving).await?;
     let request =
         AccessRequest::new(&caller.principal, Action::DeploymentInvoke, Resource::deployment(&tenant, deployment))
             .with_context("jurisdiction_allowed", allowed)
@@ -275,7 +276,7 @@ impl Sampling {
             seed: self.seed,
             // Never past the model's context: the room left after the prompt.
             max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(default_max).min(default_max),
-            stop: self.stop.take_clone(),
+            stop: self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default(),
             ignore_eos: false,
         };
         params.validate().map_err(|message| {
@@ -287,20 +288,6 @@ impl Sampling {
 
     fn include_usage(&self) -> bool {
         self.stream_options.as_ref().is_some_and(|o| o.include_usage)
-    }
-}
-
-trait TakeClone {
-    fn take_clone(&self) -> Vec<String>;
-}
-
-impl TakeClone for Option<OneOrMany> {
-    fn take_clone(&self) -> Vec<String> {
-        match self {
-            None => Vec::new(),
-            Some(OneOrMany::One(one)) => vec![one.clone()],
-            Some(OneOrMany::Many(many)) => many.clone(),
-        }
     }
 }
 
@@ -383,7 +370,7 @@ impl Answer {
         })
     }
 
-    fn chunk(&self, text: Option<&str>, reason: Option<FinishReason>, first: bool) -> serde_json::Value {
+    fn chunk(&self, text: Option<&str>, reason: Option<impl Serialize>, first: bool) -> serde_json::Value {
         let choice = match self.kind {
             Kind::Completion => {
                 serde_json::json!({ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": reason })
@@ -532,7 +519,7 @@ fn sse(
                 if meter.keep_text.is_some() {
                     sent.push_str(&text);
                 }
-                (data(&answer.chunk(Some(&text), None, first)), false, false)
+                (data(&answer.chunk(Some(&text), None::<FinishReason>, first)), false, false)
             }
             GenerationEvent::Done { reason, usage, timings, batch_size } => {
                 meter.texts(None, Some(&sent));
@@ -790,26 +777,23 @@ async fn serve(
 
 /// A whole answer as the server-sent events a stream of it would have been.
 fn whole_as_stream(json: &serde_json::Value, include_usage: bool) -> String {
-    let chat = json["object"] == "chat.completion";
-    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
-    let head = |choices: serde_json::Value| serde_json::json!({ "id": json["id"], "object": object, "created": json["created"], "model": json["model"], "choices": choices });
-    let choice = &json["choices"][0];
-    let (content, done) = if chat {
-        (
-            serde_json::json!([{ "index": 0, "delta": { "role": "assistant", "content": choice["message"]["content"] }, "logprobs": null, "finish_reason": null }]),
-            serde_json::json!([{ "index": 0, "delta": {}, "logprobs": null, "finish_reason": choice["finish_reason"] }]),
-        )
-    } else {
-        (
-            serde_json::json!([{ "index": 0, "text": choice["text"], "logprobs": null, "finish_reason": null }]),
-            serde_json::json!([{ "index": 0, "text": "", "logprobs": null, "finish_reason": choice["finish_reason"] }]),
-        )
+    let kind = if json["object"] == "chat.completion" { Kind::Chat } else { Kind::Completion };
+    let answer = Answer {
+        id: json["id"].as_str().unwrap_or_default().to_string(),
+        kind,
+        model: json["model"].as_str().unwrap_or_default().to_string(),
+        created: json["created"].as_i64().unwrap_or_default(),
     };
-    let mut out = format!("data: {}\n\ndata: {}\n\n", head(content), head(done));
+    let choice = &json["choices"][0];
+    let text = choice["message"]["content"].as_str().or(choice["text"].as_str()).unwrap_or_default();
+    let mut out = String::from_utf8_lossy(&data(&answer.chunk(Some(text), None::<&str>, true))).into_owned();
+    out.push_str(&String::from_utf8_lossy(&data(&answer.chunk(None, choice["finish_reason"].as_str(), false))));
     if include_usage {
-        let mut usage = head(serde_json::json!([]));
-        usage["usage"] = json["usage"].clone();
-        out.push_str(&format!("data: {usage}\n\n"));
+        let usage = Usage {
+            prompt_tokens: json["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
+            completion_tokens: json["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
+        };
+        out.push_str(&String::from_utf8_lossy(&data(&answer.usage_chunk(&usage))));
     }
     out.push_str("data: [DONE]\n\n");
     out

@@ -157,16 +157,13 @@ pub async fn create(
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()))?;
     if let Some(register) = &spec.register {
         super::models::valid_model_name(&register.name)?;
-        let (allowed, storage) = crate::registry::residency_facts(&state, &tenant, &jurisdiction).await?;
+        let (allowed, storage) =
+            crate::registry::site_facts(&state, &tenant, &jurisdiction, factory_core::SiteKind::Storage).await?;
         let resource = Resource::model(&tenant, &register.name, classification, Some(&jurisdiction));
         let request = AccessRequest::new(&caller.principal, Action::ModelRegister, resource)
             .with_context("jurisdiction_allowed", allowed)
             .with_context("storage_site", storage);
-        state
-            .store
-            .authorize(state.pdp.as_ref(), &request, &caller.request_id)
-            .await
-            .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
+        super::authorize_as(&state, &caller, &request, &tenant).await?;
     }
 
     let id = factory_core::secrets::new_id("run");
@@ -206,11 +203,7 @@ async fn run_job(state: &AppState, id: &str) -> Result<factory_store::jobs::Job,
 async fn find_run(state: &AppState, caller: &Caller, id: &str) -> Result<factory_store::jobs::Job, ApiError> {
     let job = run_job(state, id).await?;
     let request = AccessRequest::new(&caller.principal, Action::JobRead, Resource::job(id, &job.tenant));
-    state
-        .store
-        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(caller, Some(&job.tenant), e))?;
+    super::authorize_as(state, caller, &request, &job.tenant).await?;
     Ok(job)
 }
 
@@ -279,22 +272,29 @@ async fn base_model(
 ) -> Result<(BaseModel, usize), ApiError> {
     let (name, version) = super::models::split_reference(reference)?;
     let version = super::models::resolve(state, caller, tenant, name, version, Action::ModelRead).await?;
-    let report = super::models::verify_version(state, &version).await;
-    if !report.verified {
-        return Err(ApiError::new(
+    // One pass reads and checks every file, keeping the config the run is sized by.
+    let failed = |error: ApiError| {
+        ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "verification_failed",
-            format!("base model {reference} fails verification: {}", report.error.unwrap_or_default()),
-        ));
+            format!("base model {reference} fails verification: {}", error.message),
+        )
+    };
+    let (manifest, _) = crate::registry::open_manifest(state, &version).await.map_err(failed)?;
+    let mut config = None;
+    for file in &manifest.files {
+        let bytes = crate::registry::fetch_file(state, &manifest, &file.path).await.map_err(failed)?;
+        if file.path == "config.json" {
+            config = Some(bytes);
+        }
     }
-    let (manifest, _) = crate::registry::open_manifest(state, &version).await?;
     let digest = |path: &str| {
         manifest
             .file(path)
             .map(|f| f.digest.clone())
             .ok_or_else(|| ApiError::invalid(format!("base model {reference} has no {path}")))
     };
-    let config = crate::registry::fetch_file(state, &manifest, "config.json").await?;
+    let config = config.ok_or_else(|| ApiError::invalid(format!("base model {reference} has no config.json")))?;
     let config = factory_model::LlamaConfig::from_json(&String::from_utf8_lossy(&config))
         .map_err(|e| ApiError::invalid(format!("base model {reference}: {e}")))?;
     let base = BaseModel {
