@@ -176,7 +176,11 @@ fn action_resources(action: Action) -> &'static [ResourceKind] {
         | Action::DeploymentDelete
         | Action::DeploymentRead
         | Action::DeploymentInvoke
-        | Action::FeedbackCreate => &[ResourceKind::Deployment],
+        | Action::FeedbackCreate
+        | Action::DriftRecord => &[ResourceKind::Deployment],
+        Action::PipelineWrite | Action::PipelineRead | Action::PipelineTrigger | Action::PipelineRun => {
+            &[ResourceKind::Pipeline]
+        }
     }
 }
 
@@ -204,6 +208,7 @@ const RESOURCE_KINDS: &[ResourceKind] = &[
     ResourceKind::Dataset,
     ResourceKind::Model,
     ResourceKind::Deployment,
+    ResourceKind::Pipeline,
 ];
 
 fn schema_text() -> String {

@@ -42,6 +42,7 @@ pub enum ResourceKind {
     Dataset,
     Model,
     Deployment,
+    Pipeline,
 }
 
 impl ResourceKind {
@@ -56,6 +57,7 @@ impl ResourceKind {
             ResourceKind::Dataset => "Dataset",
             ResourceKind::Model => "Model",
             ResourceKind::Deployment => "Deployment",
+            ResourceKind::Pipeline => "Pipeline",
         }
     }
 }
@@ -162,6 +164,11 @@ impl Resource {
         }
     }
 
+    /// A pipeline, named `<tenant>/<name>`.
+    pub fn pipeline(tenant: &TenantName, name: &str) -> Self {
+        Resource { kind: ResourceKind::Pipeline, ..Resource::deployment(tenant, name) }
+    }
+
     pub fn job(id: &str, tenant: &TenantName) -> Self {
         Resource {
             kind: ResourceKind::Job,
@@ -229,6 +236,11 @@ actions! {
     DeploymentRead => "deployment.read",
     DeploymentInvoke => "deployment.invoke",
     FeedbackCreate => "feedback.create",
+    DriftRecord => "drift.record",
+    PipelineWrite => "pipeline.write",
+    PipelineRead => "pipeline.read",
+    PipelineTrigger => "pipeline.trigger",
+    PipelineRun => "pipeline.run",
 }
 
 impl fmt::Display for Action {

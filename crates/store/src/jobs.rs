@@ -221,6 +221,11 @@ impl Change {
             .tenant
             .clone()
             .ok_or_else(|| StoreError::new(StoreErrorKind::Invalid, "a job belongs to a tenant"))?;
+        self.enqueue_job_as(&resource.id, &tenant, new).await
+    }
+
+    /// Inserts a job that a change on another resource starts (a pipeline's step).
+    pub async fn enqueue_job_as(&mut self, id: &str, tenant: &TenantName, new: &NewJob) -> Result<Job, StoreError> {
         if new.kind.is_empty() || new.max_attempts == 0 {
             return Err(StoreError::new(StoreErrorKind::Invalid, "a job needs a kind and at least one attempt"));
         }
@@ -254,7 +259,7 @@ impl Change {
         let row = sqlx::query(&format!(
             "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, NULL, NULL, 0, NULL, NULL, $8, $9, $9, 0, 0) RETURNING {JOB_COLUMNS}"
         ))
-        .bind(&resource.id)
+        .bind(id)
         .bind(tenant.as_str())
         .bind(&new.kind)
         .bind(new.payload.to_string())

@@ -18,6 +18,7 @@ pub mod jobs;
 mod migrations;
 pub mod models;
 pub mod outbox;
+pub mod pipelines;
 pub mod runs;
 
 use std::sync::Arc;

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "inference_log", include_str!("migrations/0007_inference_log.sql")),
     (8, "inference_bodies", include_str!("migrations/0008_inference_bodies.sql")),
     (9, "feedback", include_str!("migrations/0009_feedback.sql")),
+    (10, "pipelines", include_str!("migrations/0010_pipelines.sql")),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<(), StoreError> {

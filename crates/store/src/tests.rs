@@ -109,6 +109,7 @@ store_suite!(
     scheduling_respects_quotas_and_preempts_lower_priority_work,
     deployments_are_created_revised_and_deleted,
     the_inference_log_takes_batches_and_reads_back,
+    pipeline_triggers_start_one_run_coalesce_and_deduplicate,
 );
 
 fn authorizer() -> CedarAuthorizer {
@@ -809,4 +810,57 @@ async fn the_inference_log_takes_batches_and_reads_back(store: &Store, _database
     change.commit(serde_json::json!({}), Event::new("feedback.created", serde_json::json!({}))).await.unwrap();
     assert_eq!(store.feedback(&tenant("acme"), "chat", 0, 10).await.unwrap(), vec![feedback]);
     assert!(store.feedback(&tenant("acme"), "chat", 5000, 10).await.unwrap().is_empty());
+}
+
+async fn pipeline_triggers_start_one_run_coalesce_and_deduplicate(store: &Store, _database: &TestDatabase) {
+    use crate::pipelines::Triggered;
+    let pdp = authorizer();
+    create_tenant(store, "acme").await;
+    let acme = tenant("acme");
+    let engineer = Principal { id: "key_eng".to_string(), tenant: Some(acme.clone()), role: Role::Engineer };
+    let write = AccessRequest::new(&engineer, Action::PipelineWrite, Resource::pipeline(&acme, "retrain"));
+    let mut change = store.begin_change(&pdp, write.clone(), "req").await.unwrap();
+    let pipeline = change.put_pipeline(&acme, "retrain", "name = 'retrain'", &serde_json::json!({})).await.unwrap();
+    change.commit(serde_json::json!({}), Event::new("pipeline.updated", serde_json::json!({}))).await.unwrap();
+    assert_eq!((pipeline.revision, pipeline.author.id.as_str()), (1, "key_eng"));
+    let mut change = store.begin_change(&pdp, write, "req").await.unwrap();
+    let pipeline = change.put_pipeline(&acme, "retrain", "name = 'retrain' # 2", &serde_json::json!({})).await.unwrap();
+    change.commit(serde_json::json!({}), Event::new("pipeline.updated", serde_json::json!({}))).await.unwrap();
+    assert_eq!(pipeline.revision, 2);
+
+    let system = AccessRequest::new(&Principal::system(), Action::PipelineRun, Resource::pipeline(&acme, "retrain"));
+    let trigger = |key: &'static str, run: &'static str| {
+        let (store, pdp, system, pipeline) = (store.clone(), &pdp, system.clone(), pipeline.clone());
+        async move {
+            let mut change = store.begin_change(pdp, system, "req").await.unwrap();
+            let outcome =
+                change.trigger_pipeline(&pipeline, run, key, &serde_json::json!({ "key": key })).await.unwrap();
+            change
+                .commit(serde_json::json!({}), Event::new("pipeline.triggered", serde_json::json!({})))
+                .await
+                .unwrap();
+            outcome
+        }
+    };
+    let Triggered::Started(run) = trigger("drift.detected#7", "prun_1").await else { panic!("no run started") };
+    assert_eq!((run.status.as_str(), run.step), ("running", 0));
+    assert_eq!(trigger("drift.detected#7", "prun_2").await, Triggered::Duplicate("prun_1".into()));
+    assert_eq!(trigger("feedback.degraded#9", "prun_3").await, Triggered::Coalesced("prun_1".into()));
+    let mut change = store.begin_change(&pdp, system.clone(), "req").await.unwrap();
+    let run = change
+        .advance_pipeline_run("prun_1", 0, &serde_json::json!({ "step": "train" }), "running", None)
+        .await
+        .unwrap();
+    assert_eq!(run.step, 1);
+    let run = change
+        .advance_pipeline_run("prun_1", 1, &serde_json::json!({ "step": "gate" }), "failed", Some("gate"))
+        .await
+        .unwrap();
+    change.commit(serde_json::json!({}), Event::new("pipeline.run.finished", serde_json::json!({}))).await.unwrap();
+    assert_eq!((run.status.as_str(), run.steps.len(), run.coalesced.len()), ("failed", 2, 1));
+    // A redelivered event stays a duplicate after the run ends; a new one starts a new run.
+    assert_eq!(trigger("feedback.degraded#9", "prun_4").await, Triggered::Duplicate("prun_1".into()));
+    assert!(matches!(trigger("manual#1", "prun_5").await, Triggered::Started(_)));
+    assert_eq!(store.pipeline_runs(&acme, "retrain", 10).await.unwrap().len(), 2);
+    assert_eq!(store.pipelines(None).await.unwrap().len(), 1);
 }
