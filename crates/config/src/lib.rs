@@ -40,6 +40,22 @@ pub struct Config {
     pub serving: ServingSettings,
     /// Feedback metrics clients may report, by name.
     pub feedback: std::collections::BTreeMap<String, FeedbackMetric>,
+    pub drift: DriftSettings,
+    pub pipelines: PipelineSettings,
+}
+
+/// How often drift monitors read the inference log and feedback.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftSettings {
+    pub interval: Duration,
+}
+
+/// Where pipelines may send `notify` webhooks.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PipelineSettings {
+    /// URL prefixes `notify` steps may POST to; none by default. Each webhook's HMAC secret
+    /// comes from an environment variable named `WEBHOOK_SECRET_*`.
+    pub webhooks: Vec<String>,
 }
 
 /// A feedback metric declared in `[feedback.metrics.NAME]`.

@@ -11,8 +11,8 @@ use factory_core::{Jurisdiction, SiteKind};
 use toml::{Table, Value};
 
 use crate::{
-    AuditSettings, AuthzSettings, Config, DatasetSettings, JobSettings, LineageSettings, ObjectSettings,
-    OrphanSettings, RegistrySettings, S3ObjectSettings, ServerSettings, ServingSettings, Site,
+    AuditSettings, AuthzSettings, Config, DatasetSettings, DriftSettings, JobSettings, LineageSettings, ObjectSettings,
+    OrphanSettings, PipelineSettings, RegistrySettings, S3ObjectSettings, ServerSettings, ServingSettings, Site,
 };
 
 /// One problem, tied to the dotted key (or file and line) it concerns.
@@ -224,6 +224,19 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
     let registry = read_registry(root.table("registry", errors).unwrap_or(Section::new("registry", &empty)), errors);
     let serving = read_serving(root.table("serving", errors).unwrap_or(Section::new("serving", &empty)), errors);
     let feedback = read_feedback(root.table("feedback", errors).unwrap_or(Section::new("feedback", &empty)), errors);
+    let drift = {
+        let mut section = root.table("drift", errors).unwrap_or(Section::new("drift", &empty));
+        let settings =
+            DriftSettings { interval: Duration::from_millis(section.positive_integer("interval_ms", 2000, errors)) };
+        section.finish(errors);
+        settings
+    };
+    let pipelines = {
+        let mut section = root.table("pipelines", errors).unwrap_or(Section::new("pipelines", &empty));
+        let settings = PipelineSettings { webhooks: string_list(&mut section, "webhooks", "a URL prefix", errors) };
+        section.finish(errors);
+        settings
+    };
     root.finish(errors);
 
     Some(Config {
@@ -243,6 +256,8 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
         registry,
         serving,
         feedback,
+        drift,
+        pipelines,
     })
 }
 

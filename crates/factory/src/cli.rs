@@ -66,6 +66,15 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Retraining pipelines: declare (TOML), list, show, trigger, follow runs
+    #[command(subcommand)]
+    Pipeline(PipelineCommand),
+    /// Drift monitors of a deployment
+    #[command(subcommand)]
+    Drift(DriftCommand),
+    /// Run the whole loop end to end on a fresh data directory: ingest, train, deploy, traffic
+    /// and feedback, a shift, drift, retraining, gate, canary, promotion
+    Demo(DemoArgs),
     /// Chat with a deployment through the OpenAI-compatible API, streaming the answer
     Chat {
         deployment: String,
@@ -78,6 +87,83 @@ pub enum Command {
         temperature: Option<f32>,
         #[arg(long)]
         seed: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// A fresh directory for the demo's factory (created if missing)
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Keep the factory serving after the demo (until Ctrl-C)
+    #[arg(long)]
+    pub serve: bool,
+    /// A smaller run of the same loop (the test suite's)
+    #[arg(long)]
+    pub quick: bool,
+    /// Where tinyshakespeare.txt and twain-tom-sawyer-en.txt are (default: FACTORY_SHARED_DATA,
+    /// then shared/data or ../shared/data)
+    #[arg(long)]
+    pub corpora: Option<PathBuf>,
+    /// The port to serve on (0 picks a free one)
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipelineCommand {
+    /// Declare or replace pipeline NAME from a TOML file
+    Apply {
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the tenant's pipelines
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a pipeline's declaration
+    Show {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A pipeline's runs, newest first, with each step's result
+    Runs {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Start a run by hand (folded into the active run if there is one)
+    Trigger {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DriftCommand {
+    /// The monitors' readings and thresholds, and the alarms raised
+    Show {
+        deployment: String,
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -646,6 +732,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 tenant: train.tenant,
             };
             crate::runs::train(&remote, args).await
+        }
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Pipeline(PipelineCommand::Apply { name, file, tenant, remote }) => {
+            let source =
+                std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let path = format!("/api/v1/pipelines/{name}{}", crate::client::tenant_query(tenant.as_deref(), "?"));
+            let applied = crate::client::put_text(&remote, &path, source, "application/toml").await?;
+            println!("{}", serde_json::to_string_pretty(&applied)?);
+            Ok(())
         }
         Command::Chat { deployment, message, max_tokens, temperature, seed, remote } => {
             let args = crate::chat::ChatArgs { deployment, message, max_tokens, temperature, seed };

@@ -5,8 +5,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    AuditCommand, Command, DatasetCommand, DeployCommand, JobCommand, KeyCommand, ModelCommand, ObjectsCommand,
-    ProofCommand, Remote, RunCommand, TenantCommand,
+    AuditCommand, Command, DatasetCommand, DeployCommand, DriftCommand, JobCommand, KeyCommand, ModelCommand,
+    ObjectsCommand, PipelineCommand, ProofCommand, Remote, RunCommand, TenantCommand,
 };
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -159,6 +159,30 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
                 Some(json!({ "inference_id": inference, "episode_id": episode, "metric": metric, "value": value })),
             )
         }
+        Command::Pipeline(PipelineCommand::List { tenant, remote }) => {
+            (remote, Method::GET, format!("/api/v1/pipelines{}", tenant_query(tenant.as_deref(), "?")), None)
+        }
+        Command::Pipeline(PipelineCommand::Show { name, tenant, remote }) => {
+            (remote, Method::GET, format!("/api/v1/pipelines/{name}{}", tenant_query(tenant.as_deref(), "?")), None)
+        }
+        Command::Pipeline(PipelineCommand::Runs { name, tenant, remote }) => (
+            remote,
+            Method::GET,
+            format!("/api/v1/pipelines/{name}/runs{}", tenant_query(tenant.as_deref(), "?")),
+            None,
+        ),
+        Command::Pipeline(PipelineCommand::Trigger { name, tenant, remote }) => (
+            remote,
+            Method::POST,
+            format!("/api/v1/pipelines/{name}/runs{}", tenant_query(tenant.as_deref(), "?")),
+            None,
+        ),
+        Command::Drift(DriftCommand::Show { deployment, tenant, remote }) => (
+            remote,
+            Method::GET,
+            format!("/api/v1/deployments/{deployment}/drift{}", tenant_query(tenant.as_deref(), "?")),
+            None,
+        ),
         Command::Objects(ObjectsCommand::Sweep { grace_secs, remote }) => {
             let query = grace_secs.map(|g| format!("?grace_secs={g}")).unwrap_or_default();
             (remote, Method::POST, format!("/api/v1/objects/sweep{query}"), None)
@@ -169,6 +193,8 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
         | Command::Run(RunCommand::Create { .. } | RunCommand::Logs { .. })
         | Command::Train(_)
         | Command::Chat { .. }
+        | Command::Demo(_)
+        | Command::Pipeline(PipelineCommand::Apply { .. })
         | Command::Model(
             ModelCommand::Verify { .. }
             | ModelCommand::Export { .. }
@@ -247,4 +273,24 @@ pub async fn call(remote: &Remote, method: Method, path: &str, body: Option<Valu
     } else {
         Ok(Value::String(text))
     }
+}
+
+/// Sends `body` as text (a TOML declaration) and reads the JSON answer.
+pub async fn put_text(remote: &Remote, path: &str, body: String, content_type: &str) -> anyhow::Result<Value> {
+    let api_key = api_key(remote)?;
+    let url = format!("{}{path}", remote.url.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .put(&url)
+        .bearer_auth(api_key)
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the factory at {}", remote.url))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        return Err(error_message(status, &text));
+    }
+    Ok(serde_json::from_str(&text)?)
 }

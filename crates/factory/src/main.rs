@@ -6,6 +6,7 @@
 mod chat;
 mod cli;
 mod client;
+mod demo;
 mod models;
 mod runs;
 mod transfer;

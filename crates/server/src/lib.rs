@@ -6,6 +6,8 @@
 //! published in one transaction.
 
 pub mod api;
+pub mod canary;
+pub mod drift;
 pub mod error;
 pub mod extract;
 pub mod guardrails;
@@ -14,6 +16,7 @@ pub mod limits;
 pub mod lineage;
 pub mod metrics;
 pub mod orphans;
+pub mod pipelines;
 pub mod registry;
 pub mod routes;
 pub mod serving;
@@ -57,7 +60,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_background, background_stopped) = watch::channel(false);
-    let mut subscribers: Vec<Arc<dyn Subscriber>> = vec![Arc::new(EventLog)];
+    let mut subscribers: Vec<Arc<dyn Subscriber>> =
+        vec![Arc::new(EventLog), Arc::new(pipelines::EventTrigger { state: state.clone() })];
     for sink in lineage::LineageSink::from_config(&state.config.lineage) {
         subscribers.push(Arc::new(sink));
     }
@@ -70,10 +74,13 @@ pub async fn serve(
         state.config.jobs.lease,
     );
     let workers = training::with_training_handlers(workers, &state);
+    let workers = pipelines::with_pipeline_handlers(workers, &state);
     tasks.push(tokio::spawn(workers.run(background_stopped.clone())));
     tasks.push(tokio::spawn(sign_checkpoints(state.clone(), background_stopped.clone())));
     tasks.push(tokio::spawn(orphans::sweep_periodically(state.clone(), background_stopped.clone())));
     tasks.push(tokio::spawn(state.inference_log.clone().write(state.store.clone(), background_stopped.clone())));
+    tasks.push(tokio::spawn(drift::watch(state.clone(), background_stopped.clone())));
+    tasks.push(tokio::spawn(pipelines::schedule(state.clone(), background_stopped.clone())));
 
     let grace = state.config.server.shutdown_grace;
     let (draining, mut drain_started) = watch::channel(false);

@@ -14,7 +14,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{audit, datasets, deployments, feedback, jobs, keys, models, openai, ops, runs, tenants};
+use crate::api::{audit, datasets, deployments, feedback, jobs, keys, models, openai, ops, pipelines, runs, tenants};
 use crate::error::ApiError;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::AppState;
@@ -34,7 +34,8 @@ use crate::REQUEST_ID_HEADER;
         models::verify, models::set_alias, models::bundle, models::import_bundle, models::import_hf,
         models::signing_key,
         deployments::create, deployments::list, deployments::show, deployments::update, deployments::delete,
-        deployments::inferences, deployments::feedback, feedback::create,
+        deployments::inferences, deployments::feedback, deployments::drift, feedback::create,
+        pipelines::put, pipelines::list, pipelines::show, pipelines::runs, pipelines::run, pipelines::trigger,
         ops::healthz, ops::readyz, ops::metrics, ops::sweep_orphans,
     ),
     modifiers(&BearerAuth)
@@ -102,6 +103,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/deployments/{name}/inferences", get(deployments::inferences))
         .route("/api/v1/deployments/{name}/feedback", get(deployments::feedback))
+        .route("/api/v1/deployments/{name}/drift", get(deployments::drift))
+        .route("/api/v1/pipelines", get(pipelines::list))
+        .route("/api/v1/pipelines/{name}", get(pipelines::show).put(pipelines::put))
+        .route("/api/v1/pipelines/{name}/runs", get(pipelines::runs).post(pipelines::trigger))
+        .route("/api/v1/pipelines/{name}/runs/{id}", get(pipelines::run))
         .route("/api/v1/feedback", post(feedback::create))
         .route("/v1/models", get(openai::models))
         .route("/v1/completions", post(openai::completions))

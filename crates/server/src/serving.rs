@@ -30,6 +30,9 @@ pub struct DeploymentSpec {
     /// Whether prompts and answers go into the inference log: none unless this says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<LoggingSpec>,
+    /// Drift monitors on this deployment's traffic and feedback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::drift::DriftSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +162,9 @@ impl DeploymentSpec {
             if !(0.0..=1.0).contains(&logging.sample_rate) {
                 return Err("logging.sample_rate must be between 0 and 1".to_string());
             }
+        }
+        if let Some(drift) = &self.drift {
+            drift.validate(self.logging.as_ref())?;
         }
         let primaries = self.variants.iter().filter(|v| v.role == VariantRole::Primary);
         if !primaries.clone().any(|v| v.weight > 0.0) {

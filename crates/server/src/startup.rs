@@ -78,6 +78,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         model_keys,
         engines: Arc::default(),
         inference_log,
+        drift: Arc::default(),
     };
     Ok(Opened { state, new_admin_key })
 }

@@ -34,6 +34,8 @@ pub struct AppState {
     pub engines: Arc<crate::serving::Engines>,
     /// Usage and latency of every inference request, written in batches.
     pub inference_log: Arc<crate::inference_log::InferenceLog>,
+    /// The latest readings of every monitored deployment.
+    pub drift: Arc<crate::drift::DriftBoard>,
 }
 
 impl AppState {

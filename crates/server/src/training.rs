@@ -134,16 +134,7 @@ impl TrainingHandler {
     }
 
     async fn texts(&self, spec: &RunSpec) -> Result<Vec<String>, JobError> {
-        let mut texts = Vec::new();
-        for digest in &spec.shards {
-            let bytes = self.fetch(digest).await?;
-            let column = spec.text_column.clone();
-            let shard = tokio::task::spawn_blocking(move || factory_datasets::read::shard_texts(bytes, &column))
-                .await
-                .map_err(failed)?
-                .map_err(failed)?;
-            texts.extend(shard);
-        }
+        let texts = shard_texts(&self.state, &spec.shards, &spec.text_column).await.map_err(failed)?;
         if texts.is_empty() {
             return Err(failed("the dataset version has no text to train on"));
         }
@@ -430,6 +421,32 @@ impl TrainObserver for RunObserver {
 }
 
 /// Adds the training job kinds to a worker pool.
+/// The text column of the shards (by digest), in order.
+pub async fn shard_texts(state: &AppState, shards: &[String], column: &str) -> Result<Vec<String>, String> {
+    let mut texts = Vec::new();
+    for digest in shards {
+        let digest: ObjectDigest = digest.parse().map_err(|e| format!("shard digest: {e}"))?;
+        let bytes = state.objects.get(&digest).await.map_err(|e| e.to_string())?;
+        let column = column.to_string();
+        let shard = tokio::task::spawn_blocking(move || factory_datasets::read::shard_texts(bytes, &column))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        texts.extend(shard);
+    }
+    Ok(texts)
+}
+
+/// The text column of a dataset version, from its manifest.
+pub async fn manifest_texts(state: &AppState, manifest: &serde_json::Value) -> Result<Vec<String>, String> {
+    let column = manifest["text_column"].as_str().ok_or("the dataset version has no text_column")?;
+    let shards: Vec<String> = manifest["shards"]
+        .as_array()
+        .map(|shards| shards.iter().filter_map(|s| s["digest"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    shard_texts(state, &shards, column).await
+}
+
 pub fn with_training_handlers(mut pool: crate::workers::WorkerPool, state: &AppState) -> crate::workers::WorkerPool {
     for kind in RUN_KINDS {
         pool.handlers.insert(kind, Arc::new(TrainingHandler { state: state.clone(), kind }));

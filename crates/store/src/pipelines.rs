@@ -127,7 +127,7 @@ fn run_from_row(row: &AnyRow) -> Result<PipelineRun, StoreError> {
 /// What a trigger did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Triggered {
-    Started(PipelineRun),
+    Started(Box<PipelineRun>),
     /// A run was active; the trigger was folded into it.
     Coalesced(String),
     /// The trigger had been seen before (a redelivered event); nothing happened.
@@ -232,7 +232,7 @@ impl Change {
                 .bind(now)
                 .fetch_one(self.connection())
                 .await?;
-                Triggered::Started(run_from_row(&row)?)
+                Triggered::Started(Box::new(run_from_row(&row)?))
             }
         };
         let run = match &outcome {
@@ -252,12 +252,13 @@ impl Change {
         Ok(outcome)
     }
 
-    /// Records a step's result; `status` other than `running` ends the run.
+    /// Records the result of the step the run is at and moves it to `next` (steps may be
+    /// skipped); `status` other than `running` ends the run.
     pub async fn advance_pipeline_run(
         &mut self,
         run_id: &str,
-        step: i64,
         result: &serde_json::Value,
+        next: Option<i64>,
         status: &str,
         reason: Option<&str>,
     ) -> Result<PipelineRun, StoreError> {
@@ -274,15 +275,21 @@ impl Change {
             return Err(StoreError::new(StoreErrorKind::Conflict, format!("pipeline run {run_id} is {}", run.status)));
         }
         // A retried step replaces its earlier result instead of adding a second one.
-        run.steps.truncate(step as usize);
-        run.steps.push(result.clone());
+        if run.steps.last().is_some_and(|last| last.get("index") == Some(&serde_json::Value::from(run.step))) {
+            run.steps.pop();
+        }
+        let mut result = result.clone();
+        if let Some(object) = result.as_object_mut() {
+            object.insert("index".into(), run.step.into());
+        }
+        run.steps.push(result);
         let finished = (status != "running").then_some(now);
         let row = sqlx::query(&format!(
             "UPDATE pipeline_runs SET status = $1, step = $2, steps = $3, reason = $4, updated_at = $5, finished_at = $6 \
              WHERE id = $7 RETURNING {RUN_COLUMNS}"
         ))
         .bind(status)
-        .bind(if finished.is_some() { step } else { step + 1 })
+        .bind(next.unwrap_or(run.step))
         .bind(serde_json::Value::from(run.steps).to_string())
         .bind(reason)
         .bind(now)

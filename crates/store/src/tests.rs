@@ -143,7 +143,7 @@ async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
     let again = Store::open(&database.url()).await.unwrap();
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(again.pool()).await.unwrap();
-    assert_eq!(versions, 9);
+    assert_eq!(versions, 10);
     again.close().await;
 }
 
@@ -848,14 +848,15 @@ async fn pipeline_triggers_start_one_run_coalesce_and_deduplicate(store: &Store,
     assert_eq!(trigger("feedback.degraded#9", "prun_3").await, Triggered::Coalesced("prun_1".into()));
     let mut change = store.begin_change(&pdp, system.clone(), "req").await.unwrap();
     let run = change
-        .advance_pipeline_run("prun_1", 0, &serde_json::json!({ "step": "train" }), "running", None)
+        .advance_pipeline_run("prun_1", &serde_json::json!({ "step": "train" }), Some(1), "running", None)
         .await
         .unwrap();
     assert_eq!(run.step, 1);
     let run = change
-        .advance_pipeline_run("prun_1", 1, &serde_json::json!({ "step": "gate" }), "failed", Some("gate"))
+        .advance_pipeline_run("prun_1", &serde_json::json!({ "step": "gate" }), None, "failed", Some("gate"))
         .await
         .unwrap();
+    assert_eq!((run.steps[0]["index"].as_i64(), run.steps[1]["index"].as_i64()), (Some(0), Some(1)));
     change.commit(serde_json::json!({}), Event::new("pipeline.run.finished", serde_json::json!({}))).await.unwrap();
     assert_eq!((run.status.as_str(), run.steps.len(), run.coalesced.len()), ("failed", 2, 1));
     // A redelivered event stays a duplicate after the run ends; a new one starts a new run.

@@ -161,6 +161,17 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         ),
         ("GET", "/api/v1/deployments/gdeploy/inferences?tenant=globex".to_string(), None),
         ("GET", "/api/v1/deployments/gdeploy/feedback?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/deployments/gdeploy/drift?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/pipelines?tenant=globex".to_string(), None),
+        (
+            "PUT",
+            "/api/v1/pipelines/gpipe?tenant=globex".to_string(),
+            Some(json!("[[steps]]\nkind = 'gate'\ncondition = 'true'\n")),
+        ),
+        ("GET", "/api/v1/pipelines/gpipe?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/pipelines/gpipe/runs?tenant=globex".to_string(), None),
+        ("POST", "/api/v1/pipelines/gpipe/runs?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/pipelines/gpipe/runs/prun_1?tenant=globex".to_string(), None),
         (
             "POST",
             "/api/v1/feedback?tenant=globex".to_string(),
@@ -196,6 +207,8 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
                 .replace("/gdata", "/{name}")
                 .replace("/gmodel", "/{name}")
                 .replace("/gdeploy", "/{name}")
+                .replace("/gpipe", "/{name}")
+                .replace("/runs/prun_1", "/runs/{id}")
                 .replace("/files/README.md", "/files/{path}")
                 .replace("/aliases/prod", "/aliases/{alias}")
                 .replace("/versions/1", "/versions/{version}");

@@ -5,6 +5,7 @@
 mod audit_tamper;
 mod crash;
 mod datasets;
+mod demo;
 mod isolation;
 mod lifecycle;
 mod registry;

@@ -40,6 +40,9 @@ pub struct CreateDeployment {
     /// `{"sample_rate": 0.1, "redact_pii": true}`: which prompts and answers are logged.
     #[schema(value_type = Option<Object>)]
     pub logging: Option<crate::serving::LoggingSpec>,
+    /// `{"reference": "shakespeare@1", "settings": {"window": 100}}`: drift monitors.
+    #[schema(value_type = Option<Object>)]
+    pub drift: Option<crate::drift::DriftSpec>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -54,6 +57,20 @@ pub struct UpdateDeployment {
     pub guardrails: Vec<crate::guardrails::GuardrailSpec>,
     #[schema(value_type = Option<Object>)]
     pub logging: Option<crate::serving::LoggingSpec>,
+    #[schema(value_type = Option<Object>)]
+    pub drift: Option<crate::drift::DriftSpec>,
+}
+
+impl From<DeploymentSpec> for UpdateDeployment {
+    fn from(spec: DeploymentSpec) -> Self {
+        UpdateDeployment {
+            variants: spec.variants,
+            limits: spec.limits,
+            guardrails: spec.guardrails,
+            logging: spec.logging,
+            drift: spec.drift,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -174,6 +191,7 @@ pub async fn create(
         limits: body.limits,
         guardrails: body.guardrails,
         logging: body.logging,
+        drift: body.drift,
     };
     let (request, resolved) =
         checked_request(&state, &caller, &tenant, &body.name, &spec, Action::DeploymentCreate).await?;
@@ -207,6 +225,7 @@ pub async fn update(
         limits: body.limits,
         guardrails: body.guardrails,
         logging: body.logging,
+        drift: body.drift,
     };
     let (request, resolved) = checked_request(&state, &caller, &tenant, &name, &spec, Action::DeploymentUpdate).await?;
     let mut change = state
@@ -340,4 +359,33 @@ pub async fn feedback(
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let feedback = state.store.feedback(&tenant, &name, query.after, limit).await?;
     Ok(Json(FeedbackList { feedback }))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DriftView {
+    /// The monitors' latest readings; absent when the deployment has no `drift` section or
+    /// the monitors have not looked yet.
+    pub status: Option<crate::drift::DriftStatus>,
+    /// Monitors that started firing, newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub alarms: Vec<factory_store::pipelines::DriftAlarm>,
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{name}/drift", tag = "serving",
+    params(("name" = String, Path), TenantQuery),
+    responses((status = 200, body = DriftView), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn drift(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Json<DriftView>, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    authorize_read(&state, &caller, &tenant, &name).await?;
+    if state.store.deployment(&tenant, &name).await?.is_none() {
+        return Err(ApiError::not_found(format!("deployment {name} does not exist")));
+    }
+    let alarms = state.store.drift_alarms(&tenant, &name, 100).await?;
+    Ok(Json(DriftView { status: state.drift.status(&tenant, &name), alarms }))
 }

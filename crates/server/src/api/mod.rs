@@ -10,6 +10,7 @@ pub mod keys;
 pub mod models;
 pub mod openai;
 pub mod ops;
+pub mod pipelines;
 pub mod runs;
 pub mod tenants;
 

@@ -113,6 +113,23 @@ pub(crate) async fn resolve(
     reference: &str,
     action: Action,
 ) -> Result<ModelVersion, ApiError> {
+    let Some(version) = version_of(state, tenant, name, reference).await? else {
+        // Refuse a foreign tenant's probe the same way whether or not the model exists.
+        authorize_model(state, caller, tenant, name, None, Action::ModelRead).await?;
+        return Err(ApiError::not_found(format!("model {name} has no version {reference}")));
+    };
+    authorize_model(state, caller, tenant, name, Some(&version), action).await?;
+    Ok(version)
+}
+
+/// The version `reference` (a number or an alias) of `name`, unauthorized: for the factory's
+/// own bookkeeping (monitors, pipelines), which authorizes what it then does.
+pub(crate) async fn version_of(
+    state: &AppState,
+    tenant: &TenantName,
+    name: &str,
+    reference: &str,
+) -> Result<Option<ModelVersion>, ApiError> {
     let number = match reference.parse::<i64>() {
         Ok(number) => Some(number),
         Err(_) => {
@@ -120,17 +137,10 @@ pub(crate) async fn resolve(
             aliases.into_iter().find(|a| a.alias == reference).map(|a| a.version)
         }
     };
-    let version = match number {
+    Ok(match number {
         Some(number) => state.store.model_version(tenant, name, number).await?,
         None => None,
-    };
-    let Some(version) = version else {
-        // Refuse a foreign tenant's probe the same way whether or not the model exists.
-        authorize_model(state, caller, tenant, name, None, Action::ModelRead).await?;
-        return Err(ApiError::not_found(format!("model {name} has no version {reference}")));
-    };
-    authorize_model(state, caller, tenant, name, Some(&version), action).await?;
-    Ok(version)
+    })
 }
 
 /// Splits `name@reference`.

@@ -1,0 +1,250 @@
+//! Canary analysis: the candidate takes a share of a deployment's traffic beside the stable
+//! version until each has answered enough requests (and collected enough feedback); then
+//! one-sided tests ask whether the candidate is worse on failures (two-proportion z), time per
+//! generated token (Mann-Whitney U) and feedback (permutation test on means). Worse on any:
+//! roll back; else promote (the alias moves, the weights return to one variant). The decision
+//! and its evidence are the step's result, which the run's governed record carries into the
+//! audit log.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use factory_core::TenantName;
+use factory_drift::stats;
+use factory_model::{DType, Device, Llama, LlamaConfig, Weights};
+use factory_store::models::ModelVersion;
+use factory_tokenizer::Tokenizer;
+
+use crate::extract::Caller;
+use crate::pipelines::{deployment_spec, promote, put_deployment, StepOutcome, StepSpec};
+use crate::serving::{VariantRole, VariantSpec};
+use crate::state::AppState;
+use crate::workers::JobControl;
+
+type StepResult = Result<StepOutcome, String>;
+
+/// Mean next-token loss of a verified model version on `texts` (joined as in training), over
+/// at most `windows` windows of `seq_len` tokens.
+pub async fn held_out_loss(
+    state: &AppState,
+    version: &ModelVersion,
+    texts: &[String],
+    seq_len: usize,
+    windows: usize,
+) -> Result<(f64, usize), String> {
+    let (manifest, _) = crate::registry::open_manifest(state, version).await.map_err(|e| e.message)?;
+    let mut files = HashMap::new();
+    for path in ["config.json", "model.safetensors", "tokenizer.json"] {
+        files.insert(path, crate::registry::fetch_file(state, &manifest, path).await.map_err(|e| e.message)?);
+    }
+    let texts = texts.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let config =
+            LlamaConfig::from_json(&String::from_utf8_lossy(&files["config.json"])).map_err(|e| e.to_string())?;
+        let weights = Weights::from_safetensors(&config, &files["model.safetensors"], DType::F32, &Device::Cpu)
+            .map_err(|e| e.to_string())?;
+        let tokenizer =
+            Tokenizer::from_json(&String::from_utf8_lossy(&files["tokenizer.json"])).map_err(|e| e.to_string())?;
+        let seq_len = seq_len.min(config.max_position_embeddings.saturating_sub(1)).max(8);
+        let model = Llama::new(config, weights).map_err(|e| e.to_string())?;
+        let stream = factory_train::tokenize_documents(&tokenizer, texts).map_err(|e| e.to_string())?;
+        let metrics = factory_train::evaluate(&model, &stream, seq_len, windows, 0).map_err(|e| e.to_string())?;
+        Ok((metrics.validation_loss, metrics.tokens))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+#[derive(Default)]
+struct Arm {
+    answered: usize,
+    failed: usize,
+    latencies: Vec<f64>,
+    feedback: Vec<f64>,
+}
+
+impl Arm {
+    fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "requests": self.answered + self.failed, "failed": self.failed, "feedback": self.feedback.len(),
+            "ms_per_token_p50": stats::quantile(&stats::sorted(self.latencies.clone()), 0.5),
+            "feedback_mean": if self.feedback.is_empty() { serde_json::Value::Null } else { stats::mean(&self.feedback).into() },
+        })
+    }
+}
+
+pub(crate) async fn run(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    step: &StepSpec,
+    candidate: &str,
+    control: JobControl,
+) -> StepResult {
+    let deployment = step.deployment.clone().unwrap_or_default();
+    let original = deployment_spec(state, caller, tenant, &deployment).await.map_err(String::from)?;
+    let stable_reference = original
+        .variants
+        .iter()
+        .find(|v| v.role == VariantRole::Primary && v.weight > 0.0 && v.model.is_some())
+        .and_then(|v| v.model.clone())
+        .ok_or("the deployment has no primary model variant to compare with")?;
+    let (name, reference) = stable_reference.split_once('@').unwrap_or_default();
+    let stable = crate::api::models::version_of(state, tenant, name, reference)
+        .await
+        .map_err(|e| e.message)?
+        .map(|v| format!("{}@{}", v.name, v.version))
+        .ok_or(format!("{stable_reference} does not exist"))?;
+    let share = step.weight.unwrap_or(0.2);
+    let mut spec = original.clone();
+    let total: f64 = spec.variants.iter().filter(|v| v.role == VariantRole::Primary).map(|v| v.weight).sum();
+    for variant in spec.variants.iter_mut().filter(|v| v.role == VariantRole::Primary) {
+        variant.weight = variant.weight / total * (1.0 - share);
+    }
+    spec.variants.push(VariantSpec {
+        model: Some(candidate.to_string()),
+        upstream: None,
+        weight: share,
+        role: VariantRole::Primary,
+    });
+    put_deployment(state, caller, tenant, &deployment, spec).await.map_err(String::from)?;
+    let started = factory_core::time::now_millis();
+    let (min_requests, min_feedback) =
+        (step.min_requests.unwrap_or(50) as usize, step.min_feedback.unwrap_or(30) as usize);
+    let deadline = std::time::Instant::now() + Duration::from_secs(step.max_duration_secs.unwrap_or(600));
+    let metric = step.metric.clone();
+    let higher_is_better =
+        metric.as_ref().and_then(|m| state.config.feedback.get(m)).is_none_or(|m| m.better == "higher");
+    let mut cancel = control.cancel.clone();
+    let (arms, enough) = loop {
+        let arms = observe(state, tenant, &deployment, started, metric.as_deref(), higher_is_better).await?;
+        let ready = |label: &str| {
+            arms.get(label).is_some_and(|a| {
+                a.answered + a.failed >= min_requests && (metric.is_none() || a.feedback.len() >= min_feedback)
+            })
+        };
+        let enough = ready(&stable) && ready(candidate);
+        if enough || std::time::Instant::now() >= deadline {
+            break (arms, enough);
+        }
+        let cancelled = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            _ = cancel.wait_for(|c| *c) => true,
+        };
+        if cancelled {
+            put_deployment(state, caller, tenant, &deployment, original).await.map_err(String::from)?;
+            return Err("cancelled; the deployment was restored".into());
+        }
+    };
+    let empty = Arm::default();
+    let (control_arm, treatment) = (arms.get(&stable).unwrap_or(&empty), arms.get(candidate).unwrap_or(&empty));
+    let alpha = step.alpha.unwrap_or(0.05);
+    let mut tests = vec![
+        (
+            "failures",
+            stats::rate_higher(
+                control_arm.failed,
+                control_arm.answered + control_arm.failed,
+                treatment.failed,
+                treatment.answered + treatment.failed,
+            ),
+        ),
+        ("ms_per_token", stats::tends_larger(&control_arm.latencies, &treatment.latencies)),
+    ];
+    if let Some(metric) = &metric {
+        let seed = started as u64;
+        let mut comparison = stats::mean_lower(&control_arm.feedback, &treatment.feedback, 1999, seed);
+        if !higher_is_better {
+            comparison.control = -comparison.control;
+            comparison.treatment = -comparison.treatment;
+        }
+        tests.push((metric.as_str(), comparison));
+    }
+    let worse: Vec<&str> = tests.iter().filter(|(_, t)| t.p_value < alpha).map(|(name, _)| *name).collect();
+    let (decision, reason) = if !enough {
+        (
+            "rollback",
+            format!(
+                "not enough traffic within {} s (each variant needs {min_requests} requests{})",
+                step.max_duration_secs.unwrap_or(600),
+                if metric.is_some() { format!(" and {min_feedback} feedback values") } else { String::new() }
+            ),
+        )
+    } else if !worse.is_empty() {
+        ("rollback", format!("the candidate is significantly worse (p < {alpha}) on {}", worse.join(", ")))
+    } else {
+        ("promote", format!("the candidate is not significantly worse on any test (alpha {alpha})"))
+    };
+    let evidence: serde_json::Map<String, serde_json::Value> =
+        tests.iter().map(|(name, t)| (name.to_string(), serde_json::to_value(t).unwrap_or_default())).collect();
+    let mut result = serde_json::json!({
+        "deployment": deployment, "stable": stable, "candidate": candidate, "share": share,
+        "decision": decision, "reason": reason, "evidence": evidence,
+        "arms": { "stable": control_arm.summary(), "candidate": treatment.summary() },
+        "original_spec": original,
+    });
+    if decision == "promote" {
+        let alias = step.alias.clone().unwrap_or_else(|| "production".to_string());
+        let promotion = promote(state, caller, tenant, &deployment, &alias, candidate, Some(original))
+            .await
+            .map_err(String::from)?;
+        result["promotion"] = promotion;
+        return Ok(StepOutcome { result, ok: true, rolled_back: false });
+    }
+    put_deployment(state, caller, tenant, &deployment, original).await.map_err(String::from)?;
+    result["rolled_back"] = true.into();
+    Ok(StepOutcome { result, ok: false, rolled_back: true })
+}
+
+/// Requests and feedback since `since`, by the variant (`name@version`) that answered.
+async fn observe(
+    state: &AppState,
+    tenant: &TenantName,
+    deployment: &str,
+    since: i64,
+    metric: Option<&str>,
+    higher_is_better: bool,
+) -> Result<HashMap<String, Arm>, String> {
+    let mut arms: HashMap<String, Arm> = HashMap::new();
+    let mut after = since;
+    loop {
+        let rows = state.store.inferences(tenant, deployment, after, 1000).await.map_err(|e| e.to_string())?;
+        for row in &rows {
+            if row.status == "shadow" || row.status == "cancelled" {
+                continue;
+            }
+            let arm = arms.entry(row.variant.clone()).or_default();
+            if row.status == "ok" {
+                arm.answered += 1;
+                // Per generated token, so a candidate that answers at more length is not
+                // counted slower for it.
+                arm.latencies.push(row.total_ms / row.completion_tokens.max(1) as f64);
+            } else {
+                arm.failed += 1;
+            }
+        }
+        match rows.last() {
+            Some(last) if rows.len() == 1000 => after = last.created_at,
+            _ => break,
+        }
+    }
+    if let Some(metric) = metric {
+        let mut after = since;
+        loop {
+            let items = state.store.feedback(tenant, deployment, after, 1000).await.map_err(|e| e.to_string())?;
+            for item in items.iter().filter(|f| f.metric == metric) {
+                let Some(variant) = &item.variant else { continue };
+                arms.entry(variant.clone()).or_default().feedback.push(if higher_is_better {
+                    item.value
+                } else {
+                    -item.value
+                });
+            }
+            match items.last() {
+                Some(last) if items.len() == 1000 => after = last.created_at,
+                _ => break,
+            }
+        }
+    }
+    Ok(arms)
+}

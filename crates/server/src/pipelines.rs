@@ -1,0 +1,996 @@
+//! Pipelines: declared in TOML by a tenant's engineers, started by events (a new dataset
+//! version, drift, degraded feedback), a cron schedule or by hand, and run step by step as jobs
+//! from the queue (`pipeline.step`). Each step acts with its author's rights through the same
+//! handlers the HTTP API uses, so every change it makes is authorized, audited and published
+//! like a user's; the run's own progress is recorded by the `system` principal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use factory_core::{AccessRequest, Action, Principal, Resource, TenantName};
+use factory_store::jobs::{Job, JobState, NewJob};
+use factory_store::outbox::{DeliveredEvent, Subscriber};
+use factory_store::pipelines::{Pipeline, PipelineRun, Triggered};
+use factory_store::Event;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::api;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use crate::serving::{DeploymentSpec, VariantRole, VariantSpec};
+use crate::state::AppState;
+use crate::workers::{JobControl, JobError, JobHandler};
+
+pub const STEP_KIND: &str = "pipeline.step";
+/// `notify` secrets come only from environment variables with this prefix.
+pub const WEBHOOK_SECRET_PREFIX: &str = "WEBHOOK_SECRET_";
+const EVENTS: [&str; 3] = ["dataset.version.created", "drift.detected", "feedback.degraded"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub triggers: Vec<TriggerSpec>,
+    pub steps: Vec<StepSpec>,
+}
+
+/// One of `event` (with the `deployment` or `dataset` it concerns) or `cron`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    pub event: Option<String>,
+    pub deployment: Option<String>,
+    pub dataset: Option<String>,
+    /// Five fields, UTC: minute hour day-of-month month day-of-week.
+    pub cron: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Train,
+    Finetune,
+    Evaluate,
+    Gate,
+    Canary,
+    Promote,
+    Rollback,
+    Notify,
+}
+
+/// When a step runs: after everything before it succeeded (the default), after something
+/// failed, or always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum When {
+    #[default]
+    Success,
+    Failure,
+    Always,
+}
+
+/// A step; which fields apply depends on its kind (see `validate`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub kind: Option<StepKind>,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub when: Option<When>,
+    /// train, finetune, evaluate: `DATASET@VERSION` or `DATASET@latest`.
+    pub dataset: Option<String>,
+    /// finetune: the model to start from, `NAME@VERSION` or `NAME@ALIAS` (pinned at run time).
+    pub base: Option<String>,
+    /// train, finetune: the model name the result registers as.
+    pub register: Option<String>,
+    /// train, finetune: further fields of `POST /api/v1/runs` (train, model, tokenizer, seed,
+    /// priority, eval_sets), as a template.
+    pub run: Option<serde_json::Value>,
+    /// evaluate: the production model to compare the candidate with (`NAME@ALIAS`).
+    pub against: Option<String>,
+    /// evaluate: windows of `seq_len` tokens scored per model (default 32, seq_len 128).
+    pub max_windows: Option<usize>,
+    pub seq_len: Option<usize>,
+    /// gate: an expression over `candidate`, `production` and `steps`, e.g.
+    /// `candidate.perplexity <= production.perplexity * 1.02`.
+    pub condition: Option<String>,
+    /// canary, promote, rollback: the deployment.
+    pub deployment: Option<String>,
+    /// canary, promote: the alias promotion moves (default `production`).
+    pub alias: Option<String>,
+    /// canary: the candidate's share of traffic (0..1, default 0.2).
+    pub weight: Option<f64>,
+    /// canary: requests each variant must answer before the analysis (default 50).
+    pub min_requests: Option<u64>,
+    /// canary: feedback values each variant must have on `metric` (default 30).
+    pub min_feedback: Option<u64>,
+    /// canary: the longest wait for that traffic (default 600 s); short of it, roll back.
+    pub max_duration_secs: Option<u64>,
+    /// canary: the feedback metric compared (declared in `[feedback.metrics]`).
+    pub metric: Option<String>,
+    /// canary: significance of each one-sided test (default 0.05).
+    pub alpha: Option<f64>,
+    /// notify: the webhook URL (allowed by `[pipelines] webhooks`).
+    pub url: Option<String>,
+    /// notify: the environment variable (`WEBHOOK_SECRET_*`) holding the HMAC key.
+    pub secret_env: Option<String>,
+}
+
+impl StepSpec {
+    fn kind(&self) -> StepKind {
+        self.kind.unwrap_or(StepKind::Notify)
+    }
+
+    fn label(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| format!("{}-{index}", kind_name(self.kind())))
+    }
+
+    fn when(&self) -> When {
+        self.when.unwrap_or_default()
+    }
+}
+
+fn kind_name(kind: StepKind) -> &'static str {
+    match kind {
+        StepKind::Train => "train",
+        StepKind::Finetune => "finetune",
+        StepKind::Evaluate => "evaluate",
+        StepKind::Gate => "gate",
+        StepKind::Canary => "canary",
+        StepKind::Promote => "promote",
+        StepKind::Rollback => "rollback",
+        StepKind::Notify => "notify",
+    }
+}
+
+/// Parses and checks a declaration; errors name the line (TOML) or the field.
+pub fn parse(source: &str, webhooks: &[String]) -> Result<PipelineSpec, String> {
+    let spec: PipelineSpec = toml::from_str(source).map_err(|e| e.to_string())?;
+    validate(&spec, webhooks)?;
+    Ok(spec)
+}
+
+fn validate(spec: &PipelineSpec, webhooks: &[String]) -> Result<(), String> {
+    if spec.steps.is_empty() || spec.steps.len() > 32 {
+        return Err("steps: give 1 to 32 steps".into());
+    }
+    for (index, trigger) in spec.triggers.iter().enumerate() {
+        let at = format!("triggers[{index}]");
+        match (&trigger.event, &trigger.cron) {
+            (Some(event), None) => {
+                if !EVENTS.contains(&event.as_str()) {
+                    return Err(format!("{at}.event: {event:?} is not one of {}", EVENTS.join(", ")));
+                }
+                let needs_dataset = event == "dataset.version.created";
+                if needs_dataset != trigger.dataset.is_some() || needs_dataset == trigger.deployment.is_some() {
+                    return Err(format!(
+                        "{at}: {event} names the {} it concerns, and only that",
+                        if needs_dataset { "dataset" } else { "deployment" }
+                    ));
+                }
+            }
+            (None, Some(cron)) => {
+                parse_cron(cron).map_err(|e| format!("{at}.cron: {e}"))?;
+            }
+            _ => return Err(format!("{at}: give either event or cron")),
+        }
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (index, step) in spec.steps.iter().enumerate() {
+        let at = format!("steps[{index}]");
+        let kind = step.kind.ok_or_else(|| {
+            format!("{at}.kind: missing (train, finetune, evaluate, gate, canary, promote, rollback, notify)")
+        })?;
+        if !names.insert(step.label(index)) {
+            return Err(format!("{at}.name: {:?} is used twice", step.label(index)));
+        }
+        let need = |field: &str, value: bool| {
+            if value {
+                Ok(())
+            } else {
+                Err(format!("{at}.{field}: a {} step needs it", kind_name(kind)))
+            }
+        };
+        match kind {
+            StepKind::Train | StepKind::Finetune => {
+                need("dataset", step.dataset.is_some())?;
+                need("register", step.register.is_some())?;
+                need("base", (kind == StepKind::Finetune) == step.base.is_some())?;
+                if step.run.as_ref().is_some_and(|r| !r.is_object()) {
+                    return Err(format!("{at}.run: expected a table"));
+                }
+            }
+            StepKind::Evaluate => {
+                need("dataset", step.dataset.is_some())?;
+                need("against", step.against.is_some())?;
+            }
+            StepKind::Gate => {
+                let condition =
+                    step.condition.as_deref().ok_or_else(|| format!("{at}.condition: a gate step needs it"))?;
+                minijinja::Environment::new()
+                    .compile_expression(condition)
+                    .map_err(|e| format!("{at}.condition: {e}"))?;
+            }
+            StepKind::Canary => {
+                need("deployment", step.deployment.is_some())?;
+                if step.weight.is_some_and(|w| !(w > 0.0 && w < 1.0)) {
+                    return Err(format!("{at}.weight: between 0 and 1"));
+                }
+                if step.alpha.is_some_and(|a| !(a > 0.0 && a < 0.5)) {
+                    return Err(format!("{at}.alpha: between 0 and 0.5"));
+                }
+            }
+            StepKind::Promote | StepKind::Rollback => need("deployment", step.deployment.is_some())?,
+            StepKind::Notify => {
+                let url = step.url.as_deref().ok_or_else(|| format!("{at}.url: a notify step needs it"))?;
+                if !crate::serving::upstream_allowed(webhooks, url) {
+                    return Err(format!("{at}.url: {url} is not under a prefix in [pipelines] webhooks"));
+                }
+                if step.secret_env.as_deref().is_none_or(|e| !e.starts_with(WEBHOOK_SECRET_PREFIX)) {
+                    return Err(format!("{at}.secret_env: name a variable starting {WEBHOOK_SECRET_PREFIX}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
+    croner::Cron::new(expression).parse().map_err(|e| e.to_string())
+}
+
+/// Starts a run of `pipeline` for `key` (or folds the trigger into the active run); a
+/// trigger seen before changes nothing.
+pub async fn start(
+    state: &AppState,
+    pipeline: &Pipeline,
+    principal: &Principal,
+    action: Action,
+    request_id: &str,
+    key: &str,
+    trigger: serde_json::Value,
+) -> Result<Triggered, ApiError> {
+    let request = AccessRequest::new(principal, action, Resource::pipeline(&pipeline.tenant, &pipeline.name));
+    let mut change = state.store.begin_change(state.pdp.as_ref(), request, request_id).await?;
+    let run_id = factory_core::secrets::new_id("prun");
+    let outcome = change.trigger_pipeline(pipeline, &run_id, key, &trigger).await?;
+    let details = serde_json::json!({
+        "tenant": pipeline.tenant, "pipeline": pipeline.name, "trigger": trigger, "key": key,
+    });
+    let event = match &outcome {
+        Triggered::Duplicate(_) => return Ok(outcome),
+        Triggered::Coalesced(run) => {
+            Event::new("pipeline.trigger.coalesced", serde_json::json!({ "run": run, "details": details }))
+        }
+        Triggered::Started(run) => {
+            enqueue_step(&mut change, &pipeline.tenant, &run.id, 0, state.config.jobs.max_attempts).await?;
+            Event::new("pipeline.run.started", serde_json::json!({ "run": run.id, "details": details }))
+        }
+    };
+    change.commit(details, event).await?;
+    Ok(outcome)
+}
+
+async fn enqueue_step(
+    change: &mut factory_store::Change,
+    tenant: &TenantName,
+    run: &str,
+    step: i64,
+    max_attempts: u32,
+) -> Result<(), factory_store::StoreError> {
+    let job = NewJob {
+        kind: STEP_KIND.to_string(),
+        payload: serde_json::json!({ "run": run, "step": step }),
+        priority: 5,
+        max_attempts,
+    };
+    change.enqueue_job_as(&factory_core::secrets::new_id("pstep"), tenant, &job).await?;
+    Ok(())
+}
+
+/// Starts the pipelines whose triggers match delivered events.
+pub struct EventTrigger {
+    pub state: AppState,
+}
+
+#[async_trait::async_trait]
+impl Subscriber for EventTrigger {
+    fn name(&self) -> &str {
+        "pipeline-triggers"
+    }
+
+    fn wants(&self, topic: &str) -> bool {
+        EVENTS.contains(&topic)
+    }
+
+    async fn handle(&self, event: &DeliveredEvent) -> Result<(), String> {
+        let payload = &event.payload;
+        let Some(tenant) = payload["tenant"].as_str() else { return Ok(()) };
+        let subject = |field: &str| payload[field].as_str().map(str::to_string);
+        for pipeline in self.state.store.pipelines(None).await.map_err(|e| e.to_string())? {
+            if pipeline.tenant.as_str() != tenant {
+                continue;
+            }
+            let Ok(spec) = serde_json::from_value::<PipelineSpec>(pipeline.spec.clone()) else { continue };
+            let matches = spec.triggers.iter().any(|t| {
+                t.event.as_deref() == Some(event.topic.as_str())
+                    && (t.deployment.is_none() || t.deployment == subject("deployment"))
+                    && (t.dataset.is_none() || t.dataset == subject("dataset"))
+            });
+            if !matches {
+                continue;
+            }
+            let trigger = serde_json::json!({
+                "kind": "event", "topic": event.topic, "audit_index": event.audit_index,
+                "deployment": subject("deployment"), "dataset": subject("dataset"), "monitor": subject("monitor"),
+            });
+            let request_id = format!("event-{}", event.id);
+            start(
+                &self.state,
+                &pipeline,
+                &Principal::system(),
+                Action::PipelineRun,
+                &request_id,
+                &event.idempotency_key,
+                trigger,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts pipelines on their cron schedules (UTC), from this process's start on.
+pub async fn schedule(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut checked = chrono::Utc::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.changed() => return,
+        }
+        let now = chrono::Utc::now();
+        let Ok(pipelines) = state.store.pipelines(None).await else { continue };
+        for pipeline in pipelines {
+            let Ok(spec) = serde_json::from_value::<PipelineSpec>(pipeline.spec.clone()) else { continue };
+            for expression in spec.triggers.iter().filter_map(|t| t.cron.as_deref()) {
+                let Ok(cron) = parse_cron(expression) else { continue };
+                let Ok(due) = cron.find_next_occurrence(&checked, false) else { continue };
+                if due > now {
+                    continue;
+                }
+                let key = format!("cron:{expression}:{}", due.timestamp());
+                let trigger = serde_json::json!({ "kind": "cron", "cron": expression, "due": due.to_rfc3339() });
+                let outcome =
+                    start(&state, &pipeline, &Principal::system(), Action::PipelineRun, &key, &key, trigger).await;
+                if let Err(error) = outcome {
+                    tracing::warn!(pipeline = %pipeline.name, error = %error.message, "cron trigger failed");
+                }
+            }
+        }
+        checked = now;
+    }
+}
+
+/// Runs one step of a pipeline run, records its result and enqueues the next step.
+pub struct StepHandler {
+    pub state: AppState,
+}
+
+fn failed(error: impl std::fmt::Display) -> JobError {
+    JobError::Failed(error.to_string())
+}
+
+#[async_trait::async_trait]
+impl JobHandler for StepHandler {
+    fn kind(&self) -> &'static str {
+        STEP_KIND
+    }
+
+    async fn run(&self, job: &Job, control: JobControl) -> Result<serde_json::Value, JobError> {
+        let state = &self.state;
+        let run_id = job.payload["run"].as_str().unwrap_or_default().to_string();
+        let step = job.payload["step"].as_i64().unwrap_or_default();
+        let run = state.store.pipeline_run(&run_id).await.map_err(failed)?.ok_or_else(|| failed("no such run"))?;
+        if run.status != "running" || run.step != step {
+            return Ok(serde_json::json!({ "skipped": "the run has moved on" }));
+        }
+        let pipeline = state
+            .store
+            .pipeline(&job.tenant, &run.pipeline)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| failed("the pipeline was removed"))?;
+        let spec: PipelineSpec = serde_json::from_value(pipeline.spec.clone()).map_err(failed)?;
+        let index = step as usize;
+        let step_spec = spec.steps.get(index).ok_or_else(|| failed("no such step"))?;
+        let caller = Caller { principal: pipeline.author.clone(), request_id: format!("{run_id}/{step}") };
+        let started = std::time::Instant::now();
+        tracing::info!(run = %run_id, step = %step_spec.label(index), "pipeline step started");
+        let outcome = execute(state, &caller, &job.tenant, &run, step_spec, control).await;
+        let (mut result, ok, rolled_back) = match outcome {
+            Ok(StepOutcome { result, ok, rolled_back }) => (result, ok, rolled_back),
+            Err(StepError::Cancelled) => return Err(JobError::Cancelled),
+            Err(StepError::Failed(message)) => (serde_json::json!({ "error": message }), false, false),
+        };
+        if let Some(object) = result.as_object_mut() {
+            object.insert("name".into(), step_spec.label(index).into());
+            object.insert("kind".into(), kind_name(step_spec.kind()).into());
+            object.insert("ok".into(), ok.into());
+            object.insert("seconds".into(), ((started.elapsed().as_secs_f64() * 10.0).round() / 10.0).into());
+        }
+        let failed_before = run.steps.iter().any(|s| s["ok"] == false);
+        let any_failed = failed_before || !ok;
+        let rolled_back = rolled_back || run.steps.iter().any(|s| s["rolled_back"] == true);
+        let next = spec.steps.iter().enumerate().skip(index + 1).find_map(|(j, s)| {
+            let runs = match s.when() {
+                When::Success => !any_failed,
+                When::Failure => any_failed,
+                When::Always => true,
+            };
+            runs.then_some(j as i64)
+        });
+        let status = match (next, rolled_back, any_failed) {
+            (Some(_), _, _) => "running",
+            (None, true, _) => "rolled_back",
+            (None, false, true) => "failed",
+            (None, false, false) => "succeeded",
+        };
+        let reason =
+            (!ok).then(|| result["error"].as_str().or(result["reason"].as_str()).unwrap_or("failed").to_string());
+        let request = AccessRequest::new(
+            &Principal::system(),
+            Action::PipelineRun,
+            Resource::pipeline(&job.tenant, &run.pipeline),
+        );
+        let mut change =
+            state.store.begin_change(state.pdp.as_ref(), request, &caller.request_id).await.map_err(failed)?;
+        let advanced =
+            change.advance_pipeline_run(&run_id, &result, next, status, reason.as_deref()).await.map_err(failed)?;
+        if let Some(next) = next {
+            enqueue_step(&mut change, &job.tenant, &run_id, next, state.config.jobs.max_attempts)
+                .await
+                .map_err(failed)?;
+        }
+        let details = serde_json::json!({
+            "tenant": job.tenant, "pipeline": run.pipeline, "run": run_id, "step": step, "result": result,
+            "status": status,
+        });
+        let mut events = vec![Event::new("pipeline.step.finished", details.clone())];
+        if advanced.finished_at.is_some() {
+            events.push(Event::new(
+                "pipeline.run.finished",
+                serde_json::json!({ "tenant": job.tenant, "pipeline": run.pipeline, "run": run_id, "status": status }),
+            ));
+        }
+        change.commit_events(details, events).await.map_err(failed)?;
+        tracing::info!(run = %run_id, step = %step_spec.label(index), ok, status, "pipeline step finished");
+        Ok(result)
+    }
+}
+
+pub fn with_pipeline_handlers(mut pool: crate::workers::WorkerPool, state: &AppState) -> crate::workers::WorkerPool {
+    pool.handlers.insert(STEP_KIND, Arc::new(StepHandler { state: state.clone() }));
+    pool
+}
+
+pub(crate) struct StepOutcome {
+    pub result: serde_json::Value,
+    pub ok: bool,
+    pub rolled_back: bool,
+}
+
+pub(crate) enum StepError {
+    Cancelled,
+    Failed(String),
+}
+
+impl From<ApiError> for StepError {
+    fn from(error: ApiError) -> Self {
+        StepError::Failed(error.message)
+    }
+}
+
+impl From<StepError> for String {
+    fn from(error: StepError) -> Self {
+        match error {
+            StepError::Cancelled => "cancelled".to_string(),
+            StepError::Failed(message) => message,
+        }
+    }
+}
+
+impl From<String> for StepError {
+    fn from(error: String) -> Self {
+        StepError::Failed(error)
+    }
+}
+
+fn passed(result: serde_json::Value) -> Result<StepOutcome, StepError> {
+    Ok(StepOutcome { result, ok: true, rolled_back: false })
+}
+
+/// What earlier steps of the run produced: the candidate model, the evaluation, results by name.
+struct Context {
+    candidate: Option<String>,
+    evaluation: serde_json::Value,
+    by_name: serde_json::Map<String, serde_json::Value>,
+    canary: Option<serde_json::Value>,
+    promotion: Option<serde_json::Value>,
+}
+
+fn context(run: &PipelineRun) -> Context {
+    let mut context = Context {
+        candidate: None,
+        evaluation: serde_json::Value::Null,
+        by_name: serde_json::Map::new(),
+        canary: None,
+        promotion: None,
+    };
+    for step in &run.steps {
+        match step["kind"].as_str() {
+            Some("train" | "finetune") => context.candidate = step["model"].as_str().map(str::to_string),
+            Some("evaluate") => context.evaluation = step.clone(),
+            Some("canary") => context.canary = Some(step.clone()),
+            Some("promote") => context.promotion = Some(step.clone()),
+            _ => {}
+        }
+        if let Some(name) = step["name"].as_str() {
+            context.by_name.insert(name.to_string(), step.clone());
+        }
+    }
+    context
+}
+
+async fn execute(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    run: &PipelineRun,
+    step: &StepSpec,
+    control: JobControl,
+) -> Result<StepOutcome, StepError> {
+    let context = context(run);
+    let candidate =
+        || context.candidate.clone().ok_or("no earlier train or finetune step produced a model".to_string());
+    match step.kind() {
+        StepKind::Train | StepKind::Finetune => train(state, caller, tenant, step, control).await,
+        StepKind::Evaluate => evaluate(state, caller, tenant, step, &candidate()?).await,
+        StepKind::Gate => gate(step, &context),
+        StepKind::Canary => Ok(crate::canary::run(state, caller, tenant, step, &candidate()?, control).await?),
+        StepKind::Promote => {
+            let deployment = step.deployment.as_deref().unwrap_or_default();
+            let alias = step.alias.as_deref().unwrap_or("production");
+            let result = promote(state, caller, tenant, deployment, alias, &candidate()?, None).await?;
+            passed(result)
+        }
+        StepKind::Rollback => rollback(state, caller, tenant, step, &context).await,
+        StepKind::Notify => notify(state, step, run).await,
+    }
+}
+
+/// Calls a handler as the pipeline's author and reads its JSON answer.
+async fn answer(response: Result<axum::response::Response, ApiError>) -> Result<serde_json::Value, StepError> {
+    let response = response?;
+    let bytes = axum::body::to_bytes(response.into_body(), 16 << 20).await.map_err(|e| e.to_string())?;
+    Ok(serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+fn tenant_query(tenant: &TenantName) -> ApiQuery<api::datasets::TenantQuery> {
+    ApiQuery(api::datasets::TenantQuery { tenant: Some(tenant.to_string()) })
+}
+
+/// `NAME@VERSION` or `NAME@latest` of a dataset, with the version resolved.
+async fn dataset_version(state: &AppState, tenant: &TenantName, reference: &str) -> Result<(String, i64), StepError> {
+    let (name, version) = reference.split_once('@').ok_or(format!("{reference:?} is not DATASET@VERSION"))?;
+    let dataset = api::datasets::find_dataset(state, tenant, name).await?;
+    let version = match version {
+        "latest" => dataset.latest_version,
+        number => number.parse().map_err(|_| format!("{reference:?}: {number:?} is not a version"))?,
+    };
+    Ok((name.to_string(), version))
+}
+
+/// `NAME@VERSION` that `NAME@REFERENCE` (a number or an alias) means now.
+async fn pinned(state: &AppState, tenant: &TenantName, reference: &str) -> Result<String, StepError> {
+    let (name, version) = reference.split_once('@').ok_or(format!("{reference:?} is not NAME@VERSION"))?;
+    let found = api::models::version_of(state, tenant, name, version)
+        .await?
+        .ok_or(format!("model {reference} does not exist"))?;
+    Ok(format!("{}@{}", found.name, found.version))
+}
+
+async fn train(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    step: &StepSpec,
+    control: JobControl,
+) -> Result<StepOutcome, StepError> {
+    let (dataset, version) = dataset_version(state, tenant, step.dataset.as_deref().unwrap_or_default()).await?;
+    let mut body = step.run.clone().and_then(|r| r.as_object().cloned()).unwrap_or_default();
+    let finetune = step.kind() == StepKind::Finetune;
+    body.insert("kind".into(), if finetune { "finetune" } else { "pretrain" }.into());
+    body.insert("dataset".into(), dataset.clone().into());
+    body.insert("version".into(), version.into());
+    body.insert("tenant".into(), tenant.to_string().into());
+    body.insert("register".into(), serde_json::json!({ "name": step.register }));
+    let base = match &step.base {
+        Some(base) => Some(pinned(state, tenant, base).await?),
+        None => None,
+    };
+    if let Some(base) = &base {
+        body.insert("base".into(), base.clone().into());
+    }
+    let create: api::runs::CreateRun =
+        serde_json::from_value(serde_json::Value::Object(body)).map_err(|e| format!("run: {e}"))?;
+    let created = answer(api::runs::create(State(state.clone()), caller.clone(), ApiJson(create)).await).await?;
+    let run_id = created["id"].as_str().unwrap_or_default().to_string();
+    let mut cancel = control.cancel.clone();
+    let job = loop {
+        let job = state.store.job(&run_id).await.map_err(|e| e.to_string())?.ok_or("the run vanished".to_string())?;
+        if matches!(job.state, JobState::Succeeded | JobState::Dead | JobState::Cancelled) {
+            break job;
+        }
+        let cancelled = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => false,
+            _ = cancel.wait_for(|c| *c) => true,
+        };
+        if cancelled {
+            return Err(StepError::Cancelled);
+        }
+    };
+    let result = job.result.clone().unwrap_or_default();
+    if job.state != JobState::Succeeded {
+        return Ok(StepOutcome {
+            result: serde_json::json!({ "run": run_id, "error": job.last_error.unwrap_or_else(|| job.state.as_str().to_string()) }),
+            ok: false,
+            rolled_back: false,
+        });
+    }
+    let model = format!("{}@{}", result["model"]["name"].as_str().unwrap_or_default(), result["model"]["version"]);
+    passed(serde_json::json!({
+        "run": run_id, "model": model, "dataset": format!("{dataset}@{version}"), "base": base,
+        "validation_loss": result["eval"]["validation_loss"], "steps": result["eval"]["step"],
+    }))
+}
+
+async fn evaluate(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    step: &StepSpec,
+    candidate: &str,
+) -> Result<StepOutcome, StepError> {
+    let (name, version) = dataset_version(state, tenant, step.dataset.as_deref().unwrap_or_default()).await?;
+    let dataset = api::datasets::find_dataset(state, tenant, &name).await?;
+    // Scoring reads rows: the author must be allowed to.
+    api::datasets::authorize_on(state, caller, &dataset, Action::DatasetReadRows, &[("raw_pii", false)]).await?;
+    let manifest = api::datasets::load_manifest(state, &dataset, version).await?;
+    let texts = crate::training::manifest_texts(state, &manifest).await?;
+    // The end of the data, as training holds out the end of its token stream.
+    let held_out: Vec<String> = texts[texts.len() - (texts.len() / 10).max(1).min(texts.len())..].to_vec();
+    let production = pinned(state, tenant, step.against.as_deref().unwrap_or_default()).await?;
+    let (seq_len, windows) = (step.seq_len.unwrap_or(128), step.max_windows.unwrap_or(32));
+    let mut scores = serde_json::Map::new();
+    for (role, reference) in [("candidate", candidate.to_string()), ("production", production)] {
+        let (model_name, number) = reference.split_once('@').unwrap_or_default();
+        let version = api::models::resolve(state, caller, tenant, model_name, number, Action::ModelRead).await?;
+        let (loss, tokens) = crate::canary::held_out_loss(state, &version, &held_out, seq_len, windows).await?;
+        scores.insert(
+            role.into(),
+            serde_json::json!({ "model": reference, "loss": loss, "perplexity": loss.exp(), "tokens": tokens }),
+        );
+    }
+    scores.insert("dataset".into(), format!("{name}@{version}").into());
+    scores.insert("documents".into(), held_out.len().into());
+    passed(serde_json::Value::Object(scores))
+}
+
+fn gate(step: &StepSpec, context: &Context) -> Result<StepOutcome, StepError> {
+    let condition = step.condition.clone().unwrap_or_default();
+    let values = serde_json::json!({
+        "candidate": context.evaluation["candidate"],
+        "production": context.evaluation["production"],
+        "steps": context.by_name,
+    });
+    let environment = minijinja::Environment::new();
+    let expression = environment.compile_expression(&condition).map_err(|e| e.to_string())?;
+    let verdict = expression.eval(&values).map_err(|e| format!("condition: {e}"))?;
+    let ok = verdict.is_true();
+    Ok(StepOutcome {
+        result: serde_json::json!({
+            "condition": condition, "passed": ok,
+            "candidate": values["candidate"], "production": values["production"],
+            "reason": if ok { "" } else { "gate condition is false" },
+        }),
+        ok,
+        rolled_back: false,
+    })
+}
+
+/// The deployment's spec now, as the author may read it.
+pub(crate) async fn deployment_spec(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+) -> Result<DeploymentSpec, StepError> {
+    let view = answer(
+        api::deployments::show(State(state.clone()), caller.clone(), ApiPath(name.to_string()), tenant_query(tenant))
+            .await
+            .map(axum::response::IntoResponse::into_response),
+    )
+    .await?;
+    Ok(serde_json::from_value(view["spec"].clone()).map_err(|e| format!("deployment {name}: {e}"))?)
+}
+
+pub(crate) async fn put_deployment(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    spec: DeploymentSpec,
+) -> Result<(), StepError> {
+    let body = api::deployments::UpdateDeployment::from(spec);
+    answer(
+        api::deployments::update(
+            State(state.clone()),
+            caller.clone(),
+            ApiPath(name.to_string()),
+            tenant_query(tenant),
+            ApiJson(body),
+        )
+        .await,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Moves `alias` to the candidate and routes all primary traffic to the stable variant (which
+/// follows the alias; a variant pinned to a version is pointed at the candidate). `original`
+/// is the spec to restore the routing from (the one before a canary).
+pub(crate) async fn promote(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    deployment: &str,
+    alias: &str,
+    candidate: &str,
+    original: Option<DeploymentSpec>,
+) -> Result<serde_json::Value, StepError> {
+    let (name, version) = candidate.split_once('@').ok_or(format!("{candidate:?} is not NAME@VERSION"))?;
+    let number: i64 = version.parse().map_err(|_| format!("{candidate:?} is not NAME@VERSION"))?;
+    let previous = api::models::version_of(state, tenant, name, alias).await?.map(|v| v.version);
+    answer(
+        api::models::set_alias(
+            State(state.clone()),
+            caller.clone(),
+            ApiPath((name.to_string(), alias.to_string())),
+            tenant_query(tenant),
+            ApiJson(api::models::SetAlias { version: number }),
+        )
+        .await,
+    )
+    .await?;
+    let mut spec = match original {
+        Some(spec) => spec,
+        None => deployment_spec(state, caller, tenant, deployment).await?,
+    };
+    let follows = format!("{name}@{alias}");
+    let mut routed = false;
+    for variant in spec.variants.iter_mut().filter(|v| v.role == VariantRole::Primary) {
+        let Some(model) = &variant.model else { continue };
+        if !routed && (model == &follows || model.split_once('@').is_some_and(|(n, _)| n == name)) {
+            variant.model = Some(if model == &follows { follows.clone() } else { candidate.to_string() });
+            variant.weight = 1.0;
+            routed = true;
+        } else {
+            variant.weight = 0.0;
+        }
+    }
+    if !routed {
+        spec.variants.insert(
+            0,
+            VariantSpec { model: Some(follows.clone()), upstream: None, weight: 1.0, role: VariantRole::Primary },
+        );
+    }
+    spec.variants.retain(|v| v.role != VariantRole::Primary || v.weight > 0.0);
+    put_deployment(state, caller, tenant, deployment, spec.clone()).await?;
+    Ok(serde_json::json!({
+        "promoted": candidate, "alias": alias, "previous_version": previous, "deployment": deployment,
+        "variants": spec.variants.iter().map(|v| serde_json::json!({ "model": v.label(), "weight": v.weight })).collect::<Vec<_>>(),
+    }))
+}
+
+async fn rollback(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    step: &StepSpec,
+    context: &Context,
+) -> Result<StepOutcome, StepError> {
+    let deployment = step.deployment.as_deref().unwrap_or_default();
+    let mut restored = serde_json::Map::new();
+    if let Some(original) = context.canary.as_ref().and_then(|c| c.get("original_spec")).filter(|s| !s.is_null()) {
+        let spec: DeploymentSpec = serde_json::from_value(original.clone()).map_err(|e| e.to_string())?;
+        put_deployment(state, caller, tenant, deployment, spec).await?;
+        restored.insert("deployment".into(), deployment.into());
+    }
+    if let Some(promotion) = &context.promotion {
+        if let (Some(model), Some(alias), Some(previous)) =
+            (promotion["promoted"].as_str(), promotion["alias"].as_str(), promotion["previous_version"].as_i64())
+        {
+            let name = model.split_once('@').map(|(n, _)| n).unwrap_or(model);
+            answer(
+                api::models::set_alias(
+                    State(state.clone()),
+                    caller.clone(),
+                    ApiPath((name.to_string(), alias.to_string())),
+                    tenant_query(tenant),
+                    ApiJson(api::models::SetAlias { version: previous }),
+                )
+                .await,
+            )
+            .await?;
+            restored.insert("alias".into(), format!("{name}@{alias} -> {previous}").into());
+        }
+    }
+    Ok(StepOutcome {
+        result: serde_json::json!({ "restored": restored, "rolled_back": true }),
+        ok: true,
+        rolled_back: true,
+    })
+}
+
+async fn notify(state: &AppState, step: &StepSpec, run: &PipelineRun) -> Result<StepOutcome, StepError> {
+    use hmac::Mac;
+    let url = step.url.clone().unwrap_or_default();
+    if !crate::serving::upstream_allowed(&state.config.pipelines.webhooks, &url) {
+        return Err(StepError::Failed(format!("{url} is no longer under a prefix in [pipelines] webhooks")));
+    }
+    let variable = step.secret_env.clone().unwrap_or_default();
+    let secret = std::env::var(&variable).map_err(|_| format!("{variable} is not set"))?;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "pipeline": run.pipeline, "run": run.id, "tenant": run.tenant, "trigger": run.trigger,
+        "failed": run.steps.iter().any(|s| s["ok"] == false), "steps": run.steps,
+    }))
+    .unwrap_or_default();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
+    mac.update(&body);
+    let signature = format!("sha256={}", hex_string(&mac.finalize().into_bytes()));
+    let response = state
+        .engines
+        .upstream
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-factory-signature", &signature)
+        .timeout(Duration::from_secs(10))
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("webhook: {e}"))?;
+    let status = response.status().as_u16();
+    Ok(StepOutcome {
+        result: serde_json::json!({ "url": url, "status": status, "reason": format!("webhook answered {status}") }),
+        ok: response.status().is_success(),
+        rolled_back: false,
+    })
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const WEBHOOKS: &[&str] = &["https://hooks.example.gov/"];
+
+    fn webhooks() -> Vec<String> {
+        WEBHOOKS.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_full_declaration_parses() {
+        let spec = parse(
+            r#"
+[[triggers]]
+event = "drift.detected"
+deployment = "bard"
+[[triggers]]
+event = "dataset.version.created"
+dataset = "news"
+[[triggers]]
+cron = "30 2 * * 1"
+[[steps]]
+kind = "finetune"
+base = "bard@production"
+dataset = "news@latest"
+register = "bard"
+run = { train = { steps = 100 } }
+[[steps]]
+kind = "evaluate"
+dataset = "news@latest"
+against = "bard@production"
+[[steps]]
+kind = "gate"
+condition = "candidate.perplexity <= production.perplexity * 1.02"
+[[steps]]
+kind = "canary"
+deployment = "bard"
+weight = 0.1
+metric = "thumbs_up"
+[[steps]]
+kind = "rollback"
+deployment = "bard"
+when = "failure"
+[[steps]]
+kind = "notify"
+when = "always"
+url = "https://hooks.example.gov/ml"
+secret_env = "WEBHOOK_SECRET_OPS"
+"#,
+            &webhooks(),
+        )
+        .unwrap();
+        assert_eq!(spec.triggers.len(), 3);
+        assert_eq!(spec.steps[4].when(), When::Failure);
+        assert_eq!(spec.steps[2].label(2), "gate-2");
+    }
+
+    #[test]
+    fn mistakes_are_named_by_line_or_field() {
+        let error = |source: &str| parse(source, &webhooks()).unwrap_err();
+        assert!(
+            error("[[steps]]\nkind = \"gate\"\ncondition = \n").contains("line 3"),
+            "{}",
+            error("[[steps]]\nkind = \"gate\"\ncondition = \n")
+        );
+        assert!(error("[[steps]]\nkind = \"bake\"\n").contains("unknown variant"));
+        assert!(error("[[steps]]\nkind = \"gate\"\n").contains("steps[0].condition"));
+        assert!(error("[[steps]]\nkind = \"gate\"\ncondition = \"a <=\"\n").contains("steps[0].condition"));
+        assert!(error("[[steps]]\nkind = \"train\"\ndataset = \"d@1\"\n").contains("steps[0].register"));
+        assert!(
+            error("[[steps]]\nkind = \"finetune\"\ndataset = \"d@1\"\nregister = \"m\"\n").contains("steps[0].base")
+        );
+        let hook =
+            "[[steps]]\nkind = \"notify\"\nurl = \"https://evil.example.com/\"\nsecret_env = \"WEBHOOK_SECRET_X\"\n";
+        assert!(error(hook).contains("steps[0].url"));
+        let secret =
+            "[[steps]]\nkind = \"notify\"\nurl = \"https://hooks.example.gov/x\"\nsecret_env = \"AWS_SECRET\"\n";
+        assert!(error(secret).contains("steps[0].secret_env"));
+        let trigger = "[[triggers]]\nevent = \"drift.detected\"\n[[steps]]\nkind = \"gate\"\ncondition = \"true\"\n";
+        assert!(error(trigger).contains("triggers[0]"));
+        let cron = "[[triggers]]\ncron = \"61 * * * *\"\n[[steps]]\nkind = \"gate\"\ncondition = \"true\"\n";
+        assert!(error(cron).contains("triggers[0].cron"));
+        assert!(error("steps = []\n").contains("steps"));
+    }
+
+    #[test]
+    fn gates_evaluate_conditions_over_the_evaluation() {
+        let step = StepSpec {
+            condition: Some("candidate.perplexity <= production.perplexity * 1.02".into()),
+            ..StepSpec::default()
+        };
+        let mut context = Context {
+            candidate: Some("bard@2".into()),
+            evaluation: serde_json::json!({ "candidate": { "perplexity": 50.0 }, "production": { "perplexity": 49.5 } }),
+            by_name: serde_json::Map::new(),
+            canary: None,
+            promotion: None,
+        };
+        assert!(gate(&step, &context).ok().unwrap().ok);
+        context.evaluation["candidate"]["perplexity"] = 51.0.into();
+        let refused = gate(&step, &context).ok().unwrap();
+        assert!(!refused.ok);
+        assert_eq!(refused.result["reason"], "gate condition is false");
+    }
+}
