@@ -151,3 +151,37 @@ fn feedback_degradation_is_a_calibrated_two_sample_test() {
     println!("thumbs up 70 % -> 30 % caught after {delay} values");
     assert!(delay <= 60);
 }
+
+#[test]
+fn slos_fire_as_stated_and_embeddings_calibrate() {
+    let settings = Settings {
+        slo: crate::Slo { latency_p95_ms: Some(100.0), error_rate: Some(0.1), cost_per_request: None },
+        ..Settings::default()
+    };
+    let mut monitor = Monitor::new(settings.clone(), None);
+    let request = |latency_ms: f64| Observation { latency_ms, completion_tokens: 10.0, ..Observation::default() };
+    for _ in 0..300 {
+        assert!(monitor.observe(request(50.0)).is_empty());
+    }
+    let fired = (0..100).find_map(|_| {
+        let started = monitor.observe(request(150.0));
+        started.iter().find(|r| r.monitor == "slo.latency_p95_ms").cloned()
+    });
+    assert!(fired.is_some_and(|r| r.statistic > 100.0));
+
+    // Embeddings: points around the origin as the reference; the same cloud moved is caught.
+    let mut resampler = Resampler::new(5);
+    let mut point = |offset: f32| -> Vec<f32> {
+        (0..8).map(|_| resampler.draw(1000, 1)[0] as f32 / 1000.0 - 0.5 + offset).collect()
+    };
+    let documents: Vec<TextSketch> = (0..1000).map(|i| text::sketch(&format!("line {}", i % 10))).collect();
+    let embeddings: Vec<Vec<f32>> = (0..1000).map(|_| point(0.0)).collect();
+    let reference = Reference::calibrate(&documents, Some(&embeddings), &Settings::default()).unwrap();
+    let threshold = reference.embedding_threshold.unwrap();
+    let same: Vec<Vec<f32>> = (0..100).map(|_| point(0.0)).collect();
+    let moved: Vec<Vec<f32>> = (0..100).map(|_| point(0.1)).collect();
+    let distance =
+        |window: &[Vec<f32>]| reference.embedding_distance(&window.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    assert!(distance(&same) <= threshold, "{} > {threshold}", distance(&same));
+    assert!(distance(&moved) > threshold, "{} <= {threshold}", distance(&moved));
+}

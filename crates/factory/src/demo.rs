@@ -34,9 +34,9 @@ struct Scale {
 }
 
 const FULL: Scale = Scale {
-    pretrain_steps: 400,
-    pretrain_seconds: 150.0,
-    finetune_steps: 150,
+    pretrain_steps: 1500,
+    pretrain_seconds: 200.0,
+    finetune_steps: 400,
     window: 60,
     baseline: 120,
     feedback_baseline: 80,

@@ -160,21 +160,14 @@ pub(crate) async fn run(
         }
         tests.push((metric.as_str(), comparison));
     }
-    let worse: Vec<&str> = tests.iter().filter(|(_, t)| t.p_value < alpha).map(|(name, _)| *name).collect();
-    let (decision, reason) = if !enough {
-        (
-            "rollback",
-            format!(
-                "not enough traffic within {} s (each variant needs {min_requests} requests{})",
-                step.max_duration_secs.unwrap_or(600),
-                if metric.is_some() { format!(" and {min_feedback} feedback values") } else { String::new() }
-            ),
+    let shortfall = (!enough).then(|| {
+        let feedback = if metric.is_some() { format!(" and {min_feedback} feedback values") } else { String::new() };
+        format!(
+            "not enough traffic within {} s (each variant needs {min_requests} requests{feedback})",
+            step.max_duration_secs.unwrap_or(600)
         )
-    } else if !worse.is_empty() {
-        ("rollback", format!("the candidate is significantly worse (p < {alpha}) on {}", worse.join(", ")))
-    } else {
-        ("promote", format!("the candidate is not significantly worse on any test (alpha {alpha})"))
-    };
+    });
+    let (decision, reason) = decide(&tests, shortfall, alpha);
     let evidence: serde_json::Map<String, serde_json::Value> =
         tests.iter().map(|(name, t)| (name.to_string(), serde_json::to_value(t).unwrap_or_default())).collect();
     let mut result = serde_json::json!({
@@ -194,6 +187,19 @@ pub(crate) async fn run(
     put_deployment(state, caller, tenant, &deployment, original).await.map_err(String::from)?;
     result["rolled_back"] = true.into();
     Ok(StepOutcome { result, ok: false, rolled_back: true })
+}
+
+/// Promote unless the traffic fell short or any one-sided test says the candidate is worse.
+fn decide(tests: &[(&str, stats::Comparison)], shortfall: Option<String>, alpha: f64) -> (&'static str, String) {
+    if let Some(shortfall) = shortfall {
+        return ("rollback", shortfall);
+    }
+    let worse: Vec<&str> = tests.iter().filter(|(_, t)| t.p_value < alpha).map(|(name, _)| *name).collect();
+    if worse.is_empty() {
+        ("promote", format!("the candidate is not significantly worse on any test (alpha {alpha})"))
+    } else {
+        ("rollback", format!("the candidate is significantly worse (p < {alpha}) on {}", worse.join(", ")))
+    }
 }
 
 /// Requests and feedback since `since`, by the variant (`name@version`) that answered.
@@ -247,4 +253,30 @@ async fn observe(
         }
     }
     Ok(arms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worse_on_any_test_or_too_little_traffic_rolls_back() {
+        let stable = vec![1.0; 40].into_iter().chain(vec![0.0; 10]).collect::<Vec<f64>>();
+        let worse = vec![1.0; 15].into_iter().chain(vec![0.0; 35]).collect::<Vec<f64>>();
+        let same_latency: Vec<f64> = (0..50).map(|i| 10.0 + f64::from(i % 7)).collect();
+        let healthy = [
+            ("failures", stats::rate_higher(1, 50, 1, 50)),
+            ("ms_per_token", stats::tends_larger(&same_latency, &same_latency)),
+            ("thumbs_up", stats::mean_lower(&stable, &stable, 999, 1)),
+        ];
+        assert_eq!(decide(&healthy, None, 0.01).0, "promote");
+        let mut degraded = healthy.clone();
+        degraded[2] = ("thumbs_up", stats::mean_lower(&stable, &worse, 999, 1));
+        let (decision, reason) = decide(&degraded, None, 0.01);
+        assert_eq!(decision, "rollback");
+        assert!(reason.contains("thumbs_up") && !reason.contains("failures"), "{reason}");
+        let failing = [("failures", stats::rate_higher(0, 50, 12, 50))];
+        assert!(decide(&failing, None, 0.01).1.contains("failures"));
+        assert_eq!(decide(&healthy, Some("not enough traffic".into()), 0.01).0, "rollback");
+    }
 }

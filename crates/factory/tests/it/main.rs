@@ -8,6 +8,7 @@ mod datasets;
 mod demo;
 mod isolation;
 mod lifecycle;
+mod pipelines;
 mod registry;
 mod serving;
 mod support;
