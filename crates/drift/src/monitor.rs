@@ -73,6 +73,12 @@ impl Settings {
     fn alpha_each(&self, embeddings: bool) -> f64 {
         self.alpha / if embeddings { 5.0 } else { 4.0 }
     }
+
+    /// Clean judgements after which a firing monitor may fire again: a full window's worth, so
+    /// a statistic hovering at its threshold raises one alarm, not one per crossing.
+    fn rearm_after(&self, window: usize) -> usize {
+        window.div_ceil(self.every).max(1)
+    }
 }
 
 /// Service level objectives, judged on each window as stated.
@@ -285,6 +291,8 @@ pub struct Monitor {
     /// Judgements in which any monitor fired.
     pub judgements_firing: u64,
     readings: BTreeMap<String, Reading>,
+    /// Monitors that fired, with the clean judgements since they last fired.
+    latched: BTreeMap<String, usize>,
 }
 
 impl Monitor {
@@ -300,6 +308,7 @@ impl Monitor {
             judgements: 0,
             judgements_firing: 0,
             readings: BTreeMap::new(),
+            latched: BTreeMap::new(),
         }
     }
 
@@ -396,10 +405,10 @@ impl Monitor {
         if readings.iter().any(|r| r.firing) {
             self.judgements_firing += 1;
         }
+        let rearm = self.settings.rearm_after(self.settings.window);
         let mut started = Vec::new();
         for reading in readings {
-            let was_firing = self.readings.get(&reading.monitor).is_some_and(|r| r.firing);
-            if reading.firing && !was_firing {
+            if latch(&mut self.latched, &reading, rearm) {
                 started.push(reading.clone());
             }
             self.readings.insert(reading.monitor.clone(), reading);
@@ -410,6 +419,29 @@ impl Monitor {
     /// Every monitor's latest reading.
     pub fn readings(&self) -> Vec<Reading> {
         self.readings.values().cloned().collect()
+    }
+}
+
+/// Whether `reading` starts an alarm: it fires and its monitor has not fired within the last
+/// `rearm` judgements.
+fn latch(latched: &mut BTreeMap<String, usize>, reading: &Reading, rearm: usize) -> bool {
+    match (reading.firing, latched.get_mut(&reading.monitor)) {
+        (true, Some(clean)) => {
+            *clean = 0;
+            false
+        }
+        (true, None) => {
+            latched.insert(reading.monitor.clone(), 0);
+            true
+        }
+        (false, Some(clean)) => {
+            *clean += 1;
+            if *clean >= rearm {
+                latched.remove(&reading.monitor);
+            }
+            false
+        }
+        (false, None) => false,
     }
 }
 
@@ -426,6 +458,7 @@ pub struct FeedbackMonitor {
     pub judgements: u64,
     pub judgements_firing: u64,
     latest: Option<Reading>,
+    latched: BTreeMap<String, usize>,
 }
 
 impl FeedbackMonitor {
@@ -441,6 +474,7 @@ impl FeedbackMonitor {
             judgements: 0,
             judgements_firing: 0,
             latest: None,
+            latched: BTreeMap::new(),
         }
     }
 
@@ -464,7 +498,6 @@ impl FeedbackMonitor {
         self.since_judged = 0;
         let window: Vec<f64> = self.window.iter().copied().collect();
         let comparison = stats::mean_lower(&self.baseline, &window, 999, self.settings.seed ^ self.observed);
-        let was_firing = self.latest.as_ref().is_some_and(|r| r.firing);
         let reading = Reading {
             monitor: format!("feedback.{}", self.metric),
             statistic: comparison.p_value,
@@ -478,7 +511,8 @@ impl FeedbackMonitor {
             self.judgements_firing += 1;
         }
         self.latest = Some(reading.clone());
-        (reading.firing && !was_firing).then_some(reading)
+        let rearm = self.settings.rearm_after(self.settings.feedback_window);
+        latch(&mut self.latched, &reading, rearm).then_some(reading)
     }
 
     pub fn reading(&self) -> Option<&Reading> {

@@ -106,6 +106,23 @@ fn prompt_drift_has_few_false_alarms_and_is_caught_quickly() {
         .find_map(|(i, piece)| (!monitor.observe(prompt(piece)).is_empty()).then_some(i + 1))
         .unwrap();
     println!("shift to Twain caught after {delay} requests; readings: {:?}", monitor.readings());
+    let mut moved = Vec::new();
+    for piece in twain.iter().skip(500).take(300) {
+        moved.extend(monitor.observe(prompt(piece)));
+    }
+    let by_name = |name: &str| monitor.readings().into_iter().find(|r| r.monitor == name).unwrap();
+    let (words, length) = (by_name("prompt.words"), by_name("prompt.length"));
+    println!(
+        "Twain throughout: words JS {:.4} (threshold {:.4}), length KS {:.3} (threshold {:.3}); alarms then: {}",
+        words.statistic,
+        words.threshold,
+        length.statistic,
+        length.threshold,
+        moved.len()
+    );
+    assert!(words.firing && length.firing);
+    // A monitor that keeps firing raises one alarm, not one per judgement.
+    assert!(moved.len() <= 2, "{moved:?}");
     assert!(delay <= 60, "caught after {delay} requests");
 }
 
