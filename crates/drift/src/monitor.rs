@@ -115,6 +115,9 @@ pub struct Reference {
     pub word_threshold: f64,
     pub length_threshold: f64,
     pub embedding_threshold: Option<f64>,
+    /// The statistics' medians on unchanged traffic: a fired monitor re-arms only once its
+    /// statistic is back at these (hysteresis), not merely under its threshold.
+    typical: [f64; 3],
 }
 
 impl Reference {
@@ -146,6 +149,7 @@ impl Reference {
             word_threshold: 0.0,
             length_threshold: 0.0,
             embedding_threshold: None,
+            typical: [0.0; 3],
         };
         for &i in profile {
             text::add_to(&mut reference.histogram, &documents[i]);
@@ -163,10 +167,13 @@ impl Reference {
             }
         }
         let level = 1.0 - settings.alpha_each(embeddings.is_some());
-        reference.word_threshold = stats::quantile(&stats::sorted(words), level);
-        reference.length_threshold = stats::quantile(&stats::sorted(lengths), level);
+        let (words, lengths, distances) = (stats::sorted(words), stats::sorted(lengths), stats::sorted(distances));
+        reference.word_threshold = stats::quantile(&words, level);
+        reference.length_threshold = stats::quantile(&lengths, level);
+        reference.typical = [stats::quantile(&words, 0.5), stats::quantile(&lengths, 0.5), 0.0];
         if embeddings.is_some() {
-            reference.embedding_threshold = Some(stats::quantile(&stats::sorted(distances), level));
+            reference.embedding_threshold = Some(stats::quantile(&distances, level));
+            reference.typical[2] = stats::quantile(&distances, 0.5);
         }
         Ok(reference)
     }
@@ -219,8 +226,10 @@ fn mean_vector<'a>(vectors: impl Iterator<Item = &'a [f32]>) -> Vec<f64> {
 struct Baseline {
     answer_lengths: Vec<f64>,
     answer_threshold: f64,
+    answer_typical: f64,
     /// A window with more failures than this is unlikely under the baseline's failure rate.
     failure_threshold: usize,
+    failure_typical: f64,
 }
 
 impl Baseline {
@@ -248,17 +257,20 @@ impl Baseline {
         let failures = observations.iter().filter(|o| o.failed).count();
         let rate = (failures as f64 + 1.0) / (observations.len() as f64 + 2.0);
         let alpha = settings.alpha_each(embeddings);
+        let distances = stats::sorted(distances);
         let failure_threshold = (0..=settings.window)
             .find(|&k| stats::binomial_upper_tail(k + 1, settings.window, rate) <= alpha)
             .unwrap_or(settings.window);
+        let (answer_threshold, answer_typical) = match distances.is_empty() {
+            true => (1.0, 1.0),
+            false => (stats::quantile(&distances, level), stats::quantile(&distances, 0.5)),
+        };
         Baseline {
             answer_lengths,
-            answer_threshold: if distances.is_empty() {
-                1.0
-            } else {
-                stats::quantile(&stats::sorted(distances), level)
-            },
+            answer_threshold,
+            answer_typical,
             failure_threshold,
+            failure_typical: rate * settings.window as f64,
         }
     }
 }
@@ -271,6 +283,9 @@ pub struct Reading {
     pub threshold: f64,
     /// The statistic is past the threshold (above it; below it for p-values).
     pub firing: bool,
+    /// After firing, the monitor raises no new alarm until the statistic has been back at
+    /// its typical level (at or below this; at or above it for p-values) for a window.
+    pub clear_at: f64,
     /// Requests (or feedback values) the monitor had seen when it judged.
     pub observed: u64,
     /// The test's details, when it is one.
@@ -346,11 +361,12 @@ impl Monitor {
     fn judge(&mut self) -> Vec<Reading> {
         let mut readings = Vec::new();
         let observed = self.observed;
-        let reading = |monitor: &str, statistic: f64, threshold: f64| Reading {
+        let reading = |monitor: &str, statistic: f64, threshold: f64, clear_at: f64| Reading {
             monitor: monitor.to_string(),
             statistic,
             threshold,
             firing: statistic > threshold,
+            clear_at,
             observed,
             comparison: None,
         };
@@ -360,13 +376,17 @@ impl Monitor {
             // calibration's window size.
             if prompts.len() * 2 >= self.window.len() {
                 let sized = &prompts[prompts.len().saturating_sub(self.settings.window)..];
-                readings.push(reading("prompt.words", reference.word_divergence(sized), reference.word_threshold));
-                readings.push(reading("prompt.length", reference.length_distance(sized), reference.length_threshold));
+                let [words, length, _] = reference.typical;
+                let divergence = reference.word_divergence(sized);
+                readings.push(reading("prompt.words", divergence, reference.word_threshold, words));
+                let distance = reference.length_distance(sized);
+                readings.push(reading("prompt.length", distance, reference.length_threshold, length));
             }
             if let Some(threshold) = reference.embedding_threshold {
                 let vectors: Vec<&[f32]> = self.window.iter().filter_map(|o| o.embedding.as_deref()).collect();
                 if vectors.len() * 2 >= self.window.len() {
-                    readings.push(reading("prompt.embedding", reference.embedding_distance(&vectors), threshold));
+                    let distance = reference.embedding_distance(&vectors);
+                    readings.push(reading("prompt.embedding", distance, threshold, reference.typical[2]));
                 }
             }
         }
@@ -375,31 +395,26 @@ impl Monitor {
                 stats::sorted(self.window.iter().filter(|o| !o.failed).map(|o| o.completion_tokens).collect());
             if !lengths.is_empty() {
                 let distance = stats::ks_statistic(&baseline.answer_lengths, &lengths);
-                readings.push(reading("answer.length", distance, baseline.answer_threshold));
+                readings.push(reading("answer.length", distance, baseline.answer_threshold, baseline.answer_typical));
             }
             let failures = self.window.iter().filter(|o| o.failed).count();
             let size = self.window.len() as f64;
-            readings.push(reading("failures", failures as f64 / size, baseline.failure_threshold as f64 / size));
+            let (threshold, typical) = (baseline.failure_threshold as f64 / size, baseline.failure_typical / size);
+            readings.push(reading("failures", failures as f64 / size, threshold, typical));
         }
         let slo = &self.settings.slo;
         let size = self.window.len() as f64;
         if let Some(target) = slo.latency_p95_ms {
             let latencies = stats::sorted(self.window.iter().map(|o| o.latency_ms).collect());
-            readings.push(reading("slo.latency_p95_ms", stats::quantile(&latencies, 0.95), target));
+            readings.push(reading("slo.latency_p95_ms", stats::quantile(&latencies, 0.95), target, target));
         }
         if let Some(target) = slo.error_rate {
-            readings.push(reading(
-                "slo.error_rate",
-                self.window.iter().filter(|o| o.failed).count() as f64 / size,
-                target,
-            ));
+            let rate = self.window.iter().filter(|o| o.failed).count() as f64 / size;
+            readings.push(reading("slo.error_rate", rate, target, target));
         }
         if let Some(target) = slo.cost_per_request {
-            readings.push(reading(
-                "slo.cost_per_request",
-                self.window.iter().map(|o| o.cost).sum::<f64>() / size,
-                target,
-            ));
+            let cost = self.window.iter().map(|o| o.cost).sum::<f64>() / size;
+            readings.push(reading("slo.cost_per_request", cost, target, target));
         }
         self.judgements += 1;
         if readings.iter().any(|r| r.firing) {
@@ -408,7 +423,8 @@ impl Monitor {
         let rearm = self.settings.rearm_after(self.settings.window);
         let mut started = Vec::new();
         for reading in readings {
-            if latch(&mut self.latched, &reading, rearm) {
+            let clean = reading.statistic <= reading.clear_at;
+            if latch(&mut self.latched, &reading, clean, rearm) {
                 started.push(reading.clone());
             }
             self.readings.insert(reading.monitor.clone(), reading);
@@ -422,9 +438,9 @@ impl Monitor {
     }
 }
 
-/// Whether `reading` starts an alarm: it fires and its monitor has not fired within the last
-/// `rearm` judgements.
-fn latch(latched: &mut BTreeMap<String, usize>, reading: &Reading, rearm: usize) -> bool {
+/// Whether `reading` starts an alarm: it fires, and its monitor is not still latched from an
+/// earlier alarm (a monitor unlatches after `rearm` judgements back at its typical level).
+fn latch(latched: &mut BTreeMap<String, usize>, reading: &Reading, clean: bool, rearm: usize) -> bool {
     match (reading.firing, latched.get_mut(&reading.monitor)) {
         (true, Some(clean)) => {
             *clean = 0;
@@ -434,9 +450,11 @@ fn latch(latched: &mut BTreeMap<String, usize>, reading: &Reading, rearm: usize)
             latched.insert(reading.monitor.clone(), 0);
             true
         }
-        (false, Some(clean)) => {
-            *clean += 1;
-            if *clean >= rearm {
+        (false, Some(count)) => {
+            if clean {
+                *count += 1;
+            }
+            if *count >= rearm {
                 latched.remove(&reading.monitor);
             }
             false
@@ -503,6 +521,7 @@ impl FeedbackMonitor {
             statistic: comparison.p_value,
             threshold: self.settings.alpha,
             firing: comparison.p_value < self.settings.alpha,
+            clear_at: 0.5,
             observed: self.observed,
             comparison: Some(comparison),
         };
@@ -512,7 +531,8 @@ impl FeedbackMonitor {
         }
         self.latest = Some(reading.clone());
         let rearm = self.settings.rearm_after(self.settings.feedback_window);
-        latch(&mut self.latched, &reading, rearm).then_some(reading)
+        let clean = reading.statistic >= reading.clear_at;
+        latch(&mut self.latched, &reading, clean, rearm).then_some(reading)
     }
 
     pub fn reading(&self) -> Option<&Reading> {
