@@ -68,10 +68,10 @@ impl Settings {
         Ok(())
     }
 
-    /// Monitors that share `alpha`: prompt length, prompt words, answer length, failures, and
-    /// prompt embeddings when there are any.
+    /// Monitors that share `alpha`: prompt length, prompt words, answer length, failures,
+    /// refusals, and prompt embeddings when there are any.
     fn alpha_each(&self, embeddings: bool) -> f64 {
-        self.alpha / if embeddings { 5.0 } else { 4.0 }
+        self.alpha / if embeddings { 6.0 } else { 5.0 }
     }
 
     /// Clean judgements after which a firing monitor may fire again: a full window's worth, so
@@ -99,6 +99,8 @@ pub struct Observation {
     pub embedding: Option<Vec<f32>>,
     pub completion_tokens: f64,
     pub failed: bool,
+    /// Answered with nothing, or withheld by a guardrail.
+    pub refused: bool,
     pub latency_ms: f64,
     pub cost: f64,
 }
@@ -227,9 +229,26 @@ struct Baseline {
     answer_lengths: Vec<f64>,
     answer_threshold: f64,
     answer_typical: f64,
-    /// A window with more failures than this is unlikely under the baseline's failure rate.
-    failure_threshold: usize,
-    failure_typical: f64,
+    /// Windows with more failures (refusals) than these are unlikely under the baseline's rates.
+    failures: RateLimit,
+    refusals: RateLimit,
+}
+
+/// A count per window that the baseline's rate makes unlikely, and the typical count.
+#[derive(Debug, Clone)]
+struct RateLimit {
+    threshold: usize,
+    typical: f64,
+}
+
+impl RateLimit {
+    fn calibrate(events: usize, total: usize, window: usize, alpha: f64) -> RateLimit {
+        // Laplace's estimate keeps a baseline without events from making one event an alarm.
+        let rate = (events as f64 + 1.0) / (total as f64 + 2.0);
+        let threshold =
+            (0..=window).find(|&k| stats::binomial_upper_tail(k + 1, window, rate) <= alpha).unwrap_or(window);
+        RateLimit { threshold, typical: rate * window as f64 }
+    }
 }
 
 impl Baseline {
@@ -253,25 +272,18 @@ impl Baseline {
                 distances.push(stats::ks_statistic(&answer_lengths, &window));
             }
         }
-        // Laplace's estimate keeps a baseline without failures from making one failure an alarm.
-        let failures = observations.iter().filter(|o| o.failed).count();
-        let rate = (failures as f64 + 1.0) / (observations.len() as f64 + 2.0);
         let alpha = settings.alpha_each(embeddings);
         let distances = stats::sorted(distances);
-        let failure_threshold = (0..=settings.window)
-            .find(|&k| stats::binomial_upper_tail(k + 1, settings.window, rate) <= alpha)
-            .unwrap_or(settings.window);
+        let total = observations.len();
+        let failures =
+            RateLimit::calibrate(observations.iter().filter(|o| o.failed).count(), total, settings.window, alpha);
+        let refusals =
+            RateLimit::calibrate(observations.iter().filter(|o| o.refused).count(), total, settings.window, alpha);
         let (answer_threshold, answer_typical) = match distances.is_empty() {
             true => (1.0, 1.0),
             false => (stats::quantile(&distances, level), stats::quantile(&distances, 0.5)),
         };
-        Baseline {
-            answer_lengths,
-            answer_threshold,
-            answer_typical,
-            failure_threshold,
-            failure_typical: rate * settings.window as f64,
-        }
+        Baseline { answer_lengths, answer_threshold, answer_typical, failures, refusals }
     }
 }
 
@@ -397,10 +409,14 @@ impl Monitor {
                 let distance = stats::ks_statistic(&baseline.answer_lengths, &lengths);
                 readings.push(reading("answer.length", distance, baseline.answer_threshold, baseline.answer_typical));
             }
-            let failures = self.window.iter().filter(|o| o.failed).count();
             let size = self.window.len() as f64;
-            let (threshold, typical) = (baseline.failure_threshold as f64 / size, baseline.failure_typical / size);
-            readings.push(reading("failures", failures as f64 / size, threshold, typical));
+            for (name, limit, count) in [
+                ("failures", &baseline.failures, self.window.iter().filter(|o| o.failed).count()),
+                ("refusals", &baseline.refusals, self.window.iter().filter(|o| o.refused).count()),
+            ] {
+                let (threshold, typical) = (limit.threshold as f64 / size, limit.typical / size);
+                readings.push(reading(name, count as f64 / size, threshold, typical));
+            }
         }
         let slo = &self.settings.slo;
         let size = self.window.len() as f64;

@@ -134,6 +134,7 @@ fn answer_and_failure_monitors_calibrate_on_the_baseline() {
     let answer = |resampler: &mut Resampler, long: bool, fail_in: usize| Observation {
         completion_tokens: (resampler.draw(if long { 64 } else { 24 }, 1)[0] + 8) as f64,
         failed: resampler.draw(fail_in, 1)[0] == 0,
+        refused: resampler.draw(100, 1)[0] == 0,
         latency_ms: 30.0,
         ..Observation::default()
     };
@@ -150,6 +151,11 @@ fn answer_and_failure_monitors_calibrate_on_the_baseline() {
     let delay = (1..=200).find(|_| !monitor.observe(answer(&mut resampler, true, 4)).is_empty()).unwrap();
     println!("failures caught after {delay} requests");
     assert!(monitor.readings().iter().any(|r| r.monitor == "failures" && r.firing));
+    let refusing =
+        |resampler: &mut Resampler| Observation { refused: resampler.draw(5, 1)[0] == 0, ..answer(resampler, true, 4) };
+    let delay =
+        (1..=200).find(|_| monitor.observe(refusing(&mut resampler)).iter().any(|r| r.monitor == "refusals")).unwrap();
+    println!("refusals 1 % -> 20 % caught after {delay} requests");
 }
 
 #[test]

@@ -514,6 +514,39 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         "no policy, no bodies"
     );
 
+    // Drift monitors embed logged prompts with a registered encoder and compare them with the
+    // training data's embeddings (and words, and lengths).
+    if minilm.is_some() {
+        let watched = json!({
+            "name": "watched", "variants": [{ "model": "bard@1" }], "logging": { "sample_rate": 1.0 },
+            "drift": { "embedding_model": "minilm@1",
+                       "settings": { "window": 10, "every": 5, "baseline": 20, "bootstraps": 200 } },
+        });
+        let created = call(&url, "POST", "/api/v1/deployments", Some(&engineer), Some(watched)).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        for line in 0..25 {
+            let body =
+                json!({ "model": "watched", "prompt": format!("KING RICHARD: speak, line {line}"), "max_tokens": 2 });
+            let reply =
+                client.post(format!("{url}/v1/completions")).bearer_auth(&app).json(&body).send().await.unwrap();
+            assert_eq!(reply.status(), 200);
+        }
+        let judged = crate::support::eventually(60, || async {
+            let drift = call(&url, "GET", "/api/v1/deployments/watched/drift", Some(&engineer), None).await.body;
+            let status = &drift["status"];
+            status["error"].is_null()
+                && status["reference"] == "plays@1"
+                && status["reference_documents"].as_u64().unwrap_or(0) >= 20
+                && status["readings"].as_array().is_some_and(|r| r.iter().any(|r| r["monitor"] == "prompt.embedding"))
+        })
+        .await;
+        let drift = call(&url, "GET", "/api/v1/deployments/watched/drift", Some(&engineer), None).await;
+        let log = std::fs::read_to_string(dir.path().join("a/server.log")).unwrap_or_default();
+        let lines: Vec<&str> =
+            log.lines().filter(|l| !l.contains("on_response") && !l.contains("on_request")).rev().take(40).collect();
+        assert!(judged, "no embedding reading: {}\n{}", drift.text, lines.join("\n"));
+    }
+
     // A tampered model is refused at deploy time.
     train(&url, &engineer, dir.path(), "lyric", "3").await;
     let version = call(&url, "GET", "/api/v1/models/lyric/versions/1", Some(&engineer), None).await;
