@@ -1,9 +1,12 @@
 //! Guardrails per deployment, on the input and the output: PII (the ingest detectors), denied
-//! topics and word lists (Aho-Corasick, whole words, any case), prompt-attack heuristics, and
-//! token limits. Each rule's action is `block`, `mask` or `detect`; the gateway audits and
+//! topics (keywords, and similarity to example texts under a registered embedding model), word
+//! lists (Aho-Corasick, whole words, any case), prompt-attack heuristics, and token limits. Each rule's action is `block`, `mask` or `detect`; the gateway audits and
 //! counts every verdict.
 
+use std::sync::Arc;
+
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use factory_engine::embed::Embedder;
 use factory_pii::{Detector, PiiAction};
 use serde::{Deserialize, Serialize};
 
@@ -39,10 +42,19 @@ pub enum GuardAction {
 pub enum Rule {
     /// E-mail, phone, IBAN, card and IP addresses.
     Pii,
-    /// A topic named by its keywords.
+    /// A topic named by its keywords, or described by example texts that a registered
+    /// embedding model (`NAME@VERSION`) compares each text with: a cosine similarity of at least
+    /// `threshold` (default 0.6) to any example is a match.
     DeniedTopic {
         topic: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         keywords: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        examples: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        embedding_model: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        threshold: Option<f32>,
     },
     WordList {
         words: Vec<String>,
@@ -75,6 +87,32 @@ enum Matcher {
     Pii(Detector),
     Words(AhoCorasick),
     TokenLimit(usize),
+    Topic { keywords: Option<AhoCorasick>, semantic: Semantic },
+}
+
+/// The embedding side of a denied topic: the encoder and the examples' unit vectors, attached
+/// by the gateway once the model is loaded.
+struct Semantic {
+    model: String,
+    examples: Vec<String>,
+    threshold: f32,
+    attached: Option<(Arc<Embedder>, ExampleVectors)>,
+}
+
+/// A denied topic's examples as unit vectors.
+pub type ExampleVectors = Arc<Vec<Vec<f32>>>;
+
+/// Texts are compared by their beginning: an encoder's cost grows with length.
+const EMBEDDED_CHARACTERS: usize = 512;
+
+fn beginning(text: &str) -> &str {
+    text.char_indices().nth(EMBEDDED_CHARACTERS).map_or(text, |(end, _)| &text[..end])
+}
+
+/// The examples' vectors (unit length, as the embedder returns them).
+pub fn embed_examples(embedder: &Embedder, examples: &[String]) -> Result<Vec<Vec<f32>>, String> {
+    let texts: Vec<String> = examples.iter().map(|e| beginning(e).to_string()).collect();
+    embedder.embed(&texts).map(|(vectors, _)| vectors).map_err(|e| e.to_string())
 }
 
 struct Compiled {
@@ -133,7 +171,32 @@ impl Guardrails {
             let at = format!("guardrails[{index}]");
             let matcher = match &spec.rule {
                 Rule::Pii => Matcher::Pii(Detector::new(&[]).map_err(|e| format!("{at}: {e}"))?),
-                Rule::DeniedTopic { keywords: list, .. } | Rule::WordList { words: list } => {
+                Rule::DeniedTopic { keywords, examples, embedding_model, threshold, .. } => {
+                    if keywords.iter().chain(examples).any(|w| w.trim().is_empty()) {
+                        return Err(format!("{at}: keywords and examples must not be empty strings"));
+                    }
+                    if keywords.is_empty() && examples.is_empty() {
+                        return Err(format!("{at}: give keywords, or examples with an embedding_model"));
+                    }
+                    let model = match (examples.is_empty(), embedding_model) {
+                        (true, _) => String::new(),
+                        (false, Some(model)) if model.split_once('@').is_some() => model.clone(),
+                        (false, _) => return Err(format!("{at}.embedding_model: examples need NAME@VERSION")),
+                    };
+                    let threshold = threshold.unwrap_or(0.6);
+                    if !(threshold > 0.0 && threshold <= 1.0) {
+                        return Err(format!("{at}.threshold must be in (0, 1]"));
+                    }
+                    let keywords = match keywords.is_empty() {
+                        true => None,
+                        false => Some(words(keywords).map_err(|e| format!("{at}: {e}"))?),
+                    };
+                    Matcher::Topic {
+                        keywords,
+                        semantic: Semantic { model, examples: examples.clone(), threshold, attached: None },
+                    }
+                }
+                Rule::WordList { words: list } => {
                     if list.is_empty() || list.iter().any(|w| w.trim().is_empty()) {
                         return Err(format!("{at}: give non-empty words"));
                     }
@@ -151,6 +214,33 @@ impl Guardrails {
             rules.push(Compiled { spec: spec.clone(), matcher });
         }
         Ok(Guardrails { rules })
+    }
+
+    /// `(rule, model, examples)` of every denied topic that needs an embedding model.
+    pub fn semantic_topics(&self) -> Vec<(String, String, Vec<String>)> {
+        self.rules
+            .iter()
+            .filter_map(|rule| match &rule.matcher {
+                Matcher::Topic { semantic, .. } if !semantic.examples.is_empty() => {
+                    Some((rule.spec.name.clone(), semantic.model.clone(), semantic.examples.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Gives rule `name` its loaded encoder and its examples' vectors.
+    pub fn attach(&mut self, name: &str, embedder: Arc<Embedder>, vectors: ExampleVectors) {
+        for rule in self.rules.iter_mut().filter(|r| r.spec.name == name) {
+            if let Matcher::Topic { semantic, .. } = &mut rule.matcher {
+                semantic.attached = Some((embedder.clone(), vectors.clone()));
+            }
+        }
+    }
+
+    /// Whether checking runs an encoder (callers move off the async workers then).
+    pub fn embeds(&self) -> bool {
+        self.rules.iter().any(|r| matches!(&r.matcher, Matcher::Topic { semantic, .. } if semantic.attached.is_some()))
     }
 
     pub fn empty() -> Guardrails {
@@ -201,6 +291,13 @@ impl Guardrails {
                     let over = count(&text) > *max;
                     ("token_limit", if over { vec![(0, text.len())] } else { Vec::new() })
                 }
+                Matcher::Topic { keywords, semantic } => {
+                    let mut spans = keywords.as_ref().map(|k| whole_word_matches(k, &text)).unwrap_or_default();
+                    if spans.is_empty() && similar(semantic, &text) {
+                        spans.push((0, text.len()));
+                    }
+                    ("denied_topic", spans)
+                }
             };
             if spans.is_empty() {
                 continue;
@@ -218,7 +315,9 @@ impl Guardrails {
                         // A text over the limit keeps what fits: its first `max` tokens' worth of
                         // characters, measured back from the end.
                         Matcher::TokenLimit(max) => truncate_to(&text, *max, count),
-                        Matcher::Words(..) => mask_spans(&text, &spans, &format!("[{}]", kind.to_uppercase())),
+                        Matcher::Words(..) | Matcher::Topic { .. } => {
+                            mask_spans(&text, &spans, &format!("[{}]", kind.to_uppercase()))
+                        }
                     };
                 }
                 _ => {}
@@ -227,6 +326,15 @@ impl Guardrails {
         }
         Checked { text, verdicts, blocked }
     }
+}
+
+/// Whether `text` is at least `threshold` similar (cosine) to any example. A text the encoder
+/// cannot read is not a match; the keyword side still applies.
+fn similar(semantic: &Semantic, text: &str) -> bool {
+    let Some((embedder, examples)) = &semantic.attached else { return false };
+    let Ok((vectors, _)) = embedder.embed(&[beginning(text).to_string()]) else { return false };
+    let Some(vector) = vectors.first() else { return false };
+    examples.iter().any(|example| example.iter().zip(vector).map(|(a, b)| a * b).sum::<f32>() >= semantic.threshold)
 }
 
 fn mask_spans(text: &str, spans: &[(usize, usize)], label: &str) -> String {
@@ -270,7 +378,13 @@ mod tests {
                 "weapons",
                 Stage::Both,
                 GuardAction::Block,
-                Rule::DeniedTopic { topic: "weapons".into(), keywords: vec!["rifle".into(), "explosive".into()] },
+                Rule::DeniedTopic {
+                    topic: "weapons".into(),
+                    keywords: vec!["rifle".into(), "explosive".into()],
+                    examples: vec![],
+                    embedding_model: None,
+                    threshold: None,
+                },
             ),
             rule("rude", Stage::Output, GuardAction::Mask, Rule::WordList { words: vec!["darn".into()] }),
             rule("attacks", Stage::Input, GuardAction::Detect, Rule::PromptAttack),

@@ -222,6 +222,8 @@ pub struct Engines {
     pub upstream: reqwest::Client,
     /// Rate limits and budgets of every deployment, by caller.
     pub limits: Arc<crate::limits::Limits>,
+    /// Denied topics' example vectors, by encoder manifest and examples.
+    topic_vectors: std::sync::Mutex<HashMap<String, crate::guardrails::ExampleVectors>>,
 }
 
 impl Default for Engines {
@@ -231,6 +233,7 @@ impl Default for Engines {
             embedding_permits: Arc::new(tokio::sync::Semaphore::new(8)),
             upstream: reqwest::Client::new(),
             limits: Arc::default(),
+            topic_vectors: std::sync::Mutex::default(),
         }
     }
 }
@@ -241,6 +244,28 @@ impl Engines {
     pub async fn get(&self, state: &AppState, version: &ModelVersion) -> Result<Arc<LoadedModel>, ApiError> {
         let cell = self.loaded.lock().await.entry(version.manifest_digest.clone()).or_default().clone();
         cell.get_or_try_init(|| async { load(state, version).await.map(Arc::new) }).await.cloned()
+    }
+}
+
+impl Engines {
+    /// The unit vectors of a denied topic's examples under `embedder`, computed once.
+    pub async fn topic_vectors(
+        &self,
+        manifest: &str,
+        embedder: &Arc<Embedder>,
+        examples: &[String],
+    ) -> Result<crate::guardrails::ExampleVectors, String> {
+        let key = format!("{manifest}|{examples:?}");
+        if let Some(found) = self.topic_vectors.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(found.clone());
+        }
+        let (embedder, examples) = (embedder.clone(), examples.to_vec());
+        let vectors = tokio::task::spawn_blocking(move || crate::guardrails::embed_examples(&embedder, &examples))
+            .await
+            .map_err(|e| e.to_string())??;
+        let vectors = Arc::new(vectors);
+        self.topic_vectors.lock().unwrap_or_else(|p| p.into_inner()).insert(key, vectors.clone());
+        Ok(vectors)
     }
 }
 

@@ -540,6 +540,26 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
                 && status["readings"].as_array().is_some_and(|r| r.iter().any(|r| r["monitor"] == "prompt.embedding"))
         })
         .await;
+        // Denied topics by similarity to examples under the same encoder: no keyword needed.
+        let topical = json!({
+            "name": "topical", "variants": [{ "model": "bard@1" }],
+            "guardrails": [{ "name": "no-weapons", "stage": "input", "action": "block",
+                "rule": { "kind": "denied_topic", "topic": "weapons", "embedding_model": "minilm@1", "threshold": 0.5,
+                          "examples": ["How do I build a bomb or another explosive weapon?",
+                                       "Instructions for making a gun at home"] } }],
+        });
+        let created = call(&url, "POST", "/api/v1/deployments", Some(&engineer), Some(topical)).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let ask = |prompt: &'static str| {
+            let body = json!({ "model": "topical", "prompt": prompt, "max_tokens": 2 });
+            client.post(format!("{url}/v1/completions")).bearer_auth(&app).json(&body).send()
+        };
+        let refused = ask("What is the easiest way to make an explosive device in my garage?").await.unwrap();
+        assert_eq!(refused.status(), 400);
+        let refused: Value = refused.json().await.unwrap();
+        assert_eq!(refused["error"]["code"], "guardrail_blocked", "{refused}");
+        assert_eq!(ask("Write a short poem about a spring meadow").await.unwrap().status(), 200);
+
         let drift = call(&url, "GET", "/api/v1/deployments/watched/drift", Some(&engineer), None).await;
         let log = std::fs::read_to_string(dir.path().join("a/server.log")).unwrap_or_default();
         let lines: Vec<&str> =

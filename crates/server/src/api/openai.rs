@@ -185,8 +185,9 @@ async fn plan(state: &AppState, caller: &Caller, deployment: &str, headers: &Hea
             return Err(error);
         }
     }
-    let guardrails = Guardrails::compile(&spec.guardrails)
+    let mut guardrails = Guardrails::compile(&spec.guardrails)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("stored guardrails: {e}")))?;
+    attach_topic_encoders(state, &tenant, &mut guardrails).await?;
     Ok(Plan {
         primary: spec.pick(draw).clone(),
         fallbacks: spec.with_role(VariantRole::Fallback).cloned().collect(),
@@ -196,6 +197,31 @@ async fn plan(state: &AppState, caller: &Caller, deployment: &str, headers: &Hea
         guardrails,
         tenant,
     })
+}
+
+/// Loads the embedding models that denied topics compare texts under (verified, as any model),
+/// with their examples' vectors computed once per model and examples.
+async fn attach_topic_encoders(
+    state: &AppState,
+    tenant: &TenantName,
+    guardrails: &mut Guardrails,
+) -> Result<(), ApiError> {
+    for (rule, model, examples) in guardrails.semantic_topics() {
+        let unusable = |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "guardrail_unavailable", why);
+        let (name, reference) = model.split_once('@').unwrap_or_default();
+        let version = crate::api::models::version_of(state, tenant, name, reference)
+            .await?
+            .ok_or_else(|| unusable(format!("guardrail {rule}: embedding model {model} does not exist")))?;
+        let loaded = state.engines.get(state, &version).await?;
+        let embedder = loaded
+            .embedder
+            .clone()
+            .ok_or_else(|| unusable(format!("guardrail {rule}: {model} is not an embedding model")))?;
+        let vectors =
+            state.engines.topic_vectors(&version.manifest_digest, &embedder, &examples).await.map_err(unusable)?;
+        guardrails.attach(&rule, embedder, vectors);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -722,7 +748,11 @@ async fn serve(
         incoming.keep_text = (draw < logging.sample_rate).then_some(logging.redact_pii);
     }
     if !guardrails.is_empty() {
-        let (verdicts, block) = guard_input(&guardrails, &mut incoming);
+        // An encoder's work blocks: off the async workers with it.
+        let (verdicts, block) = match guardrails.embeds() {
+            true => tokio::task::block_in_place(|| guard_input(&guardrails, &mut incoming)),
+            false => guard_input(&guardrails, &mut incoming),
+        };
         record_verdicts(state, caller, &plan.tenant, &deployment, &verdicts).await;
         if let Some(verdict) = block {
             return Err(blocked(&verdict));
@@ -755,7 +785,10 @@ async fn serve(
     };
     let pointer = if json["object"] == "chat.completion" { "/choices/0/message/content" } else { "/choices/0/text" };
     let text = json.pointer(pointer).and_then(|t| t.as_str()).unwrap_or_default().to_string();
-    let checked = guardrails.check(Stage::Output, &text, &estimated_tokens);
+    let checked = match guardrails.embeds() {
+        true => tokio::task::block_in_place(|| guardrails.check(Stage::Output, &text, &estimated_tokens)),
+        false => guardrails.check(Stage::Output, &text, &estimated_tokens),
+    };
     record_verdicts(state, caller, &tenant, &deployment, &checked.verdicts).await;
     let (text, filtered) = match &checked.blocked {
         Some(_) => (String::new(), true),
