@@ -16,12 +16,31 @@ use factory_store::models::ModelVersion;
 use factory_tokenizer::Tokenizer;
 
 use crate::extract::Caller;
-use crate::pipelines::{deployment_spec, promote, put_deployment, StepOutcome, StepSpec};
+use crate::rollout::{deployment_spec, promote, put_deployment};
 use crate::serving::{VariantRole, VariantSpec};
 use crate::state::AppState;
 use crate::workers::JobControl;
 
-type StepResult = Result<StepOutcome, String>;
+/// What a canary step asked for.
+pub struct CanaryPlan {
+    pub deployment: String,
+    /// The candidate's share of primary traffic, 0..1.
+    pub share: f64,
+    pub min_requests: usize,
+    pub min_feedback: usize,
+    pub max_duration_secs: u64,
+    /// The feedback metric compared, if any.
+    pub metric: Option<String>,
+    pub alpha: f64,
+    /// The alias promotion moves.
+    pub alias: String,
+}
+
+/// The decision with its evidence; `promoted` is false when the canary rolled back.
+pub struct CanaryOutcome {
+    pub result: serde_json::Value,
+    pub promoted: bool,
+}
 
 /// Mean next-token loss of a verified model version on `texts` (joined as in training), over
 /// at most `windows` windows of `seq_len` tokens.
@@ -77,12 +96,12 @@ pub(crate) async fn run(
     state: &AppState,
     caller: &Caller,
     tenant: &TenantName,
-    step: &StepSpec,
+    plan: &CanaryPlan,
     candidate: &str,
     control: JobControl,
-) -> StepResult {
-    let deployment = step.deployment.clone().unwrap_or_default();
-    let original = deployment_spec(state, caller, tenant, &deployment).await.map_err(String::from)?;
+) -> Result<CanaryOutcome, String> {
+    let deployment = plan.deployment.clone();
+    let original = deployment_spec(state, caller, tenant, &deployment).await?;
     let stable_reference = original
         .variants
         .iter()
@@ -95,7 +114,7 @@ pub(crate) async fn run(
         .map_err(|e| e.message)?
         .map(|v| format!("{}@{}", v.name, v.version))
         .ok_or(format!("{stable_reference} does not exist"))?;
-    let share = step.weight.unwrap_or(0.2);
+    let share = plan.share;
     let mut spec = original.clone();
     let total: f64 = spec.variants.iter().filter(|v| v.role == VariantRole::Primary).map(|v| v.weight).sum();
     for variant in spec.variants.iter_mut().filter(|v| v.role == VariantRole::Primary) {
@@ -107,12 +126,11 @@ pub(crate) async fn run(
         weight: share,
         role: VariantRole::Primary,
     });
-    put_deployment(state, caller, tenant, &deployment, spec).await.map_err(String::from)?;
+    put_deployment(state, caller, tenant, &deployment, spec).await?;
     let started = factory_core::time::now_millis();
-    let (min_requests, min_feedback) =
-        (step.min_requests.unwrap_or(50) as usize, step.min_feedback.unwrap_or(30) as usize);
-    let deadline = std::time::Instant::now() + Duration::from_secs(step.max_duration_secs.unwrap_or(600));
-    let metric = step.metric.clone();
+    let (min_requests, min_feedback) = (plan.min_requests, plan.min_feedback);
+    let deadline = std::time::Instant::now() + Duration::from_secs(plan.max_duration_secs);
+    let metric = plan.metric.clone();
     let higher_is_better =
         metric.as_ref().and_then(|m| state.config.feedback.get(m)).is_none_or(|m| m.better == "higher");
     let mut cancel = control.cancel.clone();
@@ -132,13 +150,13 @@ pub(crate) async fn run(
             _ = cancel.wait_for(|c| *c) => true,
         };
         if cancelled {
-            put_deployment(state, caller, tenant, &deployment, original).await.map_err(String::from)?;
+            put_deployment(state, caller, tenant, &deployment, original).await?;
             return Err("cancelled; the deployment was restored".into());
         }
     };
     let empty = Arm::default();
     let (control_arm, treatment) = (arms.get(&stable).unwrap_or(&empty), arms.get(candidate).unwrap_or(&empty));
-    let alpha = step.alpha.unwrap_or(0.05);
+    let alpha = plan.alpha;
     let mut tests = vec![
         (
             "failures",
@@ -164,7 +182,7 @@ pub(crate) async fn run(
         let feedback = if metric.is_some() { format!(" and {min_feedback} feedback values") } else { String::new() };
         format!(
             "not enough traffic within {} s (each variant needs {min_requests} requests{feedback})",
-            step.max_duration_secs.unwrap_or(600)
+            plan.max_duration_secs
         )
     });
     let (decision, reason) = decide(&tests, shortfall, alpha);
@@ -177,16 +195,13 @@ pub(crate) async fn run(
         "original_spec": original,
     });
     if decision == "promote" {
-        let alias = step.alias.clone().unwrap_or_else(|| "production".to_string());
-        let promotion = promote(state, caller, tenant, &deployment, &alias, candidate, Some(original))
-            .await
-            .map_err(String::from)?;
+        let promotion = promote(state, caller, tenant, &deployment, &plan.alias, candidate, Some(original)).await?;
         result["promotion"] = promotion;
-        return Ok(StepOutcome { result, ok: true, rolled_back: false });
+        return Ok(CanaryOutcome { result, promoted: true });
     }
-    put_deployment(state, caller, tenant, &deployment, original).await.map_err(String::from)?;
+    put_deployment(state, caller, tenant, &deployment, original).await?;
     result["rolled_back"] = true.into();
-    Ok(StepOutcome { result, ok: false, rolled_back: true })
+    Ok(CanaryOutcome { result, promoted: false })
 }
 
 /// Promote unless the traffic fell short or any one-sided test says the candidate is worse.

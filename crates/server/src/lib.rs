@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod orphans;
 pub mod pipelines;
 pub mod registry;
+pub mod rollout;
 pub mod routes;
 pub mod serving;
 pub mod startup;

@@ -18,8 +18,9 @@ use tokio::sync::watch;
 
 use crate::api;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use crate::serving::{DeploymentSpec, VariantRole, VariantSpec};
+use crate::extract::{ApiJson, ApiPath, Caller};
+use crate::rollout::{answer, promote, put_deployment, tenant_query};
+use crate::serving::DeploymentSpec;
 use crate::state::AppState;
 use crate::workers::{JobControl, JobError, JobHandler};
 
@@ -478,13 +479,13 @@ pub fn with_pipeline_handlers(mut pool: crate::workers::WorkerPool, state: &AppS
     pool
 }
 
-pub(crate) struct StepOutcome {
-    pub result: serde_json::Value,
-    pub ok: bool,
-    pub rolled_back: bool,
+struct StepOutcome {
+    result: serde_json::Value,
+    ok: bool,
+    rolled_back: bool,
 }
 
-pub(crate) enum StepError {
+enum StepError {
     Cancelled,
     Failed(String),
 }
@@ -561,7 +562,20 @@ async fn execute(
         StepKind::Train | StepKind::Finetune => train(state, caller, tenant, step, control).await,
         StepKind::Evaluate => evaluate(state, caller, tenant, step, &candidate()?).await,
         StepKind::Gate => gate(step, &context),
-        StepKind::Canary => Ok(crate::canary::run(state, caller, tenant, step, &candidate()?, control).await?),
+        StepKind::Canary => {
+            let plan = crate::canary::CanaryPlan {
+                deployment: step.deployment.clone().unwrap_or_default(),
+                share: step.weight.unwrap_or(0.2),
+                min_requests: step.min_requests.unwrap_or(50) as usize,
+                min_feedback: step.min_feedback.unwrap_or(30) as usize,
+                max_duration_secs: step.max_duration_secs.unwrap_or(600),
+                metric: step.metric.clone(),
+                alpha: step.alpha.unwrap_or(0.05),
+                alias: step.alias.clone().unwrap_or_else(|| "production".to_string()),
+            };
+            let outcome = crate::canary::run(state, caller, tenant, &plan, &candidate()?, control).await?;
+            Ok(StepOutcome { result: outcome.result, ok: outcome.promoted, rolled_back: !outcome.promoted })
+        }
         StepKind::Promote => {
             let deployment = step.deployment.as_deref().unwrap_or_default();
             let alias = step.alias.as_deref().unwrap_or("production");
@@ -571,17 +585,6 @@ async fn execute(
         StepKind::Rollback => rollback(state, caller, tenant, step, &context).await,
         StepKind::Notify => notify(state, step, run).await,
     }
-}
-
-/// Calls a handler as the pipeline's author and reads its JSON answer.
-async fn answer(response: Result<axum::response::Response, ApiError>) -> Result<serde_json::Value, StepError> {
-    let response = response?;
-    let bytes = axum::body::to_bytes(response.into_body(), 16 << 20).await.map_err(|e| e.to_string())?;
-    Ok(serde_json::from_slice(&bytes).unwrap_or_default())
-}
-
-fn tenant_query(tenant: &TenantName) -> ApiQuery<api::datasets::TenantQuery> {
-    ApiQuery(api::datasets::TenantQuery { tenant: Some(tenant.to_string()) })
 }
 
 /// `NAME@VERSION` or `NAME@latest` of a dataset, with the version resolved.
@@ -711,100 +714,6 @@ fn gate(step: &StepSpec, context: &Context) -> Result<StepOutcome, StepError> {
         ok,
         rolled_back: false,
     })
-}
-
-/// The deployment's spec now, as the author may read it.
-pub(crate) async fn deployment_spec(
-    state: &AppState,
-    caller: &Caller,
-    tenant: &TenantName,
-    name: &str,
-) -> Result<DeploymentSpec, StepError> {
-    let view = answer(
-        api::deployments::show(State(state.clone()), caller.clone(), ApiPath(name.to_string()), tenant_query(tenant))
-            .await
-            .map(axum::response::IntoResponse::into_response),
-    )
-    .await?;
-    Ok(serde_json::from_value(view["spec"].clone()).map_err(|e| format!("deployment {name}: {e}"))?)
-}
-
-pub(crate) async fn put_deployment(
-    state: &AppState,
-    caller: &Caller,
-    tenant: &TenantName,
-    name: &str,
-    spec: DeploymentSpec,
-) -> Result<(), StepError> {
-    let body = api::deployments::UpdateDeployment::from(spec);
-    answer(
-        api::deployments::update(
-            State(state.clone()),
-            caller.clone(),
-            ApiPath(name.to_string()),
-            tenant_query(tenant),
-            ApiJson(body),
-        )
-        .await,
-    )
-    .await?;
-    Ok(())
-}
-
-/// Moves `alias` to the candidate and routes all primary traffic to the stable variant (which
-/// follows the alias; a variant pinned to a version is pointed at the candidate). `original`
-/// is the spec to restore the routing from (the one before a canary).
-pub(crate) async fn promote(
-    state: &AppState,
-    caller: &Caller,
-    tenant: &TenantName,
-    deployment: &str,
-    alias: &str,
-    candidate: &str,
-    original: Option<DeploymentSpec>,
-) -> Result<serde_json::Value, StepError> {
-    let (name, version) = candidate.split_once('@').ok_or(format!("{candidate:?} is not NAME@VERSION"))?;
-    let number: i64 = version.parse().map_err(|_| format!("{candidate:?} is not NAME@VERSION"))?;
-    let previous = api::models::version_of(state, tenant, name, alias).await?.map(|v| v.version);
-    answer(
-        api::models::set_alias(
-            State(state.clone()),
-            caller.clone(),
-            ApiPath((name.to_string(), alias.to_string())),
-            tenant_query(tenant),
-            ApiJson(api::models::SetAlias { version: number }),
-        )
-        .await,
-    )
-    .await?;
-    let mut spec = match original {
-        Some(spec) => spec,
-        None => deployment_spec(state, caller, tenant, deployment).await?,
-    };
-    let follows = format!("{name}@{alias}");
-    let mut routed = false;
-    for variant in spec.variants.iter_mut().filter(|v| v.role == VariantRole::Primary) {
-        let Some(model) = &variant.model else { continue };
-        if !routed && (model == &follows || model.split_once('@').is_some_and(|(n, _)| n == name)) {
-            variant.model = Some(if model == &follows { follows.clone() } else { candidate.to_string() });
-            variant.weight = 1.0;
-            routed = true;
-        } else {
-            variant.weight = 0.0;
-        }
-    }
-    if !routed {
-        spec.variants.insert(
-            0,
-            VariantSpec { model: Some(follows.clone()), upstream: None, weight: 1.0, role: VariantRole::Primary },
-        );
-    }
-    spec.variants.retain(|v| v.role != VariantRole::Primary || v.weight > 0.0);
-    put_deployment(state, caller, tenant, deployment, spec.clone()).await?;
-    Ok(serde_json::json!({
-        "promoted": candidate, "alias": alias, "previous_version": previous, "deployment": deployment,
-        "variants": spec.variants.iter().map(|v| serde_json::json!({ "model": v.label(), "weight": v.weight })).collect::<Vec<_>>(),
-    }))
 }
 
 async fn rollback(
