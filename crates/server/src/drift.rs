@@ -98,6 +98,8 @@ impl DriftBoard {
 
 struct Watched {
     reference_key: String,
+    /// `name@version` of the model whose lineage gave `reference`.
+    model: Option<String>,
     reference: Option<String>,
     monitor: Monitor,
     embedder: Option<Arc<Embedder>>,
@@ -131,9 +133,10 @@ async fn pass(state: &AppState, watched: &mut HashMap<(String, String), Watched>
         let Some(drift) = spec.drift.clone() else { continue };
         let key = (deployment.tenant.to_string(), deployment.name.clone());
         live.push(key.clone());
-        let reference = match &drift.reference {
-            Some(reference) => Some(reference.clone()),
-            None => training_data_of(state, &deployment.tenant, &spec).await,
+        let known = watched.get(&key).map(|w| (w.model.clone(), w.reference.clone()));
+        let (model, reference) = match &drift.reference {
+            Some(reference) => (None, Some(reference.clone())),
+            None => training_data_of(state, &deployment.tenant, &spec, known).await,
         };
         let reference_key = format!("{reference:?}|{:?}|{:?}", drift.embedding_model, drift.settings);
         if watched.get(&key).is_none_or(|w| w.reference_key != reference_key) {
@@ -168,6 +171,7 @@ async fn pass(state: &AppState, watched: &mut HashMap<(String, String), Watched>
                 key.clone(),
                 Watched {
                     reference_key,
+                    model: model.clone(),
                     reference: reference.clone(),
                     monitor,
                     embedder,
@@ -202,13 +206,26 @@ async fn pass(state: &AppState, watched: &mut HashMap<(String, String), Watched>
     Ok(())
 }
 
-/// `dataset@version` the first primary model was trained on.
-async fn training_data_of(state: &AppState, tenant: &TenantName, spec: &DeploymentSpec) -> Option<String> {
-    let model = spec.with_role(VariantRole::Primary).find_map(|v| v.model.clone())?;
-    let (name, reference) = model.split_once('@')?;
-    let version = crate::api::models::version_of(state, tenant, name, reference).await.ok()??;
-    let (manifest, _) = crate::registry::open_manifest(state, &version).await.ok()?;
-    manifest.lineage.datasets.first().map(|d| format!("{}@{}", d.name, d.version))
+/// `dataset@version` the first primary model was trained on, with the `name@version` that model
+/// resolves to now. The signed manifest is read only when that version changes (`known` is what
+/// the last pass found), not on every pass.
+async fn training_data_of(
+    state: &AppState,
+    tenant: &TenantName,
+    spec: &DeploymentSpec,
+    known: Option<(Option<String>, Option<String>)>,
+) -> (Option<String>, Option<String>) {
+    let Some(model) = spec.with_role(VariantRole::Primary).find_map(|v| v.model.clone()) else { return (None, None) };
+    let Some((name, reference)) = model.split_once('@') else { return (None, None) };
+    let Ok(Some(version)) = crate::api::models::version_of(state, tenant, name, reference).await else {
+        return (None, None);
+    };
+    let resolved = Some(format!("{}@{}", version.name, version.version));
+    if let Some((known_model, known_reference)) = known.filter(|(m, _)| *m == resolved) {
+        return (known_model, known_reference);
+    }
+    let Ok((manifest, _)) = crate::registry::open_manifest(state, &version).await else { return (resolved, None) };
+    (resolved, manifest.lineage.datasets.first().map(|d| format!("{}@{}", d.name, d.version)))
 }
 
 async fn build_monitor(
@@ -246,10 +263,8 @@ async fn build_monitor(
 }
 
 fn embed_all(embedder: &Embedder, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
-    let beginnings: Vec<String> = texts
-        .iter()
-        .map(|t| t.char_indices().nth(EMBEDDED_CHARACTERS).map_or(t.as_str(), |(end, _)| &t[..end]).to_string())
-        .collect();
+    let beginnings: Vec<String> =
+        texts.iter().map(|t| crate::guardrails::beginning(t, EMBEDDED_CHARACTERS).to_string()).collect();
     let mut vectors = Vec::with_capacity(texts.len());
     for chunk in beginnings.chunks(32) {
         vectors.extend(embedder.embed(chunk).map_err(|e| e.to_string())?.0);
@@ -269,12 +284,9 @@ async fn embedder(state: &AppState, tenant: &TenantName, model: &str) -> Result<
 
 /// The text column of a dataset version (`name@version` or `name@latest`).
 async fn reference_texts(state: &AppState, tenant: &TenantName, reference: &str) -> Result<Vec<String>, String> {
-    let (name, version) = reference.split_once('@').ok_or("drift.reference: expected DATASET@VERSION")?;
-    let dataset = crate::api::datasets::find_dataset(state, tenant, name).await.map_err(|e| e.to_string())?;
-    let version = match version {
-        "latest" => dataset.latest_version,
-        number => number.parse().map_err(|_| format!("drift.reference: {number:?} is not a version"))?,
-    };
+    let (dataset, version) = crate::api::datasets::find_version(state, tenant, reference)
+        .await
+        .map_err(|e| format!("drift.reference: {}", e.message))?;
     let manifest = crate::api::datasets::load_manifest(state, &dataset, version).await.map_err(|e| e.to_string())?;
     crate::training::manifest_texts(state, &manifest).await
 }

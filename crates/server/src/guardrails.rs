@@ -105,13 +105,14 @@ pub type ExampleVectors = Arc<Vec<Vec<f32>>>;
 /// Texts are compared by their beginning: an encoder's cost grows with length.
 const EMBEDDED_CHARACTERS: usize = 512;
 
-fn beginning(text: &str) -> &str {
-    text.char_indices().nth(EMBEDDED_CHARACTERS).map_or(text, |(end, _)| &text[..end])
+/// The first `characters` characters of `text`.
+pub(crate) fn beginning(text: &str, characters: usize) -> &str {
+    text.char_indices().nth(characters).map_or(text, |(end, _)| &text[..end])
 }
 
 /// The examples' vectors (unit length, as the embedder returns them).
 pub fn embed_examples(embedder: &Embedder, examples: &[String]) -> Result<Vec<Vec<f32>>, String> {
-    let texts: Vec<String> = examples.iter().map(|e| beginning(e).to_string()).collect();
+    let texts: Vec<String> = examples.iter().map(|e| beginning(e, EMBEDDED_CHARACTERS).to_string()).collect();
     embedder.embed(&texts).map(|(vectors, _)| vectors).map_err(|e| e.to_string())
 }
 
@@ -332,7 +333,7 @@ impl Guardrails {
 /// cannot read is not a match; the keyword side still applies.
 fn similar(semantic: &Semantic, text: &str) -> bool {
     let Some((embedder, examples)) = &semantic.attached else { return false };
-    let Ok((vectors, _)) = embedder.embed(&[beginning(text).to_string()]) else { return false };
+    let Ok((vectors, _)) = embedder.embed(&[beginning(text, EMBEDDED_CHARACTERS).to_string()]) else { return false };
     let Some(vector) = vectors.first() else { return false };
     examples.iter().any(|example| example.iter().zip(vector).map(|(a, b)| a * b).sum::<f32>() >= semantic.threshold)
 }

@@ -312,10 +312,8 @@ impl Subscriber for EventTrigger {
         let payload = &event.payload;
         let Some(tenant) = payload["tenant"].as_str() else { return Ok(()) };
         let subject = |field: &str| payload[field].as_str().map(str::to_string);
-        for pipeline in self.state.store.pipelines(None).await.map_err(|e| e.to_string())? {
-            if pipeline.tenant.as_str() != tenant {
-                continue;
-            }
+        let Ok(tenant) = TenantName::new(tenant) else { return Ok(()) };
+        for pipeline in self.state.store.pipelines(Some(&tenant)).await.map_err(|e| e.to_string())? {
             let Ok(spec) = serde_json::from_value::<PipelineSpec>(pipeline.spec.clone()) else { continue };
             let matches = spec.triggers.iter().any(|t| {
                 t.event.as_deref() == Some(event.topic.as_str())
@@ -587,17 +585,6 @@ async fn execute(
     }
 }
 
-/// `NAME@VERSION` or `NAME@latest` of a dataset, with the version resolved.
-async fn dataset_version(state: &AppState, tenant: &TenantName, reference: &str) -> Result<(String, i64), StepError> {
-    let (name, version) = reference.split_once('@').ok_or(format!("{reference:?} is not DATASET@VERSION"))?;
-    let dataset = api::datasets::find_dataset(state, tenant, name).await?;
-    let version = match version {
-        "latest" => dataset.latest_version,
-        number => number.parse().map_err(|_| format!("{reference:?}: {number:?} is not a version"))?,
-    };
-    Ok((name.to_string(), version))
-}
-
 /// `NAME@VERSION` that `NAME@REFERENCE` (a number or an alias) means now.
 async fn pinned(state: &AppState, tenant: &TenantName, reference: &str) -> Result<String, StepError> {
     let (name, version) = reference.split_once('@').ok_or(format!("{reference:?} is not NAME@VERSION"))?;
@@ -614,7 +601,9 @@ async fn train(
     step: &StepSpec,
     control: JobControl,
 ) -> Result<StepOutcome, StepError> {
-    let (dataset, version) = dataset_version(state, tenant, step.dataset.as_deref().unwrap_or_default()).await?;
+    let (dataset, version) =
+        api::datasets::find_version(state, tenant, step.dataset.as_deref().unwrap_or_default()).await?;
+    let dataset = dataset.name;
     let mut body = step.run.clone().and_then(|r| r.as_object().cloned()).unwrap_or_default();
     let finetune = step.kind() == StepKind::Finetune;
     body.insert("kind".into(), if finetune { "finetune" } else { "pretrain" }.into());
@@ -669,8 +658,8 @@ async fn evaluate(
     step: &StepSpec,
     candidate: &str,
 ) -> Result<StepOutcome, StepError> {
-    let (name, version) = dataset_version(state, tenant, step.dataset.as_deref().unwrap_or_default()).await?;
-    let dataset = api::datasets::find_dataset(state, tenant, &name).await?;
+    let (dataset, version) =
+        api::datasets::find_version(state, tenant, step.dataset.as_deref().unwrap_or_default()).await?;
     // Scoring reads rows: the author must be allowed to.
     api::datasets::authorize_on(state, caller, &dataset, Action::DatasetReadRows, &[("raw_pii", false)]).await?;
     let manifest = api::datasets::load_manifest(state, &dataset, version).await?;
@@ -689,7 +678,7 @@ async fn evaluate(
             serde_json::json!({ "model": reference, "loss": loss, "perplexity": loss.exp(), "tokens": tokens }),
         );
     }
-    scores.insert("dataset".into(), format!("{name}@{version}").into());
+    scores.insert("dataset".into(), format!("{}@{version}", dataset.name).into());
     scores.insert("documents".into(), held_out.len().into());
     passed(serde_json::Value::Object(scores))
 }

@@ -113,4 +113,12 @@ impl Store {
             .await?;
         rows.iter().map(from_row).collect()
     }
+
+    /// Every tenant's deployments (for the drift monitors).
+    pub async fn all_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM deployments ORDER BY tenant, name"))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
 }

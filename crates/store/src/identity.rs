@@ -9,7 +9,7 @@ use factory_core::{Jurisdiction, Principal, Role, TenantName};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{opt_string, Change, Store, StoreError, StoreErrorKind};
+use crate::{corrupt, opt_string, Change, Store, StoreError, StoreErrorKind};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
@@ -50,10 +50,6 @@ pub struct IssuedKey {
 }
 
 const KEY_COLUMNS: &str = "id, tenant, role, description, created_at, created_by, expires_at, revoked_at";
-
-fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::new(StoreErrorKind::Corrupt, format!("stored {what} is invalid: {error}"))
-}
 
 fn key_from_row(row: &AnyRow) -> Result<ApiKey, StoreError> {
     let tenant = opt_string(row, "tenant")?.map(TenantName::new).transpose().map_err(|e| corrupt("key tenant", e))?;

@@ -218,6 +218,11 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// The error for a stored value that no longer parses.
+pub(crate) fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::new(StoreErrorKind::Corrupt, format!("stored {what} is invalid: {error}"))
+}
+
 pub(crate) fn opt_string(row: &AnyRow, column: &str) -> Result<Option<String>, StoreError> {
     Ok(row.try_get::<Option<String>, _>(column)?)
 }

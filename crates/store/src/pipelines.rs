@@ -7,11 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{opt_string, Change, Store, StoreError, StoreErrorKind};
-
-fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::new(StoreErrorKind::Corrupt, format!("stored {what}: {error}"))
-}
+use crate::{corrupt, opt_string, Change, Store, StoreError, StoreErrorKind};
 
 fn json_column<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &str) -> Result<T, StoreError> {
     let text: String = row.try_get(column)?;
@@ -370,17 +366,5 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(run_from_row).collect()
-    }
-
-    /// Every tenant's deployments (for the drift monitors).
-    pub async fn all_deployments(&self) -> Result<Vec<crate::deployments::Deployment>, StoreError> {
-        let mut all = Vec::new();
-        let tenants: Vec<String> =
-            sqlx::query_scalar("SELECT DISTINCT tenant FROM deployments").fetch_all(self.pool()).await?;
-        for tenant in tenants {
-            let tenant = TenantName::new(tenant).map_err(|e| corrupt("deployment tenant", e))?;
-            all.extend(self.deployments(&tenant).await?);
-        }
-        Ok(all)
     }
 }

@@ -226,6 +226,24 @@ pub async fn create(
     Ok(committed_response(StatusCode::CREATED, Json(DatasetView::from(dataset)), committed))
 }
 
+/// The dataset and version number `NAME@VERSION` (or `NAME@latest`) names.
+pub(crate) async fn find_version(
+    state: &AppState,
+    tenant: &TenantName,
+    reference: &str,
+) -> Result<(Dataset, i64), ApiError> {
+    let (name, version) =
+        reference.split_once('@').ok_or_else(|| ApiError::invalid(format!("{reference:?} is not DATASET@VERSION")))?;
+    let dataset = find_dataset(state, tenant, name).await?;
+    let version = match version {
+        "latest" => dataset.latest_version,
+        number => {
+            number.parse().map_err(|_| ApiError::invalid(format!("{reference:?}: {number:?} is not a version")))?
+        }
+    };
+    Ok((dataset, version))
+}
+
 pub(crate) async fn find_dataset(state: &AppState, tenant: &TenantName, name: &str) -> Result<Dataset, ApiError> {
     state
         .store

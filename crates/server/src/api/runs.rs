@@ -103,10 +103,7 @@ pub async fn create(
         .as_str()
         .ok_or_else(|| ApiError::invalid("dataset: the version was ingested without a text_column to train on"))?
         .to_string();
-    let shards: Vec<String> = manifest["shards"]
-        .as_array()
-        .map(|shards| shards.iter().filter_map(|s| s["digest"].as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
+    let shards = crate::training::manifest_shards(&manifest);
     let base = match &body.base {
         Some(reference) => {
             let (base, max_positions) = base_model(&state, &caller, &tenant, reference).await?;
