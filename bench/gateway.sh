@@ -24,9 +24,13 @@ for v in $(env | grep -o '^FACTORY_[A-Z_]*'); do unset "$v"; done
 "$BIN/mock-upstream" --port 9100 & PIDS+=($!)
 FACTORY_SERVING__UPSTREAMS='["http://127.0.0.1:9100"]' "$BIN/factory" up --data-dir "$DATA" --listen 127.0.0.1:18090 > "$DATA/out" 2> "$DATA/log" & PIDS+=($!)
 FACTORY_PID=$!
-PATH="$VENV/bin:$PATH" "$SHARED/bench/peers/litellm_gateway.sh" http://127.0.0.1:9100/v1 4000 > "$DATA/litellm.log" 2>&1 & PIDS+=($!)
+# WITH_LITELLM=0 leaves the peer out (a quick look at our own overhead; no ratio is claimed then).
+if [ "${WITH_LITELLM:-1}" = 1 ]; then
+  PATH="$VENV/bin:$PATH" "$SHARED/bench/peers/litellm_gateway.sh" http://127.0.0.1:9100/v1 4000 > "$DATA/litellm.log" 2>&1 & PIDS+=($!)
+fi
 for _ in $(seq 1 120); do
-  curl -sf http://127.0.0.1:18090/healthz >/dev/null && curl -sf http://127.0.0.1:4000/health/liveliness >/dev/null && break
+  curl -sf http://127.0.0.1:18090/healthz >/dev/null \
+    && { [ "${WITH_LITELLM:-1}" != 1 ] || curl -sf http://127.0.0.1:4000/health/liveliness >/dev/null; } && break
   sleep 1
 done
 export FACTORY_URL=http://127.0.0.1:18090 FACTORY_API_KEY="$(cat "$DATA/admin.key")"
@@ -40,12 +44,15 @@ IDLE=$(rss)
 DIRECT=$("$PY" bench/gateway_load.py http://127.0.0.1:9100/v1/chat/completions none mock --rate "$RATE" --seconds "$SECONDS_")
 OURS=$("$PY" bench/gateway_load.py http://127.0.0.1:18090/v1/chat/completions "$APP" gw --rate "$RATE" --seconds "$SECONDS_")
 LOADED=$(rss)
-LITELLM=$("$PY" bench/gateway_load.py http://127.0.0.1:4000/v1/chat/completions sk-none mock --rate "$RATE" --seconds "$SECONDS_")
+LITELLM=null
+if [ "${WITH_LITELLM:-1}" = 1 ]; then
+  LITELLM=$("$PY" bench/gateway_load.py http://127.0.0.1:4000/v1/chat/completions sk-none mock --rate "$RATE" --seconds "$SECONDS_")
+fi
 echo "$DIRECT"; echo "$OURS"; echo "$LITELLM"
 "$PY" -c "
 import json, sys
 d, f, l = (json.loads(x) for x in sys.argv[1:4])
-over = lambda g, k: round(g[k] - d[k], 3)
+over = lambda g, k: round(g[k] - d[k], 3) if g else None
 print(json.dumps({'factory_overhead_p50_ms': over(f, 'p50_ms'), 'factory_overhead_p99_ms': over(f, 'p99_ms'),
                   'litellm_overhead_p50_ms': over(l, 'p50_ms'), 'litellm_overhead_p99_ms': over(l, 'p99_ms'),
                   'factory_rss_idle_mib': float(sys.argv[4]), 'factory_rss_loaded_mib': float(sys.argv[5])}))

@@ -21,7 +21,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use factory_model::{KvCache, Llama, StepInput};
+use factory_model::{Decoder, KvCache, StepInput};
 use factory_tokenizer::Tokenizer;
 use serde::Serialize;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -126,12 +126,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the engine thread for `model`.
-    pub fn start(model: Llama, tokenizer: Tokenizer, settings: EngineSettings) -> Engine {
+    /// Starts the engine thread for `model` (see [`Decoder::new`]).
+    pub fn start(model: Decoder, tokenizer: Tokenizer, settings: EngineSettings) -> Engine {
         let (queue, incoming) = std::sync::mpsc::sync_channel(settings.max_waiting.max(1));
         let stats = Arc::new(EngineStats::default());
-        let max_context = model.config.max_position_embeddings;
-        let vocab_size = model.config.vocab_size;
+        let max_context = model.config().max_position_embeddings;
+        let vocab_size = model.config().vocab_size;
         let end_of_text = tokenizer.token_id(factory_tokenizer::END_OF_TEXT);
         let scheduler = Scheduler {
             model,
@@ -143,11 +143,24 @@ impl Engine {
             active: Vec::new(),
             end_of_text,
         };
-        std::thread::Builder::new()
-            .name("factory-engine".to_string())
-            .spawn(move || scheduler.run())
-            .map(|_| ())
-            .unwrap_or_else(|error| eprintln!("cannot start the engine thread: {error}"));
+        // The loop runs on a thread of the engine's own pool, so the parallel parts of a step
+        // are shared between it and the other workers instead of handed to them and waited for.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|index| format!("factory-engine-{index}"))
+            .build();
+        match pool {
+            Ok(pool) => {
+                let pool = Arc::new(pool);
+                let inside = pool.clone();
+                pool.spawn(move || {
+                    let _keep_the_pool = inside;
+                    scheduler.run()
+                });
+            }
+            Err(error) => eprintln!("cannot start the engine's threads: {error}"),
+        }
         Engine { queue, stats, max_context, vocab_size }
     }
 
@@ -203,7 +216,7 @@ impl Sequence {
 }
 
 struct Scheduler {
-    model: Llama,
+    model: Decoder,
     tokenizer: Tokenizer,
     settings: EngineSettings,
     incoming: Receiver<Submitted>,
@@ -266,7 +279,7 @@ impl Scheduler {
                 .prompt
                 .len()
                 .saturating_add(request.params.max_tokens)
-                .min(self.model.config.max_position_embeddings);
+                .min(self.model.config().max_position_embeddings);
             let cache = match KvCache::new(&self.model, capacity) {
                 Ok(cache) => cache,
                 Err(error) => {
@@ -337,8 +350,7 @@ impl Scheduler {
             if !samples {
                 continue;
             }
-            let logits: Vec<f32> = logits.get(row).and_then(|r| r.to_vec1()).map_err(|e| e.to_string())?;
-            let token = sample(&logits, &sequence.params, &mut sequence.rng);
+            let token = sample(logits.row(row), &sequence.params, &mut sequence.rng);
             let now = Instant::now();
             sequence.first_token_at.get_or_insert(now);
             let end_of_text = Some(token) == self.end_of_text && !sequence.params.ignore_eos;

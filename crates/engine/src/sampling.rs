@@ -67,6 +67,9 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u3
     if params.temperature <= 0.0 {
         return argmax(logits);
     }
+    if params.top_k == 0 && params.top_p >= 1.0 {
+        return draw_unfiltered(logits, params.temperature, rng);
+    }
     let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
     candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
     if params.top_k > 0 {
@@ -103,6 +106,21 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u3
         }
     }
     candidates[weights.len() - 1].0
+}
+
+/// Temperature alone needs no ranking: one pass for the maximum, one for the draw.
+fn draw_unfiltered(logits: &[f32], temperature: f32, rng: &mut impl Rng) -> u32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weight = |l: f32| (((l - max) / temperature) as f64).exp();
+    let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+    let mut draw = rng.random::<f64>() * total;
+    for (index, &l) in logits.iter().enumerate() {
+        draw -= weight(l);
+        if draw <= 0.0 {
+            return index as u32;
+        }
+    }
+    argmax(logits)
 }
 
 pub fn argmax(logits: &[f32]) -> u32 {

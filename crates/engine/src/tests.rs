@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use factory_model::{DType, Device, LlamaConfig, Weights};
+use factory_model::{DType, Device, Llama, LlamaConfig, Weights};
 use factory_tokenizer::{BpeSettings, Tokenizer};
 
 use super::*;
@@ -22,7 +22,7 @@ fn model(vocab: usize) -> Llama {
 fn engine(settings: EngineSettings) -> (Engine, Tokenizer, Llama) {
     let tokenizer = tokenizer();
     let reference = model(tokenizer.vocab_size());
-    (Engine::start(model(tokenizer.vocab_size()), tokenizer.clone(), settings), tokenizer, reference)
+    (Engine::start(Decoder::new(&reference).unwrap(), tokenizer.clone(), settings), tokenizer, reference)
 }
 
 fn greedy(max_tokens: usize) -> SamplingParams {

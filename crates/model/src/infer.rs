@@ -1,44 +1,82 @@
-//! Inference with a key/value cache, for many sequences at once. Each step takes, per
-//! sequence, its new tokens (a prompt chunk, or the one token sampled last) and returns the
-//! logits after its last new token. The projections and the MLP run once over the new tokens
-//! of every sequence together (the bulk of the work); attention runs per sequence against its
-//! own cache, so sequences of any length share a step. Caches are preallocated and written in
-//! place: a step never copies a whole cache.
+//! Inference with a key/value cache, for many sequences at once, on the CPU. Training runs on
+//! candle's tensors; serving does not: on a model of a few million parameters one decode step
+//! is a few hundred small operations, and a tensor library's per-operation cost (allocating,
+//! dispatching, copying into contiguous layouts) outweighs the arithmetic. The decoder keeps
+//! the weights as plain `f32` rows, fuses what belongs together (q/k/v and gate/up are one
+//! matrix each), writes into buffers it reuses, and leaves the matrix products to `gemm`.
+//!
+//! Each step takes, per sequence, its new tokens (a prompt chunk, or the one token sampled
+//! last) and returns the logits after its last new token. Projections and the MLP run once over
+//! the new tokens of every sequence together; attention runs per new token against its own
+//! sequence's cache, spread over the cores. Caches are preallocated and written in place.
 
-use candle_core::{DType, Device, Tensor};
+use std::cell::RefCell;
 
-use crate::llama::{linear, repeat_kv};
-use crate::ops::{causal_mask, rms_norm, silu, softmax_last_dim};
-use crate::{Llama, ModelError};
+use candle_core::DType;
+use rayon::prelude::*;
 
-/// Keys and values of one sequence, `[kv_heads, capacity, head_dim]` per layer.
+use crate::{Llama, LlamaConfig, ModelError};
+
+/// A model's weights laid out for decoding. Built once from a [`Llama`] (which can then go).
+pub struct Decoder {
+    config: LlamaConfig,
+    embedding: Vec<f32>,
+    layers: Vec<Layer>,
+    final_norm: Vec<f32>,
+    /// The output projection transposed, `[hidden, vocab]` (a copy when tied to the embedding).
+    head: Vec<f32>,
+    /// `[max_positions, head_dim / 2]` rotary tables.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    scratch: RefCell<Scratch>,
+}
+
+/// Projections are stored transposed, `[in, out]`: `gemm` then reads them in place as they
+/// are instead of repacking every matrix on every step (measured: a quarter of a 32-stream step).
+struct Layer {
+    input_norm: Vec<f32>,
+    /// q, k and v projections side by side: `[hidden, (heads + 2 kv_heads) * head_dim]`.
+    qkv: Vec<f32>,
+    o: Vec<f32>,
+    post_norm: Vec<f32>,
+    /// gate and up projections side by side: `[hidden, 2 * intermediate]`.
+    gate_up: Vec<f32>,
+    down: Vec<f32>,
+}
+
+/// Buffers reused from step to step, grown to the largest step seen.
+#[derive(Default)]
+struct Scratch {
+    hidden: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    attended: Vec<f32>,
+    gate_up: Vec<f32>,
+    activated: Vec<f32>,
+}
+
+/// Keys and values of one sequence: keys `[layers, kv_heads, head_dim, capacity]` (transposed,
+/// so a query's scores against every position are sums of contiguous rows), values
+/// `[layers, kv_heads, capacity, head_dim]`.
 pub struct KvCache {
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
     len: usize,
     capacity: usize,
 }
 
 impl KvCache {
     /// A cache for up to `capacity` positions (at most the model's `max_position_embeddings`).
-    pub fn new(model: &Llama, capacity: usize) -> Result<Self, ModelError> {
-        let config = &model.config;
+    pub fn new(decoder: &Decoder, capacity: usize) -> Result<Self, ModelError> {
+        let config = &decoder.config;
         if capacity == 0 || capacity > config.max_position_embeddings {
             return Err(ModelError::Input(format!(
                 "a cache holds 1 to {} positions, not {capacity}",
                 config.max_position_embeddings
             )));
         }
-        let shape = (config.kv_heads(), capacity, config.head_dim());
-        let device = &model.weights.device;
-        let dtype = model.dtype();
-        let mut keys = Vec::with_capacity(config.num_hidden_layers);
-        let mut values = Vec::with_capacity(config.num_hidden_layers);
-        for _ in 0..config.num_hidden_layers {
-            keys.push(Tensor::zeros(shape, dtype, device)?);
-            values.push(Tensor::zeros(shape, dtype, device)?);
-        }
-        Ok(KvCache { keys, values, len: 0, capacity })
+        let size = config.num_hidden_layers * config.kv_heads() * capacity * config.head_dim();
+        Ok(KvCache { keys: vec![0.0; size], values: vec![0.0; size], len: 0, capacity })
     }
 
     /// Positions filled so far.
@@ -56,7 +94,7 @@ impl KvCache {
 
     /// Bytes this cache holds.
     pub fn bytes(&self) -> usize {
-        self.keys.iter().chain(&self.values).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+        (self.keys.len() + self.values.len()) * std::mem::size_of::<f32>()
     }
 }
 
@@ -66,17 +104,105 @@ pub struct StepInput<'a> {
     pub cache: &'a mut KvCache,
 }
 
-impl Llama {
-    /// Runs one step for every input and returns `[inputs, vocab]` logits, one row per
-    /// sequence, after its last new token. Each cache grows by its sequence's new tokens.
-    pub fn forward_step(&self, inputs: &mut [StepInput<'_>]) -> Result<Tensor, ModelError> {
+/// Logits of one step: a row of `vocab` values per sequence.
+pub struct Logits {
+    values: Vec<f32>,
+    vocab: usize,
+}
+
+impl Logits {
+    pub fn rows(&self) -> usize {
+        self.values.len() / self.vocab
+    }
+
+    pub fn row(&self, index: usize) -> &[f32] {
+        &self.values[index * self.vocab..(index + 1) * self.vocab]
+    }
+}
+
+fn host(model: &Llama, name: &str) -> Result<Vec<f32>, ModelError> {
+    Ok(model.weights.get(name)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Projections `[out_i, in]` placed side by side as one `[in, sum of out_i]`.
+fn transposed(model: &Llama, names: &[&str]) -> Result<Vec<f32>, ModelError> {
+    let matrices = names
+        .iter()
+        .map(|name| Ok((host(model, name)?, model.weights.get(name)?.dims().to_vec())))
+        .collect::<Result<Vec<_>, ModelError>>()?;
+    let inner = matrices.first().map_or(0, |(_, dims)| dims[1]);
+    let width: usize = matrices.iter().map(|(_, dims)| dims[0]).sum();
+    let mut out = vec![0.0; inner * width];
+    let mut column = 0;
+    for (values, dims) in &matrices {
+        for (o, row) in values.chunks_exact(inner).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                out[i * width + column + o] = v;
+            }
+        }
+        column += dims[0];
+    }
+    Ok(out)
+}
+
+impl Decoder {
+    /// Copies `model`'s weights into the decoder's layout. Adapters must be merged first.
+    pub fn new(model: &Llama) -> Result<Self, ModelError> {
+        if model.adapters.is_some() {
+            return Err(ModelError::Input("merge adapters into the weights before serving".to_string()));
+        }
+        let config = model.config.clone();
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for layer in 0..config.num_hidden_layers {
+            let name = |module: &str| format!("model.layers.{layer}.{module}.weight");
+            let (q, k, v) = (name("self_attn.q_proj"), name("self_attn.k_proj"), name("self_attn.v_proj"));
+            let (gate, up) = (name("mlp.gate_proj"), name("mlp.up_proj"));
+            layers.push(Layer {
+                input_norm: host(model, &name("input_layernorm"))?,
+                qkv: transposed(model, &[&q, &k, &v])?,
+                o: transposed(model, &[&name("self_attn.o_proj")])?,
+                post_norm: host(model, &name("post_attention_layernorm"))?,
+                gate_up: transposed(model, &[&gate, &up])?,
+                down: transposed(model, &[&name("mlp.down_proj")])?,
+            });
+        }
+        let head_name = if config.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let head = transposed(model, &[head_name])?;
+        // The same angles as training's rotary tables: computed in f64, rounded once.
+        let (half, positions) = (config.head_dim() / 2, config.max_position_embeddings);
+        let mut cos = Vec::with_capacity(positions * half);
+        let mut sin = Vec::with_capacity(positions * half);
+        for position in 0..positions {
+            for i in 0..half {
+                let frequency = 1.0 / config.rope_theta.powf((2 * i) as f64 / config.head_dim() as f64);
+                let angle = position as f64 * frequency;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Ok(Decoder {
+            embedding: host(model, "model.embed_tokens.weight")?,
+            final_norm: host(model, "model.norm.weight")?,
+            config,
+            layers,
+            head,
+            cos,
+            sin,
+            scratch: RefCell::new(Scratch::default()),
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Runs one step for every input and returns one row of logits per sequence, after its
+    /// last new token. Each cache grows by its sequence's new tokens; nothing is written when
+    /// any input is refused.
+    pub fn forward_step(&self, inputs: &mut [StepInput<'_>]) -> Result<Logits, ModelError> {
         let config = &self.config;
-        let device: &Device = &self.weights.device;
         if inputs.is_empty() {
             return Err(ModelError::Input("a step needs at least one sequence".to_string()));
-        }
-        if self.adapters.is_some() {
-            return Err(ModelError::Input("merge adapters into the weights before serving".to_string()));
         }
         for input in inputs.iter() {
             if input.tokens.is_empty() {
@@ -89,61 +215,300 @@ impl Llama {
                     input.cache.capacity
                 )));
             }
-        }
-        let ids: Vec<u32> = inputs.iter().flat_map(|i| i.tokens.iter().copied()).collect();
-        let total = ids.len();
-        let ids = Tensor::from_vec(ids, total, device)?;
-        let embedding = self.weights.get("model.embed_tokens.weight")?;
-        let mut hidden = embedding.index_select(&ids, 0)?;
-        let (heads, kv_heads, head_dim) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        for layer in 0..config.num_hidden_layers {
-            let weight = |name: &str| self.weights.get(&format!("model.layers.{layer}.{name}.weight"));
-            let normed = rms_norm(&hidden, weight("input_layernorm")?, config.rms_norm_eps)?;
-            let q = linear(&normed, weight("self_attn.q_proj")?)?;
-            let k = linear(&normed, weight("self_attn.k_proj")?)?;
-            let v = linear(&normed, weight("self_attn.v_proj")?)?;
-            let mut attended = Vec::with_capacity(inputs.len());
-            let mut offset = 0;
-            for input in inputs.iter_mut() {
-                let (count, start) = (input.tokens.len(), input.cache.len);
-                let heads_of = |x: &Tensor, n: usize| -> candle_core::Result<Tensor> {
-                    x.narrow(0, offset, count)?.reshape((count, n, head_dim))?.transpose(0, 1)?.contiguous()
-                };
-                let q_seq = self.rotary().apply(&heads_of(&q, heads)?.unsqueeze(0)?, start)?;
-                let k_seq = self.rotary().apply(&heads_of(&k, kv_heads)?.unsqueeze(0)?, start)?.squeeze(0)?;
-                let v_seq = heads_of(&v, kv_heads)?;
-                input.cache.keys[layer].slice_set(&k_seq.contiguous()?, 1, start)?;
-                input.cache.values[layer].slice_set(&v_seq, 1, start)?;
-                let length = start + count;
-                let keys = input.cache.keys[layer].narrow(1, 0, length)?.unsqueeze(0)?;
-                let values = input.cache.values[layer].narrow(1, 0, length)?.unsqueeze(0)?;
-                let (keys, values) = (repeat_kv(&keys, heads / kv_heads)?, repeat_kv(&values, heads / kv_heads)?);
-                let mut scores = (q_seq.matmul(&keys.t()?.contiguous()?)? * scale)?;
-                if count > 1 {
-                    scores = scores.broadcast_add(&causal_mask(count, start, self.dtype(), device)?)?;
-                }
-                let out = softmax_last_dim(&scores)?.matmul(&values.contiguous()?)?;
-                attended.push(out.squeeze(0)?.transpose(0, 1)?.reshape((count, config.hidden_size))?);
-                offset += count;
+            if let Some(bad) = input.tokens.iter().find(|&&t| t as usize >= config.vocab_size) {
+                return Err(ModelError::Input(format!(
+                    "token {bad} is outside the vocabulary of {}",
+                    config.vocab_size
+                )));
             }
-            let attended = Tensor::cat(&attended, 0)?;
-            hidden = (hidden + linear(&attended, weight("self_attn.o_proj")?)?)?;
-            let normed = rms_norm(&hidden, weight("post_attention_layernorm")?, config.rms_norm_eps)?;
-            let gate = silu(&linear(&normed, weight("mlp.gate_proj")?)?)?;
-            let up = linear(&normed, weight("mlp.up_proj")?)?;
-            hidden = (hidden + linear(&(gate * up)?, weight("mlp.down_proj")?)?)?;
         }
-        let mut last_rows = Vec::with_capacity(inputs.len());
-        let mut offset = 0;
+        let hidden_size = config.hidden_size;
+        let (heads, kv_heads, head_dim) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
+        let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
+        let qkv_width = q_width + 2 * kv_width;
+        let intermediate = config.intermediate_size;
+        // (sequence, position) of every new token, in step order.
+        let rows: Vec<(usize, usize)> = inputs
+            .iter()
+            .enumerate()
+            .flat_map(|(sequence, input)| (0..input.tokens.len()).map(move |i| (sequence, input.cache.len + i)))
+            .collect();
+        let total = rows.len();
+
+        let mut scratch = self.scratch.borrow_mut();
+        let Scratch { hidden, normed, qkv, attended, gate_up, activated } = &mut *scratch;
+        resize(hidden, total * hidden_size);
+        resize(normed, total * hidden_size);
+        resize(qkv, total * qkv_width);
+        resize(attended, total * q_width);
+        resize(gate_up, total * 2 * intermediate);
+        resize(activated, total * intermediate);
+        let tokens = inputs.iter().flat_map(|input| input.tokens.iter());
+        for (row, &token) in hidden.chunks_exact_mut(hidden_size).zip(tokens) {
+            let start = token as usize * hidden_size;
+            row.copy_from_slice(&self.embedding[start..start + hidden_size]);
+        }
+
+        let eps = config.rms_norm_eps as f32;
+        let half = head_dim / 2;
+        for (index, layer) in self.layers.iter().enumerate() {
+            rms_norm_rows(hidden, &layer.input_norm, eps, normed);
+            matmul(normed, total, &layer.qkv, qkv_width, hidden_size, qkv, false);
+            // Rotary positions on q and k, then k and v into each sequence's cache.
+            for (row, &(sequence, position)) in qkv.chunks_exact_mut(qkv_width).zip(&rows) {
+                let (cos, sin) = (&self.cos[position * half..][..half], &self.sin[position * half..][..half]);
+                for head in row[..q_width + kv_width].chunks_exact_mut(head_dim) {
+                    rotate(head, cos, sin);
+                }
+                let cache = &mut *inputs[sequence].cache;
+                let capacity = cache.capacity;
+                for g in 0..kv_heads {
+                    let base = (index * kv_heads + g) * head_dim * capacity;
+                    let key = &row[q_width + g * head_dim..][..head_dim];
+                    for (d, &k) in key.iter().enumerate() {
+                        cache.keys[base + d * capacity + position] = k;
+                    }
+                    let at = base + position * head_dim;
+                    cache.values[at..at + head_dim]
+                        .copy_from_slice(&row[q_width + kv_width + g * head_dim..][..head_dim]);
+                }
+            }
+            let caches: Vec<&KvCache> = inputs.iter().map(|input| &*input.cache).collect();
+            let arch = pulp::Arch::new();
+            let attend = |(row, out): (usize, &mut [f32])| {
+                let (sequence, position) = rows[row];
+                let query = &qkv[row * qkv_width..][..q_width];
+                let cache = caches[sequence];
+                arch.dispatch(Attend { out, query, cache, layer: index, position, heads, kv_heads, head_dim });
+            };
+            // Worth spreading over the cores once there are many rows or long contexts.
+            let work: usize = rows.iter().map(|&(_, position)| position + 1).sum();
+            if total > 1 && work * heads * head_dim >= 1 << 16 {
+                attended.par_chunks_exact_mut(q_width).enumerate().for_each(attend);
+            } else {
+                attended.chunks_exact_mut(q_width).enumerate().for_each(attend);
+            }
+            matmul(attended, total, &layer.o, hidden_size, q_width, hidden, true);
+            rms_norm_rows(hidden, &layer.post_norm, eps, normed);
+            matmul(normed, total, &layer.gate_up, 2 * intermediate, hidden_size, gate_up, false);
+            arch.dispatch(SwiGlu { out: activated, gate_up, intermediate });
+            matmul(activated, total, &layer.down, hidden_size, intermediate, hidden, true);
+        }
         for input in inputs.iter_mut() {
-            offset += input.tokens.len();
-            last_rows.push((offset - 1) as u32);
             input.cache.len += input.tokens.len();
         }
-        let last = hidden.index_select(&Tensor::new(last_rows.as_slice(), device)?, 0)?;
-        let last = rms_norm(&last, self.weights.get("model.norm.weight")?, config.rms_norm_eps)?;
-        let head = if config.tie_word_embeddings { embedding } else { self.weights.get("lm_head.weight")? };
-        Ok(linear(&last, head)?.to_dtype(DType::F32)?)
+
+        // Only each sequence's last new token is projected onto the vocabulary.
+        let mut last = Vec::with_capacity(inputs.len() * hidden_size);
+        let mut end = 0;
+        for input in inputs.iter() {
+            end += input.tokens.len();
+            last.extend_from_slice(&hidden[(end - 1) * hidden_size..end * hidden_size]);
+        }
+        let mut normed_last = vec![0.0; last.len()];
+        rms_norm_rows(&last, &self.final_norm, eps, &mut normed_last);
+        let mut values = vec![0.0; inputs.len() * config.vocab_size];
+        matmul(&normed_last, inputs.len(), &self.head, config.vocab_size, hidden_size, &mut values, false);
+        Ok(Logits { values, vocab: config.vocab_size })
+    }
+}
+
+fn resize(buffer: &mut Vec<f32>, len: usize) {
+    buffer.clear();
+    buffer.resize(len, 0.0);
+}
+
+/// `x / sqrt(mean(x²) + eps) * weight`, row by row.
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let width = weight.len();
+    for (row, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let mean_square = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
+        let inverse = 1.0 / (mean_square + eps).sqrt();
+        for ((o, &v), &w) in out.iter_mut().zip(row).zip(weight) {
+            *o = v * inverse * w;
+        }
+    }
+}
+
+/// Rotates one head in place the way `transformers`' Llama does: the first half of the
+/// dimensions pairs with the second.
+fn rotate(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = head.len() / 2;
+    let (first, second) = head.split_at_mut(half);
+    for i in 0..half {
+        let (a, b) = (first[i], second[i]);
+        first[i] = a * cos[i] - b * sin[i];
+        second[i] = b * cos[i] + a * sin[i];
+    }
+}
+
+/// `silu(gate) * up`, row by row, vectorized like [`Attend`].
+struct SwiGlu<'a> {
+    out: &'a mut [f32],
+    gate_up: &'a [f32],
+    intermediate: usize,
+}
+
+impl pulp::WithSimd for SwiGlu<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let SwiGlu { out, gate_up, intermediate } = self;
+        for (out, row) in out.chunks_exact_mut(intermediate).zip(gate_up.chunks_exact(2 * intermediate)) {
+            let (gate, up) = row.split_at(intermediate);
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g / (1.0 + exp(-g)) * u;
+            }
+        }
+    }
+}
+
+/// Attention of one new token (at `position`, already in the cache) over its sequence's
+/// positions `0..=position`, every head; `out` is `[heads * head_dim]`. Run through `pulp`'s
+/// dispatch so the loops below are compiled for the vector units this CPU has (the build
+/// targets the x86-64 baseline).
+struct Attend<'a> {
+    out: &'a mut [f32],
+    query: &'a [f32],
+    cache: &'a KvCache,
+    layer: usize,
+    position: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl pulp::WithSimd for Attend<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Attend { out, query, cache, layer, position, heads, kv_heads, head_dim } = self;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let group = heads / kv_heads;
+        let (capacity, length) = (cache.capacity, position + 1);
+        let mut scores = vec![0.0f32; length];
+        for head in 0..heads {
+            let q = &query[head * head_dim..][..head_dim];
+            let base = (layer * kv_heads + head / group) * head_dim * capacity;
+            scores.fill(0.0);
+            for (d, &q) in q.iter().enumerate() {
+                let keys = &cache.keys[base + d * capacity..][..length];
+                let q = q * scale;
+                for (score, &k) in scores.iter_mut().zip(keys) {
+                    *score += q * k;
+                }
+            }
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for score in scores.iter_mut() {
+                *score = exp(*score - max);
+            }
+            let sum: f32 = scores.iter().sum();
+            let out = &mut out[head * head_dim..][..head_dim];
+            let values = &cache.values[base..base + length * head_dim];
+            match head_dim {
+                32 => weighted_sum::<32>(&scores, values, out),
+                64 => weighted_sum::<64>(&scores, values, out),
+                128 => weighted_sum::<128>(&scores, values, out),
+                _ => {
+                    out.fill(0.0);
+                    for (&weight, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
+                        for (o, &v) in out.iter_mut().zip(value) {
+                            *o += weight * v;
+                        }
+                    }
+                }
+            }
+            for o in out.iter_mut() {
+                *o /= sum;
+            }
+        }
+    }
+}
+
+/// `out = sum_p weights[p] * values[p]` with the sum held in registers: a head dimension known
+/// at compile time lets the accumulator live there instead of going through memory (and
+/// store-to-load forwarding) once per position.
+#[inline(always)]
+fn weighted_sum<const D: usize>(weights: &[f32], values: &[f32], out: &mut [f32]) {
+    let mut sum = [0.0f32; D];
+    for (&weight, value) in weights.iter().zip(values.chunks_exact(D)) {
+        for (s, &v) in sum.iter_mut().zip(value) {
+            *s += weight * v;
+        }
+    }
+    out.copy_from_slice(&sum);
+}
+
+/// `e^x` for the softmax, in a form the compiler vectorizes (libm's is a call per element):
+/// `2^n * 2^f` with `n` the nearest integer to `x log2(e)` and `2^f`, `|f| <= 1/2`, by its
+/// degree-6 Taylor polynomial (relative error under 1e-7). The exponent is clamped to the
+/// normal range: below it the result is ~0, above it ~3e38 (as `silu` of a very negative gate
+/// needs no more).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let t = (x * std::f32::consts::LOG2_E).clamp(-126.0, 127.0);
+    let n = t.round();
+    let f = (t - n) * std::f32::consts::LN_2;
+    let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+}
+
+/// `out = x W^T` (or `out += x W^T` when `accumulate`) for `x` `[rows, inner]` and `W^T`
+/// `[inner, columns]` as the decoder stores projections, by `gemm`. Threads only pay off
+/// for products of many rows: waking a pool costs more than a matrix-vector product of this
+/// size (measured: one stream decodes 4x slower when every product is split over 2 cores).
+fn matmul(x: &[f32], rows: usize, w: &[f32], columns: usize, inner: usize, out: &mut [f32], accumulate: bool) {
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 && rows * columns * inner >= PARALLEL_PRODUCT {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm_into(x, rows, w, columns, inner, out, accumulate, parallelism);
+}
+
+/// Multiply-adds from which a product is worth spreading over the cores.
+const PARALLEL_PRODUCT: usize = 1 << 21;
+
+#[allow(clippy::too_many_arguments)]
+#[allow(unsafe_code)]
+fn gemm_into(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    columns: usize,
+    inner: usize,
+    out: &mut [f32],
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    assert!(x.len() >= rows * inner && w.len() >= columns * inner && out.len() >= rows * columns);
+    // SAFETY: the asserts above bound every element the strides reach: `out` is row-major
+    // `[rows, columns]`, `x` row-major `[rows, inner]`, `W^T` row-major `[inner, columns]`.
+    // `out` is a unique borrow, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            rows,
+            columns,
+            inner,
+            out.as_mut_ptr(),
+            1,
+            columns as isize,
+            accumulate,
+            x.as_ptr(),
+            1,
+            inner as isize,
+            w.as_ptr(),
+            1,
+            columns as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
     }
 }

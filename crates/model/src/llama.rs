@@ -78,10 +78,6 @@ impl Llama {
         self.weights.dtype
     }
 
-    pub(crate) fn rotary(&self) -> &Rotary {
-        &self.rotary
-    }
-
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (u32).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor, ModelError> {
         let (batch, seq) = ids.dims2()?;

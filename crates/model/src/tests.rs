@@ -358,40 +358,86 @@ fn cached_steps_match_the_full_forward_for_chunks_decodes_and_mixed_batches() {
     let model = Llama::new(config.clone(), Weights::init(&config, 9, DType::F32, &Device::Cpu).unwrap()).unwrap();
     let first: Vec<u32> = vec![3, 17, 4, 40, 8, 15, 23, 42, 16, 4, 2];
     let second: Vec<u32> = vec![9, 1, 30, 12, 5];
+    let decoder = Decoder::new(&model).unwrap();
     let full = |ids: &[u32]| model.forward(&tokens(ids, 1)).unwrap().squeeze(0).unwrap();
-    let row = |logits: &Tensor, i: usize| logits.get(i).unwrap();
+    let row = |logits: &Logits, i: usize| Tensor::new(logits.row(i), &Device::Cpu).unwrap();
+    let at = |logits: &Tensor, i: usize| logits.get(i).unwrap();
 
     // A prompt in two chunks, then one token at a time, in one cache.
-    let mut cache = KvCache::new(&model, 16).unwrap();
-    let logits = model.forward_step(&mut [StepInput { tokens: &first[..4], cache: &mut cache }]).unwrap();
-    assert!(max_abs_difference(&row(&logits, 0), &row(&full(&first[..4]), 3)) < 1e-4);
-    let logits = model.forward_step(&mut [StepInput { tokens: &first[4..8], cache: &mut cache }]).unwrap();
-    assert!(max_abs_difference(&row(&logits, 0), &row(&full(&first[..8]), 7)) < 1e-4);
+    let mut cache = KvCache::new(&decoder, 16).unwrap();
+    let logits = decoder.forward_step(&mut [StepInput { tokens: &first[..4], cache: &mut cache }]).unwrap();
+    assert!(max_abs_difference(&row(&logits, 0), &at(&full(&first[..4]), 3)) < 1e-4);
+    let logits = decoder.forward_step(&mut [StepInput { tokens: &first[4..8], cache: &mut cache }]).unwrap();
+    assert!(max_abs_difference(&row(&logits, 0), &at(&full(&first[..8]), 7)) < 1e-4);
     for end in 9..=first.len() {
-        let logits = model.forward_step(&mut [StepInput { tokens: &first[end - 1..end], cache: &mut cache }]).unwrap();
-        assert!(max_abs_difference(&row(&logits, 0), &row(&full(&first[..end]), end - 1)) < 1e-4, "at {end}");
+        let logits =
+            decoder.forward_step(&mut [StepInput { tokens: &first[end - 1..end], cache: &mut cache }]).unwrap();
+        assert!(max_abs_difference(&row(&logits, 0), &at(&full(&first[..end]), end - 1)) < 1e-4, "at {end}");
     }
     assert_eq!(cache.len(), first.len());
 
     // Two sequences of different lengths in one step: one decoding, one prefilling.
-    let mut other = KvCache::new(&model, 16).unwrap();
-    let mut again = KvCache::new(&model, 16).unwrap();
-    model.forward_step(&mut [StepInput { tokens: &first[..10], cache: &mut again }]).unwrap();
-    let logits = model
+    let mut other = KvCache::new(&decoder, 16).unwrap();
+    let mut again = KvCache::new(&decoder, 16).unwrap();
+    decoder.forward_step(&mut [StepInput { tokens: &first[..10], cache: &mut again }]).unwrap();
+    let logits = decoder
         .forward_step(&mut [
             StepInput { tokens: &first[10..11], cache: &mut again },
             StepInput { tokens: &second, cache: &mut other },
         ])
         .unwrap();
-    assert_eq!(logits.dims(), &[2, config.vocab_size]);
-    assert!(max_abs_difference(&row(&logits, 0), &row(&full(&first), first.len() - 1)) < 1e-4);
-    assert!(max_abs_difference(&row(&logits, 1), &row(&full(&second), second.len() - 1)) < 1e-4);
+    assert_eq!((logits.rows(), logits.row(1).len()), (2, config.vocab_size));
+    assert!(max_abs_difference(&row(&logits, 0), &at(&full(&first), first.len() - 1)) < 1e-4);
+    assert!(max_abs_difference(&row(&logits, 1), &at(&full(&second), second.len() - 1)) < 1e-4);
 
     // Past capacity is refused, and nothing is written.
-    let error = model.forward_step(&mut [StepInput { tokens: &[1; 12], cache: &mut other }]).err().unwrap();
+    let error = decoder.forward_step(&mut [StepInput { tokens: &[1; 12], cache: &mut other }]).err().unwrap();
     assert!(error.to_string().contains("exceed"), "{error}");
     assert_eq!(other.len(), second.len());
-    assert!(KvCache::new(&model, 33).is_err(), "longer than max_position_embeddings");
+    assert!(KvCache::new(&decoder, 33).is_err(), "longer than max_position_embeddings");
+}
+
+/// Wide enough that the decoder's threaded paths run: `gemm` over the cores for a prefill of
+/// many rows, attention spread over the new tokens of many sequences.
+#[test]
+fn many_sequences_decoded_together_match_each_alone_on_a_wider_tied_model() {
+    let mut config = LlamaConfig::new(1024, 64, 160, 2, 4);
+    config.num_key_value_heads = Some(2);
+    config.max_position_embeddings = 96;
+    config.tie_word_embeddings = true;
+    let model = Llama::new(config.clone(), Weights::init(&config, 4, DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let decoder = Decoder::new(&model).unwrap();
+    let prompts: Vec<Vec<u32>> =
+        (0..6u32).map(|s| (0..(20 + 9 * s)).map(|i| (s * 131 + i * 37 + 5) % 1024).collect()).collect();
+    let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::new(&decoder, 90).unwrap()).collect();
+    // Every prompt prefilled in one step, then three decoding steps of all six together.
+    let mut inputs: Vec<StepInput> = prompts
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|(p, cache)| StepInput { tokens: &p[..p.len() - 3], cache })
+        .collect();
+    decoder.forward_step(&mut inputs).unwrap();
+    for back in (1..=3).rev() {
+        let mut inputs: Vec<StepInput> = prompts
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(p, cache)| StepInput { tokens: &p[p.len() - back..p.len() - back + 1], cache })
+            .collect();
+        let logits = decoder.forward_step(&mut inputs).unwrap();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let end = prompt.len() - back + 1;
+            let full = model.forward(&tokens(&prompt[..end], 1)).unwrap().squeeze(0).unwrap().get(end - 1).unwrap();
+            let ours = Tensor::new(logits.row(i), &Device::Cpu).unwrap();
+            assert!(max_abs_difference(&ours, &full) < 1e-4, "sequence {i}, {back} from the end");
+        }
+    }
+    // One sequence alone, after decoding with others.
+    let logits = decoder.forward_step(&mut [StepInput { tokens: &[7], cache: &mut caches[0] }]).unwrap();
+    let context: Vec<u32> = prompts[0].iter().copied().chain([7]).collect();
+    let full = model.forward(&tokens(&context, 1)).unwrap().squeeze(0).unwrap().get(context.len() - 1).unwrap();
+    assert!(max_abs_difference(&Tensor::new(logits.row(0), &Device::Cpu).unwrap(), &full) < 1e-4);
+    let bad = decoder.forward_step(&mut [StepInput { tokens: &[1024], cache: &mut caches[0] }]);
+    assert!(bad.err().unwrap().to_string().contains("vocabulary"));
 }
 
 #[test]

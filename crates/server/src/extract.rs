@@ -47,8 +47,8 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|secret| !secret.is_empty())
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <api key>`"))?;
         let key = state
-            .store
-            .authenticate(secret)
+            .lookups
+            .key(state, secret)
             .await?
             .ok_or_else(|| ApiError::unauthorized("the API key is unknown, revoked or expired"))?;
         Ok(Caller { principal: key.principal(), request_id })

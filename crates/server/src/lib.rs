@@ -14,6 +14,7 @@ pub mod guardrails;
 pub mod inference_log;
 pub mod limits;
 pub mod lineage;
+pub mod lookups;
 pub mod metrics;
 pub mod orphans;
 pub mod pipelines;

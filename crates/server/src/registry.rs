@@ -71,7 +71,7 @@ pub async fn site_facts(
     jurisdiction: &factory_core::Jurisdiction,
     kind: SiteKind,
 ) -> Result<(bool, bool), ApiError> {
-    let allowed = state.store.tenant(tenant).await?.is_some_and(|t| t.jurisdictions.contains(jurisdiction));
+    let allowed = state.lookups.tenant(state, tenant).await?.is_some_and(|t| t.jurisdictions.contains(jurisdiction));
     let site = state.config.sites.iter().any(|s| &s.jurisdiction == jurisdiction && s.kinds.contains(&kind));
     Ok((allowed, site))
 }

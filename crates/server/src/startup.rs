@@ -77,6 +77,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         pending_objects: Arc::default(),
         model_keys,
         engines: Arc::default(),
+        lookups: Arc::default(),
         inference_log,
         drift: Arc::default(),
     };

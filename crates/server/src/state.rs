@@ -32,6 +32,8 @@ pub struct AppState {
     pub model_keys: Arc<crate::registry::ModelKeys>,
     /// Verified model versions loaded into serving engines.
     pub engines: Arc<crate::serving::Engines>,
+    /// Keys, deployments and tenants as the gateway's hot path reads them, kept while current.
+    pub lookups: Arc<crate::lookups::Lookups>,
     /// Usage and latency of every inference request, written in batches.
     pub inference_log: Arc<crate::inference_log::InferenceLog>,
     /// The latest readings of every monitored deployment.

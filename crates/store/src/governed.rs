@@ -56,6 +56,12 @@ impl Store {
         Err(denied(request, decision))
     }
 
+    /// How many governed changes this process has committed: read it before reading what a
+    /// change could alter, and the copy is current as long as the count has not moved.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Authorizes `request` and opens the transaction its change is written in.
     pub async fn begin_change(
         &self,
@@ -146,6 +152,7 @@ impl Change {
             first_event_id.get_or_insert(event_id);
         }
         self.write.commit().await?;
+        self.store.changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.store.committed.notify_one();
         Ok(Committed { audit_index, event_id: first_event_id.unwrap_or_default() })
     }

@@ -37,7 +37,7 @@ impl ApiKey {
         Principal { id: self.id.clone(), tenant: self.tenant.clone(), role: self.role }
     }
 
-    fn usable_at(&self, now: i64) -> bool {
+    pub fn usable_at(&self, now: i64) -> bool {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|expiry| expiry > now)
     }
 }

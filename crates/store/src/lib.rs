@@ -109,6 +109,9 @@ pub struct Store {
     sqlite_writer: Option<Arc<Mutex<()>>>,
     /// Woken after every commit so the outbox dispatcher delivers without polling delay.
     pub(crate) committed: Arc<Notify>,
+    /// Governed changes committed through this handle (and its clones) so far: caches of what
+    /// changes write are valid only while it stays the same.
+    pub(crate) changes: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) leaf_cache: Arc<Mutex<Vec<factory_audit::Hash>>>,
 }
 
@@ -137,6 +140,7 @@ impl Store {
             dialect,
             sqlite_writer: (dialect == Dialect::Sqlite).then(|| Arc::new(Mutex::new(()))),
             committed: Arc::new(Notify::new()),
+            changes: Arc::default(),
             leaf_cache: Arc::new(Mutex::new(Vec::new())),
         };
         migrations::apply(&store).await?;
@@ -164,6 +168,7 @@ impl Store {
             dialect,
             sqlite_writer: None,
             committed: Arc::new(Notify::new()),
+            changes: Arc::default(),
             leaf_cache: Arc::new(Mutex::new(Vec::new())),
         })
     }

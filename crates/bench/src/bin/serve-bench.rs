@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use factory_engine::{Engine, EngineSettings, GenerationEvent, GenerationRequest, SamplingParams};
-use factory_model::{DType, Device, Llama, LlamaConfig, Weights};
+use factory_model::{DType, Decoder, Device, Llama, LlamaConfig, Weights};
 use factory_tokenizer::{BpeSettings, Tokenizer};
 use rand::{Rng, SeedableRng};
 
@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let config = LlamaConfig::from_json(&std::fs::read_to_string(dir.join("config.json"))?)?;
     let weights = Weights::load(&config, &dir.join("model.safetensors"), DType::F32, &Device::Cpu)?;
     let model = Llama::new(config.clone(), weights)?;
-    let engine = Engine::start(model, tokenizer(config.vocab_size)?, EngineSettings::default());
+    let engine = Engine::start(Decoder::new(&model)?, tokenizer(config.vocab_size)?, EngineSettings::default());
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let prompt: Vec<u32> = (0..args.prompt_tokens).map(|_| rng.random_range(3..config.vocab_size as u32)).collect();
 
@@ -95,7 +95,16 @@ async fn main() -> anyhow::Result<()> {
         generate(&engine, &prompt, 1).await?;
         one.push(started.elapsed().as_secs_f64());
     }
-    let (full, one) = (median(full), median(one));
+    // `--repeats 0` measures only the aggregate (for profiling it alone).
+    let decode = if args.repeats == 0 {
+        serde_json::Value::Null
+    } else {
+        let (full, one) = (median(full), median(one));
+        serde_json::json!({
+            "decode_tokens_per_s": ((args.new_tokens - 1) as f64 / (full - one) * 10.0).round() / 10.0,
+            "prefill_plus_first_s": (one * 10_000.0).round() / 10_000.0,
+        })
+    };
     let mut aggregate = serde_json::Map::new();
     for streams in args.streams.split(',').filter_map(|s| s.trim().parse::<usize>().ok()) {
         let started = Instant::now();
@@ -107,15 +116,13 @@ async fn main() -> anyhow::Result<()> {
             ((generated as f64 / seconds * 10.0).round() / 10.0).into(),
         );
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "peer": "factory-engine", "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-            "parameters": config.parameter_count(),
-            "decode_tokens_per_s": ((args.new_tokens - 1) as f64 / (full - one) * 10.0).round() / 10.0,
-            "prefill_plus_first_s": (one * 10_000.0).round() / 10_000.0,
-            "aggregate": aggregate,
-        })
-    );
+    let mut report = serde_json::json!({
+        "peer": "factory-engine", "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+        "parameters": config.parameter_count(), "aggregate": aggregate,
+    });
+    if let (Some(report), Some(decode)) = (report.as_object_mut(), decode.as_object()) {
+        report.extend(decode.clone());
+    }
+    println!("{report}");
     Ok(())
 }

@@ -15,15 +15,21 @@ fn shakespeare(bytes: usize) -> Vec<u8> {
     text[..bytes.min(text.len())].to_vec()
 }
 
-async fn finished(url: &str, key: &str, run: &str) -> Value {
+/// Waits for `run` to end; when it does not, the assertion shows the server log's tail.
+async fn finished(url: &str, key: &str, run: &str, log: &std::path::Path) -> Value {
     let path = format!("/api/v1/runs/{run}");
-    let done = eventually(240, || async {
+    let done = eventually(420, || async {
         let state = call(url, "GET", &path, Some(key), None).await.body["state"].clone();
         state == "succeeded" || state == "dead" || state == "cancelled"
     })
     .await;
     let reply = call(url, "GET", &path, Some(key), None).await;
-    assert!(done, "run {run} did not finish: {}", reply.text);
+    if !done {
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!("run {run} did not finish: {}\nserver log, last lines:\n{}", reply.text, tail.join("\n"));
+    }
     assert_eq!(reply.body["state"], "succeeded", "{}", reply.text);
     reply.body
 }
@@ -58,6 +64,7 @@ fn pretrain_body(steps: u64, seed: u64) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_is_trained_on_governed_text_and_resumes_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
+    let server_log = dir.path().join("server.log");
     let env = [("FACTORY_JOBS__LEASE_SECS", "2"), ("FACTORY_JOBS__WORKERS", "1")];
     let server = Server::start(dir.path(), &["--jurisdiction", "eu"], &env);
     let keys = tenant_with_keys(&server, "acme", &["engineer", "app"]).await;
@@ -125,7 +132,7 @@ async fn a_model_is_trained_on_governed_text_and_resumes_after_kill_9() {
     )
     .await;
     assert_eq!(run.status, 201, "{}", run.text);
-    let done = finished(&url, &engineer, run.body["id"].as_str().unwrap()).await;
+    let done = finished(&url, &engineer, run.body["id"].as_str().unwrap(), &server_log).await;
     assert_eq!(done["result"]["vocab_size"], 320);
     let tokenizer = done["result"]["artifacts"]["tokenizer"].as_str().unwrap().to_string();
     let stored = std::fs::read(dir.path().join("objects/objects").join(&tokenizer[..2]).join(&tokenizer[2..])).unwrap();
@@ -136,7 +143,7 @@ async fn a_model_is_trained_on_governed_text_and_resumes_after_kill_9() {
     let run = call(&url, "POST", "/api/v1/runs", Some(&engineer), Some(pretrain_body(STEPS, 7))).await;
     assert_eq!(run.status, 201, "{}", run.text);
     let reference = run.body["id"].as_str().unwrap().to_string();
-    let done = finished(&url, &engineer, &reference).await;
+    let done = finished(&url, &engineer, &reference, &server_log).await;
     assert!(done["result"]["eval"]["perplexity"].as_f64().unwrap().is_finite(), "{done}");
     assert!(done["result"]["artifacts"]["weights"].is_string());
     let uninterrupted = losses(&url, &engineer, &reference).await;
@@ -169,7 +176,7 @@ async fn a_model_is_trained_on_governed_text_and_resumes_after_kill_9() {
     assert!(checkpointed, "the run never passed its second checkpoint");
     server.kill();
     let restarted = Server::start(dir.path(), &["--jurisdiction", "eu"], &env);
-    let done = finished(&restarted.url, &engineer, &resumed).await;
+    let done = finished(&restarted.url, &engineer, &resumed, &server_log).await;
     assert_eq!(done["attempts"], 2, "{done}");
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
     assert!(log.contains("resuming a run from its checkpoint"), "the second attempt resumed");
@@ -206,7 +213,7 @@ async fn a_model_is_trained_on_governed_text_and_resumes_after_kill_9() {
     assert!(urgent_done, "the urgent job did not run");
     let meanwhile = call(&url, "GET", &format!("/api/v1/runs/{yielding}"), Some(&engineer), None).await;
     assert_ne!(meanwhile.body["state"], "succeeded", "the urgent job ran before the run ended: {}", meanwhile.text);
-    let done = finished(&url, &engineer, &yielding).await;
+    let done = finished(&url, &engineer, &yielding, &server_log).await;
     assert_eq!(done["attempts"], 1, "yielding costs no attempt: {done}");
     let steps: Vec<i64> = losses(&url, &engineer, &yielding).await.into_iter().map(|(step, _)| step).collect();
     assert_eq!(steps, (1..=LONG as i64).collect::<Vec<_>>(), "every step once, resumed where it yielded");

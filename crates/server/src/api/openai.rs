@@ -25,7 +25,7 @@ use crate::extract::{ApiJson, Caller};
 use crate::guardrails::{Guardrails, Stage, Verdict};
 use crate::inference_log::{Meter, Settlement};
 use crate::limits::{LimitsSpec, Subject};
-use crate::serving::{DeploymentSpec, LoadedModel, UpstreamSpec, VariantRole, VariantSpec};
+use crate::serving::{LoadedModel, UpstreamSpec, VariantRole, VariantSpec};
 use crate::state::AppState;
 use factory_store::inference::InferenceRecord;
 
@@ -151,7 +151,7 @@ struct Plan {
     /// The deployment's limits with the scope and caller they are kept under.
     limits: Option<(LimitsSpec, String, Subject)>,
     logging: Option<crate::serving::LoggingSpec>,
-    guardrails: Guardrails,
+    guardrails: Arc<Guardrails>,
     tenant: TenantName,
 }
 
@@ -160,11 +160,10 @@ async fn plan(state: &AppState, caller: &Caller, deployment: &str, headers: &Hea
     let request =
         AccessRequest::new(&caller.principal, Action::DeploymentInvoke, Resource::deployment(&tenant, deployment));
     state.store.authorize(state.pdp.as_ref(), &request, &caller.request_id).await?;
-    let stored = state.store.deployment(&tenant, deployment).await?.ok_or_else(|| {
+    let deployed = state.lookups.deployment(state, &tenant, deployment).await?.ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "model_not_found", format!("The model `{deployment}` does not exist"))
     })?;
-    let spec: DeploymentSpec = serde_json::from_value(stored.spec)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("stored spec: {e}")))?;
+    let spec = &deployed.spec;
     let draw = match headers.get(EPISODE_HEADER).and_then(|v| v.to_str().ok()) {
         Some(episode) => episode_draw(episode),
         // A v4 UUID is 122 random bits; 53 of them make a uniform draw.
@@ -185,9 +184,15 @@ async fn plan(state: &AppState, caller: &Caller, deployment: &str, headers: &Hea
             return Err(error);
         }
     }
-    let mut guardrails = Guardrails::compile(&spec.guardrails)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("stored guardrails: {e}")))?;
-    attach_topic_encoders(state, &tenant, &mut guardrails).await?;
+    // Rules that compare embeddings need this request's encoders attached to their own copy.
+    let guardrails = if deployed.guardrails.semantic_topics().is_empty() {
+        deployed.guardrails.clone()
+    } else {
+        let mut guardrails =
+            Guardrails::compile(&spec.guardrails).map_err(|e| ApiError::internal(format!("stored guardrails: {e}")))?;
+        attach_topic_encoders(state, &tenant, &mut guardrails).await?;
+        Arc::new(guardrails)
+    };
     Ok(Plan {
         primary: spec.pick(draw).clone(),
         fallbacks: spec.with_role(VariantRole::Fallback).cloned().collect(),
@@ -741,7 +746,7 @@ async fn serve(
         return Err(invalid_param("n", "only n = 1 is supported"));
     }
     let mut plan = plan(state, caller, &incoming.deployment, headers).await?;
-    let guardrails = std::mem::replace(&mut plan.guardrails, Guardrails::empty());
+    let guardrails = std::mem::replace(&mut plan.guardrails, Arc::new(Guardrails::empty()));
     let deployment = incoming.deployment.clone();
     if let Some(logging) = &plan.logging {
         let draw = (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64;
