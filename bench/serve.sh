@@ -6,7 +6,8 @@
 #   bench/serve.sh [CONFIG]        (default: shared/bench/configs/ref-small.json)
 #
 # Needs `cargo build --release -p factory-bench` and a Python with torch and transformers
-# (TORCH_PYTHON, default ~/.cache/factory-torch-venv/bin/python).
+# (TORCH_PYTHON, default ~/.cache/factory-torch-venv/bin/python); for llama.cpp, also
+# llama-cpp-python and the gguf package there, and LLAMA_CPP_DIR (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="$(cd .. && pwd)/shared"
@@ -18,15 +19,24 @@ trap 'rm -rf "$DIR"' EXIT
 
 "$BENCH" --export "$CONFIG" --model "$DIR"
 PEER=$("$PYTHON" "$SHARED/bench/peers/torch_generate.py" --model "$DIR" --prompt-tokens 32 --new-tokens 128 --threads 2)
+# llama.cpp (llama-cpp-python in the same Python) when LLAMA_CPP_DIR names the llama.cpp source
+# (vendor/llama.cpp of llama-cpp-python's sdist), whose converter writes the GGUF f32.
+LLAMA=null
+if [ -n "${LLAMA_CPP_DIR:-}" ]; then
+  "$PYTHON" bench/gguf_convert.py "$LLAMA_CPP_DIR" "$DIR" "$DIR/model-f32.gguf" > "$DIR/convert.log" 2>&1
+  LLAMA=$("$PYTHON" bench/llama_cpp_generate.py --model "$DIR/model-f32.gguf" --prompt-tokens 32 --new-tokens 128 --threads 2)
+fi
 OURS=$("$BENCH" --model "$DIR" --prompt-tokens 32 --new-tokens 128)
 echo "$PEER"
+echo "$LLAMA"
 echo "$OURS"
 python3 -c "
 import json, sys
-peer, ours = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+peer, llama, ours = (json.loads(x) for x in sys.argv[1:4])
 one = ours['aggregate']['streams_1_tokens_per_s']
 print(json.dumps({
     'decode_ratio_factory_over_transformers': round(ours['decode_tokens_per_s'] / peer['decode_tokens_per_s'], 2),
+    'decode_ratio_factory_over_llama_cpp': round(ours['decode_tokens_per_s'] / llama['decode_tokens_per_s'], 2) if llama else None,
     'streams_32_over_1': round(ours['aggregate']['streams_32_tokens_per_s'] / one, 2),
 }))
-" "$PEER" "$OURS"
+" "$PEER" "$LLAMA" "$OURS"

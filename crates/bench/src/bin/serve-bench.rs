@@ -74,6 +74,11 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(dir.join("config.json"), config.to_json())?;
         let weights = Weights::init(&config, 0, DType::F32, &Device::Cpu)?;
         std::fs::write(dir.join("model.safetensors"), weights.to_safetensors()?)?;
+        // The tokenizer too, so converters that need one (llama.cpp's GGUF) can read the directory.
+        let tokenizer = tokenizer(config.vocab_size)?;
+        std::fs::write(dir.join("tokenizer.json"), tokenizer.to_json()?)?;
+        let tokenizer_config = tokenizer.hf_tokenizer_config(config.max_position_embeddings);
+        std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_vec_pretty(&tokenizer_config)?)?;
         return Ok(());
     }
     let dir = args.model.clone().ok_or_else(|| anyhow::anyhow!("--model DIR is required"))?;
