@@ -278,7 +278,9 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     assert_eq!(metrics, ["resolved", "thumbs"].into(), "{}", reported.text);
 
     // A burst past the engine's batch and queue gets 429 with Retry-After, never unbounded memory.
-    let burst = (0..12).map(|_| {
+    // (Large enough that the engine, 2 in the batch and 2 waiting, cannot keep up however fast
+    // it decodes.)
+    let burst = (0..48).map(|_| {
         client
             .post(format!("{url}/v1/completions"))
             .bearer_auth(&app)
