@@ -738,7 +738,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let source =
                 std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let path = format!("/api/v1/pipelines/{name}{}", crate::client::tenant_query(tenant.as_deref(), "?"));
-            let applied = crate::client::put_text(&remote, &path, source, "application/toml").await?;
+            let applied =
+                crate::client::send_bytes(&remote, reqwest::Method::PUT, &path, "application/toml", source).await?;
             println!("{}", serde_json::to_string_pretty(&applied)?);
             Ok(())
         }

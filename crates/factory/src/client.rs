@@ -275,13 +275,18 @@ pub async fn call(remote: &Remote, method: Method, path: &str, body: Option<Valu
     }
 }
 
-/// Sends `body` as text (a TOML declaration) and reads the JSON answer.
-pub async fn put_text(remote: &Remote, path: &str, body: String, content_type: &str) -> anyhow::Result<Value> {
-    let api_key = api_key(remote)?;
+/// Sends `body` as it is (a TOML declaration, a tar bundle) and reads the JSON answer.
+pub async fn send_bytes(
+    remote: &Remote,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> anyhow::Result<Value> {
     let url = format!("{}{path}", remote.url.trim_end_matches('/'));
     let response = reqwest::Client::new()
-        .put(&url)
-        .bearer_auth(api_key)
+        .request(method, &url)
+        .bearer_auth(api_key(remote)?)
         .header(reqwest::header::CONTENT_TYPE, content_type)
         .body(body)
         .send()

@@ -130,20 +130,7 @@ pub async fn export(remote: &Remote, reference: &str, out: &Path, tenant: Option
 }
 
 async fn post_tar(remote: &Remote, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
-    let response = reqwest::Client::new()
-        .post(url(remote, path))
-        .bearer_auth(api_key(remote)?)
-        .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
-        .body(body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the factory at {}", remote.url))?;
-    let status = response.status();
-    let text = response.text().await?;
-    if !status.is_success() {
-        return Err(error_message(status, &text));
-    }
-    Ok(serde_json::from_str(&text)?)
+    crate::client::send_bytes(remote, Method::POST, path, "application/x-tar", body).await
 }
 
 pub async fn import(remote: &Remote, file: &Path, tenant: Option<&str>) -> anyhow::Result<()> {

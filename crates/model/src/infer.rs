@@ -126,23 +126,11 @@ fn host(model: &Llama, name: &str) -> Result<Vec<f32>, ModelError> {
 
 /// Projections `[out_i, in]` placed side by side as one `[in, sum of out_i]`.
 fn transposed(model: &Llama, names: &[&str]) -> Result<Vec<f32>, ModelError> {
-    let matrices = names
-        .iter()
-        .map(|name| Ok((host(model, name)?, model.weights.get(name)?.dims().to_vec())))
-        .collect::<Result<Vec<_>, ModelError>>()?;
-    let inner = matrices.first().map_or(0, |(_, dims)| dims[1]);
-    let width: usize = matrices.iter().map(|(_, dims)| dims[0]).sum();
-    let mut out = vec![0.0; inner * width];
-    let mut column = 0;
-    for (values, dims) in &matrices {
-        for (o, row) in values.chunks_exact(inner).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                out[i * width + column + o] = v;
-            }
-        }
-        column += dims[0];
+    let mut matrices = Vec::with_capacity(names.len());
+    for name in names {
+        matrices.push(model.weights.get(name)?.to_dtype(DType::F32)?.t()?);
     }
-    Ok(out)
+    Ok(candle_core::Tensor::cat(&matrices, 1)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 impl Decoder {
@@ -172,9 +160,10 @@ impl Decoder {
         let (half, positions) = (config.head_dim() / 2, config.max_position_embeddings);
         let mut cos = Vec::with_capacity(positions * half);
         let mut sin = Vec::with_capacity(positions * half);
+        let frequencies: Vec<f64> =
+            (0..half).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / config.head_dim() as f64)).collect();
         for position in 0..positions {
-            for i in 0..half {
-                let frequency = 1.0 / config.rope_theta.powf((2 * i) as f64 / config.head_dim() as f64);
+            for frequency in &frequencies {
                 let angle = position as f64 * frequency;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);

@@ -240,6 +240,13 @@ impl Guardrails {
     }
 
     /// Whether checking runs an encoder (callers move off the async workers then).
+    /// Whether a denied topic is described by examples (and so needs an encoder attached).
+    pub fn compares_embeddings(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(&r.matcher, Matcher::Topic { semantic, .. } if !semantic.examples.is_empty()))
+    }
+
     pub fn embeds(&self) -> bool {
         self.rules.iter().any(|r| matches!(&r.matcher, Matcher::Topic { semantic, .. } if semantic.attached.is_some()))
     }

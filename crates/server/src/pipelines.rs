@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use crate::api;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, Caller};
-use crate::rollout::{answer, promote, put_deployment, tenant_query};
+use crate::extract::{ApiJson, Caller};
+use crate::rollout::{answer, promote, put_deployment, set_alias};
 use crate::serving::DeploymentSpec;
 use crate::state::AppState;
 use crate::workers::{JobControl, JobError, JobHandler};
@@ -724,17 +724,7 @@ async fn rollback(
             (promotion["promoted"].as_str(), promotion["alias"].as_str(), promotion["previous_version"].as_i64())
         {
             let name = model.split_once('@').map(|(n, _)| n).unwrap_or(model);
-            answer(
-                api::models::set_alias(
-                    State(state.clone()),
-                    caller.clone(),
-                    ApiPath((name.to_string(), alias.to_string())),
-                    tenant_query(tenant),
-                    ApiJson(api::models::SetAlias { version: previous }),
-                )
-                .await,
-            )
-            .await?;
+            set_alias(state, caller, tenant, name, alias, previous).await?;
             restored.insert("alias".into(), format!("{name}@{alias} -> {previous}").into());
         }
     }

@@ -37,6 +37,28 @@ pub(crate) async fn deployment_spec(
     serde_json::from_value(view["spec"].clone()).map_err(|e| format!("deployment {name}: {e}"))
 }
 
+/// Points `name@alias` at `version`, as the caller may.
+pub(crate) async fn set_alias(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    alias: &str,
+    version: i64,
+) -> Result<serde_json::Value, String> {
+    answer(
+        api::models::set_alias(
+            State(state.clone()),
+            caller.clone(),
+            ApiPath((name.to_string(), alias.to_string())),
+            tenant_query(tenant),
+            ApiJson(api::models::SetAlias { version }),
+        )
+        .await,
+    )
+    .await
+}
+
 pub(crate) async fn put_deployment(
     state: &AppState,
     caller: &Caller,
@@ -74,17 +96,7 @@ pub(crate) async fn promote(
     let (name, version) = candidate.split_once('@').ok_or(format!("{candidate:?} is not NAME@VERSION"))?;
     let number: i64 = version.parse().map_err(|_| format!("{candidate:?} is not NAME@VERSION"))?;
     let previous = api::models::version_of(state, tenant, name, alias).await.map_err(|e| e.message)?.map(|v| v.version);
-    answer(
-        api::models::set_alias(
-            State(state.clone()),
-            caller.clone(),
-            ApiPath((name.to_string(), alias.to_string())),
-            tenant_query(tenant),
-            ApiJson(api::models::SetAlias { version: number }),
-        )
-        .await,
-    )
-    .await?;
+    set_alias(state, caller, tenant, name, alias, number).await?;
     let mut spec = match original {
         Some(spec) => spec,
         None => deployment_spec(state, caller, tenant, deployment).await?,

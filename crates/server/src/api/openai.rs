@@ -185,7 +185,7 @@ async fn plan(state: &AppState, caller: &Caller, deployment: &str, headers: &Hea
         }
     }
     // Rules that compare embeddings need this request's encoders attached to their own copy.
-    let guardrails = if deployed.guardrails.semantic_topics().is_empty() {
+    let guardrails = if !deployed.guardrails.compares_embeddings() {
         deployed.guardrails.clone()
     } else {
         let mut guardrails =
