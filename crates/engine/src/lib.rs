@@ -28,7 +28,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 pub use sampling::{argmax, sample, SamplingParams};
 
-use crate::text::TextStream;
+use crate::text::{Detokenizer, TextStream};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineSettings {
@@ -203,6 +203,7 @@ struct Sequence {
     params: SamplingParams,
     rng: rand::rngs::StdRng,
     events: UnboundedSender<GenerationEvent>,
+    detokenizer: Detokenizer,
     text: TextStream,
     submitted_at: Instant,
     admitted_at: Instant,
@@ -289,6 +290,7 @@ impl Scheduler {
             };
             self.active.push(Sequence {
                 rng: request.params.rng(),
+                detokenizer: Detokenizer::default(),
                 text: TextStream::new(request.params.stop.clone()),
                 prompt: request.prompt,
                 prefilled: 0,
@@ -357,17 +359,19 @@ impl Scheduler {
             if !end_of_text {
                 sequence.generated.push(token);
             }
+            let full = sequence.generated.len() >= sequence.params.max_tokens
+                || sequence.cache.len() + 1 > sequence.cache.capacity();
             let (delta, stopped) = if end_of_text {
-                (sequence.text.finish(), true)
+                let decoded = sequence.detokenizer.finish(&self.tokenizer, &sequence.generated)?;
+                (sequence.text.end(decoded), true)
+            } else if full {
+                sequence.text.update(sequence.detokenizer.finish(&self.tokenizer, &sequence.generated)?)
             } else {
-                let decoded = self.tokenizer.decode(&sequence.generated).map_err(|e| e.to_string())?;
-                sequence.text.update(&decoded)
+                sequence.text.update(sequence.detokenizer.next(&self.tokenizer, &sequence.generated)?)
             };
             if !delta.is_empty() || !end_of_text {
                 let _ = sequence.events.send(GenerationEvent::Delta { text: delta, token });
             }
-            let full = sequence.generated.len() >= sequence.params.max_tokens
-                || sequence.cache.len() + 1 > sequence.cache.capacity();
             if stopped || full {
                 let tail = if stopped { String::new() } else { sequence.text.finish() };
                 if !tail.is_empty() {

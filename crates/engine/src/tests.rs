@@ -167,6 +167,27 @@ fn text_is_held_back_while_it_may_still_change() {
 }
 
 #[test]
+fn completions_are_decoded_a_few_tokens_at_a_time_as_whole_characters() {
+    let tokenizer = tokenizer();
+    // Characters the vocabulary never saw are single bytes, split over tokens.
+    let ids = tokenizer.encode("Now is the café of 日本語 discontent, naïve York").unwrap();
+    let mut detokenizer = text::Detokenizer::default();
+    let mut split = 0;
+    for end in 1..=ids.len() {
+        let whole = tokenizer.decode(&ids[..end]).unwrap();
+        let text = detokenizer.next(&tokenizer, &ids[..end]).unwrap().to_string();
+        assert_eq!(text, whole.trim_end_matches('\u{FFFD}'), "after {end} tokens");
+        split += usize::from(text != whole);
+    }
+    assert!(split >= 3, "some steps ended inside a character");
+    // Generation that ends inside a character still shows what it made, as U+FFFD.
+    let mut cut = text::Detokenizer::default();
+    let end = (1..=ids.len()).find(|&n| tokenizer.decode(&ids[..n]).unwrap().ends_with('\u{FFFD}')).unwrap();
+    cut.next(&tokenizer, &ids[..end]).unwrap();
+    assert_eq!(cut.finish(&tokenizer, &ids[..end]).unwrap(), tokenizer.decode(&ids[..end]).unwrap());
+}
+
+#[test]
 fn sampling_filters_by_top_k_and_top_p() {
     use rand::SeedableRng;
     let logits = [0.0f32, 5.0, 4.9, -3.0];

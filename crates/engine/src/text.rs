@@ -2,6 +2,44 @@
 //! the middle of a character, and a stop sequence can arrive split over several tokens, so text
 //! that might still change is held back until it cannot.
 
+use factory_tokenizer::Tokenizer;
+
+/// Decodes a growing completion a few tokens at a time instead of whole on every step: each
+/// step decodes the tokens from `prefix` on, and what they add beyond the tokens up to `read`
+/// (text already taken) is new. Text only advances on a complete character, so a character
+/// split over tokens is taken once all of its bytes are there.
+#[derive(Default)]
+pub struct Detokenizer {
+    text: String,
+    prefix: usize,
+    read: usize,
+}
+
+impl Detokenizer {
+    /// The text of `generated` (the whole completion so far) up to its last complete character.
+    pub fn next(&mut self, tokenizer: &Tokenizer, generated: &[u32]) -> Result<&str, String> {
+        let window = tokenizer.decode(&generated[self.prefix..]).map_err(|e| e.to_string())?;
+        let before = tokenizer.decode(&generated[self.prefix..self.read]).map_err(|e| e.to_string())?;
+        if window.ends_with('\u{FFFD}') {
+            return Ok(&self.text);
+        }
+        match window.strip_prefix(before.as_str()) {
+            Some(new) => self.text.push_str(new),
+            // Not expected of a byte-level vocabulary; decoding it all is always right.
+            None => self.text = tokenizer.decode(generated).map_err(|e| e.to_string())?,
+        }
+        (self.prefix, self.read) = (self.read, generated.len());
+        Ok(&self.text)
+    }
+
+    /// The whole text of `generated`, an incomplete last character included (as U+FFFD).
+    pub fn finish(&mut self, tokenizer: &Tokenizer, generated: &[u32]) -> Result<&str, String> {
+        self.text = tokenizer.decode(generated).map_err(|e| e.to_string())?;
+        (self.prefix, self.read) = (generated.len(), generated.len());
+        Ok(&self.text)
+    }
+}
+
 pub struct TextStream {
     stop: Vec<String>,
     /// Bytes of the decoded text already sent.
@@ -18,7 +56,8 @@ impl TextStream {
     /// Takes the whole decoded completion so far; returns the text that is now certain, and
     /// whether a stop sequence ended it (the stop sequence itself is never sent).
     pub fn update(&mut self, decoded: &str) -> (String, bool) {
-        self.current = decoded.to_string();
+        self.current.clear();
+        self.current.push_str(decoded);
         let search_from = self.sent.saturating_sub(self.stop.iter().map(|s| s.len()).max().unwrap_or(0));
         let search_from = floor_char_boundary(&self.current, search_from);
         let found = self
@@ -49,6 +88,14 @@ impl TextStream {
         let delta = self.current[self.sent..certain].to_string();
         self.sent = certain;
         (delta, false)
+    }
+
+    /// Everything of `decoded` (the whole completion) not sent yet, when generation ended
+    /// without a stop sequence.
+    pub fn end(&mut self, decoded: &str) -> String {
+        self.current.clear();
+        self.current.push_str(decoded);
+        self.finish()
     }
 
     /// Everything not sent yet (at the end of generation nothing more can change it).

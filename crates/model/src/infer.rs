@@ -11,6 +11,7 @@
 //! sequence's cache, spread over the cores. Caches are preallocated and written in place.
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use candle_core::DType;
 use rayon::prelude::*;
@@ -28,7 +29,8 @@ pub struct Decoder {
     /// `[max_positions, head_dim / 2]` rotary tables.
     cos: Vec<f32>,
     sin: Vec<f32>,
-    scratch: RefCell<Scratch>,
+    /// One set of buffers per group of sequences stepped at once, reused from step to step.
+    scratch: Mutex<Vec<Scratch>>,
 }
 
 /// Projections are stored transposed, `[in, out]`: `gemm` then reads them in place as they
@@ -177,7 +179,7 @@ impl Decoder {
             head,
             cos,
             sin,
-            scratch: RefCell::new(Scratch::default()),
+            scratch: Mutex::new(Vec::new()),
         })
     }
 
@@ -188,7 +190,30 @@ impl Decoder {
     /// Runs one step for every input and returns one row of logits per sequence, after its
     /// last new token. Each cache grows by its sequence's new tokens; nothing is written when
     /// any input is refused.
+    ///
+    /// Sequences are independent within a step, so when they split into groups of about equal
+    /// work, each core steps one group from start to end: one fork and join per step instead
+    /// of one per matrix product (five per layer), and the small serial parts (norms, rotary,
+    /// SwiGLU, cache writes) run on every core too. One long prompt alone cannot be split; its
+    /// products and attention are spread over the cores instead.
     pub fn forward_step(&self, inputs: &mut [StepInput<'_>]) -> Result<Logits, ModelError> {
+        self.check(inputs)?;
+        let vocab = self.config.vocab_size;
+        let mut values = vec![0.0; inputs.len() * vocab];
+        match balanced_groups(inputs, rayon::current_num_threads()) {
+            Some(sizes) => {
+                let logits = split_by(&mut values, sizes.iter().map(|size| size * vocab));
+                split_by(inputs, sizes.iter().copied())
+                    .into_par_iter()
+                    .zip(logits)
+                    .for_each(|(group, logits)| self.forward_group(group, false, logits));
+            }
+            None => self.forward_group(inputs, true, &mut values),
+        }
+        Ok(Logits { values, vocab })
+    }
+
+    fn check(&self, inputs: &[StepInput<'_>]) -> Result<(), ModelError> {
         let config = &self.config;
         if inputs.is_empty() {
             return Err(ModelError::Input("a step needs at least one sequence".to_string()));
@@ -211,6 +236,13 @@ impl Decoder {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// The step of one group of sequences into `logits` (`[sequences, vocab]`); `parallel`
+    /// spreads its large products and its attention over the cores.
+    fn forward_group(&self, inputs: &mut [StepInput<'_>], parallel: bool, logits: &mut [f32]) {
+        let config = &self.config;
         let hidden_size = config.hidden_size;
         let (heads, kv_heads, head_dim) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
         let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
@@ -224,8 +256,9 @@ impl Decoder {
             .collect();
         let total = rows.len();
 
-        let mut scratch = self.scratch.borrow_mut();
-        let Scratch { hidden, normed, qkv, attended, gate_up, activated } = &mut *scratch;
+        let mut scratch =
+            self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop().unwrap_or_default();
+        let Scratch { hidden, normed, qkv, attended, gate_up, activated } = &mut scratch;
         resize(hidden, total * hidden_size);
         resize(normed, total * hidden_size);
         resize(qkv, total * qkv_width);
@@ -242,7 +275,7 @@ impl Decoder {
         let half = head_dim / 2;
         for (index, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(hidden, &layer.input_norm, eps, normed);
-            matmul(normed, total, &layer.qkv, qkv_width, hidden_size, qkv, false);
+            matmul(normed, total, &layer.qkv, qkv_width, hidden_size, qkv, false, parallel);
             // Rotary positions on q and k, then k and v into each sequence's cache.
             for (row, &(sequence, position)) in qkv.chunks_exact_mut(qkv_width).zip(&rows) {
                 let (cos, sin) = (&self.cos[position * half..][..half], &self.sin[position * half..][..half]);
@@ -272,16 +305,16 @@ impl Decoder {
             };
             // Worth spreading over the cores once there are many rows or long contexts.
             let work: usize = rows.iter().map(|&(_, position)| position + 1).sum();
-            if total > 1 && work * heads * head_dim >= 1 << 16 {
+            if parallel && total > 1 && work * heads * head_dim >= 1 << 16 {
                 attended.par_chunks_exact_mut(q_width).enumerate().for_each(attend);
             } else {
                 attended.chunks_exact_mut(q_width).enumerate().for_each(attend);
             }
-            matmul(attended, total, &layer.o, hidden_size, q_width, hidden, true);
+            matmul(attended, total, &layer.o, hidden_size, q_width, hidden, true, parallel);
             rms_norm_rows(hidden, &layer.post_norm, eps, normed);
-            matmul(normed, total, &layer.gate_up, 2 * intermediate, hidden_size, gate_up, false);
+            matmul(normed, total, &layer.gate_up, 2 * intermediate, hidden_size, gate_up, false, parallel);
             arch.dispatch(SwiGlu { out: activated, gate_up, intermediate });
-            matmul(activated, total, &layer.down, hidden_size, intermediate, hidden, true);
+            matmul(activated, total, &layer.down, hidden_size, intermediate, hidden, true, parallel);
         }
         for input in inputs.iter_mut() {
             input.cache.len += input.tokens.len();
@@ -296,10 +329,46 @@ impl Decoder {
         }
         let mut normed_last = vec![0.0; last.len()];
         rms_norm_rows(&last, &self.final_norm, eps, &mut normed_last);
-        let mut values = vec![0.0; inputs.len() * config.vocab_size];
-        matmul(&normed_last, inputs.len(), &self.head, config.vocab_size, hidden_size, &mut values, false);
-        Ok(Logits { values, vocab: config.vocab_size })
+        matmul(&normed_last, inputs.len(), &self.head, config.vocab_size, hidden_size, logits, false, parallel);
+        self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(scratch);
     }
+}
+
+/// Group sizes (in sequences, in order) that share a step's tokens about equally between
+/// `threads` cores, or `None` when the step is better run as one group: one core, one
+/// sequence, or work too lopsided to split (a long prompt chunk among single tokens).
+pub(crate) fn balanced_groups(inputs: &[StepInput<'_>], threads: usize) -> Option<Vec<usize>> {
+    let groups = threads.min(inputs.len());
+    if groups < 2 {
+        return None;
+    }
+    let total: usize = inputs.iter().map(|input| input.tokens.len()).sum();
+    let share = total.div_ceil(groups);
+    let (mut sizes, mut largest) = (Vec::with_capacity(groups), 0);
+    let (mut count, mut tokens) = (0, 0);
+    for (index, input) in inputs.iter().enumerate() {
+        count += 1;
+        tokens += input.tokens.len();
+        let remaining_groups = groups - sizes.len() - 1;
+        if (tokens >= share && remaining_groups > 0) || index + 1 == inputs.len() {
+            sizes.push(count);
+            largest = largest.max(tokens);
+            (count, tokens) = (0, 0);
+        }
+    }
+    // Within a third of an even share: otherwise the other cores would mostly wait.
+    (sizes.len() > 1 && largest * 3 <= share * 4).then_some(sizes)
+}
+
+/// Consecutive parts of `items` of the given sizes (which must not add up to more).
+fn split_by<T>(mut items: &mut [T], sizes: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
+    let mut parts = Vec::new();
+    for size in sizes {
+        let (part, rest) = std::mem::take(&mut items).split_at_mut(size);
+        parts.push(part);
+        items = rest;
+    }
+    parts
 }
 
 fn resize(buffer: &mut Vec<f32>, len: usize) {
@@ -372,34 +441,29 @@ impl pulp::WithSimd for Attend<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
         let Attend { out, query, cache, layer, position, heads, kv_heads, head_dim } = self;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let group = heads / kv_heads;
         let (capacity, length) = (cache.capacity, position + 1);
-        let mut scores = vec![0.0f32; length];
+        // Taken out rather than borrowed in a closure: the loops must stay in this function,
+        // which is compiled for the vector units; a closure would not be.
+        let mut scores = SCORES.take();
+        resize(&mut scores, length);
         for head in 0..heads {
             let q = &query[head * head_dim..][..head_dim];
             let base = (layer * kv_heads + head / group) * head_dim * capacity;
-            scores.fill(0.0);
-            for (d, &q) in q.iter().enumerate() {
-                let keys = &cache.keys[base + d * capacity..][..length];
-                let q = q * scale;
-                for (score, &k) in scores.iter_mut().zip(keys) {
-                    *score += q * k;
-                }
-            }
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            for score in scores.iter_mut() {
-                *score = exp(*score - max);
-            }
-            let sum: f32 = scores.iter().sum();
+            dot_columns(simd, q, scale, &cache.keys[base..base + head_dim * capacity], capacity, &mut scores);
+            let sum = softmax_numerators(&mut scores);
             let out = &mut out[head * head_dim..][..head_dim];
             let values = &cache.values[base..base + length * head_dim];
-            match head_dim {
-                32 => weighted_sum::<32>(&scores, values, out),
-                64 => weighted_sum::<64>(&scores, values, out),
-                128 => weighted_sum::<128>(&scores, values, out),
+            let whole_vectors = head_dim % S::F32_LANES == 0;
+            match head_dim / S::F32_LANES {
+                1 if whole_vectors => weighted_sum::<S, 1, 4>(simd, &scores, values, out),
+                2 if whole_vectors => weighted_sum::<S, 2, 4>(simd, &scores, values, out),
+                4 if whole_vectors => weighted_sum::<S, 4, 2>(simd, &scores, values, out),
+                8 if whole_vectors => weighted_sum::<S, 8, 2>(simd, &scores, values, out),
+                16 if whole_vectors => weighted_sum::<S, 16, 1>(simd, &scores, values, out),
                 _ => {
                     out.fill(0.0);
                     for (&weight, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
@@ -413,21 +477,137 @@ impl pulp::WithSimd for Attend<'_> {
                 *o /= sum;
             }
         }
+        SCORES.set(scores);
     }
 }
 
-/// `out = sum_p weights[p] * values[p]` with the sum held in registers: a head dimension known
-/// at compile time lets the accumulator live there instead of going through memory (and
-/// store-to-load forwarding) once per position.
+thread_local! {
+    /// One head's attention scores, reused by every attention on this thread.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Lanes of the accumulators in the reductions below: as many as an AVX-512 register holds,
+/// so each lane's chain is independent and the compiler keeps them in one vector.
+const LANES: usize = 16;
+
+/// Replaces `scores` by `e^(score - max)` and returns their sum: the softmax before its
+/// division, which the caller folds into the weighted sum.
 #[inline(always)]
-fn weighted_sum<const D: usize>(weights: &[f32], values: &[f32], out: &mut [f32]) {
-    let mut sum = [0.0f32; D];
-    for (&weight, value) in weights.iter().zip(values.chunks_exact(D)) {
-        for (s, &v) in sum.iter_mut().zip(value) {
-            *s += weight * v;
+fn softmax_numerators(scores: &mut [f32]) -> f32 {
+    let mut maxima = [f32::NEG_INFINITY; LANES];
+    let mut chunks = scores.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &s) in maxima.iter_mut().zip(chunk) {
+            *m = m.max(s);
         }
     }
-    out.copy_from_slice(&sum);
+    let max = chunks.remainder().iter().chain(&maxima).copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sums = [0.0f32; LANES];
+    let mut chunks = scores.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (sum, score) in sums.iter_mut().zip(chunk) {
+            *score = exp(*score - max);
+            *sum += *score;
+        }
+    }
+    let mut sum = 0.0;
+    for score in chunks.into_remainder() {
+        *score = exp(*score - max);
+        sum += *score;
+    }
+    sum + sums.iter().sum::<f32>()
+}
+
+/// `scores[p] = scale sum_d q[d] keys[d][p]` over transposed keys `[head_dim, capacity]`.
+/// Positions are taken a block of vectors at a time, the block's sums held in registers across
+/// the `head_dim` rows (instead of loaded and stored once per row), as many independent chains
+/// of multiply-adds as the block has vectors.
+#[inline(always)]
+fn dot_columns<S: pulp::Simd>(simd: S, q: &[f32], scale: f32, keys: &[f32], capacity: usize, scores: &mut [f32]) {
+    let lanes = S::F32_LANES;
+    let mut start = 0;
+    while start + 4 * lanes <= scores.len() {
+        dot_block::<S, 4>(simd, q, scale, &keys[start..], capacity, &mut scores[start..][..4 * lanes]);
+        start += 4 * lanes;
+    }
+    while start + lanes <= scores.len() {
+        dot_block::<S, 1>(simd, q, scale, &keys[start..], capacity, &mut scores[start..][..lanes]);
+        start += lanes;
+    }
+    let rest = &mut scores[start..];
+    rest.fill(0.0);
+    for (d, &q) in q.iter().enumerate() {
+        for (score, &k) in rest.iter_mut().zip(&keys[d * capacity + start..]) {
+            *score += q * k;
+        }
+    }
+    for score in rest {
+        *score *= scale;
+    }
+}
+
+/// `B` vectors of [`dot_columns`]'s scores; `keys` starts at the block's first position.
+#[inline(always)]
+fn dot_block<S: pulp::Simd, const B: usize>(
+    simd: S,
+    q: &[f32],
+    scale: f32,
+    keys: &[f32],
+    capacity: usize,
+    scores: &mut [f32],
+) {
+    let width = scores.len();
+    let mut sums = [simd.splat_f32s(0.0); B];
+    for (d, &q) in q.iter().enumerate() {
+        let (row, _) = S::as_simd_f32s(&keys[d * capacity..][..width]);
+        let q = simd.splat_f32s(q);
+        for b in 0..B {
+            sums[b] = simd.mul_add_f32s(q, row[b], sums[b]);
+        }
+    }
+    let (out, _) = S::as_mut_simd_f32s(scores);
+    let scale = simd.splat_f32s(scale);
+    for b in 0..B {
+        out[b] = simd.mul_f32s(sums[b], scale);
+    }
+}
+
+/// `out = sum_p weights[p] values[p]` over value rows of `V` vectors, the sums held in vector
+/// registers, with `P` partial sums (positions taken `P` at a time) so that many independent
+/// chains of multiply-adds are in flight instead of one. Written with explicit vectors: the
+/// compiler kept the plain-loop version's sums on the stack, one scalar at a time.
+#[inline(always)]
+fn weighted_sum<S: pulp::Simd, const V: usize, const P: usize>(
+    simd: S,
+    weights: &[f32],
+    values: &[f32],
+    out: &mut [f32],
+) {
+    let (rows, _) = S::as_simd_f32s(values);
+    let zero = simd.splat_f32s(0.0);
+    let mut sums = [[zero; V]; P];
+    let whole = weights.len() / P * P;
+    for (weights, rows) in weights[..whole].chunks_exact(P).zip(rows.chunks_exact(P * V)) {
+        for p in 0..P {
+            let weight = simd.splat_f32s(weights[p]);
+            for v in 0..V {
+                sums[p][v] = simd.mul_add_f32s(weight, rows[p * V + v], sums[p][v]);
+            }
+        }
+    }
+    for (&weight, row) in weights[whole..].iter().zip(rows[whole * V..].chunks_exact(V)) {
+        let weight = simd.splat_f32s(weight);
+        for v in 0..V {
+            sums[0][v] = simd.mul_add_f32s(weight, row[v], sums[0][v]);
+        }
+    }
+    let (out, _) = S::as_mut_simd_f32s(out);
+    for v in 0..V {
+        out[v] = sums[0][v];
+        for sum in &sums[1..] {
+            out[v] = simd.add_f32s(out[v], sum[v]);
+        }
+    }
 }
 
 /// `e^x` for the softmax, in a form the compiler vectorizes (libm's is a call per element):
@@ -448,9 +628,19 @@ fn exp(x: f32) -> f32 {
 /// `[inner, columns]` as the decoder stores projections, by `gemm`. Threads only pay off
 /// for products of many rows: waking a pool costs more than a matrix-vector product of this
 /// size (measured: one stream decodes 4x slower when every product is split over 2 cores).
-fn matmul(x: &[f32], rows: usize, w: &[f32], columns: usize, inner: usize, out: &mut [f32], accumulate: bool) {
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    columns: usize,
+    inner: usize,
+    out: &mut [f32],
+    accumulate: bool,
+    parallel: bool,
+) {
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 && rows * columns * inner >= PARALLEL_PRODUCT {
+    let parallelism = if parallel && threads > 1 && rows * columns * inner >= PARALLEL_PRODUCT {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None

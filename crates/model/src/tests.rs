@@ -400,8 +400,31 @@ fn cached_steps_match_the_full_forward_for_chunks_decodes_and_mixed_batches() {
 /// Wide enough that the decoder's threaded paths run: `gemm` over the cores for a prefill of
 /// many rows, attention spread over the new tokens of many sequences.
 #[test]
+fn a_step_splits_between_cores_only_into_groups_of_about_equal_work() {
+    let config = tiny_config(false);
+    let model = Llama::new(config.clone(), Weights::init(&config, 9, DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let decoder = Decoder::new(&model).unwrap();
+    let groups = |lengths: &[usize], threads: usize| {
+        let tokens: Vec<Vec<u32>> = lengths.iter().map(|&n| vec![1; n]).collect();
+        let mut caches: Vec<KvCache> = lengths.iter().map(|_| KvCache::new(&decoder, 32).unwrap()).collect();
+        let inputs: Vec<StepInput> =
+            tokens.iter().zip(caches.iter_mut()).map(|(tokens, cache)| StepInput { tokens, cache }).collect();
+        crate::infer::balanced_groups(&inputs, threads)
+    };
+    assert_eq!(groups(&[1; 32], 2), Some(vec![16, 16]));
+    assert_eq!(groups(&[1; 7], 3), Some(vec![3, 3, 1]));
+    assert_eq!(groups(&[5, 1, 1, 1, 1, 1], 2), Some(vec![1, 5]));
+    // One core, one sequence, or one long prompt chunk among single tokens: one group.
+    assert_eq!(groups(&[1; 32], 1), None);
+    assert_eq!(groups(&[20], 2), None);
+    assert_eq!(groups(&[24, 1, 1, 1], 2), None);
+}
+
+#[test]
 fn many_sequences_decoded_together_match_each_alone_on_a_wider_tied_model() {
-    let mut config = LlamaConfig::new(1024, 64, 160, 2, 4);
+    // Heads of 32 (the vectorized attention), prompts of up to 65 tokens (whole blocks of 64
+    // positions and the rest).
+    let mut config = LlamaConfig::new(1024, 128, 160, 2, 4);
     config.num_key_value_heads = Some(2);
     config.max_position_embeddings = 96;
     config.tie_word_embeddings = true;
