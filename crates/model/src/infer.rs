@@ -6,9 +6,11 @@
 //! matrix each), writes into buffers it reuses, and leaves the matrix products to `gemm`.
 //!
 //! Each step takes, per sequence, its new tokens (a prompt chunk, or the one token sampled
-//! last) and returns the logits after its last new token. Projections and the MLP run once over
-//! the new tokens of every sequence together; attention runs per new token against its own
-//! sequence's cache, spread over the cores. Caches are preallocated and written in place.
+//! last) and returns the logits after its last new token. The sequences are split into one
+//! group per core when their work divides evenly (see [`Decoder::forward_step`]); within a
+//! group, projections and the MLP run once over the new tokens of every sequence together, and
+//! attention runs per new token against its own sequence's cache. Caches are preallocated and
+//! written in place.
 
 use std::cell::RefCell;
 use std::sync::Mutex;
