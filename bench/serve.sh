@@ -7,7 +7,8 @@
 #
 # Needs `cargo build --release -p factory-bench` and a Python with torch and transformers
 # (TORCH_PYTHON, default ~/.cache/factory-torch-venv/bin/python); for llama.cpp, also
-# llama-cpp-python and the gguf package there, and LLAMA_CPP_DIR (see below).
+# llama-cpp-python, the gguf package and sentencepiece (its converter imports it) there, and
+# LLAMA_CPP_DIR (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="$(cd .. && pwd)/shared"
