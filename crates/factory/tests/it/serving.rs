@@ -621,7 +621,7 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     let vault_env = [("FACTORY_URL", vault.url.as_str()), ("FACTORY_API_KEY", keys[0].1.as_str())];
     let (ok, stdout, stderr) =
         cli(&["model", "import-hf", hf.to_str().unwrap(), "--name", "base", "--jurisdiction", "eu"], &vault_env);
-    assert!(ok, "{stdout}\n{stderr}");
+    assert!(ok, "{stdout}\n{stderr}\nserver log, last lines:\n{}", vault.log_tail(60));
     let (ok, stdout, stderr) = cli(&["deploy", "create", "chat", "--variant", "base@1"], &vault_env);
     assert!(ok, "{stdout}\n{stderr}");
     vault.terminate();

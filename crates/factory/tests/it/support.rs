@@ -26,6 +26,14 @@ pub struct Server {
     child: Child,
     pub url: String,
     pub admin_key: String,
+    data_dir: std::path::PathBuf,
+}
+
+/// The last `lines` lines of the log at `path`, for assertions that fail on a server's behalf.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 impl Server {
@@ -65,7 +73,12 @@ impl Server {
             }
         };
         let admin_key = std::fs::read_to_string(data_dir.join("admin.key")).unwrap().trim().to_string();
-        Server { child, url, admin_key }
+        Server { child, url, admin_key, data_dir: data_dir.to_path_buf() }
+    }
+
+    /// The last `lines` lines of this server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.data_dir.join("server.log"), lines)
     }
 
     pub fn pid(&self) -> u32 {

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{call, eventually, tenant_with_keys, upload, Server};
+use crate::support::{call, eventually, log_tail, tenant_with_keys, upload, Server};
 
 fn shakespeare(bytes: usize) -> Vec<u8> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/tinyshakespeare.txt");
@@ -25,10 +25,7 @@ async fn finished(url: &str, key: &str, run: &str, log: &std::path::Path) -> Val
     .await;
     let reply = call(url, "GET", &path, Some(key), None).await;
     if !done {
-        let log = std::fs::read_to_string(log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(60).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!("run {run} did not finish: {}\nserver log, last lines:\n{}", reply.text, tail.join("\n"));
+        panic!("run {run} did not finish: {}\nserver log, last lines:\n{}", reply.text, log_tail(log, 60));
     }
     assert_eq!(reply.body["state"], "succeeded", "{}", reply.text);
     reply.body
