@@ -1,7 +1,8 @@
 //! Pipelines through the HTTP API and the CLI: declarations checked with line numbers, manual
-//! triggers deduplicated by request id, cron schedules, a notify webhook, and who may do what.
+//! triggers deduplicated by request id, cron schedules, new dataset versions as triggers, a
+//! notify webhook, and who may do what.
 
-use crate::support::{call, cli, eventually, tenant_with_keys, JsonCollector, Server};
+use crate::support::{call, cli, eventually, tenant_with_keys, upload, JsonCollector, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelines_are_declared_triggered_deduplicated_and_scheduled() {
@@ -83,6 +84,43 @@ async fn pipelines_are_declared_triggered_deduplicated_and_scheduled() {
     })
     .await;
     assert!(scheduled, "no cron run within 80 s");
+
+    // A new version of the dataset a pipeline watches starts a run; a version of another
+    // dataset does not.
+    let watcher = dir.path().join("on-data.toml");
+    std::fs::write(
+        &watcher,
+        "[[triggers]]\nevent = \"dataset.version.created\"\ndataset = \"notes\"\n\n\
+         [[steps]]\nkind = \"gate\"\ncondition = \"true\"\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = cli(&["pipeline", "apply", "on-data", "--file", watcher.to_str().unwrap()], &env);
+    assert!(ok, "{stderr}");
+    for name in ["other", "notes"] {
+        let body = serde_json::json!({ "name": name, "classification": "internal" });
+        let created = call(&server.url, "POST", "/api/v1/datasets", Some(&engineer), Some(body)).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let path = format!("/api/v1/datasets/{name}/versions?format=text&paragraphs=true");
+        let text = format!("A first note about {name}.\n\nA second note, longer than the first one.\n");
+        let ingested = upload(&server.url, &engineer, &path, text.into_bytes()).await;
+        assert_eq!(ingested.status, 201, "{}", ingested.text);
+    }
+    let runs_of_data = || async {
+        call(&server.url, "GET", "/api/v1/pipelines/on-data/runs", Some(&engineer), None).await.body["runs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let started = eventually(60, || async {
+        runs_of_data().await.iter().any(|r| r["trigger"]["topic"] == "dataset.version.created")
+    })
+    .await;
+    let runs = runs_of_data().await;
+    assert!(started, "no run for the new version of notes: {runs:?}");
+    // Had the other dataset's version matched, it would hold the run (it came first) and the
+    // watched one would have been coalesced into it.
+    assert_eq!(runs.len(), 1, "only the watched dataset starts a run: {runs:?}");
+    assert_eq!(runs[0]["trigger"]["dataset"], "notes", "{runs:?}");
 
     // Another tenant sees none of it; drift of a deployment that does not exist is a 404.
     let globex = tenant_with_keys(&server, "globex", &["engineer"]).await;
