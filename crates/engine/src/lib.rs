@@ -314,9 +314,11 @@ impl Scheduler {
             return Ok(());
         }
         let mut budget = self.settings.prefill_chunk.max(1);
-        // (index into active, tokens this step, whether this step ends its prefill)
-        let mut plan: Vec<(usize, Vec<u32>, bool)> = Vec::new();
-        for (index, sequence) in self.active.iter().enumerate() {
+        // (index into active, tokens this step, whether this step ends its prefill); the
+        // inputs borrow their tokens from the sequences themselves.
+        let mut plan: Vec<(usize, usize, bool)> = Vec::with_capacity(self.active.len());
+        let mut inputs = Vec::with_capacity(self.active.len());
+        for (index, sequence) in self.active.iter_mut().enumerate() {
             if sequence.prefilling() {
                 if budget == 0 {
                     continue;
@@ -324,30 +326,22 @@ impl Scheduler {
                 let take = (sequence.prompt.len() - sequence.prefilled).min(budget);
                 budget -= take;
                 let end = sequence.prefilled + take;
-                plan.push((index, sequence.prompt[sequence.prefilled..end].to_vec(), end == sequence.prompt.len()));
+                plan.push((index, take, end == sequence.prompt.len()));
+                inputs
+                    .push(StepInput { tokens: &sequence.prompt[sequence.prefilled..end], cache: &mut sequence.cache });
             } else if let Some(last) = sequence.generated.last() {
-                plan.push((index, vec![*last], true));
+                plan.push((index, 1, true));
+                inputs.push(StepInput { tokens: std::slice::from_ref(last), cache: &mut sequence.cache });
             }
         }
-        let logits = {
-            let mut planned = plan.iter().map(|(index, _, _)| *index).peekable();
-            let mut inputs = Vec::with_capacity(plan.len());
-            let mut tokens = plan.iter().map(|(_, tokens, _)| tokens);
-            for (index, sequence) in self.active.iter_mut().enumerate() {
-                if planned.peek() == Some(&index) {
-                    planned.next();
-                    let tokens = tokens.next().ok_or("the step plan is inconsistent")?;
-                    inputs.push(StepInput { tokens, cache: &mut sequence.cache });
-                }
-            }
-            self.model.forward_step(&mut inputs).map_err(|e| e.to_string())?
-        };
+        let logits = self.model.forward_step(&mut inputs).map_err(|e| e.to_string())?;
+        drop(inputs);
         let batch_size = plan.len();
         let mut finished = Vec::new();
         for (row, (index, tokens, samples)) in plan.into_iter().enumerate() {
             let sequence = &mut self.active[index];
             if sequence.prefilling() {
-                sequence.prefilled += tokens.len();
+                sequence.prefilled += tokens;
             }
             if !samples {
                 continue;

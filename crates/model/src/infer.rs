@@ -297,12 +297,12 @@ impl Decoder {
                         .copy_from_slice(&row[q_width + kv_width + g * head_dim..][..head_dim]);
                 }
             }
-            let caches: Vec<&KvCache> = inputs.iter().map(|input| &*input.cache).collect();
+            let written: &[StepInput<'_>] = inputs;
             let arch = pulp::Arch::new();
             let attend = |(row, out): (usize, &mut [f32])| {
                 let (sequence, position) = rows[row];
                 let query = &qkv[row * qkv_width..][..q_width];
-                let cache = caches[sequence];
+                let cache = &*written[sequence].cache;
                 arch.dispatch(Attend { out, query, cache, layer: index, position, heads, kv_heads, head_dim });
             };
             // Worth spreading over the cores once there are many rows or long contexts.
@@ -323,15 +323,22 @@ impl Decoder {
         }
 
         // Only each sequence's last new token is projected onto the vocabulary.
-        let mut last = Vec::with_capacity(inputs.len() * hidden_size);
         let mut end = 0;
-        for input in inputs.iter() {
+        for (input, out) in inputs.iter().zip(normed.chunks_exact_mut(hidden_size)) {
             end += input.tokens.len();
-            last.extend_from_slice(&hidden[(end - 1) * hidden_size..end * hidden_size]);
+            rms_norm_rows(&hidden[(end - 1) * hidden_size..end * hidden_size], &self.final_norm, eps, out);
         }
-        let mut normed_last = vec![0.0; last.len()];
-        rms_norm_rows(&last, &self.final_norm, eps, &mut normed_last);
-        matmul(&normed_last, inputs.len(), &self.head, config.vocab_size, hidden_size, logits, false, parallel);
+        let sequences = inputs.len();
+        matmul(
+            &normed[..sequences * hidden_size],
+            sequences,
+            &self.head,
+            config.vocab_size,
+            hidden_size,
+            logits,
+            false,
+            parallel,
+        );
         self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(scratch);
     }
 }
