@@ -197,7 +197,14 @@ impl Store {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
-        let transaction = self.pool.begin().await?;
+        // SQLite: a transaction that has read cannot wait for the write lock (it fails at once,
+        // "database is locked"), and a dropped transaction's rollback runs only when its
+        // connection next works, so the lock can outlive the writer guard for a moment. Taking
+        // the lock at BEGIN waits for it instead.
+        let transaction = match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        };
         Ok(WriteTransaction { transaction, _guard: guard })
     }
 }

@@ -92,6 +92,7 @@ macro_rules! store_suite {
 
 store_suite!(
     migrations_are_idempotent,
+    a_dropped_change_never_blocks_the_next_writer,
     a_change_commits_with_its_audit_record_and_event,
     denials_are_audited_and_change_nothing,
     an_abandoned_change_leaves_nothing,
@@ -587,6 +588,49 @@ async fn dataset_versions_appear_whole_and_numbered(store: &Store, _database: &T
     assert!(store.object_is_referenced("shared-shard").await.unwrap());
     assert!(!store.object_is_referenced("m2").await.unwrap());
     assert_eq!(store.datasets(&tenant("acme")).await.unwrap().len(), 1);
+}
+
+/// A change dropped after a failed write is rolled back when its connection next runs, not at
+/// once; the next writer must still get the database (SQLite: a transaction that has read
+/// cannot wait for the write lock, so writes begin by taking it).
+async fn a_dropped_change_never_blocks_the_next_writer(store: &Store, _database: &TestDatabase) {
+    use crate::models::NewModelVersion;
+    use factory_core::Classification;
+    let pdp = authorizer();
+    create_tenant(store, "acme").await;
+    let acme = tenant("acme");
+    let engineer = Principal { id: "key_eng".to_string(), tenant: Some(acme.clone()), role: Role::Engineer };
+    let eu = Jurisdiction::new("eu").unwrap();
+    let resource = Resource::model(&acme, "bard", Classification::Internal, Some(&eu));
+    let register = AccessRequest::new(&engineer, Action::ModelRegister, resource.clone())
+        .with_context("jurisdiction_allowed", true)
+        .with_context("storage_site", true);
+    let version = |manifest: &str| NewModelVersion {
+        version: None,
+        origin: "trained".to_string(),
+        run_id: None,
+        jurisdiction: eu.clone(),
+        classification: Classification::Internal,
+        parameters: 1000,
+        manifest_digest: manifest.to_string(),
+        signer: "factory.local/models+1+AA".to_string(),
+        evals: serde_json::json!({}),
+        objects: vec![manifest.to_string()],
+    };
+    let mut change = store.begin_change(&pdp, register.clone(), "req").await.unwrap();
+    change.add_model_version(&acme, "bard", 1, &version("m1")).await.unwrap();
+    change.commit(serde_json::json!({}), Event::new("model.version.created", serde_json::json!({}))).await.unwrap();
+    let alias = AccessRequest::new(&engineer, Action::ModelAlias, resource);
+    for round in 0..100 {
+        let mut change = store.begin_change(&pdp, register.clone(), "req").await.unwrap();
+        let error = change.add_model_version(&acme, "bard", 1, &version("again")).await.unwrap_err();
+        assert_eq!(error.kind(), StoreErrorKind::Conflict);
+        drop(change);
+        let mut change = store.begin_change(&pdp, alias.clone(), "req").await.unwrap();
+        let moved = change.set_model_alias(&acme, "bard", "production", 1).await;
+        assert!(moved.is_ok(), "round {round}: {moved:?}");
+        change.commit(serde_json::json!({}), Event::new("model.alias.set", serde_json::json!({}))).await.unwrap();
+    }
 }
 
 async fn model_versions_are_numbered_immutable_and_aliased(store: &Store, _database: &TestDatabase) {
