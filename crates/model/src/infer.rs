@@ -638,6 +638,7 @@ fn exp(x: f32) -> f32 {
 /// for products of many rows: waking a pool costs more than a matrix-vector product of this
 /// size (measured: one stream decodes 4x slower when every product is split over 2 cores).
 #[allow(clippy::too_many_arguments)]
+#[allow(unsafe_code)]
 fn matmul(
     x: &[f32],
     rows: usize,
@@ -654,26 +655,8 @@ fn matmul(
     } else {
         gemm::Parallelism::None
     };
-    gemm_into(x, rows, w, columns, inner, out, accumulate, parallelism);
-}
-
-/// Multiply-adds from which a product is worth spreading over the cores.
-const PARALLEL_PRODUCT: usize = 1 << 21;
-
-#[allow(clippy::too_many_arguments)]
-#[allow(unsafe_code)]
-fn gemm_into(
-    x: &[f32],
-    rows: usize,
-    w: &[f32],
-    columns: usize,
-    inner: usize,
-    out: &mut [f32],
-    accumulate: bool,
-    parallelism: gemm::Parallelism,
-) {
     assert!(x.len() >= rows * inner && w.len() >= columns * inner && out.len() >= rows * columns);
-    // SAFETY: the asserts above bound every element the strides reach: `out` is row-major
+    // SAFETY: the assert above bounds every element the strides reach: `out` is row-major
     // `[rows, columns]`, `x` row-major `[rows, inner]`, `W^T` row-major `[inner, columns]`.
     // `out` is a unique borrow, so it aliases neither input.
     unsafe {
@@ -700,3 +683,6 @@ fn gemm_into(
         )
     }
 }
+
+/// Multiply-adds from which a product is worth spreading over the cores.
+const PARALLEL_PRODUCT: usize = 1 << 21;

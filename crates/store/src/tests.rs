@@ -590,13 +590,17 @@ async fn dataset_versions_appear_whole_and_numbered(store: &Store, _database: &T
     assert_eq!(store.datasets(&tenant("acme")).await.unwrap().len(), 1);
 }
 
-/// A change dropped after a failed write is rolled back when its connection next runs, not at
-/// once; the next writer must still get the database (SQLite: a transaction that has read
-/// cannot wait for the write lock, so writes begin by taking it).
-async fn a_dropped_change_never_blocks_the_next_writer(store: &Store, _database: &TestDatabase) {
-    use crate::models::NewModelVersion;
+/// What the model registry tests share: tenant acme with an engineer, and the requests to
+/// register versions of its model `bard` and to move bard's aliases.
+struct Bard {
+    acme: TenantName,
+    register: AccessRequest,
+    alias: AccessRequest,
+    eu: Jurisdiction,
+}
+
+async fn bard(store: &Store) -> Bard {
     use factory_core::Classification;
-    let pdp = authorizer();
     create_tenant(store, "acme").await;
     let acme = tenant("acme");
     let engineer = Principal { id: "key_eng".to_string(), tenant: Some(acme.clone()), role: Role::Engineer };
@@ -605,25 +609,41 @@ async fn a_dropped_change_never_blocks_the_next_writer(store: &Store, _database:
     let register = AccessRequest::new(&engineer, Action::ModelRegister, resource.clone())
         .with_context("jurisdiction_allowed", true)
         .with_context("storage_site", true);
-    let version = |manifest: &str| NewModelVersion {
-        version: None,
-        origin: "trained".to_string(),
-        run_id: None,
-        jurisdiction: eu.clone(),
-        classification: Classification::Internal,
-        parameters: 1000,
-        manifest_digest: manifest.to_string(),
-        signer: "factory.local/models+1+AA".to_string(),
-        evals: serde_json::json!({}),
-        objects: vec![manifest.to_string()],
-    };
-    let mut change = store.begin_change(&pdp, register.clone(), "req").await.unwrap();
-    change.add_model_version(&acme, "bard", 1, &version("m1")).await.unwrap();
-    change.commit(serde_json::json!({}), Event::new("model.version.created", serde_json::json!({}))).await.unwrap();
     let alias = AccessRequest::new(&engineer, Action::ModelAlias, resource);
+    Bard { acme, register, alias, eu }
+}
+
+impl Bard {
+    /// A version whose manifest is `manifest`, trained by run `run_{manifest}`.
+    fn version(&self, manifest: &str) -> crate::models::NewModelVersion {
+        crate::models::NewModelVersion {
+            version: None,
+            origin: "trained".to_string(),
+            run_id: Some(format!("run_{manifest}")),
+            jurisdiction: self.eu.clone(),
+            classification: factory_core::Classification::Internal,
+            parameters: 1000,
+            manifest_digest: manifest.to_string(),
+            signer: "factory.local/models+1+AA".to_string(),
+            evals: serde_json::json!({ "validation_perplexity": 9.5 }),
+            objects: vec![manifest.to_string(), "weights".to_string()],
+        }
+    }
+}
+
+/// A change dropped after a failed write is rolled back when its connection next runs, not at
+/// once; the next writer must still get the database (SQLite: a transaction that has read
+/// cannot wait for the write lock, so writes begin by taking it).
+async fn a_dropped_change_never_blocks_the_next_writer(store: &Store, _database: &TestDatabase) {
+    let pdp = authorizer();
+    let fixture = bard(store).await;
+    let (acme, register, alias) = (fixture.acme.clone(), fixture.register.clone(), fixture.alias.clone());
+    let mut change = store.begin_change(&pdp, register.clone(), "req").await.unwrap();
+    change.add_model_version(&acme, "bard", 1, &fixture.version("m1")).await.unwrap();
+    change.commit(serde_json::json!({}), Event::new("model.version.created", serde_json::json!({}))).await.unwrap();
     for round in 0..100 {
         let mut change = store.begin_change(&pdp, register.clone(), "req").await.unwrap();
-        let error = change.add_model_version(&acme, "bard", 1, &version("again")).await.unwrap_err();
+        let error = change.add_model_version(&acme, "bard", 1, &fixture.version("again")).await.unwrap_err();
         assert_eq!(error.kind(), StoreErrorKind::Conflict);
         drop(change);
         let mut change = store.begin_change(&pdp, alias.clone(), "req").await.unwrap();
@@ -634,29 +654,10 @@ async fn a_dropped_change_never_blocks_the_next_writer(store: &Store, _database:
 }
 
 async fn model_versions_are_numbered_immutable_and_aliased(store: &Store, _database: &TestDatabase) {
-    use crate::models::NewModelVersion;
-    use factory_core::Classification;
     let pdp = authorizer();
-    create_tenant(store, "acme").await;
-    let acme = tenant("acme");
-    let engineer = Principal { id: "key_eng".to_string(), tenant: Some(acme.clone()), role: Role::Engineer };
-    let eu = Jurisdiction::new("eu").unwrap();
-    let resource = Resource::model(&acme, "bard", Classification::Internal, Some(&eu));
-    let register = AccessRequest::new(&engineer, Action::ModelRegister, resource.clone())
-        .with_context("jurisdiction_allowed", true)
-        .with_context("storage_site", true);
-    let new = |manifest: &str| NewModelVersion {
-        version: None,
-        origin: "trained".to_string(),
-        run_id: Some(format!("run_{manifest}")),
-        jurisdiction: eu.clone(),
-        classification: Classification::Internal,
-        parameters: 1000,
-        manifest_digest: manifest.to_string(),
-        signer: "factory.local/models+1+AA".to_string(),
-        evals: serde_json::json!({ "validation_perplexity": 9.5 }),
-        objects: vec![manifest.to_string(), "weights".to_string()],
-    };
+    let fixture = bard(store).await;
+    let (acme, register, alias) = (fixture.acme.clone(), fixture.register.clone(), fixture.alias.clone());
+    let new = |manifest: &str| fixture.version(manifest);
     for expected in 1..=2 {
         let mut change = store.begin_change(&pdp, register.clone(), "req").await.unwrap();
         let version = change.next_model_version(&acme, "bard").await.unwrap();
@@ -673,7 +674,6 @@ async fn model_versions_are_numbered_immutable_and_aliased(store: &Store, _datab
     assert!(!store.object_is_referenced("m-dup").await.unwrap());
     assert!(store.object_is_referenced("weights").await.unwrap());
 
-    let alias = AccessRequest::new(&engineer, Action::ModelAlias, resource);
     let mut change = store.begin_change(&pdp, alias.clone(), "req").await.unwrap();
     assert_eq!(change.set_model_alias(&acme, "bard", "production", 1).await.unwrap(), None);
     change.commit(serde_json::json!({}), Event::new("model.alias.set", serde_json::json!({}))).await.unwrap();
