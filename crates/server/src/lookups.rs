@@ -1,5 +1,6 @@
 //! What every gateway request reads before it can be routed — its API key, its deployment
-//! (spec and compiled guardrails), its tenant — kept for a moment instead of read from the
+//! (spec and compiled guardrails), its tenant, the model version each local variant names —
+//! kept for a moment instead of read from the
 //! database (and recompiled) on each call.
 //!
 //! A copy is used only while no governed change has committed in this process since it was
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use factory_core::TenantName;
 use factory_store::identity::{ApiKey, Tenant};
+use factory_store::models::ModelVersion;
 use sha2::Digest;
 
 use crate::error::ApiError;
@@ -77,11 +79,13 @@ pub struct Lookups {
     keys: Kept<[u8; 32], ApiKey>,
     deployments: Kept<(TenantName, String), Arc<Deployed>>,
     tenants: Kept<TenantName, Arc<Tenant>>,
+    /// By tenant and `NAME@VERSION` or `NAME@ALIAS`.
+    versions: Kept<(TenantName, String), Arc<ModelVersion>>,
 }
 
 impl Default for Lookups {
     fn default() -> Self {
-        Lookups { keys: Kept::new(), deployments: Kept::new(), tenants: Kept::new() }
+        Lookups { keys: Kept::new(), deployments: Kept::new(), tenants: Kept::new(), versions: Kept::new() }
     }
 }
 
@@ -110,6 +114,34 @@ impl Lookups {
                 let guardrails = Guardrails::compile(&spec.guardrails)
                     .map_err(|e| ApiError::internal(format!("deployment {name}'s stored guardrails: {e}")))?;
                 Ok(Some(Arc::new(Deployed { spec, guardrails: Arc::new(guardrails) })))
+            })
+            .await
+    }
+
+    /// The registered version `name@reference` names: a version number, or an alias as it
+    /// stands now.
+    pub async fn model_version(
+        &self,
+        state: &AppState,
+        tenant: &TenantName,
+        name: &str,
+        reference: &str,
+    ) -> Result<Option<Arc<ModelVersion>>, ApiError> {
+        let changes = state.store.changes();
+        self.versions
+            .get((tenant.clone(), format!("{name}@{reference}")), changes, || async {
+                let number = match reference.parse::<i64>() {
+                    Ok(number) => Some(number),
+                    Err(_) => {
+                        let aliases = state.store.model_aliases(tenant, name).await?;
+                        aliases.into_iter().find(|a| a.alias == reference).map(|a| a.version)
+                    }
+                };
+                let version = match number {
+                    Some(number) => state.store.model_version(tenant, name, number).await?,
+                    None => None,
+                };
+                Ok::<_, ApiError>(version.map(Arc::new))
             })
             .await
     }

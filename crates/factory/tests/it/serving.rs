@@ -240,6 +240,34 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     }
     assert_eq!(variants.into_iter().collect::<Vec<_>>(), vec!["bard@1", "bard@2"]);
 
+    // A variant named by an alias follows the alias from the next request on.
+    let point = |version: i64| {
+        let path = "/api/v1/models/bard/aliases/live";
+        call(&url, "PUT", path, Some(&engineer), Some(json!({ "version": version })))
+    };
+    assert_eq!(point(1).await.status, 200);
+    for (name, variant) in [("one", "bard@1"), ("two", "bard@2"), ("live", "bard@live")] {
+        let (ok, stdout, stderr) = cli(&["deploy", "create", name, "--variant", variant], &cli_env);
+        assert!(ok, "{stdout}\n{stderr}");
+    }
+    // Sampled with one seed: the same version answers the same; these barely trained versions
+    // answer alike when greedy.
+    let seeded = |deployment: &str| {
+        let body = json!({ "model": deployment, "prompt": "KING:", "max_tokens": 12, "temperature": 1.0, "seed": 11 });
+        let request = client.post(format!("{url}/v1/completions")).bearer_auth(&app).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()["choices"][0]["text"].as_str().unwrap().to_string()
+        }
+    };
+    let (one, two) = (seeded("one").await, seeded("two").await);
+    assert_ne!(one, two, "the two versions answer differently");
+    assert_eq!(seeded("one").await, one, "a seed repeats an answer");
+    assert_eq!(seeded("live").await, one);
+    assert_eq!(point(2).await.status, 200);
+    assert_eq!(seeded("live").await, two, "the alias moved to bard@2");
+
     // Feedback on an answer (by the id the client got) and on an episode; bad reports are 4xx.
     let answered = client
         .post(format!("{url}/v1/completions"))

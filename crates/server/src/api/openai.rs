@@ -45,17 +45,7 @@ pub async fn load_variant(
 ) -> Result<Arc<LoadedModel>, ApiError> {
     let model = variant.model.as_deref().ok_or_else(|| ApiError::invalid("not a registered-model variant"))?;
     let (name, reference) = split_reference(model)?;
-    let number = match reference.parse::<i64>() {
-        Ok(number) => Some(number),
-        Err(_) => {
-            state.store.model_aliases(tenant, name).await?.into_iter().find(|a| a.alias == reference).map(|a| a.version)
-        }
-    };
-    let version = match number {
-        Some(number) => state.store.model_version(tenant, name, number).await?,
-        None => None,
-    };
-    let version = version.ok_or_else(|| {
+    let version = state.lookups.model_version(state, tenant, name, reference).await?.ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", format!("{model} is not registered"))
     })?;
     state.engines.get(state, &version).await
