@@ -143,23 +143,10 @@ impl Engine {
             active: Vec::new(),
             end_of_text,
         };
-        // The loop runs on a thread of the engine's own pool, so the parallel parts of a step
-        // are shared between it and the other workers instead of handed to them and waited for.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|index| format!("factory-engine-{index}"))
-            .build();
-        match pool {
-            Ok(pool) => {
-                let pool = Arc::new(pool);
-                let inside = pool.clone();
-                pool.spawn(move || {
-                    let _keep_the_pool = inside;
-                    scheduler.run()
-                });
-            }
-            Err(error) => eprintln!("cannot start the engine's threads: {error}"),
+        // The decoder brings its own threads for the parallel parts of a step; this one leads them.
+        let started = std::thread::Builder::new().name("factory-engine".to_string()).spawn(move || scheduler.run());
+        if let Err(error) = started {
+            eprintln!("cannot start the engine's thread: {error}");
         }
         Engine { queue, stats, max_context, vocab_size }
     }

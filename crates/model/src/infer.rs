@@ -13,11 +13,12 @@
 //! written in place.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::Mutex;
 
 use candle_core::DType;
-use rayon::prelude::*;
 
+use crate::team::Team;
 use crate::{Llama, LlamaConfig, ModelError};
 
 /// A model's weights laid out for decoding. Built once from a [`Llama`] (which can then go).
@@ -33,6 +34,8 @@ pub struct Decoder {
     sin: Vec<f32>,
     /// One set of buffers per group of sequences stepped at once, reused from step to step.
     scratch: Mutex<Vec<Scratch>>,
+    /// The threads a step runs on; the caller of [`Decoder::forward_step`] is one of them.
+    team: Team,
 }
 
 /// Projections are stored transposed, `[in, out]`: `gemm` then reads them in place as they
@@ -138,8 +141,14 @@ fn transposed(model: &Llama, names: &[&str]) -> Result<Vec<f32>, ModelError> {
 }
 
 impl Decoder {
-    /// Copies `model`'s weights into the decoder's layout. Adapters must be merged first.
+    /// Copies `model`'s weights into the decoder's layout, to run on every core. Adapters must
+    /// be merged first.
     pub fn new(model: &Llama) -> Result<Self, ModelError> {
+        Self::with_threads(model, std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// As [`Decoder::new`], on `threads` threads (the caller and `threads - 1` of its own).
+    pub fn with_threads(model: &Llama, threads: usize) -> Result<Self, ModelError> {
         if model.adapters.is_some() {
             return Err(ModelError::Input("merge adapters into the weights before serving".to_string()));
         }
@@ -182,6 +191,7 @@ impl Decoder {
             cos,
             sin,
             scratch: Mutex::new(Vec::new()),
+            team: Team::new(threads),
         })
     }
 
@@ -196,21 +206,20 @@ impl Decoder {
     /// Sequences are independent within a step, so when they split into groups of about equal
     /// work, each core steps one group from start to end: one fork and join per step instead
     /// of one per matrix product (five per layer), and the small serial parts (norms, rotary,
-    /// SwiGLU, cache writes) run on every core too. One long prompt alone cannot be split; its
-    /// products and attention are spread over the cores instead.
+    /// SwiGLU, cache writes) run on every core too. One sequence, or one long prompt chunk
+    /// among single tokens, cannot be split so; its products' columns and its attention's
+    /// heads are spread over the cores instead.
     pub fn forward_step(&self, inputs: &mut [StepInput<'_>]) -> Result<Logits, ModelError> {
         self.check(inputs)?;
         let vocab = self.config.vocab_size;
         let mut values = vec![0.0; inputs.len() * vocab];
-        match balanced_groups(inputs, rayon::current_num_threads()) {
+        match balanced_groups(inputs, self.team.size()) {
             Some(sizes) => {
                 let logits = split_by(&mut values, sizes.iter().map(|size| size * vocab));
-                split_by(inputs, sizes.iter().copied())
-                    .into_par_iter()
-                    .zip(logits)
-                    .for_each(|(group, logits)| self.forward_group(group, false, logits));
+                let groups = split_by(inputs, sizes.iter().copied()).into_iter().zip(logits).collect();
+                self.team.for_each(groups, |(group, logits)| self.forward_group(group, None, logits));
             }
-            None => self.forward_group(inputs, true, &mut values),
+            None => self.forward_group(inputs, Some(&self.team), &mut values),
         }
         Ok(Logits { values, vocab })
     }
@@ -241,13 +250,14 @@ impl Decoder {
         Ok(())
     }
 
-    /// The step of one group of sequences into `logits` (`[sequences, vocab]`); `parallel`
-    /// spreads its large products and its attention over the cores.
-    fn forward_group(&self, inputs: &mut [StepInput<'_>], parallel: bool, logits: &mut [f32]) {
+    /// The step of one group of sequences into `logits` (`[sequences, vocab]`), spreading its
+    /// products and attention over `team` when given.
+    fn forward_group(&self, inputs: &mut [StepInput<'_>], team: Option<&Team>, logits: &mut [f32]) {
         let config = &self.config;
         let hidden_size = config.hidden_size;
         let (heads, kv_heads, head_dim) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
         let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
+        let group = heads / kv_heads;
         let qkv_width = q_width + 2 * kv_width;
         let intermediate = config.intermediate_size;
         // (sequence, position) of every new token, in step order.
@@ -277,7 +287,7 @@ impl Decoder {
         let half = head_dim / 2;
         for (index, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(hidden, &layer.input_norm, eps, normed);
-            matmul(normed, total, &layer.qkv, qkv_width, hidden_size, qkv, false, parallel);
+            matmul(normed, total, &layer.qkv, qkv_width, hidden_size, qkv, false, team);
             // Rotary positions on q and k, then k and v into each sequence's cache.
             for (row, &(sequence, position)) in qkv.chunks_exact_mut(qkv_width).zip(&rows) {
                 let (cos, sin) = (&self.cos[position * half..][..half], &self.sin[position * half..][..half]);
@@ -299,24 +309,42 @@ impl Decoder {
             }
             let written: &[StepInput<'_>] = inputs;
             let arch = pulp::Arch::new();
-            let attend = |(row, out): (usize, &mut [f32])| {
-                let (sequence, position) = rows[row];
-                let query = &qkv[row * qkv_width..][..q_width];
-                let cache = &*written[sequence].cache;
-                arch.dispatch(Attend { out, query, cache, layer: index, position, heads, kv_heads, head_dim });
+            // The (row, head) pairs `items` of the step, in row-major order, into `out`.
+            let attend = |(items, mut out): (Range<usize>, &mut [f32])| {
+                for (row, heads_to_attend) in rows_and_heads(items, heads) {
+                    let (sequence, position) = rows[row];
+                    let query = &qkv[row * qkv_width..][..q_width];
+                    let cache = &*written[sequence].cache;
+                    let (this, rest) = std::mem::take(&mut out).split_at_mut(heads_to_attend.len() * head_dim);
+                    out = rest;
+                    arch.dispatch(Attend {
+                        out: this,
+                        query,
+                        cache,
+                        layer: index,
+                        position,
+                        heads_to_attend,
+                        group,
+                        head_dim,
+                    });
+                }
             };
+            let items = total * heads;
             // Worth spreading over the cores once there are many rows or long contexts.
             let work: usize = rows.iter().map(|&(_, position)| position + 1).sum();
-            if parallel && total > 1 && work * heads * head_dim >= 1 << 16 {
-                attended.par_chunks_exact_mut(q_width).enumerate().for_each(attend);
-            } else {
-                attended.chunks_exact_mut(q_width).enumerate().for_each(attend);
+            match team {
+                Some(team) if work * heads * head_dim >= PARALLEL_ATTENTION => {
+                    let ranges = even_ranges(items, team.size(), 1);
+                    let outs = split_by(attended, ranges.iter().map(|range| range.len() * head_dim));
+                    team.for_each(ranges.into_iter().zip(outs).collect(), attend);
+                }
+                _ => attend((0..items, attended)),
             }
-            matmul(attended, total, &layer.o, hidden_size, q_width, hidden, true, parallel);
+            matmul(attended, total, &layer.o, hidden_size, q_width, hidden, true, team);
             rms_norm_rows(hidden, &layer.post_norm, eps, normed);
-            matmul(normed, total, &layer.gate_up, 2 * intermediate, hidden_size, gate_up, false, parallel);
+            matmul(normed, total, &layer.gate_up, 2 * intermediate, hidden_size, gate_up, false, team);
             arch.dispatch(SwiGlu { out: activated, gate_up, intermediate });
-            matmul(activated, total, &layer.down, hidden_size, intermediate, hidden, true, parallel);
+            matmul(activated, total, &layer.down, hidden_size, intermediate, hidden, true, team);
         }
         for input in inputs.iter_mut() {
             input.cache.len += input.tokens.len();
@@ -337,7 +365,7 @@ impl Decoder {
             hidden_size,
             logits,
             false,
-            parallel,
+            team,
         );
         self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(scratch);
     }
@@ -378,6 +406,23 @@ fn split_by<T>(mut items: &mut [T], sizes: impl Iterator<Item = usize>) -> Vec<&
         items = rest;
     }
     parts
+}
+
+/// `0..len` cut into `parts` consecutive ranges of about equal length, each boundary a multiple
+/// of `align`; empty ranges are left out.
+pub(crate) fn even_ranges(len: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
+    let step = len.div_ceil(parts.max(1)).next_multiple_of(align.max(1));
+    (0..len).step_by(step.max(1)).map(|start| start..(start + step).min(len)).collect()
+}
+
+/// The (row, heads of that row) that a range of row-major (row, head) pairs covers.
+pub(crate) fn rows_and_heads(items: Range<usize>, heads: usize) -> impl Iterator<Item = (usize, Range<usize>)> {
+    let rows = items.start / heads..items.end.div_ceil(heads);
+    rows.map(move |row| {
+        let first = items.start.max(row * heads) - row * heads;
+        let end = items.end.min((row + 1) * heads) - row * heads;
+        (row, first..end)
+    })
 }
 
 fn resize(buffer: &mut Vec<f32>, len: usize) {
@@ -432,17 +477,18 @@ impl pulp::WithSimd for SwiGlu<'_> {
 }
 
 /// Attention of one new token (at `position`, already in the cache) over its sequence's
-/// positions `0..=position`, every head; `out` is `[heads * head_dim]`. Run through `pulp`'s
-/// dispatch so the loops below are compiled for the vector units this CPU has (the build
-/// targets the x86-64 baseline).
+/// positions `0..=position`, for the query heads `heads_to_attend`; `out` is
+/// `[heads_to_attend.len() * head_dim]`. Run through `pulp`'s dispatch so the loops below are
+/// compiled for the vector units this CPU has (the build targets the x86-64 baseline).
 struct Attend<'a> {
     out: &'a mut [f32],
     query: &'a [f32],
     cache: &'a KvCache,
     layer: usize,
     position: usize,
-    heads: usize,
-    kv_heads: usize,
+    heads_to_attend: Range<usize>,
+    /// Query heads per key/value head.
+    group: usize,
     head_dim: usize,
 }
 
@@ -451,20 +497,21 @@ impl pulp::WithSimd for Attend<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let Attend { out, query, cache, layer, position, heads, kv_heads, head_dim } = self;
+        let Attend { out, query, cache, layer, position, heads_to_attend, group, head_dim } = self;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let group = heads / kv_heads;
+        let kv_heads = query.len() / head_dim / group;
         let (capacity, length) = (cache.capacity, position + 1);
+        let first = heads_to_attend.start;
         // Taken out rather than borrowed in a closure: the loops must stay in this function,
         // which is compiled for the vector units; a closure would not be.
         let mut scores = SCORES.take();
         resize(&mut scores, length);
-        for head in 0..heads {
+        for head in heads_to_attend {
             let q = &query[head * head_dim..][..head_dim];
             let base = (layer * kv_heads + head / group) * head_dim * capacity;
             dot_columns(simd, q, scale, &cache.keys[base..base + head_dim * capacity], capacity, &mut scores);
             let sum = softmax_numerators(&mut scores);
-            let out = &mut out[head * head_dim..][..head_dim];
+            let out = &mut out[(head - first) * head_dim..][..head_dim];
             let values = &cache.values[base..base + length * head_dim];
             let whole_vectors = head_dim % S::F32_LANES == 0;
             match head_dim / S::F32_LANES {
@@ -634,9 +681,8 @@ fn exp(x: f32) -> f32 {
 }
 
 /// `out = x W^T` (or `out += x W^T` when `accumulate`) for `x` `[rows, inner]` and `W^T`
-/// `[inner, columns]` as the decoder stores projections, by `gemm`. Threads only pay off
-/// for products of many rows: waking a pool costs more than a matrix-vector product of this
-/// size (measured: one stream decodes 4x slower when every product is split over 2 cores).
+/// `[inner, columns]` as the decoder stores projections, by `gemm`, its columns spread over
+/// `team` when given and the product is large enough to repay the hand-off.
 #[allow(clippy::too_many_arguments)]
 #[allow(unsafe_code)]
 fn matmul(
@@ -647,42 +693,51 @@ fn matmul(
     inner: usize,
     out: &mut [f32],
     accumulate: bool,
-    parallel: bool,
+    team: Option<&Team>,
 ) {
-    let threads = rayon::current_num_threads();
-    let parallelism = if parallel && threads > 1 && rows * columns * inner >= PARALLEL_PRODUCT {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     assert!(x.len() >= rows * inner && w.len() >= columns * inner && out.len() >= rows * columns);
-    // SAFETY: the assert above bounds every element the strides reach: `out` is row-major
-    // `[rows, columns]`, `x` row-major `[rows, inner]`, `W^T` row-major `[inner, columns]`.
-    // `out` is a unique borrow, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            rows,
-            columns,
-            inner,
-            out.as_mut_ptr(),
-            1,
-            columns as isize,
-            accumulate,
-            x.as_ptr(),
-            1,
-            inner as isize,
-            w.as_ptr(),
-            1,
-            columns as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
+    // Addresses, not pointers, cross to the team's threads (pointers are not `Sync`).
+    let (x, w, out) = (x.as_ptr() as usize, w.as_ptr() as usize, out.as_mut_ptr() as usize);
+    let product = |part: Range<usize>| {
+        // SAFETY: the assert above bounds every element the strides reach: `out` is row-major
+        // `[rows, columns]`, `x` row-major `[rows, inner]`, `W^T` row-major `[inner, columns]`,
+        // and `part` lies within `0..columns`. `out` was a unique borrow, so it aliases neither
+        // input, and the parts handed to different threads are disjoint sets of its columns.
+        unsafe {
+            gemm::gemm(
+                rows,
+                part.len(),
+                inner,
+                (out as *mut f32).add(part.start),
+                1,
+                columns as isize,
+                accumulate,
+                x as *const f32,
+                1,
+                inner as isize,
+                (w as *const f32).add(part.start),
+                1,
+                columns as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    };
+    match team {
+        Some(team) if team.size() > 1 && rows * columns * inner >= PARALLEL_PRODUCT => {
+            // Whole vectors of columns per part, so every part's kernels run at full width.
+            team.for_each(even_ranges(columns, team.size(), 16), product)
+        }
+        _ => product(0..columns),
     }
 }
 
-/// Multiply-adds from which a product is worth spreading over the cores.
-const PARALLEL_PRODUCT: usize = 1 << 21;
+/// Multiply-adds from which a product is worth spreading over the team's cores.
+const PARALLEL_PRODUCT: usize = 1 << 14;
+
+/// Multiply-adds of attention from which it is worth spreading over the team's cores.
+const PARALLEL_ATTENTION: usize = 1 << 13;

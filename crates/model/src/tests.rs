@@ -358,13 +358,31 @@ fn cached_steps_match_the_full_forward_for_chunks_decodes_and_mixed_batches() {
     let model = Llama::new(config.clone(), Weights::init(&config, 9, DType::F32, &Device::Cpu).unwrap()).unwrap();
     let first: Vec<u32> = vec![3, 17, 4, 40, 8, 15, 23, 42, 16, 4, 2];
     let second: Vec<u32> = vec![9, 1, 30, 12, 5];
-    let decoder = Decoder::new(&model).unwrap();
+    // Alone, and with its products and attention spread over two and three threads.
+    for threads in [1, 2, 3] {
+        cached_steps_match_the_full_forward(
+            &model,
+            &config,
+            &Decoder::with_threads(&model, threads).unwrap(),
+            &first,
+            &second,
+        );
+    }
+}
+
+fn cached_steps_match_the_full_forward(
+    model: &Llama,
+    config: &LlamaConfig,
+    decoder: &Decoder,
+    first: &[u32],
+    second: &[u32],
+) {
     let full = |ids: &[u32]| model.forward(&tokens(ids, 1)).unwrap().squeeze(0).unwrap();
     let row = |logits: &Logits, i: usize| Tensor::new(logits.row(i), &Device::Cpu).unwrap();
     let at = |logits: &Tensor, i: usize| logits.get(i).unwrap();
 
     // A prompt in two chunks, then one token at a time, in one cache.
-    let mut cache = KvCache::new(&decoder, 16).unwrap();
+    let mut cache = KvCache::new(decoder, 16).unwrap();
     let logits = decoder.forward_step(&mut [StepInput { tokens: &first[..4], cache: &mut cache }]).unwrap();
     assert!(max_abs_difference(&row(&logits, 0), &at(&full(&first[..4]), 3)) < 1e-4);
     let logits = decoder.forward_step(&mut [StepInput { tokens: &first[4..8], cache: &mut cache }]).unwrap();
@@ -377,24 +395,24 @@ fn cached_steps_match_the_full_forward_for_chunks_decodes_and_mixed_batches() {
     assert_eq!(cache.len(), first.len());
 
     // Two sequences of different lengths in one step: one decoding, one prefilling.
-    let mut other = KvCache::new(&decoder, 16).unwrap();
-    let mut again = KvCache::new(&decoder, 16).unwrap();
+    let mut other = KvCache::new(decoder, 16).unwrap();
+    let mut again = KvCache::new(decoder, 16).unwrap();
     decoder.forward_step(&mut [StepInput { tokens: &first[..10], cache: &mut again }]).unwrap();
     let logits = decoder
         .forward_step(&mut [
             StepInput { tokens: &first[10..11], cache: &mut again },
-            StepInput { tokens: &second, cache: &mut other },
+            StepInput { tokens: second, cache: &mut other },
         ])
         .unwrap();
     assert_eq!((logits.rows(), logits.row(1).len()), (2, config.vocab_size));
-    assert!(max_abs_difference(&row(&logits, 0), &at(&full(&first), first.len() - 1)) < 1e-4);
-    assert!(max_abs_difference(&row(&logits, 1), &at(&full(&second), second.len() - 1)) < 1e-4);
+    assert!(max_abs_difference(&row(&logits, 0), &at(&full(first), first.len() - 1)) < 1e-4);
+    assert!(max_abs_difference(&row(&logits, 1), &at(&full(second), second.len() - 1)) < 1e-4);
 
     // Past capacity is refused, and nothing is written.
     let error = decoder.forward_step(&mut [StepInput { tokens: &[1; 12], cache: &mut other }]).err().unwrap();
     assert!(error.to_string().contains("exceed"), "{error}");
     assert_eq!(other.len(), second.len());
-    assert!(KvCache::new(&decoder, 33).is_err(), "longer than max_position_embeddings");
+    assert!(KvCache::new(decoder, 33).is_err(), "longer than max_position_embeddings");
 }
 
 /// Wide enough that the decoder's threaded paths run: `gemm` over the cores for a prefill of
@@ -421,6 +439,55 @@ fn a_step_splits_between_cores_only_into_groups_of_about_equal_work() {
 }
 
 #[test]
+fn work_spread_over_threads_is_cut_into_disjoint_whole_parts() {
+    use crate::infer::{even_ranges, rows_and_heads};
+    assert_eq!(even_ranges(768, 2, 16), vec![0..384, 384..768]);
+    assert_eq!(even_ranges(256, 3, 16), vec![0..96, 96..192, 192..256]);
+    assert_eq!(even_ranges(4, 3, 1), vec![0..2, 2..4]);
+    assert!(even_ranges(0, 2, 1).is_empty());
+    // (row, head) pairs 5..14 of rows of 4 heads: the end of row 1, row 2, the start of row 3.
+    let pieces: Vec<_> = rows_and_heads(5..14, 4).collect();
+    assert_eq!(pieces, vec![(1, 1..4), (2, 0..4), (3, 0..2)]);
+    assert_eq!(rows_and_heads(8..12, 4).collect::<Vec<_>>(), vec![(2, 0..4)]);
+}
+
+#[test]
+fn a_team_runs_every_part_once_and_raises_a_parts_panic() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let team = crate::team::Team::new(3);
+    assert_eq!(team.size(), 3);
+    let sums: Vec<AtomicUsize> = (0..7).map(|_| AtomicUsize::new(0)).collect();
+    let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+    for round in 0..300 {
+        // The first job right after the team starts, before its helpers may have run at all.
+        team.for_each((0..7).collect(), |part: usize| {
+            sums[part].fetch_add(part + 1, Ordering::SeqCst);
+            threads.lock().unwrap().insert(std::thread::current().id());
+            // Long enough that the caller, which takes over parts not yet started, does not
+            // finish every part before a helper joins in.
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        });
+        // Now and then long enough for the helpers to fall asleep and be woken again.
+        if round % 100 == 50 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    let expected: Vec<usize> = (1..=7).map(|part| 300 * part).collect();
+    assert_eq!(sums.iter().map(|s| s.load(Ordering::SeqCst)).collect::<Vec<_>>(), expected);
+    assert!(threads.lock().unwrap().len() > 1, "the helpers never took a part");
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        team.for_each((0..3).collect(), |part: usize| assert_ne!(part, 2, "part 2 fails"));
+    }));
+    assert!(panicked.is_err());
+    // Still a working team afterwards.
+    let after = AtomicUsize::new(0);
+    team.for_each((0..5).collect(), |part: usize| {
+        after.fetch_add(part, Ordering::SeqCst);
+    });
+    assert_eq!(after.load(Ordering::SeqCst), 10);
+}
+
+#[test]
 fn many_sequences_decoded_together_match_each_alone_on_a_wider_tied_model() {
     // Heads of 32 (the vectorized attention), prompts of up to 65 tokens (whole blocks of 64
     // positions and the rest).
@@ -429,10 +496,16 @@ fn many_sequences_decoded_together_match_each_alone_on_a_wider_tied_model() {
     config.max_position_embeddings = 96;
     config.tie_word_embeddings = true;
     let model = Llama::new(config.clone(), Weights::init(&config, 4, DType::F32, &Device::Cpu).unwrap()).unwrap();
-    let decoder = Decoder::new(&model).unwrap();
+    // Alone; in two groups or spread over two threads; in three groups of two.
+    for threads in [1, 2, 3] {
+        many_sequences_match_each_alone(&model, &Decoder::with_threads(&model, threads).unwrap());
+    }
+}
+
+fn many_sequences_match_each_alone(model: &Llama, decoder: &Decoder) {
     let prompts: Vec<Vec<u32>> =
         (0..6u32).map(|s| (0..(20 + 9 * s)).map(|i| (s * 131 + i * 37 + 5) % 1024).collect()).collect();
-    let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::new(&decoder, 90).unwrap()).collect();
+    let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::new(decoder, 90).unwrap()).collect();
     // Every prompt prefilled in one step, then three decoding steps of all six together.
     let mut inputs: Vec<StepInput> = prompts
         .iter()
@@ -454,9 +527,10 @@ fn many_sequences_decoded_together_match_each_alone_on_a_wider_tied_model() {
             assert!(max_abs_difference(&ours, &full) < 1e-4, "sequence {i}, {back} from the end");
         }
     }
-    // One sequence alone, after decoding with others.
-    let logits = decoder.forward_step(&mut [StepInput { tokens: &[7], cache: &mut caches[0] }]).unwrap();
-    let context: Vec<u32> = prompts[0].iter().copied().chain([7]).collect();
+    // The longest sequence alone, after decoding with others: its context is long enough for
+    // its attention's heads to be spread over the threads too.
+    let logits = decoder.forward_step(&mut [StepInput { tokens: &[7], cache: &mut caches[5] }]).unwrap();
+    let context: Vec<u32> = prompts[5].iter().copied().chain([7]).collect();
     let full = model.forward(&tokens(&context, 1)).unwrap().squeeze(0).unwrap().get(context.len() - 1).unwrap();
     assert!(max_abs_difference(&Tensor::new(logits.row(0), &Device::Cpu).unwrap(), &full) < 1e-4);
     let bad = decoder.forward_step(&mut [StepInput { tokens: &[1024], cache: &mut caches[0] }]);

@@ -31,6 +31,9 @@ struct Args {
     repeats: usize,
     #[arg(long, default_value = "1,8,32")]
     streams: String,
+    /// Threads the decoder runs on (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn tokenizer(vocab: usize) -> anyhow::Result<Tokenizer> {
@@ -85,7 +88,11 @@ async fn main() -> anyhow::Result<()> {
     let config = LlamaConfig::from_json(&std::fs::read_to_string(dir.join("config.json"))?)?;
     let weights = Weights::load(&config, &dir.join("model.safetensors"), DType::F32, &Device::Cpu)?;
     let model = Llama::new(config.clone(), weights)?;
-    let engine = Engine::start(Decoder::new(&model)?, tokenizer(config.vocab_size)?, EngineSettings::default());
+    let decoder = match args.threads {
+        Some(threads) => Decoder::with_threads(&model, threads)?,
+        None => Decoder::new(&model)?,
+    };
+    let engine = Engine::start(decoder, tokenizer(config.vocab_size)?, EngineSettings::default());
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let prompt: Vec<u32> = (0..args.prompt_tokens).map(|_| rng.random_range(3..config.vocab_size as u32)).collect();
 
