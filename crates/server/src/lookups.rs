@@ -49,11 +49,13 @@ impl<K: Eq + Hash, V: Clone> Kept<K, V> {
     }
 
     /// The kept value if still current, else `read()`'s (kept when it found something).
-    async fn get<E, F, Fut>(&self, key: K, changes: u64, read: F) -> Result<Option<V>, E>
+    async fn get<E, F, Fut>(&self, state: &AppState, key: K, read: F) -> Result<Option<V>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, E>>,
     {
+        // Read before the value, so a change committed meanwhile makes the copy stale.
+        let changes = state.store.changes();
         {
             let map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(entry) = map.get(&key) {
@@ -92,9 +94,8 @@ impl Default for Lookups {
 impl Lookups {
     /// The usable key with this secret (kept by the secret's digest, never the secret).
     pub async fn key(&self, state: &AppState, secret: &str) -> Result<Option<ApiKey>, ApiError> {
-        let changes = state.store.changes();
         let digest: [u8; 32] = sha2::Sha256::digest(secret.as_bytes()).into();
-        let key = self.keys.get(digest, changes, || async { state.store.authenticate(secret).await }).await?;
+        let key = self.keys.get(state, digest, || async { state.store.authenticate(secret).await }).await?;
         // Expiry is checked on every use, not only when read.
         Ok(key.filter(|key| key.usable_at(factory_core::time::now_millis())))
     }
@@ -105,9 +106,8 @@ impl Lookups {
         tenant: &TenantName,
         name: &str,
     ) -> Result<Option<Arc<Deployed>>, ApiError> {
-        let changes = state.store.changes();
         self.deployments
-            .get((tenant.clone(), name.to_string()), changes, || async {
+            .get(state, (tenant.clone(), name.to_string()), || async {
                 let Some(stored) = state.store.deployment(tenant, name).await? else { return Ok(None) };
                 let spec: DeploymentSpec = serde_json::from_value(stored.spec)
                     .map_err(|e| ApiError::internal(format!("deployment {name}'s stored spec: {e}")))?;
@@ -127,29 +127,16 @@ impl Lookups {
         name: &str,
         reference: &str,
     ) -> Result<Option<Arc<ModelVersion>>, ApiError> {
-        let changes = state.store.changes();
         self.versions
-            .get((tenant.clone(), format!("{name}@{reference}")), changes, || async {
-                let number = match reference.parse::<i64>() {
-                    Ok(number) => Some(number),
-                    Err(_) => {
-                        let aliases = state.store.model_aliases(tenant, name).await?;
-                        aliases.into_iter().find(|a| a.alias == reference).map(|a| a.version)
-                    }
-                };
-                let version = match number {
-                    Some(number) => state.store.model_version(tenant, name, number).await?,
-                    None => None,
-                };
-                Ok::<_, ApiError>(version.map(Arc::new))
+            .get(state, (tenant.clone(), format!("{name}@{reference}")), || async {
+                Ok::<_, ApiError>(crate::api::models::version_of(state, tenant, name, reference).await?.map(Arc::new))
             })
             .await
     }
 
     pub async fn tenant(&self, state: &AppState, name: &TenantName) -> Result<Option<Arc<Tenant>>, ApiError> {
-        let changes = state.store.changes();
         self.tenants
-            .get(name.clone(), changes, || async { Ok::<_, ApiError>(state.store.tenant(name).await?.map(Arc::new)) })
+            .get(state, name.clone(), || async { Ok::<_, ApiError>(state.store.tenant(name).await?.map(Arc::new)) })
             .await
     }
 }
