@@ -3,7 +3,8 @@
 //! is a few hundred small operations, and a tensor library's per-operation cost (allocating,
 //! dispatching, copying into contiguous layouts) outweighs the arithmetic. The decoder keeps
 //! the weights as plain `f32` rows, fuses what belongs together (q/k/v and gate/up are one
-//! matrix each), writes into buffers it reuses, and leaves the matrix products to `gemm`.
+//! matrix each), writes into buffers it reuses, and packs every projection for its products (see
+//! [`crate::panels`]).
 //!
 //! Each step takes, per sequence, its new tokens (a prompt chunk, or the one token sampled
 //! last) and returns the logits after its last new token. The sequences are split into one
@@ -18,6 +19,7 @@ use std::sync::Mutex;
 
 use candle_core::DType;
 
+use crate::panels::PackedMatrix;
 use crate::team::Team;
 use crate::{Llama, LlamaConfig, ModelError};
 
@@ -27,8 +29,8 @@ pub struct Decoder {
     embedding: Vec<f32>,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
-    /// The output projection transposed, `[hidden, vocab]` (a copy when tied to the embedding).
-    head: Vec<f32>,
+    /// The output projection (a copy when tied to the embedding).
+    head: PackedMatrix,
     /// `[max_positions, head_dim / 2]` rotary tables.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -38,17 +40,16 @@ pub struct Decoder {
     team: Team,
 }
 
-/// Projections are stored transposed, `[in, out]`: `gemm` then reads them in place as they
-/// are instead of repacking every matrix on every step (measured: a quarter of a 32-stream step).
+/// Projections are packed once, at load, into the panels the products read.
 struct Layer {
     input_norm: Vec<f32>,
-    /// q, k and v projections side by side: `[hidden, (heads + 2 kv_heads) * head_dim]`.
-    qkv: Vec<f32>,
-    o: Vec<f32>,
+    /// q, k and v projections side by side: `(heads + 2 kv_heads) * head_dim` columns.
+    qkv: PackedMatrix,
+    o: PackedMatrix,
     post_norm: Vec<f32>,
-    /// gate and up projections side by side: `[hidden, 2 * intermediate]`.
-    gate_up: Vec<f32>,
-    down: Vec<f32>,
+    /// gate and up projections side by side: `2 * intermediate` columns.
+    gate_up: PackedMatrix,
+    down: PackedMatrix,
 }
 
 /// Buffers reused from step to step, grown to the largest step seen.
@@ -131,13 +132,15 @@ fn host(model: &Llama, name: &str) -> Result<Vec<f32>, ModelError> {
     Ok(model.weights.get(name)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// Projections `[out_i, in]` placed side by side as one `[in, sum of out_i]`.
-fn transposed(model: &Llama, names: &[&str]) -> Result<Vec<f32>, ModelError> {
+/// Projections `[out_i, in]` placed side by side as one `[in, sum of out_i]`, packed.
+fn packed(model: &Llama, names: &[&str]) -> Result<PackedMatrix, ModelError> {
     let mut matrices = Vec::with_capacity(names.len());
     for name in names {
         matrices.push(model.weights.get(name)?.to_dtype(DType::F32)?.t()?);
     }
-    Ok(candle_core::Tensor::cat(&matrices, 1)?.flatten_all()?.to_vec1::<f32>()?)
+    let transposed = candle_core::Tensor::cat(&matrices, 1)?;
+    let (inner, columns) = transposed.dims2()?;
+    Ok(PackedMatrix::pack(&transposed.flatten_all()?.to_vec1::<f32>()?, inner, columns))
 }
 
 impl Decoder {
@@ -160,15 +163,15 @@ impl Decoder {
             let (gate, up) = (name("mlp.gate_proj"), name("mlp.up_proj"));
             layers.push(Layer {
                 input_norm: host(model, &name("input_layernorm"))?,
-                qkv: transposed(model, &[&q, &k, &v])?,
-                o: transposed(model, &[&name("self_attn.o_proj")])?,
+                qkv: packed(model, &[&q, &k, &v])?,
+                o: packed(model, &[&name("self_attn.o_proj")])?,
                 post_norm: host(model, &name("post_attention_layernorm"))?,
-                gate_up: transposed(model, &[&gate, &up])?,
-                down: transposed(model, &[&name("mlp.down_proj")])?,
+                gate_up: packed(model, &[&gate, &up])?,
+                down: packed(model, &[&name("mlp.down_proj")])?,
             });
         }
         let head_name = if config.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        let head = transposed(model, &[head_name])?;
+        let head = packed(model, &[head_name])?;
         // The same angles as training's rotary tables: computed in f64, rounded once.
         let (half, positions) = (config.head_dim() / 2, config.max_position_embeddings);
         let mut cos = Vec::with_capacity(positions * half);
@@ -287,7 +290,7 @@ impl Decoder {
         let half = head_dim / 2;
         for (index, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(hidden, &layer.input_norm, eps, normed);
-            matmul(normed, total, &layer.qkv, qkv_width, hidden_size, qkv, false, team);
+            matmul(normed, total, &layer.qkv, qkv, false, team);
             // Rotary positions on q and k, then k and v into each sequence's cache.
             for (row, &(sequence, position)) in qkv.chunks_exact_mut(qkv_width).zip(&rows) {
                 let (cos, sin) = (&self.cos[position * half..][..half], &self.sin[position * half..][..half]);
@@ -340,11 +343,11 @@ impl Decoder {
                 }
                 _ => attend((0..items, attended)),
             }
-            matmul(attended, total, &layer.o, hidden_size, q_width, hidden, true, team);
+            matmul(attended, total, &layer.o, hidden, true, team);
             rms_norm_rows(hidden, &layer.post_norm, eps, normed);
-            matmul(normed, total, &layer.gate_up, 2 * intermediate, hidden_size, gate_up, false, team);
+            matmul(normed, total, &layer.gate_up, gate_up, false, team);
             arch.dispatch(SwiGlu { out: activated, gate_up, intermediate });
-            matmul(activated, total, &layer.down, hidden_size, intermediate, hidden, true, team);
+            matmul(activated, total, &layer.down, hidden, true, team);
         }
         for input in inputs.iter_mut() {
             input.cache.len += input.tokens.len();
@@ -357,16 +360,7 @@ impl Decoder {
             rms_norm_rows(&hidden[(end - 1) * hidden_size..end * hidden_size], &self.final_norm, eps, out);
         }
         let sequences = inputs.len();
-        matmul(
-            &normed[..sequences * hidden_size],
-            sequences,
-            &self.head,
-            config.vocab_size,
-            hidden_size,
-            logits,
-            false,
-            team,
-        );
+        matmul(&normed[..sequences * hidden_size], sequences, &self.head, logits, false, team);
         self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(scratch);
     }
 }
@@ -680,59 +674,22 @@ fn exp(x: f32) -> f32 {
     f32::from_bits(((n as i32 + 127) as u32) << 23) * p
 }
 
-/// `out = x W^T` (or `out += x W^T` when `accumulate`) for `x` `[rows, inner]` and `W^T`
-/// `[inner, columns]` as the decoder stores projections, by `gemm`, its columns spread over
-/// `team` when given and the product is large enough to repay the hand-off.
-#[allow(clippy::too_many_arguments)]
-#[allow(unsafe_code)]
-fn matmul(
-    x: &[f32],
-    rows: usize,
-    w: &[f32],
-    columns: usize,
-    inner: usize,
-    out: &mut [f32],
-    accumulate: bool,
-    team: Option<&Team>,
-) {
-    assert!(x.len() >= rows * inner && w.len() >= columns * inner && out.len() >= rows * columns);
-    // Addresses, not pointers, cross to the team's threads (pointers are not `Sync`).
-    let (x, w, out) = (x.as_ptr() as usize, w.as_ptr() as usize, out.as_mut_ptr() as usize);
-    let product = |part: Range<usize>| {
-        // SAFETY: the assert above bounds every element the strides reach: `out` is row-major
-        // `[rows, columns]`, `x` row-major `[rows, inner]`, `W^T` row-major `[inner, columns]`,
-        // and `part` lies within `0..columns`. `out` was a unique borrow, so it aliases neither
-        // input, and the parts handed to different threads are disjoint sets of its columns.
-        unsafe {
-            gemm::gemm(
-                rows,
-                part.len(),
-                inner,
-                (out as *mut f32).add(part.start),
-                1,
-                columns as isize,
-                accumulate,
-                x as *const f32,
-                1,
-                inner as isize,
-                (w as *const f32).add(part.start),
-                1,
-                columns as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        }
-    };
+/// `out = x W^T` (or `out += x W^T` when `accumulate`) for `x` `[rows, inner]`, its panels
+/// of columns spread over `team` when given and the product is large enough to repay the
+/// hand-off.
+fn matmul(x: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32], accumulate: bool, team: Option<&Team>) {
+    assert!(out.len() >= rows * w.columns());
+    // An address, not a pointer, crosses to the team's threads (pointers are not `Sync`).
+    let address = out.as_mut_ptr() as usize;
+    // SAFETY: `out` holds `rows * columns` values (asserted above) and was a unique borrow;
+    // the parts handed to different threads are disjoint ranges of panels.
+    #[allow(unsafe_code)]
+    let product = |panels: Range<usize>| unsafe { w.multiply(x, rows, address, accumulate, panels) };
     match team {
-        Some(team) if team.size() > 1 && rows * columns * inner >= PARALLEL_PRODUCT => {
-            // Whole vectors of columns per part, so every part's kernels run at full width.
-            team.for_each(even_ranges(columns, team.size(), 16), product)
+        Some(team) if team.size() > 1 && rows * w.columns() * w.inner() >= PARALLEL_PRODUCT => {
+            team.for_each(even_ranges(w.panels(), team.size(), 1), product)
         }
-        _ => product(0..columns),
+        _ => product(0..w.panels()),
     }
 }
 

@@ -12,6 +12,7 @@ mod llama;
 mod lora;
 pub mod ops;
 mod optim;
+mod panels;
 mod team;
 mod weights;
 

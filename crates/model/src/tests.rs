@@ -415,7 +415,7 @@ fn cached_steps_match_the_full_forward(
     assert!(KvCache::new(decoder, 33).is_err(), "longer than max_position_embeddings");
 }
 
-/// Wide enough that the decoder's threaded paths run: `gemm` over the cores for a prefill of
+/// Wide enough that the decoder's threaded paths run: products over the cores for a prefill of
 /// many rows, attention spread over the new tokens of many sequences.
 #[test]
 fn a_step_splits_between_cores_only_into_groups_of_about_equal_work() {
@@ -436,6 +436,59 @@ fn a_step_splits_between_cores_only_into_groups_of_about_equal_work() {
     assert_eq!(groups(&[1; 32], 1), None);
     assert_eq!(groups(&[20], 2), None);
     assert_eq!(groups(&[24, 1, 1, 1], 2), None);
+}
+
+/// Every tile shape the kernel picks (12, 4 and single rows; 6 on AVX2), a last panel
+/// only partly filled, accumulation, and panels multiplied by separate calls.
+#[test]
+#[allow(unsafe_code)]
+fn packed_products_match_plain_sums_for_any_rows_columns_and_panels() {
+    use crate::panels::{PackedMatrix, PANEL};
+    let (inner, columns) = (37, 2 * PANEL + 11);
+    let weights: Vec<f32> = (0..inner * columns).map(|i| (i * 7919 % 1009) as f32 / 1009.0 - 0.5).collect();
+    let packed = PackedMatrix::pack(&weights, inner, columns);
+    assert_eq!((packed.panels(), packed.columns(), packed.inner()), (3, columns, inner));
+    let largest_gap = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+    for rows in [1, 2, 4, 5, 6, 11, 12, 13, 17, 30] {
+        let x: Vec<f32> = (0..rows * inner).map(|i| (i * 31 % 97) as f32 / 97.0 - 0.3).collect();
+        let expected: Vec<f32> = (0..rows * columns)
+            .map(|at| {
+                let (row, column) = (at / columns, at % columns);
+                (0..inner).map(|k| x[row * inner + k] as f64 * weights[k * columns + column] as f64).sum::<f64>() as f32
+            })
+            .collect();
+        let mut out = vec![f32::NAN; rows * columns];
+        // SAFETY: `out` holds `rows * columns` values and nothing else touches it.
+        unsafe { packed.multiply(&x, rows, out.as_mut_ptr() as usize, false, 0..3) };
+        assert!(largest_gap(&out, &expected) < 1e-5, "{rows} rows");
+        // Each kernel width this CPU can run, not only the widest that dispatch picks.
+        let mut widths = vec![product_on(pulp::Scalar::new(), &packed, &x, rows)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            widths.extend(pulp::x86::V3::try_new().map(|simd| product_on(simd, &packed, &x, rows)));
+            widths.extend(pulp::x86::V4::try_new().map(|simd| product_on(simd, &packed, &x, rows)));
+        }
+        for (width, out) in widths.iter().enumerate() {
+            assert!(largest_gap(out, &expected) < 1e-5, "{rows} rows, kernel {width}");
+        }
+
+        let mut out = vec![1.0; rows * columns];
+        // SAFETY: as above; the two calls cover disjoint panels.
+        unsafe {
+            packed.multiply(&x, rows, out.as_mut_ptr() as usize, true, 2..3);
+            packed.multiply(&x, rows, out.as_mut_ptr() as usize, true, 0..2);
+        }
+        let plus_one: Vec<f32> = expected.iter().map(|v| v + 1.0).collect();
+        assert!(largest_gap(&out, &plus_one) < 1e-5, "{rows} rows, accumulated");
+    }
+}
+
+#[allow(unsafe_code)]
+fn product_on<S: pulp::Simd>(simd: S, packed: &crate::panels::PackedMatrix, x: &[f32], rows: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; rows * packed.columns()];
+    // SAFETY: `out` holds `rows * columns` values and nothing else touches it.
+    unsafe { packed.multiply_on(simd, x, rows, out.as_mut_ptr() as usize, false, 0..packed.panels()) };
+    out
 }
 
 #[test]
