@@ -184,9 +184,17 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         }
     }
 
-    // Every answered request is metered: Prometheus histograms and the inference log.
-    let metrics = call(&url, "GET", "/metrics", None, None).await.text;
-    for series in [
+    // One streamed answer over plain HTTP as well, so metering is checked with or without the SDK.
+    let body = json!({
+        "model": "chat", "messages": [{ "role": "user", "content": "Speak" }], "max_tokens": 4, "stream": true,
+    });
+    let streamed = call(&url, "POST", "/v1/chat/completions", Some(&app), Some(body)).await;
+    assert_eq!(streamed.status, 200, "{}", streamed.text);
+    assert!(streamed.text.trim_end().ends_with("data: [DONE]"), "{}", streamed.text);
+
+    // Every answered request is metered: Prometheus histograms and the inference log. A stream
+    // is metered once it has ended, which its client may see first.
+    let expected = [
         "factory_inference_time_to_first_token_seconds_count{deployment=\"chat\"}",
         "factory_inference_time_per_output_token_seconds_count{deployment=\"chat\"}",
         "factory_inference_queue_seconds_count{deployment=\"chat\"}",
@@ -194,7 +202,16 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         "factory_inference_gateway_overhead_seconds_count{deployment=\"chat\"}",
         "factory_inference_batch_size_count",
         "factory_inference_tokens_total{deployment=\"chat\",kind=\"completion\"}",
-    ] {
+    ];
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = call(&url, "GET", "/metrics", None, None).await.text;
+        if expected.iter().all(|series| metrics.contains(series)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for series in expected {
         let lines: Vec<&str> = metrics.lines().filter(|l| l.contains("inference")).take(40).collect();
         assert!(metrics.contains(series), "{series} missing from /metrics:\n{}", lines.join("\n"));
     }
