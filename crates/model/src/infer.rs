@@ -337,7 +337,7 @@ impl Decoder {
             let work: usize = rows.iter().map(|&(_, position)| position + 1).sum();
             match team {
                 Some(team) if work * heads * head_dim >= PARALLEL_ATTENTION => {
-                    let ranges = even_ranges(items, team.size(), 1);
+                    let ranges = even_ranges(items, team.size());
                     let outs = split_by(attended, ranges.iter().map(|range| range.len() * head_dim));
                     team.for_each(ranges.into_iter().zip(outs).collect(), attend);
                 }
@@ -402,10 +402,9 @@ fn split_by<T>(mut items: &mut [T], sizes: impl Iterator<Item = usize>) -> Vec<&
     parts
 }
 
-/// `0..len` cut into `parts` consecutive ranges of about equal length, each boundary a multiple
-/// of `align`; empty ranges are left out.
-pub(crate) fn even_ranges(len: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
-    let step = len.div_ceil(parts.max(1)).next_multiple_of(align.max(1));
+/// `0..len` cut into `parts` consecutive ranges of about equal length; empty ranges are left out.
+pub(crate) fn even_ranges(len: usize, parts: usize) -> Vec<Range<usize>> {
+    let step = len.div_ceil(parts.max(1));
     (0..len).step_by(step.max(1)).map(|start| start..(start + step).min(len)).collect()
 }
 
@@ -687,7 +686,7 @@ fn matmul(x: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32], accumulate:
     let product = |panels: Range<usize>| unsafe { w.multiply(x, rows, address, accumulate, panels) };
     match team {
         Some(team) if team.size() > 1 && rows * w.columns() * w.inner() >= PARALLEL_PRODUCT => {
-            team.for_each(even_ranges(w.panels(), team.size(), 1), product)
+            team.for_each(even_ranges(w.panels(), team.size()), product)
         }
         _ => product(0..w.panels()),
     }

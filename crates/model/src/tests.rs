@@ -494,10 +494,11 @@ fn product_on<S: pulp::Simd>(simd: S, packed: &crate::panels::PackedMatrix, x: &
 #[test]
 fn work_spread_over_threads_is_cut_into_disjoint_whole_parts() {
     use crate::infer::{even_ranges, rows_and_heads};
-    assert_eq!(even_ranges(768, 2, 16), vec![0..384, 384..768]);
-    assert_eq!(even_ranges(256, 3, 16), vec![0..96, 96..192, 192..256]);
-    assert_eq!(even_ranges(4, 3, 1), vec![0..2, 2..4]);
-    assert!(even_ranges(0, 2, 1).is_empty());
+    assert_eq!(even_ranges(768, 2), vec![0..384, 384..768]);
+    // The 8 panels of a 256-column product over 3 threads: the last part is the short one.
+    assert_eq!(even_ranges(8, 3), vec![0..3, 3..6, 6..8]);
+    assert_eq!(even_ranges(4, 3), vec![0..2, 2..4]);
+    assert!(even_ranges(0, 2).is_empty());
     // (row, head) pairs 5..14 of rows of 4 heads: the end of row 1, row 2, the start of row 3.
     let pieces: Vec<_> = rows_and_heads(5..14, 4).collect();
     assert_eq!(pieces, vec![(1, 1..4), (2, 0..4), (3, 0..2)]);

@@ -1,7 +1,6 @@
 //! What every gateway request reads before it can be routed — its API key, its deployment
 //! (spec and compiled guardrails), its tenant, the model version each local variant names —
-//! kept for a moment instead of read from the
-//! database (and recompiled) on each call.
+//! kept for a moment instead of read from the database (and recompiled) on each call.
 //!
 //! A copy is used only while no governed change has committed in this process since it was
 //! read, so a revoked key, an edited deployment or a narrowed tenant takes effect here at the

@@ -203,14 +203,12 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         "factory_inference_batch_size_count",
         "factory_inference_tokens_total{deployment=\"chat\",kind=\"completion\"}",
     ];
-    let mut metrics = String::new();
-    for _ in 0..100 {
-        metrics = call(&url, "GET", "/metrics", None, None).await.text;
-        if expected.iter().all(|series| metrics.contains(series)) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    crate::support::eventually(10, || async {
+        let metrics = call(&url, "GET", "/metrics", None, None).await.text;
+        expected.iter().all(|series| metrics.contains(series))
+    })
+    .await;
+    let metrics = call(&url, "GET", "/metrics", None, None).await.text;
     for series in expected {
         let lines: Vec<&str> = metrics.lines().filter(|l| l.contains("inference")).take(40).collect();
         assert!(metrics.contains(series), "{series} missing from /metrics:\n{}", lines.join("\n"));
