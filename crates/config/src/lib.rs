@@ -83,6 +83,11 @@ pub struct ServingSettings {
     pub prices: std::collections::BTreeMap<String, (f64, f64)>,
     /// URL prefixes deployments may send requests to as upstream variants; none by default.
     pub upstreams: Vec<String>,
+    /// Keys and values of the engines' caches in half precision (`kv_cache = "f16"`): half the
+    /// memory per sequence and faster attention over many sequences, logits within about 1e-3
+    /// of full precision. Full precision (`"f32"`) by default, so served logits match training's
+    /// forward pass.
+    pub kv_cache_half: bool,
 }
 
 /// Whose signatures the model registry accepts on imported bundles, beside this

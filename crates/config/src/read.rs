@@ -471,6 +471,17 @@ fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serv
         prefill_chunk: section.positive_integer("prefill_chunk", 256, errors) as usize,
         prices,
         upstreams: string_list(&mut section, "upstreams", "a URL prefix", errors),
+        kv_cache_half: match section.string("kv_cache", errors).as_deref() {
+            None | Some("f32") => false,
+            Some("f16") => true,
+            Some(other) => {
+                errors.push(ConfigError::new(
+                    "serving.kv_cache",
+                    format!("expected \"f32\" or \"f16\", found {other:?}"),
+                ));
+                false
+            }
+        },
     };
     section.finish(errors);
     settings

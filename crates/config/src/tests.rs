@@ -139,8 +139,12 @@ fn serving_limits_and_prices_are_read_and_checked() {
     .unwrap();
     assert_eq!((config.serving.max_batch, config.serving.max_waiting), (4, 64));
     assert_eq!(config.serving.prices.get("bard"), Some(&(0.5, 2.0)));
+    assert!(!config.serving.kv_cache_half, "full precision by default");
     let errors = load_text("[serving.prices]\nbard = { prompt_per_1k = -1 }\n", &[]).unwrap_err();
     assert_eq!(errors.0[0].key, "serving.prices.bard", "{errors}");
+    assert!(load_text("[serving]\nkv_cache = \"f16\"\n", &[]).unwrap().serving.kv_cache_half);
+    let errors = load_text("[serving]\nkv_cache = \"int4\"\n", &[]).unwrap_err();
+    assert_eq!(errors.0[0].key, "serving.kv_cache", "{errors}");
 }
 
 #[test]

@@ -18,6 +18,8 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 use candle_core::DType;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::panels::PackedMatrix;
 use crate::team::Team;
@@ -38,6 +40,8 @@ pub struct Decoder {
     scratch: Mutex<Vec<Scratch>>,
     /// The threads a step runs on; the caller of [`Decoder::forward_step`] is one of them.
     team: Team,
+    /// How the caches made for this decoder store keys and values.
+    kv_precision: KvPrecision,
 }
 
 /// Projections are packed once, at load, into the panels the products read.
@@ -63,14 +67,32 @@ struct Scratch {
     activated: Vec<f32>,
 }
 
-/// Keys and values of one sequence: keys `[layers, kv_heads, head_dim, capacity]` (transposed,
+/// How caches store keys and values. `F16` halves a sequence's cache and the bytes attention
+/// reads from memory at every step (what bounds attention over many sequences), at a rounding
+/// of each stored value to 11 significant bits (llama.cpp's default); `F32` stores them as
+/// computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvPrecision {
+    #[default]
+    F32,
+    F16,
+}
+
+/// Keys and values of one sequence: keys `[layers, kv_heads, head_dim, stride]` (transposed,
 /// so a query's scores against every position are sums of contiguous rows), values
-/// `[layers, kv_heads, capacity, head_dim]`.
+/// `[layers, kv_heads, stride, head_dim]`. The stride is the capacity rounded up to whole
+/// vectors of [`LANES`], so scores are computed a whole vector at a time past the last
+/// position (those extra scores are never used) instead of one position at a time at the end.
 pub struct KvCache {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    stored: Stored,
     len: usize,
     capacity: usize,
+    stride: usize,
+}
+
+enum Stored {
+    F32 { keys: Vec<f32>, values: Vec<f32> },
+    F16 { keys: Vec<f16>, values: Vec<f16> },
 }
 
 impl KvCache {
@@ -83,8 +105,13 @@ impl KvCache {
                 config.max_position_embeddings
             )));
         }
-        let size = config.num_hidden_layers * config.kv_heads() * capacity * config.head_dim();
-        Ok(KvCache { keys: vec![0.0; size], values: vec![0.0; size], len: 0, capacity })
+        let stride = capacity.next_multiple_of(LANES);
+        let size = config.num_hidden_layers * config.kv_heads() * stride * config.head_dim();
+        let stored = match decoder.kv_precision {
+            KvPrecision::F32 => Stored::F32 { keys: vec![0.0; size], values: vec![0.0; size] },
+            KvPrecision::F16 => Stored::F16 { keys: vec![f16::ZERO; size], values: vec![f16::ZERO; size] },
+        };
+        Ok(KvCache { stored, len: 0, capacity, stride })
     }
 
     /// Positions filled so far.
@@ -102,7 +129,34 @@ impl KvCache {
 
     /// Bytes this cache holds.
     pub fn bytes(&self) -> usize {
-        (self.keys.len() + self.values.len()) * std::mem::size_of::<f32>()
+        match &self.stored {
+            Stored::F32 { keys, values } => (keys.len() + values.len()) * size_of::<f32>(),
+            Stored::F16 { keys, values } => (keys.len() + values.len()) * size_of::<f16>(),
+        }
+    }
+
+    /// Stores one position's key and value of one key/value head, whose keys start at `base`
+    /// (and its values too: both blocks are `head_dim * stride` long).
+    fn store(&mut self, base: usize, position: usize, key: &[f32], value: &[f32]) {
+        let (stride, at) = (self.stride, base + position * value.len());
+        match &mut self.stored {
+            Stored::F32 { keys, values } => {
+                for (d, &k) in key.iter().enumerate() {
+                    keys[base + d * stride + position] = k;
+                }
+                values[at..at + value.len()].copy_from_slice(value);
+            }
+            Stored::F16 { keys, values } => {
+                let mut narrowed = [f16::ZERO; 64];
+                for (chunk, key) in key.chunks(narrowed.len()).enumerate() {
+                    narrow(key, &mut narrowed[..key.len()]);
+                    for (d, &k) in narrowed[..key.len()].iter().enumerate() {
+                        keys[base + (chunk * narrowed.len() + d) * stride + position] = k;
+                    }
+                }
+                narrow(value, &mut values[at..at + value.len()]);
+            }
+        }
     }
 }
 
@@ -195,7 +249,14 @@ impl Decoder {
             sin,
             scratch: Mutex::new(Vec::new()),
             team: Team::new(threads),
+            kv_precision: KvPrecision::F32,
         })
+    }
+
+    /// This decoder with caches made from now on storing keys and values in `precision`.
+    pub fn with_kv_precision(mut self, precision: KvPrecision) -> Self {
+        self.kv_precision = precision;
+        self
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -298,16 +359,10 @@ impl Decoder {
                     rotate(head, cos, sin);
                 }
                 let cache = &mut *inputs[sequence].cache;
-                let capacity = cache.capacity;
                 for g in 0..kv_heads {
-                    let base = (index * kv_heads + g) * head_dim * capacity;
+                    let base = (index * kv_heads + g) * head_dim * cache.stride;
                     let key = &row[q_width + g * head_dim..][..head_dim];
-                    for (d, &k) in key.iter().enumerate() {
-                        cache.keys[base + d * capacity + position] = k;
-                    }
-                    let at = base + position * head_dim;
-                    cache.values[at..at + head_dim]
-                        .copy_from_slice(&row[q_width + kv_width + g * head_dim..][..head_dim]);
+                    cache.store(base, position, key, &row[q_width + kv_width + g * head_dim..][..head_dim]);
                 }
             }
             let written: &[StepInput<'_>] = inputs;
@@ -493,26 +548,44 @@ impl pulp::WithSimd for Attend<'_> {
         let Attend { out, query, cache, layer, position, heads_to_attend, group, head_dim } = self;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let kv_heads = query.len() / head_dim / group;
-        let (capacity, length) = (cache.capacity, position + 1);
+        let (stride, length) = (cache.stride, position + 1);
         let first = heads_to_attend.start;
         // Taken out rather than borrowed in a closure: the loops must stay in this function,
         // which is compiled for the vector units; a closure would not be.
-        let mut scores = SCORES.take();
-        resize(&mut scores, length);
+        let mut padded = SCORES.take();
+        // Whole vectors, within the stride (a multiple of every vector width up to `LANES`).
+        let width = length.next_multiple_of(S::F32_LANES);
+        resize(&mut padded, width);
+        let (mut widened_keys, mut widened_values) = (WIDENED_KEYS.take(), WIDENED_VALUES.take());
         for head in heads_to_attend {
             let q = &query[head * head_dim..][..head_dim];
-            let base = (layer * kv_heads + head / group) * head_dim * capacity;
-            dot_columns(simd, q, scale, &cache.keys[base..base + head_dim * capacity], capacity, &mut scores);
-            let sum = softmax_numerators(&mut scores);
+            let base = (layer * kv_heads + head / group) * head_dim * stride;
+            // Half-precision entries are widened first, the keys' rows packed `width` apart.
+            let (keys, key_stride, values) = match &cache.stored {
+                Stored::F32 { keys, values } => {
+                    (&keys[base..base + head_dim * stride], stride, &values[base..base + length * head_dim])
+                }
+                Stored::F16 { keys, values } => {
+                    widened_keys.resize(head_dim * width, 0.0);
+                    for (d, row) in widened_keys.chunks_exact_mut(width).enumerate() {
+                        widen(simd, &keys[base + d * stride..][..width], row);
+                    }
+                    widened_values.resize(length * head_dim, 0.0);
+                    widen(simd, &values[base..base + length * head_dim], &mut widened_values);
+                    (&widened_keys[..], width, &widened_values[..])
+                }
+            };
+            dot_columns(simd, q, scale, keys, key_stride, &mut padded);
+            let scores = &mut padded[..length];
+            let sum = softmax_numerators(scores);
             let out = &mut out[(head - first) * head_dim..][..head_dim];
-            let values = &cache.values[base..base + length * head_dim];
             let whole_vectors = head_dim % S::F32_LANES == 0;
             match head_dim / S::F32_LANES {
-                1 if whole_vectors => weighted_sum::<S, 1, 4>(simd, &scores, values, out),
-                2 if whole_vectors => weighted_sum::<S, 2, 4>(simd, &scores, values, out),
-                4 if whole_vectors => weighted_sum::<S, 4, 2>(simd, &scores, values, out),
-                8 if whole_vectors => weighted_sum::<S, 8, 2>(simd, &scores, values, out),
-                16 if whole_vectors => weighted_sum::<S, 16, 1>(simd, &scores, values, out),
+                1 if whole_vectors => weighted_sum::<S, 1, 4>(simd, scores, values, out),
+                2 if whole_vectors => weighted_sum::<S, 2, 4>(simd, scores, values, out),
+                4 if whole_vectors => weighted_sum::<S, 4, 2>(simd, scores, values, out),
+                8 if whole_vectors => weighted_sum::<S, 8, 2>(simd, scores, values, out),
+                16 if whole_vectors => weighted_sum::<S, 16, 1>(simd, scores, values, out),
                 _ => {
                     out.fill(0.0);
                     for (&weight, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
@@ -526,17 +599,89 @@ impl pulp::WithSimd for Attend<'_> {
                 *o /= sum;
             }
         }
-        SCORES.set(scores);
+        SCORES.set(padded);
+        WIDENED_KEYS.set(widened_keys);
+        WIDENED_VALUES.set(widened_values);
     }
+}
+
+/// `dst = src` rounded to half precision (to nearest, ties to even): sixteen at a time by
+/// `vcvtps2ph` where AVX-512 runs, else by `half`'s conversion (F16C where the CPU has it).
+pub(crate) fn narrow(src: &[f32], dst: &mut [f16]) {
+    pulp::Arch::new().dispatch(Narrow { src, dst })
+}
+
+/// [`narrow`] on the vector units of `simd` (to test each kernel width).
+#[cfg(test)]
+pub(crate) fn narrow_on<S: pulp::Simd>(simd: S, src: &[f32], dst: &mut [f16]) {
+    simd.vectorize(Narrow { src, dst })
+}
+
+struct Narrow<'a> {
+    src: &'a [f32],
+    dst: &'a mut [f16],
+}
+
+impl pulp::WithSimd for Narrow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let Narrow { src, dst } = self;
+        assert_eq!(src.len(), dst.len());
+        #[cfg(target_arch = "x86_64")]
+        if let Some(&v4) = (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V4>() {
+            use pulp::bytemuck::cast;
+            // Round to nearest, and raise no floating-point exceptions.
+            const ROUNDING: i32 = 0x08;
+            for (from, to) in src.chunks_exact(16).zip(dst.chunks_exact_mut(16)) {
+                let wide: [f32; 16] = std::array::from_fn(|i| from[i]);
+                let bits: [u16; 16] = cast(v4.avx512f._mm512_cvtps_ph::<ROUNDING>(cast(wide)));
+                for (to, bits) in to.iter_mut().zip(bits) {
+                    *to = f16::from_bits(bits);
+                }
+            }
+            let whole = src.len() / 16 * 16;
+            dst[whole..].convert_from_f32_slice(&src[whole..]);
+            return;
+        }
+        let _ = simd;
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+/// `dst = src` widened: sixteen at a time by `vcvtph2ps` where AVX-512 runs (inlined into the
+/// caller's loops, which `simd` compiled for it), else by `half`'s conversion.
+#[inline(always)]
+pub(crate) fn widen<S: pulp::Simd>(simd: S, src: &[f16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if let Some(&v4) = (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V4>() {
+        use pulp::bytemuck::cast;
+        for (from, to) in src.chunks_exact(16).zip(dst.chunks_exact_mut(16)) {
+            let bits: [u16; 16] = std::array::from_fn(|i| from[i].to_bits());
+            let wide: [f32; 16] = cast(v4.avx512f._mm512_cvtph_ps(cast(bits)));
+            to.copy_from_slice(&wide);
+        }
+        let whole = src.len() / 16 * 16;
+        src[whole..].convert_to_f32_slice(&mut dst[whole..]);
+        return;
+    }
+    let _ = simd;
+    src.convert_to_f32_slice(dst);
 }
 
 thread_local! {
     /// One head's attention scores, reused by every attention on this thread.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One head's keys and values widened from half precision, likewise.
+    static WIDENED_KEYS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static WIDENED_VALUES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Lanes of the accumulators in the reductions below: as many as an AVX-512 register holds,
-/// so each lane's chain is independent and the compiler keeps them in one vector.
+/// As many `f32` as the widest vector register (AVX-512) holds: the lanes of the accumulators
+/// in the reductions below (so each lane's chain is independent and the compiler keeps them in
+/// one vector), and what a cache's stride is a multiple of.
 const LANES: usize = 16;
 
 /// Replaces `scores` by `e^(score - max)` and returns their sum: the softmax before its
@@ -567,57 +712,56 @@ fn softmax_numerators(scores: &mut [f32]) -> f32 {
     sum + sums.iter().sum::<f32>()
 }
 
-/// `scores[p] = scale sum_d q[d] keys[d][p]` over transposed keys `[head_dim, capacity]`.
-/// Positions are taken a block of vectors at a time, the block's sums held in registers across
-/// the `head_dim` rows (instead of loaded and stored once per row), as many independent chains
-/// of multiply-adds as the block has vectors.
+/// `scores[p] = scale sum_d q[d] keys[d][p]` over transposed keys `[head_dim, stride]`, for
+/// `scores` a whole number of vectors long (at most `stride`). Positions are taken a block of
+/// up to four vectors at a time, the block's sums held in registers across the `head_dim` rows
+/// (instead of loaded and stored once per row).
 #[inline(always)]
-fn dot_columns<S: pulp::Simd>(simd: S, q: &[f32], scale: f32, keys: &[f32], capacity: usize, scores: &mut [f32]) {
+fn dot_columns<S: pulp::Simd>(simd: S, q: &[f32], scale: f32, keys: &[f32], stride: usize, scores: &mut [f32]) {
     let lanes = S::F32_LANES;
     let mut start = 0;
     while start + 4 * lanes <= scores.len() {
-        dot_block::<S, 4>(simd, q, scale, &keys[start..], capacity, &mut scores[start..][..4 * lanes]);
+        dot_block::<S, 4>(simd, q, scale, &keys[start..], stride, &mut scores[start..][..4 * lanes]);
         start += 4 * lanes;
     }
-    while start + lanes <= scores.len() {
-        dot_block::<S, 1>(simd, q, scale, &keys[start..], capacity, &mut scores[start..][..lanes]);
-        start += lanes;
-    }
     let rest = &mut scores[start..];
-    rest.fill(0.0);
-    for (d, &q) in q.iter().enumerate() {
-        for (score, &k) in rest.iter_mut().zip(&keys[d * capacity + start..]) {
-            *score += q * k;
-        }
-    }
-    for score in rest {
-        *score *= scale;
+    match rest.len() / lanes {
+        3 => dot_block::<S, 3>(simd, q, scale, &keys[start..], stride, rest),
+        2 => dot_block::<S, 2>(simd, q, scale, &keys[start..], stride, rest),
+        1 => dot_block::<S, 1>(simd, q, scale, &keys[start..], stride, rest),
+        _ => {}
     }
 }
 
-/// `B` vectors of [`dot_columns`]'s scores; `keys` starts at the block's first position.
+/// `B` vectors of [`dot_columns`]'s scores; `keys` starts at the block's first position. Even
+/// and odd rows add into separate sums, so a block of one vector still has two chains of
+/// multiply-adds in flight rather than one waiting on each result.
 #[inline(always)]
 fn dot_block<S: pulp::Simd, const B: usize>(
     simd: S,
     q: &[f32],
     scale: f32,
     keys: &[f32],
-    capacity: usize,
+    stride: usize,
     scores: &mut [f32],
 ) {
     let width = scores.len();
-    let mut sums = [simd.splat_f32s(0.0); B];
-    for (d, &q) in q.iter().enumerate() {
-        let (row, _) = S::as_simd_f32s(&keys[d * capacity..][..width]);
-        let q = simd.splat_f32s(q);
+    let zero = simd.splat_f32s(0.0);
+    let (mut even, mut odd) = ([zero; B], [zero; B]);
+    // Head dimensions are even (the configuration is refused otherwise: rotary pairs them).
+    for (pair, q) in q.chunks_exact(2).enumerate() {
+        let (first, _) = S::as_simd_f32s(&keys[2 * pair * stride..][..width]);
+        let (second, _) = S::as_simd_f32s(&keys[(2 * pair + 1) * stride..][..width]);
+        let (q0, q1) = (simd.splat_f32s(q[0]), simd.splat_f32s(q[1]));
         for b in 0..B {
-            sums[b] = simd.mul_add_f32s(q, row[b], sums[b]);
+            even[b] = simd.mul_add_f32s(q0, first[b], even[b]);
+            odd[b] = simd.mul_add_f32s(q1, second[b], odd[b]);
         }
     }
     let (out, _) = S::as_mut_simd_f32s(scores);
     let scale = simd.splat_f32s(scale);
     for b in 0..B {
-        out[b] = simd.mul_f32s(sums[b], scale);
+        out[b] = simd.mul_f32s(simd.add_f32s(even[b], odd[b]), scale);
     }
 }
 

@@ -22,7 +22,7 @@ mod tests;
 pub use bert::{BertConfig, BertEncoder};
 pub use candle_core::{DType, Device, Tensor, Var};
 pub use config::LlamaConfig;
-pub use infer::{Decoder, KvCache, Logits, StepInput};
+pub use infer::{Decoder, KvCache, KvPrecision, Logits, StepInput};
 pub use llama::{argmax_last, Llama};
 pub use lora::{LoraAdapters, LoraConfig};
 pub use optim::{clip_grad_norm, learning_rate, AdamW, AdamWConfig};

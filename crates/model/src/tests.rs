@@ -552,11 +552,16 @@ fn many_sequences_decoded_together_match_each_alone_on_a_wider_tied_model() {
     let model = Llama::new(config.clone(), Weights::init(&config, 4, DType::F32, &Device::Cpu).unwrap()).unwrap();
     // Alone; in two groups or spread over two threads; in three groups of two.
     for threads in [1, 2, 3] {
-        many_sequences_match_each_alone(&model, &Decoder::with_threads(&model, threads).unwrap());
+        many_sequences_match_each_alone(&model, &Decoder::with_threads(&model, threads).unwrap(), 1e-4);
     }
+    // Keys and values stored in half precision: half the bytes, logits within rounding.
+    let half = Decoder::with_threads(&model, 2).unwrap().with_kv_precision(KvPrecision::F16);
+    let full = Decoder::with_threads(&model, 2).unwrap();
+    assert_eq!(KvCache::new(&half, 90).unwrap().bytes() * 2, KvCache::new(&full, 90).unwrap().bytes());
+    many_sequences_match_each_alone(&model, &half, HALF_PRECISION_BOUND);
 }
 
-fn many_sequences_match_each_alone(model: &Llama, decoder: &Decoder) {
+fn many_sequences_match_each_alone(model: &Llama, decoder: &Decoder, bound: f64) {
     let prompts: Vec<Vec<u32>> =
         (0..6u32).map(|s| (0..(20 + 9 * s)).map(|i| (s * 131 + i * 37 + 5) % 1024).collect()).collect();
     let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::new(decoder, 90).unwrap()).collect();
@@ -578,7 +583,8 @@ fn many_sequences_match_each_alone(model: &Llama, decoder: &Decoder) {
             let end = prompt.len() - back + 1;
             let full = model.forward(&tokens(&prompt[..end], 1)).unwrap().squeeze(0).unwrap().get(end - 1).unwrap();
             let ours = Tensor::new(logits.row(i), &Device::Cpu).unwrap();
-            assert!(max_abs_difference(&ours, &full) < 1e-4, "sequence {i}, {back} from the end");
+            let difference = max_abs_difference(&ours, &full);
+            assert!(difference < bound, "sequence {i}, {back} from the end: {difference}");
         }
     }
     // The longest sequence alone, after decoding with others: its context is long enough for
@@ -586,9 +592,65 @@ fn many_sequences_match_each_alone(model: &Llama, decoder: &Decoder) {
     let logits = decoder.forward_step(&mut [StepInput { tokens: &[7], cache: &mut caches[5] }]).unwrap();
     let context: Vec<u32> = prompts[5].iter().copied().chain([7]).collect();
     let full = model.forward(&tokens(&context, 1)).unwrap().squeeze(0).unwrap().get(context.len() - 1).unwrap();
-    assert!(max_abs_difference(&Tensor::new(logits.row(0), &Device::Cpu).unwrap(), &full) < 1e-4);
+    assert!(max_abs_difference(&Tensor::new(logits.row(0), &Device::Cpu).unwrap(), &full) < bound);
     let bad = decoder.forward_step(&mut [StepInput { tokens: &[1024], cache: &mut caches[0] }]);
     assert!(bad.err().unwrap().to_string().contains("vocabulary"));
+}
+
+/// How far logits may move when keys and values are stored in half precision (each stored
+/// value within 2^-11 of itself, relative): about ten times the largest seen on this test's
+/// model (2.3e-4), against 5e-7 in full precision.
+const HALF_PRECISION_BOUND: f64 = 2e-3;
+
+/// Half-precision cache entries round as the `half` crate does (to nearest, ties to even) and
+/// widen back exactly, on every kernel width this CPU runs, whole vectors and a tail.
+#[test]
+fn cache_entries_round_to_half_precision_like_the_half_crate_on_every_kernel() {
+    use half::f16;
+    let mut values: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.377).collect();
+    // Ties to even (down, then up), the largest half and past it (infinity), a subnormal, one
+    // that rounds to zero, a negative.
+    values.extend([1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), 65504.0, 65520.0, 6e-8, 1e-8, -2.5e-3]);
+    let expected: Vec<u16> = values.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+    assert_eq!(f16::from_bits(expected[37]), f16::ONE, "the tie below rounds to even");
+    assert!(f16::from_bits(expected[40]).is_infinite());
+    let on = |narrowed: Vec<f16>, widened: Vec<f32>, kernel: &str| {
+        assert_eq!(narrowed.iter().map(|h| h.to_bits()).collect::<Vec<_>>(), expected, "{kernel}");
+        let exact: Vec<f32> = narrowed.iter().map(|h| h.to_f32()).collect();
+        assert_eq!(widened, exact, "{kernel}");
+    };
+    let (narrowed, widened) = round_trip_on(pulp::Scalar::new(), &values);
+    on(narrowed, widened, "scalar");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            let (narrowed, widened) = round_trip_on(simd, &values);
+            on(narrowed, widened, "AVX2");
+        }
+        if let Some(simd) = pulp::x86::V4::try_new() {
+            let (narrowed, widened) = round_trip_on(simd, &values);
+            on(narrowed, widened, "AVX-512");
+        }
+    }
+}
+
+fn round_trip_on<S: pulp::Simd>(simd: S, values: &[f32]) -> (Vec<half::f16>, Vec<f32>) {
+    struct Widen<'a> {
+        src: &'a [half::f16],
+        dst: &'a mut [f32],
+    }
+    impl pulp::WithSimd for Widen<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, simd: S) {
+            crate::infer::widen(simd, self.src, self.dst)
+        }
+    }
+    let mut narrowed = vec![half::f16::NAN; values.len()];
+    crate::infer::narrow_on(simd, values, &mut narrowed);
+    let mut widened = vec![f32::NAN; values.len()];
+    simd.vectorize(Widen { src: &narrowed, dst: &mut widened });
+    (narrowed, widened)
 }
 
 #[test]

@@ -96,8 +96,11 @@ struct Semantic {
     model: String,
     examples: Vec<String>,
     threshold: f32,
-    attached: Option<(Arc<Embedder>, ExampleVectors)>,
 }
+
+/// A denied topic's encoder and its examples' vectors, attached per request (an alias of its
+/// embedding model may have moved since the rules were compiled).
+type Encoder = (Arc<Embedder>, ExampleVectors);
 
 /// A denied topic's examples as unit vectors.
 pub type ExampleVectors = Arc<Vec<Vec<f32>>>;
@@ -139,8 +142,12 @@ pub struct Checked {
     pub blocked: Option<Verdict>,
 }
 
+/// Compiled once per deployment version and shared; a clone shares the compiled rules and
+/// carries its own encoders, one slot per rule.
+#[derive(Clone)]
 pub struct Guardrails {
-    rules: Vec<Compiled>,
+    rules: Arc<[Compiled]>,
+    encoders: Vec<Option<Encoder>>,
 }
 
 fn words(list: &[String]) -> Result<AhoCorasick, String> {
@@ -192,10 +199,7 @@ impl Guardrails {
                         true => None,
                         false => Some(words(keywords).map_err(|e| format!("{at}: {e}"))?),
                     };
-                    Matcher::Topic {
-                        keywords,
-                        semantic: Semantic { model, examples: examples.clone(), threshold, attached: None },
-                    }
+                    Matcher::Topic { keywords, semantic: Semantic { model, examples: examples.clone(), threshold } }
                 }
                 Rule::WordList { words: list } => {
                     if list.is_empty() || list.iter().any(|w| w.trim().is_empty()) {
@@ -214,7 +218,7 @@ impl Guardrails {
             }
             rules.push(Compiled { spec: spec.clone(), matcher });
         }
-        Ok(Guardrails { rules })
+        Ok(Guardrails { encoders: vec![None; rules.len()], rules: rules.into() })
     }
 
     /// `(rule, model, examples)` of every denied topic that needs an embedding model.
@@ -232,9 +236,9 @@ impl Guardrails {
 
     /// Gives rule `name` its loaded encoder and its examples' vectors.
     pub fn attach(&mut self, name: &str, embedder: Arc<Embedder>, vectors: ExampleVectors) {
-        for rule in self.rules.iter_mut().filter(|r| r.spec.name == name) {
-            if let Matcher::Topic { semantic, .. } = &mut rule.matcher {
-                semantic.attached = Some((embedder.clone(), vectors.clone()));
+        for (rule, encoder) in self.rules.iter().zip(&mut self.encoders) {
+            if rule.spec.name == name && matches!(rule.matcher, Matcher::Topic { .. }) {
+                *encoder = Some((embedder.clone(), vectors.clone()));
             }
         }
     }
@@ -248,11 +252,11 @@ impl Guardrails {
     }
 
     pub fn embeds(&self) -> bool {
-        self.rules.iter().any(|r| matches!(&r.matcher, Matcher::Topic { semantic, .. } if semantic.attached.is_some()))
+        self.encoders.iter().any(Option::is_some)
     }
 
     pub fn empty() -> Guardrails {
-        Guardrails { rules: Vec::new() }
+        Guardrails { rules: Arc::new([]), encoders: Vec::new() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -284,7 +288,8 @@ impl Guardrails {
         let mut text = text.to_string();
         let mut verdicts = Vec::new();
         let mut blocked = None;
-        for rule in self.rules.iter().filter(|r| r.spec.stage == stage || r.spec.stage == Stage::Both) {
+        let rules = self.rules.iter().zip(&self.encoders);
+        for (rule, encoder) in rules.filter(|(r, _)| r.spec.stage == stage || r.spec.stage == Stage::Both) {
             let (kind, spans): (&'static str, Vec<(usize, usize)>) = match &rule.matcher {
                 Matcher::Pii(detector) => ("pii", detector.find(&text).iter().map(|s| (s.start, s.end)).collect()),
                 Matcher::Words(matcher) => {
@@ -301,7 +306,7 @@ impl Guardrails {
                 }
                 Matcher::Topic { keywords, semantic } => {
                     let mut spans = keywords.as_ref().map(|k| whole_word_matches(k, &text)).unwrap_or_default();
-                    if spans.is_empty() && similar(semantic, &text) {
+                    if spans.is_empty() && similar(semantic, encoder.as_ref(), &text) {
                         spans.push((0, text.len()));
                     }
                     ("denied_topic", spans)
@@ -338,8 +343,8 @@ impl Guardrails {
 
 /// Whether `text` is at least `threshold` similar (cosine) to any example. A text the encoder
 /// cannot read is not a match; the keyword side still applies.
-fn similar(semantic: &Semantic, text: &str) -> bool {
-    let Some((embedder, examples)) = &semantic.attached else { return false };
+fn similar(semantic: &Semantic, encoder: Option<&Encoder>, text: &str) -> bool {
+    let Some((embedder, examples)) = encoder else { return false };
     let Ok((vectors, _)) = embedder.embed(&[beginning(text, EMBEDDED_CHARACTERS).to_string()]) else { return false };
     let Some(vector) = vectors.first() else { return false };
     examples.iter().any(|example| example.iter().zip(vector).map(|(a, b)| a * b).sum::<f32>() >= semantic.threshold)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use factory_engine::embed::Embedder;
 use factory_engine::{Engine, EngineSettings};
-use factory_model::{DType, Decoder, Device, Llama, LlamaConfig, Weights};
+use factory_model::{DType, Decoder, Device, KvPrecision, Llama, LlamaConfig, Weights};
 use factory_store::models::ModelVersion;
 use factory_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -312,12 +312,13 @@ async fn load(state: &AppState, version: &ModelVersion) -> Result<LoadedModel, A
     }
     let reference = manifest.reference();
     let jurisdiction = manifest.residency.jurisdiction.clone();
+    let kv_precision = if state.config.serving.kv_cache_half { KvPrecision::F16 } else { KvPrecision::F32 };
     let (model, tokenizer) = tokio::task::spawn_blocking(move || {
         let config = LlamaConfig::from_json(&String::from_utf8_lossy(&config)).map_err(|e| e.to_string())?;
         let weights =
             Weights::from_safetensors(&config, &weights, DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
         let model = Llama::new(config, weights).map_err(|e| e.to_string())?;
-        let model = Decoder::new(&model).map_err(|e| e.to_string())?;
+        let model = Decoder::new(&model).map_err(|e| e.to_string())?.with_kv_precision(kv_precision);
         let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&tokenizer)).map_err(|e| e.to_string())?;
         Ok::<_, String>((model, tokenizer))
     })

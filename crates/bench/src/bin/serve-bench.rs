@@ -5,13 +5,20 @@
 //! random-weight Hugging Face directory (config, weights) for the peers to load, so both sides
 //! run the same weights. Prints one JSON line; `bench/serve.sh` runs it beside the peers.
 //!
+//! It also measures this machine's arithmetic ceiling: the multiply-adds per second its vector
+//! units reach on every core with nothing but independent chains of fused multiply-adds in
+//! registers. Decode in f32 cannot exceed it, so it bounds how far batching can lift one
+//! stream's throughput (`ceiling_streams_over_1`): when one stream already runs the
+//! arithmetic at a good share of that peak, no batch size multiplies it by much.
+//!
 //!   cargo run --release -p factory-bench --bin serve-bench -- --model DIR
 
+use std::sync::Barrier;
 use std::time::Instant;
 
 use clap::Parser;
 use factory_engine::{Engine, EngineSettings, GenerationEvent, GenerationRequest, SamplingParams};
-use factory_model::{DType, Decoder, Device, Llama, LlamaConfig, Weights};
+use factory_model::{DType, Decoder, Device, KvPrecision, Llama, LlamaConfig, Weights};
 use factory_tokenizer::{BpeSettings, Tokenizer};
 use rand::{Rng, SeedableRng};
 
@@ -34,6 +41,9 @@ struct Args {
     /// Threads the decoder runs on (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// How the caches store keys and values: f32 or f16.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    kv_cache: String,
 }
 
 fn tokenizer(vocab: usize) -> anyhow::Result<Tokenizer> {
@@ -60,6 +70,65 @@ async fn generate(engine: &Engine, prompt: &[u32], tokens: usize) -> anyhow::Res
         }
     }
     anyhow::bail!("the engine stopped")
+}
+
+/// The multiply-adds of decoding one token: every projection and the output head, and attention
+/// over `positions` cached positions (scores and the weighted sum of values).
+fn decode_macs_per_token(config: &LlamaConfig, positions: f64) -> f64 {
+    let (hidden, intermediate) = (config.hidden_size, config.intermediate_size);
+    let (q_width, kv_width) = (config.num_attention_heads * config.head_dim(), config.kv_heads() * config.head_dim());
+    let projections = hidden * (q_width + 2 * kv_width) + q_width * hidden + 3 * hidden * intermediate;
+    let per_layer = projections as f64 + 2.0 * q_width as f64 * positions;
+    config.num_hidden_layers as f64 * per_layer + (hidden * config.vocab_size) as f64
+}
+
+/// Multiply-adds per second on `threads` threads at once, each running [`PeakChains`].
+fn fma_peak(threads: usize) -> f64 {
+    let start = Barrier::new(threads + 1);
+    let (macs, seconds) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| {
+                let start = &start;
+                scope.spawn(move || {
+                    start.wait();
+                    pulp::Arch::new().dispatch(PeakChains { seed: thread as f32 })
+                })
+            })
+            .collect();
+        start.wait();
+        let began = Instant::now();
+        let macs: f64 = workers.into_iter().map(|worker| worker.join().unwrap_or(0.0)).sum();
+        (macs, began.elapsed().as_secs_f64())
+    });
+    macs / seconds
+}
+
+/// Twelve independent chains of vector multiply-adds, enough to cover the latency of the
+/// fused multiply-add on every x86 core (4 cycles, up to 2 per cycle), for about a tenth of a
+/// second (shorter runs gave figures that swung by half); returns the multiply-adds done.
+struct PeakChains {
+    seed: f32,
+}
+
+impl pulp::WithSimd for PeakChains {
+    type Output = f64;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) -> f64 {
+        const ROUNDS: usize = 500_000_000;
+        const CHAINS: usize = 12;
+        // Distinct starting values the compiler cannot see, so it cannot merge the chains.
+        let seed = std::hint::black_box(self.seed);
+        let mut chains: [S::f32s; CHAINS] = std::array::from_fn(|i| simd.splat_f32s(seed + i as f32));
+        let (factor, term) = (simd.splat_f32s(0.999_999), simd.splat_f32s(1e-7));
+        for _ in 0..ROUNDS / S::F32_LANES {
+            for chain in &mut chains {
+                *chain = simd.mul_add_f32s(*chain, factor, term);
+            }
+        }
+        std::hint::black_box(chains);
+        (ROUNDS / S::F32_LANES * S::F32_LANES * CHAINS) as f64
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -92,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
         Some(threads) => Decoder::with_threads(&model, threads)?,
         None => Decoder::new(&model)?,
     };
+    let decoder = decoder.with_kv_precision(if args.kv_cache == "f16" { KvPrecision::F16 } else { KvPrecision::F32 });
     let engine = Engine::start(decoder, tokenizer(config.vocab_size)?, EngineSettings::default());
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let prompt: Vec<u32> = (0..args.prompt_tokens).map(|_| rng.random_range(3..config.vocab_size as u32)).collect();
@@ -128,9 +198,19 @@ async fn main() -> anyhow::Result<()> {
             ((generated as f64 / seconds * 10.0).round() / 10.0).into(),
         );
     }
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let peak = fma_peak(threads);
+    // Decode attends on average to the prompt and half the new tokens.
+    let macs = decode_macs_per_token(&config, args.prompt_tokens as f64 + (args.new_tokens as f64 + 1.0) / 2.0);
+    let one_stream = aggregate.get("streams_1_tokens_per_s").and_then(serde_json::Value::as_f64);
     let mut report = serde_json::json!({
         "peer": "factory-engine", "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-        "parameters": config.parameter_count(), "aggregate": aggregate,
+        "parameters": config.parameter_count(), "kv_cache": args.kv_cache, "aggregate": aggregate,
+        "fma_peak_gmac_per_s": (peak / 1e8).round() / 10.0,
+        "decode_macs_per_token": macs.round(),
+        "ceiling_tokens_per_s": (peak / macs).round(),
+        // At most this many times one stream's throughput, however many streams are batched.
+        "ceiling_streams_over_1": one_stream.map(|one| (peak / macs / one * 100.0).round() / 100.0),
     });
     if let (Some(report), Some(decode)) = (report.as_object_mut(), decode.as_object()) {
         report.extend(decode.clone());

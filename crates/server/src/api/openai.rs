@@ -174,12 +174,12 @@ async fn plan(state: &AppState, caller: &Caller, deployment: &str, headers: &Hea
             return Err(error);
         }
     }
-    // Rules that compare embeddings need this request's encoders attached to their own copy.
+    // Rules that compare embeddings need this request's encoders, attached to a copy that
+    // shares the compiled rules.
     let guardrails = if !deployed.guardrails.compares_embeddings() {
         deployed.guardrails.clone()
     } else {
-        let mut guardrails =
-            Guardrails::compile(&spec.guardrails).map_err(|e| ApiError::internal(format!("stored guardrails: {e}")))?;
+        let mut guardrails = Guardrails::clone(&deployed.guardrails);
         attach_topic_encoders(state, &tenant, &mut guardrails).await?;
         Arc::new(guardrails)
     };
