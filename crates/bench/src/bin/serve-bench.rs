@@ -131,6 +131,14 @@ impl pulp::WithSimd for PeakChains {
     }
 }
 
+/// A line of `/proc/self/status` in MiB (`VmRSS`, `VmHWM`), where Linux provides it.
+fn memory_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((kib / 1024.0 * 10.0).round() / 10.0)
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -198,6 +206,9 @@ async fn main() -> anyhow::Result<()> {
             ((generated as f64 / seconds * 10.0).round() / 10.0).into(),
         );
     }
+    // The process's peak resident memory: the weights, packed panels, and the caches of the
+    // most streams run at once.
+    let peak_rss = memory_mib("VmHWM:");
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let peak = fma_peak(threads);
     // Decode attends on average to the prompt and half the new tokens.
@@ -206,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
     let mut report = serde_json::json!({
         "peer": "factory-engine", "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
         "parameters": config.parameter_count(), "kv_cache": args.kv_cache, "aggregate": aggregate,
+        "peak_rss_mib": peak_rss,
         "fma_peak_gmac_per_s": (peak / 1e8).round() / 10.0,
         "decode_macs_per_token": macs.round(),
         "ceiling_tokens_per_s": (peak / macs).round(),
