@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Gateway overhead, side by side in one run: a fast mock upstream called directly, through the
 # factory (a deployment whose variant is that upstream), and through LiteLLM's proxy
-# (shared/bench/peers/litellm_gateway.sh), with the same fixed-rate load; prints p50/p99
-# latency, each gateway's overhead over direct, and the factory's RSS idle and under load.
+# (shared/bench/peers/litellm_gateway.sh), with the same fixed-rate load, each gateway's
+# requests interleaved with direct ones; prints p50/p99 latency, each gateway's overhead over
+# direct, and the factory's RSS idle and under load.
 #
 #   bench/gateway.sh [RATE] [SECONDS]        (default 50 requests/s for 10 s)
 #
@@ -41,19 +42,25 @@ curl -sf -X POST http://127.0.0.1:18090/api/v1/deployments -H "Authorization: Be
   -d '{"name": "gw", "variants": [{"upstream": {"url": "http://127.0.0.1:9100/v1", "model": "mock", "jurisdiction": "local"}}]}' > /dev/null
 rss() { awk '/VmRSS/ {print $2 / 1024}' "/proc/$FACTORY_PID/status"; }
 IDLE=$(rss)
-DIRECT=$("$PY" bench/gateway_load.py http://127.0.0.1:9100/v1/chat/completions none mock --rate "$RATE" --seconds "$SECONDS_")
-OURS=$("$PY" bench/gateway_load.py http://127.0.0.1:18090/v1/chat/completions "$APP" gw --rate "$RATE" --seconds "$SECONDS_")
+# Each gateway beside the upstream called directly, their requests interleaved in one window
+# (each at RATE), so the difference is the gateway's and not the minute's.
+DIRECT_URL=http://127.0.0.1:9100/v1/chat/completions
+PAIR=$("$PY" bench/gateway_load.py $DIRECT_URL none mock http://127.0.0.1:18090/v1/chat/completions "$APP" gw \
+  --rate "$RATE" --seconds "$SECONDS_")
 LOADED=$(rss)
-LITELLM=null
+PEER_PAIR='null
+null'
 if [ "${WITH_LITELLM:-1}" = 1 ]; then
-  LITELLM=$("$PY" bench/gateway_load.py http://127.0.0.1:4000/v1/chat/completions sk-none mock --rate "$RATE" --seconds "$SECONDS_")
+  PEER_PAIR=$("$PY" bench/gateway_load.py $DIRECT_URL none mock http://127.0.0.1:4000/v1/chat/completions sk-none mock \
+    --rate "$RATE" --seconds "$SECONDS_")
 fi
-echo "$DIRECT"; echo "$OURS"; echo "$LITELLM"
+echo "$PAIR"; echo "$PEER_PAIR"
 "$PY" -c "
 import json, sys
-d, f, l = (json.loads(x) for x in sys.argv[1:4])
-over = lambda g, k: round(g[k] - d[k], 3) if g else None
-print(json.dumps({'factory_overhead_p50_ms': over(f, 'p50_ms'), 'factory_overhead_p99_ms': over(f, 'p99_ms'),
-                  'litellm_overhead_p50_ms': over(l, 'p50_ms'), 'litellm_overhead_p99_ms': over(l, 'p99_ms'),
-                  'factory_rss_idle_mib': float(sys.argv[4]), 'factory_rss_loaded_mib': float(sys.argv[5])}))
-" "$DIRECT" "$OURS" "$LITELLM" "$IDLE" "$LOADED"
+d, f = (json.loads(x) for x in sys.argv[1].splitlines())
+e, l = (json.loads(x) for x in sys.argv[2].splitlines())
+over = lambda g, direct, k: round(g[k] - direct[k], 3) if g else None
+print(json.dumps({'factory_overhead_p50_ms': over(f, d, 'p50_ms'), 'factory_overhead_p99_ms': over(f, d, 'p99_ms'),
+                  'litellm_overhead_p50_ms': over(l, e, 'p50_ms'), 'litellm_overhead_p99_ms': over(l, e, 'p99_ms'),
+                  'factory_rss_idle_mib': float(sys.argv[3]), 'factory_rss_loaded_mib': float(sys.argv[4])}))
+" "$PAIR" "$PEER_PAIR" "$IDLE" "$LOADED"
