@@ -84,9 +84,9 @@ pub struct ServingSettings {
     /// URL prefixes deployments may send requests to as upstream variants; none by default.
     pub upstreams: Vec<String>,
     /// Keys and values of the engines' caches in half precision (`kv_cache = "f16"`): half the
-    /// memory per sequence and faster attention over many sequences, logits within about 1e-3
-    /// of full precision. Full precision (`"f32"`) by default, so served logits match training's
-    /// forward pass.
+    /// memory per sequence and of the bytes attention reads (faster where memory bandwidth bounds
+    /// it, as over many sequences), logits within about 1e-3 of full precision. Full precision
+    /// (`"f32"`) by default, so served logits match training's forward pass.
     pub kv_cache_half: bool,
 }
 

@@ -69,8 +69,8 @@ struct Scratch {
 
 /// How caches store keys and values. `F16` halves a sequence's cache and the bytes attention
 /// reads from memory at every step (what bounds attention over many sequences), at a rounding
-/// of each stored value to 11 significant bits (llama.cpp's default); `F32` stores them as
-/// computed.
+/// of each stored value to 11 significant bits (llama.cpp's default; a value past f16's largest,
+/// 65504, would become infinite); `F32` stores them as computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvPrecision {
     #[default]
@@ -557,6 +557,9 @@ impl pulp::WithSimd for Attend<'_> {
         let width = length.next_multiple_of(S::F32_LANES);
         resize(&mut padded, width);
         let (mut widened_keys, mut widened_values) = (WIDENED_KEYS.take(), WIDENED_VALUES.take());
+        // The key/value head whose entries the buffers above hold, so query heads that share one
+        // (grouped-query attention) widen them once.
+        let mut widened_for = None;
         for head in heads_to_attend {
             let q = &query[head * head_dim..][..head_dim];
             let base = (layer * kv_heads + head / group) * head_dim * stride;
@@ -566,12 +569,15 @@ impl pulp::WithSimd for Attend<'_> {
                     (&keys[base..base + head_dim * stride], stride, &values[base..base + length * head_dim])
                 }
                 Stored::F16 { keys, values } => {
-                    widened_keys.resize(head_dim * width, 0.0);
-                    for (d, row) in widened_keys.chunks_exact_mut(width).enumerate() {
-                        widen(simd, &keys[base + d * stride..][..width], row);
+                    if widened_for != Some(head / group) {
+                        widened_keys.resize(head_dim * width, 0.0);
+                        for (d, row) in widened_keys.chunks_exact_mut(width).enumerate() {
+                            widen(simd, &keys[base + d * stride..][..width], row);
+                        }
+                        widened_values.resize(length * head_dim, 0.0);
+                        widen(simd, &values[base..base + length * head_dim], &mut widened_values);
+                        widened_for = Some(head / group);
                     }
-                    widened_values.resize(length * head_dim, 0.0);
-                    widen(simd, &values[base..base + length * head_dim], &mut widened_values);
                     (&widened_keys[..], width, &widened_values[..])
                 }
             };

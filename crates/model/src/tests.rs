@@ -559,6 +559,14 @@ fn many_sequences_decoded_together_match_each_alone_on_a_wider_tied_model() {
     let full = Decoder::with_threads(&model, 2).unwrap();
     assert_eq!(KvCache::new(&half, 90).unwrap().bytes() * 2, KvCache::new(&full, 90).unwrap().bytes());
     many_sequences_match_each_alone(&model, &half, HALF_PRECISION_BOUND);
+    // Heads of 128 (keys narrowed in more than one piece) and two query heads per key/value
+    // head (their entries widened once for both).
+    let mut config = LlamaConfig::new(1024, 256, 160, 1, 2);
+    config.num_key_value_heads = Some(1);
+    config.max_position_embeddings = 96;
+    let model = Llama::new(config.clone(), Weights::init(&config, 5, DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let half = Decoder::with_threads(&model, 2).unwrap().with_kv_precision(KvPrecision::F16);
+    many_sequences_match_each_alone(&model, &half, HALF_PRECISION_BOUND);
 }
 
 fn many_sequences_match_each_alone(model: &Llama, decoder: &Decoder, bound: f64) {

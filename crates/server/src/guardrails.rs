@@ -221,29 +221,29 @@ impl Guardrails {
         Ok(Guardrails { encoders: vec![None; rules.len()], rules: rules.into() })
     }
 
-    /// `(rule, model, examples)` of every denied topic that needs an embedding model.
-    pub fn semantic_topics(&self) -> Vec<(String, String, Vec<String>)> {
+    /// `(index, rule, model, examples)` of every denied topic that needs an embedding model; the
+    /// index is what [`Guardrails::attach`] takes (names need not be unique).
+    pub fn semantic_topics(&self) -> Vec<(usize, String, String, Vec<String>)> {
         self.rules
             .iter()
-            .filter_map(|rule| match &rule.matcher {
+            .enumerate()
+            .filter_map(|(index, rule)| match &rule.matcher {
                 Matcher::Topic { semantic, .. } if !semantic.examples.is_empty() => {
-                    Some((rule.spec.name.clone(), semantic.model.clone(), semantic.examples.clone()))
+                    Some((index, rule.spec.name.clone(), semantic.model.clone(), semantic.examples.clone()))
                 }
                 _ => None,
             })
             .collect()
     }
 
-    /// Gives rule `name` its loaded encoder and its examples' vectors.
-    pub fn attach(&mut self, name: &str, embedder: Arc<Embedder>, vectors: ExampleVectors) {
-        for (rule, encoder) in self.rules.iter().zip(&mut self.encoders) {
-            if rule.spec.name == name && matches!(rule.matcher, Matcher::Topic { .. }) {
-                *encoder = Some((embedder.clone(), vectors.clone()));
-            }
+    /// Gives the rule at `index` (from [`Guardrails::semantic_topics`]) its loaded encoder and
+    /// its examples' vectors.
+    pub fn attach(&mut self, index: usize, embedder: Arc<Embedder>, vectors: ExampleVectors) {
+        if matches!(self.rules.get(index).map(|rule| &rule.matcher), Some(Matcher::Topic { .. })) {
+            self.encoders[index] = Some((embedder, vectors));
         }
     }
 
-    /// Whether checking runs an encoder (callers move off the async workers then).
     /// Whether a denied topic is described by examples (and so needs an encoder attached).
     pub fn compares_embeddings(&self) -> bool {
         self.rules
@@ -251,6 +251,7 @@ impl Guardrails {
             .any(|r| matches!(&r.matcher, Matcher::Topic { semantic, .. } if !semantic.examples.is_empty()))
     }
 
+    /// Whether checking runs an encoder (callers move off the async workers then).
     pub fn embeds(&self) -> bool {
         self.encoders.iter().any(Option::is_some)
     }

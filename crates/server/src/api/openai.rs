@@ -201,7 +201,7 @@ async fn attach_topic_encoders(
     tenant: &TenantName,
     guardrails: &mut Guardrails,
 ) -> Result<(), ApiError> {
-    for (rule, model, examples) in guardrails.semantic_topics() {
+    for (index, rule, model, examples) in guardrails.semantic_topics() {
         let unusable = |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "guardrail_unavailable", why);
         let (name, reference) = model.split_once('@').unwrap_or_default();
         let version = crate::api::models::version_of(state, tenant, name, reference)
@@ -214,7 +214,7 @@ async fn attach_topic_encoders(
             .ok_or_else(|| unusable(format!("guardrail {rule}: {model} is not an embedding model")))?;
         let vectors =
             state.engines.topic_vectors(&version.manifest_digest, &embedder, &examples).await.map_err(unusable)?;
-        guardrails.attach(&rule, embedder, vectors);
+        guardrails.attach(index, embedder, vectors);
     }
     Ok(())
 }
