@@ -59,7 +59,8 @@ echo "$PAIR"; echo "$PEER_PAIR"
 import json, sys
 d, f = (json.loads(x) for x in sys.argv[1].splitlines())
 e, l = (json.loads(x) for x in sys.argv[2].splitlines())
-over = lambda g, direct, k: round(g[k] - direct[k], 3) if g else None
+# None when a side has no figure (its peer left out, or every request failed).
+over = lambda g, direct, k: round(g[k] - direct[k], 3) if g and g[k] is not None and direct[k] is not None else None
 print(json.dumps({'factory_overhead_p50_ms': over(f, d, 'p50_ms'), 'factory_overhead_p99_ms': over(f, d, 'p99_ms'),
                   'litellm_overhead_p50_ms': over(l, e, 'p50_ms'), 'litellm_overhead_p99_ms': over(l, e, 'p99_ms'),
                   'factory_rss_idle_mib': float(sys.argv[3]), 'factory_rss_loaded_mib': float(sys.argv[4])}))
