@@ -75,6 +75,31 @@ async fn greedy_generation_matches_the_reference_decoder_alone_and_in_a_batch() 
     assert_eq!(&tokens[..want.len()], want.as_slice());
 }
 
+/// Caches in half precision through the engine (the cache each admitted request gets follows
+/// its decoder's setting): on this model, greedy decoding picks the same tokens as the full
+/// forward pass for every prompt, batched.
+#[tokio::test]
+async fn greedy_generation_with_half_precision_caches_matches_the_reference() {
+    let tokenizer = tokenizer();
+    let reference = model(tokenizer.vocab_size());
+    let decoder = Decoder::new(&reference).unwrap().with_kv_precision(factory_model::KvPrecision::F16);
+    let engine =
+        Engine::start(decoder, tokenizer.clone(), EngineSettings { prefill_chunk: 4, ..EngineSettings::default() });
+    let end = tokenizer.token_id(factory_tokenizer::END_OF_TEXT).unwrap();
+    let prompts = ["Now is the winter", "of our discontent made glorious", "York"];
+    let mut receivers = Vec::new();
+    for prompt in prompts {
+        let ids = tokenizer.encode(prompt).unwrap();
+        let mut want = reference.greedy(&ids, 12, &[end]).unwrap();
+        want.retain(|t| *t != end);
+        receivers.push((want, engine.submit(GenerationRequest { prompt: ids, params: greedy(12) }).unwrap()));
+    }
+    for (want, events) in receivers {
+        let (_, tokens, _) = collect(events).await;
+        assert_eq!(&tokens[..want.len()], want.as_slice());
+    }
+}
+
 #[tokio::test]
 async fn seeds_fix_sampling_and_limits_end_generation() {
     let (engine, tokenizer, _) = engine(EngineSettings::default());
