@@ -87,7 +87,6 @@ pub struct KvCache {
     stored: Stored,
     len: usize,
     capacity: usize,
-    stride: usize,
 }
 
 enum Stored {
@@ -111,7 +110,7 @@ impl KvCache {
             KvPrecision::F32 => Stored::F32 { keys: vec![0.0; size], values: vec![0.0; size] },
             KvPrecision::F16 => Stored::F16 { keys: vec![f16::ZERO; size], values: vec![f16::ZERO; size] },
         };
-        Ok(KvCache { stored, len: 0, capacity, stride })
+        Ok(KvCache { stored, len: 0, capacity })
     }
 
     /// Positions filled so far.
@@ -127,6 +126,11 @@ impl KvCache {
         self.capacity
     }
 
+    /// Positions allocated per key row: the capacity in whole vectors.
+    fn stride(&self) -> usize {
+        self.capacity.next_multiple_of(LANES)
+    }
+
     /// Bytes this cache holds.
     pub fn bytes(&self) -> usize {
         match &self.stored {
@@ -138,7 +142,7 @@ impl KvCache {
     /// Stores one position's key and value of one key/value head, whose keys start at `base`
     /// (and its values too: both blocks are `head_dim * stride` long).
     fn store(&mut self, base: usize, position: usize, key: &[f32], value: &[f32]) {
-        let (stride, at) = (self.stride, base + position * value.len());
+        let (stride, at) = (self.stride(), base + position * value.len());
         match &mut self.stored {
             Stored::F32 { keys, values } => {
                 for (d, &k) in key.iter().enumerate() {
@@ -360,7 +364,7 @@ impl Decoder {
                 }
                 let cache = &mut *inputs[sequence].cache;
                 for g in 0..kv_heads {
-                    let base = (index * kv_heads + g) * head_dim * cache.stride;
+                    let base = (index * kv_heads + g) * head_dim * cache.stride();
                     let key = &row[q_width + g * head_dim..][..head_dim];
                     cache.store(base, position, key, &row[q_width + kv_width + g * head_dim..][..head_dim]);
                 }
@@ -548,7 +552,7 @@ impl pulp::WithSimd for Attend<'_> {
         let Attend { out, query, cache, layer, position, heads_to_attend, group, head_dim } = self;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let kv_heads = query.len() / head_dim / group;
-        let (stride, length) = (cache.stride, position + 1);
+        let (stride, length) = (cache.stride(), position + 1);
         let first = heads_to_attend.start;
         // Taken out rather than borrowed in a closure: the loops must stay in this function,
         // which is compiled for the vector units; a closure would not be.
@@ -632,11 +636,12 @@ impl pulp::WithSimd for Narrow<'_> {
     type Output = ();
 
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
         let Narrow { src, dst } = self;
         assert_eq!(src.len(), dst.len());
         #[cfg(target_arch = "x86_64")]
-        if let Some(&v4) = (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V4>() {
+        if let Some(v4) = avx512(simd) {
             use pulp::bytemuck::cast;
             // Round to nearest, and raise no floating-point exceptions.
             const ROUNDING: i32 = 0x08;
@@ -651,7 +656,6 @@ impl pulp::WithSimd for Narrow<'_> {
             dst[whole..].convert_from_f32_slice(&src[whole..]);
             return;
         }
-        let _ = simd;
         dst.convert_from_f32_slice(src);
     }
 }
@@ -659,10 +663,11 @@ impl pulp::WithSimd for Narrow<'_> {
 /// `dst = src` widened: sixteen at a time by `vcvtph2ps` where AVX-512 runs (inlined into the
 /// caller's loops, which `simd` compiled for it), else by `half`'s conversion.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(crate) fn widen<S: pulp::Simd>(simd: S, src: &[f16], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
-    if let Some(&v4) = (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V4>() {
+    if let Some(v4) = avx512(simd) {
         use pulp::bytemuck::cast;
         for (from, to) in src.chunks_exact(16).zip(dst.chunks_exact_mut(16)) {
             let bits: [u16; 16] = std::array::from_fn(|i| from[i].to_bits());
@@ -673,8 +678,15 @@ pub(crate) fn widen<S: pulp::Simd>(simd: S, src: &[f16], dst: &mut [f32]) {
         src[whole..].convert_to_f32_slice(&mut dst[whole..]);
         return;
     }
-    let _ = simd;
     src.convert_to_f32_slice(dst);
+}
+
+/// `simd` as pulp's AVX-512 token when that is what it is (decided at compile time: `simd`'s
+/// type is known), for the conversions `pulp::Simd` does not offer.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn avx512<S: pulp::Simd>(simd: S) -> Option<pulp::x86::V4> {
+    (&simd as &dyn std::any::Any).downcast_ref::<pulp::x86::V4>().copied()
 }
 
 thread_local! {

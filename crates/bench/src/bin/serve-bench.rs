@@ -133,10 +133,10 @@ impl pulp::WithSimd for PeakChains {
     }
 }
 
-/// A line of `/proc/self/status` (`VmRSS:`) in MiB, where Linux provides it.
-fn memory_mib(field: &str) -> Option<f64> {
+/// This process's resident memory in MiB (`VmRSS` of `/proc/self/status`), where Linux provides it.
+fn resident_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with(field))?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some((kib / 1024.0 * 10.0).round() / 10.0)
 }
@@ -199,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
             "prefill_plus_first_s": (one * 10_000.0).round() / 10_000.0,
         })
     };
-    let rss_idle = memory_mib("VmRSS:");
+    let rss_idle = resident_mib();
     let mut aggregate = serde_json::Map::new();
     let mut rss_loaded: Option<f64> = None;
     for streams in args.streams.split(',').filter_map(|s| s.trim().parse::<usize>().ok()) {
@@ -208,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
         // Resident memory sampled while the streams run: the decoder and every stream's cache.
         let sampling = async {
             loop {
-                if let Some(now) = memory_mib("VmRSS:") {
+                if let Some(now) = resident_mib() {
                     rss_loaded = Some(rss_loaded.map_or(now, |most| most.max(now)));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
