@@ -4,6 +4,9 @@
 #
 #   bench/train.sh [CONFIG] [BATCH] [SEQ]     (default: shared/bench/configs/ref-small.json 8 256)
 #
+# Both sides get THREADS threads (default: every core) and train on one fixed batch; the thread
+# counts are printed with the ratio.
+#
 # Needs `cargo build --release -p factory-bench` and a Python with torch and transformers
 # (TORCH_PYTHON, default ~/.cache/factory-torch-venv/bin/python).
 set -euo pipefail
@@ -14,14 +17,17 @@ BATCH="${2:-8}"
 SEQ="${3:-256}"
 PYTHON="${TORCH_PYTHON:-$HOME/.cache/factory-torch-venv/bin/python}"
 BENCH="${CARGO_TARGET_DIR:-target}/release/train-bench"
+THREADS="${THREADS:-$(nproc)}"
 
-PEER=$("$PYTHON" "$SHARED/bench/peers/torch_train.py" --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps 20 --threads 2)
-OURS=$("$BENCH" --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps 20)
+PEER=$("$PYTHON" "$SHARED/bench/peers/torch_train.py" --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps 20 --threads "$THREADS")
+OURS=$("$BENCH" --config "$CONFIG" --batch "$BATCH" --seq "$SEQ" --steps 20 --threads "$THREADS")
 echo "$PEER"
 echo "$OURS"
 python3 -c "
 import json, sys
 peer, ours = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 assert peer['params'] == ours['params'], (peer['params'], ours['params'])
-print(json.dumps({'tokens_per_s_ratio_factory_over_pytorch': round(ours['tokens_per_s'] / peer['tokens_per_s'], 2)}))
+assert peer['threads'] == ours['threads'], (peer['threads'], ours['threads'])
+print(json.dumps({'tokens_per_s_ratio_factory_over_pytorch': round(ours['tokens_per_s'] / peer['tokens_per_s'], 2),
+                  'threads': ours['threads'], 'batch': ours['batch'], 'seq': ours['seq']}))
 " "$PEER" "$OURS"

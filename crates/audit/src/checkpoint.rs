@@ -115,6 +115,86 @@ impl Checkpoint {
     }
 }
 
+/// A checkpoint as the factory publishes it outside its database: one JSON file per checkpoint
+/// (named by [`PublishedCheckpoint::file_name`]) in a directory that only grows, for witnesses
+/// to copy. Only `note` is evidence, being signed; the other fields repeat what it says for
+/// people and tools reading the files, and a file whose fields disagree with its note is
+/// refused rather than half-believed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PublishedCheckpoint {
+    /// The checkpoint's origin line.
+    pub origin: String,
+    /// The number of records it covers.
+    pub size: u64,
+    /// Its root, standard base64 as in the note.
+    pub root: String,
+    /// When it was published, RFC 3339 UTC (not signed: the publisher's clock, for people).
+    pub published_at: String,
+    /// The signed note.
+    pub note: String,
+}
+
+impl PublishedCheckpoint {
+    /// The published form of `checkpoint`, whose signed note is `note`.
+    pub fn new(checkpoint: &Checkpoint, note: &str, published_at: &str) -> Self {
+        Self {
+            origin: checkpoint.origin.clone(),
+            size: checkpoint.size,
+            root: STANDARD.encode(checkpoint.root),
+            published_at: published_at.to_string(),
+            note: note.to_string(),
+        }
+    }
+
+    /// The file name of the checkpoint for `size`. The size is zero-padded so that names sort
+    /// as sizes do, and a directory listing reads oldest first.
+    pub fn file_name(size: u64) -> String {
+        format!("checkpoint-{size:020}.json")
+    }
+
+    /// The size a [`PublishedCheckpoint::file_name`] names; `None` for other files.
+    pub fn size_in_file_name(name: &str) -> Option<u64> {
+        let digits = name.strip_prefix("checkpoint-")?.strip_suffix(".json")?;
+        if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    /// The file's text: pretty JSON ending in a newline.
+    pub fn to_json(&self) -> String {
+        // Serialising a struct of strings and an integer cannot fail.
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
+    /// The signed note in a checkpoint file: a published JSON file, or a bare signed note as
+    /// `GET /api/v1/audit/checkpoint` returns it. The signature is not checked here (that
+    /// takes the verifier key); the JSON fields are checked against the note's text.
+    pub fn note_in_file(text: &str) -> Result<String, CheckpointError> {
+        if !text.trim_start().starts_with('{') {
+            return Ok(text.to_string());
+        }
+        let published: PublishedCheckpoint = serde_json::from_str(text)
+            .map_err(|e| CheckpointError::MalformedNote(format!("not a published checkpoint: {e}")))?;
+        let split = published
+            .note
+            .rfind("\n\n")
+            .ok_or_else(|| CheckpointError::MalformedNote("no blank line before the signatures".to_string()))?;
+        let said = Checkpoint::from_body(&published.note[..split + 1])?;
+        if said.origin != published.origin
+            || said.size != published.size
+            || STANDARD.encode(said.root) != published.root
+        {
+            return Err(CheckpointError::MalformedNote(
+                "the file's origin, size or root differ from what its signed note says".to_string(),
+            ));
+        }
+        Ok(published.note)
+    }
+}
+
 /// A tree size: ASCII decimal, no sign, no leading zeros except "0" itself, within u64.
 fn parse_size(text: &str) -> Option<u64> {
     let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
@@ -604,6 +684,38 @@ mod tests {
         let secret = signer(7).secret_key_text();
         let other_name = secret.replacen(NAME, "factory.local/other", 1);
         assert!(matches!(NoteSigner::from_secret_key_text(&other_name), Err(CheckpointError::KeyIdMismatch { .. })));
+    }
+
+    #[test]
+    fn published_files_carry_the_note_and_agree_with_it() {
+        let signer = signer(9);
+        let cp = checkpoint();
+        let note = signer.sign(&cp);
+        let published = PublishedCheckpoint::new(&cp, &note, "2025-01-01T00:00:00Z");
+        let text = published.to_json();
+        assert!(text.ends_with("}\n"));
+        assert_eq!(PublishedCheckpoint::note_in_file(&text).unwrap(), note);
+        // A bare note is taken as it is.
+        assert_eq!(PublishedCheckpoint::note_in_file(&note).unwrap(), note);
+        // Fields that disagree with the note are refused.
+        for altered in [
+            PublishedCheckpoint { size: 18, ..published.clone() },
+            PublishedCheckpoint { origin: "other/log".to_string(), ..published.clone() },
+            PublishedCheckpoint { root: STANDARD.encode([1u8; 32]), ..published.clone() },
+        ] {
+            assert!(PublishedCheckpoint::note_in_file(&altered.to_json()).is_err());
+        }
+        assert!(PublishedCheckpoint::note_in_file("{\"size\": 3}").is_err());
+
+        let name = PublishedCheckpoint::file_name(17);
+        assert_eq!(name, "checkpoint-00000000000000000017.json");
+        assert_eq!(PublishedCheckpoint::size_in_file_name(&name), Some(17));
+        assert!(PublishedCheckpoint::file_name(9) < PublishedCheckpoint::file_name(10));
+        for other in
+            ["checkpoint-17.json", "checkpoint-0000000000000000001x.json", ".checkpoint-00000000000000000017.json.tmp"]
+        {
+            assert_eq!(PublishedCheckpoint::size_in_file_name(other), None, "{other}");
+        }
     }
 
     #[test]

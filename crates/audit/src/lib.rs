@@ -11,15 +11,20 @@
 //!
 //! * [`merkle`]: tree hashes, inclusion and consistency proofs, and the streaming [`Frontier`];
 //! * [`record`]: the canonical record encoding and the details digest;
-//! * [`checkpoint`]: signing and verifying checkpoints;
+//! * [`subtree`]: roots and proofs in O(log n) from the stored roots of perfect subtrees;
+//! * [`checkpoint`]: signing and verifying checkpoints, and the file format they are published in;
 //! * [`verify`]: the offline log verifier.
 
 pub mod checkpoint;
 pub mod merkle;
 pub mod record;
+pub mod subtree;
 pub mod verify;
 
-pub use checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
+pub use checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier, PublishedCheckpoint};
 pub use merkle::{Frontier, Hash, ProofError};
-pub use record::{details_digest, AuditRecord, Decision, RecordError};
-pub use verify::{verify_log, StoredRecord, VerifyError, VerifyFailure, VerifyReport};
+pub use record::{details_digest, utc_millis, AuditRecord, Decision, RecordError};
+pub use verify::{
+    verify_log, verify_log_against, Expectations, StoredRecord, TrustedCheckpoint, VerifyError, VerifyFailure,
+    VerifyReport,
+};

@@ -49,6 +49,14 @@ pub enum ProofError {
     /// The proof is well formed but leads to another root.
     #[error("proof does not lead to the expected root")]
     RootMismatch,
+    /// A stored subtree root that a root or proof needs was not supplied (see [`crate::subtree`]).
+    #[error("the stored tree lacks the root of the subtree at level {level}, index {index}")]
+    MissingNode {
+        /// The subtree's height: 0 for a leaf.
+        level: u32,
+        /// Its position among the subtrees of that height, from the left.
+        index: u64,
+    },
     /// A consistency proof leads to another root for the old tree.
     #[error("proof does not lead to the expected old root")]
     OldRootMismatch,
@@ -84,6 +92,12 @@ pub fn empty_root() -> Hash {
 fn split_point(n: usize) -> usize {
     debug_assert!(n >= 2);
     1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+}
+
+/// [`split_point`] over tree sizes rather than slice lengths, for trees that are not in memory.
+pub(crate) fn split_size(n: u64) -> u64 {
+    debug_assert!(n >= 2);
+    1 << (u64::BITS - 1 - (n - 1).leading_zeros())
 }
 
 /// The Merkle tree hash `MTH(D[n])` over already hashed leaves, RFC 6962 section 2.1.
@@ -324,6 +338,13 @@ impl Frontier {
 
     /// Appends one leaf hash.
     pub fn push(&mut self, leaf: Hash) {
+        self.push_completing(leaf, |_| {});
+    }
+
+    /// Appends one leaf hash and hands `completed` the root of every perfect subtree this leaf
+    /// completes, smallest (level 1) first. These are exactly the interior nodes the store keeps
+    /// beside the leaf ([`crate::subtree`]), so a verifier streaming the log can recompute them.
+    pub fn push_completing(&mut self, leaf: Hash, mut completed: impl FnMut(Hash)) {
         // Each trailing one bit of the old size is a perfect subtree of the same size as the one
         // being built, which it absorbs as its left half.
         let merges = self.size.trailing_ones() as usize;
@@ -331,6 +352,7 @@ impl Frontier {
         let mut node = leaf;
         for left in self.nodes.drain(keep..).rev() {
             node = node_hash(&left, &node);
+            completed(node);
         }
         self.nodes.push(node);
         self.size += 1;

@@ -85,6 +85,65 @@ impl AuditRecord {
     }
 }
 
+/// Milliseconds since the Unix epoch of a UTC time in the RFC 3339 form records use,
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`; `None` for anything else. Written here (rather than by
+/// a time library) to keep the crate's dependencies at hashing and signing; fractions beyond
+/// milliseconds are truncated.
+pub fn utc_millis(time: &str) -> Option<i64> {
+    let bytes = time.as_bytes();
+    let rest = bytes.strip_suffix(b"Z")?;
+    let (whole, fraction) = match rest.iter().position(|&b| b == b'.') {
+        Some(dot) => (&rest[..dot], Some(&rest[dot + 1..])),
+        None => (rest, None),
+    };
+    let [y0, y1, y2, y3, b'-', mo0, mo1, b'-', d0, d1, b'T', h0, h1, b':', mi0, mi1, b':', s0, s1] = *whole else {
+        return None;
+    };
+    let number = |digits: &[u8]| -> Option<i64> {
+        digits.iter().try_fold(0i64, |value, &b| b.is_ascii_digit().then(|| value * 10 + i64::from(b - b'0')))
+    };
+    let (year, month, day) = (number(&[y0, y1, y2, y3])?, number(&[mo0, mo1])?, number(&[d0, d1])?);
+    let (hour, minute, second) = (number(&[h0, h1])?, number(&[mi0, mi1])?, number(&[s0, s1])?);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    // Second 60 is a leap second, which RFC 3339 allows.
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let millis = match fraction {
+        None => 0,
+        Some(digits) if !digits.is_empty() => {
+            let mut padded = [b'0'; 3];
+            for (slot, digit) in padded.iter_mut().zip(digits) {
+                *slot = *digit;
+            }
+            if !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            number(&padded)?
+        }
+        Some(_) => return None,
+    };
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(seconds * 1_000 + millis)
+}
+
+/// Days from 1970-01-01 to the given proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
 /// Hex SHA-256 of the compact JSON encoding of `details`, with object keys sorted.
 ///
 /// This is the encoding serde_json produces with its default sorted maps. It is written out
@@ -234,6 +293,32 @@ mod tests {
             // SHA-256 of the two bytes "{}".
             "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
         );
+    }
+
+    #[test]
+    fn record_times_parse_to_unix_milliseconds() {
+        // The factory's own spelling (see factory_core::time), and its known value.
+        assert_eq!(utc_millis("2023-11-14T22:13:20.123Z"), Some(1_700_000_000_123));
+        assert_eq!(utc_millis("2023-11-14T22:13:20Z"), Some(1_700_000_000_000));
+        assert_eq!(utc_millis("2023-11-14T22:13:20.1Z"), Some(1_700_000_000_100));
+        assert_eq!(utc_millis("2023-11-14T22:13:20.123456789Z"), Some(1_700_000_000_123));
+        assert_eq!(utc_millis("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(utc_millis("2024-02-29T00:00:00Z"), Some(1_709_164_800_000));
+        assert_eq!(utc_millis("2000-03-01T00:00:00Z"), Some(951_868_800_000));
+        for bad in [
+            "",
+            "2023-11-14T22:13:20",
+            "2023-11-14 22:13:20Z",
+            "2023-11-14T22:13:20+00:00",
+            "2023-11-14T22:13:20.Z",
+            "2023-11-14T22:13:2xZ",
+            "2023-02-29T00:00:00Z",
+            "2023-13-01T00:00:00Z",
+            "2023-11-14T24:00:00Z",
+            "2023-11-14T22:13:20.1a3Z",
+        ] {
+            assert_eq!(utc_millis(bad), None, "{bad}");
+        }
     }
 
     #[test]

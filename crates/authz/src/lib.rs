@@ -167,7 +167,7 @@ fn action_resources(action: Action) -> &'static [ResourceKind] {
         | Action::DatasetIngest
         | Action::DatasetReadRows
         | Action::DatasetDownload => &[ResourceKind::Dataset],
-        Action::ObjectsCollect => &[ResourceKind::Platform],
+        Action::ObjectsCollect | Action::MetricsRead => &[ResourceKind::Platform],
         Action::ModelRegister | Action::ModelRead | Action::ModelAlias | Action::ModelExport | Action::ModelImport => {
             &[ResourceKind::Model]
         }

@@ -42,6 +42,10 @@ pub struct Config {
     pub feedback: std::collections::BTreeMap<String, FeedbackMetric>,
     pub drift: DriftSettings,
     pub pipelines: PipelineSettings,
+    /// Which secret-bearing environment variables (`UPSTREAM_KEY_*`, `WEBHOOK_SECRET_*`) each
+    /// tenant's deployments and pipelines may name, by tenant: `[secrets] acme =
+    /// ["UPSTREAM_KEY_PARTNER"]`. None by default, so no tenant can send another's key.
+    pub secrets: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// How often drift monitors read the inference log and feedback.
@@ -83,6 +87,9 @@ pub struct ServingSettings {
     pub prices: std::collections::BTreeMap<String, (f64, f64)>,
     /// URL prefixes deployments may send requests to as upstream variants; none by default.
     pub upstreams: Vec<String>,
+    /// The largest body the OpenAI-compatible routes accept (default 4 MiB); larger ones get 413
+    /// before a byte is parsed.
+    pub max_request_bytes: usize,
     /// Keys and values of the engines' caches in half precision (`kv_cache = "f16"`): half the
     /// memory per sequence and of the bytes attention reads (faster where memory bandwidth bounds
     /// it, as over many sequences), logits within about 1e-3 of full precision. Full precision
@@ -127,6 +134,12 @@ pub struct DatasetSettings {
     pub custom_pii: Vec<(String, String)>,
     /// How long an upload (or a download) may stream before it is cut off.
     pub transfer_timeout: Duration,
+    /// Most columns a dataset may have; an upload that would add more is refused by line.
+    pub max_columns: usize,
+    /// What a gzip or zstd upload may expand to before it is refused.
+    pub max_decompressed_bytes: u64,
+    /// Memory an ingest may hold in rows between reading and writing a shard.
+    pub max_buffered_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +155,15 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     /// Requests handled at once before new ones get 503 with Retry-After.
     pub max_in_flight: usize,
+    /// Of those, what one tenant's keys may hold; past it the tenant gets 429.
+    pub max_in_flight_per_tenant: usize,
+    /// Transfers (uploads, downloads, model imports and exports) at once, counted apart from
+    /// requests so slow ones cannot take the API's slots; and one tenant's share of them.
+    pub max_transfers: usize,
+    pub max_transfers_per_tenant: usize,
+    /// An upload slower than this on average, once `transfer_grace` has passed, is cut off.
+    pub min_transfer_bytes_per_sec: u64,
+    pub transfer_grace: Duration,
     pub json_logs: bool,
     /// OTLP/HTTP endpoint for trace export; `None` exports nothing (air-gapped by default).
     pub otlp_endpoint: Option<String>,
@@ -174,6 +196,10 @@ pub struct AuditSettings {
     /// The checkpoint origin line, which names this log to verifiers.
     pub origin: String,
     pub checkpoint_interval: Duration,
+    /// Where every signed checkpoint is published as a file, outside the database, for
+    /// witnesses to copy; `None` is `DATA_DIR/checkpoints` (see
+    /// [`Config::effective_checkpoint_dir`]).
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -267,11 +293,18 @@ impl Config {
         }
     }
 
+    /// The directory signed audit checkpoints are published to.
+    pub fn effective_checkpoint_dir(&self) -> PathBuf {
+        self.audit.checkpoint_dir.clone().unwrap_or_else(|| self.data_dir.join("checkpoints"))
+    }
+
     /// An example file listing every key with its default, parsed by a test so it stays true.
     pub fn example_toml() -> &'static str {
         include_str!("../factory.example.toml")
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

@@ -70,6 +70,10 @@ pub(crate) fn env_value(raw: &str) -> Value {
 }
 
 pub(crate) fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), String> {
+    // `FACTORY_` or `FACTORY_SERVER__` would set a key named by nothing.
+    if path.iter().any(String::is_empty) {
+        return Err("names no key (a name is empty before, between or after `__`)".to_string());
+    }
     match path {
         [] => Err("names no key".to_string()),
         [last] => {
@@ -100,8 +104,12 @@ impl<'a> Section<'a> {
     }
 
     fn key(&self, key: &str) -> String {
+        // A key that is not bare (`"" = 1`, `"a.b" = 1`) is quoted as TOML writes it, so an
+        // error always names something and a dot in a name is not read as a path.
+        let bare = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let key = if bare { key.to_string() } else { format!("{key:?}") };
         if self.path.is_empty() {
-            key.to_string()
+            key
         } else {
             format!("{}.{key}", self.path)
         }
@@ -237,6 +245,7 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
         section.finish(errors);
         settings
     };
+    let secrets = read_secrets(root.table("secrets", errors).unwrap_or(Section::new("secrets", &empty)), errors);
     root.finish(errors);
 
     Some(Config {
@@ -258,7 +267,35 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
         feedback,
         drift,
         pipelines,
+        secrets,
     })
+}
+
+/// `[secrets]`: tenant name -> the secret variables the operator grants it.
+fn read_secrets(
+    section: Section<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    const PREFIXES: [&str; 2] = ["UPSTREAM_KEY_", "WEBHOOK_SECRET_"];
+    let mut grants = std::collections::BTreeMap::new();
+    for (tenant, value) in section.table {
+        let key = section.key(tenant);
+        if factory_core::TenantName::new(tenant.as_str()).is_err() {
+            errors.push(ConfigError::new(key.clone(), "expected a tenant name"));
+        }
+        let names: Option<Vec<String>> =
+            value.as_array().and_then(|items| items.iter().map(|v| v.as_str().map(str::to_string)).collect());
+        match names {
+            Some(names) if names.iter().all(|n| PREFIXES.iter().any(|p| n.starts_with(p) && n.len() > p.len())) => {
+                grants.insert(tenant.clone(), names);
+            }
+            _ => errors.push(ConfigError::new(
+                key,
+                "expected a list of environment variable names starting UPSTREAM_KEY_ or WEBHOOK_SECRET_",
+            )),
+        }
+    }
+    grants
 }
 
 fn read_sites(root: &mut Section<'_>, default_jurisdiction: &Jurisdiction, errors: &mut Vec<ConfigError>) -> Vec<Site> {
@@ -332,6 +369,11 @@ fn read_server(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serve
             as usize,
         request_timeout: Duration::from_secs(section.positive_integer("request_timeout_secs", 30, errors)),
         max_in_flight: section.positive_integer("max_in_flight", 512, errors) as usize,
+        max_in_flight_per_tenant: section.positive_integer("max_in_flight_per_tenant", 128, errors) as usize,
+        max_transfers: section.positive_integer("max_transfers", 32, errors) as usize,
+        max_transfers_per_tenant: section.positive_integer("max_transfers_per_tenant", 8, errors) as usize,
+        min_transfer_bytes_per_sec: section.positive_integer("min_transfer_bytes_per_sec", 1024, errors),
+        transfer_grace: Duration::from_secs(section.positive_integer("transfer_grace_secs", 30, errors)),
         json_logs: section.bool("json_logs", false, errors),
         otlp_endpoint: section.string("otlp_endpoint", errors),
         shutdown_grace: Duration::from_secs(section.positive_integer("shutdown_grace_secs", 30, errors)),
@@ -391,6 +433,7 @@ fn read_audit(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> AuditS
     let settings = AuditSettings {
         origin,
         checkpoint_interval: Duration::from_secs(section.positive_integer("checkpoint_interval_secs", 60, errors)),
+        checkpoint_dir: section.string("checkpoint_dir", errors).map(PathBuf::from),
     };
     section.finish(errors);
     settings
@@ -443,7 +486,14 @@ fn read_jobs(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> JobSett
     let settings = JobSettings {
         workers: section.positive_integer("workers", 2, errors) as usize,
         lease: Duration::from_secs(section.positive_integer("lease_secs", 30, errors)),
-        max_attempts: section.positive_integer("max_attempts", 3, errors) as u32,
+        max_attempts: {
+            let attempts = section.positive_integer("max_attempts", 3, errors);
+            // Narrowed, 2^32 would become 0 attempts and 2^32 + 3 three.
+            u32::try_from(attempts).unwrap_or_else(|_| {
+                errors.push(ConfigError::new("jobs.max_attempts", format!("{attempts} is over {}", u32::MAX)));
+                3
+            })
+        },
     };
     section.finish(errors);
     settings
@@ -471,6 +521,7 @@ fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serv
         prefill_chunk: section.positive_integer("prefill_chunk", 256, errors) as usize,
         prices,
         upstreams: string_list(&mut section, "upstreams", "a URL prefix", errors),
+        max_request_bytes: section.positive_integer("max_request_bytes", 4 * 1024 * 1024, errors) as usize,
         kv_cache_half: match section.string("kv_cache", errors).as_deref() {
             None | Some("f32") => false,
             Some("f16") => true,
@@ -549,6 +600,9 @@ fn read_datasets(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Dat
     let settings = DatasetSettings {
         custom_pii,
         transfer_timeout: Duration::from_secs(section.positive_integer("transfer_timeout_secs", 3600, errors)),
+        max_columns: section.positive_integer("max_columns", 1000, errors) as usize,
+        max_decompressed_bytes: section.positive_integer("max_decompressed_bytes", 16 << 30, errors),
+        max_buffered_bytes: section.positive_integer("max_buffered_bytes", 64 << 20, errors) as usize,
     };
     section.finish(errors);
     settings

@@ -163,3 +163,12 @@ fn feedback_metrics_are_declared_with_type_direction_and_level() {
     let errors = load_text("[feedback.metrics]\nbad = { type = \"text\" }\n", &[]).unwrap_err();
     assert_eq!(errors.0[0].key, "feedback.metrics.bad", "{errors}");
 }
+
+#[test]
+fn audit_checkpoints_are_published_under_the_data_dir_unless_configured() {
+    let config = Config::load(None, Vec::new(), &FlagOverrides::default()).unwrap();
+    assert_eq!(config.audit.checkpoint_dir, None);
+    assert_eq!(config.effective_checkpoint_dir(), PathBuf::from("./factory-data/checkpoints"));
+    let config = load_text("[audit]\ncheckpoint_dir = \"/witnessed/checkpoints\"\n", &[]).unwrap();
+    assert_eq!(config.effective_checkpoint_dir(), PathBuf::from("/witnessed/checkpoints"));
+}

@@ -225,6 +225,7 @@ actions! {
     DatasetReadRows => "dataset.read_rows",
     DatasetDownload => "dataset.download",
     ObjectsCollect => "objects.collect",
+    MetricsRead => "metrics.read",
     ModelRegister => "model.register",
     ModelRead => "model.read",
     ModelAlias => "model.alias",

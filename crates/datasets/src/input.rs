@@ -54,16 +54,63 @@ pub enum Compression {
     Zstd,
 }
 
-/// Recognises gzip and zstd by their magic numbers, so clients need not say.
-pub fn decompress<R: Read + Send + 'static>(reader: R) -> io::Result<(Box<dyn BufRead + Send>, Compression)> {
+/// The decompressed size of an upload passed `max_decompressed_bytes`. Carried inside an
+/// `io::Error` through every reader above it, and recognised at the top by `limit_reached`.
+#[derive(Debug)]
+pub struct LimitReached {
+    limit: u64,
+}
+
+impl std::fmt::Display for LimitReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the upload decompresses to more than {} bytes (the limit is max_decompressed_bytes)", self.limit)
+    }
+}
+
+impl std::error::Error for LimitReached {}
+
+/// The decompression limit an I/O error reports, if that is what it is.
+pub fn limit_reached(error: &io::Error) -> Option<&LimitReached> {
+    error.get_ref().and_then(|inner| inner.downcast_ref::<LimitReached>())
+}
+
+/// Fails once more than `limit` bytes came through, so a compressed bomb stops at the limit
+/// (give or take one read) instead of when memory or disk runs out.
+struct Limited<R> {
+    inner: R,
+    total: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.total > self.limit {
+            return Err(io::Error::other(LimitReached { limit: self.limit }));
+        }
+        let read = self.inner.read(buf)?;
+        self.total = self.total.saturating_add(read as u64);
+        if self.total > self.limit {
+            return Err(io::Error::other(LimitReached { limit: self.limit }));
+        }
+        Ok(read)
+    }
+}
+
+/// Recognises gzip and zstd by their magic numbers, so clients need not say, and caps what
+/// they expand to at `max_decompressed_bytes`.
+pub fn decompress<R: Read + Send + 'static>(
+    reader: R,
+    max_decompressed_bytes: u64,
+) -> io::Result<(Box<dyn BufRead + Send>, Compression)> {
     let mut buffered = BufReader::with_capacity(256 * 1024, reader);
     let head = buffered.fill_buf()?;
+    let limited = |inner| Limited { inner, total: 0, limit: max_decompressed_bytes };
     if head.starts_with(&[0x1f, 0x8b]) {
-        let decoder = flate2::bufread::MultiGzDecoder::new(buffered);
-        Ok((Box::new(BufReader::with_capacity(256 * 1024, decoder)), Compression::Gzip))
+        let decoder: Box<dyn Read + Send> = Box::new(flate2::bufread::MultiGzDecoder::new(buffered));
+        Ok((Box::new(BufReader::with_capacity(256 * 1024, limited(decoder))), Compression::Gzip))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        let decoder = zstd::stream::read::Decoder::with_buffer(buffered)?;
-        Ok((Box::new(BufReader::with_capacity(256 * 1024, decoder)), Compression::Zstd))
+        let decoder: Box<dyn Read + Send> = Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?);
+        Ok((Box::new(BufReader::with_capacity(256 * 1024, limited(decoder))), Compression::Zstd))
     } else {
         Ok((Box::new(buffered), Compression::None))
     }
@@ -141,8 +188,50 @@ pub enum RawRecord {
     Cells(Vec<Cell>),
 }
 
+/// What a parsed JSON object holds per entry beyond its key and value: the index map's slot
+/// and hash. An estimate; it only has to grow with the real size.
+const MAP_ENTRY_BYTES: usize = 48;
+
+fn value_footprint(value: &serde_json::Value) -> usize {
+    std::mem::size_of::<serde_json::Value>()
+        + match value {
+            serde_json::Value::String(text) => text.capacity(),
+            serde_json::Value::Array(items) => items.iter().map(value_footprint).sum(),
+            serde_json::Value::Object(object) => object_footprint(object),
+            _ => 0,
+        }
+}
+
+fn object_footprint(object: &serde_json::Map<String, serde_json::Value>) -> usize {
+    object.iter().map(|(key, value)| MAP_ENTRY_BYTES + key.capacity() + value_footprint(value)).sum()
+}
+
+impl RawRecord {
+    /// An estimate of the memory this record takes, for budgets that must hold in bytes: a
+    /// record of ten bytes may be a thousand cells in memory, one of a megabyte only one.
+    pub fn footprint(&self) -> usize {
+        std::mem::size_of::<RawRecord>()
+            + match self {
+                RawRecord::Object(object) => object_footprint(object),
+                RawRecord::Fields(fields) => {
+                    fields.iter().map(|f| std::mem::size_of::<String>() + f.capacity()).sum::<usize>()
+                }
+                RawRecord::Text(text) => text.capacity(),
+                RawRecord::Cells(cells) => crate::schema::cells_footprint(cells),
+            }
+    }
+}
+
 /// A record with the line (or record) number it starts at, or the reason it is unreadable.
 pub type NumberedRecord = (u64, Result<RawRecord, String>);
+
+/// The memory a numbered record takes, by the same estimate.
+pub fn record_footprint(record: &NumberedRecord) -> usize {
+    match &record.1 {
+        Ok(raw) => raw.footprint(),
+        Err(message) => std::mem::size_of::<NumberedRecord>() + message.capacity(),
+    }
+}
 
 /// Anything that yields numbered records.
 pub trait RecordSource {
@@ -162,11 +251,13 @@ pub struct JsonLines<R> {
     lines: LineReader<R>,
     buffer: Vec<u8>,
     max_bytes: usize,
+    max_fields: usize,
 }
 
 impl<R: BufRead> JsonLines<R> {
-    pub fn new(reader: R, max_bytes: usize) -> Self {
-        JsonLines { lines: LineReader::new(reader, max_bytes), buffer: Vec::new(), max_bytes }
+    /// Lines of at most `max_bytes`, objects of at most `max_fields` keys.
+    pub fn new(reader: R, max_bytes: usize, max_fields: usize) -> Self {
+        JsonLines { lines: LineReader::new(reader, max_bytes), buffer: Vec::new(), max_bytes, max_fields }
     }
 }
 
@@ -183,11 +274,9 @@ impl<R: BufRead> RecordSource for JsonLines<R> {
             if self.buffer.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let record = utf8(&self.buffer).and_then(|text| match serde_json::from_str::<serde_json::Value>(text) {
-                Ok(serde_json::Value::Object(object)) => Ok(RawRecord::Object(object)),
-                Ok(_) => Err("expected a JSON object".to_string()),
-                Err(e) => Err(format!("invalid JSON at column {}: {e}", e.column())),
-            });
+            let record = utf8(&self.buffer)
+                .and_then(|text| crate::json::parse_object(text, self.max_fields))
+                .map(RawRecord::Object);
             return Ok(Some((number, record)));
         }
     }
@@ -269,71 +358,163 @@ impl<R: BufRead> RecordSource for TextRecords<R> {
     }
 }
 
-/// CSV with a header row. Field counts must match the header.
-pub struct CsvRecords<R: Read> {
-    reader: csv::Reader<R>,
-    header: Vec<String>,
-    record: csv::ByteRecord,
-    max_bytes: usize,
+/// A CSV record as cut by the parser: its fields are in the parser's buffers.
+enum Cut {
+    /// Its field bytes passed the row limit; they were parsed to the record's end but not kept.
+    TooLong,
+    /// `fields` fields; when at most the ends kept, `ends[..fields]` delimit them in `output`.
+    Fields { fields: usize },
 }
 
-impl<R: Read> CsvRecords<R> {
-    pub fn new(reader: R, max_bytes: usize) -> Result<Self, String> {
-        let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(reader);
-        let header = reader
-            .byte_headers()
-            .map_err(|e| format!("line 1: cannot read the CSV header: {e}"))?
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                std::str::from_utf8(name)
-                    .map(|s| s.trim().to_string())
-                    .map_err(|_| format!("line 1: header field {} is not UTF-8", i + 1))
-            })
-            .collect::<Result<Vec<String>, String>>()?;
-        if header.is_empty() || header.iter().any(String::is_empty) {
-            return Err("line 1: every CSV column needs a name in the header".to_string());
+/// CSV with a header row (RFC 4180: comma, double quotes, CRLF or LF). Field counts must match
+/// the header. Parsed with `csv_core` rather than `csv::Reader` because that one holds a record
+/// whole however long it is; here field bytes beyond `max_bytes` are dropped while parsing and
+/// the record reported as too long, so one enormous record costs no memory.
+pub struct CsvRecords<R> {
+    input: R,
+    core: csv_core::Reader,
+    header: Vec<String>,
+    output: Vec<u8>,
+    ends: Vec<usize>,
+    max_bytes: usize,
+    done: bool,
+}
+
+impl<R: BufRead> CsvRecords<R> {
+    /// Reads the header: at most `max_columns` distinct, non-empty names of at most
+    /// `MAX_COLUMN_NAME_BYTES` each.
+    pub fn new(input: R, max_bytes: usize, max_columns: usize) -> Result<Self, crate::IngestError> {
+        let mut records = CsvRecords {
+            input,
+            core: csv_core::Reader::new(),
+            header: Vec::new(),
+            output: vec![0; 4096.min(max_bytes + 1)],
+            ends: vec![0; 16],
+            max_bytes,
+            done: false,
+        };
+        let rejected = crate::IngestError::rejected;
+        let fields = match records.cut(max_columns).map_err(|e| crate::IngestError::from_io(&e))? {
+            None => 0,
+            Some((_, Cut::TooLong)) => {
+                return Err(rejected(format!("line 1: the CSV header is longer than {max_bytes} bytes")))
+            }
+            Some((_, Cut::Fields { fields })) if fields > max_columns => {
+                return Err(rejected(format!(
+                    "line 1: the CSV header has {fields} columns; a dataset may have at most {max_columns} \
+                     (max_columns)"
+                )))
+            }
+            Some((_, Cut::Fields { fields })) => fields,
+        };
+        let mut header = Vec::with_capacity(fields);
+        let mut seen = std::collections::HashSet::with_capacity(fields);
+        for (i, name) in records.fields(fields).enumerate() {
+            let name = std::str::from_utf8(name)
+                .map(|s| s.trim().to_string())
+                .map_err(|_| rejected(format!("line 1: header field {} is not UTF-8", i + 1)))?;
+            crate::schema::check_column_name(&name).map_err(|e| rejected(format!("line 1: {e}")))?;
+            if !seen.insert(name.clone()) {
+                return Err(rejected(format!(
+                    "line 1: the CSV header names column {name:?} twice; every column needs its own name"
+                )));
+            }
+            header.push(name);
         }
-        Ok(CsvRecords { reader, header, record: csv::ByteRecord::new(), max_bytes })
+        if header.is_empty() || header.iter().any(String::is_empty) {
+            return Err(rejected("line 1: every CSV column needs a name in the header".to_string()));
+        }
+        records.header = header;
+        Ok(records)
     }
 
     pub fn column_names(&self) -> &[String] {
         &self.header
     }
-}
 
-impl<R: Read> RecordSource for CsvRecords<R> {
-    fn next_record(&mut self) -> io::Result<Option<NumberedRecord>> {
-        match self.reader.read_byte_record(&mut self.record) {
-            Ok(false) => Ok(None),
-            Ok(true) => {
-                let line = self.record.position().map(|p| p.line()).unwrap_or(0);
-                if self.record.as_slice().len() > self.max_bytes {
-                    return Ok(Some((line, Err(format!("row is longer than {} bytes", self.max_bytes)))));
-                }
-                let fields = self
-                    .record
-                    .iter()
-                    .enumerate()
-                    .map(|(i, field)| {
-                        std::str::from_utf8(field)
-                            .map(str::to_string)
-                            .map_err(|e| format!("field {}: invalid UTF-8 at byte {}", i + 1, e.valid_up_to()))
-                    })
-                    .collect::<Result<Vec<String>, String>>();
-                Ok(Some((line, fields.map(RawRecord::Fields))))
-            }
-            Err(error) => {
-                let line = error.position().map(|p| p.line()).unwrap_or(0);
-                match error.kind() {
-                    csv::ErrorKind::Io(_) => Err(io::Error::other(error.to_string())),
-                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
-                        Ok(Some((line, Err(format!("expected {expected_len} fields as in the header, found {len}")))))
+    /// The fields of the record just cut.
+    fn fields(&self, count: usize) -> impl Iterator<Item = &[u8]> {
+        (0..count.min(self.ends.len())).map(move |i| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            &self.output[start..self.ends[i]]
+        })
+    }
+
+    /// Cuts the next record and returns the line it starts on, or `None` at the end of the
+    /// input. At most `max_fields` field boundaries are kept (the count is always right).
+    fn cut(&mut self, max_fields: usize) -> io::Result<Option<(u64, Cut)>> {
+        use csv_core::ReadRecordResult;
+        if self.done {
+            return Ok(None);
+        }
+        // As `csv::Reader` numbers records: the line the parser stood on when the record began.
+        let line = self.core.line();
+        let (mut output_len, mut ends_len, mut fields) = (0, 0, 0);
+        let mut too_long = false;
+        loop {
+            let input = self.input.fill_buf()?;
+            let (result, read, written, ended) =
+                self.core.read_record(input, &mut self.output[output_len..], &mut self.ends[ends_len..]);
+            self.input.consume(read);
+            output_len += written;
+            ends_len += ended;
+            fields += ended;
+            match result {
+                ReadRecordResult::InputEmpty => {}
+                ReadRecordResult::OutputFull => {
+                    // One byte beyond the limit tells a record of exactly `max_bytes` from a
+                    // longer one; past that the bytes are thrown away as they are parsed.
+                    if self.output.len() <= self.max_bytes {
+                        let grown = (self.output.len() * 2).clamp(1, self.max_bytes + 1);
+                        self.output.resize(grown, 0);
+                    } else {
+                        too_long = true;
+                        output_len = 0;
                     }
-                    _ => Ok(Some((line, Err(error.to_string())))),
+                }
+                ReadRecordResult::OutputEndsFull => {
+                    if self.ends.len() <= max_fields {
+                        let grown = (self.ends.len() * 2).clamp(1, max_fields + 1);
+                        self.ends.resize(grown, 0);
+                    } else {
+                        // More fields than any record may have: keep counting, keep nothing.
+                        ends_len = 0;
+                    }
+                }
+                ReadRecordResult::Record => {
+                    let cut = if too_long { Cut::TooLong } else { Cut::Fields { fields } };
+                    return Ok(Some((line, cut)));
+                }
+                ReadRecordResult::End => {
+                    self.done = true;
+                    return Ok(None);
                 }
             }
         }
+    }
+}
+
+impl<R: BufRead> RecordSource for CsvRecords<R> {
+    fn next_record(&mut self) -> io::Result<Option<NumberedRecord>> {
+        let expected = self.header.len();
+        let Some((line, cut)) = self.cut(expected)? else { return Ok(None) };
+        let fields = match cut {
+            Cut::TooLong => return Ok(Some((line, Err(format!("row is longer than {} bytes", self.max_bytes))))),
+            Cut::Fields { fields } => fields,
+        };
+        if fields != expected {
+            return Ok(Some((line, Err(format!("expected {expected} fields as in the header, found {fields}")))));
+        }
+        let fields = self
+            .fields(fields)
+            .enumerate()
+            .map(|(i, field)| {
+                std::str::from_utf8(field)
+                    .map(str::to_string)
+                    .map_err(|e| format!("field {}: invalid UTF-8 at byte {}", i + 1, e.valid_up_to()))
+            })
+            .collect::<Result<Vec<String>, String>>();
+        Ok(Some((line, fields.map(RawRecord::Fields))))
     }
 }
 
@@ -371,16 +552,34 @@ mod tests {
     }
 
     #[test]
+    fn csv_records_at_the_limit_pass_and_longer_ones_are_cut() {
+        let input = b"a,b\nxxxx,yy\nxxxx,yyy\n\n1,2,3\n1,2\n".to_vec();
+        let mut records = CsvRecords::new(&input[..], 6, 10).unwrap();
+        let mut seen = Vec::new();
+        while let Some((line, record)) = records.next_record().unwrap() {
+            seen.push(match record {
+                Ok(RawRecord::Fields(fields)) => format!("{line}:{}", fields.join("|")),
+                Ok(_) => unreachable!(),
+                Err(message) => format!("{line}:{message}"),
+            });
+        }
+        assert_eq!(
+            seen,
+            vec!["2:xxxx|yy", "3:row is longer than 6 bytes", "4:expected 2 fields as in the header, found 3", "6:1|2"]
+        );
+    }
+
+    #[test]
     fn compression_is_recognised_by_magic_number() {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, b"{\"a\": 1}\n").unwrap();
         let gz = gz.finish().unwrap();
-        let (mut reader, compression) = decompress(std::io::Cursor::new(gz)).unwrap();
+        let (mut reader, compression) = decompress(std::io::Cursor::new(gz), u64::MAX).unwrap();
         let mut text = String::new();
         reader.read_to_string(&mut text).unwrap();
         assert_eq!((compression, text.as_str()), (Compression::Gzip, "{\"a\": 1}\n"));
         let zst = zstd::encode_all(&b"plain"[..], 3).unwrap();
-        let (mut reader, compression) = decompress(std::io::Cursor::new(zst)).unwrap();
+        let (mut reader, compression) = decompress(std::io::Cursor::new(zst), u64::MAX).unwrap();
         let mut text = String::new();
         reader.read_to_string(&mut text).unwrap();
         assert_eq!((compression, text.as_str()), (Compression::Zstd, "plain"));

@@ -164,3 +164,49 @@ pub fn mask_pii_columns(rows: &mut [serde_json::Map<String, serde_json::Value>],
         }
     }
 }
+
+/// Masks PII in the values a profile shows of `columns` (their top values, and the text
+/// column's frequent tokens when it is one of them), for callers whose role may not see it
+/// raw: a profile must never show what the rows would hide.
+pub fn mask_profile_pii(profile: &mut serde_json::Value, columns: &[String], text_column: Option<&str>) {
+    let Ok(detector) = Detector::new(&[]) else { return };
+    let mask = |text: &mut String| {
+        let spans = detector.find(text);
+        if let Cow::Owned(masked) = factory_pii::redact(text, &spans, PiiAction::Mask, &[]) {
+            *text = masked;
+        }
+    };
+    for column in columns {
+        if let Some(values) = profile["columns"][column]["top_values"].as_array_mut() {
+            for value in values {
+                if let Some(serde_json::Value::String(text)) = value.get_mut("value") {
+                    mask(text);
+                }
+            }
+        }
+    }
+    if text_column.is_some_and(|text| columns.iter().any(|c| c == text)) {
+        if let Some(tokens) = profile["text"]["token_distribution"]["tokens"].as_array_mut() {
+            for token in tokens {
+                if let Some(serde_json::Value::String(text)) = token.get_mut("token") {
+                    mask(text);
+                }
+            }
+        }
+    }
+}
+
+/// Removes every value a profile quotes (top values, frequent tokens), leaving its counts and
+/// distributions: what a caller who may not read rows at all may see.
+pub fn strip_profile_values(profile: &mut serde_json::Value) {
+    if let Some(columns) = profile["columns"].as_object_mut() {
+        for column in columns.values_mut() {
+            if let Some(values) = column.get_mut("top_values") {
+                *values = serde_json::Value::Array(Vec::new());
+            }
+        }
+    }
+    if let Some(tokens) = profile["text"]["token_distribution"].get_mut("tokens") {
+        *tokens = serde_json::Value::Array(Vec::new());
+    }
+}

@@ -9,6 +9,7 @@
 
 mod input;
 mod inspect;
+mod json;
 mod parquet_input;
 mod pipeline;
 pub mod read;
@@ -16,12 +17,13 @@ mod schema;
 mod shards;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 pub use input::Compression;
-pub use inspect::mask_pii_columns;
+pub use inspect::{mask_pii_columns, mask_profile_pii, strip_profile_values};
 pub use pipeline::ingest;
 pub use schema::{Cell, ColumnKind, ColumnSpec};
 
@@ -120,6 +122,13 @@ impl FromStr for DedupMode {
     }
 }
 
+/// Default for [`IngestOptions::max_columns`].
+pub const DEFAULT_MAX_COLUMNS: usize = 1000;
+/// Default for [`IngestOptions::max_decompressed_bytes`]: 16 GiB.
+pub const DEFAULT_MAX_DECOMPRESSED_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+/// Default for [`IngestOptions::max_buffered_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
     pub format: Format,
@@ -128,7 +137,28 @@ pub struct IngestOptions {
     /// The column language models train on; dedup and text statistics apply to it.
     pub text_column: Option<String>,
     pub on_error: OnError,
+    /// The longest record, in bytes as uploaded (after decompression; a Parquet row counts 8
+    /// bytes per cell plus its strings). Longer records of JSON lines, CSV and text are cut off
+    /// while they are read, never held whole; every format reports them as bad rows by line.
     pub max_row_bytes: usize,
+    /// The most columns a dataset may have (a CSV header, a Parquet schema, the keys of JSON
+    /// lines together). Each column costs a typed cell in every row and a profile in the
+    /// manifest, so a wider input is refused, naming the line that crossed the limit. An
+    /// inferred JSON schema of more than 64 columns that the first records fill less than 10%
+    /// is refused too, naming the line that widened it (a declared schema may be that sparse).
+    pub max_columns: usize,
+    /// The most bytes a gzip or zstd upload may expand to. Past it the upload is refused, so
+    /// a small bomb cannot fill memory or the disk Parquet uploads are spooled to.
+    pub max_decompressed_bytes: u64,
+    /// The most memory the records held between reading and writing may take: the schema
+    /// inference window, the read-ahead between the two threads and the shard's open batch.
+    /// Counted as an estimate of their size in memory, not as a number of records, since one
+    /// record may be a hundred thousand times larger than another.
+    pub max_buffered_bytes: usize,
+    /// Where Parquet uploads are spooled (their schema is at the end of the file); `None`
+    /// uses the system's temporary directory. The server passes a directory under its data
+    /// directory, whose size the operator provisions.
+    pub temp_dir: Option<PathBuf>,
     /// A declared schema; inferred from the first `inference_rows` records when absent.
     pub schema: Option<Vec<ColumnSpec>>,
     pub pii_policy: PiiPolicy,
@@ -137,6 +167,8 @@ pub struct IngestOptions {
     /// The tenant's key for keyed hashing of PII values.
     pub pii_hash_key: Vec<u8>,
     pub dedup: DedupMode,
+    /// Records the schema is inferred from: this many, or as many as fit in three quarters of
+    /// `max_buffered_bytes`, whichever is fewer.
     pub inference_rows: usize,
     pub max_shard_rows: u64,
     pub max_shard_bytes: usize,
@@ -150,6 +182,10 @@ impl IngestOptions {
             text_column: None,
             on_error: OnError::Fail,
             max_row_bytes: 1024 * 1024,
+            max_columns: DEFAULT_MAX_COLUMNS,
+            max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            temp_dir: None,
             schema: None,
             pii_policy: PiiPolicy::default(),
             custom_pii: Vec::new(),
@@ -227,11 +263,45 @@ pub struct IngestError {
     pub errors: Vec<RowError>,
 }
 
+/// The longest message an error (of a row or of the whole upload) carries. Messages quote the
+/// input (a field, a key, a header), which may be megabytes long, and end up in the manifest
+/// and in HTTP responses.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Cuts `message` to at most `MAX_MESSAGE_BYTES` bytes, on a character boundary.
+pub(crate) fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES - '\u{2026}'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('\u{2026}');
+    }
+    message
+}
+
 impl IngestError {
     fn new(kind: IngestErrorKind, message: impl Into<String>) -> Self {
-        IngestError { kind, message: message.into(), errors: Vec::new() }
+        IngestError { kind, message: bounded_message(message.into()), errors: Vec::new() }
+    }
+
+    /// The upload was refused (422).
+    pub(crate) fn rejected(message: impl Into<String>) -> Self {
+        IngestError::new(IngestErrorKind::Rejected, message)
+    }
+
+    /// Reading the upload failed. A decompression limit that was reached is a refusal, not a
+    /// broken upload, so it is reported as one.
+    pub(crate) fn from_io(error: &std::io::Error) -> Self {
+        match input::limit_reached(error) {
+            Some(limit) => IngestError::rejected(limit.to_string()),
+            None => IngestError::new(IngestErrorKind::Input, format!("reading the upload failed: {error}")),
+        }
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

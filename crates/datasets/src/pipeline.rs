@@ -2,28 +2,44 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
+use std::sync::{mpsc, Condvar, Mutex, PoisonError};
 
 use crate::input::{
-    decompress, CsvRecords, HashingReader, JsonLines, NumberedRecord, RawRecord, RecordSource, TextRecords,
+    decompress, record_footprint, CsvRecords, HashingReader, JsonLines, NumberedRecord, RawRecord, RecordSource,
+    TextRecords,
 };
 use crate::inspect::Inspector;
 use crate::parquet_input::ParquetRecords;
-use crate::schema::{json_cell, text_cell, text_kind, unify_text_kinds, Cell, ColumnKind, ColumnSpec, JsonInference};
+use crate::schema::{
+    cells_footprint, json_cell, text_cell, text_kind, unify_text_kinds, Cell, ColumnKind, ColumnSpec, JsonInference,
+};
 use crate::shards::ShardWriter;
 use crate::{
-    DedupMode, Format, IngestError, IngestErrorKind, IngestOptions, Ingested, OnError, PiiTreatment, RowError,
-    ShardInfo, ShardSink, SourceInfo,
+    bounded_message, DedupMode, Format, IngestError, IngestErrorKind, IngestOptions, Ingested, OnError, PiiTreatment,
+    RowError, ShardInfo, ShardSink, SourceInfo,
 };
 use factory_profile::{Fingerprint, Fingerprinter};
 
 const REPORTED_ERRORS: usize = 20;
-/// Records per batch handed from the reader thread, and batches it may read ahead.
+/// The most records per batch handed from the reader thread; batches are also cut at an
+/// eighth of the read-ahead budget, so a few large records make a batch of their own.
 const READ_BATCH: usize = 512;
-const READ_AHEAD_BATCHES: usize = 4;
+/// What a dedup fingerprint holds: a 128-permutation MinHash signature and its band keys.
+const FINGERPRINT_BYTES: usize = 128 * 4 + 64 * 8 + 64;
 
 /// A record's line (or record number), its cells and the dedup fingerprint of its text, or
 /// why it could not be converted.
 type ConvertedRecord = (u64, Result<(Vec<Cell>, Option<Fingerprint>), String>);
+
+fn converted_footprint(record: &ConvertedRecord) -> usize {
+    std::mem::size_of::<ConvertedRecord>()
+        + match &record.1 {
+            Ok((cells, fingerprint)) => {
+                cells_footprint(cells) + if fingerprint.is_some() { FINGERPRINT_BYTES } else { 0 }
+            }
+            Err(message) => message.capacity(),
+        }
+}
 
 /// Converts one raw record and fingerprints its text column (the uploaded text, before PII
 /// treatment) when dedup is on.
@@ -44,27 +60,96 @@ impl Preparer<'_> {
     }
 }
 
-/// The reader stage: records from `source`, converted and fingerprinted, in batches, until the
-/// input ends, it fails, or the consumer hangs up (it rejected the upload).
+/// The memory records held between reading and ingesting may take, in bytes (by the
+/// footprint estimate). The reader takes before it hands a batch over and waits while the
+/// budget is spent; the ingest thread gives back once it has processed the batch. Counting
+/// bytes rather than batches matters: a batch of 512 records is 10 KB of short lines, or
+/// 8 GB of 16 MB lines, or 16 MB of empty rows of a thousand columns.
+struct Budget {
+    limit: usize,
+    state: Mutex<BudgetState>,
+    changed: Condvar,
+}
+
+struct BudgetState {
+    used: usize,
+    /// The ingest thread stopped taking records (done, or it refused the upload).
+    closed: bool,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Self {
+        Budget {
+            limit: limit.max(1),
+            state: Mutex::new(BudgetState { used: 0, closed: false }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Takes `bytes`, waiting while they do not fit. A batch larger than the whole budget
+    /// goes through once nothing else is held, so one huge record cannot stall the upload.
+    /// False once the ingest thread has hung up.
+    fn take(&self, bytes: usize) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while !state.closed && state.used > 0 && state.used.saturating_add(bytes) > self.limit {
+            state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        state.used = state.used.saturating_add(bytes);
+        !state.closed
+    }
+
+    fn give_back(&self, bytes: usize) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.used = state.used.saturating_sub(bytes);
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.closed = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Closes the budget when the ingest thread stops consuming, however it stops, so a reader
+/// waiting for room wakes up and ends.
+struct HangUp<'a>(&'a Budget);
+
+impl Drop for HangUp<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The reader stage: records from `source`, converted and fingerprinted, in batches within
+/// the budget, until the input ends, it fails, or the consumer hangs up (it rejected the
+/// upload).
 fn read_records(
     source: &mut (dyn RecordSource + Send),
     preparer: &Preparer<'_>,
-    sender: std::sync::mpsc::SyncSender<Vec<ConvertedRecord>>,
+    sender: mpsc::Sender<(Vec<ConvertedRecord>, usize)>,
+    budget: &Budget,
 ) -> std::io::Result<()> {
-    let mut batch = Vec::with_capacity(READ_BATCH);
+    let batch_limit = (budget.limit / 8).max(1);
+    let mut batch = Vec::new();
+    let mut bytes = 0;
     while let Some((line, record)) = source.next_record()? {
-        batch.push((line, preparer.prepare(record)));
-        if batch.len() == READ_BATCH
-            && sender.send(std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH))).is_err()
-        {
-            return Ok(());
+        let converted = (line, preparer.prepare(record));
+        bytes += converted_footprint(&converted);
+        batch.push(converted);
+        if batch.len() == READ_BATCH || bytes >= batch_limit {
+            if !budget.take(bytes) || sender.send((std::mem::take(&mut batch), bytes)).is_err() {
+                return Ok(());
+            }
+            bytes = 0;
         }
     }
-    if !batch.is_empty() {
-        let _ = sender.send(batch);
+    if !batch.is_empty() && budget.take(bytes) {
+        let _ = sender.send((batch, bytes));
     }
     Ok(())
 }
+
 pub const DUPLICATE_COLUMN: &str = "_duplicate_of";
 
 /// Streams `input` into shards stored through `sink`. On error the sink's owner deletes what
@@ -81,8 +166,12 @@ fn input_error(error: impl std::fmt::Display) -> IngestError {
     IngestError::new(IngestErrorKind::Input, format!("reading the upload failed: {error}"))
 }
 
+fn io_error(error: std::io::Error) -> IngestError {
+    IngestError::from_io(&error)
+}
+
 fn rejected(message: impl Into<String>) -> IngestError {
-    IngestError::new(IngestErrorKind::Rejected, message)
+    IngestError::rejected(message)
 }
 
 /// Turns raw records into cells of the input schema.
@@ -120,12 +209,12 @@ impl Converter {
 }
 
 fn infer_schema(
-    format: Format,
+    options: &IngestOptions,
     source: &dyn RecordSource,
     csv_header: Option<&[String]>,
     window: &[NumberedRecord],
-    declared: Option<&Vec<ColumnSpec>>,
 ) -> Result<Vec<ColumnSpec>, IngestError> {
+    let (format, declared) = (options.format, options.schema.as_ref());
     if let Some(header) = source.header() {
         if let (Some(declared), Format::Parquet) = (declared, format) {
             if declared != &header {
@@ -164,12 +253,13 @@ fn infer_schema(
             if let Some(declared) = declared {
                 return Ok(declared.clone());
             }
-            let mut inference = JsonInference::default();
-            for (_, record) in window {
+            let mut inference = JsonInference::new(options.max_columns);
+            for (line, record) in window {
                 if let Ok(RawRecord::Object(object)) = record {
-                    inference.observe(object);
+                    inference.observe(*line, object).map_err(rejected)?;
                 }
             }
+            inference.check_density().map_err(rejected)?;
             Ok(inference.finish())
         }
         Format::Text | Format::Parquet => Err(rejected("internal: this format carries its own schema")),
@@ -181,30 +271,36 @@ fn run(
     options: &IngestOptions,
     sink: &mut dyn ShardSink,
 ) -> Result<Ingested, IngestError> {
-    let mut stored = Vec::new();
     let (hashing, source_stats) = HashingReader::new(input);
-    let (reader, compression) = decompress(hashing).map_err(input_error)?;
+    let (reader, compression) = decompress(hashing, options.max_decompressed_bytes).map_err(io_error)?;
     let mut csv_header = None;
     let mut source: Box<dyn RecordSource + Send> = match options.format {
-        Format::Jsonl => Box::new(JsonLines::new(reader, options.max_row_bytes)),
+        Format::Jsonl => Box::new(JsonLines::new(reader, options.max_row_bytes, options.max_columns)),
         Format::Text => Box::new(TextRecords::new(reader, options.paragraphs, options.max_row_bytes)),
         Format::Csv => {
-            let records = CsvRecords::new(reader, options.max_row_bytes).map_err(rejected)?;
+            let records = CsvRecords::new(reader, options.max_row_bytes, options.max_columns)?;
             csv_header = Some(records.column_names().to_vec());
             Box::new(records)
         }
-        Format::Parquet => Box::new(ParquetRecords::spool(reader).map_err(rejected)?),
+        Format::Parquet => Box::new(ParquetRecords::spool(reader, options)?),
     };
 
+    // Three quarters of the buffer budget for records read but not yet ingested (the
+    // inference window first), one quarter for the shard's open batch.
+    let budget = Budget::new(options.max_buffered_bytes / 4 * 3);
     let mut window = Vec::new();
-    while window.len() < options.inference_rows {
-        match source.next_record().map_err(input_error)? {
-            Some(record) => window.push(record),
+    let mut window_bytes = 0;
+    while window.len() < options.inference_rows && window_bytes < budget.limit {
+        match source.next_record().map_err(io_error)? {
+            Some(record) => {
+                window_bytes += record_footprint(&record);
+                window.push(record);
+            }
             None => break,
         }
     }
-    let columns =
-        infer_schema(options.format, source.as_ref(), csv_header.as_deref(), &window, options.schema.as_ref())?;
+    budget.take(window_bytes);
+    let columns = infer_schema(options, source.as_ref(), csv_header.as_deref(), &window)?;
     let converter = match options.format {
         Format::Jsonl => Converter::Object {
             index: columns.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect(),
@@ -230,24 +326,30 @@ fn run(
     let mut inspector = Inspector::new(options).map_err(rejected)?;
     // A column is dropped when the policy says so by name, or when the default treatment is
     // drop_column and the first records show PII in it. PII found later in a kept column is
-    // masked, never kept, so a late discovery cannot leak.
-    let mut keep: Vec<bool> = Vec::with_capacity(columns.len());
-    for (position, column) in columns.iter().enumerate() {
-        let explicit = options.pii_policy.columns.get(&column.name).copied();
-        let dropped = match explicit {
-            Some(PiiTreatment::DropColumn) => true,
-            Some(_) => false,
-            None if options.pii_policy.default == PiiTreatment::DropColumn => window.iter().any(|(_, record)| {
-                record
-                    .as_ref()
-                    .ok()
-                    .and_then(|raw| converter.convert(raw.clone()).ok())
-                    .is_some_and(|cells| matches!(&cells[position], Cell::Str(text) if inspector.has_pii(text)))
-            }),
-            None => false,
-        };
-        keep.push(!dropped);
+    // masked, never kept, so a late discovery cannot leak. The window is converted once for
+    // all columns, not once per column: that would be columns x records conversions.
+    let mut pii_seen = vec![false; columns.len()];
+    if options.pii_policy.default == PiiTreatment::DropColumn {
+        for (_, record) in &window {
+            let Some(cells) = record.as_ref().ok().and_then(|raw| converter.convert(raw.clone()).ok()) else {
+                continue;
+            };
+            for (seen, cell) in pii_seen.iter_mut().zip(&cells) {
+                if !*seen && matches!(cell, Cell::Str(text) if inspector.has_pii(text)) {
+                    *seen = true;
+                }
+            }
+        }
     }
+    let keep: Vec<bool> = columns
+        .iter()
+        .zip(&pii_seen)
+        .map(|(column, seen)| match options.pii_policy.columns.get(&column.name) {
+            Some(PiiTreatment::DropColumn) => false,
+            Some(_) => true,
+            None => !(options.pii_policy.default == PiiTreatment::DropColumn && *seen),
+        })
+        .collect();
     let mut kept: Vec<ColumnSpec> =
         columns.iter().zip(&keep).filter(|(_, keep)| **keep).map(|(column, _)| column.clone()).collect();
     let dropped_columns: Vec<String> =
@@ -264,77 +366,61 @@ fn run(
     }
     inspector.start(&kept, text_index);
 
-    let mut writer = ShardWriter::new(&kept, options.max_shard_rows, options.max_shard_bytes);
-    let mut rows = 0u64;
-    let mut skipped = 0u64;
-    let mut errors: Vec<RowError> = Vec::new();
-    // Two stages on two threads: this one inspects, deduplicates, profiles and writes shards
-    // while a reader thread decompresses, splits and parses the next records. The channel holds
-    // a few batches, so memory stays bounded and a slow stage throttles the other.
     let preparer = Preparer {
         converter: &converter,
         fingerprinter: inspector.fingerprinter(),
         text_position: options.text_column.as_ref().and_then(|t| columns.iter().position(|c| &c.name == t)),
     };
+    let mut stage = Stage {
+        options,
+        writer: ShardWriter::new(
+            &kept,
+            options.max_shard_rows,
+            options.max_shard_bytes,
+            (options.max_buffered_bytes / 4).max(1),
+        ),
+        inspector,
+        sink,
+        keep,
+        any_dropped: !dropped_columns.is_empty(),
+        text_index,
+        stored: Vec::new(),
+        rows: 0,
+        skipped: 0,
+        errors: Vec::new(),
+    };
+    // Two stages on two threads: this one inspects, deduplicates, profiles and writes shards
+    // while a reader thread decompresses, splits and parses the next records. What is read
+    // ahead is bounded by the budget in bytes, so a slow stage throttles the other.
     let preparer = &preparer;
+    let budget = &budget;
     std::thread::scope(|scope| -> Result<(), IngestError> {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<ConvertedRecord>>(READ_AHEAD_BATCHES);
-        let reader = scope.spawn(move || read_records(source.as_mut(), preparer, sender));
-        let window = window.into_iter().map(|(line, record)| (line, preparer.prepare(record)));
-        let mut records = window.chain(receiver.into_iter().flatten());
-        for (line, prepared) in records.by_ref() {
-            let (mut cells, fingerprint) = match prepared {
-                Ok(prepared) => prepared,
-                Err(message) => {
-                    let error = RowError { line, message };
-                    match options.on_error {
-                        OnError::Fail => {
-                            let mut rejection = rejected(format!("line {}: {}", error.line, error.message));
-                            rejection.errors.push(error);
-                            return Err(rejection);
-                        }
-                        OnError::Skip => {
-                            skipped += 1;
-                            if errors.len() < REPORTED_ERRORS {
-                                errors.push(error);
-                            }
-                            continue;
-                        }
-                    }
+        let (sender, receiver) = mpsc::channel::<(Vec<ConvertedRecord>, usize)>();
+        let reader = scope.spawn(move || read_records(source.as_mut(), preparer, sender, budget));
+        let consumed = (|| {
+            let _hang_up = HangUp(budget);
+            for (line, record) in window {
+                stage.take(line, preparer.prepare(record))?;
+            }
+            budget.give_back(window_bytes);
+            for (batch, bytes) in receiver {
+                for (line, prepared) in batch {
+                    stage.take(line, prepared)?;
                 }
-            };
-            if !dropped_columns.is_empty() {
-                let mut position = 0;
-                cells.retain(|_| {
-                    let keep_it = keep[position];
-                    position += 1;
-                    keep_it
-                });
+                budget.give_back(bytes);
             }
-            inspector.scan(&mut cells);
-            if text_index.is_some() {
-                let duplicate_of = fingerprint.as_ref().and_then(|f| inspector.duplicate_of(f));
-                match (options.dedup, duplicate_of) {
-                    (DedupMode::Remove, Some(_)) => continue,
-                    (DedupMode::Flag, duplicate) => {
-                        cells.push(duplicate.map(|d| Cell::Int(d as i64)).unwrap_or(Cell::Null))
-                    }
-                    _ => {}
-                }
-            }
-            inspector.profile(&cells);
-            rows += 1;
-            if let Some(shard) = writer.append(&cells).map_err(rejected)? {
-                store_shard(sink, shard, &mut stored)?;
-            }
-        }
-        drop(records);
-        // The channel ended: either the input did, or reading it failed.
-        match reader.join() {
-            Ok(result) => result.map_err(input_error),
+            Ok(())
+        })();
+        // Joined before anything returns: the reader ends once the budget is closed and the
+        // channel's receiver is gone, and a panic there is an error here, not a second panic.
+        let read = reader.join();
+        consumed?;
+        match read {
+            Ok(result) => result.map_err(io_error),
             Err(_) => Err(input_error("the reader thread panicked")),
         }
     })?;
+    let Stage { writer, inspector, sink, mut stored, rows, skipped, errors, .. } = stage;
     if let Some(shard) = writer.finish().map_err(rejected)? {
         store_shard(sink, shard, &mut stored)?;
     }
@@ -346,6 +432,11 @@ fn run(
         };
         rejection.errors = errors;
         return Err(rejection);
+    }
+    if kept.is_empty() {
+        return Err(rejected(
+            "no column is left to store: the records name no field, or the PII policy dropped them all",
+        ));
     }
     let source = {
         let stats = source_stats.lock().map_err(|_| input_error("source statistics poisoned"))?;
@@ -366,6 +457,72 @@ fn run(
         dedup: report.dedup,
         profile: report.profile,
     })
+}
+
+/// The ingest thread's side: every record, in order, is rejected or skipped, or inspected,
+/// deduplicated, profiled and appended to the open shard.
+struct Stage<'a> {
+    options: &'a IngestOptions,
+    inspector: Inspector,
+    writer: ShardWriter,
+    sink: &'a mut dyn ShardSink,
+    keep: Vec<bool>,
+    any_dropped: bool,
+    text_index: Option<usize>,
+    stored: Vec<ShardInfo>,
+    rows: u64,
+    skipped: u64,
+    errors: Vec<RowError>,
+}
+
+impl Stage<'_> {
+    fn take(
+        &mut self,
+        line: u64,
+        prepared: Result<(Vec<Cell>, Option<Fingerprint>), String>,
+    ) -> Result<(), IngestError> {
+        let (mut cells, fingerprint) = match prepared {
+            Ok(prepared) => prepared,
+            Err(message) => {
+                let error = RowError { line, message: bounded_message(message) };
+                return match self.options.on_error {
+                    OnError::Fail => {
+                        let mut rejection = rejected(format!("line {}: {}", error.line, error.message));
+                        rejection.errors.push(error);
+                        Err(rejection)
+                    }
+                    OnError::Skip => {
+                        self.skipped += 1;
+                        if self.errors.len() < REPORTED_ERRORS {
+                            self.errors.push(error);
+                        }
+                        Ok(())
+                    }
+                };
+            }
+        };
+        if self.any_dropped {
+            let mut keep = self.keep.iter();
+            cells.retain(|_| keep.next().copied().unwrap_or(true));
+        }
+        self.inspector.scan(&mut cells);
+        if self.text_index.is_some() {
+            let duplicate_of = fingerprint.as_ref().and_then(|f| self.inspector.duplicate_of(f));
+            match (self.options.dedup, duplicate_of) {
+                (DedupMode::Remove, Some(_)) => return Ok(()),
+                (DedupMode::Flag, duplicate) => {
+                    cells.push(duplicate.map(|d| Cell::Int(d as i64)).unwrap_or(Cell::Null))
+                }
+                _ => {}
+            }
+        }
+        self.inspector.profile(&cells);
+        self.rows += 1;
+        if let Some(shard) = self.writer.append(&cells).map_err(rejected)? {
+            store_shard(self.sink, shard, &mut self.stored)?;
+        }
+        Ok(())
+    }
 }
 
 fn store_shard(

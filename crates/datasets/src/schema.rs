@@ -78,12 +78,56 @@ pub enum Cell {
     Str(String),
 }
 
-/// Infers column kinds from JSON objects, in order of first appearance.
-#[derive(Debug, Default)]
+impl Cell {
+    /// An estimate of the memory the cell takes, heap included.
+    pub fn footprint(&self) -> usize {
+        std::mem::size_of::<Cell>()
+            + match self {
+                Cell::Str(text) => text.capacity(),
+                _ => 0,
+            }
+    }
+}
+
+/// An estimate of the memory a row of cells takes.
+pub fn cells_footprint(cells: &[Cell]) -> usize {
+    std::mem::size_of::<Vec<Cell>>() + cells.iter().map(Cell::footprint).sum::<usize>()
+}
+
+/// The longest column name. Names are repeated in the schema, the profile and the PII report
+/// of the manifest, and in every shard, so their length is bounded like the column count.
+pub const MAX_COLUMN_NAME_BYTES: usize = 256;
+
+/// Whether `name` may name a column.
+pub fn check_column_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_COLUMN_NAME_BYTES {
+        let mut end = 32;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        return Err(format!("the column name {:?}\u{2026} is longer than {MAX_COLUMN_NAME_BYTES} bytes", &name[..end]));
+    }
+    Ok(())
+}
+
+/// Infers column kinds from JSON objects, in order of first appearance, and refuses a schema
+/// wider than `max_columns`.
+#[derive(Debug)]
 pub struct JsonInference {
     order: Vec<String>,
     kinds: BTreeMap<String, Option<ColumnKind>>,
+    max_columns: usize,
+    /// Keys present, over all records observed: how full the schema's rows are.
+    cells_present: u64,
+    records: u64,
+    /// The line whose keys made the schema wider than `SPARSE_MIN_COLUMNS`.
+    widened_at: Option<u64>,
 }
+
+/// Schemas at least this wide are checked for sparseness.
+pub const SPARSE_MIN_COLUMNS: usize = 64;
+/// The least share (in percent) of a wide schema's cells the inferred records must fill.
+pub const SPARSE_MIN_FILL_PERCENT: u64 = 10;
 
 pub fn json_kind(value: &serde_json::Value) -> Option<ColumnKind> {
     match value {
@@ -97,7 +141,22 @@ pub fn json_kind(value: &serde_json::Value) -> Option<ColumnKind> {
 }
 
 impl JsonInference {
-    pub fn observe(&mut self, object: &serde_json::Map<String, serde_json::Value>) {
+    pub fn new(max_columns: usize) -> Self {
+        JsonInference {
+            order: Vec::new(),
+            kinds: BTreeMap::new(),
+            max_columns,
+            cells_present: 0,
+            records: 0,
+            widened_at: None,
+        }
+    }
+
+    /// Adds the keys of the record on `line`; refuses one that would make the schema wider
+    /// than `max_columns` or that names a column with an overlong name.
+    pub fn observe(&mut self, line: u64, object: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
+        self.records += 1;
+        self.cells_present += object.len() as u64;
         for (key, value) in object {
             let kind = json_kind(value);
             match self.kinds.get_mut(key) {
@@ -108,11 +167,43 @@ impl JsonInference {
                     }
                 }
                 None => {
+                    if self.order.len() == self.max_columns {
+                        return Err(format!(
+                            "line {line}: field {key:?} would be column {}, but a dataset may have at most {} columns \
+                             (max_columns)",
+                            self.max_columns + 1,
+                            self.max_columns
+                        ));
+                    }
+                    check_column_name(key).map_err(|e| format!("line {line}: {e}"))?;
                     self.order.push(key.clone());
                     self.kinds.insert(key.clone(), kind);
+                    if self.order.len() == SPARSE_MIN_COLUMNS + 1 {
+                        self.widened_at = Some(line);
+                    }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Refuses a wide schema that the records fill mostly with nulls: a few short records each
+    /// naming new keys would otherwise make every later row a thousand null cells, an
+    /// amplification of bytes uploaded into memory and shards that nothing else bounds. A
+    /// dataset that really is this sparse can declare its schema.
+    pub fn check_density(&self) -> Result<(), String> {
+        let (Some(line), columns) = (self.widened_at, self.order.len() as u64) else { return Ok(()) };
+        let possible = columns.saturating_mul(self.records).max(1);
+        let percent = self.cells_present.saturating_mul(100) / possible;
+        if percent < SPARSE_MIN_FILL_PERCENT {
+            return Err(format!(
+                "line {line}: its keys make the schema {columns} columns wide, but the first {} records fill only \
+                 {percent}% of their cells (at least {SPARSE_MIN_FILL_PERCENT}% is needed); declare the schema to \
+                 ingest data this sparse",
+                self.records
+            ));
+        }
+        Ok(())
     }
 
     /// Columns that were only ever null are strings: the most permissive scalar.
@@ -199,9 +290,10 @@ mod tests {
 
     #[test]
     fn inference_widens_numbers_and_keeps_mixed_values_as_json() {
-        let mut inference = JsonInference::default();
-        for line in [r#"{"a": 1, "b": "x", "c": null}"#, r#"{"a": 2.5, "b": 3, "d": [1]}"#] {
-            inference.observe(&serde_json::from_str(line).unwrap());
+        let mut inference = JsonInference::new(10);
+        for (number, line) in [r#"{"a": 1, "b": "x", "c": null}"#, r#"{"a": 2.5, "b": 3, "d": [1]}"#].iter().enumerate()
+        {
+            inference.observe(number as u64 + 1, &serde_json::from_str(line).unwrap()).unwrap();
         }
         let kinds: Vec<(String, ColumnKind)> = inference.finish().into_iter().map(|c| (c.name, c.kind)).collect();
         assert_eq!(

@@ -9,6 +9,7 @@ use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::schema::{Cell, ColumnKind, ColumnSpec};
 
@@ -16,6 +17,11 @@ use crate::schema::{Cell, ColumnKind, ColumnSpec};
 pub const KIND_METADATA_KEY: &str = "factory.type";
 
 const BATCH_ROWS: usize = 8192;
+/// Columns of a shard that may be dictionary-encoded (see `flush_batch`).
+const DICTIONARY_COLUMNS: usize = 64;
+/// What an Arrow builder holds per cell besides string bytes: a value slot or an offset, and
+/// the validity bit.
+const CELL_BYTES: usize = 9;
 
 pub fn arrow_schema(columns: &[ColumnSpec]) -> Schema {
     let fields: Vec<Field> = columns
@@ -45,9 +51,11 @@ enum ColumnBuilder {
 impl ColumnBuilder {
     fn new(kind: ColumnKind) -> Self {
         match kind {
-            ColumnKind::Boolean => ColumnBuilder::Boolean(BooleanBuilder::with_capacity(BATCH_ROWS)),
-            ColumnKind::Integer => ColumnBuilder::Integer(Int64Builder::with_capacity(BATCH_ROWS)),
-            ColumnKind::Float => ColumnBuilder::Float(Float64Builder::with_capacity(BATCH_ROWS)),
+            // Builders grow as rows come: reserving a full batch up front would cost 64 KiB
+            // per column before the first row, 64 MiB for a schema of a thousand columns.
+            ColumnKind::Boolean => ColumnBuilder::Boolean(BooleanBuilder::new()),
+            ColumnKind::Integer => ColumnBuilder::Integer(Int64Builder::new()),
+            ColumnKind::Float => ColumnBuilder::Float(Float64Builder::new()),
             ColumnKind::String | ColumnKind::Json => ColumnBuilder::Text(StringBuilder::new()),
         }
     }
@@ -99,10 +107,15 @@ pub struct ShardWriter {
     rows_in_shard: u64,
     max_shard_rows: u64,
     max_shard_bytes: usize,
+    /// Bytes in the builders (the open batch), and the most they may hold: a batch is written
+    /// out at `BATCH_ROWS` rows or at this size, whichever comes first, so rows of megabytes
+    /// or of a thousand columns do not pile up eight thousand deep.
+    batch_bytes: usize,
+    max_batch_bytes: usize,
 }
 
 impl ShardWriter {
-    pub fn new(columns: &[ColumnSpec], max_shard_rows: u64, max_shard_bytes: usize) -> Self {
+    pub fn new(columns: &[ColumnSpec], max_shard_rows: u64, max_shard_bytes: usize, max_batch_bytes: usize) -> Self {
         ShardWriter {
             schema: Arc::new(arrow_schema(columns)),
             builders: columns.iter().map(|c| ColumnBuilder::new(c.kind)).collect(),
@@ -110,6 +123,8 @@ impl ShardWriter {
             rows_in_shard: 0,
             max_shard_rows,
             max_shard_bytes,
+            batch_bytes: 0,
+            max_batch_bytes,
         }
     }
 
@@ -117,9 +132,11 @@ impl ShardWriter {
     pub fn append(&mut self, cells: &[Cell]) -> Result<Option<Shard>, String> {
         for (builder, cell) in self.builders.iter_mut().zip(cells) {
             builder.append(cell);
+            self.batch_bytes += CELL_BYTES + if let Cell::Str(text) = cell { text.len() } else { 0 };
         }
         self.rows_in_shard += 1;
-        if self.builders.first().map(ColumnBuilder::len).unwrap_or(0) >= BATCH_ROWS {
+        let batch_rows = self.builders.first().map(ColumnBuilder::len).unwrap_or(0);
+        if batch_rows >= BATCH_ROWS || self.batch_bytes >= self.max_batch_bytes {
             self.flush_batch()?;
             let writer_bytes = self.writer.as_ref().map(|w| w.bytes_written() + w.in_progress_size()).unwrap_or(0);
             if self.rows_in_shard >= self.max_shard_rows || writer_bytes >= self.max_shard_bytes {
@@ -139,13 +156,22 @@ impl ShardWriter {
         if self.builders.first().map(ColumnBuilder::len).unwrap_or(0) == 0 {
             return Ok(());
         }
+        self.batch_bytes = 0;
         let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(ColumnBuilder::finish).collect();
         let batch = RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| format!("building a batch: {e}"))?;
         if self.writer.is_none() {
-            let properties = WriterProperties::builder()
+            let mut properties = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| e.to_string())?))
                 .set_max_row_group_row_count(Some(64 * 1024))
-                .build();
+                .set_dictionary_enabled(false);
+            // Parquet's dictionary encoder reserves about 74 KiB per column up front, whatever
+            // the column holds: 74 MiB per open shard for a thousand columns. Only the first
+            // columns get one, so a wide schema costs memory by its bytes, not its width.
+            for field in self.schema.fields().iter().take(DICTIONARY_COLUMNS) {
+                properties =
+                    properties.set_column_dictionary_enabled(ColumnPath::new(vec![field.name().clone()]), true);
+            }
+            let properties = properties.build();
             let writer = ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(properties))
                 .map_err(|e| format!("starting a Parquet shard: {e}"))?;
             self.writer = Some(writer);

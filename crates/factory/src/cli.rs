@@ -622,7 +622,8 @@ pub enum JobCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the whole log offline from the database and check every checkpoint
+    /// Recompute the whole log offline from the database and check it against every
+    /// checkpoint, stored or kept by a witness
     Verify(VerifyArgs),
     /// Fetch a signed checkpoint of the log as it is now
     Checkpoint {
@@ -677,6 +678,17 @@ pub struct VerifyArgs {
     /// elsewhere so that a forged key file cannot vouch for a forged log
     #[arg(long)]
     pub public_key: Option<String>,
+    /// A trusted checkpoint: a file as the factory published it (or a signed note from
+    /// `factory audit checkpoint`), copied by a witness. The log must extend it. Repeatable; a
+    /// directory adds every published checkpoint in it. Published checkpoints found in
+    /// DATA_DIR/checkpoints are checked too
+    #[arg(long = "checkpoint", value_name = "PATH")]
+    pub checkpoints: Vec<PathBuf>,
+    /// The factory's `audit.checkpoint_interval_secs`. Records that no checkpoint covers may
+    /// span at most twice this plus a minute; a longer span means later checkpoints were
+    /// deleted (or signing stopped). 0 skips the check
+    #[arg(long, default_value_t = 60)]
+    pub checkpoint_interval_secs: u64,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

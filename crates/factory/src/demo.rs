@@ -228,7 +228,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let config = format!(
         "data_dir = {data_dir:?}\nlisten = \"127.0.0.1:{port}\"\n\n[jobs]\nworkers = 3\n\n[drift]\ninterval_ms = 500\n\n\
-         [pipelines]\nwebhooks = [{webhook_url:?}]\n\n[feedback.metrics]\nthumbs_up = {{ type = \"boolean\", better = \"higher\", level = \"inference\" }}\n",
+         [pipelines]\nwebhooks = [{webhook_url:?}]\n\n[secrets]\ndemo = [\"WEBHOOK_SECRET_DEMO\"]\n\n[feedback.metrics]\nthumbs_up = {{ type = \"boolean\", better = \"higher\", level = \"inference\" }}\n",
         data_dir = data_dir.display().to_string(),
         port = args.port,
     );
@@ -280,9 +280,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(30), server.wait()).await;
     outcome?;
-    crate::verify::run(crate::cli::VerifyArgs { data_dir: data_dir.clone(), database_url: None, public_key: None })
-        .await
-        .context("factory audit verify")?;
+    crate::verify::run(crate::cli::VerifyArgs {
+        data_dir: data_dir.clone(),
+        database_url: None,
+        public_key: None,
+        // The published checkpoints in the data directory are read anyway; the demo's factory
+        // signs at the default interval.
+        checkpoints: Vec::new(),
+        checkpoint_interval_secs: 60,
+    })
+    .await
+    .context("factory audit verify")?;
     report.step("factory audit verify", "the audit log verifies");
     println!(
         "\nDone in {:.1} s. Data, models and logs are in {}.",
@@ -430,11 +438,20 @@ secret_env = "WEBHOOK_SECRET_DEMO"
     // Traffic: the application asks, the simulated users judge.
     let stop = Arc::new(AtomicBool::new(false));
     let asked_twain = Arc::new(AtomicBool::new(false));
+    // Answered requests only: a failed call is counted apart, never as traffic the monitors saw.
     let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let liked = Arc::new(tokio::sync::Mutex::new(Vec::<(bool, bool)>::new()));
     let traffic = {
-        let (app, judge, stop, asked_twain, sent, liked) =
-            (app.clone(), judge.clone(), stop.clone(), asked_twain.clone(), sent.clone(), liked.clone());
+        let (app, judge, stop, asked_twain, sent, failed, liked) = (
+            app.clone(),
+            judge.clone(),
+            stop.clone(),
+            asked_twain.clone(),
+            sent.clone(),
+            failed.clone(),
+            liked.clone(),
+        );
         let (shakespeare, twain) = (shakespeare.to_vec(), twain.to_vec());
         tokio::spawn(async move {
             let mut rng = factory_drift::stats::Resampler::new(42);
@@ -448,11 +465,12 @@ secret_env = "WEBHOOK_SECRET_DEMO"
                         json!({ "model": "bard", "prompt": format!("{prompt}\n"), "max_tokens": 16, "temperature": 0.8 }),
                     )
                     .await;
-                sent.fetch_add(1, Ordering::SeqCst);
                 let Ok(answer) = answer else {
+                    failed.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
+                sent.fetch_add(1, Ordering::SeqCst);
                 let text = answer["choices"][0]["text"].as_str().unwrap_or_default();
                 let up = judge.likes(text, in_twain);
                 liked.lock().await.push((in_twain, up));
@@ -474,8 +492,9 @@ secret_env = "WEBHOOK_SECRET_DEMO"
     report.step(
         "traffic: Shakespeare prompts",
         &format!(
-            "{} requests, {:.0} % thumbs up, {} drift alarms (factory drift show bard)",
+            "{} requests answered ({} failed), {:.0} % thumbs up from the simulated users, {} drift alarms (factory drift show bard)",
             sent.load(Ordering::SeqCst),
+            failed.load(Ordering::SeqCst),
             likes_before * 100.0,
             drift["alarms"].as_array().map_or(0, Vec::len)
         ),
@@ -543,7 +562,7 @@ secret_env = "WEBHOOK_SECRET_DEMO"
     report.step(
         "pipeline retrain finished",
         &format!(
-            "status {}{}; Twain prompts {:.0} % thumbs up overall; {} coalesced triggers",
+            "status {}{}; Twain prompts {:.0} % thumbs up from the simulated users overall; {} coalesced triggers",
             run["status"].as_str().unwrap_or("?"),
             run["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default(),
             likes_after * 100.0,

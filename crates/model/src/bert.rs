@@ -113,6 +113,15 @@ impl BertEncoder {
         let loaded = candle_core::safetensors::load_buffer(bytes, device)?;
         let mut loaded: BTreeMap<String, Tensor> =
             loaded.into_iter().map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(&name).to_string(), t)).collect();
+        // Each layer names sixteen tensors, so a file holds fewer layers than tensors. Checked
+        // before the expected names are listed, whose number an outside config.json decides.
+        if config.num_hidden_layers > loaded.len() {
+            return Err(ModelError::Weights(format!(
+                "the config implies {} layers, but model.safetensors holds only {} tensors",
+                config.num_hidden_layers,
+                loaded.len()
+            )));
+        }
         let mut tensors = BTreeMap::new();
         for (name, shape) in config.shapes() {
             let tensor = loaded

@@ -198,15 +198,21 @@ impl LlamaConfig {
         Ok(())
     }
 
-    /// Trainable parameters, counting a tied embedding once.
+    /// Trainable parameters, counting a tied embedding once. Sizes read from an outside
+    /// config.json may pass `validate` and still overflow the count: it saturates at
+    /// `usize::MAX` (no file holds that many) instead of panicking or wrapping to a small lie.
     pub fn parameter_count(&self) -> usize {
-        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let kv_dim = self.kv_heads() * self.head_dim();
-        let attention = h * h * 2 + h * kv_dim * 2;
-        let mlp = 3 * h * i;
-        let layer = attention + mlp + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + self.num_hidden_layers * layer + h + head
+        let count = || {
+            let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+            let kv_dim = self.kv_heads().checked_mul(self.head_dim())?;
+            let attention = h.checked_mul(h)?.checked_add(h.checked_mul(kv_dim)?)?.checked_mul(2)?;
+            let mlp = h.checked_mul(i)?.checked_mul(3)?;
+            let layer = attention.checked_add(mlp)?.checked_add(h.checked_mul(2)?)?;
+            let embedding = v.checked_mul(h)?;
+            let head = if self.tie_word_embeddings { 0 } else { embedding };
+            embedding.checked_add(self.num_hidden_layers.checked_mul(layer)?)?.checked_add(h)?.checked_add(head)
+        };
+        count().unwrap_or(usize::MAX)
     }
 }
 

@@ -17,6 +17,8 @@ mod team;
 mod weights;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 pub use bert::{BertConfig, BertEncoder};

@@ -243,7 +243,9 @@ fn torch_python() -> Option<String> {
 #[test]
 fn exported_models_load_in_transformers() {
     let Some(python) = torch_python() else {
-        eprintln!("\n*** SKIPPED: no Python with torch and transformers (set TORCH_PYTHON); our export was not loaded by transformers ***\n");
+        factory_testkit::missing(
+            "a Python with torch and transformers (set TORCH_PYTHON): our export was not loaded by transformers",
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();

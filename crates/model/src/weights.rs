@@ -75,6 +75,16 @@ impl Weights {
     ) -> Result<Self, ModelError> {
         config.validate()?;
         let mut tensors = candle_core::safetensors::load_buffer(bytes, device)?;
+        // Each layer names nine tensors, so a file holds fewer layers than tensors. Checked before
+        // the expected names are listed: listing them for a count an outside config.json claims
+        // (10^12) would take that much time and memory, and abort the process.
+        if config.num_hidden_layers > tensors.len() {
+            return Err(ModelError::Weights(format!(
+                "the config implies {} layers, but model.safetensors holds only {} tensors",
+                config.num_hidden_layers,
+                tensors.len()
+            )));
+        }
         let mut params = BTreeMap::new();
         for (name, shape) in parameter_shapes(config) {
             let tensor = tensors

@@ -28,7 +28,7 @@ fn data_dir() -> Option<PathBuf> {
     ];
     let found = candidates.into_iter().flatten().find(|dir| NOVELS.iter().all(|(name, _)| dir.join(name).is_file()));
     if found.is_none() {
-        eprintln!("SKIPPED: shared/data corpora not found (set FACTORY_SHARED_DATA)");
+        factory_testkit::missing("the shared/data corpora (set FACTORY_SHARED_DATA)");
     }
     found
 }

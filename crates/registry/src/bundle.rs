@@ -64,7 +64,8 @@ pub fn read_bundle(reader: impl Read, max_bytes: u64) -> Result<Bundle, Registry
         if total > max_bytes {
             return Err(bad(format!("the bundle holds more than {max_bytes} bytes")));
         }
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        // A header may claim more than follows: reserve no more than a modest start up front.
+        let mut bytes = Vec::with_capacity(entry.size().min(64 << 20) as usize);
         entry.read_to_end(&mut bytes).map_err(|e| bad(format!("{path}: {e}")))?;
         if path == BUNDLE_MANIFEST {
             let text = String::from_utf8(bytes).map_err(|_| bad(format!("{BUNDLE_MANIFEST} is not UTF-8")))?;

@@ -12,6 +12,8 @@ mod card;
 mod manifest;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 pub use bundle::{read_bundle, tar_end, tar_header, tar_padding, Bundle, BUNDLE_MANIFEST};

@@ -69,6 +69,12 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// The one answer for "does not exist" and "exists in another tenant", so that ids and
+    /// names are no oracle of what other tenants have.
+    pub fn no_such_resource() -> Self {
+        Self::not_found("no such resource")
+    }
+
     pub fn overloaded(message: impl Into<String>, retry_after_secs: u64) -> Self {
         let mut error = Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
         error.retry_after_secs = Some(retry_after_secs);

@@ -9,7 +9,53 @@ use serde::de::DeserializeOwned;
 use crate::error::{rejection, ApiError};
 use crate::state::AppState;
 
-/// The request id set by the request-id layer (or given by the client).
+/// Who names a request: the server's own id, always fresh, and the client's `x-request-id` when
+/// it sent a valid one. Audit records carry both, so a client can correlate its calls but can
+/// neither bloat the log with a huge id nor pass one request off as another.
+#[derive(Debug, Clone)]
+pub struct RequestIds {
+    pub server: String,
+    pub client: Option<String>,
+}
+
+/// The longest client `x-request-id` kept; longer ones are refused, not truncated.
+pub const MAX_CLIENT_REQUEST_ID: usize = 128;
+
+impl RequestIds {
+    /// Reads the client's id from `value`: 1 to 128 characters of `[A-Za-z0-9._:/-]`, else an
+    /// error naming the header.
+    pub fn new(client: Option<&[u8]>) -> Result<Self, ApiError> {
+        let client = client
+            .map(|bytes| {
+                let valid = (1..=MAX_CLIENT_REQUEST_ID).contains(&bytes.len())
+                    && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(b));
+                if valid {
+                    Ok(String::from_utf8_lossy(bytes).into_owned())
+                } else {
+                    Err(ApiError::invalid(format!(
+                        "x-request-id: 1 to {MAX_CLIENT_REQUEST_ID} characters of letters, digits and ._:/-"
+                    )))
+                }
+            })
+            .transpose()?;
+        Ok(RequestIds { server: uuid::Uuid::now_v7().to_string(), client })
+    }
+
+    /// The id audit records and the inference log store: the server's, then the client's.
+    pub fn recorded(&self) -> String {
+        match &self.client {
+            Some(client) => format!("{} client:{client}", self.server),
+            None => self.server.clone(),
+        }
+    }
+
+    /// The id a response echoes: the client's own, else the server's.
+    pub fn echoed(&self) -> &str {
+        self.client.as_deref().unwrap_or(&self.server)
+    }
+}
+
+/// The request's recorded id (see [`RequestIds::recorded`]).
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
@@ -17,8 +63,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let id =
-            parts.headers.get(crate::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("unknown").to_string();
+        let id = parts.extensions.get::<RequestIds>().map(RequestIds::recorded).unwrap_or_else(|| "unknown".into());
         Ok(RequestId(id))
     }
 }
@@ -27,7 +72,10 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Principal,
+    /// What audit records name the request by ([`RequestIds::recorded`]).
     pub request_id: String,
+    /// The client's own id, when it sent one: the idempotency key of a retried trigger.
+    pub client_request_id: Option<String>,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -35,6 +83,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
+        let client_request_id = parts.extensions.get::<RequestIds>().and_then(|ids| ids.client.clone());
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -51,7 +100,7 @@ impl FromRequestParts<AppState> for Caller {
             .key(state, secret)
             .await?
             .ok_or_else(|| ApiError::unauthorized("the API key is unknown, revoked or expired"))?;
-        Ok(Caller { principal: key.principal(), request_id })
+        Ok(Caller { principal: key.principal(), request_id, client_request_id })
     }
 }
 

@@ -5,9 +5,12 @@
 //! change state only through `factory_store::Change`, so every write is authorized, audited and
 //! published in one transaction.
 
+pub mod admission;
 pub mod api;
 pub mod canary;
+pub mod chat_template;
 pub mod drift;
+pub mod egress;
 pub mod error;
 pub mod extract;
 pub mod guardrails;
@@ -26,6 +29,9 @@ pub mod startup;
 pub mod state;
 pub mod training;
 pub mod workers;
+
+#[cfg(test)]
+mod proptests;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -228,7 +228,7 @@ fn validate(spec: &PipelineSpec, webhooks: &[String]) -> Result<(), String> {
             StepKind::Promote | StepKind::Rollback => need("deployment", step.deployment.is_some())?,
             StepKind::Notify => {
                 let url = step.url.as_deref().ok_or_else(|| format!("{at}.url: a notify step needs it"))?;
-                if !crate::serving::upstream_allowed(webhooks, url) {
+                if crate::egress::allowed_url(webhooks, url).is_none() {
                     return Err(format!("{at}.url: {url} is not under a prefix in [pipelines] webhooks"));
                 }
                 if step.secret_env.as_deref().is_none_or(|e| !e.starts_with(WEBHOOK_SECRET_PREFIX)) {
@@ -380,6 +380,46 @@ pub struct StepHandler {
     pub state: AppState,
 }
 
+/// Whether the key a pipeline acts as may still act: steps run as their author, so a revoked,
+/// expired or deleted author key stops the pipeline at its next step, not only at the door.
+async fn author_standing(state: &AppState, pipeline: &Pipeline) -> Result<(), String> {
+    let author = &pipeline.author;
+    if author.id == Principal::system().id {
+        return Ok(());
+    }
+    let key = state.store.api_key(&author.id).await.map_err(|e| e.to_string())?;
+    match key {
+        Some(key) if key.usable_at(factory_core::time::now_millis()) && key.role == author.role => Ok(()),
+        Some(_) => Err(format!(
+            "the pipeline's author key {} is revoked, expired or changed; the pipeline is suspended until \
+             someone who may write it applies it again",
+            author.id
+        )),
+        None => Err(format!("the pipeline's author key {} no longer exists; the pipeline is suspended", author.id)),
+    }
+}
+
+/// Records that a pipeline stopped for its author's standing: an audit record and an event,
+/// by the factory itself.
+async fn suspend(state: &AppState, pipeline: &Pipeline, run_id: &str, reason: &str) {
+    let request = AccessRequest::new(
+        &Principal::system(),
+        Action::PipelineRun,
+        Resource::pipeline(&pipeline.tenant, &pipeline.name),
+    );
+    let details = serde_json::json!({
+        "tenant": pipeline.tenant, "pipeline": pipeline.name, "run": run_id, "author": pipeline.author.id,
+        "suspended": reason,
+    });
+    let recorded = async {
+        let change = state.store.begin_change(state.pdp.as_ref(), request, &format!("{run_id}/suspend")).await?;
+        change.commit(details.clone(), Event::new("pipeline.suspended", details)).await
+    };
+    if let Err(error) = recorded.await {
+        tracing::warn!(%error, pipeline = %pipeline.name, "could not record a pipeline's suspension");
+    }
+}
+
 fn failed(error: impl std::fmt::Display) -> JobError {
     JobError::Failed(error.to_string())
 }
@@ -407,10 +447,20 @@ impl JobHandler for StepHandler {
         let spec: PipelineSpec = serde_json::from_value(pipeline.spec.clone()).map_err(failed)?;
         let index = step as usize;
         let step_spec = spec.steps.get(index).ok_or_else(|| failed("no such step"))?;
-        let caller = Caller { principal: pipeline.author.clone(), request_id: format!("{run_id}/{step}") };
+        let caller = Caller {
+            principal: pipeline.author.clone(),
+            request_id: format!("{run_id}/{step}"),
+            client_request_id: None,
+        };
         let started = std::time::Instant::now();
         tracing::info!(run = %run_id, step = %step_spec.label(index), "pipeline step started");
-        let outcome = execute(state, &caller, &job.tenant, &run, step_spec, control).await;
+        let outcome = match author_standing(state, &pipeline).await {
+            Ok(()) => execute(state, &caller, &job.tenant, &run, step_spec, control).await,
+            Err(reason) => {
+                suspend(state, &pipeline, &run_id, &reason).await;
+                Err(StepError::Failed(reason))
+            }
+        };
         let (mut result, ok, rolled_back) = match outcome {
             Ok(StepOutcome { result, ok, rolled_back }) => (result, ok, rolled_back),
             Err(StepError::Cancelled) => return Err(JobError::Cancelled),
@@ -738,10 +788,14 @@ async fn rollback(
 async fn notify(state: &AppState, step: &StepSpec, run: &PipelineRun) -> Result<StepOutcome, StepError> {
     use hmac::Mac;
     let url = step.url.clone().unwrap_or_default();
-    if !crate::serving::upstream_allowed(&state.config.pipelines.webhooks, &url) {
+    let Some(target) = crate::egress::allowed_url(&state.config.pipelines.webhooks, &url) else {
         return Err(StepError::Failed(format!("{url} is no longer under a prefix in [pipelines] webhooks")));
-    }
+    };
     let variable = step.secret_env.clone().unwrap_or_default();
+    // Grants change with the configuration: checked again when the secret is about to leave.
+    if !crate::egress::secret_granted(&state.config.secrets, &run.tenant, &variable) {
+        return Err(StepError::Failed(format!("{variable} is not granted to this tenant ([secrets])")));
+    }
     let secret = std::env::var(&variable).map_err(|_| format!("{variable} is not set"))?;
     let body = serde_json::to_vec(&serde_json::json!({
         "pipeline": run.pipeline, "run": run.id, "tenant": run.tenant, "trigger": run.trigger,
@@ -754,7 +808,7 @@ async fn notify(state: &AppState, step: &StepSpec, run: &PipelineRun) -> Result<
     let response = state
         .engines
         .upstream
-        .post(&url)
+        .post(target)
         .header("content-type", "application/json")
         .header("x-factory-signature", &signature)
         .timeout(Duration::from_secs(10))

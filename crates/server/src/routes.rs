@@ -9,13 +9,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::PropagateRequestIdLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::admission::Refusal;
 use crate::api::{audit, datasets, deployments, feedback, jobs, keys, models, openai, ops, pipelines, runs, tenants};
 use crate::error::ApiError;
+use crate::extract::RequestIds;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::AppState;
 use crate::REQUEST_ID_HEADER;
@@ -109,10 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/pipelines/{name}/runs", get(pipelines::runs).post(pipelines::trigger))
         .route("/api/v1/pipelines/{name}/runs/{id}", get(pipelines::run))
         .route("/api/v1/feedback", post(feedback::create))
-        .route("/v1/models", get(openai::models))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/embeddings", post(openai::embeddings))
+        .merge(inference_routes(state.config.serving.max_request_bytes))
         .route("/api/v1/objects/sweep", post(ops::sweep_orphans))
         .route("/api/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/api/v1/audit/public-key", get(audit::public_key))
@@ -136,9 +135,35 @@ pub fn router(state: AppState) -> Router {
                 })
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(middleware::from_fn(identify_request))
         .with_state(state)
+}
+
+/// Gives the request its ids (the server's own and the client's, validated); the header the
+/// span and the response carry is the client's id, or the server's when it sent none.
+async fn identify_request(mut request: Request, next: Next) -> Response {
+    let ids = match RequestIds::new(request.headers().get(REQUEST_ID_HEADER).map(|v| v.as_bytes())) {
+        Ok(ids) => ids,
+        Err(error) => return error.into_response(),
+    };
+    if let Ok(value) = axum::http::HeaderValue::from_str(ids.echoed()) {
+        request.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    request.extensions_mut().insert(ids);
+    next.run(request).await
+}
+
+/// The OpenAI-compatible routes, with their own body bound: any key of any role may call them,
+/// and a prompt is parsed, templated and tokenized, so its bytes are bounded well below the
+/// control plane's.
+fn inference_routes(max_request_bytes: usize) -> Router<AppState> {
+    Router::new()
+        .route("/v1/models", get(openai::models))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .layer(DefaultBodyLimit::max(max_request_bytes))
 }
 
 async fn not_found() -> ApiError {
@@ -149,8 +174,10 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
 }
 
-/// Sheds load past `max_in_flight`, bounds each request's time, and records its metrics.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Admits the request (within the server's, its tenant's and, for transfers, the transfer
+/// limits; an upload must also keep up the minimum rate), bounds its time, and records its
+/// metrics.
+async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -158,13 +185,32 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .unwrap_or_else(|| "unmatched".to_string());
     let method = request.method().to_string();
     let started = Instant::now();
-    let response = match state.in_flight.clone().try_acquire_owned() {
-        Err(_) => {
+    let transfer = TRANSFER_ROUTES.contains(&route.as_str());
+    let secret = bearer_secret(&request);
+    let tenant = match secret {
+        Some(secret) => bearer_tenant(&state, &secret).await,
+        None => None,
+    };
+    let response = match state.admission.admit(tenant.as_deref(), transfer) {
+        Err(Refusal::Server) => {
             ApiError::overloaded("the server is at its concurrent request limit; retry shortly", 1).into_response()
         }
-        Ok(_permit) => {
+        Err(Refusal::Tenant { limit }) => {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "tenant_in_flight_limit",
+                format!("your tenant has {limit} requests of this kind in flight, its share; retry shortly"),
+            );
+            error.retry_after_secs = Some(1);
+            error.into_response()
+        }
+        Ok(_admitted) => {
             state.metrics.in_flight.inc();
-            let timeout = if TRANSFER_ROUTES.contains(&route.as_str()) {
+            let timeout = if transfer {
+                let server = &state.config.server;
+                let body = std::mem::take(request.body_mut());
+                *request.body_mut() =
+                    crate::admission::at_least(body, server.min_transfer_bytes_per_sec, server.transfer_grace);
                 state.config.datasets.transfer_timeout
             } else {
                 state.config.server.request_timeout
@@ -187,4 +233,18 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     state.metrics.requests.get_or_create(&labels).inc();
     state.metrics.request_seconds.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The secret of the request's `Authorization: Bearer` header, if it has one.
+fn bearer_secret(request: &Request) -> Option<String> {
+    let header = request.headers().get(axum::http::header::AUTHORIZATION)?;
+    let secret = header.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+    (!secret.is_empty()).then(|| secret.to_string())
+}
+
+/// The tenant of a valid API key of a tenant: what its in-flight share is counted against.
+/// (The handler authenticates the key again, from the same kept lookup.)
+async fn bearer_tenant(state: &AppState, secret: &str) -> Option<String> {
+    let key = state.lookups.key(state, secret).await.ok()??;
+    key.tenant.map(|tenant| tenant.to_string())
 }

@@ -102,12 +102,6 @@ fn default_timeout_ms() -> u64 {
 /// sets them for upstreams on purpose, so no deployment can send the server's other secrets.
 pub const UPSTREAM_KEY_PREFIX: &str = "UPSTREAM_KEY_";
 
-/// Whether the operator allows requests to leave for `url` (`serving.upstreams` lists URL
-/// prefixes; none are allowed by default).
-pub fn upstream_allowed(allowlist: &[String], url: &str) -> bool {
-    allowlist.iter().any(|prefix| url.starts_with(prefix.as_str()))
-}
-
 impl VariantSpec {
     /// How the variant is named in logs, metrics and the `x-factory-model` header.
     pub fn label(&self) -> String {
@@ -231,7 +225,12 @@ impl Default for Engines {
         Engines {
             loaded: Mutex::default(),
             embedding_permits: Arc::new(tokio::sync::Semaphore::new(8)),
-            upstream: reqwest::Client::new(),
+            // A redirect would take the request (and its key) to a host the allowlist never
+            // admitted: a 3xx is the upstream's answer, not an instruction.
+            upstream: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new()),
             limits: Arc::default(),
             topic_vectors: std::sync::Mutex::default(),
         }

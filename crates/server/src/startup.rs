@@ -33,6 +33,12 @@ pub struct Opened {
 pub async fn open(config: Config) -> anyhow::Result<Opened> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    // Spooled uploads, imports and downloads are this process's alone: what a crash left there
+    // is garbage.
+    let spool = config.data_dir.join("tmp");
+    if spool.exists() {
+        std::fs::remove_dir_all(&spool).with_context(|| format!("cannot clear {}", spool.display()))?;
+    }
     let metrics = Arc::new(Metrics::new());
     let authorizer = CedarAuthorizer::from_files(&config.authz.policy_files)?;
     let pdp = Arc::new(MeteredDecisionPoint { inner: authorizer, metrics: metrics.clone() });
@@ -54,14 +60,26 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
     };
     let signer = load_or_create_signer(&config.data_dir, &config.audit.origin, SIGNING_KEY_FILE, VERIFIER_KEY_FILE)?;
     let model_keys = Arc::new(model_keys(&config)?);
-    let checkpoints = Arc::new(CheckpointIssuer { origin: config.audit.origin.clone(), signer });
+    // Every checkpoint is also published as a file outside the database, for witnesses to
+    // copy: a log rewritten in the database cannot rewrite those. Created now so that an
+    // unwritable directory stops the start instead of failing every checkpoint later.
+    let checkpoint_dir = config.effective_checkpoint_dir();
+    std::fs::create_dir_all(&checkpoint_dir)
+        .with_context(|| format!("cannot create the checkpoint directory {}", checkpoint_dir.display()))?;
+    let checkpoints =
+        Arc::new(CheckpointIssuer::new(config.audit.origin.clone(), signer).publishing_to(checkpoint_dir));
     let new_admin_key = bootstrap_platform_admin(&store, pdp.as_ref(), &config.data_dir).await?;
     let job_kinds = crate::workers::WorkerPool::with_builtin_handlers(store.clone(), pdp.clone(), 0, config.jobs.lease)
         .handlers
         .keys()
         .map(|kind| kind.to_string())
         .collect();
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight));
+    let admission = crate::admission::Admission::new(crate::admission::Limits {
+        requests: config.server.max_in_flight,
+        requests_per_tenant: config.server.max_in_flight_per_tenant,
+        transfers: config.server.max_transfers,
+        transfers_per_tenant: config.server.max_transfers_per_tenant,
+    });
     let pii_secret = Arc::new(load_or_create_secret(&config.data_dir.join(PII_SECRET_FILE))?);
     let inference_log = Arc::new(crate::inference_log::InferenceLog::new(metrics.clone()));
     let state = AppState {
@@ -72,7 +90,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         checkpoints,
         metrics,
         job_kinds: Arc::new(job_kinds),
-        in_flight,
+        admission,
         pii_secret,
         pending_objects: Arc::default(),
         model_keys,

@@ -21,8 +21,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Job kinds with a handler in this process; enqueueing any other kind is refused.
     pub job_kinds: Arc<Vec<String>>,
-    /// Requests handled at once; past it, new requests get 503 with Retry-After.
-    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Requests and transfers handled at once, in all and per tenant (503 or 429 past them).
+    pub admission: Arc<crate::admission::Admission>,
     /// The factory's secret for keyed hashing of PII; each tenant gets its own key from it.
     pub pii_secret: Arc<[u8; 32]>,
     /// Objects written by uploads whose versions have not committed yet; the orphan sweep
@@ -41,6 +41,12 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Where downloads, imports and Parquet uploads spool: under the data directory, on the disk
+    /// the operator sized for data, never the system's temporary directory.
+    pub fn spool_dir(&self) -> std::path::PathBuf {
+        self.config.data_dir.join("tmp")
+    }
+
     /// The key PII values of `tenant` are hashed with: equal values map to equal tokens inside
     /// a tenant, and tokens cannot be linked across tenants or brute-forced without the secret.
     pub fn pii_hash_key(&self, tenant: &factory_core::TenantName) -> Vec<u8> {

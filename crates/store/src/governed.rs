@@ -169,7 +169,8 @@ fn denied(request: &AccessRequest, decision: Decision) -> StoreError {
 
 /// Appends one canonical record to the Merkle log. The `UPDATE ... RETURNING` on the single
 /// head row takes a row lock that serializes appenders until commit, so indexes are dense and
-/// in commit order on PostgreSQL as on SQLite.
+/// in commit order on PostgreSQL as on SQLite. The roots of the subtrees the record completes
+/// are stored with it, in the same transaction, so proofs never recompute the tree.
 async fn append_audit_record(
     connection: &mut AnyConnection,
     request: &AccessRequest,
@@ -200,10 +201,11 @@ async fn append_audit_record(
     };
     let bytes = record.canonical_bytes();
     let leaf_hash = factory_audit::merkle::leaf_hash(&bytes);
+    let subtree_roots = crate::audit_log::subtree_roots_for_append(&mut *connection, index, leaf_hash).await?;
     let text = String::from_utf8(bytes)
         .map_err(|_| StoreError::new(StoreErrorKind::Corrupt, "canonical audit record is not UTF-8"))?;
     sqlx::query(
-        "INSERT INTO audit_records (idx, record, leaf_hash, details, tenant, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO audit_records (idx, record, leaf_hash, details, tenant, created_at, subtree_roots) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(index as i64)
     .bind(text)
@@ -211,6 +213,7 @@ async fn append_audit_record(
     .bind(details.to_string())
     .bind(tenant)
     .bind(now)
+    .bind(subtree_roots)
     .execute(&mut *connection)
     .await?;
     Ok(index)

@@ -115,6 +115,16 @@ fn within_quota(now: &str) -> String {
     )
 }
 
+/// The order ready jobs are taken in: fair share across tenants first (the tenant with the
+/// fewest running jobs goes first), then each tenant's own priorities, then age. A priority
+/// orders one tenant's work only; it never moves a job ahead of another tenant's.
+fn fair_share_order(now: &str) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM jobs r WHERE r.tenant = j.tenant AND r.state = 'running' AND r.lease_expires_at >= {now}), \
+         j.priority DESC, j.created_at, j.id"
+    )
+}
+
 /// How a worker's attempt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -332,9 +342,10 @@ impl Store {
              THEN lease_expires_at - attempt_started_at ELSE 0 END, attempt_started_at = $3, preempt_requested = 0 \
              WHERE id = (SELECT id FROM jobs j WHERE ((j.state = 'queued' AND j.run_after <= $3) OR (j.state = 'running' AND j.lease_expires_at < $3)) \
              AND j.attempts < j.max_attempts AND j.cancel_requested = 0 AND {} \
-             ORDER BY j.priority DESC, j.created_at, j.id LIMIT 1 {lock}) \
+             ORDER BY {} LIMIT 1 {lock}) \
              RETURNING {JOB_COLUMNS}",
-            within_quota("$3")
+            within_quota("$3"),
+            fair_share_order("$3")
         );
         let mut pending = self.begin_change_unauthorized(&format!("claim:{worker}")).await?;
         let row = sqlx::query(&sql)
@@ -446,26 +457,31 @@ impl Store {
     /// system: the audit log names the waiting job the victim yields to.
     pub async fn request_preemption(&self, pdp: &dyn PolicyDecisionPoint) -> Result<Option<Job>, StoreError> {
         let now = now_millis();
-        let waiting: Option<(String, i64)> = sqlx::query_as(&format!(
-            "SELECT j.id, j.priority FROM jobs j WHERE j.state = 'queued' AND j.run_after <= $1 \
+        let waiting: Option<(String, i64, String)> = sqlx::query_as(&format!(
+            "SELECT j.id, j.priority, j.tenant FROM jobs j WHERE j.state = 'queued' AND j.run_after <= $1 \
              AND j.attempts < j.max_attempts AND j.cancel_requested = 0 AND {} \
-             ORDER BY j.priority DESC, j.created_at, j.id LIMIT 1",
-            within_quota("$1")
+             ORDER BY {} LIMIT 1",
+            within_quota("$1"),
+            fair_share_order("$1")
         ))
         .bind(now)
         .fetch_optional(self.pool())
         .await?;
-        let Some((waiting_id, priority)) = waiting else {
+        let Some((waiting_id, priority, waiting_tenant)) = waiting else {
             return Ok(None);
         };
+        // Priorities are a tenant's own ordering of its work: only a job of the same tenant
+        // yields, so no tenant's number, however large, takes another tenant's worker.
         let mut pending = self.begin_change_unauthorized("scheduler").await?;
         let row = sqlx::query(&format!(
             "UPDATE jobs SET preempt_requested = 1, updated_at = $1 WHERE id = (SELECT id FROM jobs \
              WHERE state = 'running' AND preempt_requested = 0 AND cancel_requested = 0 AND priority < $2 \
-             AND lease_expires_at >= $1 ORDER BY priority, created_at DESC, id LIMIT 1) RETURNING {JOB_COLUMNS}"
+             AND tenant = $3 AND lease_expires_at >= $1 ORDER BY priority, created_at DESC, id LIMIT 1) \
+             RETURNING {JOB_COLUMNS}"
         ))
         .bind(now)
         .bind(priority)
+        .bind(&waiting_tenant)
         .fetch_optional(&mut *pending.write.transaction)
         .await?;
         let Some(row) = row else {

@@ -112,7 +112,6 @@ pub struct Store {
     /// Governed changes committed through this handle (and its clones) so far: caches of what
     /// changes write are valid only while it stays the same.
     pub(crate) changes: Arc<std::sync::atomic::AtomicU64>,
-    pub(crate) leaf_cache: Arc<Mutex<Vec<factory_audit::Hash>>>,
 }
 
 impl Store {
@@ -141,7 +140,6 @@ impl Store {
             sqlite_writer: (dialect == Dialect::Sqlite).then(|| Arc::new(Mutex::new(()))),
             committed: Arc::new(Notify::new()),
             changes: Arc::default(),
-            leaf_cache: Arc::new(Mutex::new(Vec::new())),
         };
         migrations::apply(&store).await?;
         Ok(store)
@@ -163,14 +161,7 @@ impl Store {
             AnyPoolOptions::new().max_connections(2).connect(&url).await.map_err(|e| {
                 StoreError::new(StoreErrorKind::Database, format!("cannot open {}: {e}", redact_url(&url)))
             })?;
-        Ok(Store {
-            pool,
-            dialect,
-            sqlite_writer: None,
-            committed: Arc::new(Notify::new()),
-            changes: Arc::default(),
-            leaf_cache: Arc::new(Mutex::new(Vec::new())),
-        })
+        Ok(Store { pool, dialect, sqlite_writer: None, committed: Arc::new(Notify::new()), changes: Arc::default() })
     }
 
     pub fn dialect(&self) -> Dialect {

@@ -17,7 +17,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "inference_bodies", include_str!("migrations/0008_inference_bodies.sql")),
     (9, "feedback", include_str!("migrations/0009_feedback.sql")),
     (10, "pipelines", include_str!("migrations/0010_pipelines.sql")),
+    (11, "audit_subtrees", include_str!("migrations/0011_audit_subtrees.sql")),
 ];
+
+/// The migration that adds the audit log's proof index, which existing records need filled in.
+pub(crate) const AUDIT_SUBTREES: i64 = 11;
 
 pub(crate) async fn apply(store: &Store) -> Result<(), StoreError> {
     let mut write = store.begin_write().await?;
@@ -43,6 +47,11 @@ pub(crate) async fn apply(store: &Store) -> Result<(), StoreError> {
             sqlx::query(statement).execute(&mut *write.transaction).await.map_err(|e| {
                 StoreError::new(StoreErrorKind::Database, format!("migration {version} ({name}) failed: {e}"))
             })?;
+        }
+        if *version == AUDIT_SUBTREES {
+            // Data, not DDL: computed in Rust, committed with the column so no reader ever
+            // sees the column without its values.
+            crate::audit_log::index_existing_records(&mut write.transaction).await?;
         }
         sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
             .bind(*version)

@@ -53,7 +53,9 @@ pub(crate) async fn postgres_database() -> Option<TestDatabase> {
     let admin = match sqlx::AnyPool::connect(&admin_url).await {
         Ok(admin) => admin,
         Err(error) => {
-            eprintln!("\n*** SKIPPED: PostgreSQL at {admin_url} is unreachable ({error}); the PostgreSQL adapter is UNTESTED ***\n");
+            factory_testkit::missing(&format!(
+                "PostgreSQL at {admin_url} ({error}): the PostgreSQL adapter is untested"
+            ));
             return None;
         }
     };
@@ -108,10 +110,14 @@ store_suite!(
     run_metrics_checkpoints_and_artifacts_are_kept,
     model_versions_are_numbered_immutable_and_aliased,
     scheduling_respects_quotas_and_preempts_lower_priority_work,
+    a_priority_never_preempts_or_overtakes_another_tenant,
     deployments_are_created_revised_and_deleted,
     the_inference_log_takes_batches_and_reads_back,
     pipeline_triggers_start_one_run_coalesce_and_deduplicate,
 );
+
+/// The audit log's proof index, checkpoint publishing and the upgrade of existing logs.
+mod audit_log;
 
 fn authorizer() -> CedarAuthorizer {
     CedarAuthorizer::with_defaults().unwrap()
@@ -144,7 +150,7 @@ async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
     let again = Store::open(&database.url()).await.unwrap();
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(again.pool()).await.unwrap();
-    assert_eq!(versions, 10);
+    assert_eq!(versions, 11);
     again.close().await;
 }
 
@@ -267,10 +273,7 @@ async fn keys_authenticate_until_revoked_or_expired(store: &Store, _database: &T
 }
 
 fn issuer() -> CheckpointIssuer {
-    CheckpointIssuer {
-        origin: "test.local/audit".to_string(),
-        signer: NoteSigner::generate("test.local/audit", [7u8; 32]).unwrap(),
-    }
+    CheckpointIssuer::new("test.local/audit".to_string(), NoteSigner::generate("test.local/audit", [7u8; 32]).unwrap())
 }
 
 async fn audit_proofs_and_checkpoints_verify(store: &Store, _database: &TestDatabase) {
@@ -304,7 +307,7 @@ async fn verify_store(store: &Store, issuer: &CheckpointIssuer) -> Result<u64, S
     let mut records = Vec::new();
     let mut after = None;
     loop {
-        let page = store.stored_audit_page(after, u64::MAX >> 2, 3).await.unwrap();
+        let page = store.stored_audit_page(after, u64::MAX >> 2, 3, true).await.unwrap();
         let Some(last) = page.last() else { break };
         after = Some(last.0.index);
         records.extend(page.into_iter().map(|(record, _)| record));
@@ -763,6 +766,32 @@ async fn scheduling_respects_quotas_and_preempts_lower_priority_work(store: &Sto
     let actions: Vec<String> =
         store.audit_records(0, 200, None).await.unwrap().into_iter().map(|e| e.record.action).collect();
     assert!(actions.iter().any(|a| a == "tenant.quota"), "{actions:?}");
+}
+
+/// The review's attack: a tenant's `i64::MAX` priority made another tenant's run yield. A
+/// priority orders one tenant's own work; across tenants, the one with fewer running jobs goes
+/// first, whatever the numbers.
+async fn a_priority_never_preempts_or_overtakes_another_tenant(store: &Store, _database: &TestDatabase) {
+    let pdp = authorizer();
+    let lease = Duration::from_secs(30);
+    create_tenant(store, "acme").await;
+    create_tenant(store, "globex").await;
+    enqueue_for(store, "acme", "acme_run", 0).await.unwrap();
+    assert_eq!(store.claim_job(&pdp, "w1", lease).await.unwrap().unwrap().id, "acme_run");
+    enqueue_for(store, "globex", "globex_urgent", i64::MAX).await.unwrap();
+    assert!(store.request_preemption(&pdp).await.unwrap().is_none(), "acme's run is not globex's to preempt");
+    // Fair share: acme already runs a job, so globex's next job is taken before acme's, even
+    // at a far lower priority.
+    enqueue_for(store, "acme", "acme_second", i64::MAX).await.unwrap();
+    enqueue_for(store, "globex", "globex_low", i64::MIN).await.unwrap();
+    assert_eq!(store.claim_job(&pdp, "w2", lease).await.unwrap().unwrap().id, "globex_urgent");
+    // One running each: priorities decide inside the tie, then age.
+    assert_eq!(store.claim_job(&pdp, "w3", lease).await.unwrap().unwrap().id, "acme_second");
+    assert_eq!(store.claim_job(&pdp, "w4", lease).await.unwrap().unwrap().id, "globex_low");
+    // Inside one tenant, priority still preempts.
+    enqueue_for(store, "globex", "globex_first", 50).await.unwrap();
+    let victim = store.request_preemption(&pdp).await.unwrap().unwrap();
+    assert_eq!(victim.id, "globex_low");
 }
 
 async fn deployments_are_created_revised_and_deleted(store: &Store, _database: &TestDatabase) {

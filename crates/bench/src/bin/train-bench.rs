@@ -1,6 +1,6 @@
 //! Training throughput of the factory's own trainer, on the same terms as the PyTorch peer
-//! (`shared/bench/peers/torch_train.py`): a Llama config read from JSON, fixed random tokens,
-//! AdamW (lr 1e-3, betas 0.9/0.95, weight decay 0.1), gradient clipping at 1.0, median step
+//! (`shared/bench/peers/torch_train.py`): a Llama config read from JSON, one batch's worth of
+//! fixed random tokens (the peer repeats one batch), the same thread count, AdamW (lr 1e-3, betas 0.9/0.95, weight decay 0.1), gradient clipping at 1.0, median step
 //! time after warm-up. Prints one JSON line; `bench/train.sh` runs both and the ratio.
 //!
 //!   cargo run --release -p factory-bench --bin train-bench -- --config ref-small.json --batch 8 --seq 256
@@ -22,6 +22,9 @@ struct Args {
     steps: u64,
     #[arg(long, default_value_t = 3)]
     warmup: u64,
+    /// Threads for the products (the peer's `torch.set_num_threads`); default: every core.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Default)]
@@ -42,10 +45,15 @@ impl TrainObserver for Timer {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(threads) = args.threads {
+        // candle's products size their thread pool from this, read at first use.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
     let config = LlamaConfig::from_json(&std::fs::read_to_string(&args.config)?)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let window = args.seq + 1;
-    let train: Vec<u32> = (0..window * args.batch * 4).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
+    // One batch's worth, as the peer trains on one batch repeated: the same tokens per step.
+    let train: Vec<u32> = (0..window * args.batch).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
     let data = TokenStreams { train: train.clone(), validation: train[..window * 2].to_vec() };
     let settings = TrainSettings {
         seq_len: args.seq,
@@ -68,7 +76,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     seconds.sort_by(f64::total_cmp);
     let median = seconds[seconds.len() / 2];
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     println!(
         "{}",
         serde_json::json!({

@@ -72,9 +72,21 @@ async fn kill_9_during_a_write_burst_loses_no_acknowledged_change() {
         assert_eq!(record["record"]["action"], "tenant.create");
         assert_eq!(record["details"]["tenant"], name.as_str(), "audit record {index} is not {name}'s");
     }
-    // Consistency: every committed tenant has exactly one audit record, acknowledged or not.
-    let created = records.iter().filter(|r| r["record"]["action"] == "tenant.create").count();
-    assert!(created >= acknowledged.len());
+    // Consistency: every committed tenant has exactly one audit record, acknowledged or not,
+    // and every record names a tenant that exists (the crash left no record without its write).
+    let created: Vec<&str> = records
+        .iter()
+        .filter(|r| r["record"]["action"] == "tenant.create")
+        .map(|r| r["details"]["tenant"].as_str().unwrap())
+        .collect();
+    let distinct: std::collections::BTreeSet<&str> = created.iter().copied().collect();
+    assert_eq!(distinct.len(), created.len(), "a tenant has more than one audit record");
+    let acknowledged_names: std::collections::BTreeSet<&str> = acknowledged.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(acknowledged_names.is_subset(&distinct), "an acknowledged tenant has no audit record");
+    for name in distinct.difference(&acknowledged_names) {
+        let tenant = call(&restarted.url, "GET", &format!("/api/v1/tenants/{name}"), Some(&admin), None).await;
+        assert_eq!(tenant.status, 200, "{name} has an audit record but no tenant");
+    }
     let status = restarted.terminate();
     assert!(status.success(), "{status:?}");
     let (ok, stdout, stderr) = cli(&["audit", "verify", "--data-dir", dir.path().to_str().unwrap()], &[]);

@@ -73,18 +73,15 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
     let tokenizer_digest = result.body["result"]["artifacts"]["tokenizer"].as_str().unwrap().to_string();
     let tokenizer = dir.path().join("objects/objects").join(&tokenizer_digest[..2]).join(&tokenizer_digest[2..]);
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/tiny-llama");
-    let mut tar = Vec::new();
+    let mut files = Vec::new();
     for (name, path) in [
         ("config.json", fixture.join("config.json")),
         ("model.safetensors", fixture.join("model.safetensors")),
         ("tokenizer.json", tokenizer),
     ] {
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        tar.extend(tar_header(name, bytes.len()));
-        tar.extend_from_slice(&bytes);
-        tar.extend(vec![0u8; (512 - bytes.len() % 512) % 512]);
+        files.push((name, std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))));
     }
-    tar.extend([0u8; 1024]);
+    let tar = crate::support::tar_of(&files);
     let imported = crate::support::upload(
         &url,
         &globex_engineer,
@@ -278,23 +275,4 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         records.body["records"].as_array().unwrap().iter().filter(|r| r["record"]["decision"] == "deny").collect();
     assert!(denials.len() >= 4 * 7, "expected the denials to be audited, found {}", denials.len());
     assert!(denials.iter().any(|r| r["record"]["policies"] == json!(["tenant-isolation"])));
-}
-
-/// A ustar header for a regular file, written out by hand so the test does not share the
-/// registry's writer.
-fn tar_header(name: &str, size: usize) -> Vec<u8> {
-    let mut header = vec![0u8; 512];
-    header[..name.len()].copy_from_slice(name.as_bytes());
-    header[100..108].copy_from_slice(b"0000644\0");
-    header[108..116].copy_from_slice(b"0000000\0");
-    header[116..124].copy_from_slice(b"0000000\0");
-    header[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    header[136..148].copy_from_slice(b"00000000000\0");
-    header[156] = b'0';
-    header[257..263].copy_from_slice(b"ustar\0");
-    header[263..265].copy_from_slice(b"00");
-    header[148..156].copy_from_slice(b"        ");
-    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
-    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    header
 }

@@ -101,7 +101,7 @@ async fn operations_endpoints_and_bad_input() {
         records.body["records"].as_array().unwrap().iter().filter(|r| r["record"]["action"] == "tenant.create").count();
     assert_eq!(tenants_created, 1, "rejected requests wrote nothing");
 
-    let metrics = call(&url, "GET", "/metrics", None, None).await;
+    let metrics = call(&url, "GET", "/metrics", Some(&admin), None).await;
     for family in [
         "factory_http_requests_total{",
         "factory_http_request_duration_seconds_bucket{",
@@ -234,7 +234,7 @@ async fn the_same_factory_runs_on_postgresql() {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
     sqlx::any::install_default_drivers();
     let Ok(admin_pool) = sqlx::AnyPool::connect(&admin_url).await else {
-        eprintln!("\n*** SKIPPED: PostgreSQL at {admin_url} is unreachable; factory on PostgreSQL is UNTESTED ***\n");
+        factory_testkit::missing(&format!("PostgreSQL at {admin_url}: the factory on PostgreSQL is untested"));
         return;
     };
     let name = format!("factory_it_{}", std::process::id());

@@ -2,6 +2,7 @@
 //! driven over HTTP and through its CLI.
 #![allow(clippy::unwrap_used)]
 
+mod adversarial;
 mod audit_tamper;
 mod crash;
 mod datasets;

@@ -9,7 +9,11 @@ async fn pipelines_are_declared_triggered_deduplicated_and_scheduled() {
     let collector = JsonCollector::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("factory.toml");
-    std::fs::write(&config, format!("[pipelines]\nwebhooks = [{:?}]\n", collector.url)).unwrap();
+    std::fs::write(
+        &config,
+        format!("[pipelines]\nwebhooks = [{:?}]\n[secrets]\nacme = [\"WEBHOOK_SECRET_TEST\"]\n", collector.url),
+    )
+    .unwrap();
     let server = Server::start(
         &dir.path().join("data"),
         &["--config", config.to_str().unwrap(), "--jurisdiction", "eu"],

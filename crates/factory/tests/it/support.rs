@@ -260,3 +260,115 @@ async fn collect_requests(stream: tokio::net::TcpStream, bodies: std::sync::Arc<
         }
     }
 }
+
+/// A tar of regular files, written out by hand (ustar headers) so tests do not share the
+/// registry's writer.
+pub fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut tar = Vec::new();
+    for (name, bytes) in files {
+        tar.extend(tar_header(name, bytes.len(), b'0'));
+        tar.extend_from_slice(bytes);
+        tar.extend(vec![0u8; (512 - bytes.len() % 512) % 512]);
+    }
+    tar.extend([0u8; 1024]);
+    tar
+}
+
+/// A ustar header of entry type `kind` (`b'0'` a file, `b'2'` a symbolic link, `b'5'` a
+/// directory) claiming `size` bytes, whatever follows it: for hostile archives.
+pub fn tar_header(name: &str, size: usize, kind: u8) -> Vec<u8> {
+    let mut header = vec![0u8; 512];
+    header[..name.len()].copy_from_slice(name.as_bytes());
+    header[100..108].copy_from_slice(b"0000644\0");
+    header[108..116].copy_from_slice(b"0000000\0");
+    header[116..124].copy_from_slice(b"0000000\0");
+    header[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    header[136..148].copy_from_slice(b"00000000000\0");
+    header[156] = kind;
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    header
+}
+
+/// One request as an [`HttpPeer`] received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// A real HTTP/1.1 server on loopback that keeps every request and answers each with the same
+/// response: the peer of the gateway's outbound calls (an upstream, a webhook receiver, a host
+/// a redirect points at).
+pub struct HttpPeer {
+    pub url: String,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl HttpPeer {
+    /// `status` such as `200 OK`, extra header lines (each ending in CRLF), and the body.
+    pub async fn start(status: &str, headers: &str, body: &str) -> HttpPeer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let received = std::sync::Arc::<std::sync::Mutex<Vec<Received>>>::default();
+        let kept = received.clone();
+        let response =
+            format!("HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(answer_once(stream, kept.clone(), response.clone()));
+            }
+        });
+        HttpPeer { url, received }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+async fn answer_once(
+    stream: tokio::net::TcpStream,
+    kept: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    response: String,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut head = String::new();
+    let mut content_length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            content_length = value.trim().parse().unwrap_or(0);
+        }
+        let end = line == "\r\n";
+        head.push_str(&line);
+        if end {
+            break;
+        }
+    }
+    let mut body = vec![0; content_length];
+    if reader.read_exact(&mut body).await.is_err() {
+        return;
+    }
+    kept.lock().unwrap().push(Received { head, body });
+    let _ = reader.get_mut().write_all(response.as_bytes()).await;
+}
+
+/// The resident memory of process `pid` in MiB (Linux).
+pub fn resident_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or(0);
+    kib / 1024
+}

@@ -591,7 +591,7 @@ async fn local_collect_staging_removes_old_partial_uploads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_backend_passes_the_suite() {
     let Some(program) = MotoServer::locate() else {
-        eprintln!("SKIPPED: moto_server not found, S3 adapter untested");
+        factory_testkit::missing("moto_server (pip install 'moto[server]'): the S3 adapter is untested");
         return;
     };
     let server = MotoServer::start(&program).await.unwrap();

@@ -58,6 +58,28 @@ fn valid_dataset_name(name: &str) -> Result<(), ApiError> {
         .map_err(|e| ApiError::invalid(format!("name: {}", e.to_string().replace("tenant name", "dataset name"))))
 }
 
+/// Bounds on what a dataset's catalogue entry carries, like a key's description: every list
+/// and show returns them, so an unbounded one would weigh on every reader.
+pub const MAX_DESCRIPTION_BYTES: usize = 1024;
+pub const MAX_TAGS: usize = 32;
+pub const MAX_TAG_BYTES: usize = 64;
+
+fn check_catalogue_text(description: &str, tags: &[String], owner: Option<&str>) -> Result<(), ApiError> {
+    if description.len() > MAX_DESCRIPTION_BYTES {
+        return Err(ApiError::invalid(format!("description: at most {MAX_DESCRIPTION_BYTES} bytes")));
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(ApiError::invalid(format!("tags: at most {MAX_TAGS} tags")));
+    }
+    if let Some(index) = tags.iter().position(|t| t.is_empty() || t.len() > MAX_TAG_BYTES) {
+        return Err(ApiError::invalid(format!("tags[{index}]: 1 to {MAX_TAG_BYTES} bytes")));
+    }
+    if owner.is_some_and(|o| o.is_empty() || o.len() > MAX_TAG_BYTES * 2) {
+        return Err(ApiError::invalid(format!("owner: 1 to {} bytes", MAX_TAG_BYTES * 2)));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDataset {
@@ -183,6 +205,7 @@ pub async fn create(
             .map(|s| s.name.clone())
             .unwrap_or_default(),
     };
+    check_catalogue_text(&body.description, &body.tags, body.owner.as_deref())?;
     if body.retention_days.is_some_and(|d| d <= 0) {
         return Err(ApiError::invalid("retention_days: must be positive"));
     }
@@ -244,6 +267,22 @@ pub(crate) async fn find_version(
     Ok((dataset, version))
 }
 
+/// The dataset `name` of `tenant` as `caller` may see it: the catalogue is authorized before
+/// anything is looked up, so a caller of another tenant gets the same refusal whether the
+/// dataset exists or not, and then the dataset itself is (its classification may hide it).
+pub(crate) async fn find_dataset_for(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+) -> Result<Dataset, ApiError> {
+    let catalogue = AccessRequest::new(&caller.principal, Action::DatasetRead, Resource::dataset_catalogue(tenant));
+    super::authorize_as(state, caller, &catalogue, tenant).await?;
+    let dataset = find_dataset(state, tenant, name).await?;
+    authorize_on(state, caller, &dataset, Action::DatasetRead, &[]).await?;
+    Ok(dataset)
+}
+
 pub(crate) async fn find_dataset(state: &AppState, tenant: &TenantName, name: &str) -> Result<Dataset, ApiError> {
     state
         .store
@@ -259,8 +298,7 @@ pub(crate) async fn authorize_on(
     action: Action,
     context: &[(&str, bool)],
 ) -> Result<(), ApiError> {
-    let resource = Resource::dataset(&dataset.tenant, &dataset.name, dataset.classification, &dataset.jurisdiction);
-    let mut request = AccessRequest::new(&caller.principal, action, resource);
+    let mut request = AccessRequest::new(&caller.principal, action, dataset_resource(dataset));
     for (key, value) in context {
         request = request.with_context(key, *value);
     }
@@ -333,8 +371,7 @@ pub async fn show(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<DatasetDetail>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let dataset = find_dataset(&state, &tenant, &name).await?;
-    authorize_on(&state, &caller, &dataset, Action::DatasetRead, &[]).await?;
+    let dataset = find_dataset_for(&state, &caller, &tenant, &name).await?;
     let versions = state
         .store
         .dataset_versions(&tenant, &name)
@@ -531,7 +568,7 @@ pub async fn ingest(
         Some(mode) => mode.parse().map_err(|e| ApiError::invalid(format!("dedup: {e}")))?,
         None => DedupMode::Off,
     };
-    let dataset = find_dataset(&state, &tenant, &name).await?;
+    let dataset = find_dataset_for(&state, &caller, &tenant, &name).await?;
     let (jurisdiction_allowed, storage_site) = residency(&state, &tenant, &dataset.jurisdiction, &dataset.site).await?;
     let resource = Resource::dataset(&tenant, &name, dataset.classification, &dataset.jurisdiction);
     let request = AccessRequest::new(&caller.principal, Action::DatasetIngest, resource)
@@ -555,8 +592,13 @@ pub async fn ingest(
     }
     options.pii_policy = serde_json::from_value(dataset.pii_policy.clone()).unwrap_or_default();
     options.custom_pii = state.config.datasets.custom_pii.clone();
+    options.max_columns = state.config.datasets.max_columns;
+    options.max_decompressed_bytes = state.config.datasets.max_decompressed_bytes;
+    options.max_buffered_bytes = state.config.datasets.max_buffered_bytes;
     options.pii_hash_key = state.pii_hash_key(&tenant);
     options.schema = dataset.declared_schema.clone().and_then(|s| serde_json::from_value(s).ok());
+    // Parquet uploads are spooled to disk: on the data volume, like downloads.
+    options.temp_dir = Some(state.spool_dir());
 
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
@@ -722,10 +764,28 @@ pub async fn manifest(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let dataset = find_dataset(&state, &tenant, &name).await?;
-    authorize_on(&state, &caller, &dataset, Action::DatasetRead, &[]).await?;
-    let manifest = load_manifest(&state, &dataset, version).await?;
+    let dataset = find_dataset_for(&state, &caller, &tenant, &name).await?;
+    let mut manifest = load_manifest(&state, &dataset, version).await?;
+    // The manifest needs only dataset.read; its profile quotes values, which are shown only as
+    // far as the caller could read them as rows.
+    let raw_columns = raw_pii_columns(&manifest);
+    let rows = AccessRequest::new(&caller.principal, Action::DatasetReadRows, dataset_resource(&dataset))
+        .with_context("raw_pii", !raw_columns.is_empty());
+    if factory_core::PolicyDecisionPoint::decide(state.pdp.as_ref(), &rows).is_allowed() {
+        guard_profile_pii(&caller, &mut manifest, &raw_columns);
+    } else {
+        factory_datasets::strip_profile_values(&mut manifest["profile"]);
+    }
     Ok(Json(manifest))
+}
+
+/// Masks the PII a profile quotes from columns whose PII was kept, for roles that see such
+/// columns masked in rows too.
+fn guard_profile_pii(caller: &Caller, manifest: &mut serde_json::Value, raw_columns: &[String]) {
+    if !raw_columns.is_empty() && !sees_raw_pii(&caller.principal) {
+        let text_column = manifest["text_column"].as_str().map(str::to_string);
+        factory_datasets::mask_profile_pii(&mut manifest["profile"], raw_columns, text_column.as_deref());
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/datasets/{name}/versions/{version}/profile", tag = "datasets",
@@ -739,9 +799,12 @@ pub async fn profile(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let dataset = find_dataset(&state, &tenant, &name).await?;
-    authorize_on(&state, &caller, &dataset, Action::DatasetRead, &[]).await?;
-    let manifest = load_manifest(&state, &dataset, version).await?;
+    let dataset = find_dataset_for(&state, &caller, &tenant, &name).await?;
+    let mut manifest = load_manifest(&state, &dataset, version).await?;
+    // A profile quotes values: it is authorized like the rows, and masked like them.
+    let raw_columns = raw_pii_columns(&manifest);
+    authorize_on(&state, &caller, &dataset, Action::DatasetReadRows, &[("raw_pii", !raw_columns.is_empty())]).await?;
+    guard_profile_pii(&caller, &mut manifest, &raw_columns);
     Ok(Json(serde_json::json!({
         "version": version,
         "rows": manifest["rows"],
@@ -771,13 +834,13 @@ pub async fn rows(
     caller: Caller,
     ApiPath((name, version)): ApiPath<(String, i64)>,
     ApiQuery(query): ApiQuery<RowsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit: must be between 1 and 1000"));
     }
-    let dataset = find_dataset(&state, &tenant, &name).await?;
+    let dataset = find_dataset_for(&state, &caller, &tenant, &name).await?;
     let manifest = load_manifest(&state, &dataset, version).await?;
     let raw_columns = raw_pii_columns(&manifest);
     authorize_on(&state, &caller, &dataset, Action::DatasetReadRows, &[("raw_pii", !raw_columns.is_empty())]).await?;
@@ -813,12 +876,29 @@ pub async fn rows(
     if masked {
         factory_datasets::mask_pii_columns(&mut rows, &raw_columns);
     }
-    Ok(Json(serde_json::json!({
+    let masked_columns = if masked { raw_columns.clone() } else { Vec::new() };
+    let read = serde_json::json!({
+        "tenant": tenant, "dataset": name, "version": version, "offset": query.offset, "rows": rows.len(),
+        "masked_columns": masked_columns,
+    });
+    let body = Json(serde_json::json!({
         "version": version,
         "offset": query.offset,
         "rows": rows,
-        "masked_columns": if masked { raw_columns } else { Vec::new() },
-    })))
+        "masked_columns": masked_columns,
+    }));
+    if raw_columns.is_empty() {
+        return Ok(body.into_response());
+    }
+    // Rows of a version that kept PII are audited per request, masked or not.
+    let request = AccessRequest::new(&caller.principal, Action::DatasetReadRows, dataset_resource(&dataset))
+        .with_context("raw_pii", true);
+    let committed = super::audit_read(&state, &caller, request, &tenant, "dataset.rows.read", read).await?;
+    Ok(committed_response(StatusCode::OK, body, committed))
+}
+
+fn dataset_resource(dataset: &Dataset) -> Resource {
+    Resource::dataset(&dataset.tenant, &dataset.name, dataset.classification, &dataset.jurisdiction)
 }
 
 #[utoipa::path(get, path = "/api/v1/datasets/{name}/versions/{version}/download", tag = "datasets",
@@ -833,7 +913,7 @@ pub async fn download(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let dataset = find_dataset(&state, &tenant, &name).await?;
+    let dataset = find_dataset_for(&state, &caller, &tenant, &name).await?;
     let manifest = load_manifest(&state, &dataset, version).await?;
     let raw = !raw_pii_columns(&manifest).is_empty();
     authorize_on(&state, &caller, &dataset, Action::DatasetDownload, &[("raw_pii", raw)]).await?;
@@ -843,6 +923,13 @@ pub async fn download(
         shards.iter().map(|s| s.digest.parse::<ObjectDigest>()).collect::<Result<Vec<_>, _>>().map_err(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "manifest names an invalid shard")
         })?;
+    // Every download is audited, before the first byte leaves.
+    let request = AccessRequest::new(&caller.principal, Action::DatasetDownload, dataset_resource(&dataset))
+        .with_context("raw_pii", raw);
+    let read = serde_json::json!({
+        "tenant": tenant, "dataset": name, "version": version, "raw_pii": raw, "shards": digests.len(),
+    });
+    let committed = super::audit_read(&state, &caller, request, &tenant, "dataset.downloaded", read).await?;
     let filename = format!("{name}-v{version}.parquet");
     let headers = [
         (header::CONTENT_TYPE, "application/vnd.apache.parquet".to_string()),
@@ -853,13 +940,16 @@ pub async fn download(
         let stream = state.objects.open_stream(only).await.map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("reading a shard: {e}"))
         })?;
-        return Ok((headers, Body::from_stream(stream.map_err(std::io::Error::from))).into_response());
+        let body = Body::from_stream(stream.map_err(std::io::Error::from));
+        return Ok(committed_response(StatusCode::OK, (headers, body), committed));
     }
     // Several shards are rewritten into one file, spooled to disk to bound memory.
     let objects = state.objects.clone();
     let runtime = tokio::runtime::Handle::current();
+    let spool_dir = state.spool_dir();
     let spooled = tokio::task::spawn_blocking(move || {
-        let mut file = tempfile::tempfile().map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&spool_dir).map_err(|e| e.to_string())?;
+        let mut file = tempfile::tempfile_in(&spool_dir).map_err(|e| e.to_string())?;
         let shards = digests.iter().map(|digest| runtime.block_on(objects.get(digest)).map_err(|e| e.to_string()));
         factory_datasets::read::merge_shards(shards, &mut file)?;
         std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
@@ -870,5 +960,5 @@ pub async fn download(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
     let file = tokio::fs::File::from_std(spooled);
     let stream = tokio_util::io::ReaderStream::new(file);
-    Ok((headers, Body::from_stream(stream)).into_response())
+    Ok(committed_response(StatusCode::OK, (headers, Body::from_stream(stream)), committed))
 }

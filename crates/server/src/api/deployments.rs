@@ -115,17 +115,31 @@ async fn checked_request(
     spec: &DeploymentSpec,
     action: Action,
 ) -> Result<(AccessRequest, Vec<serde_json::Value>), ApiError> {
+    // Who may deploy here is decided before any variant is resolved, so a caller who may not
+    // learns nothing of the models, upstreams and secrets the spec names. (The residency facts
+    // are decided on with the real values once resolved.)
+    let gate = AccessRequest::new(&caller.principal, action, Resource::deployment(tenant, name))
+        .with_context("jurisdiction_allowed", true)
+        .with_context("serving_site", true);
+    authorize_as(state, caller, &gate, tenant).await?;
     spec.validate().map_err(ApiError::invalid)?;
     let (mut allowed, mut serving) = (true, true);
     let mut resolved = Vec::new();
     for variant in &spec.variants {
         if let Some(upstream) = &variant.upstream {
-            if !crate::serving::upstream_allowed(&state.config.serving.upstreams, &upstream.url) {
+            if crate::egress::allowed_url(&state.config.serving.upstreams, &upstream.url).is_none() {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "upstream_not_allowed",
                     format!("{} is not among the upstreams this installation allows (serving.upstreams)", upstream.url),
                 ));
+            }
+            if let Some(variable) = &upstream.api_key_env {
+                if !crate::egress::secret_granted(&state.config.secrets, tenant.as_str(), variable) {
+                    return Err(ApiError::invalid(format!(
+                        "upstream.api_key_env: {variable} is not granted to tenant {tenant} ([secrets])"
+                    )));
+                }
             }
             // Requests leave the installation: the upstream's jurisdiction must be one the
             // tenant allows. It is not our site, so the serving-site fact does not apply.

@@ -23,11 +23,23 @@ pub struct EnqueueJob {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
-    /// Higher runs first; default 0.
+    /// Higher runs first among the tenant's own jobs; -100 to 100, default 0.
     #[serde(default)]
     pub priority: i64,
     /// Attempts before the job is declared dead; default from the `jobs.max_attempts` setting.
     pub max_attempts: Option<u32>,
+}
+
+/// The priorities a client may give: they order a tenant's own jobs (across tenants the
+/// scheduler shares workers fairly), and a bounded range keeps them a ranking, not a weapon.
+pub const PRIORITIES: std::ops::RangeInclusive<i64> = -100..=100;
+
+pub(crate) fn check_priority(priority: i64) -> Result<(), ApiError> {
+    if PRIORITIES.contains(&priority) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!("priority: must be between {} and {}", PRIORITIES.start(), PRIORITIES.end())))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -96,6 +108,7 @@ pub async fn enqueue(
             state.job_kinds.join(", ")
         )));
     }
+    check_priority(body.priority)?;
     let max_attempts = body.max_attempts.unwrap_or(state.config.jobs.max_attempts);
     if !(1..=100).contains(&max_attempts) {
         return Err(ApiError::invalid("max_attempts: must be between 1 and 100"));
@@ -135,7 +148,7 @@ pub async fn list(
 }
 
 async fn find_and_authorize(state: &AppState, caller: &Caller, id: &str, action: Action) -> Result<Job, ApiError> {
-    let job = state.store.job(id).await?.ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+    let job = state.store.job(id).await?.ok_or_else(ApiError::no_such_resource)?;
     let request = AccessRequest::new(&caller.principal, action, Resource::job(id, &job.tenant));
     state
         .store
@@ -167,7 +180,7 @@ pub async fn cancel(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let job = state.store.job(&id).await?.ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+    let job = state.store.job(&id).await?.ok_or_else(ApiError::no_such_resource)?;
     cancel_job(&state, &caller, job).await
 }
 

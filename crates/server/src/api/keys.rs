@@ -104,7 +104,7 @@ pub async fn revoke(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let key = state.store.api_key(&id).await?.ok_or_else(|| ApiError::not_found(format!("key {id} does not exist")))?;
+    let key = state.store.api_key(&id).await?.ok_or_else(ApiError::no_such_resource)?;
     let request = AccessRequest::new(&caller.principal, Action::KeyRevoke, Resource::api_key(&id, key.tenant.as_ref()));
     let mut change = state
         .store

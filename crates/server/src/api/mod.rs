@@ -43,7 +43,7 @@ pub fn hide_foreign(caller: &Caller, owner: Option<&TenantName>, error: StoreErr
 pub fn hide_foreign_refusal(caller: &Caller, owner: Option<&TenantName>, error: ApiError) -> ApiError {
     let foreign = caller.principal.tenant.is_some() && owner != caller.principal.tenant.as_ref();
     if error.status == axum::http::StatusCode::FORBIDDEN && foreign {
-        return ApiError::not_found("no such resource");
+        return ApiError::no_such_resource();
     }
     error
 }
@@ -62,6 +62,26 @@ pub async fn authorize_as(
         .await
         .map_err(|e| hide_foreign(caller, Some(owner), e))?;
     Ok(())
+}
+
+/// Records a read of governed bytes (weights, raw or PII-bearing rows, a download) as the
+/// audit record of a change that writes nothing else, decided again by the policies: one
+/// record per request, before the bytes leave. Its event lets a watcher see reads as they
+/// happen.
+pub async fn audit_read(
+    state: &crate::state::AppState,
+    caller: &Caller,
+    request: factory_core::AccessRequest,
+    owner: &TenantName,
+    event: &str,
+    details: serde_json::Value,
+) -> Result<Committed, ApiError> {
+    let change = state
+        .store
+        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(caller, Some(owner), e))?;
+    Ok(change.commit(details.clone(), factory_store::Event::new(event, details)).await?)
 }
 
 pub fn parse_tenant(name: &str) -> Result<TenantName, ApiError> {

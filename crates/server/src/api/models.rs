@@ -365,7 +365,14 @@ pub async fn file(
         state.objects.get(&digest).await.map_err(|e| {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "verification_failed", format!("{path}: {e}"))
         })?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    let resource = Resource::model(&tenant, &name, version.classification, Some(&version.jurisdiction));
+    let request = AccessRequest::new(&caller.principal, Action::ModelExport, resource);
+    let details = serde_json::json!({
+        "tenant": tenant, "model": name, "version": version.version, "file": path, "digest": entry.digest,
+    });
+    let committed = super::audit_read(&state, &caller, request, &tenant, "model.file.read", details).await?;
+    let headers = [(header::CONTENT_TYPE, "application/octet-stream")];
+    Ok(committed_response(StatusCode::OK, (headers, bytes), committed))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -526,20 +533,37 @@ fn internal(error: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string())
 }
 
-async fn read_body(body: Body) -> Result<Vec<u8>, ApiError> {
+/// Spools an import's body to a file under the data directory, refusing it once it passes
+/// [`MAX_IMPORT_BYTES`]: the upload is held on disk, not in memory, while it arrives, and is
+/// then read from the file once.
+async fn spool_body(state: &AppState, body: Body) -> Result<std::fs::File, ApiError> {
+    use tokio::io::AsyncWriteExt;
+    let dir = state.spool_dir();
+    let file = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        tempfile::tempfile_in(&dir)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| ApiError::internal(format!("spooling the import: {e}")))?;
+    let mut file = tokio::fs::File::from_std(file);
     let mut stream = body.into_data_stream();
-    let mut bytes = Vec::new();
+    let mut received = 0u64;
     while let Some(chunk) = stream.try_next().await.map_err(|e| ApiError::invalid(format!("upload: {e}")))? {
-        if (bytes.len() + chunk.len()) as u64 > MAX_IMPORT_BYTES {
+        received += chunk.len() as u64;
+        if received > MAX_IMPORT_BYTES {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 format!("imports are limited to {MAX_IMPORT_BYTES} bytes"),
             ));
         }
-        bytes.extend_from_slice(&chunk);
+        file.write_all(&chunk).await.map_err(|e| ApiError::internal(format!("spooling the import: {e}")))?;
     }
-    Ok(bytes)
+    file.flush().await.map_err(|e| ApiError::internal(format!("spooling the import: {e}")))?;
+    let mut file = file.into_std().await;
+    std::io::Seek::rewind(&mut file).map_err(|e| ApiError::internal(format!("spooling the import: {e}")))?;
+    Ok(file)
 }
 
 #[utoipa::path(post, path = "/api/v1/models/import", tag = "models", params(TenantQuery),
@@ -564,16 +588,20 @@ pub async fn import_bundle(
     .with_context("jurisdiction_allowed", true)
     .with_context("storage_site", true);
     authorize_as(&state, &caller, &request, &tenant).await?;
-    let bytes = read_body(body).await?;
+    let spooled = spool_body(&state, body).await?;
     let trusted = state.model_keys.trusted.clone();
     let (bundle, manifest, signer) = tokio::task::spawn_blocking(move || {
-        let bundle = read_bundle(bytes.as_slice(), MAX_IMPORT_BYTES)?;
-        let (manifest, signer) = bundle.verify(&trusted)?;
-        Ok::<_, factory_registry::RegistryError>((bundle, manifest, signer))
+        let bundle = read_bundle(std::io::BufReader::new(spooled), MAX_IMPORT_BYTES)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "verification_failed", e.to_string()))?;
+        let (manifest, signer) = bundle
+            .verify(&trusted)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "verification_failed", e.to_string()))?;
+        // Signed by a trusted installation is not the same as safe to run here.
+        check_chat_template(&bundle.files)?;
+        Ok::<_, ApiError>((bundle, manifest, signer))
     })
     .await
-    .map_err(internal)?
-    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "verification_failed", e.to_string()))?;
+    .map_err(internal)??;
     valid_model_name(&manifest.name)?;
     let note = bundle.note.clone();
     let files = bundle
@@ -656,9 +684,9 @@ pub async fn import_hf(
         .with_context("jurisdiction_allowed", allowed)
         .with_context("storage_site", storage);
     authorize_as(&state, &caller, &request, &tenant).await?;
-    let bytes = read_body(body).await?;
+    let spooled = spool_body(&state, body).await?;
     let (files, parameters, config, architecture) =
-        tokio::task::spawn_blocking(move || check_hf_directory(&bytes)).await.map_err(internal)??;
+        tokio::task::spawn_blocking(move || check_hf_directory(spooled)).await.map_err(internal)??;
     let draft = Draft {
         tenant: tenant.clone(),
         name,
@@ -690,8 +718,8 @@ pub async fn import_hf(
 /// (generation) or a BERT encoder (embeddings) whose every weight the config implies is present
 /// with its shape, and whose tokenizer loads. Returns the files, the parameter count, the
 /// config for the lineage, and the architecture.
-fn check_hf_directory(bytes: &[u8]) -> Result<(Vec<DraftFile>, u64, serde_json::Value, String), ApiError> {
-    let bundle_files = read_plain_tar(bytes)?;
+fn check_hf_directory(spooled: std::fs::File) -> Result<(Vec<DraftFile>, u64, serde_json::Value, String), ApiError> {
+    let bundle_files = read_plain_tar(std::io::BufReader::new(spooled))?;
     for path in bundle_files.keys() {
         if !HF_FILES.contains(&path.as_str()) {
             return Err(ApiError::invalid(format!(
@@ -726,6 +754,7 @@ fn check_hf_directory(bytes: &[u8]) -> Result<(Vec<DraftFile>, u64, serde_json::
             .map_err(|e| ApiError::invalid(format!("tokenizer.json: {e}")))?;
         (config.parameter_count() as u64, "llama".to_string())
     };
+    check_chat_template(&bundle_files)?;
     let files = bundle_files
         .into_iter()
         .map(|(path, bytes)| DraftFile { path, source: FileSource::Bytes(Bytes::from(bytes)) })
@@ -733,14 +762,40 @@ fn check_hf_directory(bytes: &[u8]) -> Result<(Vec<DraftFile>, u64, serde_json::
     Ok((files, parameters, serde_json::json!({ "model": config_value }), architecture))
 }
 
+/// A model's chat template is code that runs on every chat call: it must compile and render a
+/// conversation within the sandbox's budgets before the model is registered.
+fn check_chat_template(files: &std::collections::BTreeMap<String, Vec<u8>>) -> Result<(), ApiError> {
+    let Some(bytes) = files.get("tokenizer_config.json") else {
+        return Ok(());
+    };
+    let config: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_chat_template", format!("tokenizer_config.json: {e}"))
+    })?;
+    match &config["chat_template"] {
+        serde_json::Value::Null => Ok(()),
+        serde_json::Value::String(template) => crate::chat_template::validate(template, factory_tokenizer::END_OF_TEXT)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad_chat_template",
+                    format!("tokenizer_config.json: {e}"),
+                )
+            }),
+        _ => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_chat_template",
+            "tokenizer_config.json: chat_template must be one template (a string)",
+        )),
+    }
+}
+
 /// A tar of plain files (no manifest), with the bundle reader's checks on names and sizes.
-fn read_plain_tar(bytes: &[u8]) -> Result<std::collections::BTreeMap<String, Vec<u8>>, ApiError> {
-    // The bundle reader wants a manifest entry; give it an empty one so the same strict checks
-    // (regular files, plain names, no duplicates, a size limit) apply.
-    let mut with_manifest = tar_header(factory_registry::BUNDLE_MANIFEST, 0).map_err(internal)?;
-    with_manifest.extend_from_slice(bytes);
-    let bundle =
-        read_bundle(with_manifest.as_slice(), MAX_IMPORT_BYTES).map_err(|e| ApiError::invalid(e.to_string()))?;
+fn read_plain_tar(tar: impl std::io::Read) -> Result<std::collections::BTreeMap<String, Vec<u8>>, ApiError> {
+    // The bundle reader wants a manifest entry; give it an empty one in front so the same strict
+    // checks (regular files, plain names, no duplicates, a size limit) apply.
+    let manifest = tar_header(factory_registry::BUNDLE_MANIFEST, 0).map_err(internal)?;
+    let bundle = read_bundle(std::io::Read::chain(manifest.as_slice(), tar), MAX_IMPORT_BYTES)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     Ok(bundle.files)
 }
 

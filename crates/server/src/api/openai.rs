@@ -283,6 +283,10 @@ pub struct Sampling {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     pub n: Option<usize>,
+    /// Keep generating past the end-of-text token, up to `max_tokens` (vLLM's extension, for
+    /// benchmarks and tests that need answers of a known length).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl Sampling {
@@ -298,7 +302,7 @@ impl Sampling {
             // Never past the model's context: the room left after the prompt.
             max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(default_max).min(default_max),
             stop: self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default(),
-            ignore_eos: false,
+            ignore_eos: self.ignore_eos,
         };
         params.validate().map_err(|message| {
             let field = message.split(' ').next().unwrap_or_default().to_string();
@@ -438,6 +442,9 @@ fn engine_error(error: EngineError) -> ApiError {
     }
 }
 
+/// Bytes a prompt may spend per token of the model's context before it is refused untokenized.
+const MAX_BYTES_PER_TOKEN: usize = 32;
+
 fn generator<'a>(model: &'a LoadedModel, deployment: &str) -> Result<&'a crate::serving::Generator, ApiError> {
     model.generator.as_ref().ok_or_else(|| {
         invalid_param("model", &format!("{deployment} serves embeddings ({}); call /v1/embeddings", model.reference))
@@ -451,12 +458,36 @@ async fn generate(
     answer: Answer,
     mut meter: Meter,
 ) -> Result<Response, ApiError> {
-    let prepared = (|| {
+    let prepared = async {
         let generator = generator(&model, &answer.model)?;
-        let ids = generator.tokenizer.encode(prompt).map_err(|e| ApiError::invalid(format!("prompt: {e}")))?;
-        let room = generator.engine.max_context().saturating_sub(ids.len()).max(1);
+        let max_context = generator.engine.max_context();
+        // A token covers at least a byte, rarely more than a few dozen: a prompt this many
+        // times the context cannot fit, and is refused before the tokenizer spends on it.
+        let max_bytes = max_context.saturating_mul(MAX_BYTES_PER_TOKEN);
+        if prompt.len() > max_bytes {
+            return Err(invalid_param(
+                "messages",
+                &format!(
+                    "the prompt is {} bytes; this model's context of {max_context} tokens takes at most {max_bytes}",
+                    prompt.len()
+                ),
+            ));
+        }
+        // Tokenizing is CPU work in proportion to the prompt: off the async workers.
+        let tokenizing = (model.clone(), prompt.to_string());
+        let ids = tokio::task::spawn_blocking(move || {
+            let (model, prompt) = tokenizing;
+            model.generator.as_ref().map(|g| g.tokenizer.encode(&prompt))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?
+        .ok_or_else(|| ApiError::internal("the model lost its generator"))?
+        .map_err(|e| ApiError::invalid(format!("prompt: {e}")))?;
+        // A prompt that fills the context is refused by the engine, which names both lengths.
+        let room = max_context.saturating_sub(ids.len()).max(1);
         Ok::<_, ApiError>((generator, ids, sampling.params(room)?))
-    })();
+    }
+    .await;
     let (generator, ids, params) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => {
@@ -703,6 +734,9 @@ fn guard_input(guardrails: &Guardrails, incoming: &mut Incoming) -> (Vec<Verdict
             first_block = checked.blocked;
         }
     };
+    // Every other text the request carries (a message's `name`, `user`, `metadata`, `stop`,
+    // ...) reaches the model or the upstream too: each is checked and masked like the prompt.
+    guard_fields(&mut incoming.raw, &mut apply);
     match &mut incoming.call {
         Call::Completion(prompt) => {
             apply(prompt);
@@ -724,6 +758,35 @@ fn guard_input(guardrails: &Guardrails, incoming: &mut Incoming) -> (Vec<Verdict
         }
     }
     (verdicts, first_block)
+}
+
+/// Applies `apply` to every string of a request body except the deployment's name, roles, and
+/// the prompt and message contents (checked as the typed call, which is then written back).
+fn guard_fields(raw: &mut serde_json::Value, apply: &mut impl FnMut(&mut String)) {
+    fn every_string(value: &mut serde_json::Value, apply: &mut impl FnMut(&mut String)) {
+        match value {
+            serde_json::Value::String(text) => apply(text),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|item| every_string(item, apply)),
+            serde_json::Value::Object(fields) => fields.values_mut().for_each(|field| every_string(field, apply)),
+            _ => {}
+        }
+    }
+    let Some(fields) = raw.as_object_mut() else { return };
+    for (key, value) in fields.iter_mut() {
+        match key.as_str() {
+            "model" | "prompt" => {}
+            "messages" => {
+                for message in value.as_array_mut().into_iter().flatten() {
+                    for (field, part) in message.as_object_mut().into_iter().flatten() {
+                        if field != "content" && field != "role" {
+                            every_string(part, apply);
+                        }
+                    }
+                }
+            }
+            _ => every_string(value, apply),
+        }
+    }
 }
 
 async fn serve(
@@ -898,7 +961,7 @@ async fn attempt(
         Call::Chat(messages) => {
             let template =
                 generator(&model, &incoming.deployment)?.chat_template.as_deref().unwrap_or(DEFAULT_CHAT_TEMPLATE);
-            render_chat(template, messages)?
+            render_chat(template, messages).await?
         }
     };
     meter.texts(Some(&prompt), None);
@@ -1000,11 +1063,32 @@ async fn forward(
         // if the client asked too.
         body["stream_options"] = serde_json::json!({ "include_usage": true });
     }
+    // The allowlist and the tenant's grants are checked again here: configuration changes, and
+    // the deployment was checked against the one in force when it was written.
     let url = format!("{}{path}", upstream.url.trim_end_matches('/'));
-    let mut request = state.engines.upstream.post(&url).json(&body);
-    let key_name = upstream.api_key_env.as_deref().filter(|name| name.starts_with(crate::serving::UPSTREAM_KEY_PREFIX));
-    if let Some(key) = key_name.and_then(|name| std::env::var(name).ok()) {
-        request = request.bearer_auth(key);
+    let Some(target) = crate::egress::allowed_url(&state.config.serving.upstreams, &url) else {
+        meter.fail("upstream_not_allowed");
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "upstream_not_allowed",
+            format!("{} is not among the upstreams this installation allows (serving.upstreams)", upstream.url),
+        ));
+    };
+    let mut request = state.engines.upstream.post(target).json(&body);
+    if let Some(name) = upstream.api_key_env.as_deref() {
+        let granted = name.starts_with(crate::serving::UPSTREAM_KEY_PREFIX)
+            && crate::egress::secret_granted(&state.config.secrets, &meter.record.tenant, name);
+        if !granted {
+            meter.fail("secret_not_granted");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "secret_not_granted",
+                format!("upstream.api_key_env: {name} is not granted to this tenant ([secrets])"),
+            ));
+        }
+        if let Ok(key) = std::env::var(name) {
+            request = request.bearer_auth(key);
+        }
     }
     let budget = std::time::Duration::from_millis(upstream.timeout_ms);
     let unavailable = |message: String| ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", message);
@@ -1078,21 +1162,17 @@ async fn forward(
     Ok(out)
 }
 
-/// Renders the messages with the model's chat template (Jinja, as Hugging Face writes them).
-pub fn render_chat(template: &str, messages: &[ChatMessage]) -> Result<String, ApiError> {
-    let mut environment = minijinja::Environment::new();
-    environment
-        .add_template("chat", template)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_chat_template", e.to_string()))?;
-    let template = environment.get_template("chat").map_err(|e| ApiError::invalid(e.to_string()))?;
-    template
-        .render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => true,
-            bos_token => "",
-            eos_token => factory_tokenizer::END_OF_TEXT,
-        })
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_chat_template", e.to_string()))
+/// Renders the messages with the model's chat template (Jinja, as Hugging Face writes them),
+/// sandboxed and on the blocking pool: the template is the importer's code.
+pub async fn render_chat(template: &str, messages: &[ChatMessage]) -> Result<String, ApiError> {
+    let (template, messages) = (template.to_string(), messages.to_vec());
+    let text_bytes = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
+    tokio::task::spawn_blocking(move || {
+        crate::chat_template::render(&template, &messages, text_bytes, factory_tokenizer::END_OF_TEXT)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("rendering the chat template: {e}")))?
+    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_chat_template", e.0))
 }
 
 #[derive(Debug, Deserialize)]

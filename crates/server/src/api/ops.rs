@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa::OpenApi;
 
+use factory_core::{AccessRequest, Action, Resource};
+
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiQuery, Caller};
 use crate::orphans::SweepReport;
@@ -27,17 +29,23 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    // The series name every tenant's deployments and upstream URLs: an operator's credential
+    // (a platform admin's or auditor's key, as a scraper's bearer token) reads them, no tenant.
+    let request = AccessRequest::new(&caller.principal, Action::MetricsRead, Resource::platform());
+    state.store.authorize(state.pdp.as_ref(), &request, &caller.request_id).await?;
     if let Ok(size) = state.store.audit_size().await {
         state.metrics.audit_log_size.set(size as i64);
     }
-    (
+    Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.render(),
     )
-        .into_response()
+        .into_response())
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]

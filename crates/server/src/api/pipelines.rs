@@ -87,6 +87,16 @@ pub async fn put(
     authorize_as(&state, &caller, &request, &tenant).await?;
     let spec = crate::pipelines::parse(&source, &state.config.pipelines.webhooks)
         .map_err(|e| ApiError::invalid(format!("pipeline {name}: {e}")))?;
+    // The same answer whether the variable exists or not: names of secrets are no oracle.
+    for (index, step) in spec.steps.iter().enumerate() {
+        if let Some(variable) = &step.secret_env {
+            if !crate::egress::secret_granted(&state.config.secrets, tenant.as_str(), variable) {
+                return Err(ApiError::invalid(format!(
+                    "pipeline {name}: steps[{index}].secret_env: not granted to tenant {tenant} ([secrets])"
+                )));
+            }
+        }
+    }
     let spec = serde_json::to_value(&spec).unwrap_or_default();
     let mut change = state
         .store
@@ -185,8 +195,9 @@ pub async fn trigger(
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     authorize(&state, &caller, &tenant, &name, Action::PipelineTrigger).await?;
     let pipeline = find(&state, &tenant, &name).await?;
-    // A client retrying with the same request id starts one run.
-    let key = format!("manual:{}", caller.request_id);
+    // A client retrying with the same request id starts one run; without an id of its own,
+    // every trigger is new.
+    let key = format!("manual:{}", caller.client_request_id.as_deref().unwrap_or(&caller.request_id));
     let trigger = serde_json::json!({ "kind": "manual", "by": caller.principal.id });
     let outcome = crate::pipelines::start(
         &state,

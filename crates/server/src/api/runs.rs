@@ -86,6 +86,7 @@ pub async fn create(
     if body.train.as_ref().is_some_and(|t| t.lora.is_some()) && kind != FINETUNE_KIND {
         return Err(ApiError::invalid("train.lora: adapters fine-tune a base model; use kind finetune"));
     }
+    super::jobs::check_priority(body.priority)?;
     let eval_sets = body.eval_sets.unwrap_or_default();
     factory_train::validate_eval_sets(&eval_sets).map_err(ApiError::invalid)?;
     let tenant = datasets::tenant_of(&caller, body.tenant.as_deref())?;
@@ -95,7 +96,7 @@ pub async fn create(
     train.validate().map_err(|e| ApiError::invalid(format!("train: {e}")))?;
 
     // Training reads every row: the caller must be allowed to read the version's rows.
-    let dataset = datasets::find_dataset(&state, &tenant, &body.dataset).await?;
+    let dataset = datasets::find_dataset_for(&state, &caller, &tenant, &body.dataset).await?;
     let manifest = datasets::load_manifest(&state, &dataset, body.version).await?;
     let raw = !datasets::raw_pii_columns(&manifest).is_empty();
     datasets::authorize_on(&state, &caller, &dataset, Action::DatasetReadRows, &[("raw_pii", raw)]).await?;
@@ -194,7 +195,7 @@ async fn run_job(state: &AppState, id: &str) -> Result<factory_store::jobs::Job,
         .job(id)
         .await?
         .filter(|job| RUN_KINDS.contains(&job.kind.as_str()))
-        .ok_or_else(|| ApiError::not_found(format!("run {id} does not exist")))
+        .ok_or_else(ApiError::no_such_resource)
 }
 
 async fn find_run(state: &AppState, caller: &Caller, id: &str) -> Result<factory_store::jobs::Job, ApiError> {
