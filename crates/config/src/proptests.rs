@@ -11,10 +11,6 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn cases() -> u32 {
-    std::env::var("FACTORY_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
-}
-
 /// Every key the loader reads, its tables, and keys it does not know (empty, dotted, stray).
 #[rustfmt::skip]
 const KEYS: &[&str] = &[
@@ -89,23 +85,6 @@ fn toml_text() -> impl Strategy<Value = String> {
     vec(line, 0..24).prop_map(|lines| lines.join("\n"))
 }
 
-/// Flips, overwrites, inserts or deletes bytes at the given positions (modulo the length).
-fn mutate(mut bytes: Vec<u8>, mutations: &[(usize, u8, u8)]) -> Vec<u8> {
-    for &(position, byte, kind) in mutations {
-        let at = if bytes.is_empty() { 0 } else { position % bytes.len() };
-        match kind {
-            0 if !bytes.is_empty() => bytes[at] ^= byte.max(1),
-            1 if !bytes.is_empty() => bytes[at] = byte,
-            2 => bytes.insert(at, byte),
-            _ if !bytes.is_empty() => {
-                bytes.remove(at);
-            }
-            _ => bytes.push(byte),
-        }
-    }
-    bytes
-}
-
 /// The property: a `Config`, or errors that each name something the input gave: the file
 /// (and line), an environment variable, or a key whose first part the text or a variable
 /// holds.
@@ -141,7 +120,7 @@ fn check(text: &str, env: &[(String, String)]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: factory_testkit::proptest_cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_text_loads_or_names_its_keys(text in vec(any::<char>(), 0..256)) {
@@ -158,7 +137,7 @@ proptest! {
 
     #[test]
     fn mutated_examples_load_or_name_their_keys(mutations in vec((any::<usize>(), any::<u8>(), 0..4u8), 1..8)) {
-        let text = mutate(Config::example_toml().as_bytes().to_vec(), &mutations);
+        let text = factory_testkit::mutate(Config::example_toml().as_bytes().to_vec(), &mutations);
         check(&String::from_utf8_lossy(&text), &[])?;
     }
 

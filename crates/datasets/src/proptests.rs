@@ -21,10 +21,6 @@ impl ShardSink for NullSink {
     }
 }
 
-fn cases() -> u32 {
-    std::env::var("FACTORY_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
-}
-
 const FORMATS: [Format; 4] = [Format::Jsonl, Format::Csv, Format::Text, Format::Parquet];
 
 /// Small limits, so that short inputs reach them.
@@ -86,23 +82,6 @@ fn compress(bytes: &[u8], compression: u8) -> Vec<u8> {
     }
 }
 
-/// Flips, overwrites, inserts or deletes bytes at the given positions (modulo the length).
-fn mutate(mut bytes: Vec<u8>, mutations: &[(usize, u8, u8)]) -> Vec<u8> {
-    for &(position, byte, kind) in mutations {
-        let at = if bytes.is_empty() { 0 } else { position % bytes.len() };
-        match kind {
-            0 if !bytes.is_empty() => bytes[at] ^= byte.max(1),
-            1 if !bytes.is_empty() => bytes[at] = byte,
-            2 => bytes.insert(at, byte),
-            _ if !bytes.is_empty() => {
-                bytes.remove(at);
-            }
-            _ => bytes.push(byte),
-        }
-    }
-    bytes
-}
-
 /// The property: a clean outcome, bounded by the input and the options.
 fn check(input: Vec<u8>, options: &IngestOptions) -> Result<(), TestCaseError> {
     let uploaded = input.len() as u64;
@@ -135,7 +114,7 @@ fn check(input: Vec<u8>, options: &IngestOptions) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: factory_testkit::proptest_cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_bytes_end_cleanly(
@@ -159,9 +138,9 @@ proptest! {
     ) {
         let format = FORMATS[format];
         let input = if after_compressing {
-            mutate(compress(&sample(format), compression), &mutations)
+            factory_testkit::mutate(compress(&sample(format), compression), &mutations)
         } else {
-            compress(&mutate(sample(format), &mutations), compression)
+            compress(&factory_testkit::mutate(sample(format), &mutations), compression)
         };
         check(input, &options(format, skip, inference_rows))?;
     }

@@ -15,10 +15,6 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn cases() -> u32 {
-    std::env::var("FACTORY_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
-}
-
 /// What one case may take, debug build included; the loaders read ~100 KiB here.
 const CASE_TIME: Duration = Duration::from_secs(2);
 
@@ -61,23 +57,6 @@ fn bert_weights() -> &'static Vec<u8> {
         tensors.push(("pooler.dense.bias".to_string(), Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap()));
         to_safetensors(tensors).unwrap()
     })
-}
-
-/// Flips, overwrites, inserts or deletes bytes at the given positions (modulo the length).
-fn mutate(mut bytes: Vec<u8>, mutations: &[(usize, u8, u8)]) -> Vec<u8> {
-    for &(position, byte, kind) in mutations {
-        let at = if bytes.is_empty() { 0 } else { position % bytes.len() };
-        match kind {
-            0 if !bytes.is_empty() => bytes[at] ^= byte.max(1),
-            1 if !bytes.is_empty() => bytes[at] = byte,
-            2 => bytes.insert(at, byte),
-            _ if !bytes.is_empty() => {
-                bytes.remove(at);
-            }
-            _ => bytes.push(byte),
-        }
-    }
-    bytes
 }
 
 /// Splits safetensors bytes into the JSON header and the data after it.
@@ -198,7 +177,7 @@ fn claimed_size() -> impl Strategy<Value = u64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: factory_testkit::proptest_cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_config_texts_end_cleanly(text in vec(any::<char>(), 0..256), bert in any::<bool>()) {
@@ -226,10 +205,10 @@ proptest! {
         bert in any::<bool>(),
     ) {
         if bert {
-            let text = mutate(BERT_CONFIG.as_bytes().to_vec(), &mutations);
+            let text = factory_testkit::mutate(BERT_CONFIG.as_bytes().to_vec(), &mutations);
             check_bert(&String::from_utf8_lossy(&text), bert_weights())?;
         } else {
-            let text = mutate(llama_config_text().as_bytes().to_vec(), &mutations);
+            let text = factory_testkit::mutate(llama_config_text().as_bytes().to_vec(), &mutations);
             check_llama(&String::from_utf8_lossy(&text), llama_weights())?;
         }
     }
@@ -263,9 +242,9 @@ proptest! {
         bert in any::<bool>(),
     ) {
         if bert {
-            check_bert(BERT_CONFIG, &mutate(bert_weights().clone(), &mutations))?;
+            check_bert(BERT_CONFIG, &factory_testkit::mutate(bert_weights().clone(), &mutations))?;
         } else {
-            check_llama(llama_config_text(), &mutate(llama_weights().clone(), &mutations))?;
+            check_llama(llama_config_text(), &factory_testkit::mutate(llama_weights().clone(), &mutations))?;
         }
     }
 

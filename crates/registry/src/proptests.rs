@@ -15,10 +15,6 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn cases() -> u32 {
-    std::env::var("FACTORY_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
-}
-
 const FILES: &[(&str, &[u8])] = &[
     ("config.json", b"{\"hidden_size\": 64, \"vocab_size\": 32}"),
     ("model.safetensors", b"weights, not really"),
@@ -101,23 +97,6 @@ fn original_bundle() -> &'static Vec<u8> {
     })
 }
 
-/// Flips, overwrites, inserts or deletes bytes at the given positions (modulo the length).
-fn mutate(mut bytes: Vec<u8>, mutations: &[(usize, u8, u8)]) -> Vec<u8> {
-    for &(position, byte, kind) in mutations {
-        let at = if bytes.is_empty() { 0 } else { position % bytes.len() };
-        match kind {
-            0 if !bytes.is_empty() => bytes[at] ^= byte.max(1),
-            1 if !bytes.is_empty() => bytes[at] = byte,
-            2 => bytes.insert(at, byte),
-            _ if !bytes.is_empty() => {
-                bytes.remove(at);
-            }
-            _ => bytes.push(byte),
-        }
-    }
-    bytes
-}
-
 /// The reading property: a bundle within the limit, made only of plain names, or an error
 /// that says what is wrong.
 fn check_read(bytes: &[u8], max_bytes: u64) -> Result<Option<Bundle>, TestCaseError> {
@@ -151,7 +130,7 @@ fn check_verify(bundle: &Bundle) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: factory_testkit::proptest_cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_bytes_read_cleanly(bytes in vec(any::<u8>(), 0..4096), max_bytes in 0..4096u64) {
@@ -167,7 +146,7 @@ proptest! {
         mutations in vec((any::<usize>(), any::<u8>(), 0..4u8), 1..16),
         max_bytes in prop_oneof![Just(1u64 << 20), 0..2048u64],
     ) {
-        let bytes = mutate(original_bundle().clone(), &mutations);
+        let bytes = factory_testkit::mutate(original_bundle().clone(), &mutations);
         if let Some(bundle) = check_read(&bytes, max_bytes)? {
             check_verify(&bundle)?;
         }
@@ -183,9 +162,9 @@ proptest! {
         extra in prop::option::of(((0..100u32).prop_map(|n| format!("extra{n}.json")), vec(any::<u8>(), 0..16))),
         drop_file in any::<bool>(),
     ) {
-        let note = mutate(original_note().as_bytes().to_vec(), &note_mutations);
+        let note = factory_testkit::mutate(original_note().as_bytes().to_vec(), &note_mutations);
         let mut files: Vec<(String, Vec<u8>)> = original_files().into_iter().collect();
-        files[file].1 = mutate(files[file].1.clone(), &file_mutations);
+        files[file].1 = factory_testkit::mutate(files[file].1.clone(), &file_mutations);
         if drop_file {
             files.remove(file);
         }

@@ -15,29 +15,8 @@ use serde::Serialize;
 
 use crate::api::openai::{ChatMessage, ChatRequest, CompletionRequest};
 
-fn cases() -> u32 {
-    std::env::var("FACTORY_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
-}
-
 /// What one case may take, in a debug build on a shared core.
 const CASE_TIME: Duration = Duration::from_secs(2);
-
-/// Flips, overwrites, inserts or deletes bytes at the given positions (modulo the length).
-fn mutate(mut bytes: Vec<u8>, mutations: &[(usize, u8, u8)]) -> Vec<u8> {
-    for &(position, byte, kind) in mutations {
-        let at = if bytes.is_empty() { 0 } else { position % bytes.len() };
-        match kind {
-            0 if !bytes.is_empty() => bytes[at] ^= byte.max(1),
-            1 if !bytes.is_empty() => bytes[at] = byte,
-            2 => bytes.insert(at, byte),
-            _ if !bytes.is_empty() => {
-                bytes.remove(at);
-            }
-            _ => bytes.push(byte),
-        }
-    }
-    bytes
-}
 
 fn mutations() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
     vec((any::<usize>(), any::<u8>(), 0..4u8), 1..10)
@@ -399,7 +378,7 @@ fn check_url(allowlist: &[String], url: &str) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: factory_testkit::proptest_cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_pipeline_text_parses_cleanly(text in vec(any::<char>(), 0..256)) {
@@ -413,7 +392,7 @@ proptest! {
 
     #[test]
     fn mutated_pipelines_parse_cleanly(mutations in mutations()) {
-        check_pipeline(&String::from_utf8_lossy(&mutate(PIPELINE.as_bytes().to_vec(), &mutations)))?;
+        check_pipeline(&String::from_utf8_lossy(&factory_testkit::mutate(PIPELINE.as_bytes().to_vec(), &mutations)))?;
     }
 
     #[test]
@@ -439,7 +418,7 @@ proptest! {
     #[test]
     fn mutated_bodies_parse_cleanly(mutations in mutations(), chat in any::<bool>()) {
         let body = if chat { CHAT_BODY } else { COMPLETION_BODY };
-        check_body(&mutate(body.as_bytes().to_vec(), &mutations))?;
+        check_body(&factory_testkit::mutate(body.as_bytes().to_vec(), &mutations))?;
     }
 
     #[test]

@@ -18,3 +18,28 @@ pub fn missing(what: &str) {
     // Straight to the process's stderr: libtest captures only the print macros.
     let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {what} ***\n");
 }
+
+/// Cases each property test runs: 64 by default (seconds in all), `FACTORY_PROPTEST_CASES` for
+/// longer runs (`bench/fuzz.sh`).
+pub fn proptest_cases() -> u32 {
+    std::env::var("FACTORY_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+}
+
+/// Flips, overwrites, inserts or deletes bytes of `bytes` at the given positions (modulo its
+/// length): `(position, byte, kind)` with kind 0 flip, 1 overwrite, 2 insert, else delete. The
+/// mutations property tests apply to valid inputs to reach the parsers' edge cases.
+pub fn mutate(mut bytes: Vec<u8>, mutations: &[(usize, u8, u8)]) -> Vec<u8> {
+    for &(position, byte, kind) in mutations {
+        let at = if bytes.is_empty() { 0 } else { position % bytes.len() };
+        match kind {
+            0 if !bytes.is_empty() => bytes[at] ^= byte.max(1),
+            1 if !bytes.is_empty() => bytes[at] = byte,
+            2 => bytes.insert(at, byte),
+            _ if !bytes.is_empty() => {
+                bytes.remove(at);
+            }
+            _ => bytes.push(byte),
+        }
+    }
+    bytes
+}
