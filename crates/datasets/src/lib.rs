@@ -10,6 +10,7 @@
 mod input;
 mod inspect;
 mod json;
+mod manifest;
 mod parquet_input;
 mod pipeline;
 pub mod read;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use input::Compression;
 pub use inspect::{mask_pii_columns, mask_profile_pii, strip_profile_values};
+pub use manifest::{ManifestLineage, ManifestSource, VersionManifest};
 pub use pipeline::ingest;
 pub use schema::{Cell, ColumnKind, ColumnSpec};
 

@@ -14,20 +14,6 @@ use tokio::io::AsyncWriteExt;
 use crate::cli::Remote;
 use crate::client::{api_key, call, error_message, tenant_query};
 
-/// The files `import-hf` sends from a Hugging Face directory (the server refuses others).
-const HF_FILES: &[&str] = &[
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "generation_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "modules.json",
-    "sentence_bert_config.json",
-    "config_sentence_transformers.json",
-];
-
 fn split_reference(text: &str) -> anyhow::Result<(&str, &str)> {
     text.split_once('@')
         .filter(|(name, version)| !name.is_empty() && !version.is_empty())
@@ -153,7 +139,7 @@ pub struct ImportHfArgs {
 pub async fn import_hf(remote: &Remote, args: ImportHfArgs) -> anyhow::Result<()> {
     let mut tar = Vec::new();
     let mut sent = Vec::new();
-    for name in HF_FILES {
+    for name in factory_registry::HF_FILES {
         let path = args.dir.join(name);
         if !path.exists() {
             continue;

@@ -45,6 +45,22 @@ pub struct Bundle {
 }
 
 /// Reads a bundle of at most `max_bytes` of file content.
+/// The files of a Hugging Face directory the registry keeps when importing one (`import-hf`):
+/// what the client sends and the server accepts, and nothing else. The sentence-transformers
+/// files describe BERT encoders (their pooling is taken to be the mean).
+pub const HF_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+];
+
 pub fn read_bundle(reader: impl Read, max_bytes: u64) -> Result<Bundle, RegistryError> {
     let bad = |message: String| RegistryError::Bundle(message);
     let mut archive = tar::Archive::new(reader);

@@ -16,7 +16,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use bundle::{read_bundle, tar_end, tar_header, tar_padding, Bundle, BUNDLE_MANIFEST};
+pub use bundle::{read_bundle, tar_end, tar_header, tar_padding, Bundle, BUNDLE_MANIFEST, HF_FILES};
 pub use card::model_card;
 pub use manifest::{
     file_digest, sign, strictest_residency, verify_file, DatasetInput, Lineage, ModelFile, ModelManifest, Origin,

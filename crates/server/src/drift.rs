@@ -287,7 +287,8 @@ async fn reference_texts(state: &AppState, tenant: &TenantName, reference: &str)
     let (dataset, version) = crate::api::datasets::find_version(state, tenant, reference)
         .await
         .map_err(|e| format!("drift.reference: {}", e.message))?;
-    let manifest = crate::api::datasets::load_manifest(state, &dataset, version).await.map_err(|e| e.to_string())?;
+    let manifest =
+        crate::api::datasets::load_manifest(state, &dataset, version).await.map_err(|e| e.to_string())?.manifest;
     crate::training::manifest_texts(state, &manifest).await
 }
 

@@ -712,7 +712,7 @@ async fn evaluate(
         api::datasets::find_version(state, tenant, step.dataset.as_deref().unwrap_or_default()).await?;
     // Scoring reads rows: the author must be allowed to.
     api::datasets::authorize_on(state, caller, &dataset, Action::DatasetReadRows, &[("raw_pii", false)]).await?;
-    let manifest = api::datasets::load_manifest(state, &dataset, version).await?;
+    let manifest = api::datasets::load_manifest(state, &dataset, version).await?.manifest;
     let texts = crate::training::manifest_texts(state, &manifest).await?;
     // The end of the data, as training holds out the end of its token stream.
     let held_out: Vec<String> = texts[texts.len() - (texts.len() / 10).max(1).min(texts.len())..].to_vec();

@@ -438,17 +438,12 @@ pub async fn shard_texts(state: &AppState, shards: &[String], column: &str) -> R
 }
 
 /// The text column of a dataset version, from its manifest.
-pub async fn manifest_texts(state: &AppState, manifest: &serde_json::Value) -> Result<Vec<String>, String> {
-    let column = manifest["text_column"].as_str().ok_or("the dataset version has no text_column")?;
-    shard_texts(state, &manifest_shards(manifest), column).await
-}
-
-/// The shard digests a dataset version's manifest lists, in order.
-pub fn manifest_shards(manifest: &serde_json::Value) -> Vec<String> {
-    manifest["shards"]
-        .as_array()
-        .map(|shards| shards.iter().filter_map(|s| s["digest"].as_str().map(str::to_string)).collect())
-        .unwrap_or_default()
+pub async fn manifest_texts(
+    state: &AppState,
+    manifest: &factory_datasets::VersionManifest,
+) -> Result<Vec<String>, String> {
+    let column = manifest.text_column.as_deref().ok_or("the dataset version has no text_column")?;
+    shard_texts(state, &manifest.shard_digests(), column).await
 }
 
 pub fn with_training_handlers(mut pool: crate::workers::WorkerPool, state: &AppState) -> crate::workers::WorkerPool {

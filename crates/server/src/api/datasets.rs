@@ -6,8 +6,6 @@
 //! make the version visible in one governed transaction. A failed or interrupted ingest leaves
 //! no version, and its shards are deleted unless another version references them.
 
-use std::collections::BTreeMap;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -18,7 +16,8 @@ use factory_core::{
     AccessRequest, Action, Classification, Jurisdiction, Principal, Resource, Role, SiteKind, TenantName,
 };
 use factory_datasets::{
-    ColumnSpec, DedupMode, Format, IngestErrorKind, IngestOptions, OnError, PiiPolicy, PiiTreatment, ShardSink,
+    ColumnSpec, DedupMode, Format, IngestErrorKind, IngestOptions, ManifestLineage, ManifestSource, OnError, PiiPolicy,
+    ShardSink, VersionManifest,
 };
 use factory_objects::ObjectDigest;
 use factory_store::datasets::{Dataset, NewVersion};
@@ -626,36 +625,40 @@ pub async fn ingest(
         }
     };
 
-    let manifest = serde_json::json!({
-        "tenant": tenant,
-        "dataset": name,
-        "classification": dataset.classification,
-        "jurisdiction": dataset.jurisdiction,
-        "site": dataset.site,
-        "schema": ingested.schema,
-        "text_column": ingested.text_column,
-        "pii_columns": ingested.pii_columns,
-        "dropped_columns": ingested.dropped_columns,
-        "rows": ingested.rows,
-        "rows_skipped": ingested.rows_skipped,
-        "errors": ingested.errors,
-        "shards": ingested.shards,
-        "source": {
-            "digest": ingested.source.digest,
-            "bytes": ingested.source.bytes,
-            "format": ingested.source.format,
-            "compression": ingested.source.compression,
-            "uploaded_by": caller.principal.id,
-            "uploaded_at": factory_core::time::now_rfc3339(),
-            "request_id": caller.request_id,
+    let manifest = VersionManifest {
+        tenant: tenant.to_string(),
+        dataset: name.clone(),
+        classification: dataset.classification.to_string(),
+        jurisdiction: dataset.jurisdiction.to_string(),
+        site: dataset.site.clone(),
+        schema: ingested.schema.clone(),
+        text_column: ingested.text_column.clone(),
+        pii_columns: ingested.pii_columns.clone(),
+        dropped_columns: ingested.dropped_columns.clone(),
+        rows: ingested.rows,
+        rows_skipped: ingested.rows_skipped,
+        errors: ingested.errors.clone(),
+        shards: ingested.shards.clone(),
+        source: ManifestSource {
+            digest: ingested.source.digest.clone(),
+            bytes: ingested.source.bytes,
+            format: ingested.source.format,
+            compression: ingested.source.compression,
+            uploaded_by: caller.principal.id.clone(),
+            uploaded_at: factory_core::time::now_rfc3339(),
+            request_id: caller.request_id.clone(),
         },
         // Uploads derive from nothing governed; versions the factory derives itself (filtered,
         // joined, generated) will name their inputs here.
-        "lineage": { "run_id": run.run.run_id.to_string(), "job": run.run.job_name, "derived_from": [] },
-        "pii": ingested.pii,
-        "dedup": ingested.dedup,
-        "profile": ingested.profile,
-    });
+        lineage: ManifestLineage {
+            run_id: run.run.run_id.to_string(),
+            job: run.run.job_name.clone(),
+            derived_from: Vec::new(),
+        },
+        pii: ingested.pii.clone(),
+        dedup: ingested.dedup.clone(),
+        profile: ingested.profile.clone(),
+    };
     let shard_digests: Vec<String> = ingested.shards.iter().map(|s| s.digest.clone()).collect();
     let manifest_bytes = serde_json::to_vec(&manifest).unwrap_or_default();
     lease.hold(ObjectDigest::of(&manifest_bytes)).await;
@@ -717,12 +720,31 @@ pub async fn ingest(
     Ok(committed_response(StatusCode::CREATED, Json(report), committed))
 }
 
-/// The manifest of `dataset`'s `version`, with the version's row facts added.
+/// A version's manifest, and the facts of its row (number, manifest digest, creation time).
+pub(crate) struct LoadedManifest {
+    pub manifest: VersionManifest,
+    pub version: i64,
+    pub digest: String,
+    pub created_at: i64,
+}
+
+impl LoadedManifest {
+    /// The manifest as `GET .../versions/{version}` shows it: the stored fields and the row's.
+    fn view(&self) -> serde_json::Value {
+        let mut view = serde_json::to_value(&self.manifest).unwrap_or_default();
+        view["version"] = self.version.into();
+        view["manifest_digest"] = self.digest.clone().into();
+        view["created_at"] = millis_to_text(self.created_at).into();
+        view
+    }
+}
+
+/// The manifest of `dataset`'s `version`.
 pub(crate) async fn load_manifest(
     state: &AppState,
     dataset: &Dataset,
     version: i64,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<LoadedManifest, ApiError> {
     let name = &dataset.name;
     let stored = state
         .store
@@ -735,18 +757,9 @@ pub(crate) async fn load_manifest(
     let bytes = state.objects.get(&digest).await.map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("reading the manifest: {e}"))
     })?;
-    let mut manifest: serde_json::Value = serde_json::from_slice(&bytes)
+    let manifest: VersionManifest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("manifest: {e}")))?;
-    manifest["version"] = version.into();
-    manifest["manifest_digest"] = stored.manifest_digest.into();
-    manifest["created_at"] = millis_to_text(stored.created_at).into();
-    Ok(manifest)
-}
-
-pub(crate) fn raw_pii_columns(manifest: &serde_json::Value) -> Vec<String> {
-    let columns: BTreeMap<String, PiiTreatment> =
-        serde_json::from_value(manifest["pii_columns"].clone()).unwrap_or_default();
-    columns.into_iter().filter(|(_, t)| *t == PiiTreatment::Keep).map(|(c, _)| c).collect()
+    Ok(LoadedManifest { manifest, version, digest: stored.manifest_digest, created_at: stored.created_at })
 }
 
 fn sees_raw_pii(principal: &Principal) -> bool {
@@ -765,26 +778,25 @@ pub async fn manifest(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     let dataset = find_dataset_for(&state, &caller, &tenant, &name).await?;
-    let mut manifest = load_manifest(&state, &dataset, version).await?;
+    let mut loaded = load_manifest(&state, &dataset, version).await?;
     // The manifest needs only dataset.read; its profile quotes values, which are shown only as
     // far as the caller could read them as rows.
-    let raw_columns = raw_pii_columns(&manifest);
+    let raw_columns = loaded.manifest.raw_pii_columns();
     let rows = AccessRequest::new(&caller.principal, Action::DatasetReadRows, dataset_resource(&dataset))
         .with_context("raw_pii", !raw_columns.is_empty());
     if factory_core::PolicyDecisionPoint::decide(state.pdp.as_ref(), &rows).is_allowed() {
-        guard_profile_pii(&caller, &mut manifest, &raw_columns);
+        guard_profile_pii(&caller, &mut loaded.manifest, &raw_columns);
     } else {
-        factory_datasets::strip_profile_values(&mut manifest["profile"]);
+        factory_datasets::strip_profile_values(&mut loaded.manifest.profile);
     }
-    Ok(Json(manifest))
+    Ok(Json(loaded.view()))
 }
 
 /// Masks the PII a profile quotes from columns whose PII was kept, for roles that see such
 /// columns masked in rows too.
-fn guard_profile_pii(caller: &Caller, manifest: &mut serde_json::Value, raw_columns: &[String]) {
+fn guard_profile_pii(caller: &Caller, manifest: &mut VersionManifest, raw_columns: &[String]) {
     if !raw_columns.is_empty() && !sees_raw_pii(&caller.principal) {
-        let text_column = manifest["text_column"].as_str().map(str::to_string);
-        factory_datasets::mask_profile_pii(&mut manifest["profile"], raw_columns, text_column.as_deref());
+        factory_datasets::mask_profile_pii(&mut manifest.profile, raw_columns, manifest.text_column.as_deref());
     }
 }
 
@@ -800,17 +812,17 @@ pub async fn profile(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     let dataset = find_dataset_for(&state, &caller, &tenant, &name).await?;
-    let mut manifest = load_manifest(&state, &dataset, version).await?;
+    let mut manifest = load_manifest(&state, &dataset, version).await?.manifest;
     // A profile quotes values: it is authorized like the rows, and masked like them.
-    let raw_columns = raw_pii_columns(&manifest);
+    let raw_columns = manifest.raw_pii_columns();
     authorize_on(&state, &caller, &dataset, Action::DatasetReadRows, &[("raw_pii", !raw_columns.is_empty())]).await?;
     guard_profile_pii(&caller, &mut manifest, &raw_columns);
     Ok(Json(serde_json::json!({
         "version": version,
-        "rows": manifest["rows"],
-        "profile": manifest["profile"],
-        "pii": manifest["pii"],
-        "dedup": manifest["dedup"],
+        "rows": manifest.rows,
+        "profile": manifest.profile,
+        "pii": manifest.pii,
+        "dedup": manifest.dedup,
     })))
 }
 
@@ -841,11 +853,10 @@ pub async fn rows(
         return Err(ApiError::invalid("limit: must be between 1 and 1000"));
     }
     let dataset = find_dataset_for(&state, &caller, &tenant, &name).await?;
-    let manifest = load_manifest(&state, &dataset, version).await?;
-    let raw_columns = raw_pii_columns(&manifest);
+    let manifest = load_manifest(&state, &dataset, version).await?.manifest;
+    let raw_columns = manifest.raw_pii_columns();
     authorize_on(&state, &caller, &dataset, Action::DatasetReadRows, &[("raw_pii", !raw_columns.is_empty())]).await?;
-    let shards: Vec<factory_datasets::ShardInfo> =
-        serde_json::from_value(manifest["shards"].clone()).unwrap_or_default();
+    let shards = manifest.shards;
     let mut skip = query.offset;
     let mut wanted = limit;
     let mut rows = Vec::new();
@@ -914,11 +925,10 @@ pub async fn download(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     let dataset = find_dataset_for(&state, &caller, &tenant, &name).await?;
-    let manifest = load_manifest(&state, &dataset, version).await?;
-    let raw = !raw_pii_columns(&manifest).is_empty();
+    let manifest = load_manifest(&state, &dataset, version).await?.manifest;
+    let raw = !manifest.raw_pii_columns().is_empty();
     authorize_on(&state, &caller, &dataset, Action::DatasetDownload, &[("raw_pii", raw)]).await?;
-    let shards: Vec<factory_datasets::ShardInfo> =
-        serde_json::from_value(manifest["shards"].clone()).unwrap_or_default();
+    let shards = manifest.shards;
     let digests =
         shards.iter().map(|s| s.digest.parse::<ObjectDigest>()).collect::<Result<Vec<_>, _>>().map_err(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "manifest names an invalid shard")

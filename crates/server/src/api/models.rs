@@ -640,21 +640,6 @@ pub struct HfImportQuery {
     pub intended_use: Option<String>,
 }
 
-/// Files of a Hugging Face directory the registry keeps; anything else is refused. The
-/// sentence-transformers files describe BERT encoders (their pooling is taken to be the mean).
-const HF_FILES: &[&str] = &[
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "generation_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "modules.json",
-    "sentence_bert_config.json",
-    "config_sentence_transformers.json",
-];
-
 #[utoipa::path(post, path = "/api/v1/models/{name}/import-hf", tag = "models", params(("name" = String, Path), HfImportQuery),
     request_body(content = Vec<u8>, description = "A tar of the directory's files (config.json, model.safetensors, tokenizer.json, ...)", content_type = "application/x-tar"),
     responses((status = 201, body = ModelVersionView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
@@ -721,10 +706,10 @@ pub async fn import_hf(
 fn check_hf_directory(spooled: std::fs::File) -> Result<(Vec<DraftFile>, u64, serde_json::Value, String), ApiError> {
     let bundle_files = read_plain_tar(std::io::BufReader::new(spooled))?;
     for path in bundle_files.keys() {
-        if !HF_FILES.contains(&path.as_str()) {
+        if !factory_registry::HF_FILES.contains(&path.as_str()) {
             return Err(ApiError::invalid(format!(
                 "{path}: not a file the registry keeps (expected {})",
-                HF_FILES.join(", ")
+                factory_registry::HF_FILES.join(", ")
             )));
         }
     }

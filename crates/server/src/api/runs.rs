@@ -97,14 +97,14 @@ pub async fn create(
 
     // Training reads every row: the caller must be allowed to read the version's rows.
     let dataset = datasets::find_dataset_for(&state, &caller, &tenant, &body.dataset).await?;
-    let manifest = datasets::load_manifest(&state, &dataset, body.version).await?;
-    let raw = !datasets::raw_pii_columns(&manifest).is_empty();
+    let manifest = datasets::load_manifest(&state, &dataset, body.version).await?.manifest;
+    let raw = !manifest.raw_pii_columns().is_empty();
     datasets::authorize_on(&state, &caller, &dataset, Action::DatasetReadRows, &[("raw_pii", raw)]).await?;
-    let text_column = manifest["text_column"]
-        .as_str()
-        .ok_or_else(|| ApiError::invalid("dataset: the version was ingested without a text_column to train on"))?
-        .to_string();
-    let shards = crate::training::manifest_shards(&manifest);
+    let text_column = manifest
+        .text_column
+        .clone()
+        .ok_or_else(|| ApiError::invalid("dataset: the version was ingested without a text_column to train on"))?;
+    let shards = manifest.shard_digests();
     let base = match &body.base {
         Some(reference) => {
             let (base, max_positions) = base_model(&state, &caller, &tenant, reference).await?;
