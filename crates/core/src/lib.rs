@@ -10,4 +10,7 @@ pub mod secrets;
 pub mod time;
 
 pub use access::{AccessRequest, Action, Decision, Effect, PolicyDecisionPoint, Principal, Resource, ResourceKind};
-pub use names::{Classification, Jurisdiction, NameError, Role, SiteKind, TenantName};
+pub use names::{
+    AliasName, Classification, DatasetName, DeploymentName, Jurisdiction, ModelName, NameError, PipelineName, Role,
+    SiteKind, TenantName,
+};

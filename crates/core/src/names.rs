@@ -89,6 +89,36 @@ slug_type!(
     63
 );
 slug_type!(
+    /// The name of a dataset, unique within its tenant.
+    DatasetName,
+    "dataset name",
+    63
+);
+slug_type!(
+    /// The name of a registered model, unique within its tenant.
+    ModelName,
+    "model name",
+    63
+);
+slug_type!(
+    /// A model alias such as `production`: a moving name for one of its versions.
+    AliasName,
+    "alias",
+    63
+);
+slug_type!(
+    /// The name of a deployment: what OpenAI clients pass as `model`.
+    DeploymentName,
+    "deployment name",
+    63
+);
+slug_type!(
+    /// The name of a pipeline, unique within its tenant.
+    PipelineName,
+    "pipeline name",
+    63
+);
+slug_type!(
     /// A legal jurisdiction such as `eu`, `de` or `local`. Data, models and sites carry one,
     /// and residency rules compare them.
     Jurisdiction,

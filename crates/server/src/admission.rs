@@ -72,11 +72,39 @@ impl Admission {
     /// Admits a request of `tenant` (`None`: a platform key or no valid key, bounded by the
     /// server's limit alone), a transfer or not.
     pub fn admit(self: &Arc<Self>, tenant: Option<&str>, transfer: bool) -> Result<Admitted, Refusal> {
+        self.slot(transfer)?.for_tenant(tenant)
+    }
+
+    /// The server-wide slot alone: taken before anything is looked up for the request, so a
+    /// flood of unknown keys is bounded like any other load.
+    pub fn slot(self: &Arc<Self>, transfer: bool) -> Result<Slot, Refusal> {
         let pool = if transfer { &self.transfers } else { &self.requests };
         let slot = pool.clone().try_acquire_owned().map_err(|_| Refusal::Server)?;
+        Ok(Slot { admission: self.clone(), slot, transfer })
+    }
+}
+
+/// A server-wide slot, not yet counted against a tenant.
+pub struct Slot {
+    admission: Arc<Admission>,
+    slot: OwnedSemaphorePermit,
+    transfer: bool,
+}
+
+impl Slot {
+    /// Counts the request against `tenant`'s share (dropping the slot if it is full).
+    pub fn for_tenant(self, tenant: Option<&str>) -> Result<Admitted, Refusal> {
+        let Slot { admission, slot, transfer } = self;
         let Some(tenant) = tenant else {
             return Ok(Admitted { _slot: slot, tenant: None });
         };
+        admission.count(tenant, transfer)?;
+        Ok(Admitted { _slot: slot, tenant: Some((admission, tenant.to_string(), transfer)) })
+    }
+}
+
+impl Admission {
+    fn count(&self, tenant: &str, transfer: bool) -> Result<(), Refusal> {
         let limit = if transfer { self.limits.transfers_per_tenant } else { self.limits.requests_per_tenant };
         let mut tenants = self.tenants.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let counts = tenants.entry(tenant.to_string()).or_default();
@@ -88,7 +116,7 @@ impl Admission {
             return Err(Refusal::Tenant { limit });
         }
         *count += 1;
-        Ok(Admitted { _slot: slot, tenant: Some((self.clone(), tenant.to_string(), transfer)) })
+        Ok(())
     }
 }
 

@@ -22,18 +22,18 @@ pub struct RequestIds {
 pub const MAX_CLIENT_REQUEST_ID: usize = 128;
 
 impl RequestIds {
-    /// Reads the client's id from `value`: 1 to 128 characters of `[A-Za-z0-9._:/-]`, else an
-    /// error naming the header.
+    /// Reads the client's id from `value`: 1 to 128 characters of `[A-Za-z0-9._:/+=-]` (UUIDs,
+    /// hex and base64 ids fit), else an error naming the header.
     pub fn new(client: Option<&[u8]>) -> Result<Self, ApiError> {
         let client = client
             .map(|bytes| {
                 let valid = (1..=MAX_CLIENT_REQUEST_ID).contains(&bytes.len())
-                    && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(b));
+                    && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"._:/+=-".contains(b));
                 if valid {
                     Ok(String::from_utf8_lossy(bytes).into_owned())
                 } else {
                     Err(ApiError::invalid(format!(
-                        "x-request-id: 1 to {MAX_CLIENT_REQUEST_ID} characters of letters, digits and ._:/-"
+                        "x-request-id: 1 to {MAX_CLIENT_REQUEST_ID} characters of letters, digits and ._:/+=-"
                     )))
                 }
             })

@@ -187,11 +187,18 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     let started = Instant::now();
     let transfer = TRANSFER_ROUTES.contains(&route.as_str());
     let secret = bearer_secret(&request);
-    let tenant = match secret {
-        Some(secret) => bearer_tenant(&state, &secret).await,
-        None => None,
+    // The server's slot first, so looking the key up is itself bounded; then the tenant's share.
+    let admitted = match state.admission.slot(transfer) {
+        Ok(slot) => {
+            let tenant = match secret {
+                Some(secret) => bearer_tenant(&state, &secret).await,
+                None => None,
+            };
+            slot.for_tenant(tenant.as_deref())
+        }
+        Err(refusal) => Err(refusal),
     };
-    let response = match state.admission.admit(tenant.as_deref(), transfer) {
+    let response = match admitted {
         Err(Refusal::Server) => {
             ApiError::overloaded("the server is at its concurrent request limit; retry shortly", 1).into_response()
         }

@@ -457,9 +457,14 @@ impl Store {
     /// system: the audit log names the waiting job the victim yields to.
     pub async fn request_preemption(&self, pdp: &dyn PolicyDecisionPoint) -> Result<Option<Job>, StoreError> {
         let now = now_millis();
+        // The most urgent waiting job that some running job of its own tenant ranks below: only
+        // such a job can preempt anything.
         let waiting: Option<(String, i64, String)> = sqlx::query_as(&format!(
             "SELECT j.id, j.priority, j.tenant FROM jobs j WHERE j.state = 'queued' AND j.run_after <= $1 \
              AND j.attempts < j.max_attempts AND j.cancel_requested = 0 AND {} \
+             AND EXISTS (SELECT 1 FROM jobs r WHERE r.tenant = j.tenant AND r.state = 'running' \
+             AND r.preempt_requested = 0 AND r.cancel_requested = 0 AND r.priority < j.priority \
+             AND r.lease_expires_at >= $1) \
              ORDER BY {} LIMIT 1",
             within_quota("$1"),
             fair_share_order("$1")

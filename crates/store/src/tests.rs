@@ -111,6 +111,7 @@ store_suite!(
     model_versions_are_numbered_immutable_and_aliased,
     scheduling_respects_quotas_and_preempts_lower_priority_work,
     a_priority_never_preempts_or_overtakes_another_tenant,
+    a_tenants_urgent_job_preempts_its_own_work_while_others_wait,
     deployments_are_created_revised_and_deleted,
     the_inference_log_takes_batches_and_reads_back,
     pipeline_triggers_start_one_run_coalesce_and_deduplicate,
@@ -792,6 +793,21 @@ async fn a_priority_never_preempts_or_overtakes_another_tenant(store: &Store, _d
     enqueue_for(store, "globex", "globex_first", 50).await.unwrap();
     let victim = store.request_preemption(&pdp).await.unwrap().unwrap();
     assert_eq!(victim.id, "globex_low");
+}
+
+/// Fair share must not hide preemption: a tenant with nothing running waits first, but only a
+/// job that outranks running work of its own tenant can make anything yield.
+async fn a_tenants_urgent_job_preempts_its_own_work_while_others_wait(store: &Store, _database: &TestDatabase) {
+    let pdp = authorizer();
+    let lease = Duration::from_secs(30);
+    create_tenant(store, "acme").await;
+    create_tenant(store, "globex").await;
+    enqueue_for(store, "acme", "acme_slow", 0).await.unwrap();
+    assert_eq!(store.claim_job(&pdp, "w1", lease).await.unwrap().unwrap().id, "acme_slow");
+    enqueue_for(store, "globex", "globex_waiting", 0).await.unwrap();
+    enqueue_for(store, "acme", "acme_urgent", 50).await.unwrap();
+    let victim = store.request_preemption(&pdp).await.unwrap();
+    assert_eq!(victim.map(|j| j.id), Some("acme_slow".to_string()), "acme's urgent job preempts acme's own");
 }
 
 async fn deployments_are_created_revised_and_deleted(store: &Store, _database: &TestDatabase) {

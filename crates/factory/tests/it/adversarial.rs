@@ -711,6 +711,17 @@ async fn guardrails_check_every_text_a_request_carries_upstream() {
         assert!(!sent.contains(raw), "{raw} went upstream: {sent}");
     }
     assert!(sent.contains("\"Hello\""), "{sent}");
+    // A field the typed call does not read (a chat's stray `prompt`) is forwarded too: checked.
+    let stray = chat(json!({
+        "model": "guarded",
+        "messages": [{ "role": "user", "content": "Hello" }],
+        "prompt": "mail stray.person@example.org",
+    }))
+    .await;
+    assert_eq!(stray.status, 200, "{}", stray.text);
+    let forwarded = upstream.received();
+    let sent = String::from_utf8_lossy(&forwarded[1].body).to_string();
+    assert!(!sent.contains("stray.person@example.org"), "{sent}");
 
     // Doubled spaces, a zero-width space or full-width letters do not hide an attack phrase,
     // in the content or in any other field.
@@ -726,7 +737,7 @@ async fn guardrails_check_every_text_a_request_carries_upstream() {
         assert_eq!(blocked.status, 400, "{content:?}/{name:?}: {}", blocked.text);
         assert_eq!(blocked.body["error"]["code"], "guardrail_blocked");
     }
-    assert_eq!(upstream.received().len(), 1, "nothing blocked reached the upstream");
+    assert_eq!(upstream.received().len(), 2, "nothing blocked reached the upstream");
     within_memory_ceiling(&server);
     audit_verifies(dir.path());
 }

@@ -51,12 +51,6 @@ pub(crate) fn tenant_of(caller: &Caller, requested: Option<&str>) -> Result<Tena
     }
 }
 
-fn valid_dataset_name(name: &str) -> Result<(), ApiError> {
-    TenantName::new(name)
-        .map(|_| ())
-        .map_err(|e| ApiError::invalid(format!("name: {}", e.to_string().replace("tenant name", "dataset name"))))
-}
-
 /// Bounds on what a dataset's catalogue entry carries, like a key's description: every list
 /// and show returns them, so an unbounded one would weigh on every reader.
 pub const MAX_DESCRIPTION_BYTES: usize = 1024;
@@ -174,7 +168,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateDataset>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    valid_dataset_name(&body.name)?;
+    super::valid_name::<factory_core::DatasetName>("name", &body.name)?;
     let classification: Classification =
         body.classification.parse().map_err(|e| ApiError::invalid(format!("classification: {e}")))?;
     let catalogue = AccessRequest::new(&caller.principal, Action::DatasetRead, Resource::dataset_catalogue(&tenant));

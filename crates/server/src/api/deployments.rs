@@ -99,12 +99,6 @@ impl From<Deployment> for DeploymentView {
     }
 }
 
-fn valid_name(name: &str) -> Result<(), ApiError> {
-    TenantName::new(name)
-        .map(|_| ())
-        .map_err(|e| ApiError::invalid(format!("name: {}", e.to_string().replace("tenant name", "deployment name"))))
-}
-
 /// Resolves and verifies every variant, and builds the governed request with the residency
 /// facts of all of them.
 async fn checked_request(
@@ -199,7 +193,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateDeployment>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    valid_name(&body.name)?;
+    super::valid_name::<factory_core::DeploymentName>("name", &body.name)?;
     let spec = DeploymentSpec {
         variants: body.variants,
         limits: body.limits,

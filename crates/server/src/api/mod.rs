@@ -84,6 +84,15 @@ pub async fn audit_read(
     Ok(change.commit(details.clone(), factory_store::Event::new(event, details)).await?)
 }
 
+/// Checks `value` against the name rule of `T` (one of core's slug types), naming `field` in
+/// the refusal: every kind of name has one rule and one message.
+pub fn valid_name<T: std::str::FromStr<Err = factory_core::NameError>>(
+    field: &str,
+    value: &str,
+) -> Result<(), ApiError> {
+    value.parse::<T>().map(|_| ()).map_err(|e| ApiError::invalid(format!("{field}: {e}")))
+}
+
 pub fn parse_tenant(name: &str) -> Result<TenantName, ApiError> {
     TenantName::new(name).map_err(|e| ApiError::invalid(format!("tenant: {e}")))
 }

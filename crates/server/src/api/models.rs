@@ -73,18 +73,14 @@ impl ModelVersionView {
 }
 
 pub(crate) fn valid_model_name(name: &str) -> Result<(), ApiError> {
-    TenantName::new(name)
-        .map(|_| ())
-        .map_err(|e| ApiError::invalid(format!("name: {}", e.to_string().replace("tenant name", "model name"))))
+    super::valid_name::<factory_core::ModelName>("name", name)
 }
 
 fn valid_alias(alias: &str) -> Result<(), ApiError> {
     if alias.parse::<i64>().is_ok() {
         return Err(ApiError::invalid("alias: a number names a version; aliases need a letter"));
     }
-    TenantName::new(alias)
-        .map(|_| ())
-        .map_err(|e| ApiError::invalid(format!("alias: {}", e.to_string().replace("tenant name", "alias"))))
+    super::valid_name::<factory_core::AliasName>("alias", alias)
 }
 
 /// Authorizes `action` on the model `name` (an existing version's residency, or `fallback`

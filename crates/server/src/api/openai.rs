@@ -736,7 +736,7 @@ fn guard_input(guardrails: &Guardrails, incoming: &mut Incoming) -> (Vec<Verdict
     };
     // Every other text the request carries (a message's `name`, `user`, `metadata`, `stop`,
     // ...) reaches the model or the upstream too: each is checked and masked like the prompt.
-    guard_fields(&mut incoming.raw, &mut apply);
+    guard_fields(&mut incoming.raw, incoming.call.kind(), &mut apply);
     match &mut incoming.call {
         Call::Completion(prompt) => {
             apply(prompt);
@@ -761,8 +761,10 @@ fn guard_input(guardrails: &Guardrails, incoming: &mut Incoming) -> (Vec<Verdict
 }
 
 /// Applies `apply` to every string of a request body except the deployment's name, roles, and
-/// the prompt and message contents (checked as the typed call, which is then written back).
-fn guard_fields(raw: &mut serde_json::Value, apply: &mut impl FnMut(&mut String)) {
+/// the text the typed call carries (a completion's `prompt`, a chat's message contents), which
+/// is checked as the call and written back. A chat's stray `prompt` or a completion's stray
+/// `messages` is checked here like any other field, since it is forwarded too.
+fn guard_fields(raw: &mut serde_json::Value, kind: Kind, apply: &mut impl FnMut(&mut String)) {
     fn every_string(value: &mut serde_json::Value, apply: &mut impl FnMut(&mut String)) {
         match value {
             serde_json::Value::String(text) => apply(text),
@@ -774,8 +776,9 @@ fn guard_fields(raw: &mut serde_json::Value, apply: &mut impl FnMut(&mut String)
     let Some(fields) = raw.as_object_mut() else { return };
     for (key, value) in fields.iter_mut() {
         match key.as_str() {
-            "model" | "prompt" => {}
-            "messages" => {
+            "model" => {}
+            "prompt" if kind == Kind::Completion => {}
+            "messages" if kind == Kind::Chat => {
                 for message in value.as_array_mut().into_iter().flatten() {
                     for (field, part) in message.as_object_mut().into_iter().flatten() {
                         if field != "content" && field != "role" {

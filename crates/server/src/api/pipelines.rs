@@ -43,13 +43,6 @@ impl From<Pipeline> for PipelineView {
     }
 }
 
-fn valid_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    ok.then_some(()).ok_or_else(|| ApiError::invalid("name: 1-64 characters of a-z, 0-9, - and _"))
-}
-
 async fn authorize(
     state: &AppState,
     caller: &Caller,
@@ -81,7 +74,7 @@ pub async fn put(
     source: String,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    valid_name(&name)?;
+    super::valid_name::<factory_core::PipelineName>("name", &name)?;
     let request = AccessRequest::new(&caller.principal, Action::PipelineWrite, Resource::pipeline(&tenant, &name));
     // Who may declare pipelines here is decided before the declaration is read.
     authorize_as(&state, &caller, &request, &tenant).await?;
