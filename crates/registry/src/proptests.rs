@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use factory_core::{Classification, Jurisdiction};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -27,44 +26,7 @@ fn signer() -> &'static NoteSigner {
 }
 
 fn original_manifest() -> ModelManifest {
-    let jurisdiction = Jurisdiction::new("eu").unwrap();
-    ModelManifest {
-        format: MANIFEST_FORMAT.to_string(),
-        tenant: "acme".to_string(),
-        name: "bard".to_string(),
-        version: 3,
-        created_at: 1,
-        architecture: "llama".to_string(),
-        parameters: 1000,
-        residency: Residency {
-            jurisdiction: jurisdiction.clone(),
-            classification: Classification::Internal,
-            derived_from: "training data".to_string(),
-        },
-        lineage: Lineage {
-            origin: Origin::Trained,
-            run: Some("run_1".to_string()),
-            datasets: vec![DatasetInput {
-                name: "plays".to_string(),
-                version: 2,
-                jurisdiction,
-                classification: Classification::Internal,
-            }],
-            base_model: None,
-            code_version: "factory 0.1.0".to_string(),
-            config: serde_json::json!({"hidden_size": 64}),
-            seed: Some(7),
-        },
-        evals: serde_json::json!({}),
-        files: FILES
-            .iter()
-            .map(|(path, bytes)| ModelFile {
-                path: path.to_string(),
-                digest: file_digest(bytes),
-                size: bytes.len() as u64,
-            })
-            .collect(),
-    }
+    crate::tests::manifest(FILES)
 }
 
 fn original_note() -> &'static str {

@@ -12,7 +12,8 @@ fn signer(name: &str, seed: u8) -> NoteSigner {
     NoteSigner::generate(name, [seed; 32]).unwrap()
 }
 
-fn manifest(files: &[(&str, &[u8])]) -> ModelManifest {
+/// A signed-looking manifest of `files` (also what the property tests mutate).
+pub(crate) fn manifest(files: &[(&str, &[u8])]) -> ModelManifest {
     ModelManifest {
         format: MANIFEST_FORMAT.to_string(),
         tenant: "acme".to_string(),
