@@ -68,6 +68,13 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     }
 }
 
+/// The secret of an `Authorization: Bearer <key>` header, if the request has a well-formed one.
+pub fn bearer_secret(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let header = headers.get(axum::http::header::AUTHORIZATION)?;
+    let secret = header.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+    (!secret.is_empty()).then_some(secret)
+}
+
 /// The authenticated caller and the request id, which every governed handler needs together.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -84,16 +91,10 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
         let client_request_id = parts.extensions.get::<RequestIds>().and_then(|ids| ids.client.clone());
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <api key> header"))?;
-        let secret = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|secret| !secret.is_empty())
+        if !parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+            return Err(ApiError::unauthorized("missing Authorization: Bearer <api key> header"));
+        }
+        let secret = bearer_secret(&parts.headers)
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <api key>`"))?;
         let key = state
             .lookups

@@ -186,7 +186,7 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     let method = request.method().to_string();
     let started = Instant::now();
     let transfer = TRANSFER_ROUTES.contains(&route.as_str());
-    let secret = bearer_secret(&request);
+    let secret = crate::extract::bearer_secret(request.headers()).map(str::to_string);
     // The server's slot first, so looking the key up is itself bounded; then the tenant's share.
     let admitted = match state.admission.slot(transfer) {
         Ok(slot) => {
@@ -240,13 +240,6 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     state.metrics.requests.get_or_create(&labels).inc();
     state.metrics.request_seconds.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
     response
-}
-
-/// The secret of the request's `Authorization: Bearer` header, if it has one.
-fn bearer_secret(request: &Request) -> Option<String> {
-    let header = request.headers().get(axum::http::header::AUTHORIZATION)?;
-    let secret = header.to_str().ok()?.strip_prefix("Bearer ")?.trim();
-    (!secret.is_empty()).then(|| secret.to_string())
 }
 
 /// The tenant of a valid API key of a tenant: what its in-flight share is counted against.
