@@ -15,8 +15,9 @@ use factory_model::{DType, Device, Llama, LlamaConfig, Weights};
 use factory_store::models::ModelVersion;
 use factory_tokenizer::Tokenizer;
 
-use crate::extract::Caller;
-use crate::rollout::{deployment_spec, promote, put_deployment};
+use crate::caller::Caller;
+use crate::rollout::promote;
+use crate::service::{deployments, models, ServiceError};
 use crate::serving::{VariantRole, VariantSpec};
 use crate::state::AppState;
 use crate::workers::JobControl;
@@ -36,6 +37,19 @@ pub struct CanaryPlan {
     pub alias: String,
 }
 
+/// Why a canary ended without a decision.
+pub enum CanaryError {
+    /// The run was cancelled; the deployment's routing was restored first.
+    Cancelled,
+    Service(ServiceError),
+}
+
+impl From<ServiceError> for CanaryError {
+    fn from(error: ServiceError) -> Self {
+        CanaryError::Service(error)
+    }
+}
+
 /// The decision with its evidence; `promoted` is false when the canary rolled back.
 pub struct CanaryOutcome {
     pub result: serde_json::Value,
@@ -51,10 +65,10 @@ pub async fn held_out_loss(
     seq_len: usize,
     windows: usize,
 ) -> Result<(f64, usize), String> {
-    let (manifest, _) = crate::registry::open_manifest(state, version).await.map_err(|e| e.message)?;
+    let (manifest, _) = models::open_manifest(state, version).await.map_err(|e| e.message)?;
     let mut files = HashMap::new();
     for path in ["config.json", "model.safetensors", "tokenizer.json"] {
-        files.insert(path, crate::registry::fetch_file(state, &manifest, path).await.map_err(|e| e.message)?);
+        files.insert(path, models::fetch_file(state, &manifest, path).await.map_err(|e| e.message)?);
     }
     let texts = texts.to_vec();
     tokio::task::spawn_blocking(move || {
@@ -99,21 +113,20 @@ pub(crate) async fn run(
     plan: &CanaryPlan,
     candidate: &str,
     control: JobControl,
-) -> Result<CanaryOutcome, String> {
+) -> Result<CanaryOutcome, CanaryError> {
     let deployment = plan.deployment.clone();
-    let original = deployment_spec(state, caller, tenant, &deployment).await?;
+    let original = deployments::spec(state, caller, tenant, &deployment).await?;
     let stable_reference = original
         .variants
         .iter()
         .find(|v| v.role == VariantRole::Primary && v.weight > 0.0 && v.model.is_some())
         .and_then(|v| v.model.clone())
-        .ok_or("the deployment has no primary model variant to compare with")?;
+        .ok_or_else(|| ServiceError::invalid("the deployment has no primary model variant to compare with"))?;
     let (name, reference) = stable_reference.split_once('@').unwrap_or_default();
-    let stable = crate::api::models::version_of(state, tenant, name, reference)
-        .await
-        .map_err(|e| e.message)?
+    let stable = models::version_of(state, tenant, name, reference)
+        .await?
         .map(|v| format!("{}@{}", v.name, v.version))
-        .ok_or(format!("{stable_reference} does not exist"))?;
+        .ok_or_else(|| ServiceError::not_found(format!("{stable_reference} does not exist")))?;
     let share = plan.share;
     let mut spec = original.clone();
     let total: f64 = spec.variants.iter().filter(|v| v.role == VariantRole::Primary).map(|v| v.weight).sum();
@@ -126,7 +139,7 @@ pub(crate) async fn run(
         weight: share,
         role: VariantRole::Primary,
     });
-    put_deployment(state, caller, tenant, &deployment, spec).await?;
+    deployments::update(state, caller, tenant, &deployment, spec).await?;
     let started = factory_core::time::now_millis();
     let (min_requests, min_feedback) = (plan.min_requests, plan.min_feedback);
     let deadline = std::time::Instant::now() + Duration::from_secs(plan.max_duration_secs);
@@ -150,8 +163,8 @@ pub(crate) async fn run(
             _ = cancel.wait_for(|c| *c) => true,
         };
         if cancelled {
-            put_deployment(state, caller, tenant, &deployment, original).await?;
-            return Err("cancelled; the deployment was restored".into());
+            deployments::update(state, caller, tenant, &deployment, original).await?;
+            return Err(CanaryError::Cancelled);
         }
     };
     let empty = Arm::default();
@@ -196,10 +209,10 @@ pub(crate) async fn run(
     });
     if decision == "promote" {
         let promotion = promote(state, caller, tenant, &deployment, &plan.alias, candidate, Some(original)).await?;
-        result["promotion"] = promotion;
+        result["promotion"] = serde_json::to_value(promotion).unwrap_or_default();
         return Ok(CanaryOutcome { result, promoted: true });
     }
-    put_deployment(state, caller, tenant, &deployment, original).await?;
+    deployments::update(state, caller, tenant, &deployment, original).await?;
     result["rolled_back"] = true.into();
     Ok(CanaryOutcome { result, promoted: false })
 }
@@ -225,11 +238,11 @@ async fn observe(
     since: i64,
     metric: Option<&str>,
     higher_is_better: bool,
-) -> Result<HashMap<String, Arm>, String> {
+) -> Result<HashMap<String, Arm>, ServiceError> {
     let mut arms: HashMap<String, Arm> = HashMap::new();
     let mut after = since;
     loop {
-        let rows = state.store.inferences(tenant, deployment, after, 1000).await.map_err(|e| e.to_string())?;
+        let rows = state.store.inferences(tenant, deployment, after, 1000).await?;
         for row in &rows {
             if row.status == "shadow" || row.status == "cancelled" {
                 continue;
@@ -252,7 +265,7 @@ async fn observe(
     if let Some(metric) = metric {
         let mut after = since;
         loop {
-            let items = state.store.feedback(tenant, deployment, after, 1000).await.map_err(|e| e.to_string())?;
+            let items = state.store.feedback(tenant, deployment, after, 1000).await?;
             for item in items.iter().filter(|f| f.metric == metric) {
                 let Some(variant) = &item.variant else { continue };
                 arms.entry(variant.clone()).or_default().feedback.push(if higher_is_better {

@@ -5,9 +5,11 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use factory_store::{StoreError, StoreErrorKind};
+use factory_store::StoreError;
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::service_error::{ErrorKind, ServiceError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -90,30 +92,44 @@ impl std::fmt::Display for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        let message = error.to_string();
-        match error.kind() {
-            StoreErrorKind::Denied => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
-            StoreErrorKind::NotFound => ApiError::not_found(message),
-            StoreErrorKind::Conflict => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            StoreErrorKind::Invalid => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message),
-            StoreErrorKind::QuotaExceeded => {
-                // Spent compute comes back only when an admin raises the quota; an hour is a
-                // polite interval to ask again.
-                let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message);
-                error.retry_after_secs = Some(3600);
-                error
-            }
-            StoreErrorKind::Config | StoreErrorKind::Database | StoreErrorKind::Corrupt => {
-                tracing::error!(error = %message, "metadata store failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "the metadata store failed; see the server log",
-                )
-            }
-            // `StoreErrorKind` is non-exhaustive across crates; anything new is a server fault
-            // until it is mapped here.
-            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        ServiceError::from(error).into()
+    }
+}
+
+/// The status each kind of failure answers with: the one mapping from the services' terms to
+/// HTTP's.
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid | ErrorKind::GuardrailBlocked => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden | ErrorKind::UpstreamNotAllowed | ErrorKind::SecretNotGranted => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound | ErrorKind::ModelNotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unprocessable
+        | ErrorKind::VerificationFailed
+        | ErrorKind::UnservableModel
+        | ErrorKind::BadChatTemplate
+        | ErrorKind::GuardrailUnavailable => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::QuotaExceeded
+        | ErrorKind::RateLimited
+        | ErrorKind::EngineOverloaded
+        | ErrorKind::TenantInFlightLimit => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Overloaded | ErrorKind::ModelUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::GenerationFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        ApiError {
+            status: status_of(error.kind),
+            code: error.kind.code(),
+            message: error.message,
+            retry_after_secs: error.retry_after_secs,
+            param: error.param,
         }
     }
 }
@@ -135,17 +151,6 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
-    }
-}
-
-impl From<crate::orphans::SweepError> for ApiError {
-    fn from(error: crate::orphans::SweepError) -> Self {
-        match error {
-            crate::orphans::SweepError::Store(error) => error.into(),
-            crate::orphans::SweepError::Objects(error) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("object store: {error}"))
-            }
-        }
     }
 }
 

@@ -3,9 +3,9 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use factory_core::Principal;
 use serde::de::DeserializeOwned;
 
+pub use crate::caller::Caller;
 use crate::error::{rejection, ApiError};
 use crate::state::AppState;
 
@@ -75,16 +75,6 @@ pub fn bearer_secret(headers: &axum::http::HeaderMap) -> Option<&str> {
     (!secret.is_empty()).then_some(secret)
 }
 
-/// The authenticated caller and the request id, which every governed handler needs together.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub principal: Principal,
-    /// What audit records name the request by ([`RequestIds::recorded`]).
-    pub request_id: String,
-    /// The client's own id, when it sent one: the idempotency key of a retried trigger.
-    pub client_request_id: Option<String>,
-}
-
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -98,7 +88,7 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <api key>`"))?;
         let key = state
             .lookups
-            .key(state, secret)
+            .key(secret)
             .await?
             .ok_or_else(|| ApiError::unauthorized("the API key is unknown, revoked or expired"))?;
         Ok(Caller { principal: key.principal(), request_id, client_request_id })

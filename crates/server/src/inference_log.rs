@@ -88,7 +88,65 @@ pub struct Settlement {
     pub subject: crate::limits::Subject,
 }
 
+/// Who a metered request is, as its inference log row names it.
+pub struct MeteredRequest {
+    /// The answer's id, which feedback refers to.
+    pub id: String,
+    pub tenant: String,
+    pub deployment: String,
+    /// `completion`, `chat` or `embedding`.
+    pub kind: String,
+    pub request_id: String,
+    pub episode_id: Option<String>,
+}
+
 impl Meter {
+    /// Starts measuring a request. It is not armed: a refusal before the request reaches a
+    /// model is no inference, and records nothing until [`Meter::arm`].
+    pub fn new(log: Arc<InferenceLog>, metrics: Arc<Metrics>, request: MeteredRequest) -> Meter {
+        let MeteredRequest { id, tenant, deployment, kind, request_id, episode_id } = request;
+        let record = InferenceRecord {
+            id,
+            tenant,
+            deployment,
+            variant: String::new(),
+            kind,
+            request_id,
+            episode_id,
+            status: String::new(),
+            finish_reason: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost: 0.0,
+            queue_ms: 0.0,
+            first_token_ms: 0.0,
+            decode_ms: 0.0,
+            total_ms: 0.0,
+            created_at: factory_core::time::now_millis(),
+            prompt_text: None,
+            completion_text: None,
+        };
+        Meter {
+            log,
+            metrics,
+            record,
+            price: (0.0, 0.0),
+            started: Instant::now(),
+            done: true,
+            shadow: false,
+            settle: None,
+            keep_text: None,
+        }
+    }
+
+    /// Arms the meter once the request reaches `variant`, priced per 1,000 tokens as `price`:
+    /// from now on it records exactly once.
+    pub fn arm(&mut self, variant: &str, price: (f64, f64)) {
+        self.record.variant = variant.to_string();
+        self.price = price;
+        self.done = false;
+    }
+
     /// Records the texts if the request was sampled, masked as the policy says.
     pub fn texts(&mut self, prompt: Option<&str>, completion: Option<&str>) {
         let Some(redact) = self.keep_text else { return };
@@ -187,30 +245,6 @@ mod tests {
     use super::*;
     use crate::limits::{Limits, LimitsSpec, Subject};
 
-    fn record() -> InferenceRecord {
-        InferenceRecord {
-            id: "chatcmpl-1".to_string(),
-            tenant: "acme".to_string(),
-            deployment: "chat".to_string(),
-            variant: "bard@1".to_string(),
-            kind: "chat".to_string(),
-            request_id: "req".to_string(),
-            episode_id: None,
-            status: String::new(),
-            finish_reason: None,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cost: 0.0,
-            queue_ms: 0.0,
-            first_token_ms: 0.0,
-            decode_ms: 0.0,
-            total_ms: 0.0,
-            created_at: 0,
-            prompt_text: None,
-            completion_text: None,
-        }
-    }
-
     #[tokio::test]
     async fn a_request_dropped_midway_is_logged_cancelled_and_charged_what_it_used() {
         let metrics = Arc::new(Metrics::new());
@@ -219,22 +253,22 @@ mod tests {
         let limits = Arc::new(Limits::default());
         let spec = LimitsSpec { key_tokens_per_minute: Some(60), ..LimitsSpec::default() };
         let subject = Subject { key: "key_app".to_string(), tenant: "acme".to_string() };
-        let mut meter = Meter {
-            log: log.clone(),
-            metrics,
-            record: record(),
-            price: (1.0, 2.0),
-            started: Instant::now(),
-            done: false,
-            shadow: false,
-            settle: Some(Settlement {
-                limits: limits.clone(),
-                spec: spec.clone(),
-                scope: "acme/chat".into(),
-                subject: subject.clone(),
-            }),
-            keep_text: None,
+        let request = MeteredRequest {
+            id: "chatcmpl-1".to_string(),
+            tenant: "acme".to_string(),
+            deployment: "chat".to_string(),
+            kind: "chat".to_string(),
+            request_id: "req".to_string(),
+            episode_id: None,
         };
+        let mut meter = Meter::new(log.clone(), metrics, request);
+        meter.arm("bard@1", (1.0, 2.0));
+        meter.settle = Some(Settlement {
+            limits: limits.clone(),
+            spec: spec.clone(),
+            scope: "acme/chat".into(),
+            subject: subject.clone(),
+        });
         meter.record.prompt_tokens = 40;
         meter.record.completion_tokens = 30;
         drop(meter);

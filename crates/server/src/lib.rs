@@ -5,30 +5,46 @@
 //! change state only through `factory_store::Change`, so every write is authorized, audited and
 //! published in one transaction.
 
+// The parts `AppState` is built from, and what they are configured by: none knows `AppState`.
 pub mod admission;
-pub mod api;
-pub mod canary;
+pub mod caller;
 pub mod chat_template;
 pub mod drift;
 pub mod egress;
-pub mod error;
-pub mod extract;
 pub mod guardrails;
 pub mod inference_log;
 pub mod limits;
 pub mod lineage;
 pub mod lookups;
 pub mod metrics;
-pub mod orphans;
-pub mod pipelines;
+pub mod pending_objects;
 pub mod registry;
-pub mod rollout;
-pub mod routes;
+pub mod service_error;
 pub mod serving;
-pub mod startup;
-pub mod state;
-pub mod training;
 pub mod workers;
+
+// Everything a use case can reach, opened once at start.
+pub mod state;
+
+// One typed function per use case.
+pub mod service;
+
+// Work the factory does on its own, through the services: training jobs, pipelines, rollouts,
+// canaries and drift monitors.
+pub mod canary;
+pub mod drift_watch;
+pub mod pipelines;
+pub mod rollout;
+pub mod training;
+
+// HTTP: handlers and their wire types, errors as statuses, extractors, the router.
+pub mod api;
+pub mod error;
+pub mod extract;
+pub mod routes;
+
+// Opening the factory and serving it.
+pub mod startup;
 
 #[cfg(test)]
 mod proptests;
@@ -85,9 +101,9 @@ pub async fn serve(
     let workers = pipelines::with_pipeline_handlers(workers, &state);
     tasks.push(tokio::spawn(workers.run(background_stopped.clone())));
     tasks.push(tokio::spawn(sign_checkpoints(state.clone(), background_stopped.clone())));
-    tasks.push(tokio::spawn(orphans::sweep_periodically(state.clone(), background_stopped.clone())));
+    tasks.push(tokio::spawn(service::orphans::sweep_periodically(state.clone(), background_stopped.clone())));
     tasks.push(tokio::spawn(state.inference_log.clone().write(state.store.clone(), background_stopped.clone())));
-    tasks.push(tokio::spawn(drift::watch(state.clone(), background_stopped.clone())));
+    tasks.push(tokio::spawn(drift_watch::watch(state.clone(), background_stopped.clone())));
     tasks.push(tokio::spawn(pipelines::schedule(state.clone(), background_stopped.clone())));
 
     let grace = state.config.server.shutdown_grace;

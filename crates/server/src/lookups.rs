@@ -20,10 +20,12 @@ use factory_store::identity::{ApiKey, Tenant};
 use factory_store::models::ModelVersion;
 use sha2::Digest;
 
-use crate::error::ApiError;
+use factory_store::Store;
+
 use crate::guardrails::Guardrails;
+use crate::registry;
+use crate::service_error::ServiceError;
 use crate::serving::DeploymentSpec;
-use crate::state::AppState;
 
 pub const FRESH_FOR: Duration = Duration::from_secs(1);
 const MOST_ENTRIES: usize = 10_000;
@@ -48,13 +50,13 @@ impl<K: Eq + Hash, V: Clone> Kept<K, V> {
     }
 
     /// The kept value if still current, else `read()`'s (kept when it found something).
-    async fn get<E, F, Fut>(&self, state: &AppState, key: K, read: F) -> Result<Option<V>, E>
+    async fn get<E, F, Fut>(&self, store: &Store, key: K, read: F) -> Result<Option<V>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, E>>,
     {
         // Read before the value, so a change committed meanwhile makes the copy stale.
-        let changes = state.store.changes();
+        let changes = store.changes();
         {
             let map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(entry) = map.get(&key) {
@@ -77,6 +79,7 @@ impl<K: Eq + Hash, V: Clone> Kept<K, V> {
 }
 
 pub struct Lookups {
+    store: Store,
     keys: Kept<[u8; 32], ApiKey>,
     deployments: Kept<(TenantName, String), Arc<Deployed>>,
     tenants: Kept<TenantName, Arc<Tenant>>,
@@ -84,34 +87,30 @@ pub struct Lookups {
     versions: Kept<(TenantName, String), Arc<ModelVersion>>,
 }
 
-impl Default for Lookups {
-    fn default() -> Self {
-        Lookups { keys: Kept::new(), deployments: Kept::new(), tenants: Kept::new(), versions: Kept::new() }
-    }
-}
-
 impl Lookups {
+    /// Lookups reading from `store`, which also tells them when a governed change committed.
+    pub fn new(store: Store) -> Self {
+        Lookups { store, keys: Kept::new(), deployments: Kept::new(), tenants: Kept::new(), versions: Kept::new() }
+    }
+
     /// The usable key with this secret (kept by the secret's digest, never the secret).
-    pub async fn key(&self, state: &AppState, secret: &str) -> Result<Option<ApiKey>, ApiError> {
+    pub async fn key(&self, secret: &str) -> Result<Option<ApiKey>, ServiceError> {
         let digest: [u8; 32] = sha2::Sha256::digest(secret.as_bytes()).into();
-        let key = self.keys.get(state, digest, || async { state.store.authenticate(secret).await }).await?;
+        let store = &self.store;
+        let key = self.keys.get(store, digest, || async { store.authenticate(secret).await }).await?;
         // Expiry is checked on every use, not only when read.
         Ok(key.filter(|key| key.usable_at(factory_core::time::now_millis())))
     }
 
-    pub async fn deployment(
-        &self,
-        state: &AppState,
-        tenant: &TenantName,
-        name: &str,
-    ) -> Result<Option<Arc<Deployed>>, ApiError> {
+    pub async fn deployment(&self, tenant: &TenantName, name: &str) -> Result<Option<Arc<Deployed>>, ServiceError> {
+        let store = &self.store;
         self.deployments
-            .get(state, (tenant.clone(), name.to_string()), || async {
-                let Some(stored) = state.store.deployment(tenant, name).await? else { return Ok(None) };
+            .get(store, (tenant.clone(), name.to_string()), || async {
+                let Some(stored) = store.deployment(tenant, name).await? else { return Ok(None) };
                 let spec: DeploymentSpec = serde_json::from_value(stored.spec)
-                    .map_err(|e| ApiError::internal(format!("deployment {name}'s stored spec: {e}")))?;
+                    .map_err(|e| ServiceError::internal(format!("deployment {name}'s stored spec: {e}")))?;
                 let guardrails = Guardrails::compile(&spec.guardrails)
-                    .map_err(|e| ApiError::internal(format!("deployment {name}'s stored guardrails: {e}")))?;
+                    .map_err(|e| ServiceError::internal(format!("deployment {name}'s stored guardrails: {e}")))?;
                 Ok(Some(Arc::new(Deployed { spec, guardrails: Arc::new(guardrails) })))
             })
             .await
@@ -121,21 +120,22 @@ impl Lookups {
     /// stands now.
     pub async fn model_version(
         &self,
-        state: &AppState,
         tenant: &TenantName,
         name: &str,
         reference: &str,
-    ) -> Result<Option<Arc<ModelVersion>>, ApiError> {
+    ) -> Result<Option<Arc<ModelVersion>>, ServiceError> {
+        let store = &self.store;
         self.versions
-            .get(state, (tenant.clone(), format!("{name}@{reference}")), || async {
-                Ok::<_, ApiError>(crate::api::models::version_of(state, tenant, name, reference).await?.map(Arc::new))
+            .get(store, (tenant.clone(), format!("{name}@{reference}")), || async {
+                Ok::<_, ServiceError>(registry::version_of(store, tenant, name, reference).await?.map(Arc::new))
             })
             .await
     }
 
-    pub async fn tenant(&self, state: &AppState, name: &TenantName) -> Result<Option<Arc<Tenant>>, ApiError> {
+    pub async fn tenant(&self, name: &TenantName) -> Result<Option<Arc<Tenant>>, ServiceError> {
+        let store = &self.store;
         self.tenants
-            .get(state, name.clone(), || async { Ok::<_, ApiError>(state.store.tenant(name).await?.map(Arc::new)) })
+            .get(store, name.clone(), || async { Ok::<_, ServiceError>(store.tenant(name).await?.map(Arc::new)) })
             .await
     }
 }

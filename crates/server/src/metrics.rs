@@ -213,6 +213,9 @@ impl Default for Metrics {
 }
 
 /// Wraps the policy decision point to count and time every decision.
+/// The policy decision point every governed change asks: Cedar, with its decisions counted.
+pub type DecisionPoint = MeteredDecisionPoint<factory_authz::CedarAuthorizer>;
+
 pub struct MeteredDecisionPoint<P> {
     pub inner: P,
     pub metrics: Arc<Metrics>,

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
 use factory_core::{AccessRequest, Action, Principal, Resource, TenantName};
 use factory_store::jobs::{Job, JobState, NewJob};
 use factory_store::outbox::{DeliveredEvent, Subscriber};
@@ -16,10 +15,11 @@ use factory_store::Event;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::api;
-use crate::error::ApiError;
-use crate::extract::{ApiJson, Caller};
-use crate::rollout::{answer, promote, put_deployment, set_alias};
+use crate::caller::Caller;
+use crate::canary::CanaryError;
+use crate::rollout::promote;
+use crate::service::runs::{NewRun, RegisterSpec, RunKind, RunOptions};
+use crate::service::{datasets, deployments, models, runs, ServiceError};
 use crate::serving::DeploymentSpec;
 use crate::state::AppState;
 use crate::workers::{JobControl, JobError, JobHandler};
@@ -254,7 +254,7 @@ pub async fn start(
     request_id: &str,
     key: &str,
     trigger: serde_json::Value,
-) -> Result<Triggered, ApiError> {
+) -> Result<Triggered, ServiceError> {
     let request = AccessRequest::new(principal, action, Resource::pipeline(&pipeline.tenant, &pipeline.name));
     let mut change = state.store.begin_change(state.pdp.as_ref(), request, request_id).await?;
     let run_id = factory_core::secrets::new_id("prun");
@@ -465,6 +465,9 @@ impl JobHandler for StepHandler {
             Ok(StepOutcome { result, ok, rolled_back }) => (result, ok, rolled_back),
             Err(StepError::Cancelled) => return Err(JobError::Cancelled),
             Err(StepError::Failed(message)) => (serde_json::json!({ "error": message }), false, false),
+            Err(StepError::Service(error)) => {
+                (serde_json::json!({ "error": error.message, "code": error.kind.code() }), false, false)
+            }
         };
         if let Some(object) = result.as_object_mut() {
             object.insert("name".into(), step_spec.label(index).into());
@@ -536,11 +539,22 @@ struct StepOutcome {
 enum StepError {
     Cancelled,
     Failed(String),
+    /// A use case refused or failed; its kind goes into the step's result beside the message.
+    Service(ServiceError),
 }
 
-impl From<ApiError> for StepError {
-    fn from(error: ApiError) -> Self {
-        StepError::Failed(error.message)
+impl From<ServiceError> for StepError {
+    fn from(error: ServiceError) -> Self {
+        StepError::Service(error)
+    }
+}
+
+impl From<CanaryError> for StepError {
+    fn from(error: CanaryError) -> Self {
+        match error {
+            CanaryError::Cancelled => StepError::Failed("cancelled; the deployment was restored".to_string()),
+            CanaryError::Service(error) => StepError::Service(error),
+        }
     }
 }
 
@@ -549,6 +563,7 @@ impl From<StepError> for String {
         match error {
             StepError::Cancelled => "cancelled".to_string(),
             StepError::Failed(message) => message,
+            StepError::Service(error) => error.message,
         }
     }
 }
@@ -627,8 +642,8 @@ async fn execute(
         StepKind::Promote => {
             let deployment = step.deployment.as_deref().unwrap_or_default();
             let alias = step.alias.as_deref().unwrap_or("production");
-            let result = promote(state, caller, tenant, deployment, alias, &candidate()?, None).await?;
-            passed(result)
+            let promotion = promote(state, caller, tenant, deployment, alias, &candidate()?, None).await?;
+            passed(serde_json::to_value(promotion).unwrap_or_default())
         }
         StepKind::Rollback => rollback(state, caller, tenant, step, &context).await,
         StepKind::Notify => notify(state, step, run).await,
@@ -638,9 +653,8 @@ async fn execute(
 /// `NAME@VERSION` that `NAME@REFERENCE` (a number or an alias) means now.
 async fn pinned(state: &AppState, tenant: &TenantName, reference: &str) -> Result<String, StepError> {
     let (name, version) = reference.split_once('@').ok_or(format!("{reference:?} is not NAME@VERSION"))?;
-    let found = api::models::version_of(state, tenant, name, version)
-        .await?
-        .ok_or(format!("model {reference} does not exist"))?;
+    let found =
+        models::version_of(state, tenant, name, version).await?.ok_or(format!("model {reference} does not exist"))?;
     Ok(format!("{}@{}", found.name, found.version))
 }
 
@@ -651,27 +665,31 @@ async fn train(
     step: &StepSpec,
     control: JobControl,
 ) -> Result<StepOutcome, StepError> {
-    let (dataset, version) =
-        api::datasets::find_version(state, tenant, step.dataset.as_deref().unwrap_or_default()).await?;
+    let (dataset, version) = datasets::find_version(state, tenant, step.dataset.as_deref().unwrap_or_default()).await?;
     let dataset = dataset.name;
-    let mut body = step.run.clone().and_then(|r| r.as_object().cloned()).unwrap_or_default();
+    // What the step says about how to train; what it trains on and what it registers are the
+    // pipeline's own fields, which win over anything the table repeats.
+    let mut options = step.run.clone().and_then(|r| r.as_object().cloned()).unwrap_or_default();
+    for owned in ["kind", "dataset", "version", "tenant", "register", "base"] {
+        options.remove(owned);
+    }
+    let options: RunOptions =
+        serde_json::from_value(serde_json::Value::Object(options)).map_err(|e| format!("run: {e}"))?;
     let finetune = step.kind() == StepKind::Finetune;
-    body.insert("kind".into(), if finetune { "finetune" } else { "pretrain" }.into());
-    body.insert("dataset".into(), dataset.clone().into());
-    body.insert("version".into(), version.into());
-    body.insert("tenant".into(), tenant.to_string().into());
-    body.insert("register".into(), serde_json::json!({ "name": step.register }));
     let base = match &step.base {
         Some(base) => Some(pinned(state, tenant, base).await?),
         None => None,
     };
-    if let Some(base) = &base {
-        body.insert("base".into(), base.clone().into());
-    }
-    let create: api::runs::CreateRun =
-        serde_json::from_value(serde_json::Value::Object(body)).map_err(|e| format!("run: {e}"))?;
-    let created = answer(api::runs::create(State(state.clone()), caller.clone(), ApiJson(create)).await).await?;
-    let run_id = created["id"].as_str().unwrap_or_default().to_string();
+    let run = NewRun {
+        kind: if finetune { RunKind::Finetune } else { RunKind::Pretrain },
+        dataset: dataset.clone(),
+        version,
+        tenant: Some(tenant.to_string()),
+        options,
+        base: base.clone(),
+        register: Some(RegisterSpec { name: step.register.clone().unwrap_or_default(), intended_use: None }),
+    };
+    let run_id = runs::create(state, caller, run).await?.value.id;
     let mut cancel = control.cancel.clone();
     let job = loop {
         let job = state.store.job(&run_id).await.map_err(|e| e.to_string())?.ok_or("the run vanished".to_string())?;
@@ -708,12 +726,11 @@ async fn evaluate(
     step: &StepSpec,
     candidate: &str,
 ) -> Result<StepOutcome, StepError> {
-    let (dataset, version) =
-        api::datasets::find_version(state, tenant, step.dataset.as_deref().unwrap_or_default()).await?;
+    let (dataset, version) = datasets::find_version(state, tenant, step.dataset.as_deref().unwrap_or_default()).await?;
     // Scoring reads rows: the author must be allowed to.
-    api::datasets::authorize_on(state, caller, &dataset, Action::DatasetReadRows, &[("raw_pii", false)]).await?;
-    let manifest = api::datasets::load_manifest(state, &dataset, version).await?.manifest;
-    let texts = crate::training::manifest_texts(state, &manifest).await?;
+    datasets::authorize_on(state, caller, &dataset, Action::DatasetReadRows, &[("raw_pii", false)]).await?;
+    let manifest = datasets::load_manifest(state, &dataset, version).await?.manifest;
+    let texts = datasets::manifest_texts(state, &manifest).await?;
     // The end of the data, as training holds out the end of its token stream.
     let held_out: Vec<String> = texts[texts.len() - (texts.len() / 10).max(1).min(texts.len())..].to_vec();
     let production = pinned(state, tenant, step.against.as_deref().unwrap_or_default()).await?;
@@ -721,7 +738,7 @@ async fn evaluate(
     let mut scores = serde_json::Map::new();
     for (role, reference) in [("candidate", candidate.to_string()), ("production", production)] {
         let (model_name, number) = reference.split_once('@').unwrap_or_default();
-        let version = api::models::resolve(state, caller, tenant, model_name, number, Action::ModelRead).await?;
+        let version = models::resolve(state, caller, tenant, model_name, number, Action::ModelRead).await?;
         let (loss, tokens) = crate::canary::held_out_loss(state, &version, &held_out, seq_len, windows).await?;
         scores.insert(
             role.into(),
@@ -766,7 +783,7 @@ async fn rollback(
     let mut restored = serde_json::Map::new();
     if let Some(original) = context.canary.as_ref().and_then(|c| c.get("original_spec")).filter(|s| !s.is_null()) {
         let spec: DeploymentSpec = serde_json::from_value(original.clone()).map_err(|e| e.to_string())?;
-        put_deployment(state, caller, tenant, deployment, spec).await?;
+        deployments::update(state, caller, tenant, deployment, spec).await?;
         restored.insert("deployment".into(), deployment.into());
     }
     if let Some(promotion) = &context.promotion {
@@ -774,7 +791,7 @@ async fn rollback(
             (promotion["promoted"].as_str(), promotion["alias"].as_str(), promotion["previous_version"].as_i64())
         {
             let name = model.split_once('@').map(|(n, _)| n).unwrap_or(model);
-            set_alias(state, caller, tenant, name, alias, previous).await?;
+            models::move_alias(state, caller, tenant, name, alias, previous).await?;
             restored.insert("alias".into(), format!("{name}@{alias} -> {previous}").into());
         }
     }

@@ -1,90 +1,36 @@
-//! Changing what a deployment serves, as a pipeline's author: through the same handlers the
-//! HTTP API uses, so each change is authorized, audited and published like a user's.
+//! Changing what a deployment serves, as a pipeline's author: promotion moves an alias to the
+//! candidate and routes the deployment's primary traffic to it, through the same use cases the
+//! HTTP API calls (`service::models::move_alias`, `service::deployments::update`), so each
+//! change is authorized, audited and published like a user's.
 
-use axum::extract::State;
 use factory_core::TenantName;
+use serde::Serialize;
 
-use crate::api;
-use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use crate::caller::Caller;
+use crate::service::{deployments, models, ServiceError};
 use crate::serving::{DeploymentSpec, VariantRole, VariantSpec};
 use crate::state::AppState;
 
-/// Calls a handler as the pipeline's author and reads its JSON answer.
-pub(crate) async fn answer(response: Result<axum::response::Response, ApiError>) -> Result<serde_json::Value, String> {
-    let response = response.map_err(|e| e.message)?;
-    let bytes = axum::body::to_bytes(response.into_body(), 16 << 20).await.map_err(|e| e.to_string())?;
-    Ok(serde_json::from_slice(&bytes).unwrap_or_default())
+/// What a promotion did: the alias it moved (and from which version) and the routing it left.
+#[derive(Debug, Clone, Serialize)]
+pub struct Promotion {
+    pub promoted: String,
+    pub alias: String,
+    pub previous_version: Option<i64>,
+    pub deployment: String,
+    pub variants: Vec<RoutedVariant>,
 }
 
-pub(crate) fn tenant_query(tenant: &TenantName) -> ApiQuery<api::datasets::TenantQuery> {
-    ApiQuery(api::datasets::TenantQuery { tenant: Some(tenant.to_string()) })
-}
-
-/// The deployment's spec now, as the author may read it.
-pub(crate) async fn deployment_spec(
-    state: &AppState,
-    caller: &Caller,
-    tenant: &TenantName,
-    name: &str,
-) -> Result<DeploymentSpec, String> {
-    let view = answer(
-        api::deployments::show(State(state.clone()), caller.clone(), ApiPath(name.to_string()), tenant_query(tenant))
-            .await
-            .map(axum::response::IntoResponse::into_response),
-    )
-    .await?;
-    serde_json::from_value(view["spec"].clone()).map_err(|e| format!("deployment {name}: {e}"))
-}
-
-/// Points `name@alias` at `version`, as the caller may.
-pub(crate) async fn set_alias(
-    state: &AppState,
-    caller: &Caller,
-    tenant: &TenantName,
-    name: &str,
-    alias: &str,
-    version: i64,
-) -> Result<serde_json::Value, String> {
-    answer(
-        api::models::set_alias(
-            State(state.clone()),
-            caller.clone(),
-            ApiPath((name.to_string(), alias.to_string())),
-            tenant_query(tenant),
-            ApiJson(api::models::SetAlias { version }),
-        )
-        .await,
-    )
-    .await
-}
-
-pub(crate) async fn put_deployment(
-    state: &AppState,
-    caller: &Caller,
-    tenant: &TenantName,
-    name: &str,
-    spec: DeploymentSpec,
-) -> Result<(), String> {
-    let body = api::deployments::UpdateDeployment::from(spec);
-    answer(
-        api::deployments::update(
-            State(state.clone()),
-            caller.clone(),
-            ApiPath(name.to_string()),
-            tenant_query(tenant),
-            ApiJson(body),
-        )
-        .await,
-    )
-    .await?;
-    Ok(())
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutedVariant {
+    pub model: String,
+    pub weight: f64,
 }
 
 /// Moves `alias` to the candidate and routes all primary traffic to the stable variant (which
 /// follows the alias; a variant pinned to a version is pointed at the candidate). `original`
 /// is the spec to restore the routing from (the one before a canary).
-pub(crate) async fn promote(
+pub async fn promote(
     state: &AppState,
     caller: &Caller,
     tenant: &TenantName,
@@ -92,14 +38,15 @@ pub(crate) async fn promote(
     alias: &str,
     candidate: &str,
     original: Option<DeploymentSpec>,
-) -> Result<serde_json::Value, String> {
-    let (name, version) = candidate.split_once('@').ok_or(format!("{candidate:?} is not NAME@VERSION"))?;
-    let number: i64 = version.parse().map_err(|_| format!("{candidate:?} is not NAME@VERSION"))?;
-    let previous = api::models::version_of(state, tenant, name, alias).await.map_err(|e| e.message)?.map(|v| v.version);
-    set_alias(state, caller, tenant, name, alias, number).await?;
+) -> Result<Promotion, ServiceError> {
+    let (name, version) = models::split_reference(candidate)?;
+    let number: i64 =
+        version.parse().map_err(|_| ServiceError::invalid(format!("{candidate:?} is not NAME@VERSION")))?;
+    let previous = models::version_of(state, tenant, name, alias).await?.map(|v| v.version);
+    models::move_alias(state, caller, tenant, name, alias, number).await?;
     let mut spec = match original {
         Some(spec) => spec,
-        None => deployment_spec(state, caller, tenant, deployment).await?,
+        None => deployments::spec(state, caller, tenant, deployment).await?,
     };
     let follows = format!("{name}@{alias}");
     let mut routed = false;
@@ -120,9 +67,13 @@ pub(crate) async fn promote(
         );
     }
     spec.variants.retain(|v| v.role != VariantRole::Primary || v.weight > 0.0);
-    put_deployment(state, caller, tenant, deployment, spec.clone()).await?;
-    Ok(serde_json::json!({
-        "promoted": candidate, "alias": alias, "previous_version": previous, "deployment": deployment,
-        "variants": spec.variants.iter().map(|v| serde_json::json!({ "model": v.label(), "weight": v.weight })).collect::<Vec<_>>(),
-    }))
+    let variants = spec.variants.iter().map(|v| RoutedVariant { model: v.label(), weight: v.weight }).collect();
+    deployments::update(state, caller, tenant, deployment, spec).await?;
+    Ok(Promotion {
+        promoted: candidate.to_string(),
+        alias: alias.to_string(),
+        previous_version: previous,
+        deployment: deployment.to_string(),
+        variants,
+    })
 }

@@ -63,6 +63,11 @@ const BUNDLE_ROUTE: &str = "/api/v1/models/{name}/versions/{version}/bundle";
 /// request timeout.
 const TRANSFER_ROUTES: &[&str] = &[INGEST_ROUTE, DOWNLOAD_ROUTE, MODEL_IMPORT_ROUTE, HF_IMPORT_ROUTE, BUNDLE_ROUTE];
 
+/// The OpenAPI document of every route, served where the router is built.
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.request_body_limit_bytes;
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
@@ -118,7 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit/proof/inclusion", get(audit::inclusion))
         .route("/api/v1/audit/proof/consistency", get(audit::consistency))
         .route("/api/v1/audit/records", get(audit::records))
-        .route("/api/v1/openapi.json", get(ops::openapi))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -245,6 +250,6 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
 /// The tenant of a valid API key of a tenant: what its in-flight share is counted against.
 /// (The handler authenticates the key again, from the same kept lookup.)
 async fn bearer_tenant(state: &AppState, secret: &str) -> Option<String> {
-    let key = state.lookups.key(state, secret).await.ok()??;
+    let key = state.lookups.key(secret).await.ok()??;
     key.tenant.map(|tenant| tenant.to_string())
 }

@@ -14,9 +14,10 @@ use factory_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::error::ApiError;
-use crate::registry;
-use crate::state::AppState;
+use factory_objects::ContentStore;
+
+use crate::registry::{self, ModelKeys};
+use crate::service_error::{ErrorKind, ServiceError};
 
 /// What `POST /api/v1/deployments` stores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,7 +159,7 @@ impl DeploymentSpec {
             }
         }
         if let Some(drift) = &self.drift {
-            drift.validate(self.logging.as_ref())?;
+            drift.validate(self.logging.as_ref().map(|l| l.sample_rate))?;
         }
         let primaries = self.variants.iter().filter(|v| v.role == VariantRole::Primary);
         if !primaries.clone().any(|v| v.weight > 0.0) {
@@ -205,8 +206,21 @@ pub struct LoadedModel {
     pub jurisdiction: factory_core::Jurisdiction,
 }
 
+/// How engines are built: the `serving` settings they start with.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    pub kv_cache_half: bool,
+    pub max_batch: usize,
+    pub max_waiting: usize,
+    pub prefill_chunk: usize,
+}
+
 /// Engines by signed manifest digest.
 pub struct Engines {
+    /// Where versions' files are read from, and the keys their manifests must be signed with.
+    objects: Arc<ContentStore>,
+    model_keys: Arc<ModelKeys>,
+    options: EngineOptions,
     /// One cell per signed manifest: the map's lock is held only to find the cell, and each
     /// model loads once while requests for other models go on.
     loaded: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<LoadedModel>>>>>,
@@ -220,9 +234,12 @@ pub struct Engines {
     topic_vectors: std::sync::Mutex<HashMap<String, crate::guardrails::ExampleVectors>>,
 }
 
-impl Default for Engines {
-    fn default() -> Self {
+impl Engines {
+    pub fn new(objects: Arc<ContentStore>, model_keys: Arc<ModelKeys>, options: EngineOptions) -> Self {
         Engines {
+            objects,
+            model_keys,
+            options,
             loaded: Mutex::default(),
             embedding_permits: Arc::new(tokio::sync::Semaphore::new(8)),
             // A redirect would take the request (and its key) to a host the allowlist never
@@ -240,9 +257,9 @@ impl Default for Engines {
 impl Engines {
     /// The engine for `version`, verifying and loading it on first use. A failed load is not
     /// kept: the next request tries again.
-    pub async fn get(&self, state: &AppState, version: &ModelVersion) -> Result<Arc<LoadedModel>, ApiError> {
+    pub async fn get(&self, version: &ModelVersion) -> Result<Arc<LoadedModel>, ServiceError> {
         let cell = self.loaded.lock().await.entry(version.manifest_digest.clone()).or_default().clone();
-        cell.get_or_try_init(|| async { load(state, version).await.map(Arc::new) }).await.cloned()
+        cell.get_or_try_init(|| async { self.load(version).await.map(Arc::new) }).await.cloned()
     }
 }
 
@@ -268,76 +285,80 @@ impl Engines {
     }
 }
 
-async fn load(state: &AppState, version: &ModelVersion) -> Result<LoadedModel, ApiError> {
-    let (manifest, _) = registry::open_manifest(state, version).await?;
-    // Every file is read and checked once, whether or not serving needs it: a version loads
-    // only whole and unaltered.
-    let mut files = HashMap::new();
-    for file in &manifest.files {
-        files.insert(file.path.clone(), registry::fetch_file(state, &manifest, &file.path).await?);
-    }
-    let mut take = |path: &str| {
-        files.remove(path).ok_or_else(|| ApiError::not_found(format!("{} has no file {path}", manifest.reference())))
-    };
-    let (config, weights, tokenizer) = (take("config.json")?, take("model.safetensors")?, take("tokenizer.json")?);
-    let sentence_config = take("sentence_bert_config.json").ok();
-    let tokenizer_config = take("tokenizer_config.json").ok();
-    let invalid = |e: String| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "unservable_model", e);
-    if manifest.architecture == "bert" {
-        // sentence-transformers' `max_seq_length`, else the encoder's whole context.
-        let max_tokens = sentence_config
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .and_then(|c| c["max_seq_length"].as_u64())
-            .unwrap_or(512) as usize;
-        let embedder = tokio::task::spawn_blocking(move || {
-            Embedder::load(
-                &String::from_utf8_lossy(&config),
-                &weights,
-                &String::from_utf8_lossy(&tokenizer),
-                max_tokens,
-            )
-            .map_err(|e| e.to_string())
+impl Engines {
+    async fn load(&self, version: &ModelVersion) -> Result<LoadedModel, ServiceError> {
+        let (manifest, _) = registry::open_manifest(&self.objects, &self.model_keys, version).await?;
+        // Every file is read and checked once, whether or not serving needs it: a version loads
+        // only whole and unaltered.
+        let mut files = HashMap::new();
+        for file in &manifest.files {
+            files.insert(file.path.clone(), registry::fetch_file(&self.objects, &manifest, &file.path).await?);
+        }
+        let mut take = |path: &str| {
+            files
+                .remove(path)
+                .ok_or_else(|| ServiceError::not_found(format!("{} has no file {path}", manifest.reference())))
+        };
+        let (config, weights, tokenizer) = (take("config.json")?, take("model.safetensors")?, take("tokenizer.json")?);
+        let sentence_config = take("sentence_bert_config.json").ok();
+        let tokenizer_config = take("tokenizer_config.json").ok();
+        let invalid = |e: String| ServiceError::new(ErrorKind::UnservableModel, e);
+        if manifest.architecture == "bert" {
+            // sentence-transformers' `max_seq_length`, else the encoder's whole context.
+            let max_tokens = sentence_config
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .and_then(|c| c["max_seq_length"].as_u64())
+                .unwrap_or(512) as usize;
+            let embedder = tokio::task::spawn_blocking(move || {
+                Embedder::load(
+                    &String::from_utf8_lossy(&config),
+                    &weights,
+                    &String::from_utf8_lossy(&tokenizer),
+                    max_tokens,
+                )
+                .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| invalid(e.to_string()))?
+            .map_err(invalid)?;
+            tracing::info!(model = %manifest.reference(), "loaded a verified embedding model");
+            return Ok(LoadedModel {
+                generator: None,
+                embedder: Some(Arc::new(embedder)),
+                reference: manifest.reference(),
+                jurisdiction: manifest.residency.jurisdiction.clone(),
+            });
+        }
+        let reference = manifest.reference();
+        let jurisdiction = manifest.residency.jurisdiction.clone();
+        let kv_precision = if self.options.kv_cache_half { KvPrecision::F16 } else { KvPrecision::F32 };
+        let (model, tokenizer) = tokio::task::spawn_blocking(move || {
+            let config = LlamaConfig::from_json(&String::from_utf8_lossy(&config)).map_err(|e| e.to_string())?;
+            let weights =
+                Weights::from_safetensors(&config, &weights, DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
+            let model = Llama::new(config, weights).map_err(|e| e.to_string())?;
+            let model = Decoder::new(&model).map_err(|e| e.to_string())?.with_kv_precision(kv_precision);
+            let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&tokenizer)).map_err(|e| e.to_string())?;
+            Ok::<_, String>((model, tokenizer))
         })
         .await
         .map_err(|e| invalid(e.to_string()))?
         .map_err(invalid)?;
-        tracing::info!(model = %manifest.reference(), "loaded a verified embedding model");
-        return Ok(LoadedModel {
-            generator: None,
-            embedder: Some(Arc::new(embedder)),
-            reference: manifest.reference(),
-            jurisdiction: manifest.residency.jurisdiction.clone(),
-        });
+        let chat_template = tokenizer_config
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|config| config["chat_template"].as_str().map(str::to_string));
+        let settings = EngineSettings {
+            max_batch: self.options.max_batch,
+            max_waiting: self.options.max_waiting,
+            prefill_chunk: self.options.prefill_chunk,
+        };
+        tracing::info!(model = %reference, "loaded a verified model version into an engine");
+        let engine = Engine::start(model, tokenizer.clone(), settings);
+        Ok(LoadedModel {
+            generator: Some(Generator { engine, tokenizer, chat_template }),
+            embedder: None,
+            reference,
+            jurisdiction,
+        })
     }
-    let reference = manifest.reference();
-    let jurisdiction = manifest.residency.jurisdiction.clone();
-    let kv_precision = if state.config.serving.kv_cache_half { KvPrecision::F16 } else { KvPrecision::F32 };
-    let (model, tokenizer) = tokio::task::spawn_blocking(move || {
-        let config = LlamaConfig::from_json(&String::from_utf8_lossy(&config)).map_err(|e| e.to_string())?;
-        let weights =
-            Weights::from_safetensors(&config, &weights, DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
-        let model = Llama::new(config, weights).map_err(|e| e.to_string())?;
-        let model = Decoder::new(&model).map_err(|e| e.to_string())?.with_kv_precision(kv_precision);
-        let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&tokenizer)).map_err(|e| e.to_string())?;
-        Ok::<_, String>((model, tokenizer))
-    })
-    .await
-    .map_err(|e| invalid(e.to_string()))?
-    .map_err(invalid)?;
-    let chat_template = tokenizer_config
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .and_then(|config| config["chat_template"].as_str().map(str::to_string));
-    let settings = EngineSettings {
-        max_batch: state.config.serving.max_batch,
-        max_waiting: state.config.serving.max_waiting,
-        prefill_chunk: state.config.serving.prefill_chunk,
-    };
-    tracing::info!(model = %reference, "loaded a verified model version into an engine");
-    let engine = Engine::start(model, tokenizer.clone(), settings);
-    Ok(LoadedModel {
-        generator: Some(Generator { engine, tokenizer, chat_template }),
-        embedder: None,
-        reference,
-        jurisdiction,
-    })
 }

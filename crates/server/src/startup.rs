@@ -14,7 +14,9 @@ use factory_core::{AccessRequest, Action, Principal, Resource, Role};
 use factory_objects::{ContentStore, S3Settings};
 use factory_store::{CheckpointIssuer, Event, Store};
 
+use crate::lookups::Lookups;
 use crate::metrics::{MeteredDecisionPoint, Metrics};
+use crate::serving::{EngineOptions, Engines};
 use crate::state::AppState;
 
 pub const ADMIN_KEY_FILE: &str = "admin.key";
@@ -82,11 +84,20 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
     });
     let pii_secret = Arc::new(load_or_create_secret(&config.data_dir.join(PII_SECRET_FILE))?);
     let inference_log = Arc::new(crate::inference_log::InferenceLog::new(metrics.clone()));
+    let objects = Arc::new(objects);
+    let engine_options = EngineOptions {
+        kv_cache_half: config.serving.kv_cache_half,
+        max_batch: config.serving.max_batch,
+        max_waiting: config.serving.max_waiting,
+        prefill_chunk: config.serving.prefill_chunk,
+    };
+    let engines = Arc::new(Engines::new(objects.clone(), model_keys.clone(), engine_options));
+    let lookups = Arc::new(Lookups::new(store.clone()));
     let state = AppState {
         config: Arc::new(config),
         store,
         pdp,
-        objects: Arc::new(objects),
+        objects,
         checkpoints,
         metrics,
         job_kinds: Arc::new(job_kinds),
@@ -94,8 +105,8 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         pii_secret,
         pending_objects: Arc::default(),
         model_keys,
-        engines: Arc::default(),
-        lookups: Arc::default(),
+        engines,
+        lookups,
         inference_log,
         drift: Arc::default(),
     };

@@ -2,14 +2,12 @@
 
 use std::sync::Arc;
 
-use factory_authz::CedarAuthorizer;
 use factory_config::Config;
 use factory_objects::ContentStore;
 use factory_store::{CheckpointIssuer, Store};
 
-use crate::metrics::{MeteredDecisionPoint, Metrics};
-
-pub type DecisionPoint = MeteredDecisionPoint<CedarAuthorizer>;
+pub use crate::metrics::DecisionPoint;
+use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -27,7 +25,7 @@ pub struct AppState {
     pub pii_secret: Arc<[u8; 32]>,
     /// Objects written by uploads whose versions have not committed yet; the orphan sweep
     /// leaves them alone.
-    pub pending_objects: Arc<crate::orphans::PendingObjects>,
+    pub pending_objects: Arc<crate::pending_objects::PendingObjects>,
     /// Signs registered model versions and verifies them (and imported bundles).
     pub model_keys: Arc<crate::registry::ModelKeys>,
     /// Verified model versions loaded into serving engines.

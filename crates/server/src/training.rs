@@ -8,115 +8,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use factory_core::{Action, Classification, Jurisdiction, Principal};
+use factory_core::{Action, Principal};
 use factory_model::LlamaConfig;
 use factory_objects::ObjectDigest;
-use factory_registry::{strictest_residency, DatasetInput, Lineage, Origin, Residency};
 use factory_store::jobs::Job;
 use factory_store::runs::RunCheckpoint;
-use factory_tokenizer::{BpeSettings, Tokenizer};
-use factory_train::{Checkpoint, Control, EvalMetrics, EvalSet, Outcome, StepMetrics, TrainObserver, TrainSettings};
-use serde::{Deserialize, Serialize};
+use factory_tokenizer::Tokenizer;
+use factory_train::{Checkpoint, Control, EvalMetrics, Outcome, StepMetrics, TrainObserver};
 use tokio::sync::watch;
 
-use crate::error::ApiError;
-use crate::registry::{Draft, DraftFile, FileSource, Signing};
+use crate::service::datasets::shard_texts;
+use crate::service::models::{self, draft_from_run};
+use crate::service::runs::{BaseModel, RunSpec, RUN_KINDS, TOKENIZER_KIND};
 use crate::state::AppState;
 use crate::workers::{JobControl, JobError, JobHandler};
-
-pub const TOKENIZER_KIND: &str = "training.tokenizer";
-pub const PRETRAIN_KIND: &str = "training.pretrain";
-pub const FINETUNE_KIND: &str = "training.finetune";
-pub const RUN_KINDS: [&str; 3] = [TOKENIZER_KIND, PRETRAIN_KIND, FINETUNE_KIND];
-
-/// The registered model a fine-tune starts from, pinned (with its verified file digests) when
-/// the run is created.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BaseModel {
-    pub name: String,
-    pub version: i64,
-    pub jurisdiction: Jurisdiction,
-    pub classification: Classification,
-    pub weights: String,
-    pub config: String,
-    pub tokenizer: String,
-}
-
-impl BaseModel {
-    pub fn reference(&self) -> String {
-        format!("{}@{}", self.name, self.version)
-    }
-}
-
-/// Register the trained model as the next version of `name` when the run succeeds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterSpec {
-    pub name: String,
-    #[serde(default)]
-    pub intended_use: Option<String>,
-}
-
-/// The model to train: a named preset sized to the tokenizer, or a full `config.json` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    #[serde(default)]
-    pub preset: Option<String>,
-    #[serde(default)]
-    pub config: Option<serde_json::Value>,
-}
-
-/// Everything a run needs, validated when it is created and stored as the job's payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunSpec {
-    pub dataset: String,
-    pub version: i64,
-    pub text_column: String,
-    /// The manifest's shard digests, fixed at creation so the run reads exactly that version.
-    pub shards: Vec<String>,
-    pub seed: u64,
-    pub tokenizer: BpeSettings,
-    #[serde(default)]
-    pub model: Option<ModelSpec>,
-    #[serde(default)]
-    pub train: Option<TrainSettings>,
-    /// The dataset's residency, which the model inherits.
-    pub jurisdiction: Jurisdiction,
-    pub classification: Classification,
-    #[serde(default)]
-    pub base: Option<BaseModel>,
-    /// A registered model's verified `tokenizer.json` to use instead of training one.
-    #[serde(default)]
-    pub tokenizer_digest: Option<String>,
-    #[serde(default)]
-    pub eval_sets: Vec<EvalSet>,
-    #[serde(default)]
-    pub register: Option<RegisterSpec>,
-    /// Whose authority registration uses: the run's creator, re-checked against the policies
-    /// when the run ends.
-    #[serde(default)]
-    pub requested_by: Option<Principal>,
-}
-
-impl RunSpec {
-    /// The model config for a tokenizer of `vocab_size` tokens.
-    pub fn model_config(&self, vocab_size: usize) -> Result<LlamaConfig, String> {
-        let spec = self.model.clone().unwrap_or(ModelSpec { preset: Some("tiny".to_string()), config: None });
-        let mut config = match (&spec.preset, &spec.config) {
-            (Some(preset), None) => LlamaConfig::preset(preset, vocab_size).map_err(|e| e.to_string())?,
-            (None, Some(config)) => {
-                LlamaConfig::from_json(&config.to_string()).map_err(|e| format!("model.config: {e}"))?
-            }
-            _ => return Err("model: give either preset or config".to_string()),
-        };
-        config.vocab_size = vocab_size;
-        let seq_len = self.train.as_ref().map(|t| t.seq_len).unwrap_or_default();
-        config.max_position_embeddings = config.max_position_embeddings.max(seq_len);
-        config.validate().map_err(|e| e.to_string())?;
-        Ok(config)
-    }
-}
 
 pub struct TrainingHandler {
     pub state: AppState,
@@ -296,10 +201,9 @@ impl TrainingHandler {
                     let draft = draft_from_run(&self.state, &job.tenant, &spec, &job.id, &result, register)
                         .await
                         .map_err(failed)?;
-                    let (version, _) =
-                        crate::registry::register(&self.state, &principal, &job.id, Action::ModelRegister, draft)
-                            .await
-                            .map_err(|e| failed(format!("registering {}: {e}", register.name)))?;
+                    let (version, _) = models::register(&self.state, &principal, &job.id, Action::ModelRegister, draft)
+                        .await
+                        .map_err(|e| failed(format!("registering {}: {e}", register.name)))?;
                     result["model"] = serde_json::json!({ "name": version.name, "version": version.version });
                 }
                 Ok(result)
@@ -421,132 +325,9 @@ impl TrainObserver for RunObserver {
 }
 
 /// Adds the training job kinds to a worker pool.
-/// The text column of the shards (by digest), in order.
-pub async fn shard_texts(state: &AppState, shards: &[String], column: &str) -> Result<Vec<String>, String> {
-    let mut texts = Vec::new();
-    for digest in shards {
-        let digest: ObjectDigest = digest.parse().map_err(|e| format!("shard digest: {e}"))?;
-        let bytes = state.objects.get(&digest).await.map_err(|e| e.to_string())?;
-        let column = column.to_string();
-        let shard = tokio::task::spawn_blocking(move || factory_datasets::read::shard_texts(bytes, &column))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        texts.extend(shard);
-    }
-    Ok(texts)
-}
-
-/// The text column of a dataset version, from its manifest.
-pub async fn manifest_texts(
-    state: &AppState,
-    manifest: &factory_datasets::VersionManifest,
-) -> Result<Vec<String>, String> {
-    let column = manifest.text_column.as_deref().ok_or("the dataset version has no text_column")?;
-    shard_texts(state, &manifest.shard_digests(), column).await
-}
-
 pub fn with_training_handlers(mut pool: crate::workers::WorkerPool, state: &AppState) -> crate::workers::WorkerPool {
     for kind in RUN_KINDS {
         pool.handlers.insert(kind, Arc::new(TrainingHandler { state: state.clone(), kind }));
     }
     pool
-}
-
-/// The version a finished run becomes: its weights, config and tokenizer as stored by the
-/// run, a generation config and tokenizer config made here, lineage from the run's spec and
-/// residency derived from its inputs (the strictest wins).
-pub async fn draft_from_run(
-    state: &AppState,
-    tenant: &factory_core::TenantName,
-    spec: &RunSpec,
-    run_id: &str,
-    result: &serde_json::Value,
-    register: &RegisterSpec,
-) -> Result<Draft, ApiError> {
-    let artifact = |name: &str| {
-        result["artifacts"][name]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| ApiError::invalid(format!("run {run_id} produced no {name}")))
-    };
-    let (weights, config_digest, tokenizer_digest) =
-        (artifact("weights")?, artifact("config")?, artifact("tokenizer")?);
-    let stored = |digest: String| async move {
-        let parsed: factory_objects::ObjectDigest =
-            digest.parse().map_err(|_| ApiError::invalid(format!("run {run_id}: bad artifact digest")))?;
-        state.objects.get(&parsed).await.map_err(|e| ApiError::invalid(format!("run {run_id}: {e}")))
-    };
-    let config = LlamaConfig::from_json(&String::from_utf8_lossy(&stored(config_digest.clone()).await?))
-        .map_err(|e| ApiError::invalid(format!("run {run_id}: {e}")))?;
-    let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&stored(tokenizer_digest.clone()).await?))
-        .map_err(|e| ApiError::invalid(format!("run {run_id}: {e}")))?;
-    let end = tokenizer.token_id(factory_tokenizer::END_OF_TEXT);
-    let generation = serde_json::json!({
-        "bos_token_id": end, "eos_token_id": end, "do_sample": true, "temperature": 0.8, "top_p": 0.95,
-        "max_new_tokens": 256,
-    });
-    let tokenizer_config = tokenizer.hf_tokenizer_config(config.max_position_embeddings);
-
-    let dataset = DatasetInput {
-        name: spec.dataset.clone(),
-        version: spec.version,
-        jurisdiction: spec.jurisdiction.clone(),
-        classification: spec.classification,
-    };
-    let mut inputs = vec![(&dataset.jurisdiction, dataset.classification)];
-    if let Some(base) = &spec.base {
-        inputs.push((&base.jurisdiction, base.classification));
-    }
-    let (jurisdiction, classification) = strictest_residency(inputs).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let mut evals = serde_json::Map::new();
-    if let Some(loss) = result["eval"]["validation_loss"].as_f64() {
-        evals.insert("validation_loss".into(), loss.into());
-        evals.insert("validation_perplexity".into(), loss.exp().into());
-    }
-    for score in result["eval_sets"].as_array().into_iter().flatten() {
-        let name = score["name"].as_str().unwrap_or_default();
-        evals.insert(format!("{name}.exact_match"), score["exact_match"].clone());
-        evals.insert(format!("{name}.contains"), score["contains"].clone());
-    }
-    let json = |value: serde_json::Value| Bytes::from(serde_json::to_vec_pretty(&value).unwrap_or_default());
-    Ok(Draft {
-        tenant: tenant.clone(),
-        name: register.name.clone(),
-        version: None,
-        architecture: "llama".to_string(),
-        parameters: config.parameter_count() as u64,
-        residency: Residency { jurisdiction, classification, derived_from: "training data".to_string() },
-        lineage: Lineage {
-            origin: if spec.base.is_some() { Origin::FineTuned } else { Origin::Trained },
-            run: Some(run_id.to_string()),
-            datasets: vec![dataset],
-            base_model: spec.base.as_ref().map(BaseModel::reference),
-            code_version: crate::registry::code_version(),
-            config: serde_json::json!({
-                "model": serde_json::from_str::<serde_json::Value>(&config.to_json()).unwrap_or_default(),
-                "train": spec.train, "tokenizer": spec.tokenizer,
-            }),
-            seed: Some(spec.seed),
-        },
-        evals: serde_json::Value::Object(evals),
-        files: vec![
-            DraftFile { path: "model.safetensors".into(), source: FileSource::Stored(weights) },
-            DraftFile { path: "config.json".into(), source: FileSource::Stored(config_digest) },
-            DraftFile { path: "tokenizer.json".into(), source: FileSource::Stored(tokenizer_digest) },
-            DraftFile { path: "generation_config.json".into(), source: FileSource::Bytes(json(generation)) },
-            DraftFile { path: "tokenizer_config.json".into(), source: FileSource::Bytes(json(tokenizer_config)) },
-        ]
-        .into_iter()
-        .chain(
-            [("adapter", "adapter_model.safetensors"), ("adapter_config", "adapter_config.json")]
-                .into_iter()
-                .filter_map(|(artifact, path)| {
-                    let digest = result["artifacts"][artifact].as_str()?.to_string();
-                    Some(DraftFile { path: path.into(), source: FileSource::Stored(digest) })
-                }),
-        )
-        .collect(),
-        signing: Signing::Sign { intended_use: register.intended_use.clone() },
-    })
 }

@@ -11,7 +11,7 @@ use factory_store::jobs::{Job, Outcome};
 use factory_store::Store;
 use tokio::sync::watch;
 
-use crate::state::DecisionPoint;
+use crate::metrics::DecisionPoint;
 
 /// What the worker tells a running handler. `cancel` turns true when cancellation was
 /// requested: stop soon and return `Err(JobError::Cancelled)`. `preempt` turns true when a

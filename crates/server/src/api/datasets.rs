@@ -11,26 +11,22 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
-use factory_core::{
-    AccessRequest, Action, Classification, Jurisdiction, Principal, Resource, Role, SiteKind, TenantName,
-};
-use factory_datasets::{
-    ColumnSpec, DedupMode, Format, IngestErrorKind, IngestOptions, ManifestLineage, ManifestSource, OnError, PiiPolicy,
-    ShardSink, VersionManifest,
-};
+use factory_core::{AccessRequest, Action, Classification, Jurisdiction, Principal, Resource, Role, SiteKind};
+use factory_datasets::{ColumnSpec, DedupMode, Format, IngestErrorKind, OnError, PiiPolicy, VersionManifest};
 use factory_objects::ObjectDigest;
-use factory_store::datasets::{Dataset, NewVersion};
+use factory_store::datasets::Dataset;
 use factory_store::Event;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{committed_response, hide_foreign, millis_to_text};
+use super::{committed_response, hide_foreign, millis_to_text, tenant_of};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use crate::lineage::{facet, LineageDataset, LineageRun, RunState};
-use crate::orphans::ObjectLease;
+use crate::service::datasets::{
+    self, authorize_on, dataset_resource, find_dataset_for, load_manifest, residency, IngestFailure, Ingested,
+    LoadedManifest, Upload,
+};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -38,17 +34,6 @@ use crate::state::AppState;
 pub struct TenantQuery {
     /// Platform keys name the tenant; tenant keys act in their own tenant.
     pub tenant: Option<String>,
-}
-
-/// The tenant a dataset request is about: the one named (policies decide whether the caller
-/// may act there, so a foreign tenant is refused and audited like any denial), else the
-/// caller's own.
-pub(crate) fn tenant_of(caller: &Caller, requested: Option<&str>) -> Result<TenantName, ApiError> {
-    match (&caller.principal.tenant, requested) {
-        (_, Some(requested)) => TenantName::new(requested).map_err(|e| ApiError::invalid(format!("tenant: {e}"))),
-        (Some(own), None) => Ok(own.clone()),
-        (None, None) => Err(ApiError::invalid("tenant: platform keys must name the tenant (?tenant=...)")),
-    }
 }
 
 /// Bounds on what a dataset's catalogue entry carries, like a key's description: every list
@@ -139,24 +124,6 @@ impl From<Dataset> for DatasetView {
     }
 }
 
-/// The residency facts Cedar decides on: whether the tenant allows the jurisdiction and whether
-/// the named site stores data inside it.
-async fn residency(
-    state: &AppState,
-    tenant: &TenantName,
-    jurisdiction: &Jurisdiction,
-    site: &str,
-) -> Result<(bool, bool), ApiError> {
-    let tenant_record = state.store.tenant(tenant).await?;
-    let allowed = tenant_record.is_some_and(|t| t.jurisdictions.contains(jurisdiction));
-    let storage = state
-        .config
-        .sites
-        .iter()
-        .any(|s| s.name == site && &s.jurisdiction == jurisdiction && s.kinds.contains(&SiteKind::Storage));
-    Ok((allowed, storage))
-}
-
 #[utoipa::path(post, path = "/api/v1/datasets", tag = "datasets", request_body = CreateDataset, params(TenantQuery),
     responses((status = 201, body = DatasetView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
@@ -240,67 +207,6 @@ pub async fn create(
     });
     let committed = change.commit(payload.clone(), Event::new("dataset.created", payload)).await?;
     Ok(committed_response(StatusCode::CREATED, Json(DatasetView::from(dataset)), committed))
-}
-
-/// The dataset and version number `NAME@VERSION` (or `NAME@latest`) names.
-pub(crate) async fn find_version(
-    state: &AppState,
-    tenant: &TenantName,
-    reference: &str,
-) -> Result<(Dataset, i64), ApiError> {
-    let (name, version) =
-        reference.split_once('@').ok_or_else(|| ApiError::invalid(format!("{reference:?} is not DATASET@VERSION")))?;
-    let dataset = find_dataset(state, tenant, name).await?;
-    let version = match version {
-        "latest" => dataset.latest_version,
-        number => {
-            number.parse().map_err(|_| ApiError::invalid(format!("{reference:?}: {number:?} is not a version")))?
-        }
-    };
-    Ok((dataset, version))
-}
-
-/// The dataset `name` of `tenant` as `caller` may see it: the catalogue is authorized before
-/// anything is looked up, so a caller of another tenant gets the same refusal whether the
-/// dataset exists or not, and then the dataset itself is (its classification may hide it).
-pub(crate) async fn find_dataset_for(
-    state: &AppState,
-    caller: &Caller,
-    tenant: &TenantName,
-    name: &str,
-) -> Result<Dataset, ApiError> {
-    let catalogue = AccessRequest::new(&caller.principal, Action::DatasetRead, Resource::dataset_catalogue(tenant));
-    super::authorize_as(state, caller, &catalogue, tenant).await?;
-    let dataset = find_dataset(state, tenant, name).await?;
-    authorize_on(state, caller, &dataset, Action::DatasetRead, &[]).await?;
-    Ok(dataset)
-}
-
-pub(crate) async fn find_dataset(state: &AppState, tenant: &TenantName, name: &str) -> Result<Dataset, ApiError> {
-    state
-        .store
-        .dataset(tenant, name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("dataset {name} does not exist")))
-}
-
-pub(crate) async fn authorize_on(
-    state: &AppState,
-    caller: &Caller,
-    dataset: &Dataset,
-    action: Action,
-    context: &[(&str, bool)],
-) -> Result<(), ApiError> {
-    let mut request = AccessRequest::new(&caller.principal, action, dataset_resource(dataset));
-    for (key, value) in context {
-        request = request.with_context(key, *value);
-    }
-    state
-        .store
-        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(caller, Some(&dataset.tenant), e))?;
-    Ok(())
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -403,125 +309,6 @@ pub struct IngestQuery {
     pub tenant: Option<String>,
 }
 
-/// Writes shards to the object store, each held by the upload's lease until its version
-/// commits, so neither the sweep nor another failed upload can delete it first.
-struct ObjectSink {
-    objects: std::sync::Arc<factory_objects::ContentStore>,
-    lease: ObjectLease,
-    runtime: tokio::runtime::Handle,
-}
-
-impl ShardSink for ObjectSink {
-    fn put_shard(&mut self, parquet: Vec<u8>) -> Result<String, String> {
-        self.lease.hold_blocking(ObjectDigest::of(&parquet));
-        self.runtime
-            .block_on(self.objects.put_bytes(Bytes::from(parquet)))
-            .map(|digest| digest.to_string())
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// The lineage of one ingest: START is published when it begins, COMPLETE with its version,
-/// and FAIL when it fails or is abandoned (dropped before it finished, as when the client
-/// disconnects mid-upload).
-struct IngestRun {
-    state: AppState,
-    request: AccessRequest,
-    request_id: String,
-    tenant: String,
-    run: LineageRun,
-    output: LineageDataset,
-    finished: bool,
-}
-
-impl IngestRun {
-    /// Authorizes the ingest (a refusal is audited) and publishes START in the same change.
-    async fn start(
-        state: &AppState,
-        caller: &Caller,
-        dataset: &Dataset,
-        request: AccessRequest,
-    ) -> Result<Self, ApiError> {
-        let namespace = &state.config.lineage.namespace;
-        let run = LineageRun::new(namespace, dataset.tenant.as_str(), "ingest", &dataset.name);
-        let output = LineageDataset::governed(namespace, dataset.tenant.as_str(), &dataset.name, None);
-        let change = state
-            .store
-            .begin_change(state.pdp.as_ref(), request.clone(), &caller.request_id)
-            .await
-            .map_err(|e| hide_foreign(caller, Some(&dataset.tenant), e))?;
-        let details = serde_json::json!({ "run_id": run.run_id.to_string(), "phase": "start" });
-        change.commit(details, run.event(RunState::Start, &[], std::slice::from_ref(&output), None)).await?;
-        Ok(IngestRun {
-            state: state.clone(),
-            request,
-            request_id: caller.request_id.clone(),
-            tenant: dataset.tenant.to_string(),
-            run,
-            output,
-            finished: false,
-        })
-    }
-
-    /// The COMPLETE event, published by the change that makes the version visible.
-    fn complete_event(&mut self, version: i64, source: LineageDataset, schema: &[ColumnSpec], rows: u64) -> Event {
-        self.finished = true;
-        let namespace = &self.state.config.lineage.namespace;
-        let fields: Vec<serde_json::Value> =
-            schema.iter().map(|c| serde_json::json!({ "name": c.name, "type": c.kind.to_string() })).collect();
-        let output = LineageDataset::governed(namespace, &self.tenant, &self.output.name, Some(version))
-            .with_facet("schema", facet("SchemaDatasetFacet", serde_json::json!({ "fields": fields })))
-            .with_facet(
-                "outputStatistics",
-                facet("OutputStatisticsOutputDatasetFacet", serde_json::json!({ "rowCount": rows })),
-            );
-        self.run.event(RunState::Complete, &[source], &[output], None)
-    }
-
-    async fn fail(mut self, message: &str) {
-        self.finished = true;
-        record_failure(
-            self.state.clone(),
-            self.request.clone(),
-            self.request_id.clone(),
-            self.run.clone(),
-            self.output.clone(),
-            message.to_string(),
-        )
-        .await;
-    }
-}
-
-impl Drop for IngestRun {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let (state, request, request_id) = (self.state.clone(), self.request.clone(), self.request_id.clone());
-        let (run, output) = (self.run.clone(), self.output.clone());
-        tokio::spawn(record_failure(state, request, request_id, run, output, "the upload was interrupted".to_string()));
-    }
-}
-
-async fn record_failure(
-    state: AppState,
-    request: AccessRequest,
-    request_id: String,
-    run: LineageRun,
-    output: LineageDataset,
-    message: String,
-) {
-    let recorded = async {
-        let change = state.store.begin_change(state.pdp.as_ref(), request, &request_id).await?;
-        let details = serde_json::json!({ "run_id": run.run_id.to_string(), "phase": "fail", "error": message });
-        change.commit(details, run.event(RunState::Fail, &[], &[output], Some(&message))).await
-    }
-    .await;
-    if let Err(error) = recorded {
-        tracing::warn!(%error, run_id = %run.run_id, "could not record a failed ingest");
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct IngestReport {
     pub version: i64,
@@ -561,199 +348,58 @@ pub async fn ingest(
         Some(mode) => mode.parse().map_err(|e| ApiError::invalid(format!("dedup: {e}")))?,
         None => DedupMode::Off,
     };
-    let dataset = find_dataset_for(&state, &caller, &tenant, &name).await?;
-    let (jurisdiction_allowed, storage_site) = residency(&state, &tenant, &dataset.jurisdiction, &dataset.site).await?;
-    let resource = Resource::dataset(&tenant, &name, dataset.classification, &dataset.jurisdiction);
-    let request = AccessRequest::new(&caller.principal, Action::DatasetIngest, resource)
-        .with_context("jurisdiction_allowed", jurisdiction_allowed)
-        .with_context("storage_site", storage_site);
-    let mut run = IngestRun::start(&state, &caller, &dataset, request.clone()).await?;
-
-    let mut options = IngestOptions::new(format);
-    options.on_error = on_error;
-    options.dedup = dedup;
-    options.paragraphs = query.paragraphs.unwrap_or(false);
-    options.text_column = match (format, &query.text_column) {
-        (Format::Text, None) => Some("text".to_string()),
-        (_, column) => column.clone(),
+    let upload = Upload {
+        format,
+        text_column: query.text_column,
+        on_error,
+        paragraphs: query.paragraphs,
+        dedup,
+        max_row_bytes: query.max_row_bytes,
+        shard_rows: query.shard_rows,
     };
-    if let Some(max) = query.max_row_bytes {
-        options.max_row_bytes = max.clamp(1024, 64 * 1024 * 1024);
-    }
-    if let Some(rows) = query.shard_rows {
-        options.max_shard_rows = rows.clamp(100, 10_000_000);
-    }
-    options.pii_policy = serde_json::from_value(dataset.pii_policy.clone()).unwrap_or_default();
-    options.custom_pii = state.config.datasets.custom_pii.clone();
-    options.max_columns = state.config.datasets.max_columns;
-    options.max_decompressed_bytes = state.config.datasets.max_decompressed_bytes;
-    options.max_buffered_bytes = state.config.datasets.max_buffered_bytes;
-    options.pii_hash_key = state.pii_hash_key(&tenant);
-    options.schema = dataset.declared_schema.clone().and_then(|s| serde_json::from_value(s).ok());
-    // Parquet uploads are spooled to disk: on the data volume, like downloads.
-    options.temp_dir = Some(state.spool_dir());
-
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let lease = state.pending_objects.lease(state.store.clone(), state.objects.clone());
-    let mut sink = ObjectSink { objects: state.objects.clone(), lease, runtime: tokio::runtime::Handle::current() };
-    let outcome = tokio::task::spawn_blocking(move || {
-        let result = factory_datasets::ingest(reader, &options, &mut sink);
-        (result, sink)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("ingest task failed: {e}")))?;
-    let (result, ObjectSink { mut lease, .. }) = outcome;
-    let ingested = match result {
-        Ok(ingested) => ingested,
-        Err(error) => {
-            lease.discard().await;
-            run.fail(&error.message).await;
+    match datasets::ingest(&state, &caller, &tenant, &name, upload, reader).await {
+        Ok(ingested) => {
+            let report = IngestReport::from(ingested.value);
+            Ok(committed_response(StatusCode::CREATED, Json(report), ingested.committed))
+        }
+        Err(IngestFailure::Service(error)) => Err(error.into()),
+        Err(IngestFailure::Data(error)) => {
             let (status, code) = match error.kind {
                 IngestErrorKind::Rejected => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
                 IngestErrorKind::Input => (StatusCode::BAD_REQUEST, "bad_upload"),
                 IngestErrorKind::Sink => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             };
             let body = serde_json::json!({ "error": { "code": code, "message": error.message, "rows": error.errors } });
-            return Ok((status, Json(body)).into_response());
+            Ok((status, Json(body)).into_response())
         }
-    };
-
-    let manifest = VersionManifest {
-        tenant: tenant.to_string(),
-        dataset: name.clone(),
-        classification: dataset.classification.to_string(),
-        jurisdiction: dataset.jurisdiction.to_string(),
-        site: dataset.site.clone(),
-        schema: ingested.schema.clone(),
-        text_column: ingested.text_column.clone(),
-        pii_columns: ingested.pii_columns.clone(),
-        dropped_columns: ingested.dropped_columns.clone(),
-        rows: ingested.rows,
-        rows_skipped: ingested.rows_skipped,
-        errors: ingested.errors.clone(),
-        shards: ingested.shards.clone(),
-        source: ManifestSource {
-            digest: ingested.source.digest.clone(),
-            bytes: ingested.source.bytes,
-            format: ingested.source.format,
-            compression: ingested.source.compression,
-            uploaded_by: caller.principal.id.clone(),
-            uploaded_at: factory_core::time::now_rfc3339(),
-            request_id: caller.request_id.clone(),
-        },
-        // Uploads derive from nothing governed; versions the factory derives itself (filtered,
-        // joined, generated) will name their inputs here.
-        lineage: ManifestLineage {
-            run_id: run.run.run_id.to_string(),
-            job: run.run.job_name.clone(),
-            derived_from: Vec::new(),
-        },
-        pii: ingested.pii.clone(),
-        dedup: ingested.dedup.clone(),
-        profile: ingested.profile.clone(),
-    };
-    let shard_digests: Vec<String> = ingested.shards.iter().map(|s| s.digest.clone()).collect();
-    let manifest_bytes = serde_json::to_vec(&manifest).unwrap_or_default();
-    lease.hold(ObjectDigest::of(&manifest_bytes)).await;
-    let manifest_digest = match state.objects.put_bytes(Bytes::from(manifest_bytes)).await {
-        Ok(digest) => digest.to_string(),
-        Err(error) => {
-            lease.discard().await;
-            run.fail(&format!("storing the manifest: {error}")).await;
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("storing the manifest: {error}"),
-            ));
-        }
-    };
-    let mut objects = shard_digests.clone();
-    objects.push(manifest_digest.clone());
-    let new_version = NewVersion {
-        manifest_digest: manifest_digest.clone(),
-        rows: ingested.rows as i64,
-        bytes: ingested.shards.iter().map(|s| s.bytes as i64).sum(),
-        source_digest: ingested.source.digest.clone(),
-        objects,
-    };
-    let source = LineageDataset::upload(&ingested.source.digest, &caller.principal.id);
-    let committed = async {
-        let mut change = state.store.begin_change(state.pdp.as_ref(), request, &caller.request_id).await?;
-        let version = change.add_dataset_version(&tenant, &name, &new_version).await?;
-        let payload = serde_json::json!({
-            "tenant": tenant, "dataset": name, "version": version, "manifest": manifest_digest,
-            "rows": ingested.rows, "source_digest": ingested.source.digest, "run_id": run.run.run_id.to_string(),
-        });
-        let complete = run.complete_event(version, source, &ingested.schema, ingested.rows);
-        let events = vec![Event::new("dataset.version.created", payload.clone()), complete];
-        let committed = change.commit_events(payload, events).await?;
-        Ok::<_, factory_store::StoreError>((version, committed))
-    }
-    .await;
-    let (version, committed) = match committed {
-        Ok(done) => done,
-        Err(error) => {
-            lease.discard().await;
-            run.fail(&error.to_string()).await;
-            return Err(error.into());
-        }
-    };
-    lease.keep().await;
-    let report = IngestReport {
-        version,
-        manifest_digest,
-        rows: ingested.rows,
-        rows_skipped: ingested.rows_skipped,
-        errors: serde_json::to_value(&ingested.errors).unwrap_or_default(),
-        pii: ingested.pii,
-        dedup: ingested.dedup,
-        shards: ingested.shards.len(),
-        source_digest: ingested.source.digest,
-    };
-    Ok(committed_response(StatusCode::CREATED, Json(report), committed))
-}
-
-/// A version's manifest, and the facts of its row (number, manifest digest, creation time).
-pub(crate) struct LoadedManifest {
-    pub manifest: VersionManifest,
-    pub version: i64,
-    pub digest: String,
-    pub created_at: i64,
-}
-
-impl LoadedManifest {
-    /// The manifest as `GET .../versions/{version}` shows it: the stored fields and the row's.
-    fn view(&self) -> serde_json::Value {
-        let mut view = serde_json::to_value(&self.manifest).unwrap_or_default();
-        view["version"] = self.version.into();
-        view["manifest_digest"] = self.digest.clone().into();
-        view["created_at"] = millis_to_text(self.created_at).into();
-        view
     }
 }
 
-/// The manifest of `dataset`'s `version`.
-pub(crate) async fn load_manifest(
-    state: &AppState,
-    dataset: &Dataset,
-    version: i64,
-) -> Result<LoadedManifest, ApiError> {
-    let name = &dataset.name;
-    let stored = state
-        .store
-        .dataset_version(&dataset.tenant, name, version)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("dataset {name} has no version {version}")))?;
-    let digest: ObjectDigest = stored.manifest_digest.parse().map_err(|_| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "stored manifest digest is invalid")
-    })?;
-    let bytes = state.objects.get(&digest).await.map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("reading the manifest: {e}"))
-    })?;
-    let manifest: VersionManifest = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("manifest: {e}")))?;
-    Ok(LoadedManifest { manifest, version, digest: stored.manifest_digest, created_at: stored.created_at })
+impl From<Ingested> for IngestReport {
+    fn from(ingested: Ingested) -> Self {
+        IngestReport {
+            version: ingested.version,
+            manifest_digest: ingested.manifest_digest,
+            rows: ingested.rows,
+            rows_skipped: ingested.rows_skipped,
+            errors: ingested.errors,
+            pii: ingested.pii,
+            dedup: ingested.dedup,
+            shards: ingested.shards,
+            source_digest: ingested.source_digest,
+        }
+    }
+}
+
+/// The manifest as `GET .../versions/{version}` shows it: the stored fields and the row's.
+fn manifest_view(loaded: &LoadedManifest) -> serde_json::Value {
+    let mut view = serde_json::to_value(&loaded.manifest).unwrap_or_default();
+    view["version"] = loaded.version.into();
+    view["manifest_digest"] = loaded.digest.clone().into();
+    view["created_at"] = millis_to_text(loaded.created_at).into();
+    view
 }
 
 fn sees_raw_pii(principal: &Principal) -> bool {
@@ -783,7 +429,7 @@ pub async fn manifest(
     } else {
         factory_datasets::strip_profile_values(&mut loaded.manifest.profile);
     }
-    Ok(Json(loaded.view()))
+    Ok(Json(manifest_view(&loaded)))
 }
 
 /// Masks the PII a profile quotes from columns whose PII was kept, for roles that see such
@@ -900,10 +546,6 @@ pub async fn rows(
         .with_context("raw_pii", true);
     let committed = super::audit_read(&state, &caller, request, &tenant, "dataset.rows.read", read).await?;
     Ok(committed_response(StatusCode::OK, body, committed))
-}
-
-fn dataset_resource(dataset: &Dataset) -> Resource {
-    Resource::dataset(&dataset.tenant, &dataset.name, dataset.classification, &dataset.jurisdiction)
 }
 
 #[utoipa::path(get, path = "/api/v1/datasets/{name}/versions/{version}/download", tag = "datasets",

@@ -1,24 +1,19 @@
-//! Deployments: a public model name mapped to weighted variants of registered models. Creating
-//! or changing one verifies every variant's signature and digests and checks residency: each
-//! model needs a serving site in its jurisdiction, which its tenant must allow. A refusal is
-//! a 403 with the `deployment-residency` policy in the audit log.
+//! Deployments on the wire: create, change, read and delete them (`service::deployments` does
+//! the checking), and read their inference log, feedback and drift.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
-use factory_core::{AccessRequest, Action, Resource, SiteKind, TenantName};
 use factory_store::deployments::Deployment;
-use factory_store::Event;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::datasets::{tenant_of, TenantQuery};
-use super::models::{resolve, split_reference, verify_version};
-use super::{authorize_as, committed_response, hide_foreign, millis_to_text};
+use super::datasets::TenantQuery;
+use super::{committed_response, millis_to_text, tenant_of};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use crate::registry::site_facts;
+use crate::service::deployments;
 use crate::serving::{DeploymentSpec, VariantSpec};
 use crate::state::AppState;
 
@@ -61,18 +56,6 @@ pub struct UpdateDeployment {
     pub drift: Option<crate::drift::DriftSpec>,
 }
 
-impl From<DeploymentSpec> for UpdateDeployment {
-    fn from(spec: DeploymentSpec) -> Self {
-        UpdateDeployment {
-            variants: spec.variants,
-            limits: spec.limits,
-            guardrails: spec.guardrails,
-            logging: spec.logging,
-            drift: spec.drift,
-        }
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentView {
     pub name: String,
@@ -99,89 +82,6 @@ impl From<Deployment> for DeploymentView {
     }
 }
 
-/// Resolves and verifies every variant, and builds the governed request with the residency
-/// facts of all of them.
-async fn checked_request(
-    state: &AppState,
-    caller: &Caller,
-    tenant: &TenantName,
-    name: &str,
-    spec: &DeploymentSpec,
-    action: Action,
-) -> Result<(AccessRequest, Vec<serde_json::Value>), ApiError> {
-    // Who may deploy here is decided before any variant is resolved, so a caller who may not
-    // learns nothing of the models, upstreams and secrets the spec names. (The residency facts
-    // are decided on with the real values once resolved.)
-    let gate = AccessRequest::new(&caller.principal, action, Resource::deployment(tenant, name))
-        .with_context("jurisdiction_allowed", true)
-        .with_context("serving_site", true);
-    authorize_as(state, caller, &gate, tenant).await?;
-    spec.validate().map_err(ApiError::invalid)?;
-    let (mut allowed, mut serving) = (true, true);
-    let mut resolved = Vec::new();
-    for variant in &spec.variants {
-        if let Some(upstream) = &variant.upstream {
-            if crate::egress::allowed_url(&state.config.serving.upstreams, &upstream.url).is_none() {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "upstream_not_allowed",
-                    format!("{} is not among the upstreams this installation allows (serving.upstreams)", upstream.url),
-                ));
-            }
-            if let Some(variable) = &upstream.api_key_env {
-                if !crate::egress::secret_granted(&state.config.secrets, tenant.as_str(), variable) {
-                    return Err(ApiError::invalid(format!(
-                        "upstream.api_key_env: {variable} is not granted to tenant {tenant} ([secrets])"
-                    )));
-                }
-            }
-            // Requests leave the installation: the upstream's jurisdiction must be one the
-            // tenant allows. It is not our site, so the serving-site fact does not apply.
-            let (tenant_allows, _) = site_facts(state, tenant, &upstream.jurisdiction, SiteKind::Serving).await?;
-            allowed &= tenant_allows;
-            resolved.push(serde_json::json!({
-                "upstream": upstream.url, "model": upstream.model, "jurisdiction": upstream.jurisdiction,
-                "weight": variant.weight, "role": variant.role,
-            }));
-            continue;
-        }
-        let model_reference = variant.model.clone().unwrap_or_default();
-        let (model, reference) = split_reference(&model_reference)?;
-        let version = resolve(state, caller, tenant, model, reference, Action::ModelRead).await?;
-        let report = verify_version(state, &version).await;
-        if !report.verified {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "verification_failed",
-                format!("{model_reference} fails verification: {}", report.error.unwrap_or_default()),
-            ));
-        }
-        let (tenant_allows, site) = site_facts(state, tenant, &version.jurisdiction, SiteKind::Serving).await?;
-        allowed &= tenant_allows;
-        serving &= site;
-        resolved.push(serde_json::json!({
-            "model": model_reference, "version": version.version, "weight": variant.weight, "role": variant.role,
-            "jurisdiction": version.jurisdiction, "manifest": version.manifest_digest,
-        }));
-    }
-    let request = AccessRequest::new(&caller.principal, action, Resource::deployment(tenant, name))
-        .with_context("jurisdiction_allowed", allowed)
-        .with_context("serving_site", serving);
-    Ok((request, resolved))
-}
-
-/// Loads the deployment's models in the background, so the first request does not wait.
-fn warm(state: &AppState, tenant: &TenantName, spec: &DeploymentSpec) {
-    for variant in spec.variants.clone().into_iter().filter(|v| v.model.is_some()) {
-        let (state, tenant) = (state.clone(), tenant.clone());
-        tokio::spawn(async move {
-            if let Err(error) = crate::api::openai::load_variant(&state, &tenant, &variant).await {
-                tracing::warn!(model = %variant.label(), error = %error.message, "could not preload a deployment's model");
-            }
-        });
-    }
-}
-
 #[utoipa::path(post, path = "/api/v1/deployments", tag = "serving", request_body = CreateDeployment, params(TenantQuery),
     responses((status = 201, body = DeploymentView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
@@ -193,7 +93,6 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateDeployment>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    super::valid_name::<factory_core::DeploymentName>("name", &body.name)?;
     let spec = DeploymentSpec {
         variants: body.variants,
         limits: body.limits,
@@ -201,19 +100,8 @@ pub async fn create(
         logging: body.logging,
         drift: body.drift,
     };
-    let (request, resolved) =
-        checked_request(&state, &caller, &tenant, &body.name, &spec, Action::DeploymentCreate).await?;
-    let mut change = state
-        .store
-        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
-    let stored = serde_json::to_value(&spec).unwrap_or_default();
-    let deployment = change.put_deployment(&tenant, &body.name, &stored, false).await?;
-    let details = serde_json::json!({ "tenant": tenant, "deployment": body.name, "variants": resolved });
-    let committed = change.commit(details.clone(), Event::new("deployment.created", details)).await?;
-    warm(&state, &tenant, &spec);
-    Ok(committed_response(StatusCode::CREATED, Json(DeploymentView::from(deployment)), committed))
+    let created = deployments::create(&state, &caller, &tenant, &body.name, spec).await?;
+    Ok(committed_response(StatusCode::CREATED, Json(DeploymentView::from(created.value)), created.committed))
 }
 
 #[utoipa::path(put, path = "/api/v1/deployments/{name}", tag = "serving", request_body = UpdateDeployment,
@@ -235,25 +123,8 @@ pub async fn update(
         logging: body.logging,
         drift: body.drift,
     };
-    let (request, resolved) = checked_request(&state, &caller, &tenant, &name, &spec, Action::DeploymentUpdate).await?;
-    let mut change = state
-        .store
-        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
-    let stored = serde_json::to_value(&spec).unwrap_or_default();
-    let deployment = change.put_deployment(&tenant, &name, &stored, true).await?;
-    let details = serde_json::json!({
-        "tenant": tenant, "deployment": name, "revision": deployment.revision, "variants": resolved,
-    });
-    let committed = change.commit(details.clone(), Event::new("deployment.updated", details)).await?;
-    warm(&state, &tenant, &spec);
-    Ok(committed_response(StatusCode::OK, Json(DeploymentView::from(deployment)), committed))
-}
-
-async fn authorize_read(state: &AppState, caller: &Caller, tenant: &TenantName, name: &str) -> Result<(), ApiError> {
-    let request = AccessRequest::new(&caller.principal, Action::DeploymentRead, Resource::deployment(tenant, name));
-    authorize_as(state, caller, &request, tenant).await
+    let updated = deployments::update(&state, &caller, &tenant, &name, spec).await?;
+    Ok(committed_response(StatusCode::OK, Json(DeploymentView::from(updated.value)), updated.committed))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -270,7 +141,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<DeploymentList>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    authorize_read(&state, &caller, &tenant, "*").await?;
+    deployments::authorize_read(&state, &caller, &tenant, "*").await?;
     let deployments = state.store.deployments(&tenant).await?.into_iter().map(DeploymentView::from).collect();
     Ok(Json(DeploymentList { deployments }))
 }
@@ -285,9 +156,7 @@ pub async fn show(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<DeploymentView>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    authorize_read(&state, &caller, &tenant, &name).await?;
-    let deployment = state.store.deployment(&tenant, &name).await?;
-    deployment.map(|d| Json(d.into())).ok_or_else(|| ApiError::not_found(format!("deployment {name} does not exist")))
+    Ok(Json(deployments::show(&state, &caller, &tenant, &name).await?.into()))
 }
 
 #[utoipa::path(delete, path = "/api/v1/deployments/{name}", tag = "serving", params(("name" = String, Path), TenantQuery),
@@ -300,16 +169,8 @@ pub async fn delete(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let request = AccessRequest::new(&caller.principal, Action::DeploymentDelete, Resource::deployment(&tenant, &name));
-    let mut change = state
-        .store
-        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
-    change.delete_deployment(&tenant, &name).await?;
-    let details = serde_json::json!({ "tenant": tenant, "deployment": name });
-    let committed = change.commit(details.clone(), Event::new("deployment.deleted", details)).await?;
-    Ok(committed_response(StatusCode::NO_CONTENT, (), committed))
+    let deleted = deployments::delete(&state, &caller, &tenant, &name).await?;
+    Ok(committed_response(StatusCode::NO_CONTENT, (), deleted.committed))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -340,7 +201,7 @@ pub async fn inferences(
     ApiQuery(query): ApiQuery<InferencesQuery>,
 ) -> Result<Json<InferenceList>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    authorize_read(&state, &caller, &tenant, &name).await?;
+    deployments::authorize_read(&state, &caller, &tenant, &name).await?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let inferences = state.store.inferences(&tenant, &name, query.after, limit).await?;
     Ok(Json(InferenceList { inferences }))
@@ -363,7 +224,7 @@ pub async fn feedback(
     ApiQuery(query): ApiQuery<InferencesQuery>,
 ) -> Result<Json<FeedbackList>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    authorize_read(&state, &caller, &tenant, &name).await?;
+    deployments::authorize_read(&state, &caller, &tenant, &name).await?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let feedback = state.store.feedback(&tenant, &name, query.after, limit).await?;
     Ok(Json(FeedbackList { feedback }))
@@ -390,7 +251,7 @@ pub async fn drift(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<DriftView>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    authorize_read(&state, &caller, &tenant, &name).await?;
+    deployments::authorize_read(&state, &caller, &tenant, &name).await?;
     if state.store.deployment(&tenant, &name).await?.is_none() {
         return Err(ApiError::not_found(format!("deployment {name} does not exist")));
     }

@@ -13,7 +13,8 @@ use factory_store::Event;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::datasets::{tenant_of, TenantQuery};
+use super::datasets::TenantQuery;
+use super::tenant_of;
 use super::{authorize_as, committed_response, hide_foreign};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, Caller};

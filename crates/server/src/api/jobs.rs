@@ -30,17 +30,7 @@ pub struct EnqueueJob {
     pub max_attempts: Option<u32>,
 }
 
-/// The priorities a client may give: they order a tenant's own jobs (across tenants the
-/// scheduler shares workers fairly), and a bounded range keeps them a ranking, not a weapon.
-pub const PRIORITIES: std::ops::RangeInclusive<i64> = -100..=100;
-
-pub(crate) fn check_priority(priority: i64) -> Result<(), ApiError> {
-    if PRIORITIES.contains(&priority) {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(format!("priority: must be between {} and {}", PRIORITIES.start(), PRIORITIES.end())))
-    }
-}
+pub use crate::service::jobs::{check_priority, PRIORITIES};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
@@ -186,15 +176,6 @@ pub async fn cancel(
 
 /// Requests cancellation of `job` as `caller` (also how a training run is cancelled).
 pub(crate) async fn cancel_job(state: &AppState, caller: &Caller, job: Job) -> Result<Response, ApiError> {
-    let id = job.id.clone();
-    let request = AccessRequest::new(&caller.principal, Action::JobCancel, Resource::job(&id, &job.tenant));
-    let mut change = state
-        .store
-        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(caller, Some(&job.tenant), e))?;
-    let cancelled = change.cancel_job().await?;
-    let payload = serde_json::json!({ "job": id, "state": cancelled.state });
-    let committed = change.commit(payload.clone(), Event::new("job.cancel_requested", payload)).await?;
-    Ok(committed_response(StatusCode::OK, Json(JobView::from(cancelled)), committed))
+    let cancelled = crate::service::jobs::cancel(state, caller, job).await?;
+    Ok(committed_response(StatusCode::OK, Json(JobView::from(cancelled.value)), cancelled.committed))
 }

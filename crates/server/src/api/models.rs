@@ -9,7 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use factory_core::{AccessRequest, Action, Classification, Jurisdiction, Resource, TenantName};
+use factory_core::{AccessRequest, Action, Classification, Jurisdiction, Resource};
 use factory_registry::{read_bundle, tar_end, tar_header, tar_padding, Lineage, ModelManifest, Origin, Residency};
 use factory_store::models::ModelVersion;
 use factory_store::Event;
@@ -17,13 +17,16 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::datasets::{tenant_of, TenantQuery};
-use super::{authorize_as, committed_response, hide_foreign, hide_foreign_refusal, millis_to_text};
+use super::datasets::TenantQuery;
+use super::{authorize_as, committed_response, hide_foreign_refusal, millis_to_text, tenant_of};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use crate::registry::{self, Draft, DraftFile, FileSource, Signing};
+use crate::registry::{Draft, DraftFile, FileSource, Signing};
+use crate::service::access::site_facts;
+use crate::service::models::{
+    self, aliases_of, authorize_model, resolve, valid_model_name, verify_version, AliasMove, Verification,
+};
 use crate::state::AppState;
-use crate::training::{draft_from_run, RegisterSpec, RunSpec, FINETUNE_KIND, PRETRAIN_KIND};
 
 /// The most an import may carry. Imports are held in memory while they are verified (twice,
 /// briefly), so this bounds their memory: a ~400M-parameter f32 model fits. Streaming imports
@@ -70,85 +73,6 @@ impl ModelVersionView {
             created_at: millis_to_text(version.created_at),
         }
     }
-}
-
-pub(crate) fn valid_model_name(name: &str) -> Result<(), ApiError> {
-    super::valid_name::<factory_core::ModelName>("name", name)
-}
-
-fn valid_alias(alias: &str) -> Result<(), ApiError> {
-    if alias.parse::<i64>().is_ok() {
-        return Err(ApiError::invalid("alias: a number names a version; aliases need a letter"));
-    }
-    super::valid_name::<factory_core::AliasName>("alias", alias)
-}
-
-/// Authorizes `action` on the model `name` (an existing version's residency, or `fallback`
-/// for a name with no version yet).
-async fn authorize_model(
-    state: &AppState,
-    caller: &Caller,
-    tenant: &TenantName,
-    name: &str,
-    version: Option<&ModelVersion>,
-    action: Action,
-) -> Result<(), ApiError> {
-    let resource = match version {
-        Some(v) => Resource::model(tenant, name, v.classification, Some(&v.jurisdiction)),
-        None => Resource::model(tenant, name, Classification::Public, None),
-    };
-    authorize_as(state, caller, &AccessRequest::new(&caller.principal, action, resource), tenant).await
-}
-
-/// The version `reference` (a number or an alias) of `name`, after authorizing `action`.
-pub(crate) async fn resolve(
-    state: &AppState,
-    caller: &Caller,
-    tenant: &TenantName,
-    name: &str,
-    reference: &str,
-    action: Action,
-) -> Result<ModelVersion, ApiError> {
-    let Some(version) = version_of(state, tenant, name, reference).await? else {
-        // Refuse a foreign tenant's probe the same way whether or not the model exists.
-        authorize_model(state, caller, tenant, name, None, Action::ModelRead).await?;
-        return Err(ApiError::not_found(format!("model {name} has no version {reference}")));
-    };
-    authorize_model(state, caller, tenant, name, Some(&version), action).await?;
-    Ok(version)
-}
-
-/// The version `reference` (a number or an alias) of `name`, unauthorized: for the factory's
-/// own bookkeeping (monitors, pipelines), which authorizes what it then does.
-pub(crate) async fn version_of(
-    state: &AppState,
-    tenant: &TenantName,
-    name: &str,
-    reference: &str,
-) -> Result<Option<ModelVersion>, ApiError> {
-    let number = match reference.parse::<i64>() {
-        Ok(number) => Some(number),
-        Err(_) => {
-            let aliases = state.store.model_aliases(tenant, name).await?;
-            aliases.into_iter().find(|a| a.alias == reference).map(|a| a.version)
-        }
-    };
-    Ok(match number {
-        Some(number) => state.store.model_version(tenant, name, number).await?,
-        None => None,
-    })
-}
-
-/// Splits `name@reference`.
-pub(crate) fn split_reference(text: &str) -> Result<(&str, &str), ApiError> {
-    text.split_once('@')
-        .filter(|(name, reference)| !name.is_empty() && !reference.is_empty())
-        .ok_or_else(|| ApiError::invalid(format!("{text:?} is not NAME@VERSION or NAME@ALIAS")))
-}
-
-async fn aliases_of(state: &AppState, version: &ModelVersion) -> Result<Vec<String>, ApiError> {
-    let aliases = state.store.model_aliases(&version.tenant, &version.name).await?;
-    Ok(aliases.into_iter().filter(|a| a.version == version.version).map(|a| a.alias).collect())
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -254,37 +178,9 @@ pub async fn register(
     ApiJson(body): ApiJson<RegisterVersion>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    valid_model_name(&name)?;
-    let job = state
-        .store
-        .job(&body.run)
-        .await?
-        .filter(|job| (job.kind == PRETRAIN_KIND || job.kind == FINETUNE_KIND) && job.tenant == tenant)
-        .ok_or_else(|| ApiError::not_found(format!("no pretrain or finetune run {} in tenant {tenant}", body.run)))?;
-    if job.state != factory_store::jobs::JobState::Succeeded {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("run {} is {}, not succeeded", job.id, job.state.as_str()),
-        ));
-    }
-    if let Some(existing) = state.store.model_version_of_run(&job.id).await? {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("run {} is already registered as {}@{}", job.id, existing.name, existing.version),
-        ));
-    }
-    let spec: RunSpec = serde_json::from_value(job.payload.clone())
-        .map_err(|e| ApiError::invalid(format!("run {} predates registration: {e}", job.id)))?;
-    let result = job.result.clone().unwrap_or_default();
-    let register = RegisterSpec { name: name.clone(), intended_use: body.intended_use };
-    let draft = draft_from_run(&state, &job.tenant, &spec, &job.id, &result, &register).await?;
-    let (version, committed) =
-        registry::register(&state, &caller.principal, &caller.request_id, Action::ModelRegister, draft)
-            .await
-            .map_err(|e| hide_foreign_refusal(&caller, Some(&tenant), e))?;
-    Ok(committed_response(StatusCode::CREATED, Json(ModelVersionView::new(version, Vec::new())), committed))
+    let registered = models::register_run(&state, &caller, &tenant, &name, &body.run, body.intended_use).await?;
+    let view = ModelVersionView::new(registered.value, Vec::new());
+    Ok(committed_response(StatusCode::CREATED, Json(view), registered.committed))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -308,7 +204,7 @@ pub async fn version(
 ) -> Result<Json<VersionDetail>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     let version = resolve(&state, &caller, &tenant, &name, &reference, Action::ModelRead).await?;
-    let (manifest, _) = registry::open_manifest(&state, &version).await?;
+    let (manifest, _) = models::open_manifest(&state, &version).await?;
     let aliases = aliases_of(&state, &version).await?;
     Ok(Json(VersionDetail { version: ModelVersionView::new(version, aliases), manifest }))
 }
@@ -380,29 +276,10 @@ pub struct VerifyReport {
     pub error: Option<String>,
 }
 
-/// Checks a version the way a deployment will before loading it: the signature against the
-/// trusted keys and every file against its digest.
-pub async fn verify_version(state: &AppState, version: &ModelVersion) -> VerifyReport {
-    let reference = format!("{}@{}", version.name, version.version);
-    let outcome = async {
-        let (manifest, signer) = registry::open_manifest(state, version).await?;
-        for file in &manifest.files {
-            registry::fetch_file(state, &manifest, &file.path).await?;
-        }
-        Ok::<_, ApiError>((signer, manifest.files.iter().map(|f| f.path.clone()).collect()))
-    }
-    .await;
-    match outcome {
-        Ok((signer, files)) => {
-            VerifyReport { model: reference, verified: true, signer: Some(signer), files, error: None }
-        }
-        Err(error) => VerifyReport {
-            model: reference,
-            verified: false,
-            signer: None,
-            files: Vec::new(),
-            error: Some(error.message),
-        },
+impl From<Verification> for VerifyReport {
+    fn from(found: Verification) -> Self {
+        let Verification { model, verified, signer, files, error } = found;
+        VerifyReport { model, verified, signer, files, error }
     }
 }
 
@@ -418,7 +295,7 @@ pub async fn verify(
 ) -> Result<Json<VerifyReport>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     let version = resolve(&state, &caller, &tenant, &name, &reference, Action::ModelRead).await?;
-    Ok(Json(verify_version(&state, &version).await))
+    Ok(Json(verify_version(&state, &version).await.into()))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -449,22 +326,9 @@ pub async fn set_alias(
     ApiJson(body): ApiJson<SetAlias>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    valid_alias(&alias)?;
-    let target = resolve(&state, &caller, &tenant, &name, &body.version.to_string(), Action::ModelAlias).await?;
-    let resource = Resource::model(&tenant, &name, target.classification, Some(&target.jurisdiction));
-    let request = AccessRequest::new(&caller.principal, Action::ModelAlias, resource);
-    let mut change = state
-        .store
-        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
-    let previous = change.set_model_alias(&tenant, &name, &alias, body.version).await?;
-    let details = serde_json::json!({
-        "tenant": tenant, "model": name, "alias": alias, "version": body.version, "previous": previous,
-    });
-    let committed = change.commit(details.clone(), Event::new("model.alias.set", details)).await?;
-    let view = AliasView { model: name, alias, version: body.version, previous };
-    Ok(committed_response(StatusCode::OK, Json(view), committed))
+    let moved = models::move_alias(&state, &caller, &tenant, &name, &alias, body.version).await?;
+    let AliasMove { model, alias, version, previous } = moved.value;
+    Ok(committed_response(StatusCode::OK, Json(AliasView { model, alias, version, previous }), moved.committed))
 }
 
 #[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}/bundle", tag = "models",
@@ -482,11 +346,11 @@ pub async fn bundle(
     let version = resolve(&state, &caller, &tenant, &name, &reference, Action::ModelExport).await?;
     // Nothing leaves unless it verifies: a tampered store must not export a tampered model
     // under our signature.
-    let (manifest, _) = registry::open_manifest(&state, &version).await?;
+    let (manifest, _) = models::open_manifest(&state, &version).await?;
     let digest = version.manifest_digest.parse().map_err(|_| ApiError::invalid("stored manifest digest"))?;
     let note = state.objects.get(&digest).await.map_err(|e| ApiError::invalid(format!("manifest: {e}")))?;
     for file in &manifest.files {
-        registry::fetch_file(&state, &manifest, &file.path).await?;
+        models::fetch_file(&state, &manifest, &file.path).await?;
     }
     // The export is a governed act: it is audited before the first byte leaves.
     let resource = Resource::model(&tenant, &name, version.classification, Some(&version.jurisdiction));
@@ -618,7 +482,7 @@ pub async fn import_bundle(
         signing: Signing::Signed { note, manifest: Box::new(manifest), signer },
     };
     let (version, committed) =
-        registry::register(&state, &caller.principal, &caller.request_id, Action::ModelImport, draft)
+        models::register(&state, &caller.principal, &caller.request_id, Action::ModelImport, draft)
             .await
             .map_err(|e| hide_foreign_refusal(&caller, Some(&tenant), e))?;
     Ok(committed_response(StatusCode::CREATED, Json(ModelVersionView::new(version, Vec::new())), committed))
@@ -658,8 +522,7 @@ pub async fn import_hf(
         .parse()
         .map_err(|e| ApiError::invalid(format!("classification: {e}")))?;
     // Decided before a byte is read: the caller, the tenant and the declared residency.
-    let (allowed, storage) =
-        registry::site_facts(&state, &tenant, &jurisdiction, factory_core::SiteKind::Storage).await?;
+    let (allowed, storage) = site_facts(&state, &tenant, &jurisdiction, factory_core::SiteKind::Storage).await?;
     let resource = Resource::model(&tenant, &name, classification, Some(&jurisdiction));
     let request = AccessRequest::new(&caller.principal, Action::ModelImport, resource)
         .with_context("jurisdiction_allowed", allowed)
@@ -680,7 +543,7 @@ pub async fn import_hf(
             run: None,
             datasets: Vec::new(),
             base_model: None,
-            code_version: registry::code_version(),
+            code_version: crate::registry::code_version(),
             config,
             seed: None,
         },
@@ -689,7 +552,7 @@ pub async fn import_hf(
         signing: Signing::Sign { intended_use: query.intended_use },
     };
     let (version, committed) =
-        registry::register(&state, &caller.principal, &caller.request_id, Action::ModelImport, draft)
+        models::register(&state, &caller.principal, &caller.request_id, Action::ModelImport, draft)
             .await
             .map_err(|e| hide_foreign_refusal(&caller, Some(&tenant), e))?;
     Ok(committed_response(StatusCode::CREATED, Json(ModelVersionView::new(version, Vec::new())), committed))

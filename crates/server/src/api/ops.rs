@@ -4,13 +4,12 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use utoipa::OpenApi;
 
 use factory_core::{AccessRequest, Action, Resource};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiQuery, Caller};
-use crate::orphans::SweepReport;
+use crate::service::orphans::SweepReport;
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is alive")))]
@@ -64,10 +63,6 @@ pub async fn sweep_orphans(
     ApiQuery(query): ApiQuery<SweepQuery>,
 ) -> Result<Json<SweepReport>, ApiError> {
     let grace = query.grace_secs.map(std::time::Duration::from_secs).unwrap_or(state.config.orphans.grace);
-    let report = crate::orphans::sweep(&state, &caller.principal, &caller.request_id, grace, true).await?;
+    let report = crate::service::orphans::sweep(&state, &caller.principal, &caller.request_id, grace, true).await?;
     Ok(Json(report))
-}
-
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::routes::ApiDoc::openapi())
 }

@@ -10,7 +10,8 @@ use factory_store::Event;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::datasets::{tenant_of, TenantQuery};
+use super::datasets::TenantQuery;
+use super::tenant_of;
 use super::{authorize_as, committed_response, hide_foreign};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiPath, ApiQuery, Caller};
@@ -51,7 +52,7 @@ async fn authorize(
     action: Action,
 ) -> Result<(), ApiError> {
     let request = AccessRequest::new(&caller.principal, action, Resource::pipeline(tenant, name));
-    authorize_as(state, caller, &request, tenant).await
+    Ok(authorize_as(state, caller, &request, tenant).await?)
 }
 
 async fn find(state: &AppState, tenant: &TenantName, name: &str) -> Result<Pipeline, ApiError> {
