@@ -7,22 +7,15 @@ use anyhow::{anyhow, Context};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::cli::Remote;
+use crate::args::{ChatArgs, Remote};
 use crate::client::{api_key, error_message};
 
-pub struct ChatArgs {
-    pub deployment: String,
-    pub message: Option<String>,
-    pub max_tokens: Option<usize>,
-    pub temperature: Option<f32>,
-    pub seed: Option<u64>,
-}
-
-pub async fn run(remote: &Remote, args: ChatArgs) -> anyhow::Result<()> {
+pub async fn run(args: &ChatArgs) -> anyhow::Result<()> {
+    let remote = &args.remote;
     let mut messages: Vec<Value> = Vec::new();
     if let Some(message) = &args.message {
         messages.push(json!({ "role": "user", "content": message }));
-        ask(remote, &args, &messages).await?;
+        ask(remote, args, &messages).await?;
         println!();
         return Ok(());
     }
@@ -34,7 +27,7 @@ pub async fn run(remote: &Remote, args: ChatArgs) -> anyhow::Result<()> {
             continue;
         }
         messages.push(json!({ "role": "user", "content": line }));
-        let answer = ask(remote, &args, &messages).await?;
+        let answer = ask(remote, args, &messages).await?;
         println!();
         messages.push(json!({ "role": "assistant", "content": answer }));
     }

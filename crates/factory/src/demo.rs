@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::cli::DemoArgs;
+use crate::args::{DemoArgs, VerifyArgs};
 
 struct Scale {
     pretrain_steps: u64,
@@ -280,7 +280,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(30), server.wait()).await;
     outcome?;
-    crate::verify::run(crate::cli::VerifyArgs {
+    crate::verify::run(VerifyArgs {
         data_dir: data_dir.clone(),
         database_url: None,
         public_key: None,

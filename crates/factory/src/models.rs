@@ -2,7 +2,7 @@
 //! on the client, against the signed manifest: the server is not trusted to say its own
 //! artifacts are intact. `export` and `import` move signed bundles between installations.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, Context};
 use factory_registry::{verify_file, ModelManifest, NoteVerifier};
@@ -11,8 +11,8 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::cli::Remote;
-use crate::client::{api_key, call, error_message, tenant_query};
+use crate::args::{ImportHfArgs, Remote};
+use crate::client::{api_key, call, error_message, send_bytes, tenant_query};
 
 fn split_reference(text: &str) -> anyhow::Result<(&str, &str)> {
     text.split_once('@')
@@ -116,7 +116,7 @@ pub async fn export(remote: &Remote, reference: &str, out: &Path, tenant: Option
 }
 
 async fn post_tar(remote: &Remote, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
-    crate::client::send_bytes(remote, Method::POST, path, "application/x-tar", body).await
+    send_bytes(remote, Method::POST, path, "application/x-tar", body).await
 }
 
 pub async fn import(remote: &Remote, file: &Path, tenant: Option<&str>) -> anyhow::Result<()> {
@@ -126,17 +126,9 @@ pub async fn import(remote: &Remote, file: &Path, tenant: Option<&str>) -> anyho
     Ok(())
 }
 
-pub struct ImportHfArgs {
-    pub dir: PathBuf,
-    pub name: String,
-    pub jurisdiction: String,
-    pub classification: String,
-    pub intended_use: Option<String>,
-    pub tenant: Option<String>,
-}
-
 /// Sends the directory's model files as a tar; the server checks it loads as a Llama.
-pub async fn import_hf(remote: &Remote, args: ImportHfArgs) -> anyhow::Result<()> {
+pub async fn import_hf(args: &ImportHfArgs) -> anyhow::Result<()> {
+    let remote = &args.remote;
     let mut tar = Vec::new();
     let mut sent = Vec::new();
     for name in factory_registry::HF_FILES {
@@ -158,7 +150,7 @@ pub async fn import_hf(remote: &Remote, args: ImportHfArgs) -> anyhow::Result<()
     if let Some(intended_use) = &args.intended_use {
         query.push_str(&format!("&intended_use={}", encode_query(intended_use)));
     }
-    query.push_str(&tenant_query(args.tenant.as_deref(), "&"));
+    query.push_str(&tenant_query(args.tenant.name(), "&"));
     eprintln!("importing {} from {}: {}", args.name, args.dir.display(), sent.join(", "));
     let version = post_tar(remote, &format!("/api/v1/models/{}/import-hf?{query}", args.name), tar).await?;
     println!("{}", serde_json::to_string_pretty(&version)?);

@@ -9,21 +9,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::cli::Remote;
+use crate::args::{CreateRunArgs, Remote, TrainArgs};
 use crate::client::call;
 
-pub struct CreateArgs {
-    pub kind: String,
-    pub dataset: String,
-    pub seed: u64,
-    pub vocab_size: usize,
-    pub preset: String,
-    pub train: String,
-    pub follow: bool,
-    pub tenant: Option<String>,
-}
-
-pub async fn create(remote: &Remote, args: CreateArgs) -> anyhow::Result<()> {
+pub async fn create(args: &CreateRunArgs) -> anyhow::Result<()> {
+    let remote = &args.remote;
     let (dataset, version) = dataset_reference(&args.dataset)?;
     let train: Value = serde_json::from_str(&args.train).context("--train is not valid JSON")?;
     let mut body = json!({
@@ -33,7 +23,7 @@ pub async fn create(remote: &Remote, args: CreateArgs) -> anyhow::Result<()> {
     if args.kind == "pretrain" {
         body["model"] = json!({ "preset": args.preset });
     }
-    if let Some(tenant) = &args.tenant {
+    if let Some(tenant) = args.tenant.name() {
         body["tenant"] = json!(tenant);
     }
     let run = call(remote, Method::POST, "/api/v1/runs", Some(body)).await?;
@@ -132,23 +122,6 @@ pub async fn logs(remote: &Remote, id: &str, follow: bool) -> anyhow::Result<()>
     }
 }
 
-pub struct TrainArgs {
-    pub dataset: String,
-    pub name: String,
-    pub preset: Option<String>,
-    pub config: Option<std::path::PathBuf>,
-    pub max_steps: Option<u64>,
-    pub max_seconds: Option<f64>,
-    pub seed: u64,
-    pub vocab_size: Option<usize>,
-    pub base: Option<String>,
-    pub tokenizer: Option<String>,
-    pub eval_set: Option<std::path::PathBuf>,
-    pub intended_use: Option<String>,
-    pub wait: bool,
-    pub tenant: Option<String>,
-}
-
 fn dataset_reference(text: &str) -> anyhow::Result<(String, i64)> {
     text.split_once('@')
         .and_then(|(name, version)| Some((name.to_string(), version.parse::<i64>().ok()?)))
@@ -173,7 +146,8 @@ fn read_eval_set(path: &std::path::Path) -> anyhow::Result<Value> {
 
 /// `factory train`: a pretrain (or, with --base, finetune) run that registers its model as
 /// the next version of --name.
-pub async fn train(remote: &Remote, args: TrainArgs) -> anyhow::Result<()> {
+pub async fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let remote = &args.remote;
     let (dataset, version) = dataset_reference(&args.dataset)?;
     // --config holds any of model, train, tokenizer and eval_sets; flags win over it.
     let mut body = match &args.config {
@@ -214,7 +188,7 @@ pub async fn train(remote: &Remote, args: TrainArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.eval_set {
         body["eval_sets"] = json!([read_eval_set(path)?]);
     }
-    if let Some(tenant) = &args.tenant {
+    if let Some(tenant) = args.tenant.name() {
         body["tenant"] = json!(tenant);
     }
     let run = call(remote, Method::POST, "/api/v1/runs", Some(body)).await?;

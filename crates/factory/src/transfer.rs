@@ -1,7 +1,7 @@
 //! `factory dataset ingest` and `download`: large bodies streamed to and from the server with
 //! a progress bar, never read whole into memory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context};
@@ -9,19 +9,8 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncWriteExt;
 
-use crate::cli::Remote;
+use crate::args::{IngestArgs, Remote};
 use crate::client::{api_key, error_message, tenant_query};
-
-pub struct IngestArgs {
-    pub name: String,
-    pub file: PathBuf,
-    pub format: Option<String>,
-    pub text_column: Option<String>,
-    pub on_error: String,
-    pub dedup: String,
-    pub paragraphs: bool,
-    pub tenant: Option<String>,
-}
 
 /// The format a file name suggests, looking through a .gz or .zst suffix.
 fn format_from_name(path: &Path) -> Option<&'static str> {
@@ -45,7 +34,8 @@ fn progress_bar(length: Option<u64>) -> ProgressBar {
     bar
 }
 
-pub async fn ingest(remote: &Remote, args: IngestArgs) -> anyhow::Result<()> {
+pub async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
+    let remote = &args.remote;
     let key = api_key(remote)?;
     let format = match args.format.as_deref() {
         Some(format) => format.to_string(),
@@ -70,7 +60,7 @@ pub async fn ingest(remote: &Remote, args: IngestArgs) -> anyhow::Result<()> {
     if args.paragraphs {
         query.push_str("&paragraphs=true");
     }
-    query.push_str(&tenant_query(args.tenant.as_deref(), "&"));
+    query.push_str(&tenant_query(args.tenant.name(), "&"));
     let url = format!("{}/api/v1/datasets/{}/versions?{query}", remote.url.trim_end_matches('/'), args.name);
     let started = Instant::now();
     let response = reqwest::Client::new()

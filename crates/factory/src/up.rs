@@ -4,7 +4,7 @@
 use factory_config::{Config, FlagOverrides};
 use factory_telemetry::{TelemetrySettings, DEFAULT_FILTER};
 
-use crate::cli::UpArgs;
+use crate::args::UpArgs;
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let flags = FlagOverrides {

@@ -12,7 +12,7 @@ use factory_audit::record::AuditRecord;
 use factory_audit::verify::{max_uncovered_span, verify_log_against, Expectations, StoredRecord, TrustedCheckpoint};
 use factory_store::{DetailsCheck, Store};
 
-use crate::cli::VerifyArgs;
+use crate::args::VerifyArgs;
 
 const PAGE: u32 = 5_000;
 

@@ -147,3 +147,41 @@ async fn sign_checkpoints(state: AppState, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The floors of the server, from the bottom (ARCHITECTURE.md, "The floors of the server"):
+    /// a module imports only from its own floor or the ones below.
+    const FLOORS: &[&[&str]] = &[
+        &[
+            "admission",
+            "caller",
+            "chat_template",
+            "drift",
+            "egress",
+            "guardrails",
+            "inference_log",
+            "limits",
+            "lineage",
+            "lookups",
+            "metrics",
+            "pending_objects",
+            "registry",
+            "service_error",
+            "serving",
+            "workers",
+        ],
+        &["state"],
+        &["service"],
+        &["canary", "drift_watch", "pipelines", "rollout", "training"],
+        &["api", "error", "extract", "routes"],
+        &["startup", "crate"],
+    ];
+
+    #[test]
+    fn the_server_imports_only_down_its_floors() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let problems = factory_testkit::modules::check(&src, FLOORS);
+        assert!(problems.is_empty(), "the server's modules break their floors:\n{}", problems.join("\n"));
+    }
+}

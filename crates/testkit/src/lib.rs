@@ -5,6 +5,11 @@
 //! passing test, so a bare `eprintln!` turned whole suites into quiet passes. [`missing`] fails
 //! the test under CI (`CI=true`), where `.ci/run` installs everything; elsewhere it writes past
 //! libtest's capture, so the skip shows in the terminal even when the test passes.
+//!
+//! [`modules::check`] reads a crate's module import graph, so that a unit test can hold the
+//! crate to its layers.
+
+pub mod modules;
 
 use std::io::Write;
 

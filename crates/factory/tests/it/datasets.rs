@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::support::{call, cli, eventually, tenant_with_keys, upload, JsonCollector, Server};
+use crate::support::{call, cli, create_dataset, eventually, tenant_with_keys, upload, JsonCollector, Server};
 
 fn labeled_rows() -> Vec<u8> {
     // The shared generator writes realistic rows with PII spliced into Shakespeare; it sits
@@ -255,15 +255,7 @@ async fn an_interrupted_upload_leaves_no_version() {
     let server = Server::start(dir.path(), &["--jurisdiction", "eu"], &env);
     let keys = tenant_with_keys(&server, "acme", &["engineer"]).await;
     let engineer = keys[0].1.clone();
-    let created = call(
-        &server.url,
-        "POST",
-        "/api/v1/datasets",
-        Some(&engineer),
-        Some(json!({ "name": "d", "classification": "internal" })),
-    )
-    .await;
-    assert_eq!(created.status, 201);
+    create_dataset(&server.url, &engineer, "d", "internal").await;
 
     // The client promises 10 MB, sends 1 MB of good rows (small shards, so some are written)
     // and hangs up: its shards are deleted and the run's lineage ends in FAIL.

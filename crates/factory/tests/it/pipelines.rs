@@ -2,7 +2,7 @@
 //! triggers deduplicated by request id, cron schedules, new dataset versions as triggers, a
 //! notify webhook, and who may do what.
 
-use crate::support::{call, cli, eventually, tenant_with_keys, upload, JsonCollector, Server};
+use crate::support::{call, cli, eventually, tenant_with_keys, text_dataset, JsonCollector, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelines_are_declared_triggered_deduplicated_and_scheduled() {
@@ -101,13 +101,8 @@ async fn pipelines_are_declared_triggered_deduplicated_and_scheduled() {
     let (ok, _, stderr) = cli(&["pipeline", "apply", "on-data", "--file", watcher.to_str().unwrap()], &env);
     assert!(ok, "{stderr}");
     for name in ["other", "notes"] {
-        let body = serde_json::json!({ "name": name, "classification": "internal" });
-        let created = call(&server.url, "POST", "/api/v1/datasets", Some(&engineer), Some(body)).await;
-        assert_eq!(created.status, 201, "{}", created.text);
-        let path = format!("/api/v1/datasets/{name}/versions?format=text&paragraphs=true");
         let text = format!("A first note about {name}.\n\nA second note, longer than the first one.\n");
-        let ingested = upload(&server.url, &engineer, &path, text.into_bytes()).await;
-        assert_eq!(ingested.status, 201, "{}", ingested.text);
+        text_dataset(&server.url, &engineer, name, "internal", text.into_bytes()).await;
     }
     let runs_of_data = || async {
         call(&server.url, "GET", "/api/v1/pipelines/on-data/runs", Some(&engineer), None).await.body["runs"]

@@ -8,16 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::support::{call, cli, tenant_with_keys, upload, Server};
-
-fn shakespeare(bytes: usize) -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/tinyshakespeare.txt");
-    let text = std::fs::read(path).unwrap_or_else(|_| {
-        eprintln!("\n*** shared/data is absent: training on the model crate's sonnets instead ***\n");
-        include_bytes!("../../../model/tests/fixtures/sonnets.txt").repeat(40)
-    });
-    text[..bytes.min(text.len())].to_vec()
-}
+use crate::support::{call, cli, shakespeare, tenant_with_keys, text_dataset, Server};
 
 /// The object file holding `digest` in a local object store (fanned out by its first two
 /// hex digits).
@@ -69,19 +60,7 @@ async fn models_are_registered_signed_verified_aliased_fine_tuned_and_moved_betw
     let keys = tenant_with_keys(&server, "acme", &["engineer", "app"]).await;
     let (engineer, app) = (keys[0].1.clone(), keys[1].1.clone());
     let url = server.url.clone();
-    let created = call(
-        &url,
-        "POST",
-        "/api/v1/datasets",
-        Some(&engineer),
-        Some(json!({ "name": "plays", "classification": "confidential" })),
-    )
-    .await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let ingested =
-        upload(&url, &engineer, "/api/v1/datasets/plays/versions?format=text&paragraphs=true", shakespeare(80_000))
-            .await;
-    assert_eq!(ingested.status, 201, "{}", ingested.text);
+    text_dataset(&url, &engineer, "plays", "confidential", shakespeare(80_000)).await;
 
     // `factory train` with a config file and an eval set, waiting with a progress bar.
     let config = dir.path().join("small.json");

