@@ -48,6 +48,8 @@ pub mod startup;
 
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod testing;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -7,16 +7,18 @@
 //! no version, and its shards are deleted unless another version references them.
 
 use bytes::Bytes;
-use factory_core::{AccessRequest, Action, Jurisdiction, Resource, SiteKind, TenantName};
+use factory_core::{
+    AccessRequest, Action, Classification, Jurisdiction, Principal, Resource, Role, SiteKind, TenantName,
+};
 use factory_datasets::{
-    ColumnSpec, DedupMode, Format, IngestError, IngestOptions, ManifestLineage, ManifestSource, OnError, ShardSink,
-    VersionManifest,
+    ColumnSpec, DedupMode, Format, IngestError, IngestOptions, ManifestLineage, ManifestSource, OnError, PiiPolicy,
+    ShardSink, VersionManifest,
 };
 use factory_objects::ObjectDigest;
-use factory_store::datasets::{Dataset, NewVersion};
-use factory_store::Event;
+use factory_store::datasets::{Dataset, DatasetVersion, NewVersion};
+use factory_store::{Committed, Event};
 
-use super::access::{authorize_as, hide_foreign};
+use super::access::{audit_read, authorize_as, hide_foreign, valid_name};
 use super::Recorded;
 use crate::caller::Caller;
 use crate::lineage::{facet, LineageDataset, LineageRun, RunState};
@@ -472,4 +474,324 @@ pub async fn ingest(
         source_digest: ingested.source.digest,
     };
     Ok(Recorded { value: report, committed })
+}
+
+/// Bounds on what a dataset's catalogue entry carries, like a key's description: every list
+/// and show returns them, so an unbounded one would weigh on every reader.
+pub const MAX_DESCRIPTION_BYTES: usize = 1024;
+pub const MAX_TAGS: usize = 32;
+pub const MAX_TAG_BYTES: usize = 64;
+
+fn check_catalogue_text(description: &str, tags: &[String], owner: Option<&str>) -> Result<(), ServiceError> {
+    if description.len() > MAX_DESCRIPTION_BYTES {
+        return Err(ServiceError::invalid(format!("description: at most {MAX_DESCRIPTION_BYTES} bytes")));
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(ServiceError::invalid(format!("tags: at most {MAX_TAGS} tags")));
+    }
+    if let Some(index) = tags.iter().position(|t| t.is_empty() || t.len() > MAX_TAG_BYTES) {
+        return Err(ServiceError::invalid(format!("tags[{index}]: 1 to {MAX_TAG_BYTES} bytes")));
+    }
+    if owner.is_some_and(|o| o.is_empty() || o.len() > MAX_TAG_BYTES * 2) {
+        return Err(ServiceError::invalid(format!("owner: 1 to {} bytes", MAX_TAG_BYTES * 2)));
+    }
+    Ok(())
+}
+
+/// A dataset to define: its name, residency and catalogue entry, as the caller gives them.
+pub struct NewDataset {
+    pub name: String,
+    /// public, internal, confidential or secret.
+    pub classification: String,
+    /// Defaults to the tenant's first allowed jurisdiction.
+    pub jurisdiction: Option<String>,
+    /// Defaults to the first storage site in the jurisdiction.
+    pub site: Option<String>,
+    pub owner: Option<String>,
+    pub retention_days: Option<i64>,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub pii_policy: Option<PiiPolicy>,
+    pub schema: Option<Vec<ColumnSpec>>,
+}
+
+/// Defines `tenant`'s dataset (`dataset.created`), where its residency allows.
+pub async fn create(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    new: NewDataset,
+) -> Result<Recorded<Dataset>, ServiceError> {
+    valid_name::<factory_core::DatasetName>("name", &new.name)?;
+    let classification: Classification =
+        new.classification.parse().map_err(|e| ServiceError::invalid(format!("classification: {e}")))?;
+    let catalogue = AccessRequest::new(&caller.principal, Action::DatasetRead, Resource::dataset_catalogue(tenant));
+    authorize_as(state, caller, &catalogue, tenant).await?;
+    let tenant_record = state
+        .store
+        .tenant(tenant)
+        .await?
+        .ok_or_else(|| ServiceError::not_found(format!("tenant {tenant} does not exist")))?;
+    let jurisdiction = match &new.jurisdiction {
+        Some(j) => Jurisdiction::new(j).map_err(|e| ServiceError::invalid(format!("jurisdiction: {e}")))?,
+        None => tenant_record
+            .jurisdictions
+            .first()
+            .cloned()
+            .ok_or_else(|| ServiceError::invalid("jurisdiction: required"))?,
+    };
+    let site = match &new.site {
+        Some(site) => site.clone(),
+        None => state
+            .config
+            .sites
+            .iter()
+            .find(|s| s.jurisdiction == jurisdiction && s.kinds.contains(&SiteKind::Storage))
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+    };
+    check_catalogue_text(&new.description, &new.tags, new.owner.as_deref())?;
+    if new.retention_days.is_some_and(|d| d <= 0) {
+        return Err(ServiceError::invalid("retention_days: must be positive"));
+    }
+    if new.schema.as_ref().is_some_and(|schema| schema.is_empty()) {
+        return Err(ServiceError::invalid("schema: declare at least one column"));
+    }
+    let (jurisdiction_allowed, storage_site) = residency(state, tenant, &jurisdiction, &site).await?;
+    let resource = Resource::dataset(tenant, &new.name, classification, &jurisdiction);
+    let request = AccessRequest::new(&caller.principal, Action::DatasetCreate, resource)
+        .with_context("jurisdiction_allowed", jurisdiction_allowed)
+        .with_context("storage_site", storage_site);
+    let mut change = state
+        .store
+        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
+        .await
+        .map_err(|e| hide_foreign(caller, Some(tenant), e))?;
+    let dataset = Dataset {
+        tenant: tenant.clone(),
+        name: new.name.clone(),
+        classification,
+        jurisdiction,
+        site,
+        owner: new.owner.clone().unwrap_or_else(|| caller.principal.id.clone()),
+        retention_days: new.retention_days,
+        description: new.description,
+        tags: new.tags,
+        pii_policy: serde_json::to_value(new.pii_policy.unwrap_or_default()).unwrap_or_default(),
+        declared_schema: new.schema.map(|s| serde_json::to_value(s).unwrap_or_default()),
+        latest_version: 0,
+        created_at: factory_core::time::now_millis(),
+        created_by: caller.principal.id.clone(),
+    };
+    change.create_dataset(&dataset).await?;
+    let payload = serde_json::json!({
+        "tenant": tenant, "dataset": dataset.name, "classification": dataset.classification,
+        "jurisdiction": dataset.jurisdiction, "site": dataset.site,
+    });
+    let committed = change.commit(payload.clone(), Event::new("dataset.created", payload)).await?;
+    Ok(Recorded { value: dataset, committed })
+}
+
+/// `tenant`'s datasets that the caller may read.
+pub async fn list(state: &AppState, caller: &Caller, tenant: &TenantName) -> Result<Vec<Dataset>, ServiceError> {
+    let catalogue = AccessRequest::new(&caller.principal, Action::DatasetRead, Resource::dataset_catalogue(tenant));
+    authorize_as(state, caller, &catalogue, tenant).await?;
+    let mut visible = Vec::new();
+    for dataset in state.store.datasets(tenant).await? {
+        // The catalogue shows what the caller may read; refusals here are not audited one by
+        // one, since listing reveals nothing the caller could not ask for by name.
+        let request = AccessRequest::new(&caller.principal, Action::DatasetRead, dataset_resource(&dataset));
+        if factory_core::PolicyDecisionPoint::decide(state.pdp.as_ref(), &request).is_allowed() {
+            visible.push(dataset);
+        }
+    }
+    Ok(visible)
+}
+
+/// `tenant`'s dataset `name` with its versions, as the caller may see it.
+pub async fn show(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+) -> Result<(Dataset, Vec<DatasetVersion>), ServiceError> {
+    let dataset = find_dataset_for(state, caller, tenant, name).await?;
+    let versions = state.store.dataset_versions(tenant, name).await?;
+    Ok((dataset, versions))
+}
+
+/// Whether `principal` sees PII a version kept, unmasked.
+fn sees_raw_pii(principal: &Principal) -> bool {
+    matches!(principal.role, Role::Steward | Role::Admin)
+}
+
+/// Masks the PII a profile quotes from columns whose PII was kept, for roles that see such
+/// columns masked in rows too.
+fn guard_profile_pii(caller: &Caller, manifest: &mut VersionManifest, raw_columns: &[String]) {
+    if !raw_columns.is_empty() && !sees_raw_pii(&caller.principal) {
+        factory_datasets::mask_profile_pii(&mut manifest.profile, raw_columns, manifest.text_column.as_deref());
+    }
+}
+
+/// A version's manifest as the caller may read it: it needs only `dataset.read`, and its
+/// profile quotes values only as far as the caller could read them as rows.
+pub async fn manifest(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    version: i64,
+) -> Result<LoadedManifest, ServiceError> {
+    let dataset = find_dataset_for(state, caller, tenant, name).await?;
+    let mut loaded = load_manifest(state, &dataset, version).await?;
+    let raw_columns = loaded.manifest.raw_pii_columns();
+    let rows = AccessRequest::new(&caller.principal, Action::DatasetReadRows, dataset_resource(&dataset))
+        .with_context("raw_pii", !raw_columns.is_empty());
+    if factory_core::PolicyDecisionPoint::decide(state.pdp.as_ref(), &rows).is_allowed() {
+        guard_profile_pii(caller, &mut loaded.manifest, &raw_columns);
+    } else {
+        factory_datasets::strip_profile_values(&mut loaded.manifest.profile);
+    }
+    Ok(loaded)
+}
+
+/// A version's manifest for its profile: a profile quotes values, so it is authorized like the
+/// rows, and masked like them.
+pub async fn profile(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    version: i64,
+) -> Result<VersionManifest, ServiceError> {
+    let dataset = find_dataset_for(state, caller, tenant, name).await?;
+    let mut manifest = load_manifest(state, &dataset, version).await?.manifest;
+    let raw_columns = manifest.raw_pii_columns();
+    authorize_on(state, caller, &dataset, Action::DatasetReadRows, &[("raw_pii", !raw_columns.is_empty())]).await?;
+    guard_profile_pii(caller, &mut manifest, &raw_columns);
+    Ok(manifest)
+}
+
+/// A page of a version's rows, masked where the caller may not see the PII they kept.
+pub struct RowsRead {
+    pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
+    pub masked_columns: Vec<String>,
+    /// The audit record of the read, when the version kept PII (audited masked or not).
+    pub committed: Option<Committed>,
+}
+
+/// Up to `limit` (1 to 1000) rows of a version from `offset`.
+pub async fn rows(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    version: i64,
+    offset: u64,
+    limit: u64,
+) -> Result<RowsRead, ServiceError> {
+    if !(1..=1000).contains(&limit) {
+        return Err(ServiceError::invalid("limit: must be between 1 and 1000"));
+    }
+    let dataset = find_dataset_for(state, caller, tenant, name).await?;
+    let manifest = load_manifest(state, &dataset, version).await?.manifest;
+    let raw_columns = manifest.raw_pii_columns();
+    authorize_on(state, caller, &dataset, Action::DatasetReadRows, &[("raw_pii", !raw_columns.is_empty())]).await?;
+    let mut skip = offset;
+    let mut wanted = limit;
+    let mut rows = Vec::new();
+    for shard in manifest.shards {
+        if wanted == 0 {
+            break;
+        }
+        if skip >= shard.rows {
+            skip -= shard.rows;
+            continue;
+        }
+        let digest: ObjectDigest =
+            shard.digest.parse().map_err(|_| ServiceError::internal("manifest names an invalid shard"))?;
+        let bytes =
+            state.objects.get(&digest).await.map_err(|e| ServiceError::internal(format!("reading a shard: {e}")))?;
+        let (from, take) = (skip as usize, wanted as usize);
+        let mut page = tokio::task::spawn_blocking(move || factory_datasets::read::shard_rows(bytes, from, take))
+            .await
+            .map_err(|e| ServiceError::internal(e.to_string()))?
+            .map_err(ServiceError::internal)?;
+        skip = 0;
+        wanted -= page.len() as u64;
+        rows.append(&mut page);
+    }
+    let masked = !raw_columns.is_empty() && !sees_raw_pii(&caller.principal);
+    if masked {
+        factory_datasets::mask_pii_columns(&mut rows, &raw_columns);
+    }
+    let masked_columns = if masked { raw_columns.clone() } else { Vec::new() };
+    if raw_columns.is_empty() {
+        return Ok(RowsRead { rows, masked_columns, committed: None });
+    }
+    // Rows of a version that kept PII are audited per request, masked or not.
+    let read = serde_json::json!({
+        "tenant": tenant, "dataset": name, "version": version, "offset": offset, "rows": rows.len(),
+        "masked_columns": masked_columns,
+    });
+    let request = AccessRequest::new(&caller.principal, Action::DatasetReadRows, dataset_resource(&dataset))
+        .with_context("raw_pii", true);
+    let committed = audit_read(state, caller, request, tenant, "dataset.rows.read", read).await?;
+    Ok(RowsRead { rows, masked_columns, committed: Some(committed) })
+}
+
+/// A version as one Parquet file: its only shard, streamed and verified as it goes, or its
+/// shards merged into a file spooled to disk (bounding memory).
+pub enum Parquet {
+    Shard(factory_objects::VerifiedStream),
+    Spooled(tokio::fs::File),
+}
+
+/// A version for download, audited before the first byte leaves (`dataset.downloaded`).
+pub async fn download(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    version: i64,
+) -> Result<Recorded<Parquet>, ServiceError> {
+    let dataset = find_dataset_for(state, caller, tenant, name).await?;
+    let manifest = load_manifest(state, &dataset, version).await?.manifest;
+    let raw = !manifest.raw_pii_columns().is_empty();
+    authorize_on(state, caller, &dataset, Action::DatasetDownload, &[("raw_pii", raw)]).await?;
+    let digests = manifest
+        .shards
+        .iter()
+        .map(|s| s.digest.parse::<ObjectDigest>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ServiceError::internal("manifest names an invalid shard"))?;
+    let request = AccessRequest::new(&caller.principal, Action::DatasetDownload, dataset_resource(&dataset))
+        .with_context("raw_pii", raw);
+    let read = serde_json::json!({
+        "tenant": tenant, "dataset": name, "version": version, "raw_pii": raw, "shards": digests.len(),
+    });
+    let committed = audit_read(state, caller, request, tenant, "dataset.downloaded", read).await?;
+    if let [only] = digests.as_slice() {
+        let stream = state
+            .objects
+            .open_stream(only)
+            .await
+            .map_err(|e| ServiceError::internal(format!("reading a shard: {e}")))?;
+        return Ok(Recorded { value: Parquet::Shard(stream), committed });
+    }
+    let objects = state.objects.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let spool_dir = state.spool_dir();
+    let spooled = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&spool_dir).map_err(|e| e.to_string())?;
+        let mut file = tempfile::tempfile_in(&spool_dir).map_err(|e| e.to_string())?;
+        let shards = digests.iter().map(|digest| runtime.block_on(objects.get(digest)).map_err(|e| e.to_string()));
+        factory_datasets::read::merge_shards(shards, &mut file)?;
+        std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
+        Ok::<_, String>(file)
+    })
+    .await
+    .map_err(|e| ServiceError::internal(e.to_string()))?
+    .map_err(ServiceError::internal)?;
+    Ok(Recorded { value: Parquet::Spooled(tokio::fs::File::from_std(spooled)), committed })
 }

@@ -13,11 +13,15 @@
 pub mod access;
 pub mod datasets;
 pub mod deployments;
+pub mod imports;
 pub mod inference;
 pub mod jobs;
 pub mod models;
 pub mod orphans;
 pub mod runs;
+
+#[cfg(test)]
+mod tests;
 
 use factory_store::Committed;
 

@@ -10,14 +10,14 @@ use factory_core::{AccessRequest, Action, Classification, Principal, Resource, S
 use factory_model::LlamaConfig;
 use factory_objects::ObjectDigest;
 use factory_registry::{
-    model_card, sign, strictest_residency, DatasetInput, Lineage, ModelFile, ModelManifest, Origin, Residency,
-    MANIFEST_FORMAT,
+    model_card, sign, strictest_residency, tar_end, tar_header, tar_padding, DatasetInput, Lineage, ModelFile,
+    ModelManifest, Origin, Residency, MANIFEST_FORMAT,
 };
 use factory_store::models::{ModelVersion, NewModelVersion};
 use factory_store::{Committed, Event};
 use factory_tokenizer::Tokenizer;
 
-use super::access::{authorize_as, hide_foreign, hide_foreign_refusal, site_facts, valid_name};
+use super::access::{audit_read, authorize_as, hide_foreign, hide_foreign_refusal, site_facts, valid_name};
 use super::runs::{BaseModel, RegisterSpec, RunSpec, FINETUNE_KIND, PRETRAIN_KIND};
 use super::Recorded;
 use crate::caller::Caller;
@@ -422,4 +422,195 @@ pub async fn draft_from_run(
         .collect(),
         signing: Signing::Sign { intended_use: register.intended_use.clone() },
     })
+}
+
+/// A model of a tenant as the list shows it.
+pub struct ModelSummary {
+    pub name: String,
+    pub versions: usize,
+    pub latest: i64,
+    /// Alias -> version.
+    pub aliases: Vec<(String, i64)>,
+}
+
+/// `tenant`'s models, with their version counts and aliases.
+pub async fn list(state: &AppState, caller: &Caller, tenant: &TenantName) -> Result<Vec<ModelSummary>, ServiceError> {
+    authorize_model(state, caller, tenant, "*", None, Action::ModelRead).await?;
+    let versions = state.store.model_versions(tenant, None).await?;
+    let mut models: Vec<ModelSummary> = Vec::new();
+    for version in versions {
+        match models.last_mut() {
+            Some(summary) if summary.name == version.name => {
+                summary.versions += 1;
+                summary.latest = summary.latest.max(version.version);
+            }
+            _ => models.push(ModelSummary {
+                name: version.name.clone(),
+                versions: 1,
+                latest: version.version,
+                aliases: Vec::new(),
+            }),
+        }
+    }
+    for summary in &mut models {
+        for alias in state.store.model_aliases(tenant, &summary.name).await? {
+            summary.aliases.push((alias.alias, alias.version));
+        }
+    }
+    Ok(models)
+}
+
+/// Every version of `tenant`'s model `name`, each with the aliases pointing at it.
+pub async fn show(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+) -> Result<Vec<(ModelVersion, Vec<String>)>, ServiceError> {
+    authorize_model(state, caller, tenant, name, None, Action::ModelRead).await?;
+    let versions = state.store.model_versions(tenant, Some(name)).await?;
+    if versions.is_empty() {
+        return Err(ServiceError::not_found(format!("model {name} does not exist")));
+    }
+    let aliases = state.store.model_aliases(tenant, name).await?;
+    Ok(versions
+        .into_iter()
+        .map(|v| {
+            let names = aliases.iter().filter(|a| a.version == v.version).map(|a| a.alias.clone()).collect();
+            (v, names)
+        })
+        .collect())
+}
+
+/// A version with its verified manifest and its aliases.
+pub async fn detail(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    reference: &str,
+) -> Result<(ModelVersion, ModelManifest, Vec<String>), ServiceError> {
+    let version = resolve(state, caller, tenant, name, reference, Action::ModelRead).await?;
+    let (manifest, _) = open_manifest(state, &version).await?;
+    let aliases = aliases_of(state, &version).await?;
+    Ok((version, manifest, aliases))
+}
+
+/// A version's signed manifest as stored, unverified: whoever asks for the signed note
+/// verifies it themselves.
+pub async fn signed_manifest(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    reference: &str,
+) -> Result<Bytes, ServiceError> {
+    let version = resolve(state, caller, tenant, name, reference, Action::ModelRead).await?;
+    let digest = version.manifest_digest.parse().map_err(|_| ServiceError::invalid("stored manifest digest"))?;
+    state
+        .objects
+        .get(&digest)
+        .await
+        .map_err(|e| ServiceError::new(ErrorKind::VerificationFailed, format!("manifest: {e}")))
+}
+
+/// One file of a version (`model.export`, audited as `model.file.read`). Unverified on purpose
+/// (the object store checks each object against its digest on read): `factory model verify`
+/// fetches the files to check them against the signed manifest.
+pub async fn file(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    reference: &str,
+    path: &str,
+) -> Result<Recorded<Bytes>, ServiceError> {
+    let version = resolve(state, caller, tenant, name, reference, Action::ModelExport).await?;
+    let digest = version.manifest_digest.parse().map_err(|_| ServiceError::invalid("stored manifest digest"))?;
+    let note = state.objects.get(&digest).await.map_err(|e| ServiceError::invalid(format!("manifest: {e}")))?;
+    let text = String::from_utf8_lossy(&note);
+    let body = text.split("\n\n").next().unwrap_or_default();
+    let manifest: ModelManifest =
+        serde_json::from_str(body).map_err(|e| ServiceError::invalid(format!("stored manifest: {e}")))?;
+    let entry =
+        manifest.file(path).ok_or_else(|| ServiceError::not_found(format!("{name}@{reference} has no file {path}")))?;
+    let digest = entry.digest.parse().map_err(|_| ServiceError::invalid("manifest digest"))?;
+    let bytes = state
+        .objects
+        .get(&digest)
+        .await
+        .map_err(|e| ServiceError::new(ErrorKind::VerificationFailed, format!("{path}: {e}")))?;
+    let resource = Resource::model(tenant, name, version.classification, Some(&version.jurisdiction));
+    let request = AccessRequest::new(&caller.principal, Action::ModelExport, resource);
+    let details = serde_json::json!({
+        "tenant": tenant, "model": name, "version": version.version, "file": path, "digest": entry.digest,
+    });
+    let committed = audit_read(state, caller, request, tenant, "model.file.read", details).await?;
+    Ok(Recorded { value: bytes, committed })
+}
+
+/// Checks `name@reference` as a deployment will before loading it.
+pub async fn verify(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    reference: &str,
+) -> Result<Verification, ServiceError> {
+    let version = resolve(state, caller, tenant, name, reference, Action::ModelRead).await?;
+    Ok(verify_version(state, &version).await)
+}
+
+/// A version as an air-gap bundle: its signed note, then every file, as a tar stream.
+pub struct Export {
+    pub version: i64,
+    pub tar: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>,
+}
+
+/// Exports `name@reference` (`model.export`, audited as `model.exported` before the first
+/// byte leaves). Nothing leaves unless it verifies: a tampered store must not export a
+/// tampered model under our signature.
+pub async fn export(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    reference: &str,
+) -> Result<Recorded<Export>, ServiceError> {
+    use futures::StreamExt;
+    let version = resolve(state, caller, tenant, name, reference, Action::ModelExport).await?;
+    let (manifest, _) = open_manifest(state, &version).await?;
+    let digest = version.manifest_digest.parse().map_err(|_| ServiceError::invalid("stored manifest digest"))?;
+    let note = state.objects.get(&digest).await.map_err(|e| ServiceError::invalid(format!("manifest: {e}")))?;
+    for file in &manifest.files {
+        fetch_file(state, &manifest, &file.path).await?;
+    }
+    let resource = Resource::model(tenant, name, version.classification, Some(&version.jurisdiction));
+    let request = AccessRequest::new(&caller.principal, Action::ModelExport, resource);
+    let details = serde_json::json!({
+        "tenant": tenant, "model": name, "version": version.version, "manifest": version.manifest_digest,
+    });
+    let committed = audit_read(state, caller, request, tenant, "model.exported", details).await?;
+
+    let mut head = tar_header(factory_registry::BUNDLE_MANIFEST, note.len() as u64).map_err(internal)?;
+    head.extend_from_slice(&note);
+    head.extend(tar_padding(note.len() as u64));
+    let objects = state.objects.clone();
+    let files = futures::stream::iter(manifest.files).then(move |file| {
+        let objects = objects.clone();
+        async move {
+            let digest = file.digest.parse().map_err(|_| std::io::Error::other("bad digest"))?;
+            let bytes = objects.get(&digest).await.map_err(std::io::Error::other)?;
+            factory_registry::verify_file(&file, &bytes).map_err(std::io::Error::other)?;
+            let mut chunk = tar_header(&file.path, file.size).map_err(std::io::Error::other)?;
+            chunk.extend_from_slice(&bytes);
+            chunk.extend(tar_padding(file.size));
+            Ok::<Bytes, std::io::Error>(Bytes::from(chunk))
+        }
+    });
+    let tar = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(head)) })
+        .chain(files)
+        .chain(futures::stream::once(async { Ok(Bytes::from(tar_end())) }))
+        .boxed();
+    Ok(Recorded { value: Export { version: version.version, tar }, committed })
 }
