@@ -123,18 +123,7 @@ pub async fn create(
     spec: DeploymentSpec,
 ) -> Result<Recorded<Deployment>, ServiceError> {
     valid_name::<factory_core::DeploymentName>("name", name)?;
-    let (request, resolved) = checked_request(state, caller, tenant, name, &spec, Action::DeploymentCreate).await?;
-    let mut change = state
-        .store
-        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(caller, Some(tenant), e))?;
-    let stored = serde_json::to_value(&spec).unwrap_or_default();
-    let deployment = change.put_deployment(tenant, name, &stored, false).await?;
-    let details = serde_json::json!({ "tenant": tenant, "deployment": name, "variants": resolved });
-    let committed = change.commit(details.clone(), Event::new("deployment.created", details)).await?;
-    warm(state, tenant, &spec);
-    Ok(Recorded { value: deployment, committed })
+    put(state, caller, tenant, name, spec, Action::DeploymentCreate).await
 }
 
 /// Replaces what `tenant`'s deployment `name` serves with `spec` (`deployment.updated`).
@@ -145,18 +134,36 @@ pub async fn update(
     name: &str,
     spec: DeploymentSpec,
 ) -> Result<Recorded<Deployment>, ServiceError> {
-    let (request, resolved) = checked_request(state, caller, tenant, name, &spec, Action::DeploymentUpdate).await?;
+    put(state, caller, tenant, name, spec, Action::DeploymentUpdate).await
+}
+
+/// Writes a deployment checked whole, as `action` (create or update), then warms its models.
+async fn put(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    spec: DeploymentSpec,
+    action: Action,
+) -> Result<Recorded<Deployment>, ServiceError> {
+    let (request, resolved) = checked_request(state, caller, tenant, name, &spec, action).await?;
     let mut change = state
         .store
         .begin_change(state.pdp.as_ref(), request, &caller.request_id)
         .await
         .map_err(|e| hide_foreign(caller, Some(tenant), e))?;
     let stored = serde_json::to_value(&spec).unwrap_or_default();
-    let deployment = change.put_deployment(tenant, name, &stored, true).await?;
-    let details = serde_json::json!({
-        "tenant": tenant, "deployment": name, "revision": deployment.revision, "variants": resolved,
-    });
-    let committed = change.commit(details.clone(), Event::new("deployment.updated", details)).await?;
+    let replace = action == Action::DeploymentUpdate;
+    let deployment = change.put_deployment(tenant, name, &stored, replace).await?;
+    let (details, topic) = if replace {
+        let details = serde_json::json!({
+            "tenant": tenant, "deployment": name, "revision": deployment.revision, "variants": resolved,
+        });
+        (details, "deployment.updated")
+    } else {
+        (serde_json::json!({ "tenant": tenant, "deployment": name, "variants": resolved }), "deployment.created")
+    };
+    let committed = change.commit(details.clone(), Event::new(topic, details)).await?;
     warm(state, tenant, &spec);
     Ok(Recorded { value: deployment, committed })
 }
