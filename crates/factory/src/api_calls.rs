@@ -196,7 +196,8 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
             ModelCommand::Verify { .. }
             | ModelCommand::Export { .. }
             | ModelCommand::Import { .. }
-            | ModelCommand::ImportHf(_),
+            | ModelCommand::ImportHf(_)
+            | ModelCommand::ImportGguf(_),
         )
         | Command::Dataset(DatasetCommand::Ingest(_) | DatasetCommand::Download { .. }) => {
             return Err(anyhow!("this command does not talk to a server"))

@@ -326,11 +326,27 @@ pub enum ModelCommand {
     },
     /// Import a local Hugging Face Llama-family directory as the next version of --name
     ImportHf(ImportHfArgs),
+    /// Import a GGUF file (Llama, Mistral, Qwen2, Qwen3) as the next version of --name
+    ImportGguf(ImportGgufArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct ImportHfArgs {
     pub dir: PathBuf,
+    #[command(flatten)]
+    pub declared: Declared,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportGgufArgs {
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub declared: Declared,
+}
+
+/// What an import declares of the model it brings in, and where it sends it.
+#[derive(Debug, Args)]
+pub struct Declared {
     #[arg(long)]
     pub name: String,
     /// Where the model may live (imports declare it; trained models derive it)

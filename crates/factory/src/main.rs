@@ -77,6 +77,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             crate::models::import(&remote, &file, tenant.name()).await
         }
         Command::Model(ModelCommand::ImportHf(args)) => crate::models::import_hf(&args).await,
+        Command::Model(ModelCommand::ImportGguf(args)) => crate::models::import_gguf(&args).await,
         other => crate::api_calls::run(other).await,
     }
 }

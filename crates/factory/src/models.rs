@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::args::{ImportHfArgs, Remote};
+use crate::args::{Declared, ImportGgufArgs, ImportHfArgs, Remote};
 use crate::client::{api_key, call, error_message, send_bytes, tenant_query};
 
 fn split_reference(text: &str) -> anyhow::Result<(&str, &str)> {
@@ -128,7 +128,7 @@ pub async fn import(remote: &Remote, file: &Path, tenant: Option<&str>) -> anyho
 
 /// Sends the directory's model files as a tar; the server checks it loads as a Llama.
 pub async fn import_hf(args: &ImportHfArgs) -> anyhow::Result<()> {
-    let remote = &args.remote;
+    let declared = &args.declared;
     let mut tar = Vec::new();
     let mut sent = Vec::new();
     for name in factory_registry::HF_FILES {
@@ -146,15 +146,35 @@ pub async fn import_hf(args: &ImportHfArgs) -> anyhow::Result<()> {
         return Err(anyhow!("{} has no model.safetensors", args.dir.display()));
     }
     tar.extend(factory_registry::tar_end());
-    let mut query = format!("jurisdiction={}&classification={}", args.jurisdiction, args.classification);
-    if let Some(intended_use) = &args.intended_use {
-        query.push_str(&format!("&intended_use={}", encode_query(intended_use)));
-    }
-    query.push_str(&tenant_query(args.tenant.name(), "&"));
-    eprintln!("importing {} from {}: {}", args.name, args.dir.display(), sent.join(", "));
-    let version = post_tar(remote, &format!("/api/v1/models/{}/import-hf?{query}", args.name), tar).await?;
+    eprintln!("importing {} from {}: {}", declared.name, args.dir.display(), sent.join(", "));
+    let path = format!("/api/v1/models/{}/import-hf?{}", declared.name, declared_query(declared));
+    let version = post_tar(&declared.remote, &path, tar).await?;
     println!("{}", serde_json::to_string_pretty(&version)?);
     Ok(())
+}
+
+/// Streams a GGUF file to the server (never whole in memory); the server checks it whole.
+pub async fn import_gguf(args: &ImportGgufArgs) -> anyhow::Result<()> {
+    let declared = &args.declared;
+    let file =
+        tokio::fs::File::open(&args.file).await.with_context(|| format!("cannot read {}", args.file.display()))?;
+    let size = file.metadata().await?.len();
+    eprintln!("importing {} from {} ({size} bytes)", declared.name, args.file.display());
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+    let path = format!("/api/v1/models/{}/import-gguf?{}", declared.name, declared_query(declared));
+    let version = send_bytes(&declared.remote, Method::POST, &path, "application/octet-stream", body).await?;
+    println!("{}", serde_json::to_string_pretty(&version)?);
+    Ok(())
+}
+
+/// The query an import declares its model with.
+fn declared_query(declared: &Declared) -> String {
+    let mut query = format!("jurisdiction={}&classification={}", declared.jurisdiction, declared.classification);
+    if let Some(intended_use) = &declared.intended_use {
+        query.push_str(&format!("&intended_use={}", encode_query(intended_use)));
+    }
+    query.push_str(&tenant_query(declared.tenant.name(), "&"));
+    query
 }
 
 fn encode_query(text: &str) -> String {

@@ -7,6 +7,7 @@
 
 mod bert;
 mod config;
+pub mod gguf;
 mod infer;
 mod llama;
 mod lora;

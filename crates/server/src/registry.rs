@@ -17,6 +17,9 @@ pub struct ModelKeys {
     pub trusted: Vec<NoteVerifier>,
 }
 
+/// The file a GGUF import keeps, whole, in the version.
+pub const GGUF_FILE: &str = "model.gguf";
+
 /// Where a file of a new version comes from.
 pub enum FileSource {
     /// Already in the object store (a run's weights and tokenizer).

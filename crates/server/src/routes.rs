@@ -33,7 +33,7 @@ use crate::REQUEST_ID_HEADER;
         datasets::rows, datasets::download, datasets::profile,
         runs::create, runs::show, runs::metrics, runs::cancel,
         models::list, models::show, models::register, models::version, models::signed_manifest, models::file,
-        models::verify, models::set_alias, models::bundle, models::import_bundle, models::import_hf,
+        models::verify, models::set_alias, models::bundle, models::import_bundle, models::import_hf, models::import_gguf,
         models::signing_key,
         deployments::create, deployments::list, deployments::show, deployments::update, deployments::delete,
         deployments::inferences, deployments::feedback, deployments::drift, feedback::create,
@@ -58,10 +58,12 @@ const INGEST_ROUTE: &str = "/api/v1/datasets/{name}/versions";
 const DOWNLOAD_ROUTE: &str = "/api/v1/datasets/{name}/versions/{version}/download";
 const MODEL_IMPORT_ROUTE: &str = "/api/v1/models/import";
 const HF_IMPORT_ROUTE: &str = "/api/v1/models/{name}/import-hf";
+const GGUF_IMPORT_ROUTE: &str = "/api/v1/models/{name}/import-gguf";
 const BUNDLE_ROUTE: &str = "/api/v1/models/{name}/versions/{version}/bundle";
 /// Routes that move whole datasets or models: bounded by the transfer timeout, not the
 /// request timeout.
-const TRANSFER_ROUTES: &[&str] = &[INGEST_ROUTE, DOWNLOAD_ROUTE, MODEL_IMPORT_ROUTE, HF_IMPORT_ROUTE, BUNDLE_ROUTE];
+const TRANSFER_ROUTES: &[&str] =
+    &[INGEST_ROUTE, DOWNLOAD_ROUTE, MODEL_IMPORT_ROUTE, HF_IMPORT_ROUTE, GGUF_IMPORT_ROUTE, BUNDLE_ROUTE];
 
 /// The OpenAPI document of every route, served where the router is built.
 async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
@@ -97,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/models/{name}", get(models::show))
         .route("/api/v1/models/{name}/versions", post(models::register))
         .route(HF_IMPORT_ROUTE, post(models::import_hf))
+        .route(GGUF_IMPORT_ROUTE, post(models::import_gguf))
         .route("/api/v1/models/{name}/versions/{version}", get(models::version))
         .route("/api/v1/models/{name}/versions/{version}/manifest", get(models::signed_manifest))
         .route("/api/v1/models/{name}/versions/{version}/files/{path}", get(models::file))

@@ -288,6 +288,14 @@ impl Engines {
 impl Engines {
     async fn load(&self, version: &ModelVersion) -> Result<LoadedModel, ServiceError> {
         let (manifest, _) = registry::open_manifest(&self.objects, &self.model_keys, version).await?;
+        if manifest.file(registry::GGUF_FILE).is_some() {
+            // Imported and governed like any version, but this engine runs only safetensors
+            // weights so far: refused before a byte of the file is read.
+            return Err(ServiceError::new(
+                ErrorKind::UnservableModel,
+                format!("{} is a GGUF model; serving GGUF weights is not supported yet", manifest.reference()),
+            ));
+        }
         // Every file is read and checked once, whether or not serving needs it: a version loads
         // only whole and unaltered.
         let mut files = HashMap::new();

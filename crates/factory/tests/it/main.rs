@@ -7,6 +7,7 @@ mod audit_tamper;
 mod crash;
 mod datasets;
 mod demo;
+mod gguf;
 mod isolation;
 mod lifecycle;
 mod pipelines;

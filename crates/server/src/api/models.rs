@@ -17,7 +17,7 @@ use super::datasets::TenantQuery;
 use super::{committed_response, millis_to_text, tenant_of};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use crate::service::imports::{self, HfImport};
+use crate::service::imports::{self, Declared};
 use crate::service::models::{self, AliasMove, Verification};
 use crate::state::AppState;
 
@@ -330,12 +330,35 @@ pub async fn import_hf(
     body: Body,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let declared = HfImport {
+    let declared = Declared {
         jurisdiction: query.jurisdiction,
         classification: query.classification,
         intended_use: query.intended_use,
     };
     let imported = imports::hugging_face(&state, &caller, &tenant, &name, declared, body.into_data_stream()).await?;
+    let view = ModelVersionView::new(imported.value, Vec::new());
+    Ok(committed_response(StatusCode::CREATED, Json(view), imported.committed))
+}
+
+#[utoipa::path(post, path = "/api/v1/models/{name}/import-gguf", tag = "models", params(("name" = String, Path), HfImportQuery),
+    request_body(content = Vec<u8>, description = "A GGUF file (v2 or v3), streamed", content_type = "application/octet-stream"),
+    responses((status = 201, body = ModelVersionView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn import_gguf(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<HfImportQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let declared = Declared {
+        jurisdiction: query.jurisdiction,
+        classification: query.classification,
+        intended_use: query.intended_use,
+    };
+    let imported = imports::gguf(&state, &caller, &tenant, &name, declared, body.into_data_stream()).await?;
     let view = ModelVersionView::new(imported.value, Vec::new());
     Ok(committed_response(StatusCode::CREATED, Json(view), imported.committed))
 }

@@ -14,7 +14,7 @@ use super::access::{authorize_as, hide_foreign_refusal, site_facts};
 use super::models::{register, valid_model_name};
 use super::Recorded;
 use crate::caller::Caller;
-use crate::registry::{Draft, DraftFile, FileSource, Signing};
+use crate::registry::{Draft, DraftFile, FileSource, Signing, GGUF_FILE};
 use crate::service_error::{ErrorKind, ServiceError};
 use crate::state::AppState;
 
@@ -23,8 +23,8 @@ use crate::state::AppState;
 /// to disk would lift it.
 pub const MAX_IMPORT_BYTES: u64 = 2 << 30;
 
-/// What an importer declares of a Hugging Face model: where it may live, how secret it is.
-pub struct HfImport {
+/// What an importer declares of a model from outside: where it may live, how secret it is.
+pub struct Declared {
     pub jurisdiction: String,
     /// public, internal (default), confidential or secret.
     pub classification: Option<String>,
@@ -37,11 +37,12 @@ fn internal(error: impl std::fmt::Display) -> ServiceError {
 }
 
 /// Spools an import's body to a file under the data directory, refusing it once it passes
-/// [`MAX_IMPORT_BYTES`]: the upload is held on disk, not in memory, while it arrives, and is
+/// `limit` bytes: the upload is held on disk, not in memory, while it arrives, and is
 /// then read from the file once.
 async fn spool<E: std::fmt::Display>(
     state: &AppState,
     body: impl futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    limit: u64,
 ) -> Result<std::fs::File, ServiceError> {
     use tokio::io::AsyncWriteExt;
     let dir = state.spool_dir();
@@ -59,11 +60,8 @@ async fn spool<E: std::fmt::Display>(
         stream.next().await.transpose().map_err(|e| ServiceError::invalid(format!("upload: {e}")))?
     {
         received += chunk.len() as u64;
-        if received > MAX_IMPORT_BYTES {
-            return Err(ServiceError::new(
-                ErrorKind::TooLarge,
-                format!("imports are limited to {MAX_IMPORT_BYTES} bytes"),
-            ));
+        if received > limit {
+            return Err(ServiceError::new(ErrorKind::TooLarge, format!("imports are limited to {limit} bytes")));
         }
         file.write_all(&chunk).await.map_err(|e| ServiceError::internal(format!("spooling the import: {e}")))?;
     }
@@ -91,7 +89,7 @@ pub async fn bundle<E: std::fmt::Display>(
     .with_context("jurisdiction_allowed", true)
     .with_context("storage_site", true);
     authorize_as(state, caller, &request, tenant).await?;
-    let spooled = spool(state, body).await?;
+    let spooled = spool(state, body, MAX_IMPORT_BYTES).await?;
     let trusted = state.model_keys.trusted.clone();
     let (bundle, manifest, signer) = tokio::task::spawn_blocking(move || {
         let bundle = read_bundle(std::io::BufReader::new(spooled), MAX_IMPORT_BYTES)
@@ -129,16 +127,16 @@ pub async fn bundle<E: std::fmt::Display>(
     Ok(Recorded { value: version, committed })
 }
 
-/// Imports a Hugging Face directory (a tar of its files) as the next version of `tenant`'s
-/// model `name` (`model.import`), with the residency the importer declares.
-pub async fn hugging_face<E: std::fmt::Display>(
+/// Decides, before a byte of the upload is read, that the caller may import `name` with the
+/// residency it declares (`model.import`): the name, the declared jurisdiction and
+/// classification, and the residency facts the policies decide on.
+async fn authorize_declared(
     state: &AppState,
     caller: &Caller,
     tenant: &TenantName,
     name: &str,
-    declared: HfImport,
-    body: impl futures::Stream<Item = Result<Bytes, E>> + Unpin,
-) -> Result<Recorded<ModelVersion>, ServiceError> {
+    declared: &Declared,
+) -> Result<(Jurisdiction, Classification), ServiceError> {
     valid_model_name(name)?;
     let jurisdiction: Jurisdiction =
         declared.jurisdiction.parse().map_err(|e| ServiceError::invalid(format!("jurisdiction: {e}")))?;
@@ -148,22 +146,39 @@ pub async fn hugging_face<E: std::fmt::Display>(
         .unwrap_or("internal")
         .parse()
         .map_err(|e| ServiceError::invalid(format!("classification: {e}")))?;
-    // Decided before a byte is read: the caller, the tenant and the declared residency.
     let (allowed, storage) = site_facts(state, tenant, &jurisdiction, factory_core::SiteKind::Storage).await?;
     let resource = Resource::model(tenant, name, classification, Some(&jurisdiction));
     let request = AccessRequest::new(&caller.principal, Action::ModelImport, resource)
         .with_context("jurisdiction_allowed", allowed)
         .with_context("storage_site", storage);
     authorize_as(state, caller, &request, tenant).await?;
-    let spooled = spool(state, body).await?;
-    let (files, parameters, config, architecture) =
-        tokio::task::spawn_blocking(move || check_hf_directory(spooled)).await.map_err(internal)??;
+    Ok((jurisdiction, classification))
+}
+
+/// What an import from outside becomes: the next version of `name`, with the declared
+/// residency, an `imported` lineage carrying `config`, signed here.
+struct Imported {
+    architecture: String,
+    parameters: u64,
+    config: serde_json::Value,
+    files: Vec<DraftFile>,
+}
+
+async fn register_declared(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    (jurisdiction, classification): (Jurisdiction, Classification),
+    declared: Declared,
+    imported: Imported,
+) -> Result<Recorded<ModelVersion>, ServiceError> {
     let draft = Draft {
         tenant: tenant.clone(),
         name: name.to_string(),
         version: None,
-        architecture,
-        parameters,
+        architecture: imported.architecture,
+        parameters: imported.parameters,
         residency: Residency { jurisdiction, classification, derived_from: "declared at import".to_string() },
         lineage: Lineage {
             origin: Origin::Imported,
@@ -171,17 +186,86 @@ pub async fn hugging_face<E: std::fmt::Display>(
             datasets: Vec::new(),
             base_model: None,
             code_version: crate::registry::code_version(),
-            config,
+            config: imported.config,
             seed: None,
         },
         evals: serde_json::json!({}),
-        files,
+        files: imported.files,
         signing: Signing::Sign { intended_use: declared.intended_use },
     };
     let (version, committed) = register(state, &caller.principal, &caller.request_id, Action::ModelImport, draft)
         .await
         .map_err(|e| hide_foreign_refusal(caller, Some(tenant), e))?;
     Ok(Recorded { value: version, committed })
+}
+
+/// Imports a Hugging Face directory (a tar of its files) as the next version of `tenant`'s
+/// model `name` (`model.import`), with the residency the importer declares.
+pub async fn hugging_face<E: std::fmt::Display>(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    declared: Declared,
+    body: impl futures::Stream<Item = Result<Bytes, E>> + Unpin,
+) -> Result<Recorded<ModelVersion>, ServiceError> {
+    let residency = authorize_declared(state, caller, tenant, name, &declared).await?;
+    let spooled = spool(state, body, MAX_IMPORT_BYTES).await?;
+    let (files, parameters, config, architecture) =
+        tokio::task::spawn_blocking(move || check_hf_directory(spooled)).await.map_err(internal)??;
+    let imported = Imported { architecture, parameters, config, files };
+    register_declared(state, caller, tenant, name, residency, declared, imported).await
+}
+
+/// The most a GGUF import may carry: it is streamed to disk and into the object store, never
+/// held in memory, so the bound is the disk's (a 70B model at 4 bits is about 40 GB).
+pub const MAX_GGUF_BYTES: u64 = 64 << 30;
+
+/// Imports a GGUF file as the next version of `tenant`'s model `name` (`model.import`), with
+/// the residency the importer declares. The file is checked whole (`factory_model::gguf`): an
+/// architecture and tensor types the factory runs, every tensor inside the file, a vocabulary
+/// it can tokenize with, a chat template that compiles and renders in the sandbox. Its summary
+/// (hyper-parameters, RoPE, tokenizer, tensor types) goes into the lineage.
+pub async fn gguf<E: std::fmt::Display>(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    declared: Declared,
+    body: impl futures::Stream<Item = Result<Bytes, E>> + Unpin,
+) -> Result<Recorded<ModelVersion>, ServiceError> {
+    let residency = authorize_declared(state, caller, tenant, name, &declared).await?;
+    let spooled = spool(state, body, MAX_GGUF_BYTES).await?;
+    let (spooled, summary) = tokio::task::spawn_blocking(move || {
+        let mut spooled = spooled;
+        let summary = factory_model::gguf::inspect(&mut spooled)
+            .map_err(|e| ServiceError::new(ErrorKind::Unprocessable, format!("GGUF: {e}")))?;
+        if let Some(template) = &summary.chat_template {
+            crate::chat_template::validate(template, factory_tokenizer::END_OF_TEXT)
+                .map_err(|e| ServiceError::new(ErrorKind::BadChatTemplate, format!("tokenizer.chat_template: {e}")))?;
+        }
+        std::io::Seek::rewind(&mut spooled).map_err(internal)?;
+        Ok::<_, ServiceError>((spooled, summary))
+    })
+    .await
+    .map_err(internal)??;
+    // Streamed into the object store, held by a lease until the version commits.
+    let mut lease = state.pending_objects.lease(state.store.clone(), state.objects.clone());
+    let file = tokio::fs::File::from_std(spooled);
+    let receipt = state.objects.put_stream(tokio_util::io::ReaderStream::new(file)).await.map_err(internal)?;
+    lease.hold(receipt.digest).await;
+    let imported = Imported {
+        architecture: summary.architecture.clone(),
+        parameters: summary.parameters,
+        config: serde_json::json!({ "gguf": summary }),
+        files: vec![DraftFile { path: GGUF_FILE.to_string(), source: FileSource::Stored(receipt.digest.to_string()) }],
+    };
+    let registered = register_declared(state, caller, tenant, name, residency, declared, imported).await;
+    match &registered {
+        Ok(_) => lease.keep().await,
+        Err(_) => lease.discard().await,
+    }
+    registered
 }
 
 /// Reads a tar of a Hugging Face directory and checks that the factory can run it: a Llama
