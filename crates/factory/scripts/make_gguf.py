@@ -2,7 +2,7 @@
 for the import tests: two blocks, Q8_0 projections, an F16 value projection, F32 norms, a
 byte-level BPE vocabulary with merges, BOS/EOS ids and a chat template.
 
-    python3 make_gguf.py OUT.gguf ARCHITECTURE
+    python3 make_gguf.py OUT.gguf ARCHITECTURE [CHAT_TEMPLATE]
 """
 import sys
 
@@ -27,7 +27,8 @@ writer.add_token_list([bytes([i]).decode("latin-1") for i in range(256)])
 writer.add_token_merges(["a b", "c d"])
 writer.add_bos_token_id(1)
 writer.add_eos_token_id(2)
-writer.add_chat_template("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>")
+default_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>"
+writer.add_chat_template(sys.argv[3] if len(sys.argv) > 3 else default_template)
 
 
 def tensor(name, shape, kind):

@@ -10,11 +10,14 @@ use std::process::Command;
 
 use crate::support::{call, cli, cli_env, tenant_with_keys, upload, Server};
 
-/// Writes a tiny GGUF of `architecture` with `scripts/make_gguf.py`, or says why it cannot.
-fn make_gguf(dir: &Path, architecture: &str) -> Option<PathBuf> {
-    let path = dir.join(format!("tiny-{architecture}.gguf"));
+/// Writes a tiny GGUF of `architecture` (with `template` as its chat template, if given) with
+/// `scripts/make_gguf.py`, or says why it cannot.
+fn make_gguf(dir: &Path, architecture: &str, template: Option<&str>) -> Option<PathBuf> {
+    let path = dir.join(format!("tiny-{architecture}-{}.gguf", template.map_or(0, str::len)));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make_gguf.py");
-    let output = Command::new("python3").args([script, path.to_str().unwrap(), architecture]).output().ok()?;
+    let mut args = vec![script, path.to_str().unwrap(), architecture];
+    args.extend(template);
+    let output = Command::new("python3").args(&args).output().ok()?;
     if !output.status.success() {
         factory_testkit::missing(&format!(
             "the gguf package (pip install gguf): GGUF import untested\n{}",
@@ -28,8 +31,9 @@ fn make_gguf(dir: &Path, architecture: &str) -> Option<PathBuf> {
 #[tokio::test(flavor = "multi_thread")]
 async fn gguf_files_import_as_signed_versions_and_bad_ones_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(llama) = make_gguf(dir.path(), "llama") else { return };
-    let Some(gemma) = make_gguf(dir.path(), "gemma") else { return };
+    let Some(llama) = make_gguf(dir.path(), "llama", None) else { return };
+    let Some(gemma) = make_gguf(dir.path(), "gemma", None) else { return };
+    let Some(broken_template) = make_gguf(dir.path(), "qwen2", Some("{% for message in messages %}")) else { return };
     let server = Server::start(&dir.path().join("factory"), &["--jurisdiction", "eu"], &[]);
     let keys = tenant_with_keys(&server, "acme", &["engineer"]).await;
     let key = keys[0].1.as_str();
@@ -84,6 +88,9 @@ async fn gguf_files_import_as_signed_versions_and_bad_ones_are_refused_by_name()
         (garbage.status, garbage.body["error"]["message"].as_str()),
         (422, Some("GGUF: not a GGUF file (its first bytes are not GGUF)"))
     );
+    // A chat template is code that runs on every chat call: one that does not compile is refused.
+    let template = upload(&server.url, key, path, std::fs::read(&broken_template).unwrap()).await;
+    assert_eq!((template.status, template.body["error"]["code"].as_str()), (422, Some("bad_chat_template")));
     let versions = call(&server.url, "GET", "/api/v1/models/tiny", Some(key), None).await;
     assert_eq!(versions.body["versions"].as_array().map(Vec::len), Some(2), "{}", versions.text);
 
