@@ -667,19 +667,25 @@ async fn train(
 ) -> Result<StepOutcome, StepError> {
     let (dataset, version) = datasets::find_version(state, tenant, step.dataset.as_deref().unwrap_or_default()).await?;
     let dataset = dataset.name;
-    // What the step says about how to train; what it trains on and what it registers are the
-    // pipeline's own fields, which win over anything the table repeats.
-    let mut options = step.run.clone().and_then(|r| r.as_object().cloned()).unwrap_or_default();
-    for owned in ["kind", "dataset", "version", "tenant", "register", "base"] {
-        options.remove(owned);
-    }
-    let options: RunOptions =
-        serde_json::from_value(serde_json::Value::Object(options)).map_err(|e| format!("run: {e}"))?;
     let finetune = step.kind() == StepKind::Finetune;
     let base = match &step.base {
         Some(base) => Some(pinned(state, tenant, base).await?),
         None => None,
     };
+    // What the step says about how to train; what it trains on and what it registers are the
+    // pipeline's own fields, which win over anything the table repeats. A base in the table of
+    // a step that names none would make a fine-tune of a train step: refused, as a run is.
+    let mut options = step.run.clone().and_then(|r| r.as_object().cloned()).unwrap_or_default();
+    if base.is_none() && options.contains_key("base") {
+        return Err(StepError::Failed(
+            "base: a finetune run names its base model, and only a finetune run does".into(),
+        ));
+    }
+    for owned in ["kind", "dataset", "version", "tenant", "register", "base"] {
+        options.remove(owned);
+    }
+    let options: RunOptions =
+        serde_json::from_value(serde_json::Value::Object(options)).map_err(|e| format!("run: {e}"))?;
     let run = NewRun {
         kind: if finetune { RunKind::Finetune } else { RunKind::Pretrain },
         dataset: dataset.clone(),

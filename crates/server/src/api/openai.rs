@@ -318,6 +318,9 @@ pub async fn embeddings(
     headers: HeaderMap,
     ApiJson(body): ApiJson<EmbeddingRequest>,
 ) -> Result<Response, ApiError> {
+    let inputs = body.input.into_vec();
+    // The inputs are checked first, then the encoding: a request wrong in both names `input`.
+    inference::check_embedding_inputs(&inputs)?;
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -325,8 +328,7 @@ pub async fn embeddings(
             return Err(invalid_param("encoding_format", &format!("{other:?} is not float or base64")).into())
         }
     };
-    let request =
-        Embedding { deployment: body.model.clone(), inputs: body.input.into_vec(), episode: episode(&headers) };
+    let request = Embedding { deployment: body.model.clone(), inputs, episode: episode(&headers) };
     let embedded = inference::embed(&state, &caller, request).await?;
     let data: Vec<serde_json::Value> = embedded
         .vectors

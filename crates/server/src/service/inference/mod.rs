@@ -445,15 +445,21 @@ pub struct Embedded {
 /// Inputs one embedding request may carry.
 pub const MAX_EMBEDDING_INPUTS: usize = 256;
 
-/// Embeds `request.inputs` as `caller`: planned, admitted and metered like a completion.
-pub async fn embed(state: &AppState, caller: &Caller, request: Embedding) -> Result<Embedded, ServiceError> {
-    let Embedding { deployment, inputs, episode } = request;
+/// Refuses what no embedding request may carry: none or too many inputs, or an empty one.
+pub fn check_embedding_inputs(inputs: &[String]) -> Result<(), ServiceError> {
     if inputs.is_empty() || inputs.len() > MAX_EMBEDDING_INPUTS {
         return Err(invalid_param("input", &format!("give 1 to {MAX_EMBEDDING_INPUTS} inputs")));
     }
     if let Some(index) = inputs.iter().position(|text| text.is_empty()) {
         return Err(invalid_param("input", &format!("input[{index}] is empty")));
     }
+    Ok(())
+}
+
+/// Embeds `request.inputs` as `caller`: planned, admitted and metered like a completion.
+pub async fn embed(state: &AppState, caller: &Caller, request: Embedding) -> Result<Embedded, ServiceError> {
+    let Embedding { deployment, inputs, episode } = request;
+    check_embedding_inputs(&inputs)?;
     let plan = plan::plan(state, caller, &deployment, episode.as_deref()).await?;
     if plan.primary.model.is_none() {
         return Err(invalid_param("model", "embeddings are served from registered models only"));
