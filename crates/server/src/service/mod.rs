@@ -11,13 +11,16 @@
 //! the router.
 
 pub mod access;
+pub mod audit;
 pub mod datasets;
 pub mod deployments;
 pub mod inference;
 pub mod jobs;
+pub mod keys;
 pub mod models;
 pub mod orphans;
 pub mod runs;
+pub mod tenants;
 
 use factory_store::Committed;
 
