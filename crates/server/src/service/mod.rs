@@ -21,6 +21,7 @@ pub mod keys;
 pub mod models;
 pub mod ops;
 pub mod orphans;
+pub mod pipelines;
 pub mod runs;
 pub mod tenants;
 
