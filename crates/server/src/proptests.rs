@@ -108,7 +108,7 @@ fn pipeline_text() -> impl Strategy<Value = String> {
 
 fn check_pipeline(source: &str) -> Result<(), TestCaseError> {
     let started = Instant::now();
-    match crate::pipelines::parse(source, &webhooks()) {
+    match crate::service::pipelines::parse(source, &webhooks()) {
         Ok(spec) => {
             prop_assert!((1..=32).contains(&spec.steps.len()));
             for step in &spec.steps {
@@ -435,7 +435,7 @@ proptest! {
 
 #[test]
 fn the_samples_parse() {
-    crate::pipelines::parse(PIPELINE, &webhooks()).unwrap();
+    crate::service::pipelines::parse(PIPELINE, &webhooks()).unwrap();
     serde_json::from_str::<ChatRequest>(CHAT_BODY).unwrap();
     serde_json::from_str::<CompletionRequest>(COMPLETION_BODY).unwrap();
     assert!(crate::egress::allowed_url(&allowlist(), "https://partner.example.gov/v1/chat").is_some());

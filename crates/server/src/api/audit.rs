@@ -1,5 +1,6 @@
-//! The audit log's read side: checkpoints, the public key, inclusion and consistency proofs,
-//! and the records themselves.
+//! The audit log's read side on the wire: checkpoints, the public key, inclusion and
+//! consistency proofs (hashes in base64), and the records themselves; `service::audit` does
+//! the checking.
 
 use axum::extract::State;
 use axum::http::header;
@@ -7,22 +8,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use factory_core::{AccessRequest, Action, Resource};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiQuery, Caller};
+use crate::service::audit::{self, Consistency, Inclusion};
 use crate::state::AppState;
 
 fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
-}
-
-async fn allow(state: &AppState, caller: &Caller, action: Action) -> Result<(), ApiError> {
-    let request = AccessRequest::new(&caller.principal, action, Resource::audit_log());
-    state.store.authorize(state.pdp.as_ref(), &request, &caller.request_id).await?;
-    Ok(())
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/checkpoint", tag = "audit",
@@ -30,8 +25,7 @@ async fn allow(state: &AppState, caller: &Caller, action: Action) -> Result<(), 
         (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn checkpoint(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    allow(&state, &caller, Action::AuditProof).await?;
-    Ok(text(state.store.issue_checkpoint(&state.checkpoints).await?))
+    Ok(text(audit::checkpoint(&state, &caller).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/public-key", tag = "audit",
@@ -39,8 +33,7 @@ pub async fn checkpoint(State(state): State<AppState>, caller: Caller) -> Result
         (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn public_key(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    allow(&state, &caller, Action::AuditProof).await?;
-    Ok(text(format!("{}\n", state.checkpoints.signer.verifier_key())))
+    Ok(text(format!("{}\n", audit::public_key(&state, &caller).await?)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -64,6 +57,18 @@ pub struct InclusionProof {
     pub proof: Vec<String>,
 }
 
+impl From<Inclusion> for InclusionProof {
+    fn from(inclusion: Inclusion) -> Self {
+        InclusionProof {
+            index: inclusion.index,
+            size: inclusion.size,
+            leaf_hash: BASE64.encode(inclusion.leaf_hash),
+            root: BASE64.encode(inclusion.root),
+            proof: inclusion.proof.iter().map(|h| BASE64.encode(h)).collect(),
+        }
+    }
+}
+
 #[utoipa::path(get, path = "/api/v1/audit/proof/inclusion", tag = "audit", params(InclusionQuery),
     responses((status = 200, body = InclusionProof), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -72,23 +77,7 @@ pub async fn inclusion(
     caller: Caller,
     ApiQuery(query): ApiQuery<InclusionQuery>,
 ) -> Result<Json<InclusionProof>, ApiError> {
-    allow(&state, &caller, Action::AuditProof).await?;
-    let size = state.store.audit_size().await?;
-    if query.size > size || query.index >= query.size {
-        return Err(ApiError::invalid(format!(
-            "index must be below size and size at most the log's size {size} (got index {}, size {})",
-            query.index, query.size
-        )));
-    }
-    let (leaf, proof) = state.store.inclusion_proof(query.index, query.size).await?;
-    let root = state.store.audit_root(query.size).await?;
-    Ok(Json(InclusionProof {
-        index: query.index,
-        size: query.size,
-        leaf_hash: BASE64.encode(leaf),
-        root: BASE64.encode(root),
-        proof: proof.iter().map(|h| BASE64.encode(h)).collect(),
-    }))
+    Ok(Json(audit::inclusion(&state, &caller, query.index, query.size).await?.into()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -107,6 +96,18 @@ pub struct ConsistencyProof {
     pub proof: Vec<String>,
 }
 
+impl From<Consistency> for ConsistencyProof {
+    fn from(consistency: Consistency) -> Self {
+        ConsistencyProof {
+            old: consistency.old,
+            new: consistency.new,
+            old_root: BASE64.encode(consistency.old_root),
+            new_root: BASE64.encode(consistency.new_root),
+            proof: consistency.proof.iter().map(|h| BASE64.encode(h)).collect(),
+        }
+    }
+}
+
 #[utoipa::path(get, path = "/api/v1/audit/proof/consistency", tag = "audit", params(ConsistencyQuery),
     responses((status = 200, body = ConsistencyProof), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -115,22 +116,7 @@ pub async fn consistency(
     caller: Caller,
     ApiQuery(query): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<ConsistencyProof>, ApiError> {
-    allow(&state, &caller, Action::AuditProof).await?;
-    let size = state.store.audit_size().await?;
-    if query.old == 0 || query.old > query.new || query.new > size {
-        return Err(ApiError::invalid(format!(
-            "need 0 < old <= new <= {size} (the log's size); got old {}, new {}",
-            query.old, query.new
-        )));
-    }
-    let proof = state.store.consistency_proof(query.old, query.new).await?;
-    Ok(Json(ConsistencyProof {
-        old: query.old,
-        new: query.new,
-        old_root: BASE64.encode(state.store.audit_root(query.old).await?),
-        new_root: BASE64.encode(state.store.audit_root(query.new).await?),
-        proof: proof.iter().map(|h| BASE64.encode(h)).collect(),
-    }))
+    Ok(Json(audit::consistency(&state, &caller, query.old, query.new).await?.into()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -159,6 +145,20 @@ pub struct RecordsPage {
     pub next: Option<u64>,
 }
 
+impl From<audit::RecordsPage> for RecordsPage {
+    fn from(page: audit::RecordsPage) -> Self {
+        let records = page
+            .entries
+            .into_iter()
+            .map(|entry| RecordView {
+                record: serde_json::to_value(&entry.record).unwrap_or(serde_json::Value::Null),
+                details: entry.details,
+            })
+            .collect();
+        RecordsPage { records, next: page.next }
+    }
+}
+
 #[utoipa::path(get, path = "/api/v1/audit/records", tag = "audit", params(RecordsQuery),
     responses((status = 200, body = RecordsPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -167,20 +167,5 @@ pub async fn records(
     caller: Caller,
     ApiQuery(query): ApiQuery<RecordsQuery>,
 ) -> Result<Json<RecordsPage>, ApiError> {
-    allow(&state, &caller, Action::AuditRead).await?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit: must be between 1 and 1000"));
-    }
-    // Tenant auditors see their own tenant's records only.
-    let entries = state.store.audit_records(query.from, limit, caller.principal.tenant.as_ref()).await?;
-    let next = if entries.len() == limit as usize { entries.last().map(|e| e.record.index + 1) } else { None };
-    let records = entries
-        .into_iter()
-        .map(|entry| RecordView {
-            record: serde_json::to_value(&entry.record).unwrap_or(serde_json::Value::Null),
-            details: entry.details,
-        })
-        .collect();
-    Ok(Json(RecordsPage { records, next }))
+    Ok(Json(audit::records(&state, &caller, query.from, query.limit).await?.into()))
 }

@@ -13,7 +13,7 @@ use super::datasets::TenantQuery;
 use super::{committed_response, millis_to_text, tenant_of};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use crate::service::deployments;
+use crate::service::deployments::{self, DriftReport};
 use crate::serving::{DeploymentSpec, VariantSpec};
 use crate::state::AppState;
 
@@ -141,8 +141,8 @@ pub async fn list(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<DeploymentList>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    deployments::authorize_read(&state, &caller, &tenant, "*").await?;
-    let deployments = state.store.deployments(&tenant).await?.into_iter().map(DeploymentView::from).collect();
+    let deployments =
+        deployments::list(&state, &caller, &tenant).await?.into_iter().map(DeploymentView::from).collect();
     Ok(Json(DeploymentList { deployments }))
 }
 
@@ -201,9 +201,7 @@ pub async fn inferences(
     ApiQuery(query): ApiQuery<InferencesQuery>,
 ) -> Result<Json<InferenceList>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    deployments::authorize_read(&state, &caller, &tenant, &name).await?;
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let inferences = state.store.inferences(&tenant, &name, query.after, limit).await?;
+    let inferences = deployments::inferences(&state, &caller, &tenant, &name, query.after, query.limit).await?;
     Ok(Json(InferenceList { inferences }))
 }
 
@@ -224,9 +222,7 @@ pub async fn feedback(
     ApiQuery(query): ApiQuery<InferencesQuery>,
 ) -> Result<Json<FeedbackList>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    deployments::authorize_read(&state, &caller, &tenant, &name).await?;
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let feedback = state.store.feedback(&tenant, &name, query.after, limit).await?;
+    let feedback = deployments::feedback(&state, &caller, &tenant, &name, query.after, query.limit).await?;
     Ok(Json(FeedbackList { feedback }))
 }
 
@@ -240,6 +236,12 @@ pub struct DriftView {
     pub alarms: Vec<factory_store::pipelines::DriftAlarm>,
 }
 
+impl From<DriftReport> for DriftView {
+    fn from(report: DriftReport) -> Self {
+        DriftView { status: report.status, alarms: report.alarms }
+    }
+}
+
 #[utoipa::path(get, path = "/api/v1/deployments/{name}/drift", tag = "serving",
     params(("name" = String, Path), TenantQuery),
     responses((status = 200, body = DriftView), (status = 404, body = ErrorBody)),
@@ -251,10 +253,5 @@ pub async fn drift(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<DriftView>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    deployments::authorize_read(&state, &caller, &tenant, &name).await?;
-    if state.store.deployment(&tenant, &name).await?.is_none() {
-        return Err(ApiError::not_found(format!("deployment {name} does not exist")));
-    }
-    let alarms = state.store.drift_alarms(&tenant, &name, 100).await?;
-    Ok(Json(DriftView { status: state.drift.status(&tenant, &name), alarms }))
+    Ok(Json(deployments::drift(&state, &caller, &tenant, &name).await?.into()))
 }

@@ -1,18 +1,19 @@
-//! Jobs: enqueue, list, show, cancel. Workers run them (see `workers.rs`).
+//! Jobs on the wire: enqueue, list, show, cancel (`service::jobs` does the checking). Workers
+//! run them (see `workers.rs`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
-use factory_core::{AccessRequest, Action, Resource};
-use factory_store::jobs::{Job, NewJob};
-use factory_store::Event;
+use factory_store::jobs::Job;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{committed_response, hide_foreign, millis_to_text, parse_tenant};
+use super::{committed_response, millis_to_text, parse_tenant};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, Caller};
+use crate::service::jobs::{self, Enqueue};
+use crate::service::Recorded;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -91,30 +92,10 @@ pub async fn enqueue(
     ApiJson(body): ApiJson<EnqueueJob>,
 ) -> Result<Response, ApiError> {
     let tenant = parse_tenant(&tenant)?;
-    if !state.job_kinds.iter().any(|kind| kind == &body.kind) {
-        return Err(ApiError::invalid(format!(
-            "kind: {:?} has no handler; known kinds are {}",
-            body.kind,
-            state.job_kinds.join(", ")
-        )));
-    }
-    check_priority(body.priority)?;
-    let max_attempts = body.max_attempts.unwrap_or(state.config.jobs.max_attempts);
-    if !(1..=100).contains(&max_attempts) {
-        return Err(ApiError::invalid("max_attempts: must be between 1 and 100"));
-    }
-    let id = factory_core::secrets::new_id("job");
-    let request = AccessRequest::new(&caller.principal, Action::JobEnqueue, Resource::job(&id, &tenant));
-    let mut change = state
-        .store
-        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
-    let new = NewJob { kind: body.kind, payload: body.payload, priority: body.priority, max_attempts };
-    let job = change.enqueue_job(&new).await?;
-    let payload = serde_json::json!({ "job": job.id, "tenant": tenant, "kind": job.kind, "priority": job.priority });
-    let committed = change.commit(payload.clone(), Event::new("job.queued", payload)).await?;
-    Ok(committed_response(StatusCode::CREATED, Json(JobView::from(job)), committed))
+    let job =
+        Enqueue { kind: body.kind, payload: body.payload, priority: body.priority, max_attempts: body.max_attempts };
+    let queued = jobs::enqueue(&state, &caller, &tenant, job).await?;
+    Ok(committed_response(StatusCode::CREATED, Json(JobView::from(queued.value)), queued.committed))
 }
 
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/jobs", tag = "jobs",
@@ -127,25 +108,8 @@ pub async fn list(
     ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<JobList>, ApiError> {
     let tenant = parse_tenant(&tenant)?;
-    let request = AccessRequest::new(&caller.principal, Action::JobRead, Resource::job("*", &tenant));
-    state
-        .store
-        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
-    let jobs = state.store.jobs(&tenant, 100).await?;
+    let jobs = jobs::list(&state, &caller, &tenant).await?;
     Ok(Json(JobList { jobs: jobs.into_iter().map(JobView::from).collect() }))
-}
-
-async fn find_and_authorize(state: &AppState, caller: &Caller, id: &str, action: Action) -> Result<Job, ApiError> {
-    let job = state.store.job(id).await?.ok_or_else(ApiError::no_such_resource)?;
-    let request = AccessRequest::new(&caller.principal, action, Resource::job(id, &job.tenant));
-    state
-        .store
-        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(caller, Some(&job.tenant), e))?;
-    Ok(job)
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
@@ -157,7 +121,7 @@ pub async fn show(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    Ok(Json(find_and_authorize(&state, &caller, &id, Action::JobRead).await?.into()))
+    Ok(Json(jobs::show(&state, &caller, &id).await?.into()))
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
@@ -170,12 +134,14 @@ pub async fn cancel(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let job = state.store.job(&id).await?.ok_or_else(ApiError::no_such_resource)?;
-    cancel_job(&state, &caller, job).await
+    Ok(cancelled(jobs::cancel_by_id(&state, &caller, &id).await?))
 }
 
 /// Requests cancellation of `job` as `caller` (also how a training run is cancelled).
 pub(crate) async fn cancel_job(state: &AppState, caller: &Caller, job: Job) -> Result<Response, ApiError> {
-    let cancelled = crate::service::jobs::cancel(state, caller, job).await?;
-    Ok(committed_response(StatusCode::OK, Json(JobView::from(cancelled.value)), cancelled.committed))
+    Ok(cancelled(jobs::cancel(state, caller, job).await?))
+}
+
+fn cancelled(cancelled: Recorded<Job>) -> Response {
+    committed_response(StatusCode::OK, Json(JobView::from(cancelled.value)), cancelled.committed)
 }

@@ -1,15 +1,16 @@
-//! Operations endpoints: liveness, readiness, Prometheus metrics and the OpenAPI document.
+//! Operations endpoints: liveness, readiness, Prometheus metrics and the orphan sweep
+//! (`service::ops` does the checking). The OpenAPI document is served beside them (`routes`).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-
-use factory_core::{AccessRequest, Action, Resource};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiQuery, Caller};
-use crate::service::orphans::SweepReport;
+use crate::service::{ops, orphans};
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is alive")))]
@@ -20,11 +21,8 @@ pub async fn healthz() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "The metadata store answers"), (status = 503, description = "Not ready")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    if state.store.ping().await {
-        Ok(Json(serde_json::json!({ "status": "ready" })))
-    } else {
-        Err(ApiError::overloaded("the metadata store does not answer", 5))
-    }
+    ops::ready(&state).await?;
+    Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
@@ -32,17 +30,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    // The series name every tenant's deployments and upstream URLs: an operator's credential
-    // (a platform admin's or auditor's key, as a scraper's bearer token) reads them, no tenant.
-    let request = AccessRequest::new(&caller.principal, Action::MetricsRead, Resource::platform());
-    state.store.authorize(state.pdp.as_ref(), &request, &caller.request_id).await?;
-    if let Ok(size) = state.store.audit_size().await {
-        state.metrics.audit_log_size.set(size as i64);
-    }
+    let exposition = ops::metrics(&state, &caller).await?;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        state.metrics.render(),
+        exposition,
     )
         .into_response())
 }
@@ -54,6 +46,29 @@ pub struct SweepQuery {
     pub grace_secs: Option<u64>,
 }
 
+/// What one sweep removed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SweepReport {
+    /// Finished objects that nothing referenced.
+    pub objects_deleted: u64,
+    pub bytes_deleted: u64,
+    /// Staging objects and partial uploads of interrupted writes.
+    pub staging_deleted: u64,
+    /// The deleted digests (the first 1000).
+    pub digests: Vec<String>,
+}
+
+impl From<orphans::SweepReport> for SweepReport {
+    fn from(report: orphans::SweepReport) -> Self {
+        SweepReport {
+            objects_deleted: report.objects_deleted,
+            bytes_deleted: report.bytes_deleted,
+            staging_deleted: report.staging_deleted,
+            digests: report.digests,
+        }
+    }
+}
+
 #[utoipa::path(post, path = "/api/v1/objects/sweep", tag = "operations", params(SweepQuery),
     responses((status = 200, body = SweepReport), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -62,7 +77,6 @@ pub async fn sweep_orphans(
     caller: Caller,
     ApiQuery(query): ApiQuery<SweepQuery>,
 ) -> Result<Json<SweepReport>, ApiError> {
-    let grace = query.grace_secs.map(std::time::Duration::from_secs).unwrap_or(state.config.orphans.grace);
-    let report = crate::service::orphans::sweep(&state, &caller.principal, &caller.request_id, grace, true).await?;
-    Ok(Json(report))
+    let grace = query.grace_secs.map(std::time::Duration::from_secs);
+    Ok(Json(ops::sweep_orphans(&state, &caller, grace).await?.into()))
 }

@@ -1,20 +1,19 @@
-//! Pipelines over HTTP: declare (TOML body), list, show, trigger by hand, and follow runs.
+//! Pipelines over HTTP: declare (TOML body), list, show, trigger by hand, and follow runs;
+//! `service::pipelines` does the checking.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use factory_core::{AccessRequest, Action, Resource, TenantName};
 use factory_store::pipelines::{Pipeline, PipelineRun, Triggered};
-use factory_store::Event;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::datasets::TenantQuery;
-use super::tenant_of;
-use super::{authorize_as, committed_response, hide_foreign};
+use super::{committed_response, tenant_of};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiPath, ApiQuery, Caller};
+use crate::service::pipelines;
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -44,25 +43,6 @@ impl From<Pipeline> for PipelineView {
     }
 }
 
-async fn authorize(
-    state: &AppState,
-    caller: &Caller,
-    tenant: &TenantName,
-    name: &str,
-    action: Action,
-) -> Result<(), ApiError> {
-    let request = AccessRequest::new(&caller.principal, action, Resource::pipeline(tenant, name));
-    Ok(authorize_as(state, caller, &request, tenant).await?)
-}
-
-async fn find(state: &AppState, tenant: &TenantName, name: &str) -> Result<Pipeline, ApiError> {
-    state
-        .store
-        .pipeline(tenant, name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("pipeline {name} does not exist")))
-}
-
 #[utoipa::path(put, path = "/api/v1/pipelines/{name}", tag = "pipelines", request_body(content = String, content_type = "application/toml"),
     params(("name" = String, Path), TenantQuery),
     responses((status = 200, body = PipelineView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
@@ -75,33 +55,8 @@ pub async fn put(
     source: String,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    super::valid_name::<factory_core::PipelineName>("name", &name)?;
-    let request = AccessRequest::new(&caller.principal, Action::PipelineWrite, Resource::pipeline(&tenant, &name));
-    // Who may declare pipelines here is decided before the declaration is read.
-    authorize_as(&state, &caller, &request, &tenant).await?;
-    let spec = crate::pipelines::parse(&source, &state.config.pipelines.webhooks)
-        .map_err(|e| ApiError::invalid(format!("pipeline {name}: {e}")))?;
-    // The same answer whether the variable exists or not: names of secrets are no oracle.
-    for (index, step) in spec.steps.iter().enumerate() {
-        if let Some(variable) = &step.secret_env {
-            if !crate::egress::secret_granted(&state.config.secrets, tenant.as_str(), variable) {
-                return Err(ApiError::invalid(format!(
-                    "pipeline {name}: steps[{index}].secret_env: not granted to tenant {tenant} ([secrets])"
-                )));
-            }
-        }
-    }
-    let spec = serde_json::to_value(&spec).unwrap_or_default();
-    let mut change = state
-        .store
-        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
-    let pipeline = change.put_pipeline(&tenant, &name, &source, &spec).await?;
-    let details =
-        serde_json::json!({ "tenant": tenant, "pipeline": name, "revision": pipeline.revision, "spec": spec });
-    let committed = change.commit(details.clone(), Event::new("pipeline.updated", details)).await?;
-    Ok(committed_response(StatusCode::OK, Json(PipelineView::from(pipeline)), committed))
+    let put = pipelines::put(&state, &caller, &tenant, &name, &source).await?;
+    Ok(committed_response(StatusCode::OK, Json(PipelineView::from(put.value)), put.committed))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -117,8 +72,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<PipelineList>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    authorize(&state, &caller, &tenant, "*", Action::PipelineRead).await?;
-    let pipelines = state.store.pipelines(Some(&tenant)).await?.into_iter().map(PipelineView::from).collect();
+    let pipelines = pipelines::list(&state, &caller, &tenant).await?.into_iter().map(PipelineView::from).collect();
     Ok(Json(PipelineList { pipelines }))
 }
 
@@ -131,8 +85,7 @@ pub async fn show(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<PipelineView>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    authorize(&state, &caller, &tenant, &name, Action::PipelineRead).await?;
-    Ok(Json(find(&state, &tenant, &name).await?.into()))
+    Ok(Json(pipelines::show(&state, &caller, &tenant, &name).await?.into()))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -150,9 +103,7 @@ pub async fn runs(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<RunList>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    authorize(&state, &caller, &tenant, &name, Action::PipelineRead).await?;
-    find(&state, &tenant, &name).await?;
-    Ok(Json(RunList { runs: state.store.pipeline_runs(&tenant, &name, 100).await? }))
+    Ok(Json(RunList { runs: pipelines::runs(&state, &caller, &tenant, &name).await? }))
 }
 
 #[utoipa::path(get, path = "/api/v1/pipelines/{name}/runs/{id}", tag = "pipelines",
@@ -165,9 +116,7 @@ pub async fn run(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Json<PipelineRun>, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    authorize(&state, &caller, &tenant, &name, Action::PipelineRead).await?;
-    let run = state.store.pipeline_run(&id).await?.filter(|r| r.tenant == tenant.as_str() && r.pipeline == name);
-    run.map(Json).ok_or_else(|| ApiError::not_found(format!("pipeline {name} has no run {id}")))
+    Ok(Json(pipelines::run(&state, &caller, &tenant, &name, &id).await?))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -175,6 +124,16 @@ pub struct TriggerView {
     /// `started`, `coalesced` (folded into the active run) or `duplicate`.
     pub outcome: String,
     pub run: String,
+}
+
+impl From<Triggered> for TriggerView {
+    fn from(outcome: Triggered) -> Self {
+        match outcome {
+            Triggered::Started(run) => TriggerView { outcome: "started".into(), run: run.id },
+            Triggered::Coalesced(run) => TriggerView { outcome: "coalesced".into(), run },
+            Triggered::Duplicate(run) => TriggerView { outcome: "duplicate".into(), run },
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/pipelines/{name}/runs", tag = "pipelines", params(("name" = String, Path), TenantQuery),
@@ -187,27 +146,6 @@ pub async fn trigger(
     ApiQuery(query): ApiQuery<TenantQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    authorize(&state, &caller, &tenant, &name, Action::PipelineTrigger).await?;
-    let pipeline = find(&state, &tenant, &name).await?;
-    // A client retrying with the same request id starts one run; without an id of its own,
-    // every trigger is new.
-    let key = format!("manual:{}", caller.client_request_id.as_deref().unwrap_or(&caller.request_id));
-    let trigger = serde_json::json!({ "kind": "manual", "by": caller.principal.id });
-    let outcome = crate::pipelines::start(
-        &state,
-        &pipeline,
-        &caller.principal,
-        Action::PipelineTrigger,
-        &caller.request_id,
-        &key,
-        trigger,
-    )
-    .await
-    .map_err(|e| super::hide_foreign_refusal(&caller, Some(&tenant), e))?;
-    let view = match outcome {
-        Triggered::Started(run) => TriggerView { outcome: "started".into(), run: run.id },
-        Triggered::Coalesced(run) => TriggerView { outcome: "coalesced".into(), run },
-        Triggered::Duplicate(run) => TriggerView { outcome: "duplicate".into(), run },
-    };
+    let view = TriggerView::from(pipelines::trigger(&state, &caller, &tenant, &name).await?);
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }

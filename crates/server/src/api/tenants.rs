@@ -1,18 +1,18 @@
-//! `POST /api/v1/tenants`, `GET /api/v1/tenants/{tenant}` and its compute quota.
+//! `POST /api/v1/tenants`, `GET /api/v1/tenants/{tenant}` and its compute quota on the wire;
+//! `service::tenants` does the checking.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
-use factory_core::{AccessRequest, Action, Jurisdiction, Resource, TenantName};
 use factory_store::identity::Tenant;
-use factory_store::Event;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{committed_response, hide_foreign, millis_to_text, parse_tenant};
+use super::{committed_response, millis_to_text, parse_tenant};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, Caller};
+use crate::service::tenants::{self, NewTenant, Quota, TenantAccount};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -47,6 +47,12 @@ impl From<Tenant> for TenantView {
     }
 }
 
+impl From<TenantAccount> for TenantView {
+    fn from(account: TenantAccount) -> Self {
+        TenantView { quota: Some(account.quota), ..TenantView::from(account.tenant) }
+    }
+}
+
 #[utoipa::path(post, path = "/api/v1/tenants", tag = "identity", request_body = CreateTenant,
     responses((status = 201, body = TenantView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
@@ -56,22 +62,9 @@ pub async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateTenant>,
 ) -> Result<Response, ApiError> {
-    let name = TenantName::new(&body.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
-    if body.jurisdictions.is_empty() {
-        return Err(ApiError::invalid("jurisdictions: at least one jurisdiction is required"));
-    }
-    let jurisdictions = body
-        .jurisdictions
-        .iter()
-        .enumerate()
-        .map(|(i, j)| Jurisdiction::new(j).map_err(|e| ApiError::invalid(format!("jurisdictions[{i}]: {e}"))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let request = AccessRequest::new(&caller.principal, Action::TenantCreate, Resource::platform());
-    let mut change = state.store.begin_change(state.pdp.as_ref(), request, &caller.request_id).await?;
-    let tenant = change.create_tenant(&name, &jurisdictions).await?;
-    let payload = serde_json::json!({ "tenant": name, "jurisdictions": jurisdictions });
-    let committed = change.commit(payload.clone(), Event::new("tenant.created", payload)).await?;
-    Ok(committed_response(StatusCode::CREATED, Json(TenantView::from(tenant)), committed))
+    let tenant = NewTenant { name: body.name, jurisdictions: body.jurisdictions };
+    let created = tenants::create(&state, &caller, tenant).await?;
+    Ok(committed_response(StatusCode::CREATED, Json(TenantView::from(created.value)), created.committed))
 }
 
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}", tag = "identity",
@@ -84,17 +77,7 @@ pub async fn show(
     ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     let tenant = parse_tenant(&tenant)?;
-    let request = AccessRequest::new(&caller.principal, Action::TenantRead, Resource::tenant(&tenant));
-    state
-        .store
-        .authorize(state.pdp.as_ref(), &request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
-    let found = state.store.tenant(&tenant).await?;
-    let mut view: TenantView =
-        found.map(TenantView::from).ok_or_else(|| ApiError::not_found(format!("tenant {tenant} does not exist")))?;
-    view.quota = Some(state.store.tenant_quota(&tenant).await?);
-    Ok(Json(view))
+    Ok(Json(tenants::show(&state, &caller, &tenant).await?.into()))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -119,20 +102,7 @@ pub async fn set_quota(
     ApiJson(body): ApiJson<SetQuota>,
 ) -> Result<Response, ApiError> {
     let tenant = parse_tenant(&tenant)?;
-    let found = state.store.tenant(&tenant).await?;
-    let request = AccessRequest::new(&caller.principal, Action::TenantQuota, Resource::tenant(&tenant));
-    let mut change = state
-        .store
-        .begin_change(state.pdp.as_ref(), request, &caller.request_id)
-        .await
-        .map_err(|e| hide_foreign(&caller, Some(&tenant), e))?;
-    let found = found.ok_or_else(|| ApiError::not_found(format!("tenant {tenant} does not exist")))?;
-    change.set_tenant_quota(body.max_concurrent_jobs, body.compute_seconds).await?;
-    let details = serde_json::json!({
-        "tenant": tenant, "max_concurrent_jobs": body.max_concurrent_jobs, "compute_seconds": body.compute_seconds,
-    });
-    let committed = change.commit(details.clone(), Event::new("tenant.quota.set", details)).await?;
-    let mut view = TenantView::from(found);
-    view.quota = Some(state.store.tenant_quota(&tenant).await?);
-    Ok(committed_response(StatusCode::OK, Json(view), committed))
+    let quota = Quota { max_concurrent_jobs: body.max_concurrent_jobs, compute_seconds: body.compute_seconds };
+    let set = tenants::set_quota(&state, &caller, &tenant, quota).await?;
+    Ok(committed_response(StatusCode::OK, Json(TenantView::from(set.value)), set.committed))
 }

@@ -7,12 +7,15 @@ use std::sync::Arc;
 
 use factory_core::{AccessRequest, Action, Resource, SiteKind, TenantName};
 use factory_store::deployments::Deployment;
+use factory_store::inference::{Feedback, InferenceRecord};
+use factory_store::pipelines::DriftAlarm;
 use factory_store::Event;
 
 use super::access::{authorize_as, hide_foreign, site_facts, valid_name};
 use super::models::{resolve, split_reference, verify_version};
 use super::Recorded;
 use crate::caller::Caller;
+use crate::drift::DriftStatus;
 use crate::service_error::{ErrorKind, ServiceError};
 use crate::serving::{DeploymentSpec, LoadedModel, VariantSpec};
 use crate::state::AppState;
@@ -220,4 +223,65 @@ pub async fn spec(
     let deployment = show(state, caller, tenant, name).await?;
     serde_json::from_value(deployment.spec)
         .map_err(|e| ServiceError::internal(format!("deployment {name}'s stored spec: {e}")))
+}
+
+/// `tenant`'s deployments, as the caller may read them.
+pub async fn list(state: &AppState, caller: &Caller, tenant: &TenantName) -> Result<Vec<Deployment>, ServiceError> {
+    authorize_read(state, caller, tenant, "*").await?;
+    Ok(state.store.deployments(tenant).await?)
+}
+
+/// The inference log of `tenant`'s deployment `name` after `after` (milliseconds since the
+/// epoch), at most `limit` (default 100, at most 1000) entries, as the caller may read it.
+pub async fn inferences(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    after: i64,
+    limit: Option<i64>,
+) -> Result<Vec<InferenceRecord>, ServiceError> {
+    authorize_read(state, caller, tenant, name).await?;
+    let limit = limit.unwrap_or(100).clamp(1, 1000);
+    Ok(state.store.inferences(tenant, name, after, limit).await?)
+}
+
+/// The feedback on `tenant`'s deployment `name` after `after` (milliseconds since the epoch),
+/// at most `limit` (default 100, at most 1000) reports, as the caller may read it.
+pub async fn feedback(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    after: i64,
+    limit: Option<i64>,
+) -> Result<Vec<Feedback>, ServiceError> {
+    authorize_read(state, caller, tenant, name).await?;
+    let limit = limit.unwrap_or(100).clamp(1, 1000);
+    Ok(state.store.feedback(tenant, name, after, limit).await?)
+}
+
+/// What the drift monitors of a deployment say.
+#[derive(Debug, Clone)]
+pub struct DriftReport {
+    /// The monitors' latest readings; `None` when the deployment has no `drift` section or the
+    /// monitors have not looked yet.
+    pub status: Option<DriftStatus>,
+    /// Monitors that started firing, newest first (at most 100).
+    pub alarms: Vec<DriftAlarm>,
+}
+
+/// The drift of `tenant`'s deployment `name`, as the caller may read it.
+pub async fn drift(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+) -> Result<DriftReport, ServiceError> {
+    authorize_read(state, caller, tenant, name).await?;
+    if state.store.deployment(tenant, name).await?.is_none() {
+        return Err(ServiceError::not_found(format!("deployment {name} does not exist")));
+    }
+    let alarms = state.store.drift_alarms(tenant, name, 100).await?;
+    Ok(DriftReport { status: state.drift.status(tenant, name), alarms })
 }

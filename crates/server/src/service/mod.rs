@@ -11,14 +11,20 @@
 //! the router.
 
 pub mod access;
+pub mod audit;
 pub mod datasets;
 pub mod deployments;
+pub mod feedback;
 pub mod imports;
 pub mod inference;
 pub mod jobs;
+pub mod keys;
 pub mod models;
+pub mod ops;
 pub mod orphans;
+pub mod pipelines;
 pub mod runs;
+pub mod tenants;
 
 #[cfg(test)]
 mod tests;

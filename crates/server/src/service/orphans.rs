@@ -9,7 +9,6 @@ use factory_objects::ContentStore;
 use factory_store::{Event, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use utoipa::ToSchema;
 
 use crate::metrics::DecisionPoint;
 use crate::pending_objects::PendingObjects;
@@ -17,7 +16,7 @@ use crate::service_error::ServiceError;
 use crate::state::AppState;
 
 /// What one sweep removed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SweepReport {
     /// Finished objects that nothing referenced.
     pub objects_deleted: u64,
