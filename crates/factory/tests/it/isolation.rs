@@ -144,6 +144,7 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         ("PUT", "/api/v1/models/gmodel/aliases/prod?tenant=globex".to_string(), Some(json!({ "version": 1 }))),
         ("POST", "/api/v1/models/import?tenant=globex".to_string(), None),
         ("POST", "/api/v1/models/gmodel/import-hf?jurisdiction=eu&tenant=globex".to_string(), None),
+        ("POST", "/api/v1/models/gmodel/import-gguf?jurisdiction=eu&tenant=globex".to_string(), None),
         (
             "POST",
             "/api/v1/deployments?tenant=globex".to_string(),

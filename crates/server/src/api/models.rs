@@ -375,9 +375,6 @@ pub struct SigningKeys {
     responses((status = 200, body = SigningKeys)),
     security(("bearer" = [])))]
 pub async fn signing_key(State(state): State<AppState>, _caller: Caller) -> Json<SigningKeys> {
-    let keys = &state.model_keys;
-    Json(SigningKeys {
-        verifier_key: keys.signer.verifier_key(),
-        trusted: keys.trusted.iter().map(|k| k.verifier_key()).collect(),
-    })
+    let (verifier_key, trusted) = models::signing_keys(&state);
+    Json(SigningKeys { verifier_key, trusted })
 }

@@ -10,7 +10,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use factory_core::{AccessRequest, Action, Resource};
 use factory_engine::Usage;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -39,11 +38,7 @@ struct ModelObject {
 
 pub async fn models(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let tenant = tenant_of_key(&caller)?;
-    let request = AccessRequest::new(&caller.principal, Action::DeploymentRead, Resource::deployment(&tenant, "*"));
-    state.store.authorize(state.pdp.as_ref(), &request, &caller.request_id).await?;
-    let data: Vec<ModelObject> = state
-        .store
-        .deployments(&tenant)
+    let data: Vec<ModelObject> = crate::service::deployments::list(&state, &caller, &tenant)
         .await?
         .into_iter()
         .map(|d| ModelObject {

@@ -124,9 +124,7 @@ pub async fn metrics(
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<MetricsQuery>,
 ) -> Result<Json<RunMetrics>, ApiError> {
-    let job = runs::find(&state, &caller, &id).await?;
-    let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
-    let metrics = state.store.run_metrics(&id, query.after, limit).await?;
+    let (job, metrics) = runs::metrics(&state, &caller, &id, query.after, query.limit).await?;
     Ok(Json(RunMetrics { run: id, state: job.state.as_str().to_string(), metrics }))
 }
 

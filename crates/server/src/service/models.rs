@@ -614,3 +614,10 @@ pub async fn export(
         .boxed();
     Ok(Recorded { value: Export { version: version.version, tar }, committed })
 }
+
+/// This installation's model-signing verifier key, and every key whose signatures it trusts.
+/// Public: any authenticated caller may read them.
+pub fn signing_keys(state: &AppState) -> (String, Vec<String>) {
+    let keys = &state.model_keys;
+    (keys.signer.verifier_key(), keys.trusted.iter().map(|k| k.verifier_key()).collect())
+}

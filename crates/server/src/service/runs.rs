@@ -300,6 +300,21 @@ pub async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Job, Se
     Ok(job)
 }
 
+/// Run `id` with its metrics after step `after`: at most `limit` rows (default 1000, at most
+/// 10,000), as the caller may read them.
+pub async fn metrics(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    after: i64,
+    limit: Option<i64>,
+) -> Result<(Job, Vec<factory_store::runs::RunMetric>), ServiceError> {
+    let job = find(state, caller, id).await?;
+    let limit = limit.unwrap_or(1000).clamp(1, 10_000);
+    let metrics = state.store.run_metrics(id, after, limit).await?;
+    Ok((job, metrics))
+}
+
 /// The job that is run `id`, unauthorized (cancelling authorizes on its own).
 pub async fn run_job(state: &AppState, id: &str) -> Result<Job, ServiceError> {
     state
