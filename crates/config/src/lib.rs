@@ -212,6 +212,9 @@ pub struct JobSettings {
     pub workers: usize,
     pub lease: Duration,
     pub max_attempts: u32,
+    /// The largest model a run may train from scratch, in parameters: training holds weights,
+    /// gradients and two optimizer moments (16 bytes a parameter) in this process.
+    pub max_model_parameters: u64,
 }
 
 /// Values given as command-line flags; they win over the file and the environment.

@@ -485,7 +485,15 @@ fn read_registry(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Reg
 fn read_jobs(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> JobSettings {
     let settings = JobSettings {
         workers: section.positive_integer("workers", 2, errors) as usize,
-        lease: Duration::from_secs(section.positive_integer("lease_secs", 30, errors)),
+        lease: {
+            let seconds = section.positive_integer("lease_secs", 30, errors);
+            // A lease is added to the clock in milliseconds; a day is more than any heartbeat
+            // needs, and far from overflowing it.
+            if seconds > 86_400 {
+                errors.push(ConfigError::new("jobs.lease_secs", format!("{seconds} is over a day (86400)")));
+            }
+            Duration::from_secs(seconds.min(86_400))
+        },
         max_attempts: {
             let attempts = section.positive_integer("max_attempts", 3, errors);
             // Narrowed, 2^32 would become 0 attempts and 2^32 + 3 three.
@@ -494,6 +502,7 @@ fn read_jobs(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> JobSett
                 3
             })
         },
+        max_model_parameters: section.positive_integer("max_model_parameters", 500_000_000, errors),
     };
     section.finish(errors);
     settings

@@ -172,3 +172,14 @@ fn audit_checkpoints_are_published_under_the_data_dir_unless_configured() {
     let config = load_text("[audit]\ncheckpoint_dir = \"/witnessed/checkpoints\"\n", &[]).unwrap();
     assert_eq!(config.effective_checkpoint_dir(), PathBuf::from("/witnessed/checkpoints"));
 }
+
+#[test]
+fn jobs_bound_their_lease_and_the_models_runs_may_train() {
+    let config = load_text("", &[]).unwrap();
+    assert_eq!((config.jobs.lease.as_secs(), config.jobs.max_model_parameters), (30, 500_000_000));
+    let config = load_text("[jobs]\nmax_model_parameters = 1000\n", &[]).unwrap();
+    assert_eq!(config.jobs.max_model_parameters, 1000);
+    let errors = load_text("[jobs]\nlease_secs = 9223372036854775807\n", &[]).unwrap_err();
+    let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["jobs.lease_secs"], "{errors}");
+}

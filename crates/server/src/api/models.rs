@@ -302,8 +302,7 @@ pub async fn import_bundle(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     let imported = imports::bundle(&state, &caller, &tenant, body.into_data_stream()).await?;
-    let view = ModelVersionView::new(imported.value, Vec::new());
-    Ok(committed_response(StatusCode::CREATED, Json(view), imported.committed))
+    Ok(created_version(imported))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -318,6 +317,25 @@ pub struct HfImportQuery {
     pub intended_use: Option<String>,
 }
 
+impl HfImportQuery {
+    /// The tenant the import is for and what it declares of the model.
+    fn declared(self, caller: &Caller) -> Result<(factory_core::TenantName, Declared), ApiError> {
+        let tenant = tenant_of(caller, self.tenant.as_deref())?;
+        let declared = Declared {
+            jurisdiction: self.jurisdiction,
+            classification: self.classification,
+            intended_use: self.intended_use,
+        };
+        Ok((tenant, declared))
+    }
+}
+
+/// A version an import created, as `201 Created` with its audit record.
+fn created_version(imported: crate::service::Recorded<ModelVersion>) -> Response {
+    let view = ModelVersionView::new(imported.value, Vec::new());
+    committed_response(StatusCode::CREATED, Json(view), imported.committed)
+}
+
 #[utoipa::path(post, path = "/api/v1/models/{name}/import-hf", tag = "models", params(("name" = String, Path), HfImportQuery),
     request_body(content = Vec<u8>, description = "A tar of the directory's files (config.json, model.safetensors, tokenizer.json, ...)", content_type = "application/x-tar"),
     responses((status = 201, body = ModelVersionView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
@@ -329,15 +347,9 @@ pub async fn import_hf(
     ApiQuery(query): ApiQuery<HfImportQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let declared = Declared {
-        jurisdiction: query.jurisdiction,
-        classification: query.classification,
-        intended_use: query.intended_use,
-    };
+    let (tenant, declared) = query.declared(&caller)?;
     let imported = imports::hugging_face(&state, &caller, &tenant, &name, declared, body.into_data_stream()).await?;
-    let view = ModelVersionView::new(imported.value, Vec::new());
-    Ok(committed_response(StatusCode::CREATED, Json(view), imported.committed))
+    Ok(created_version(imported))
 }
 
 #[utoipa::path(post, path = "/api/v1/models/{name}/import-gguf", tag = "models", params(("name" = String, Path), HfImportQuery),
@@ -352,15 +364,9 @@ pub async fn import_gguf(
     ApiQuery(query): ApiQuery<HfImportQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let declared = Declared {
-        jurisdiction: query.jurisdiction,
-        classification: query.classification,
-        intended_use: query.intended_use,
-    };
+    let (tenant, declared) = query.declared(&caller)?;
     let imported = imports::gguf(&state, &caller, &tenant, &name, declared, body.into_data_stream()).await?;
-    let view = ModelVersionView::new(imported.value, Vec::new());
-    Ok(committed_response(StatusCode::CREATED, Json(view), imported.committed))
+    Ok(created_version(imported))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -248,7 +248,16 @@ pub async fn create(state: &AppState, caller: &Caller, run: NewRun) -> Result<Re
         requested_by: Some(caller.principal.clone()),
     };
     if kind == RunKind::Pretrain {
-        spec.model_config(spec.tokenizer.vocab_size).map_err(|e| ServiceError::invalid(format!("model: {e}")))?;
+        let config =
+            spec.model_config(spec.tokenizer.vocab_size).map_err(|e| ServiceError::invalid(format!("model: {e}")))?;
+        // Checked before anything is allocated: the worker would hold 16 bytes a parameter.
+        let parameters = config.parameter_count() as u64;
+        let most = state.config.jobs.max_model_parameters;
+        if parameters > most {
+            return Err(ServiceError::invalid(format!(
+                "model: {parameters} parameters is more than this factory trains (jobs.max_model_parameters = {most})"
+            )));
+        }
     }
     // A run that will register its model checks now, not after hours of training, that the
     // residency its inputs give the model is allowed and that the caller may register it.

@@ -7,7 +7,7 @@ use factory_core::{Role, TenantName};
 use factory_datasets::{DedupMode, Format, OnError};
 
 use super::datasets::{self, NewDataset, Upload};
-use super::runs::{self, NewRun, RunKind, RunOptions, RunSpec, TOKENIZER_KIND};
+use super::runs::{self, ModelSpec, NewRun, RunKind, RunOptions, RunSpec, TOKENIZER_KIND};
 use super::ErrorKind;
 use crate::caller::Caller;
 use crate::testing::TestFactory;
@@ -108,6 +108,18 @@ async fn runs_are_refused_in_the_services_terms() {
     let app = factory.caller("acme", Role::App).await;
     let refused = runs::create(&factory.state, &app, tokenizer_run("acme", 1)).await.err().unwrap();
     assert_eq!(refused.kind, ErrorKind::Forbidden, "{}", refused.message);
+
+    // A model too large to train here is refused before anything is allocated for it.
+    let huge = serde_json::json!({
+        "model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+        "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 1024,
+        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+    });
+    let options = RunOptions { model: Some(ModelSpec { preset: None, config: Some(huge) }), ..RunOptions::default() };
+    let pretrain = NewRun { kind: RunKind::Pretrain, options, ..tokenizer_run("acme", 1) };
+    let too_large = runs::create(&factory.state, &engineer, pretrain).await.err().unwrap();
+    assert_eq!(too_large.kind, ErrorKind::Invalid, "{}", too_large.message);
+    assert!(too_large.message.contains("jobs.max_model_parameters = 500000000"), "{}", too_large.message);
 
     let finetune_without_base = NewRun { kind: RunKind::Finetune, ..tokenizer_run("acme", 1) };
     let invalid = runs::create(&factory.state, &engineer, finetune_without_base).await.err().unwrap();
