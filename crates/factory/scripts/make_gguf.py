@@ -2,7 +2,7 @@
 for the import tests: two blocks, Q8_0 projections, an F16 value projection, F32 norms, a
 byte-level BPE vocabulary with merges, BOS/EOS ids and a chat template.
 
-    python3 make_gguf.py OUT.gguf ARCHITECTURE [CHAT_TEMPLATE]
+    python3 make_gguf.py OUT.gguf ARCHITECTURE [CHAT_TEMPLATE [PRE_TOKENIZER]]
 """
 import sys
 
@@ -23,8 +23,10 @@ writer.add_head_count_kv(2)
 writer.add_layer_norm_rms_eps(1e-6)
 writer.add_rope_freq_base(10000.0)
 writer.add_tokenizer_model("gpt2")
-writer.add_token_list([bytes([i]).decode("latin-1") for i in range(256)])
+writer.add_token_list([bytes([i]).decode("latin-1") for i in range(256)] + ["ab", "cd"])
 writer.add_token_merges(["a b", "c d"])
+if len(sys.argv) > 4:
+    writer.add_tokenizer_pre(sys.argv[4])
 writer.add_bos_token_id(1)
 writer.add_eos_token_id(2)
 default_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>"
@@ -41,7 +43,7 @@ def tensor(name, shape, kind):
         writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
 
 
-tensor("token_embd.weight", (256, 64), Q.Q8_0)
+tensor("token_embd.weight", (258, 64), Q.Q8_0)
 tensor("output_norm.weight", (64,), Q.F32)
 for block in range(2):
     prefix = f"blk.{block}."

@@ -97,6 +97,9 @@ pub struct RopeScaling {
 pub struct TokenizerSummary {
     /// `gpt2` (byte-level BPE with merges) or `llama` (SentencePiece-style, with scores).
     pub model: String,
+    /// `tokenizer.ggml.pre`: how a byte-level vocabulary cuts text before merging (`default`
+    /// when the file does not say).
+    pub pre: String,
     pub vocab_size: usize,
     pub merges: usize,
     pub has_scores: bool,
@@ -160,6 +163,11 @@ pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<GgufSummary, GgufError>
         }
     }
     let tokenizer = tokenizer(&content)?;
+    // Every token id indexes the embedding table: a vocabulary larger than it would read past it.
+    let rows = content.tensor_infos.get("token_embd.weight").map(|t| t.shape.dims()[0]).unwrap_or_default();
+    if rows < tokenizer.vocab_size {
+        return fail(format!("token_embd.weight: {rows} rows for a vocabulary of {} tokens", tokenizer.vocab_size));
+    }
     let chat_template = match content.metadata.get("tokenizer.chat_template") {
         None => None,
         Some(Value::String(template)) => Some(template.clone()),
@@ -180,6 +188,46 @@ pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<GgufSummary, GgufError>
         tensor_types,
         tensors: content.tensor_infos.len(),
     })
+}
+
+/// A byte-level BPE vocabulary as the file lists it: tokens by id, merges, each token's type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vocabulary {
+    pub tokens: Vec<String>,
+    pub merges: Vec<String>,
+    pub token_types: Vec<i32>,
+}
+
+/// The vocabulary of a file [`inspect`] accepted (whose header it bounded).
+pub fn vocabulary<R: Read + Seek>(reader: &mut R) -> Result<Vocabulary, GgufError> {
+    reader.seek(SeekFrom::Start(0)).map_err(|e| GgufError(format!("reading the file: {e}")))?;
+    let content = Content::read(&mut std::io::BufReader::new(&mut *reader)).map_err(|e| GgufError(e.to_string()))?;
+    let strings = |key: &str| -> Result<Vec<String>, GgufError> {
+        match content.metadata.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(text) => Ok(text.clone()),
+                    _ => fail(format!("{key}: expected strings")),
+                })
+                .collect(),
+            Some(_) => fail(format!("{key}: expected an array")),
+        }
+    };
+    let token_types = match content.metadata.get("tokenizer.ggml.token_type") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::I32(kind) => Ok(*kind),
+                Value::U32(kind) => Ok(*kind as i32),
+                _ => fail("tokenizer.ggml.token_type: expected integers"),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return fail("tokenizer.ggml.token_type: expected an array"),
+    };
+    Ok(Vocabulary { tokens: strings("tokenizer.ggml.tokens")?, merges: strings("tokenizer.ggml.merges")?, token_types })
 }
 
 /// Walks the header keeping nothing: the version, and that the metadata and tensor
@@ -435,7 +483,13 @@ fn tokenizer(content: &Content) -> Result<TokenizerSummary, GgufError> {
     if model == "gpt2" && merges == 0 {
         return fail("tokenizer.ggml.merges: a gpt2 (byte-level BPE) vocabulary needs its merges");
     }
+    let pre = match content.metadata.get("tokenizer.ggml.pre") {
+        None => "default".to_string(),
+        Some(Value::String(pre)) => pre.clone(),
+        Some(_) => return fail("tokenizer.ggml.pre: expected a string"),
+    };
     Ok(TokenizerSummary {
+        pre,
         has_scores: array_len(content, "tokenizer.ggml.scores")?.is_some(),
         has_token_types: array_len(content, "tokenizer.ggml.token_type")?.is_some(),
         bos: token_id(content, "tokenizer.ggml.bos_token_id", vocab_size)?,
@@ -544,6 +598,7 @@ mod tests {
             ("llama", 64, Some(1), Some(2))
         );
         assert!(tokenizer.has_scores && !tokenizer.has_token_types);
+        assert_eq!(tokenizer.pre, "default", "a file that names no pre-tokenizer");
         assert_eq!(summary.chat_template.as_deref(), Some("{{ messages[0].content }}"));
 
         let tied = inspect_bytes(llama_file("qwen2", GgmlDType::Q8_0, true, &[])).unwrap();
@@ -578,6 +633,11 @@ mod tests {
         assert!(tokenizer.starts_with("tokenizer.ggml.model"), "{tokenizer}");
         let eos = error(llama_file("llama", GgmlDType::Q8_0, true, &[("tokenizer.ggml.eos_token_id", Value::U32(64))]));
         assert!(eos.contains("outside the vocabulary of 64"), "{eos}");
+        let tokens: Vec<Value> = (0..65).map(|i| Value::String(format!("t{i}"))).collect();
+        let scores = Value::Array((0..65).map(|_| Value::F32(0.0)).collect());
+        let larger = [("tokenizer.ggml.tokens", Value::Array(tokens)), ("tokenizer.ggml.scores", scores)];
+        let past = error(llama_file("llama", GgmlDType::Q8_0, true, &larger));
+        assert!(past.contains("token_embd.weight: 64 rows for a vocabulary of 65"), "{past}");
         let heads =
             error(llama_file("llama", GgmlDType::Q8_0, true, &[("llama.attention.head_count_kv", Value::U32(3))]));
         assert!(heads.contains("head_count_kv"), "{heads}");

@@ -147,6 +147,88 @@ impl Tokenizer {
     }
 }
 
+/// How GGUF marks a token (`tokenizer.ggml.token_type`): control tokens (end of text, turn
+/// markers) and user-defined ones are matched whole in text, never split by merges.
+pub const GGUF_CONTROL: i32 = 3;
+pub const GGUF_USER_DEFINED: i32 = 4;
+
+/// The pre-tokenizer splits of the byte-level BPE vocabularies GGUF names in
+/// `tokenizer.ggml.pre`, as llama.cpp applies them: text is cut into pieces by the regex, and
+/// merges never cross a cut. (`None`: GPT-2's own split, which `ByteLevel` applies itself.)
+fn gguf_split(pre: &str) -> Result<(Option<&'static str>, bool), TokenizerError> {
+    // (regex, whether a piece that is whole in the vocabulary skips the merges)
+    match pre {
+        "gpt2" | "default" => Ok((None, false)),
+        "llama-bpe" | "llama3" => Ok((
+            Some(
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            ),
+            true,
+        )),
+        "qwen2" => Ok((
+            Some(
+                r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            ),
+            false,
+        )),
+        other => Err(TokenizerError::Settings(format!(
+            "tokenizer.ggml.pre: {other:?} is not a pre-tokenizer the factory knows (gpt2, llama-bpe, qwen2)"
+        ))),
+    }
+}
+
+impl Tokenizer {
+    /// A byte-level BPE vocabulary as GGUF stores it (`tokenizer.ggml.model = "gpt2"`): tokens
+    /// by id (already in byte-level form), merges as `"left right"`, each token's type, and the
+    /// pre-tokenizer named by `tokenizer.ggml.pre`.
+    pub fn from_gguf_bpe(
+        tokens: &[String],
+        merges: &[String],
+        token_types: &[i32],
+        pre: &str,
+    ) -> Result<Tokenizer, TokenizerError> {
+        if !token_types.is_empty() && token_types.len() != tokens.len() {
+            return Err(TokenizerError::Settings(format!(
+                "{} token types for {} tokens",
+                token_types.len(),
+                tokens.len()
+            )));
+        }
+        let (split, ignore_merges) = gguf_split(pre)?;
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            tokens.iter().enumerate().map(|(id, token)| (token.clone(), id.into())).collect();
+        let added: Vec<serde_json::Value> = token_types
+            .iter()
+            .enumerate()
+            .filter(|(_, kind)| **kind == GGUF_CONTROL || **kind == GGUF_USER_DEFINED)
+            .map(|(id, kind)| {
+                serde_json::json!({
+                    "id": id, "content": tokens[id], "single_word": false, "lstrip": false, "rstrip": false,
+                    "normalized": false, "special": *kind == GGUF_CONTROL,
+                })
+            })
+            .collect();
+        let byte_level = |use_regex: bool| serde_json::json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex });
+        let pre_tokenizer = match split {
+            None => byte_level(true),
+            Some(pattern) => serde_json::json!({ "type": "Sequence", "pretokenizers": [
+                { "type": "Split", "pattern": { "Regex": pattern }, "behavior": "Isolated", "invert": false },
+                byte_level(false),
+            ]}),
+        };
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+            "pre_tokenizer": pre_tokenizer, "post_processor": null, "decoder": byte_level(true),
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges,
+            },
+        });
+        Tokenizer::from_json(&json.to_string())
+    }
+}
+
 /// Any Hugging Face `tokenizer.json` (WordPiece for BERT encoders, and so on), for models the
 /// factory imports rather than trains. Encoding adds the model's special tokens and truncates to
 /// `max_length` tokens, as sentence-transformers does.
@@ -213,5 +295,65 @@ mod tests {
     fn impossible_sizes_are_refused() {
         let error = Tokenizer::train(&BpeSettings::new(100), corpus().into_iter()).err().unwrap();
         assert!(error.to_string().contains("vocab_size 100 is below 257"), "{error}");
+    }
+
+    /// A trained tokenizer's vocabulary and merges as GGUF lists them: tokens by id, merges as
+    /// "left right", the end-of-text token marked as control.
+    fn as_gguf(tokenizer: &Tokenizer) -> (Vec<String>, Vec<String>, Vec<i32>) {
+        let json: serde_json::Value = serde_json::from_str(&tokenizer.to_json().unwrap()).unwrap();
+        let vocab = json["model"]["vocab"].as_object().unwrap();
+        let mut tokens = vec![String::new(); vocab.len()];
+        for (token, id) in vocab {
+            tokens[id.as_u64().unwrap() as usize] = token.clone();
+        }
+        let merges = json["model"]["merges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| match m {
+                serde_json::Value::String(pair) => pair.clone(),
+                pair => format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()),
+            })
+            .collect();
+        let types = tokens.iter().map(|t| if t == END_OF_TEXT { GGUF_CONTROL } else { 1 }).collect();
+        (tokens, merges, types)
+    }
+
+    #[test]
+    fn a_gguf_byte_level_vocabulary_tokenizes_as_the_tokenizer_it_came_from() {
+        let trained = Tokenizer::train(&BpeSettings::new(600), corpus().into_iter().take(400)).unwrap();
+        let (tokens, merges, types) = as_gguf(&trained);
+        let converted = Tokenizer::from_gguf_bpe(&tokens, &merges, &types, "gpt2").unwrap();
+        assert_eq!(converted.vocab_size(), trained.vocab_size());
+        let mut texts: Vec<String> = corpus().into_iter().skip(400).take(200).collect();
+        texts.push(format!("First line{END_OF_TEXT}second, with the end of text inside"));
+        texts.push("Zürich, 東京 and \u{1F600}\n\ttabs  and   spaces".to_string());
+        for text in &texts {
+            let ids = converted.encode(text).unwrap();
+            assert_eq!(ids, trained.encode(text).unwrap(), "{text:?}");
+            assert_eq!(&converted.decode(&ids).unwrap(), text);
+        }
+        let marked = converted.encode(&format!("a{END_OF_TEXT}b")).unwrap();
+        assert!(marked.contains(&trained.token_id(END_OF_TEXT).unwrap()), "control tokens are matched whole");
+    }
+
+    #[test]
+    fn llama3_and_qwen2_pieces_split_digits_as_llama_cpp_does() {
+        // The digits and the merges that make "12345" whole when nothing splits it (merges apply
+        // lowest rank first); "4 5" and "12 3" come last, for the pieces a split leaves.
+        let tokens: Vec<String> =
+            ["1", "2", "3", "4", "5", "12", "34", "1234", "12345", "45", "123"].map(String::from).to_vec();
+        let merges: Vec<String> = ["1 2", "3 4", "12 34", "1234 5", "4 5", "12 3"].map(String::from).to_vec();
+        let types = vec![1; tokens.len()];
+        let pieces = |pre: &str| {
+            let tokenizer = Tokenizer::from_gguf_bpe(&tokens, &merges, &types, pre).unwrap();
+            let ids = tokenizer.encode("12345").unwrap();
+            ids.iter().map(|id| tokenizer.decode(&[*id]).unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(pieces("gpt2"), ["12345"], "GPT-2 keeps a number whole");
+        assert_eq!(pieces("llama-bpe"), ["123", "45"], "Llama 3 splits numbers into threes");
+        assert_eq!(pieces("qwen2"), ["1", "2", "3", "4", "5"], "Qwen2 splits every digit");
+        let unknown = Tokenizer::from_gguf_bpe(&tokens, &merges, &types, "gemma").err().unwrap();
+        assert!(unknown.to_string().contains("tokenizer.ggml.pre: \"gemma\""), "{unknown}");
     }
 }

@@ -10,13 +10,17 @@ use std::process::Command;
 
 use crate::support::{call, cli, cli_env, tenant_with_keys, upload, Server};
 
-/// Writes a tiny GGUF of `architecture` (with `template` as its chat template, if given) with
-/// `scripts/make_gguf.py`, or says why it cannot.
-fn make_gguf(dir: &Path, architecture: &str, template: Option<&str>) -> Option<PathBuf> {
-    let path = dir.join(format!("tiny-{architecture}-{}.gguf", template.map_or(0, str::len)));
+/// Writes a tiny GGUF of `architecture` (with `template` as its chat template and `pre` as its
+/// pre-tokenizer, if given) with `scripts/make_gguf.py`, or says why it cannot.
+fn make_gguf(dir: &Path, architecture: &str, template: Option<&str>, pre: Option<&str>) -> Option<PathBuf> {
+    let path = dir.join(format!("tiny-{architecture}-{}-{}.gguf", template.map_or(0, str::len), pre.unwrap_or("")));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make_gguf.py");
+    let default_template = "{% for m in messages %}{{ m.content }}{% endfor %}";
     let mut args = vec![script, path.to_str().unwrap(), architecture];
-    args.extend(template);
+    if template.is_some() || pre.is_some() {
+        args.push(template.unwrap_or(default_template));
+    }
+    args.extend(pre);
     let output = Command::new("python3").args(&args).output().ok()?;
     if !output.status.success() {
         factory_testkit::missing(&format!(
@@ -31,9 +35,12 @@ fn make_gguf(dir: &Path, architecture: &str, template: Option<&str>) -> Option<P
 #[tokio::test(flavor = "multi_thread")]
 async fn gguf_files_import_as_signed_versions_and_bad_ones_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(llama) = make_gguf(dir.path(), "llama", None) else { return };
-    let Some(gemma) = make_gguf(dir.path(), "gemma", None) else { return };
-    let Some(broken_template) = make_gguf(dir.path(), "qwen2", Some("{% for message in messages %}")) else { return };
+    let Some(llama) = make_gguf(dir.path(), "llama", None, None) else { return };
+    let Some(gemma) = make_gguf(dir.path(), "gemma", None, None) else { return };
+    let Some(broken_template) = make_gguf(dir.path(), "qwen2", Some("{% for message in messages %}"), None) else {
+        return;
+    };
+    let Some(unknown_pre) = make_gguf(dir.path(), "qwen2", None, Some("no-such-pre")) else { return };
     let server = Server::start(&dir.path().join("factory"), &["--jurisdiction", "eu"], &[]);
     let keys = tenant_with_keys(&server, "acme", &["engineer"]).await;
     let key = keys[0].1.as_str();
@@ -57,10 +64,13 @@ async fn gguf_files_import_as_signed_versions_and_bad_ones_are_refused_by_name()
     assert_eq!(manifest["residency"]["derived_from"], "declared at import");
     let summary = &manifest["lineage"]["config"]["gguf"];
     assert_eq!((summary["version"].as_u64(), summary["tensors"].as_u64()), (Some(3), Some(20)));
-    assert_eq!(summary["tokenizer"]["model"], "gpt2");
+    assert_eq!(
+        (summary["tokenizer"]["model"].as_str(), summary["tokenizer"]["pre"].as_str()),
+        (Some("gpt2"), Some("default"))
+    );
     assert_eq!(
         (summary["tokenizer"]["vocab_size"].as_u64(), summary["tokenizer"]["eos"].as_u64()),
-        (Some(256), Some(2))
+        (Some(258), Some(2))
     );
     assert_eq!(
         (summary["hyper"]["head_count"].as_u64(), summary["hyper"]["head_count_kv"].as_u64()),
@@ -91,6 +101,14 @@ async fn gguf_files_import_as_signed_versions_and_bad_ones_are_refused_by_name()
     // A chat template is code that runs on every chat call: one that does not compile is refused.
     let template = upload(&server.url, key, path, std::fs::read(&broken_template).unwrap()).await;
     assert_eq!((template.status, template.body["error"]["code"].as_str()), (422, Some("bad_chat_template")));
+    // A byte-level vocabulary must make a tokenizer: an unknown pre-tokenizer is named.
+    let pre = upload(&server.url, key, path, std::fs::read(&unknown_pre).unwrap()).await;
+    assert_eq!(pre.status, 422, "{}", pre.text);
+    assert!(
+        pre.body["error"]["message"].as_str().unwrap().contains("tokenizer.ggml.pre: \"no-such-pre\""),
+        "{}",
+        pre.text
+    );
     let versions = call(&server.url, "GET", "/api/v1/models/tiny", Some(key), None).await;
     assert_eq!(versions.body["versions"].as_array().map(Vec::len), Some(2), "{}", versions.text);
 
