@@ -23,6 +23,7 @@ pub mod models;
 pub mod ops;
 pub mod orphans;
 pub mod pipelines;
+pub mod run_spec;
 pub mod runs;
 pub mod tenants;
 

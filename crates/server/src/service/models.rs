@@ -18,7 +18,7 @@ use factory_store::{Committed, Event};
 use factory_tokenizer::Tokenizer;
 
 use super::access::{audit_read, authorize_as, hide_foreign, hide_foreign_refusal, site_facts, valid_name};
-use super::runs::{BaseModel, RegisterSpec, RunSpec, FINETUNE_KIND, PRETRAIN_KIND};
+use super::run_spec::{BaseModel, RegisterSpec, RunSpec, FINETUNE_KIND, PRETRAIN_KIND};
 use super::Recorded;
 use crate::caller::Caller;
 use crate::registry::{self, Draft, DraftFile, FileSource, Signing};

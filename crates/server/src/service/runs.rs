@@ -4,113 +4,22 @@
 //! creating it needs the right to read the dataset's rows and to enqueue, and a run that will
 //! register its model checks at once that it may.
 
-use factory_core::{AccessRequest, Action, Classification, Jurisdiction, Principal, Resource, TenantName};
+use factory_core::{AccessRequest, Action, Resource, TenantName};
 use factory_model::LlamaConfig;
 use factory_store::jobs::{Job, NewJob};
 use factory_store::Event;
 use factory_tokenizer::BpeSettings;
 use factory_train::{EvalSet, TrainSettings};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::access::{authorize_as, hide_foreign, site_facts, tenant_of};
+pub use super::run_spec::{
+    BaseModel, ModelSpec, RegisterSpec, RunSpec, FINETUNE_KIND, PRETRAIN_KIND, RUN_KINDS, TOKENIZER_KIND,
+};
 use super::{datasets, jobs, models, Recorded};
 use crate::caller::Caller;
 use crate::service_error::{ErrorKind, ServiceError};
 use crate::state::AppState;
-
-pub const TOKENIZER_KIND: &str = "training.tokenizer";
-pub const PRETRAIN_KIND: &str = "training.pretrain";
-pub const FINETUNE_KIND: &str = "training.finetune";
-pub const RUN_KINDS: [&str; 3] = [TOKENIZER_KIND, PRETRAIN_KIND, FINETUNE_KIND];
-
-/// The registered model a fine-tune starts from, pinned (with its verified file digests) when
-/// the run is created.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BaseModel {
-    pub name: String,
-    pub version: i64,
-    pub jurisdiction: Jurisdiction,
-    pub classification: Classification,
-    pub weights: String,
-    pub config: String,
-    pub tokenizer: String,
-}
-
-impl BaseModel {
-    pub fn reference(&self) -> String {
-        format!("{}@{}", self.name, self.version)
-    }
-}
-
-/// Register the trained model as the next version of `name` when the run succeeds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterSpec {
-    pub name: String,
-    #[serde(default)]
-    pub intended_use: Option<String>,
-}
-
-/// The model to train: a named preset sized to the tokenizer, or a full `config.json` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    #[serde(default)]
-    pub preset: Option<String>,
-    #[serde(default)]
-    pub config: Option<serde_json::Value>,
-}
-
-/// Everything a run needs, validated when it is created and stored as the job's payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunSpec {
-    pub dataset: String,
-    pub version: i64,
-    pub text_column: String,
-    /// The manifest's shard digests, fixed at creation so the run reads exactly that version.
-    pub shards: Vec<String>,
-    pub seed: u64,
-    pub tokenizer: BpeSettings,
-    #[serde(default)]
-    pub model: Option<ModelSpec>,
-    #[serde(default)]
-    pub train: Option<TrainSettings>,
-    /// The dataset's residency, which the model inherits.
-    pub jurisdiction: Jurisdiction,
-    pub classification: Classification,
-    #[serde(default)]
-    pub base: Option<BaseModel>,
-    /// A registered model's verified `tokenizer.json` to use instead of training one.
-    #[serde(default)]
-    pub tokenizer_digest: Option<String>,
-    #[serde(default)]
-    pub eval_sets: Vec<EvalSet>,
-    #[serde(default)]
-    pub register: Option<RegisterSpec>,
-    /// Whose authority registration uses: the run's creator, re-checked against the policies
-    /// when the run ends.
-    #[serde(default)]
-    pub requested_by: Option<Principal>,
-}
-
-impl RunSpec {
-    /// The model config for a tokenizer of `vocab_size` tokens.
-    pub fn model_config(&self, vocab_size: usize) -> Result<LlamaConfig, String> {
-        let spec = self.model.clone().unwrap_or(ModelSpec { preset: Some("tiny".to_string()), config: None });
-        let mut config = match (&spec.preset, &spec.config) {
-            (Some(preset), None) => LlamaConfig::preset(preset, vocab_size).map_err(|e| e.to_string())?,
-            (None, Some(config)) => {
-                LlamaConfig::from_json(&config.to_string()).map_err(|e| format!("model.config: {e}"))?
-            }
-            _ => return Err("model: give either preset or config".to_string()),
-        };
-        config.vocab_size = vocab_size;
-        let seq_len = self.train.as_ref().map(|t| t.seq_len).unwrap_or_default();
-        config.max_position_embeddings = config.max_position_embeddings.max(seq_len);
-        config.validate().map_err(|e| e.to_string())?;
-        Ok(config)
-    }
-}
 
 /// What kind of run: a tokenizer only, a model from scratch, or a fine-tune of a registered one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
