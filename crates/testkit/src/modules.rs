@@ -17,7 +17,9 @@
 //! - Test code is left out: files named `tests.rs`, directories named `tests`, the body of a
 //!   `#[cfg(test)] mod NAME { ... }` and the file of a `#[cfg(test)] mod NAME;`. (The script
 //!   skips only inline modules named `tests`; a test-only `mod proptests;` is test code too.)
-//! - `super::` and `self::` paths are not followed, as in the script.
+//! - `super::x` in module `a::b` is the path `crate::a::x` (the script does not follow it, and
+//!   misses circles between siblings that name each other so); `self::` paths stay inside the
+//!   module.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -292,7 +294,11 @@ fn import_graph(modules: &BTreeMap<String, String>) -> Graph {
     let mut graph = Graph::new();
     for (module, text) in modules {
         let imports = graph.entry(module.clone()).or_default();
-        for path in crate_paths(text) {
+        let parent: Vec<String> = module.split("::").filter(|s| *s != "crate").map(str::to_string).collect();
+        let parent = &parent[..parent.len().saturating_sub(1)];
+        // `super::x` in module `a::b` names `a::x`, as `crate::a::x` would.
+        let relative = paths_after(text, "super::").into_iter().map(|path| [parent, &path[..]].concat());
+        for path in crate_paths(text).into_iter().chain(relative) {
             let target =
                 (1..=path.len()).rev().map(|length| path[..length].join("::")).find(|p| modules.contains_key(p));
             if let Some(target) = target {
@@ -307,13 +313,17 @@ fn import_graph(modules: &BTreeMap<String, String>) -> Graph {
 
 /// The segments of every path that starts `crate::`, with `{a::X, b::{c, D}}` groups expanded.
 fn crate_paths(text: &str) -> Vec<Vec<String>> {
-    const ROOT: &str = "crate::";
+    paths_after(text, "crate::")
+}
+
+/// The segments after `root` (`crate::` or `super::`) of every path that starts with it.
+fn paths_after(text: &str, root: &str) -> Vec<Vec<String>> {
     let bytes = text.as_bytes();
     let mut paths = Vec::new();
     let mut from = 0;
-    while let Some(found) = text[from..].find(ROOT) {
+    while let Some(found) = text[from..].find(root) {
         let at = from + found;
-        from = at + ROOT.len();
+        from = at + root.len();
         // `my_crate::x` names another crate; `$crate::x` (in a macro) is this one.
         if at > 0 && is_identifier_byte(bytes[at - 1]) {
             continue;
@@ -545,6 +555,19 @@ mod tests {
         assert_eq!(
             problems,
             ["import circle of 2 modules: client, commands::chat (edges: client -> commands::chat, commands::chat -> client)"]
+        );
+    }
+
+    #[test]
+    fn a_circle_through_super_paths_is_reported() {
+        let mut files = clean_files();
+        files.push(("commands/chat.rs", "use super::models::list;\npub fn run() {}\n"));
+        files.push(("commands/models.rs", "use super::chat;\npub fn list() { chat::run() }\n"));
+        let dir = tree(&files);
+        let problems = check(dir.path(), &[]);
+        assert_eq!(
+            problems,
+            ["import circle of 2 modules: commands::chat, commands::models (edges: commands::chat -> commands::models, commands::models -> commands::chat)"]
         );
     }
 
