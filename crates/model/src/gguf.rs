@@ -110,9 +110,17 @@ pub struct TokenizerSummary {
     pub eot: Option<u32>,
 }
 
-/// Checks a GGUF file whole and summarizes it. Reads the header (bounded) and every tensor's
-/// description; the tensor data is only measured against the file, never read.
-pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<GgufSummary, GgufError> {
+/// What [`inspect`] read of a file it accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inspected {
+    pub summary: GgufSummary,
+    pub vocabulary: Vocabulary,
+}
+
+/// Checks a GGUF file whole and summarizes it, with its vocabulary. Reads the header (bounded)
+/// and every tensor's description once; the tensor data is only measured against the file,
+/// never read.
+pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<Inspected, GgufError> {
     let file_size = reader.seek(SeekFrom::End(0)).map_err(|e| GgufError(format!("reading the file: {e}")))?;
     reader.seek(SeekFrom::Start(0)).map_err(|e| GgufError(format!("reading the file: {e}")))?;
     let version = prescan(&mut std::io::BufReader::new(&mut *reader), file_size)?;
@@ -177,7 +185,7 @@ pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<GgufSummary, GgufError>
         Some(Value::String(name)) => Some(name.clone()),
         _ => None,
     };
-    Ok(GgufSummary {
+    let summary = GgufSummary {
         version,
         architecture,
         name,
@@ -187,7 +195,8 @@ pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<GgufSummary, GgufError>
         chat_template,
         tensor_types,
         tensors: content.tensor_infos.len(),
-    })
+    };
+    Ok(Inspected { summary, vocabulary: vocabulary(&content)? })
 }
 
 /// A byte-level BPE vocabulary as the file lists it: tokens by id, merges, each token's type.
@@ -198,10 +207,7 @@ pub struct Vocabulary {
     pub token_types: Vec<i32>,
 }
 
-/// The vocabulary of a file [`inspect`] accepted (whose header it bounded).
-pub fn vocabulary<R: Read + Seek>(reader: &mut R) -> Result<Vocabulary, GgufError> {
-    reader.seek(SeekFrom::Start(0)).map_err(|e| GgufError(format!("reading the file: {e}")))?;
-    let content = Content::read(&mut std::io::BufReader::new(&mut *reader)).map_err(|e| GgufError(e.to_string()))?;
+fn vocabulary(content: &Content) -> Result<Vocabulary, GgufError> {
     let strings = |key: &str| -> Result<Vec<String>, GgufError> {
         match content.metadata.get(key) {
             None => Ok(Vec::new()),
@@ -308,16 +314,21 @@ impl<R: Read + Seek> Walker<'_, R> {
         self.skip(length)
     }
 
-    fn value(&mut self, kind: u32, depth: usize) -> Result<(), GgufError> {
-        self.values += 1;
+    /// Counts `values` more values, refusing past [`MAX_METADATA_VALUES`].
+    fn count_values(&mut self, values: u64) -> Result<(), GgufError> {
+        self.values = self.values.saturating_add(values);
         if self.values > MAX_METADATA_VALUES {
             return fail(format!("the metadata holds more than {MAX_METADATA_VALUES} values"));
         }
+        Ok(())
+    }
+
+    fn value(&mut self, kind: u32, depth: usize) -> Result<(), GgufError> {
+        self.count_values(1)?;
+        if let Some(size) = fixed_size(kind) {
+            return self.skip(size);
+        }
         match kind {
-            0 | 1 | 7 => self.skip(1),
-            2 | 3 => self.skip(2),
-            4..=6 => self.skip(4),
-            10..=12 => self.skip(8),
             8 => self.string(),
             9 => {
                 if depth >= 4 {
@@ -325,26 +336,28 @@ impl<R: Read + Seek> Walker<'_, R> {
                 }
                 let element = self.u32()?;
                 let length = self.u64()?;
-                match element {
+                match fixed_size(element) {
                     // Fixed-size elements are skipped at once, but still counted.
-                    0 | 1 | 7 | 2 | 3 | 4..=6 | 10..=12 => {
-                        let size = match element {
-                            0 | 1 | 7 => 1,
-                            2 | 3 => 2,
-                            4..=6 => 4,
-                            _ => 8,
-                        };
-                        self.values = self.values.saturating_add(length);
-                        if self.values > MAX_METADATA_VALUES {
-                            return fail(format!("the metadata holds more than {MAX_METADATA_VALUES} values"));
-                        }
+                    Some(size) => {
+                        self.count_values(length)?;
                         self.skip(length.saturating_mul(size))
                     }
-                    _ => (0..length).try_for_each(|_| self.value(element, depth + 1)),
+                    None => (0..length).try_for_each(|_| self.value(element, depth + 1)),
                 }
             }
             other => fail(format!("the metadata has a value of unknown type {other}")),
         }
+    }
+}
+
+/// The bytes a metadata value of type `kind` takes, for the types of fixed size.
+fn fixed_size(kind: u32) -> Option<u64> {
+    match kind {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
     }
 }
 
@@ -574,7 +587,7 @@ mod tests {
     }
 
     fn inspect_bytes(bytes: Vec<u8>) -> Result<GgufSummary, GgufError> {
-        inspect(&mut Cursor::new(bytes))
+        inspect(&mut Cursor::new(bytes)).map(|inspected| inspected.summary)
     }
 
     #[test]
@@ -658,34 +671,30 @@ mod tests {
         assert!(message.contains("truncated") || message.contains("past the end"), "{message}");
     }
 
+    /// A GGUF v3 header with no tensors and one metadata entry: an array `key` of `count`
+    /// elements of type `element`, followed by `body`.
+    fn one_array(key: &str, element: u32, count: u64, body: &[u8]) -> Vec<u8> {
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend_from_slice(&3u32.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        bytes.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(key.as_bytes());
+        bytes.extend_from_slice(&9u32.to_le_bytes());
+        bytes.extend_from_slice(&element.to_le_bytes());
+        bytes.extend_from_slice(&count.to_le_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
     #[test]
     fn a_header_that_declares_more_than_it_holds_is_refused_before_it_is_read() {
-        // One metadata entry: an array of 2^40 bytes, in a file of a few dozen.
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(b"GGUF");
-        bytes.extend_from_slice(&3u32.to_le_bytes());
-        bytes.extend_from_slice(&0u64.to_le_bytes());
-        bytes.extend_from_slice(&1u64.to_le_bytes());
-        bytes.extend_from_slice(&4u64.to_le_bytes());
-        bytes.extend_from_slice(b"huge");
-        bytes.extend_from_slice(&9u32.to_le_bytes());
-        bytes.extend_from_slice(&0u32.to_le_bytes());
-        bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
-        let message = inspect_bytes(bytes).unwrap_err().0;
+        // An array of 2^40 bytes, in a file of a few dozen.
+        let message = inspect_bytes(one_array("huge", 0, 1 << 40, &[])).unwrap_err().0;
         assert!(message.contains("more than") || message.contains("past the end"), "{message}");
         // A million strings of nothing: values are counted whatever their size.
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(b"GGUF");
-        bytes.extend_from_slice(&3u32.to_le_bytes());
-        bytes.extend_from_slice(&0u64.to_le_bytes());
-        bytes.extend_from_slice(&1u64.to_le_bytes());
-        bytes.extend_from_slice(&4u64.to_le_bytes());
-        bytes.extend_from_slice(b"many");
-        bytes.extend_from_slice(&9u32.to_le_bytes());
-        bytes.extend_from_slice(&8u32.to_le_bytes());
-        bytes.extend_from_slice(&(MAX_METADATA_VALUES + 1).to_le_bytes());
-        bytes.extend(std::iter::repeat_n(0u8, (MAX_METADATA_VALUES as usize + 1) * 8));
-        let message = inspect_bytes(bytes).unwrap_err().0;
+        let empty_strings = vec![0u8; (MAX_METADATA_VALUES as usize + 1) * 8];
+        let message = inspect_bytes(one_array("many", 8, MAX_METADATA_VALUES + 1, &empty_strings)).unwrap_err().0;
         assert!(message.contains(&format!("more than {MAX_METADATA_VALUES} values")), "{message}");
     }
 }

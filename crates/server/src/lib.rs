@@ -47,8 +47,6 @@ pub mod routes;
 pub mod startup;
 
 #[cfg(test)]
-mod proptests;
-#[cfg(test)]
 mod testing;
 
 use std::future::Future;

@@ -62,22 +62,19 @@ pub fn code_version() -> String {
     format!("factory {}", env!("CARGO_PKG_VERSION"))
 }
 
-fn internal(message: impl std::fmt::Display) -> ServiceError {
-    ServiceError::internal(message.to_string())
-}
-
 /// Loads a version's signed manifest and checks its signature against the trusted keys.
 pub async fn open_manifest(
     objects: &ContentStore,
     keys: &ModelKeys,
     version: &ModelVersion,
 ) -> Result<(ModelManifest, String), ServiceError> {
-    let digest: ObjectDigest = version.manifest_digest.parse().map_err(internal)?;
+    let digest: ObjectDigest = version.manifest_digest.parse().map_err(ServiceError::fault)?;
     let note = objects
         .get(&digest)
         .await
         .map_err(|e| ServiceError::new(ErrorKind::VerificationFailed, format!("manifest: {e}")))?;
-    let note = String::from_utf8(note.to_vec()).map_err(|_| internal("the stored manifest is not UTF-8"))?;
+    let note =
+        String::from_utf8(note.to_vec()).map_err(|_| ServiceError::internal("the stored manifest is not UTF-8"))?;
     let (manifest, signer) = ModelManifest::open(&note, &keys.trusted)
         .map_err(|e| ServiceError::new(ErrorKind::VerificationFailed, e.to_string()))?;
     if manifest.name != version.name || manifest.version != version.version {
@@ -97,7 +94,7 @@ pub async fn open_manifest(
 /// Fetches one file of a verified manifest, checking its digest and size.
 pub async fn fetch_file(objects: &ContentStore, manifest: &ModelManifest, path: &str) -> Result<Bytes, ServiceError> {
     let file = manifest.file(path).ok_or_else(|| ServiceError::not_found(format!("the model has no file {path}")))?;
-    let digest: ObjectDigest = file.digest.parse().map_err(internal)?;
+    let digest: ObjectDigest = file.digest.parse().map_err(ServiceError::fault)?;
     let failed = |message: String| ServiceError::new(ErrorKind::VerificationFailed, format!("{path}: {message}"));
     let bytes = objects.get(&digest).await.map_err(|e| failed(e.to_string()))?;
     factory_registry::verify_file(file, &bytes).map_err(|e| failed(e.to_string()))?;

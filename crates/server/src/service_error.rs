@@ -121,6 +121,11 @@ impl ServiceError {
         Self::new(ErrorKind::Internal, message)
     }
 
+    /// A fault of the server, from any error's text (`.map_err(ServiceError::fault)`).
+    pub fn fault(error: impl std::fmt::Display) -> Self {
+        Self::internal(error.to_string())
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unauthenticated, message)
     }

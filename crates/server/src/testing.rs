@@ -4,10 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use factory_config::{Config, FlagOverrides};
-use factory_core::{AccessRequest, Action, Jurisdiction, Resource, Role, TenantName};
-use factory_store::Event;
+use factory_core::{Role, TenantName};
 
 use crate::caller::Caller;
+use crate::service::{self, keys::NewKey, tenants::NewTenant};
 use crate::state::AppState;
 
 pub struct TestFactory {
@@ -35,23 +35,17 @@ impl TestFactory {
         TestFactory { state: opened.state, admin, _dir: dir }
     }
 
-    /// A caller with a key of `role` in `tenant`, which is created (allowing `eu`) if it is new.
+    /// A caller with a key of `role` in `tenant`, which is created (allowing `eu`) if it is new;
+    /// both through the use cases the API calls, as the platform admin.
     pub async fn caller(&self, tenant: &str, role: Role) -> Caller {
         let state = &self.state;
         let name = TenantName::new(tenant).unwrap();
         if state.store.tenant(&name).await.unwrap().is_none() {
-            let request = AccessRequest::new(&self.admin.principal, Action::TenantCreate, Resource::platform());
-            let mut change = state.store.begin_change(state.pdp.as_ref(), request, "test-tenant").await.unwrap();
-            change.create_tenant(&name, &[Jurisdiction::new("eu").unwrap()]).await.unwrap();
-            let details = serde_json::json!({ "tenant": tenant });
-            change.commit(details.clone(), Event::new("tenant.created", details)).await.unwrap();
+            let new = NewTenant { name: tenant.to_string(), jurisdictions: vec!["eu".to_string()] };
+            service::tenants::create(state, &self.admin, new).await.unwrap();
         }
-        let request = AccessRequest::new(&self.admin.principal, Action::KeyCreate, Resource::tenant(&name))
-            .with_context("role", role.as_str());
-        let mut change = state.store.begin_change(state.pdp.as_ref(), request, "test-key").await.unwrap();
-        let issued = change.create_api_key(Some(&name), role, "service test", None).await.unwrap();
-        let details = serde_json::json!({ "key": issued.key.id });
-        change.commit(details.clone(), Event::new("key.created", details)).await.unwrap();
+        let new = NewKey { role: role.to_string(), description: "service test".to_string(), expires_at: None };
+        let issued = service::keys::create(state, &self.admin, &name, new).await.unwrap().value;
         let key = state.lookups.key(&issued.secret).await.unwrap().unwrap();
         Caller { principal: key.principal(), request_id: format!("test-{tenant}-{role}"), client_request_id: None }
     }

@@ -31,8 +31,6 @@ pub struct EnqueueJob {
     pub max_attempts: Option<u32>,
 }
 
-pub use crate::service::jobs::{check_priority, PRIORITIES};
-
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     pub id: String,

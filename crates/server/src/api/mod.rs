@@ -12,6 +12,8 @@ pub mod models;
 pub mod openai;
 pub mod ops;
 pub mod pipelines;
+#[cfg(test)]
+mod proptests;
 pub mod runs;
 pub mod tenants;
 
@@ -19,9 +21,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use factory_store::Committed;
 
-pub use crate::service::access::{
-    audit_read, authorize_as, hide_foreign, hide_foreign_refusal, parse_tenant, tenant_of, valid_name,
-};
+pub use crate::service::access::{parse_tenant, tenant_of};
 
 pub const AUDIT_INDEX_HEADER: &str = "x-factory-audit-index";
 

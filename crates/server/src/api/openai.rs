@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, Caller};
 use crate::service::inference::plan::tenant_of_key;
-pub use crate::service::inference::ChatMessage;
+use crate::service::inference::ChatMessage;
 use crate::service::inference::{
     self, invalid_param, reason_name, AnswerHead, Answered, Call, CallKind, Completion, Embedding, Inference,
     OneOrMany, Sampling, TokenEvent,
@@ -251,15 +251,15 @@ fn data(value: &serde_json::Value) -> Bytes {
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// A whole answer as the events a stream of it would have been.
-fn whole_as_events(completion: &Completion, include_usage: bool) -> String {
+fn whole_as_events(completion: &Completion, include_usage: bool) -> Bytes {
     let head = &completion.head;
-    let mut out = String::from_utf8_lossy(&data(&chunk(head, Some(&completion.text), None, true))).into_owned();
-    out.push_str(&String::from_utf8_lossy(&data(&chunk(head, None, completion.finish_reason.as_deref(), false))));
+    let mut out = data(&chunk(head, Some(&completion.text), None, true)).to_vec();
+    out.extend_from_slice(&data(&chunk(head, None, completion.finish_reason.as_deref(), false)));
     if include_usage {
-        out.push_str(&String::from_utf8_lossy(&data(&usage_chunk(head, &completion.usage))));
+        out.extend_from_slice(&data(&usage_chunk(head, &completion.usage)));
     }
-    out.push_str("data: [DONE]\n\n");
-    out
+    out.extend_from_slice(DONE);
+    Bytes::from(out)
 }
 
 /// A local engine's token events as server-sent events. Dropping the stream (the client hung

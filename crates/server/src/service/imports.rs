@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use factory_core::{AccessRequest, Action, Classification, Jurisdiction, Resource, TenantName};
-use factory_model::gguf::Vocabulary;
+use factory_model::gguf::{Inspected, Vocabulary};
 use factory_registry::{read_bundle, tar_header, Lineage, Origin, Residency};
 use factory_store::models::ModelVersion;
 use futures::StreamExt;
@@ -33,10 +33,6 @@ pub struct Declared {
     pub intended_use: Option<String>,
 }
 
-fn internal(error: impl std::fmt::Display) -> ServiceError {
-    ServiceError::internal(error.to_string())
-}
-
 /// Spools an import's body to a file under the data directory, refusing it once it passes
 /// `limit` bytes: the upload is held on disk, not in memory, while it arrives, and is
 /// then read from the file once.
@@ -52,7 +48,7 @@ async fn spool<E: std::fmt::Display>(
         tempfile::tempfile_in(&dir)
     })
     .await
-    .map_err(internal)?
+    .map_err(ServiceError::fault)?
     .map_err(|e| ServiceError::internal(format!("spooling the import: {e}")))?;
     let mut file = tokio::fs::File::from_std(file);
     let mut stream = body;
@@ -102,7 +98,7 @@ pub async fn bundle<E: std::fmt::Display>(
         Ok::<_, ServiceError>((bundle, manifest, signer))
     })
     .await
-    .map_err(internal)??;
+    .map_err(ServiceError::fault)??;
     valid_model_name(&manifest.name)?;
     let note = bundle.note.clone();
     let files = bundle
@@ -213,7 +209,7 @@ pub async fn hugging_face<E: std::fmt::Display>(
     let residency = authorize_declared(state, caller, tenant, name, &declared).await?;
     let spooled = spool(state, body, MAX_IMPORT_BYTES).await?;
     let (files, parameters, config, architecture) =
-        tokio::task::spawn_blocking(move || check_hf_directory(spooled)).await.map_err(internal)??;
+        tokio::task::spawn_blocking(move || check_hf_directory(spooled)).await.map_err(ServiceError::fault)??;
     let imported = Imported { architecture, parameters, config, files };
     register_declared(state, caller, tenant, name, residency, declared, imported).await
 }
@@ -238,32 +234,32 @@ pub async fn gguf<E: std::fmt::Display>(
     let residency = authorize_declared(state, caller, tenant, name, &declared).await?;
     let spooled = spool(state, body, MAX_GGUF_BYTES).await?;
     let (spooled, summary) = tokio::task::spawn_blocking(move || {
+        let unprocessable = |e: String| ServiceError::new(ErrorKind::Unprocessable, format!("GGUF: {e}"));
         let mut spooled = spooled;
-        let summary = factory_model::gguf::inspect(&mut spooled)
-            .map_err(|e| ServiceError::new(ErrorKind::Unprocessable, format!("GGUF: {e}")))?;
+        let Inspected { summary, vocabulary } =
+            factory_model::gguf::inspect(&mut spooled).map_err(|e| unprocessable(e.to_string()))?;
         // A byte-level vocabulary must make a tokenizer this factory runs (its pre-tokenizer
         // known, its merges naming its tokens); SentencePiece vocabularies are checked for
         // their shape only, until they are converted too.
         if summary.tokenizer.model == "gpt2" {
-            let vocabulary = factory_model::gguf::vocabulary(&mut spooled)
-                .map_err(|e| ServiceError::new(ErrorKind::Unprocessable, format!("GGUF: {e}")))?;
             let Vocabulary { tokens, merges, token_types } = vocabulary;
             factory_tokenizer::Tokenizer::from_gguf_bpe(&tokens, &merges, &token_types, &summary.tokenizer.pre)
-                .map_err(|e| ServiceError::new(ErrorKind::Unprocessable, format!("GGUF: {e}")))?;
+                .map_err(|e| unprocessable(e.to_string()))?;
         }
         if let Some(template) = &summary.chat_template {
             crate::chat_template::validate(template, factory_tokenizer::END_OF_TEXT)
                 .map_err(|e| ServiceError::new(ErrorKind::BadChatTemplate, format!("tokenizer.chat_template: {e}")))?;
         }
-        std::io::Seek::rewind(&mut spooled).map_err(internal)?;
+        std::io::Seek::rewind(&mut spooled).map_err(ServiceError::fault)?;
         Ok::<_, ServiceError>((spooled, summary))
     })
     .await
-    .map_err(internal)??;
+    .map_err(ServiceError::fault)??;
     // Streamed into the object store, held by a lease until the version commits.
     let mut lease = state.pending_objects.lease(state.store.clone(), state.objects.clone());
     let file = tokio::fs::File::from_std(spooled);
-    let receipt = state.objects.put_stream(tokio_util::io::ReaderStream::new(file)).await.map_err(internal)?;
+    let receipt =
+        state.objects.put_stream(tokio_util::io::ReaderStream::new(file)).await.map_err(ServiceError::fault)?;
     lease.hold(receipt.digest).await;
     let imported = Imported {
         architecture: summary.architecture.clone(),
@@ -352,7 +348,7 @@ fn check_chat_template(files: &std::collections::BTreeMap<String, Vec<u8>>) -> R
 fn read_plain_tar(tar: impl std::io::Read) -> Result<std::collections::BTreeMap<String, Vec<u8>>, ServiceError> {
     // The bundle reader wants a manifest entry; give it an empty one in front so the same strict
     // checks (regular files, plain names, no duplicates, a size limit) apply.
-    let manifest = tar_header(factory_registry::BUNDLE_MANIFEST, 0).map_err(internal)?;
+    let manifest = tar_header(factory_registry::BUNDLE_MANIFEST, 0).map_err(ServiceError::fault)?;
     let bundle = read_bundle(std::io::Read::chain(manifest.as_slice(), tar), MAX_IMPORT_BYTES)
         .map_err(|e| ServiceError::invalid(e.to_string()))?;
     Ok(bundle.files)

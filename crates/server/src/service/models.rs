@@ -214,10 +214,6 @@ pub async fn register_run(
     Ok(Recorded { value: version, committed })
 }
 
-fn internal(message: impl std::fmt::Display) -> ServiceError {
-    ServiceError::internal(message.to_string())
-}
-
 /// Registers `draft` as `principal` (`model.register`, or `model.import` for imports).
 pub async fn register(
     state: &AppState,
@@ -240,14 +236,14 @@ pub async fn register(
     for file in draft.files {
         let (digest, size) = match file.source {
             FileSource::Stored(digest) => {
-                let parsed: ObjectDigest = digest.parse().map_err(internal)?;
-                (digest, state.objects.size(&parsed).await.map_err(internal)?)
+                let parsed: ObjectDigest = digest.parse().map_err(ServiceError::fault)?;
+                (digest, state.objects.size(&parsed).await.map_err(ServiceError::fault)?)
             }
             FileSource::Bytes(bytes) => {
                 let digest = ObjectDigest::of(&bytes);
                 lease.hold(digest).await;
                 let size = bytes.len() as u64;
-                state.objects.put_bytes(bytes).await.map_err(internal)?;
+                state.objects.put_bytes(bytes).await.map_err(ServiceError::fault)?;
                 (digest.to_string(), size)
             }
         };
@@ -280,21 +276,21 @@ pub async fn register(
             let card_digest = ObjectDigest::of(&card);
             lease.hold(card_digest).await;
             let card_size = card.len() as u64;
-            state.objects.put_bytes(card).await.map_err(internal)?;
+            state.objects.put_bytes(card).await.map_err(ServiceError::fault)?;
             manifest.files.push(ModelFile {
                 path: "README.md".to_string(),
                 digest: card_digest.to_string(),
                 size: card_size,
             });
             let keys = &state.model_keys;
-            let note = sign(&manifest, &keys.signer).map_err(internal)?;
+            let note = sign(&manifest, &keys.signer).map_err(ServiceError::fault)?;
             (note, manifest, keys.signer.verifier_key())
         }
     };
     let note = Bytes::from(note);
     let note_digest = ObjectDigest::of(&note);
     lease.hold(note_digest).await;
-    state.objects.put_bytes(note).await.map_err(internal)?;
+    state.objects.put_bytes(note).await.map_err(ServiceError::fault)?;
 
     let mut objects: Vec<String> = manifest.files.iter().map(|f| f.digest.clone()).collect();
     objects.push(note_digest.to_string());
@@ -592,7 +588,7 @@ pub async fn export(
     });
     let committed = audit_read(state, caller, request, tenant, "model.exported", details).await?;
 
-    let mut head = tar_header(factory_registry::BUNDLE_MANIFEST, note.len() as u64).map_err(internal)?;
+    let mut head = tar_header(factory_registry::BUNDLE_MANIFEST, note.len() as u64).map_err(ServiceError::fault)?;
     head.extend_from_slice(&note);
     head.extend(tar_padding(note.len() as u64));
     let objects = state.objects.clone();

@@ -369,7 +369,7 @@ impl Attempt<'_> {
         let kind = request.call.kind();
         let head = AnswerHead::new(kind, &request.deployment);
         let label = if kind == CallKind::Chat { "chat" } else { "completion" };
-        let mut meter = start_meter(state, caller, request, &head.id, label);
+        let mut meter = start_meter(state, caller, &request.deployment, request.episode.clone(), &head.id, label);
         meter.shadow = self.shadow;
         meter.settle = self.settle;
         meter.keep_text = self.keep_text;
@@ -397,11 +397,7 @@ impl Attempt<'_> {
 }
 
 /// Starts measuring a request for the inference log and the metrics.
-fn start_meter(state: &AppState, caller: &Caller, request: &Inference, id: &str, kind: &str) -> Meter {
-    meter_for(state, caller, &request.deployment, request.episode.clone(), id, kind)
-}
-
-fn meter_for(
+fn start_meter(
     state: &AppState,
     caller: &Caller,
     deployment: &str,
@@ -470,7 +466,7 @@ pub async fn embed(state: &AppState, caller: &Caller, request: Embedding) -> Res
         invalid_param("model", &format!("{deployment} generates text ({}); it has no embeddings", model.reference))
     })?;
     let id = format!("emb-{}", uuid::Uuid::new_v4().simple());
-    let mut meter = meter_for(state, caller, &deployment, episode, &id, "embedding");
+    let mut meter = start_meter(state, caller, &deployment, episode, &id, "embedding");
     arm(state, &mut meter, &model.reference);
     meter.settle = plan.limits.clone().map(|(spec, scope, subject)| Settlement {
         limits: state.engines.limits.clone(),

@@ -13,7 +13,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use serde::Serialize;
 
-use crate::api::openai::{ChatMessage, ChatRequest, CompletionRequest};
+use crate::api::openai::{ChatRequest, CompletionRequest};
+use crate::service::inference::ChatMessage;
 
 /// What one case may take, in a debug build on a shared core.
 const CASE_TIME: Duration = Duration::from_secs(2);
