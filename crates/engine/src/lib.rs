@@ -126,13 +126,18 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the engine thread for `model` (see [`Decoder::new`]).
-    pub fn start(model: Decoder, tokenizer: Tokenizer, settings: EngineSettings) -> Engine {
+    /// Starts the engine thread for `model` (see [`Decoder::new`]), whose sequences end at
+    /// `<|endoftext|>` (the factory's own tokenizers) and at every token of `end_tokens` (the
+    /// end-of-sequence and end-of-turn tokens a model declares).
+    pub fn start(model: Decoder, tokenizer: Tokenizer, end_tokens: &[u32], settings: EngineSettings) -> Engine {
         let (queue, incoming) = std::sync::mpsc::sync_channel(settings.max_waiting.max(1));
         let stats = Arc::new(EngineStats::default());
-        let max_context = model.config().max_position_embeddings;
+        let max_context = model.config().max_positions();
         let vocab_size = model.config().vocab_size;
-        let end_of_text = tokenizer.token_id(factory_tokenizer::END_OF_TEXT);
+        let mut end_tokens = end_tokens.to_vec();
+        end_tokens.extend(tokenizer.token_id(factory_tokenizer::END_OF_TEXT));
+        end_tokens.sort_unstable();
+        end_tokens.dedup();
         let scheduler = Scheduler {
             model,
             tokenizer,
@@ -141,7 +146,7 @@ impl Engine {
             stats: stats.clone(),
             waiting: VecDeque::new(),
             active: Vec::new(),
-            end_of_text,
+            end_tokens,
         };
         // The decoder brings its own threads for the parallel parts of a step; this one leads them.
         let started = std::thread::Builder::new().name("factory-engine".to_string()).spawn(move || scheduler.run());
@@ -211,7 +216,8 @@ struct Scheduler {
     stats: Arc<EngineStats>,
     waiting: VecDeque<Submitted>,
     active: Vec<Sequence>,
-    end_of_text: Option<u32>,
+    /// Tokens that end a sequence (never sent as text).
+    end_tokens: Vec<u32>,
 }
 
 impl Scheduler {
@@ -263,11 +269,8 @@ impl Scheduler {
                 continue;
             }
             let request = submitted.request;
-            let capacity = request
-                .prompt
-                .len()
-                .saturating_add(request.params.max_tokens)
-                .min(self.model.config().max_position_embeddings);
+            let capacity =
+                request.prompt.len().saturating_add(request.params.max_tokens).min(self.model.config().max_positions());
             let cache = match KvCache::new(&self.model, capacity) {
                 Ok(cache) => cache,
                 Err(error) => {
@@ -336,7 +339,7 @@ impl Scheduler {
             let token = sample(logits.row(row), &sequence.params, &mut sequence.rng);
             let now = Instant::now();
             sequence.first_token_at.get_or_insert(now);
-            let end_of_text = Some(token) == self.end_of_text && !sequence.params.ignore_eos;
+            let end_of_text = self.end_tokens.contains(&token) && !sequence.params.ignore_eos;
             if !end_of_text {
                 sequence.generated.push(token);
             }

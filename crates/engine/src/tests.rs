@@ -22,7 +22,7 @@ fn model(vocab: usize) -> Llama {
 fn engine(settings: EngineSettings) -> (Engine, Tokenizer, Llama) {
     let tokenizer = tokenizer();
     let reference = model(tokenizer.vocab_size());
-    (Engine::start(Decoder::new(&reference).unwrap(), tokenizer.clone(), settings), tokenizer, reference)
+    (Engine::start(Decoder::new(&reference).unwrap(), tokenizer.clone(), &[], settings), tokenizer, reference)
 }
 
 fn greedy(max_tokens: usize) -> SamplingParams {
@@ -83,8 +83,12 @@ async fn greedy_generation_with_half_precision_caches_matches_the_reference() {
     let tokenizer = tokenizer();
     let reference = model(tokenizer.vocab_size());
     let decoder = Decoder::new(&reference).unwrap().with_kv_precision(factory_model::KvPrecision::F16);
-    let engine =
-        Engine::start(decoder, tokenizer.clone(), EngineSettings { prefill_chunk: 4, ..EngineSettings::default() });
+    let engine = Engine::start(
+        decoder,
+        tokenizer.clone(),
+        &[],
+        EngineSettings { prefill_chunk: 4, ..EngineSettings::default() },
+    );
     let end = tokenizer.token_id(factory_tokenizer::END_OF_TEXT).unwrap();
     let prompts = ["Now is the winter", "of our discontent made glorious", "York"];
     let mut receivers = Vec::new();

@@ -2,7 +2,11 @@
 for the import tests: two blocks, Q8_0 projections, an F16 value projection, F32 norms, a
 byte-level BPE vocabulary with merges, BOS/EOS ids and a chat template.
 
-    python3 make_gguf.py OUT.gguf ARCHITECTURE [CHAT_TEMPLATE [PRE_TOKENIZER]]
+    python3 make_gguf.py OUT.gguf ARCHITECTURE [CHAT_TEMPLATE [PRE_TOKENIZER [ends-at-once]]]
+
+With `ends-at-once` the final norm is all zeros, so every logit is 0 and greedy decoding picks
+token 0, which the file declares as its end-of-turn token: an answer that ends at its first
+token.
 """
 import sys
 
@@ -29,6 +33,9 @@ if len(sys.argv) > 4:
     writer.add_tokenizer_pre(sys.argv[4])
 writer.add_bos_token_id(1)
 writer.add_eos_token_id(2)
+ends_at_once = len(sys.argv) > 5 and sys.argv[5] == "ends-at-once"
+if ends_at_once:
+    writer.add_eot_token_id(0)
 default_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>"
 writer.add_chat_template(sys.argv[3] if len(sys.argv) > 3 else default_template)
 
@@ -44,7 +51,10 @@ def tensor(name, shape, kind):
 
 
 tensor("token_embd.weight", (258, 64), Q.Q8_0)
-tensor("output_norm.weight", (64,), Q.F32)
+if ends_at_once:
+    writer.add_tensor("output_norm.weight", np.zeros(64, dtype=np.float32))
+else:
+    tensor("output_norm.weight", (64,), Q.F32)
 for block in range(2):
     prefix = f"blk.{block}."
     tensor(prefix + "attn_norm.weight", (64,), Q.F32)

@@ -126,6 +126,12 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
             };
             (remote, Method::GET, format!("{path}{}", tenant_query(tenant.name(), "?")), None)
         }
+        Command::Model(ModelCommand::Quantize { model, kind, tenant, remote }) => {
+            let (name, version) =
+                model.split_once('@').ok_or_else(|| anyhow!("{model:?} is not NAME@VERSION or NAME@ALIAS"))?;
+            let path = format!("/api/v1/models/{name}/versions/{version}/quantize{}", tenant_query(tenant.name(), "?"));
+            (remote, Method::POST, path, Some(json!({ "type": kind })))
+        }
         Command::Model(ModelCommand::Alias { model, alias, version, tenant, remote }) => (
             remote,
             Method::PUT,

@@ -306,11 +306,25 @@ pub enum ModelCommand {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Write NAME@VERSION as a signed air-gap bundle (tar)
+    /// Write NAME@VERSION as a signed air-gap bundle (tar), or as one GGUF file for llama.cpp
+    /// and Ollama (--format gguf)
     Export {
         model: String,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, value_enum, default_value = "bundle")]
+        format: ExportFormat,
+        #[command(flatten)]
+        tenant: TenantFlag,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Register NAME@VERSION's weights in GGUF blocks of --type as the next version of NAME
+    Quantize {
+        model: String,
+        /// q8_0, q6_k, q5_k, q4_k, q4_0 or f16
+        #[arg(long = "type")]
+        kind: String,
         #[command(flatten)]
         tenant: TenantFlag,
         #[command(flatten)]
@@ -328,6 +342,15 @@ pub enum ModelCommand {
     ImportHf(ImportHfArgs),
     /// Import a GGUF file (Llama, Mistral, Qwen2, Qwen3) as the next version of --name
     ImportGguf(ImportGgufArgs),
+}
+
+/// What `model export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// A signed air-gap bundle (tar) another factory imports
+    Bundle,
+    /// One GGUF file, for llama.cpp and Ollama
+    Gguf,
 }
 
 #[derive(Debug, Args)]

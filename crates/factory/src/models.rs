@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::args::{Declared, ImportGgufArgs, ImportHfArgs, Remote};
+use crate::args::{Declared, ExportFormat, ImportGgufArgs, ImportHfArgs, Remote};
 use crate::client::{api_key, call, error_message, send_bytes, tenant_query};
 
 fn split_reference(text: &str) -> anyhow::Result<(&str, &str)> {
@@ -85,9 +85,19 @@ pub async fn verify(remote: &Remote, reference: &str, key: Option<&str>, tenant:
 }
 
 /// Streams NAME@VERSION's bundle to `out` (written beside it, renamed when whole).
-pub async fn export(remote: &Remote, reference: &str, out: &Path, tenant: Option<&str>) -> anyhow::Result<()> {
+pub async fn export(
+    remote: &Remote,
+    reference: &str,
+    out: &Path,
+    format: ExportFormat,
+    tenant: Option<&str>,
+) -> anyhow::Result<()> {
     let (name, version) = split_reference(reference)?;
-    let path = format!("/api/v1/models/{name}/versions/{version}/bundle{}", tenant_query(tenant, "?"));
+    let what = match format {
+        ExportFormat::Bundle => "bundle",
+        ExportFormat::Gguf => "gguf",
+    };
+    let path = format!("/api/v1/models/{name}/versions/{version}/{what}{}", tenant_query(tenant, "?"));
     let response = reqwest::Client::new()
         .get(url(remote, &path))
         .bearer_auth(api_key(remote)?)
@@ -111,7 +121,12 @@ pub async fn export(remote: &Remote, reference: &str, out: &Path, tenant: Option
     file.flush().await?;
     drop(file);
     tokio::fs::rename(&partial, out).await?;
-    println!("wrote {} ({written} bytes): {reference}, signed manifest and files", out.display());
+    match format {
+        ExportFormat::Bundle => {
+            println!("wrote {} ({written} bytes): {reference}, signed manifest and files", out.display())
+        }
+        ExportFormat::Gguf => println!("wrote {} ({written} bytes): {reference} as GGUF", out.display()),
+    }
     Ok(())
 }
 

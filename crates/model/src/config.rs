@@ -4,6 +4,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 
+/// The members of the Llama family the factory runs, and how they differ: Qwen2 adds biases to
+/// the query, key and value projections; Qwen3 normalizes queries and keys per head (and may
+/// size its heads apart from the hidden size); Mistral is Llama with its own name (and, in its
+/// first release, a sliding window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+struct Llama3Scaling {
+    factor: f64,
+    low_frequency_factor: f64,
+    high_frequency_factor: f64,
+    original_context: f64,
+}
+
 /// A Llama-architecture decoder's hyperparameters, under the names `transformers` uses, so a
 /// `config.json` written here loads in `LlamaForCausalLM` and one written there loads here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,16 +156,100 @@ impl LlamaConfig {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
+    /// The width of one attention head: `head_dim` where the config sets it (Qwen3's heads
+    /// are not `hidden_size / num_attention_heads` wide), else that quotient.
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        match self.extra.get("head_dim").and_then(serde_json::Value::as_u64) {
+            Some(width) => width as usize,
+            None => self.hidden_size / self.num_attention_heads.max(1),
+        }
+    }
+
+    /// Which member of the Llama family this is, by `model_type`.
+    pub fn family(&self) -> Result<Family, ModelError> {
+        match self.model_type.as_str() {
+            "llama" => Ok(Family::Llama),
+            "mistral" => Ok(Family::Mistral),
+            "qwen2" => Ok(Family::Qwen2),
+            "qwen3" => Ok(Family::Qwen3),
+            other => Err(ModelError::Config(format!(
+                "model_type {other:?} is not a model the factory runs (llama, mistral, qwen2, qwen3)"
+            ))),
+        }
+    }
+
+    /// Whether the query, key and value projections add a bias (Qwen2's do).
+    pub fn attention_bias(&self) -> bool {
+        self.family().is_ok_and(|family| family == Family::Qwen2)
+    }
+
+    /// Whether queries and keys are RMS-normalized per head before rotation (Qwen3's are).
+    pub fn query_key_norm(&self) -> bool {
+        self.family().is_ok_and(|family| family == Family::Qwen3)
+    }
+
+    /// The positions a cache may hold: the context length, or a shorter sliding window
+    /// (Mistral's first release), within which full attention is exactly what it computes.
+    pub fn max_positions(&self) -> usize {
+        match self.extra.get("sliding_window").and_then(serde_json::Value::as_u64) {
+            Some(window) if window > 0 => self.max_position_embeddings.min(window as usize),
+            _ => self.max_position_embeddings,
+        }
+    }
+
+    /// The rotary frequencies `theta^(-2i/d)` of the `d/2` pairs of a head, with Llama 3's
+    /// long-context scaling applied when the config asks for it (as `transformers` computes
+    /// them, in f64).
+    pub fn rope_frequencies(&self) -> Vec<f64> {
+        let dim = self.head_dim();
+        let plain = (0..dim / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / dim as f64));
+        let Some(scaling) = self.llama3_scaling() else {
+            return plain.collect();
+        };
+        let low_wavelength = scaling.original_context / scaling.low_frequency_factor;
+        let high_wavelength = scaling.original_context / scaling.high_frequency_factor;
+        plain
+            .map(|frequency| {
+                let wavelength = 2.0 * std::f64::consts::PI / frequency;
+                if wavelength < high_wavelength {
+                    frequency
+                } else if wavelength > low_wavelength {
+                    frequency / scaling.factor
+                } else {
+                    let smooth = (scaling.original_context / wavelength - scaling.low_frequency_factor)
+                        / (scaling.high_frequency_factor - scaling.low_frequency_factor);
+                    (1.0 - smooth) * frequency / scaling.factor + smooth * frequency
+                }
+            })
+            .collect()
+    }
+
+    /// The `rope_type` (`rope_scaling` in transformers 4, `rope_parameters` in 5), with its map.
+    fn rope_type(&self) -> Option<(&str, &serde_json::Map<String, serde_json::Value>)> {
+        let scaling = self.extra.get("rope_scaling").and_then(serde_json::Value::as_object);
+        let map = scaling.or(self.rope_parameters())?;
+        let kind = map.get("rope_type").or(map.get("type")).and_then(serde_json::Value::as_str)?;
+        Some((kind, map))
+    }
+
+    fn llama3_scaling(&self) -> Option<Llama3Scaling> {
+        let (kind, map) = self.rope_type()?;
+        if kind != "llama3" {
+            return None;
+        }
+        let number = |key: &str| map.get(key).and_then(serde_json::Value::as_f64);
+        Some(Llama3Scaling {
+            factor: number("factor")?,
+            low_frequency_factor: number("low_freq_factor")?,
+            high_frequency_factor: number("high_freq_factor")?,
+            original_context: number("original_max_position_embeddings")?,
+        })
     }
 
     /// Checks what the forward pass relies on, naming the offending field.
     pub fn validate(&self) -> Result<(), ModelError> {
         let fail = |message: String| Err(ModelError::Config(message));
-        if self.model_type != "llama" && !self.architectures.iter().any(|a| a.contains("Llama")) {
-            return fail(format!("model_type {:?} is not a Llama-family model", self.model_type));
-        }
+        self.family()?;
         for (field, value) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -159,14 +262,15 @@ impl LlamaConfig {
                 return fail(format!("{field} must be positive"));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        let explicit_head_dim = self.extra.get("head_dim").and_then(serde_json::Value::as_u64);
+        if explicit_head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
             return fail(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
-            return fail(format!("the head dimension {} must be even for rotary embeddings", self.head_dim()));
+        if self.head_dim() == 0 || self.head_dim() % 2 != 0 || self.head_dim() > 1024 {
+            return fail(format!("the head dimension {} must be even (rotary pairs it), 2 to 1024", self.head_dim()));
         }
         let kv = self.kv_heads();
         if kv == 0 || self.num_attention_heads % kv != 0 {
@@ -175,25 +279,29 @@ impl LlamaConfig {
                 self.num_attention_heads
             ));
         }
+        // Qwen2's biases are implied by its family; a flag asking for more (the output
+        // projection's, or the MLP's) is not something this model computes.
         for flag in ["attention_bias", "mlp_bias"] {
             if self.extra.get(flag).and_then(serde_json::Value::as_bool) == Some(true) {
-                return fail(format!("{flag} = true is not supported; Llama projections have no bias"));
+                return fail(format!("{flag} = true is not supported; these projections have no bias"));
             }
         }
-        if let Some(head_dim) = self.extra.get("head_dim").and_then(serde_json::Value::as_u64) {
-            if head_dim as usize != self.head_dim() {
-                return fail(format!("head_dim {head_dim} differs from hidden_size / num_attention_heads"));
+        match self.rope_type() {
+            None | Some(("default", _)) => {}
+            Some(("llama3", _)) if self.llama3_scaling().is_some() => {}
+            Some(("llama3", _)) => {
+                return fail(
+                    "rope llama3 scaling needs factor, low_freq_factor, high_freq_factor and \
+                     original_max_position_embeddings"
+                        .to_string(),
+                )
             }
-        }
-        let rope_type = self.rope_parameters().and_then(|p| p.get("rope_type")).and_then(|t| t.as_str());
-        if rope_type.is_some_and(|t| t != "default") {
-            return fail(format!("rope_parameters.rope_type {rope_type:?} is not supported; only \"default\""));
-        }
-        if self.extra.get("rope_scaling").is_some_and(|v| !v.is_null()) {
-            return fail("rope_scaling is not supported yet; only plain rotary embeddings".to_string());
+            Some((other, _)) => {
+                return fail(format!("rope type {other:?} is not supported; only default and llama3"));
+            }
         }
         if self.hidden_act != "silu" {
-            return fail(format!("hidden_act {:?} is not supported; Llama uses silu", self.hidden_act));
+            return fail(format!("hidden_act {:?} is not supported; this family uses silu", self.hidden_act));
         }
         Ok(())
     }
@@ -205,7 +313,11 @@ impl LlamaConfig {
         let count = || {
             let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
             let kv_dim = self.kv_heads().checked_mul(self.head_dim())?;
-            let attention = h.checked_mul(h)?.checked_add(h.checked_mul(kv_dim)?)?.checked_mul(2)?;
+            let q_dim = self.num_attention_heads.checked_mul(self.head_dim())?;
+            let attention = h.checked_mul(q_dim)?.checked_add(h.checked_mul(kv_dim)?)?.checked_mul(2)?;
+            let biases = if self.attention_bias() { q_dim.checked_add(kv_dim.checked_mul(2)?)? } else { 0 };
+            let norms = if self.query_key_norm() { self.head_dim().checked_mul(2)? } else { 0 };
+            let attention = attention.checked_add(biases)?.checked_add(norms)?;
             let mlp = h.checked_mul(i)?.checked_mul(3)?;
             let layer = attention.checked_add(mlp)?.checked_add(h.checked_mul(2)?)?;
             let embedding = v.checked_mul(h)?;

@@ -22,20 +22,21 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::panels::PackedMatrix;
+use crate::projection::{Embedding, Projection};
 use crate::team::Team;
 use crate::{Llama, LlamaConfig, ModelError};
 
 /// A model's weights laid out for decoding. Built once from a [`Llama`] (which can then go).
 pub struct Decoder {
     config: LlamaConfig,
-    embedding: Vec<f32>,
+    embedding: Embedding,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
-    /// The output projection (a copy when tied to the embedding).
-    head: PackedMatrix,
-    /// `[max_positions, head_dim / 2]` rotary tables.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    /// The output projection (packed: a copy when tied to the embedding; quantized: the
+    /// embedding's own blocks).
+    head: Projection,
+    /// The rotary frequency of each pair of a head's dimensions.
+    frequencies: Vec<f64>,
     /// One set of buffers per group of sequences stepped at once, reused from step to step.
     scratch: Mutex<Vec<Scratch>>,
     /// The threads a step runs on; the caller of [`Decoder::forward_step`] is one of them.
@@ -44,21 +45,29 @@ pub struct Decoder {
     kv_precision: KvPrecision,
 }
 
-/// Projections are packed once, at load, into the panels the products read.
-struct Layer {
-    input_norm: Vec<f32>,
+/// One block's weights, in the layout the products read. The optional parts are where the
+/// family members differ.
+pub(crate) struct Layer {
+    pub(crate) input_norm: Vec<f32>,
     /// q, k and v projections side by side: `(heads + 2 kv_heads) * head_dim` columns.
-    qkv: PackedMatrix,
-    o: PackedMatrix,
-    post_norm: Vec<f32>,
+    pub(crate) qkv: Projection,
+    /// Qwen2's biases of q, k and v, side by side.
+    pub(crate) qkv_bias: Option<Vec<f32>>,
+    /// Qwen3's per-head RMS norms of queries and keys (`head_dim` weights each).
+    pub(crate) query_key_norms: Option<(Vec<f32>, Vec<f32>)>,
+    pub(crate) o: Projection,
+    pub(crate) post_norm: Vec<f32>,
     /// gate and up projections side by side: `2 * intermediate` columns.
-    gate_up: PackedMatrix,
-    down: PackedMatrix,
+    pub(crate) gate_up: Projection,
+    pub(crate) down: Projection,
 }
 
 /// Buffers reused from step to step, grown to the largest step seen.
 #[derive(Default)]
 struct Scratch {
+    /// Each new token's rotary `cos` and `sin`, `head_dim / 2` of each per token.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
     hidden: Vec<f32>,
     normed: Vec<f32>,
     qkv: Vec<f32>,
@@ -98,10 +107,10 @@ impl KvCache {
     /// A cache for up to `capacity` positions (at most the model's `max_position_embeddings`).
     pub fn new(decoder: &Decoder, capacity: usize) -> Result<Self, ModelError> {
         let config = &decoder.config;
-        if capacity == 0 || capacity > config.max_position_embeddings {
+        if capacity == 0 || capacity > config.max_positions() {
             return Err(ModelError::Input(format!(
                 "a cache holds 1 to {} positions, not {capacity}",
-                config.max_position_embeddings
+                config.max_positions()
             )));
         }
         let stride = capacity.next_multiple_of(LANES);
@@ -191,14 +200,14 @@ fn host(model: &Llama, name: &str) -> Result<Vec<f32>, ModelError> {
 }
 
 /// Projections `[out_i, in]` placed side by side as one `[in, sum of out_i]`, packed.
-fn packed(model: &Llama, names: &[&str]) -> Result<PackedMatrix, ModelError> {
+fn packed(model: &Llama, names: &[&str]) -> Result<Projection, ModelError> {
     let mut matrices = Vec::with_capacity(names.len());
     for name in names {
         matrices.push(model.weights.get(name)?.to_dtype(DType::F32)?.t()?);
     }
     let transposed = candle_core::Tensor::cat(&matrices, 1)?;
     let (inner, columns) = transposed.dims2()?;
-    Ok(PackedMatrix::pack(&transposed.flatten_all()?.to_vec1::<f32>()?, inner, columns))
+    Ok(Projection::Packed(PackedMatrix::pack(&transposed.flatten_all()?.to_vec1::<f32>()?, inner, columns)))
 }
 
 impl Decoder {
@@ -219,9 +228,22 @@ impl Decoder {
             let name = |module: &str| format!("model.layers.{layer}.{module}.weight");
             let (q, k, v) = (name("self_attn.q_proj"), name("self_attn.k_proj"), name("self_attn.v_proj"));
             let (gate, up) = (name("mlp.gate_proj"), name("mlp.up_proj"));
+            let qkv_bias = if config.attention_bias() {
+                let bias = |module: &str| host(model, &format!("model.layers.{layer}.self_attn.{module}.bias"));
+                Some([bias("q_proj")?, bias("k_proj")?, bias("v_proj")?].concat())
+            } else {
+                None
+            };
+            let query_key_norms = if config.query_key_norm() {
+                Some((host(model, &name("self_attn.q_norm"))?, host(model, &name("self_attn.k_norm"))?))
+            } else {
+                None
+            };
             layers.push(Layer {
                 input_norm: host(model, &name("input_layernorm"))?,
                 qkv: packed(model, &[&q, &k, &v])?,
+                qkv_bias,
+                query_key_norms,
                 o: packed(model, &[&name("self_attn.o_proj")])?,
                 post_norm: host(model, &name("post_attention_layernorm"))?,
                 gate_up: packed(model, &[&gate, &up])?,
@@ -230,31 +252,56 @@ impl Decoder {
         }
         let head_name = if config.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
         let head = packed(model, &[head_name])?;
-        // The same angles as training's rotary tables: computed in f64, rounded once.
-        let (half, positions) = (config.head_dim() / 2, config.max_position_embeddings);
-        let mut cos = Vec::with_capacity(positions * half);
-        let mut sin = Vec::with_capacity(positions * half);
-        let frequencies: Vec<f64> =
-            (0..half).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / config.head_dim() as f64)).collect();
-        for position in 0..positions {
-            for frequency in &frequencies {
-                let angle = position as f64 * frequency;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
-        Ok(Decoder {
-            embedding: host(model, "model.embed_tokens.weight")?,
-            final_norm: host(model, "model.norm.weight")?,
+        let embedding = Embedding::Dense(host(model, "model.embed_tokens.weight")?);
+        let final_norm = host(model, "model.norm.weight")?;
+        Ok(Decoder::assemble(config, embedding, layers, final_norm, head, threads))
+    }
+
+    /// A decoder of these parts, to run on `threads` threads.
+    pub(crate) fn assemble(
+        config: LlamaConfig,
+        embedding: Embedding,
+        layers: Vec<Layer>,
+        final_norm: Vec<f32>,
+        head: Projection,
+        threads: usize,
+    ) -> Decoder {
+        Decoder {
+            frequencies: config.rope_frequencies(),
+            embedding,
+            final_norm,
             config,
             layers,
             head,
-            cos,
-            sin,
             scratch: Mutex::new(Vec::new()),
             team: Team::new(threads),
             kv_precision: KvPrecision::F32,
-        })
+        }
+    }
+
+    /// This decoder with its rotary frequencies replaced (a GGUF file's Llama 3 scaling).
+    pub(crate) fn with_frequencies(mut self, frequencies: Vec<f64>) -> Self {
+        self.frequencies = frequencies;
+        self
+    }
+
+    /// Bytes the weights take in memory.
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|layer| {
+                layer.qkv.bytes()
+                    + layer.o.bytes()
+                    + layer.gate_up.bytes()
+                    + layer.down.bytes()
+                    + (layer.input_norm.len() + layer.post_norm.len()) * size_of::<f32>()
+            })
+            .sum();
+        // A quantized tied head is the embedding's own matrix, counted once.
+        let shared = self.config.tie_word_embeddings && matches!(self.head, Projection::Quantized(_));
+        let head = if shared { 0 } else { self.head.bytes() };
+        self.embedding.bytes() + layers + head
     }
 
     /// This decoder with caches made from now on storing keys and values in `precision`.
@@ -338,7 +385,18 @@ impl Decoder {
 
         let mut scratch =
             self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop().unwrap_or_default();
-        let Scratch { hidden, normed, qkv, attended, gate_up, activated } = &mut scratch;
+        let Scratch { cos, sin, hidden, normed, qkv, attended, gate_up, activated } = &mut scratch;
+        let half = head_dim / 2;
+        // The same angles as training's rotary tables: computed in f64, rounded once.
+        cos.clear();
+        sin.clear();
+        for &(_, position) in &rows {
+            for frequency in &self.frequencies {
+                let angle = position as f64 * frequency;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
         resize(hidden, total * hidden_size);
         resize(normed, total * hidden_size);
         resize(qkv, total * qkv_width);
@@ -347,18 +405,31 @@ impl Decoder {
         resize(activated, total * intermediate);
         let tokens = inputs.iter().flat_map(|input| input.tokens.iter());
         for (row, &token) in hidden.chunks_exact_mut(hidden_size).zip(tokens) {
-            let start = token as usize * hidden_size;
-            row.copy_from_slice(&self.embedding[start..start + hidden_size]);
+            self.embedding.row(token as usize, row);
         }
 
         let eps = config.rms_norm_eps as f32;
-        let half = head_dim / 2;
         for (index, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(hidden, &layer.input_norm, eps, normed);
             matmul(normed, total, &layer.qkv, qkv, false, team);
-            // Rotary positions on q and k, then k and v into each sequence's cache.
-            for (row, &(sequence, position)) in qkv.chunks_exact_mut(qkv_width).zip(&rows) {
-                let (cos, sin) = (&self.cos[position * half..][..half], &self.sin[position * half..][..half]);
+            // Biases and norms where the family has them, rotary positions on q and k, then k
+            // and v into each sequence's cache.
+            for (i, (row, &(sequence, position))) in qkv.chunks_exact_mut(qkv_width).zip(&rows).enumerate() {
+                if let Some(bias) = &layer.qkv_bias {
+                    for (value, b) in row.iter_mut().zip(bias) {
+                        *value += b;
+                    }
+                }
+                if let Some((query_norm, key_norm)) = &layer.query_key_norms {
+                    let (queries, keys) = row[..q_width + kv_width].split_at_mut(q_width);
+                    for head in queries.chunks_exact_mut(head_dim) {
+                        rms_norm_in_place(head, query_norm, eps);
+                    }
+                    for head in keys.chunks_exact_mut(head_dim) {
+                        rms_norm_in_place(head, key_norm, eps);
+                    }
+                }
+                let (cos, sin) = (&cos[i * half..][..half], &sin[i * half..][..half]);
                 for head in row[..q_width + kv_width].chunks_exact_mut(head_dim) {
                     rotate(head, cos, sin);
                 }
@@ -491,6 +562,15 @@ fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         for ((o, &v), &w) in out.iter_mut().zip(row).zip(weight) {
             *o = v * inverse * w;
         }
+    }
+}
+
+/// [`rms_norm_rows`] of one row, in place.
+fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inverse = 1.0 / (mean_square + eps).sqrt();
+    for (v, &w) in x.iter_mut().zip(weight) {
+        *v *= inverse * w;
     }
 }
 
@@ -838,19 +918,19 @@ fn exp(x: f32) -> f32 {
 /// `out = x W^T` (or `out += x W^T` when `accumulate`) for `x` `[rows, inner]`, its panels
 /// of columns spread over `team` when given and the product is large enough to repay the
 /// hand-off.
-fn matmul(x: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32], accumulate: bool, team: Option<&Team>) {
+fn matmul(x: &[f32], rows: usize, w: &Projection, out: &mut [f32], accumulate: bool, team: Option<&Team>) {
     assert!(out.len() >= rows * w.columns());
     // An address, not a pointer, crosses to the team's threads (pointers are not `Sync`).
     let address = out.as_mut_ptr() as usize;
     // SAFETY: `out` holds `rows * columns` values (asserted above) and was a unique borrow;
     // the parts handed to different threads are disjoint ranges of panels.
     #[allow(unsafe_code)]
-    let product = |panels: Range<usize>| unsafe { w.multiply(x, rows, address, accumulate, panels) };
+    let product = |units: Range<usize>| unsafe { w.multiply(x, rows, address, accumulate, units) };
     match team {
         Some(team) if team.size() > 1 && rows * w.columns() * w.inner() >= PARALLEL_PRODUCT => {
-            team.for_each(even_ranges(w.panels(), team.size()), product)
+            team.for_each(even_ranges(w.units(), team.size()), product)
         }
-        _ => product(0..w.panels()),
+        _ => product(0..w.units()),
     }
 }
 

@@ -14,6 +14,8 @@ mod lora;
 pub mod ops;
 mod optim;
 mod panels;
+mod projection;
+pub mod quantized;
 mod team;
 mod weights;
 
@@ -24,7 +26,7 @@ mod tests;
 
 pub use bert::{BertConfig, BertEncoder};
 pub use candle_core::{DType, Device, Tensor, Var};
-pub use config::LlamaConfig;
+pub use config::{Family, LlamaConfig};
 pub use infer::{Decoder, KvCache, KvPrecision, Logits, StepInput};
 pub use llama::{argmax_last, Llama};
 pub use lora::{LoraAdapters, LoraConfig};

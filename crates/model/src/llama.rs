@@ -41,13 +41,7 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor>
 impl Llama {
     pub fn new(config: LlamaConfig, weights: Weights) -> Result<Self, ModelError> {
         config.validate()?;
-        let rotary = Rotary::new(
-            config.head_dim(),
-            config.max_position_embeddings,
-            config.rope_theta,
-            weights.dtype,
-            &weights.device,
-        )?;
+        let rotary = Rotary::new(&config.rope_frequencies(), config.max_positions(), weights.dtype, &weights.device)?;
         Ok(Llama { config, weights, adapters: None, rotary })
     }
 
@@ -109,16 +103,29 @@ impl Llama {
         let split_heads = |x: Tensor, count: usize| -> candle_core::Result<Tensor> {
             x.reshape((batch, seq, count, head_dim))?.transpose(1, 2)?.contiguous()
         };
-        let q = split_heads(self.project(&name("self_attn.q_proj"), &normed)?, heads)?;
-        let k = split_heads(self.project(&name("self_attn.k_proj"), &normed)?, kv_heads)?;
-        let v = split_heads(self.project(&name("self_attn.v_proj"), &normed)?, kv_heads)?;
+        // Qwen2 adds a bias to each of the three projections.
+        let biased = |module: &str| -> Result<Tensor, ModelError> {
+            let projected = self.project(&name(module), &normed)?;
+            if !config.attention_bias() {
+                return Ok(projected);
+            }
+            Ok(projected.broadcast_add(&self.weight(&format!("model.layers.{layer}.{module}.bias"))?)?)
+        };
+        let mut q = split_heads(biased("self_attn.q_proj")?, heads)?;
+        let mut k = split_heads(biased("self_attn.k_proj")?, kv_heads)?;
+        let v = split_heads(biased("self_attn.v_proj")?, kv_heads)?;
+        if config.query_key_norm() {
+            // Qwen3 normalizes each head of the queries and keys before rotating them.
+            q = rms_norm(&q, &self.weight(&name("self_attn.q_norm"))?, config.rms_norm_eps)?;
+            k = rms_norm(&k, &self.weight(&name("self_attn.k_norm"))?, config.rms_norm_eps)?;
+        }
         let q = self.rotary.apply(&q, 0)?;
         let k = self.rotary.apply(&k, 0)?;
         let (k, v) = (repeat_kv(&k, heads / kv_heads)?, repeat_kv(&v, heads / kv_heads)?);
 
         let scores = (q.matmul(&k.t()?.contiguous()?)? / (head_dim as f64).sqrt())?;
         let weights = softmax_last_dim(&scores.broadcast_add(mask)?)?;
-        let attended = weights.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, config.hidden_size))?;
+        let attended = weights.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, heads * head_dim))?;
         let hidden = (hidden + self.project(&name("self_attn.o_proj"), &attended)?)?;
 
         let normed = rms_norm(&hidden, &self.weight(&name("post_attention_layernorm"))?, config.rms_norm_eps)?;

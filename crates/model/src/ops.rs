@@ -41,17 +41,17 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     picked.mean_all()?.neg()
 }
 
-/// Rotary position tables as `transformers`' Llama builds them: for head dimension `d`,
-/// frequencies `theta^(-2i/d)` for `i < d/2`, repeated twice along the last axis.
+/// Rotary position tables as `transformers`' Llama builds them: for head dimension `d`, the
+/// `d/2` frequencies of [`crate::LlamaConfig::rope_frequencies`] repeated twice along the last
+/// axis.
 pub struct Rotary {
     cos: Tensor,
     sin: Tensor,
 }
 
 impl Rotary {
-    pub fn new(head_dim: usize, max_positions: usize, theta: f64, dtype: DType, device: &Device) -> Result<Self> {
-        let half = head_dim / 2;
-        let inverse: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64)).collect();
+    pub fn new(inverse: &[f64], max_positions: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let head_dim = 2 * inverse.len();
         let mut angles = Vec::with_capacity(max_positions * head_dim);
         for position in 0..max_positions {
             for _ in 0..2 {

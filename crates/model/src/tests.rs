@@ -249,10 +249,24 @@ fn exported_models_load_in_transformers() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    for tied in [false, true] {
+    // Every family, tied and untied: Qwen2's biases, Qwen3's query/key norms and wider heads.
+    for (model_type, tied) in [("llama", false), ("llama", true), ("mistral", false), ("qwen2", true), ("qwen3", false)]
+    {
         let mut config = tiny_config(tied);
+        config.model_type = model_type.to_string();
+        if model_type == "qwen3" {
+            config.extra.insert("head_dim".to_string(), serde_json::json!(8));
+        }
         config.extra.insert("initializer_range".to_string(), serde_json::json!(0.02));
         let weights = Weights::init(&config, 5, DType::F32, &Device::Cpu).unwrap();
+        // Random norms and biases: ones and zeros would hide a misplaced one.
+        for (index, (name, var)) in weights.params.iter().enumerate() {
+            if name.ends_with("norm.weight") || name.ends_with(".bias") {
+                let values: Vec<f32> =
+                    (0..var.elem_count()).map(|i| 1.0 + ((i * 7 + index) % 11) as f32 / 20.0).collect();
+                var.set(&Tensor::from_vec(values, var.dims(), &Device::Cpu).unwrap()).unwrap();
+            }
+        }
         std::fs::write(dir.path().join("config.json"), config.to_json()).unwrap();
         std::fs::write(dir.path().join("model.safetensors"), weights.to_safetensors().unwrap()).unwrap();
         let model = Llama::new(config.clone(), weights).unwrap();
@@ -265,9 +279,13 @@ fn exported_models_load_in_transformers() {
             .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        assert_eq!(theirs["parameters"].as_u64().unwrap() as usize, config.parameter_count(), "tied: {tied}");
+        assert_eq!(
+            theirs["parameters"].as_u64().unwrap() as usize,
+            config.parameter_count(),
+            "{model_type} tied: {tied}"
+        );
         let difference = max_difference(&ours, &theirs["logits"]);
-        assert!(difference < 1e-4, "tied {tied}: largest logit difference {difference:e}");
+        assert!(difference < 1e-4, "{model_type} tied {tied}: largest logit difference {difference:e}");
     }
 }
 

@@ -22,14 +22,24 @@ pub struct Weights {
 pub fn parameter_shapes(config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
     let kv_dim = config.kv_heads() * config.head_dim();
+    let q_dim = config.num_attention_heads * config.head_dim();
     let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
     for layer in 0..config.num_hidden_layers {
         let prefix = format!("model.layers.{layer}");
         shapes.push((format!("{prefix}.input_layernorm.weight"), vec![h]));
-        shapes.push((format!("{prefix}.self_attn.q_proj.weight"), vec![h, h]));
+        shapes.push((format!("{prefix}.self_attn.q_proj.weight"), vec![q_dim, h]));
         shapes.push((format!("{prefix}.self_attn.k_proj.weight"), vec![kv_dim, h]));
         shapes.push((format!("{prefix}.self_attn.v_proj.weight"), vec![kv_dim, h]));
-        shapes.push((format!("{prefix}.self_attn.o_proj.weight"), vec![h, h]));
+        if config.attention_bias() {
+            shapes.push((format!("{prefix}.self_attn.q_proj.bias"), vec![q_dim]));
+            shapes.push((format!("{prefix}.self_attn.k_proj.bias"), vec![kv_dim]));
+            shapes.push((format!("{prefix}.self_attn.v_proj.bias"), vec![kv_dim]));
+        }
+        if config.query_key_norm() {
+            shapes.push((format!("{prefix}.self_attn.q_norm.weight"), vec![config.head_dim()]));
+            shapes.push((format!("{prefix}.self_attn.k_norm.weight"), vec![config.head_dim()]));
+        }
+        shapes.push((format!("{prefix}.self_attn.o_proj.weight"), vec![h, q_dim]));
         shapes.push((format!("{prefix}.post_attention_layernorm.weight"), vec![h]));
         shapes.push((format!("{prefix}.mlp.gate_proj.weight"), vec![i, h]));
         shapes.push((format!("{prefix}.mlp.up_proj.weight"), vec![i, h]));
@@ -43,7 +53,7 @@ pub fn parameter_shapes(config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
 }
 
 fn is_norm(name: &str) -> bool {
-    name.ends_with("layernorm.weight") || name == "model.norm.weight"
+    name.ends_with("norm.weight")
 }
 
 impl Weights {

@@ -22,7 +22,8 @@ pub fn model_card(manifest: &ModelManifest, intended_use: Option<&str>) -> Strin
     let origin = match manifest.lineage.origin {
         Origin::Trained => "trained from scratch by the factory",
         Origin::FineTuned => "fine-tuned by the factory",
-        Origin::Imported => "imported from a Hugging Face directory",
+        Origin::Imported => "imported from outside the factory",
+        Origin::Quantized => "quantized by the factory from the version its lineage names",
     };
     let _ = writeln!(
         card,

@@ -57,6 +57,8 @@ pub enum Origin {
     Trained,
     FineTuned,
     Imported,
+    /// Another version's weights in quantized blocks (`base_model` names it).
+    Quantized,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

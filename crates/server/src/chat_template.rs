@@ -36,6 +36,7 @@ pub fn render<M: Serialize>(
     template: &str,
     messages: &[M],
     text_bytes: usize,
+    bos_token: &str,
     eos_token: &str,
 ) -> Result<String, TemplateError> {
     if template.len() > MAX_TEMPLATE_BYTES {
@@ -51,7 +52,7 @@ pub fn render<M: Serialize>(
     let context = minijinja::context! {
         messages => messages,
         add_generation_prompt => true,
-        bos_token => "",
+        bos_token => bos_token,
         eos_token => eos_token,
     };
     let rendered = compiled.render_captured_to(context, &mut output);
@@ -83,7 +84,7 @@ pub fn validate(template: &str, eos_token: &str) -> Result<(), TemplateError> {
         Message { role: "user", content: "What is a template?" },
     ];
     let text_bytes = conversation.iter().map(|m| m.content.len() + m.role.len()).sum();
-    render(template, &conversation, text_bytes, eos_token).map(|_| ())
+    render(template, &conversation, text_bytes, "<s>", eos_token).map(|_| ())
 }
 
 /// A writer that refuses bytes past its limit, so a template cannot fill memory through its
@@ -128,7 +129,7 @@ mod tests {
 
     #[test]
     fn an_ordinary_template_renders_and_validates() {
-        let rendered = render(PLAIN, &user("Hi"), 2, "</s>").unwrap_or_else(|e| panic!("{e}"));
+        let rendered = render(PLAIN, &user("Hi"), 2, "<s>", "</s>").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(rendered, "<|user|>Hi\n<|assistant|>");
         validate(PLAIN, "</s>").unwrap_or_else(|e| panic!("{e}"));
     }
@@ -138,7 +139,7 @@ mod tests {
         // The attack: two nested range(100000) loops blocked every runtime worker.
         let hostile = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
         let started = std::time::Instant::now();
-        let error = render(hostile, &user("Hi"), 2, "</s>").err().unwrap_or_else(|| panic!("it rendered"));
+        let error = render(hostile, &user("Hi"), 2, "<s>", "</s>").err().unwrap_or_else(|| panic!("it rendered"));
         assert!(error.0.contains("instruction budget"), "{error}");
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
         assert!(validate(hostile, "</s>").is_err(), "refused at import too");
@@ -147,10 +148,10 @@ mod tests {
     #[test]
     fn output_recursion_and_size_are_bounded() {
         let wide = "{% for i in range(1000) %}{{ messages[0].content * 1000 }}{% endfor %}";
-        let error = render(wide, &user("0123456789"), 10, "</s>").err().unwrap_or_else(|| panic!("it rendered"));
+        let error = render(wide, &user("0123456789"), 10, "<s>", "</s>").err().unwrap_or_else(|| panic!("it rendered"));
         assert!(error.0.contains("wrote more than"), "{error}");
         let deep = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
-        assert!(render(deep, &user("Hi"), 2, "</s>").is_err());
+        assert!(render(deep, &user("Hi"), 2, "<s>", "</s>").is_err());
         assert!(validate(&"x".repeat(MAX_TEMPLATE_BYTES + 1), "</s>").is_err());
         assert!(validate("{% for %}", "</s>").is_err(), "does not compile");
     }

@@ -101,6 +101,44 @@ pub async fn fetch_file(objects: &ContentStore, manifest: &ModelManifest, path: 
     Ok(bytes)
 }
 
+/// A version's file streamed into an unnamed file under `dir`, its digest checked as it
+/// arrives (the stream's last item fails on a mismatch): for files too large to hold in memory,
+/// a GGUF model's. The file is read from its start.
+pub async fn fetch_to_file(
+    objects: &ContentStore,
+    manifest: &ModelManifest,
+    path: &str,
+    dir: std::path::PathBuf,
+) -> Result<std::fs::File, ServiceError> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let file = manifest.file(path).ok_or_else(|| ServiceError::not_found(format!("the model has no file {path}")))?;
+    let digest: ObjectDigest = file.digest.parse().map_err(ServiceError::fault)?;
+    let failed = |message: String| ServiceError::new(ErrorKind::VerificationFailed, format!("{path}: {message}"));
+    let spooled = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        tempfile::tempfile_in(&dir)
+    })
+    .await
+    .map_err(ServiceError::fault)?
+    .map_err(|e| ServiceError::internal(format!("spooling {path}: {e}")))?;
+    let mut spooled = tokio::fs::File::from_std(spooled);
+    let mut stream = objects.open_stream(&digest).await.map_err(|e| failed(e.to_string()))?;
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| failed(e.to_string()))?;
+        written += chunk.len() as u64;
+        spooled.write_all(&chunk).await.map_err(|e| ServiceError::internal(format!("spooling {path}: {e}")))?;
+    }
+    if written != file.size {
+        return Err(failed(format!("{written} bytes where the manifest lists {}", file.size)));
+    }
+    spooled.flush().await.map_err(|e| ServiceError::internal(format!("spooling {path}: {e}")))?;
+    let mut spooled = spooled.into_std().await;
+    std::io::Seek::rewind(&mut spooled).map_err(|e| ServiceError::internal(format!("spooling {path}: {e}")))?;
+    Ok(spooled)
+}
+
 /// The version `reference` (a number or an alias) of `name`, unauthorized: for lookups and the
 /// factory's own bookkeeping, which authorize what they then do.
 pub async fn version_of(

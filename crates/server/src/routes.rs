@@ -34,7 +34,7 @@ use crate::REQUEST_ID_HEADER;
         runs::create, runs::show, runs::metrics, runs::cancel,
         models::list, models::show, models::register, models::version, models::signed_manifest, models::file,
         models::verify, models::set_alias, models::bundle, models::import_bundle, models::import_hf, models::import_gguf,
-        models::signing_key,
+        models::quantize, models::gguf, models::signing_key,
         deployments::create, deployments::list, deployments::show, deployments::update, deployments::delete,
         deployments::inferences, deployments::feedback, deployments::drift, feedback::create,
         pipelines::put, pipelines::list, pipelines::show, pipelines::runs, pipelines::run, pipelines::trigger,
@@ -60,10 +60,21 @@ const MODEL_IMPORT_ROUTE: &str = "/api/v1/models/import";
 const HF_IMPORT_ROUTE: &str = "/api/v1/models/{name}/import-hf";
 const GGUF_IMPORT_ROUTE: &str = "/api/v1/models/{name}/import-gguf";
 const BUNDLE_ROUTE: &str = "/api/v1/models/{name}/versions/{version}/bundle";
+const GGUF_EXPORT_ROUTE: &str = "/api/v1/models/{name}/versions/{version}/gguf";
+/// Quantizing reads and writes a whole model: as long as moving one.
+const QUANTIZE_ROUTE: &str = "/api/v1/models/{name}/versions/{version}/quantize";
 /// Routes that move whole datasets or models: bounded by the transfer timeout, not the
 /// request timeout.
-const TRANSFER_ROUTES: &[&str] =
-    &[INGEST_ROUTE, DOWNLOAD_ROUTE, MODEL_IMPORT_ROUTE, HF_IMPORT_ROUTE, GGUF_IMPORT_ROUTE, BUNDLE_ROUTE];
+const TRANSFER_ROUTES: &[&str] = &[
+    INGEST_ROUTE,
+    DOWNLOAD_ROUTE,
+    MODEL_IMPORT_ROUTE,
+    HF_IMPORT_ROUTE,
+    GGUF_IMPORT_ROUTE,
+    BUNDLE_ROUTE,
+    GGUF_EXPORT_ROUTE,
+    QUANTIZE_ROUTE,
+];
 
 /// The OpenAPI document of every route, served where the router is built.
 async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
@@ -105,6 +116,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/models/{name}/versions/{version}/files/{path}", get(models::file))
         .route("/api/v1/models/{name}/versions/{version}/verify", post(models::verify))
         .route(BUNDLE_ROUTE, get(models::bundle))
+        .route(GGUF_EXPORT_ROUTE, get(models::gguf))
+        .route(QUANTIZE_ROUTE, post(models::quantize))
         .route("/api/v1/models/{name}/aliases/{alias}", put(models::set_alias))
         .route("/api/v1/deployments", post(deployments::create).get(deployments::list))
         .route(

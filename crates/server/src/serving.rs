@@ -19,6 +19,32 @@ use factory_objects::ContentStore;
 use crate::registry::{self, ModelKeys};
 use crate::service_error::{ErrorKind, ServiceError};
 
+/// The tokenizer of a GGUF file's vocabulary: byte-level BPE (`gpt2`) or SentencePiece
+/// (`llama`).
+pub fn gguf_tokenizer(
+    summary: &factory_model::gguf::GgufSummary,
+    vocabulary: &factory_model::gguf::Vocabulary,
+) -> Result<Tokenizer, String> {
+    let made = match summary.tokenizer.model.as_str() {
+        "gpt2" => Tokenizer::from_gguf_bpe(
+            &vocabulary.tokens,
+            &vocabulary.merges,
+            &vocabulary.token_types,
+            &summary.tokenizer.pre,
+        ),
+        "llama" => Tokenizer::from_gguf_spm(
+            &vocabulary.tokens,
+            &vocabulary.scores,
+            &vocabulary.token_types,
+            vocabulary.add_space_prefix,
+        ),
+        other => {
+            return Err(format!("tokenizer.ggml.model: {other:?} vocabularies are not tokenized (gpt2, llama are)"))
+        }
+    };
+    made.map_err(|e| e.to_string())
+}
+
 /// What `POST /api/v1/deployments` stores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,8 +218,17 @@ impl DeploymentSpec {
 pub struct Generator {
     pub engine: Engine,
     pub tokenizer: Tokenizer,
-    /// `tokenizer_config.json`'s `chat_template`, when the model has one.
+    /// `tokenizer_config.json`'s `chat_template` (or a GGUF file's), when the model has one.
     pub chat_template: Option<String>,
+    /// What the chat template calls `bos_token` and `eos_token`.
+    pub special: SpecialTokens,
+}
+
+/// The texts of a model's own beginning and end tokens, for its chat template.
+#[derive(Debug, Clone, Default)]
+pub struct SpecialTokens {
+    pub bos: Option<String>,
+    pub eos: Option<String>,
 }
 
 /// A verified model version, ready to serve: a generator (Llama) or an embedder (BERT).
@@ -221,6 +256,8 @@ pub struct Engines {
     objects: Arc<ContentStore>,
     model_keys: Arc<ModelKeys>,
     options: EngineOptions,
+    /// Where large files (GGUF weights) are spooled while they load.
+    spool_dir: std::path::PathBuf,
     /// One cell per signed manifest: the map's lock is held only to find the cell, and each
     /// model loads once while requests for other models go on.
     loaded: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<LoadedModel>>>>>,
@@ -235,11 +272,17 @@ pub struct Engines {
 }
 
 impl Engines {
-    pub fn new(objects: Arc<ContentStore>, model_keys: Arc<ModelKeys>, options: EngineOptions) -> Self {
+    pub fn new(
+        objects: Arc<ContentStore>,
+        model_keys: Arc<ModelKeys>,
+        options: EngineOptions,
+        spool_dir: std::path::PathBuf,
+    ) -> Self {
         Engines {
             objects,
             model_keys,
             options,
+            spool_dir,
             loaded: Mutex::default(),
             embedding_permits: Arc::new(tokio::sync::Semaphore::new(8)),
             // A redirect would take the request (and its key) to a host the allowlist never
@@ -286,15 +329,62 @@ impl Engines {
 }
 
 impl Engines {
+    fn engine_settings(&self) -> EngineSettings {
+        EngineSettings {
+            max_batch: self.options.max_batch,
+            max_waiting: self.options.max_waiting,
+            prefill_chunk: self.options.prefill_chunk,
+        }
+    }
+
+    /// A GGUF version: streamed (verified) to a file under the spool directory, then read one
+    /// tensor at a time into a decoder that keeps the file's quantized blocks.
+    async fn load_gguf(&self, manifest: &factory_registry::ModelManifest) -> Result<LoadedModel, ServiceError> {
+        let file =
+            registry::fetch_to_file(&self.objects, manifest, registry::GGUF_FILE, self.spool_dir.clone()).await?;
+        let kv_precision = if self.options.kv_cache_half { KvPrecision::F16 } else { KvPrecision::F32 };
+        let invalid =
+            |e: String| ServiceError::new(ErrorKind::UnservableModel, format!("{}: {e}", manifest.reference()));
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut reader = std::io::BufReader::new(file);
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let (decoder, inspected) =
+                factory_model::gguf::load_decoder(&mut reader, threads).map_err(|e| e.to_string())?;
+            let (summary, vocabulary) = (&inspected.summary, &inspected.vocabulary);
+            let tokenizer = gguf_tokenizer(summary, vocabulary)?;
+            let text_of = |id: Option<u32>| id.and_then(|id| vocabulary.tokens.get(id as usize).cloned());
+            let special = SpecialTokens { bos: text_of(summary.tokenizer.bos), eos: text_of(summary.tokenizer.eos) };
+            let end_tokens = factory_model::gguf::end_of_generation(summary, vocabulary);
+            Ok::<_, String>((
+                decoder.with_kv_precision(kv_precision),
+                tokenizer,
+                special,
+                end_tokens,
+                summary.chat_template.clone(),
+            ))
+        })
+        .await
+        .map_err(|e| invalid(e.to_string()))?
+        .map_err(invalid)?;
+        let (decoder, tokenizer, special, end_tokens, chat_template) = loaded;
+        tracing::info!(
+            model = %manifest.reference(),
+            weight_bytes = decoder.weight_bytes(),
+            "loaded a verified GGUF model version into an engine"
+        );
+        let engine = Engine::start(decoder, tokenizer.clone(), &end_tokens, self.engine_settings());
+        Ok(LoadedModel {
+            generator: Some(Generator { engine, tokenizer, chat_template, special }),
+            embedder: None,
+            reference: manifest.reference(),
+            jurisdiction: manifest.residency.jurisdiction.clone(),
+        })
+    }
+
     async fn load(&self, version: &ModelVersion) -> Result<LoadedModel, ServiceError> {
         let (manifest, _) = registry::open_manifest(&self.objects, &self.model_keys, version).await?;
         if manifest.file(registry::GGUF_FILE).is_some() {
-            // Imported and governed like any version, but this engine runs only safetensors
-            // weights so far: refused before a byte of the file is read.
-            return Err(ServiceError::new(
-                ErrorKind::UnservableModel,
-                format!("{} is a GGUF model; serving GGUF weights is not supported yet", manifest.reference()),
-            ));
+            return self.load_gguf(&manifest).await;
         }
         // Every file is read and checked once, whether or not serving needs it: a version loads
         // only whole and unaltered.
@@ -355,15 +445,12 @@ impl Engines {
         let chat_template = tokenizer_config
             .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
             .and_then(|config| config["chat_template"].as_str().map(str::to_string));
-        let settings = EngineSettings {
-            max_batch: self.options.max_batch,
-            max_waiting: self.options.max_waiting,
-            prefill_chunk: self.options.prefill_chunk,
-        };
+        let settings = self.engine_settings();
         tracing::info!(model = %reference, "loaded a verified model version into an engine");
-        let engine = Engine::start(model, tokenizer.clone(), settings);
+        let end_tokens: Vec<u32> = model.config().eos_token_id.into_iter().collect();
+        let engine = Engine::start(model, tokenizer.clone(), &end_tokens, settings);
         Ok(LoadedModel {
-            generator: Some(Generator { engine, tokenizer, chat_template }),
+            generator: Some(Generator { engine, tokenizer, chat_template, special: SpecialTokens::default() }),
             embedder: None,
             reference,
             jurisdiction,

@@ -153,26 +153,30 @@ pub const GGUF_CONTROL: i32 = 3;
 pub const GGUF_USER_DEFINED: i32 = 4;
 
 /// The pre-tokenizer splits of the byte-level BPE vocabularies GGUF names in
-/// `tokenizer.ggml.pre`, as llama.cpp applies them: text is cut into pieces by the regex, and
-/// merges never cross a cut. (`None`: GPT-2's own split, which `ByteLevel` applies itself.)
-fn gguf_split(pre: &str) -> Result<(Option<&'static str>, bool), TokenizerError> {
-    // (regex, whether a piece that is whole in the vocabulary skips the merges)
+/// `tokenizer.ggml.pre`, as llama.cpp applies them: text is cut into pieces by each regex in
+/// turn (each cutting the pieces of the one before), and merges never cross a cut. No regex:
+/// GPT-2's own split, which `ByteLevel` applies itself. The second value: whether a piece that
+/// is whole in the vocabulary skips the merges.
+fn gguf_split(pre: &str) -> Result<(Vec<&'static str>, bool), TokenizerError> {
+    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
     match pre {
-        "gpt2" | "default" => Ok((None, false)),
+        "gpt-2" => Ok((Vec::new(), false)),
+        // llama.cpp's split for files whose converter did not recognize the tokenizer.
+        "default" => Ok((vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"], false)),
         "llama-bpe" | "llama3" => Ok((
-            Some(
+            vec![
                 r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-            ),
+            ],
             true,
         )),
         "qwen2" => Ok((
-            Some(
+            vec![
                 r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-            ),
+            ],
             false,
         )),
         other => Err(TokenizerError::Settings(format!(
-            "tokenizer.ggml.pre: {other:?} is not a pre-tokenizer the factory knows (gpt2, llama-bpe, qwen2)"
+            "tokenizer.ggml.pre: {other:?} is not a pre-tokenizer the factory knows (gpt-2, default, llama-bpe, qwen2)"
         ))),
     }
 }
@@ -194,7 +198,7 @@ impl Tokenizer {
                 tokens.len()
             )));
         }
-        let (split, ignore_merges) = gguf_split(pre)?;
+        let (splits, ignore_merges) = gguf_split(pre)?;
         let vocab: serde_json::Map<String, serde_json::Value> =
             tokens.iter().enumerate().map(|(id, token)| (token.clone(), id.into())).collect();
         let added: Vec<serde_json::Value> = token_types
@@ -209,12 +213,15 @@ impl Tokenizer {
             })
             .collect();
         let byte_level = |use_regex: bool| serde_json::json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex });
-        let pre_tokenizer = match split {
-            None => byte_level(true),
-            Some(pattern) => serde_json::json!({ "type": "Sequence", "pretokenizers": [
-                { "type": "Split", "pattern": { "Regex": pattern }, "behavior": "Isolated", "invert": false },
-                byte_level(false),
-            ]}),
+        let pre_tokenizer = if splits.is_empty() {
+            byte_level(true)
+        } else {
+            let mut steps: Vec<serde_json::Value> = splits
+                .iter()
+                .map(|pattern| serde_json::json!({ "type": "Split", "pattern": { "Regex": pattern }, "behavior": "Isolated", "invert": false }))
+                .collect();
+            steps.push(byte_level(false));
+            serde_json::json!({ "type": "Sequence", "pretokenizers": steps })
         };
         let json = serde_json::json!({
             "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
@@ -226,6 +233,160 @@ impl Tokenizer {
             },
         });
         Tokenizer::from_json(&json.to_string())
+    }
+}
+
+/// GGUF's token types of an unknown token and of a byte token of a SentencePiece vocabulary
+/// (`<0x0A>`).
+pub const GGUF_UNKNOWN: i32 = 2;
+pub const GGUF_BYTE: i32 = 6;
+
+impl Tokenizer {
+    /// A SentencePiece vocabulary as GGUF stores it (`tokenizer.ggml.model = "llama"`: Llama 2,
+    /// Mistral, TinyLlama): pieces by id with their scores and types. It becomes what
+    /// `transformers` converts such a vocabulary to: BPE whose merges are ranked by the merged
+    /// piece's score, falling back to byte tokens (`<0xNN>`) for what the pieces do not cover,
+    /// spaces written as `▁` and one prepended when `add_space_prefix` (llama.cpp's default).
+    pub fn from_gguf_spm(
+        tokens: &[String],
+        scores: &[f32],
+        token_types: &[i32],
+        add_space_prefix: bool,
+    ) -> Result<Tokenizer, TokenizerError> {
+        if scores.len() != tokens.len() || (!token_types.is_empty() && token_types.len() != tokens.len()) {
+            return Err(TokenizerError::Settings(format!(
+                "{} scores and {} token types for {} tokens",
+                scores.len(),
+                token_types.len(),
+                tokens.len()
+            )));
+        }
+        let kind = |id: usize| token_types.get(id).copied().unwrap_or(GGUF_NORMAL);
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            tokens.iter().enumerate().map(|(id, token)| (token.clone(), id.into())).collect();
+        let ids: std::collections::HashMap<&str, usize> =
+            tokens.iter().enumerate().map(|(id, token)| (token.as_str(), id)).collect();
+        // Every way a normal piece splits into two normal pieces is a merge, ranked by the
+        // piece's score (ties in id order), as transformers' SentencePiece extractor ranks them.
+        let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
+        for (id, piece) in tokens.iter().enumerate().filter(|(id, _)| kind(*id) == GGUF_NORMAL) {
+            for (cut, _) in piece.char_indices().skip(1) {
+                let (left, right) = piece.split_at(cut);
+                if let (Some(&l), Some(&r)) = (ids.get(left), ids.get(right)) {
+                    if kind(l) == GGUF_NORMAL && kind(r) == GGUF_NORMAL {
+                        merges.push((scores[id], id, l, r));
+                    }
+                }
+            }
+        }
+        merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then((a.2, a.3).cmp(&(b.2, b.3))));
+        let merges: Vec<serde_json::Value> =
+            merges.iter().map(|&(_, _, l, r)| serde_json::json!([tokens[l], tokens[r]])).collect();
+        let special = |id: usize| matches!(kind(id), GGUF_CONTROL | GGUF_UNKNOWN);
+        let added: Vec<serde_json::Value> = (0..tokens.len())
+            .filter(|&id| special(id) || kind(id) == GGUF_USER_DEFINED)
+            .map(|id| {
+                serde_json::json!({
+                    "id": id, "content": tokens[id], "single_word": false, "lstrip": false, "rstrip": false,
+                    "normalized": false, "special": special(id),
+                })
+            })
+            .collect();
+        let unknown = (0..tokens.len()).find(|&id| kind(id) == GGUF_UNKNOWN).map(|id| tokens[id].clone());
+        let space = "\u{2581}";
+        let mut normalizers =
+            vec![serde_json::json!({ "type": "Replace", "pattern": { "String": " " }, "content": space })];
+        let mut decoders = vec![
+            serde_json::json!({ "type": "Replace", "pattern": { "String": space }, "content": " " }),
+            serde_json::json!({ "type": "ByteFallback" }),
+            serde_json::json!({ "type": "Fuse" }),
+        ];
+        if add_space_prefix {
+            normalizers.insert(0, serde_json::json!({ "type": "Prepend", "prepend": space }));
+            decoders.push(serde_json::json!({ "type": "Strip", "content": " ", "start": 1, "stop": 0 }));
+        }
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": { "type": "Sequence", "normalizers": normalizers },
+            "pre_tokenizer": null, "post_processor": null,
+            "decoder": { "type": "Sequence", "decoders": decoders },
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": unknown, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                "vocab": vocab, "merges": merges,
+            },
+        });
+        Tokenizer::from_json(&json.to_string())
+    }
+}
+
+/// A byte-level BPE vocabulary as GGUF lists it: the inverse of [`Tokenizer::from_gguf_bpe`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufBpe {
+    pub tokens: Vec<String>,
+    pub merges: Vec<String>,
+    pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.pre`.
+    pub pre: String,
+}
+
+/// GGUF's token type of an ordinary token.
+const GGUF_NORMAL: i32 = 1;
+
+impl Tokenizer {
+    /// This tokenizer as a GGUF vocabulary, when it is a byte-level BPE whose split llama.cpp
+    /// knows (GPT-2's, Llama 3's, Qwen2's); otherwise says what it is instead.
+    pub fn to_gguf_bpe(&self) -> Result<GgufBpe, TokenizerError> {
+        let unsupported = |what: String| Err(TokenizerError::Settings(format!("a GGUF vocabulary: {what}")));
+        let json: serde_json::Value = serde_json::from_str(&self.to_json()?)
+            .map_err(|e| TokenizerError::Settings(format!("tokenizer.json: {e}")))?;
+        let model = &json["model"];
+        if model["type"] != "BPE" {
+            return unsupported(format!("the model is {}, not byte-level BPE", model["type"]));
+        }
+        let pre = match &json["pre_tokenizer"] {
+            split if split["type"] == "ByteLevel" && split["use_regex"] != false => "gpt-2".to_string(),
+            sequence if sequence["type"] == "Sequence" => {
+                let steps = sequence["pretokenizers"].as_array().map(Vec::as_slice).unwrap_or_default();
+                let patterns: Vec<&str> = steps.iter().filter_map(|step| step["pattern"]["Regex"].as_str()).collect();
+                let named = ["llama-bpe", "qwen2", "default"];
+                match named.into_iter().find(|pre| gguf_split(pre).is_ok_and(|(splits, _)| splits == patterns)) {
+                    Some(pre) => pre.to_string(),
+                    None => return unsupported("its pre-tokenizer's split is not one llama.cpp names".to_string()),
+                }
+            }
+            other => return unsupported(format!("pre-tokenizer {}", other["type"])),
+        };
+        let vocab = model["vocab"].as_object().map(|v| v.len()).unwrap_or_default();
+        let size = self.inner.get_vocab_size(true).max(vocab);
+        let mut tokens = vec![String::new(); size];
+        let mut token_types = vec![GGUF_NORMAL; size];
+        for (token, id) in self.inner.get_vocab(true) {
+            if let Some(slot) = tokens.get_mut(id as usize) {
+                *slot = token;
+            }
+        }
+        for (id, added) in self.inner.get_added_tokens_decoder() {
+            if let Some(kind) = token_types.get_mut(id as usize) {
+                *kind = if added.special { GGUF_CONTROL } else { GGUF_USER_DEFINED };
+            }
+        }
+        if let Some(missing) = tokens.iter().position(String::is_empty) {
+            return unsupported(format!("token id {missing} has no token"));
+        }
+        let merges = match model["merges"].as_array() {
+            Some(merges) => merges
+                .iter()
+                .map(|merge| match merge {
+                    serde_json::Value::String(pair) => Some(pair.clone()),
+                    serde_json::Value::Array(pair) => Some(format!("{} {}", pair[0].as_str()?, pair[1].as_str()?)),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| TokenizerError::Settings("a GGUF vocabulary: malformed merges".to_string()))?,
+            None => Vec::new(),
+        };
+        Ok(GgufBpe { tokens, merges, token_types, pre })
     }
 }
 
@@ -297,33 +458,20 @@ mod tests {
         assert!(error.to_string().contains("vocab_size 100 is below 257"), "{error}");
     }
 
-    /// A trained tokenizer's vocabulary and merges as GGUF lists them: tokens by id, merges as
-    /// "left right", the end-of-text token marked as control.
-    fn as_gguf(tokenizer: &Tokenizer) -> (Vec<String>, Vec<String>, Vec<i32>) {
-        let json: serde_json::Value = serde_json::from_str(&tokenizer.to_json().unwrap()).unwrap();
-        let vocab = json["model"]["vocab"].as_object().unwrap();
-        let mut tokens = vec![String::new(); vocab.len()];
-        for (token, id) in vocab {
-            tokens[id.as_u64().unwrap() as usize] = token.clone();
-        }
-        let merges = json["model"]["merges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| match m {
-                serde_json::Value::String(pair) => pair.clone(),
-                pair => format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()),
-            })
-            .collect();
-        let types = tokens.iter().map(|t| if t == END_OF_TEXT { GGUF_CONTROL } else { 1 }).collect();
-        (tokens, merges, types)
-    }
-
     #[test]
     fn a_gguf_byte_level_vocabulary_tokenizes_as_the_tokenizer_it_came_from() {
         let trained = Tokenizer::train(&BpeSettings::new(600), corpus().into_iter().take(400)).unwrap();
-        let (tokens, merges, types) = as_gguf(&trained);
-        let converted = Tokenizer::from_gguf_bpe(&tokens, &merges, &types, "gpt2").unwrap();
+        let GgufBpe { tokens, merges, token_types, pre } = trained.to_gguf_bpe().unwrap();
+        assert_eq!(pre, "gpt-2");
+        assert_eq!(token_types[trained.token_id(END_OF_TEXT).unwrap() as usize], GGUF_CONTROL);
+        let converted = Tokenizer::from_gguf_bpe(&tokens, &merges, &token_types, &pre).unwrap();
+        // And back: the converted tokenizer lists the same vocabulary (a Qwen2 split survives too).
+        assert_eq!(
+            converted.to_gguf_bpe().unwrap(),
+            GgufBpe { tokens: tokens.clone(), merges: merges.clone(), token_types: token_types.clone(), pre }
+        );
+        let qwen = Tokenizer::from_gguf_bpe(&tokens, &merges, &token_types, "qwen2").unwrap();
+        assert_eq!(qwen.to_gguf_bpe().unwrap().pre, "qwen2");
         assert_eq!(converted.vocab_size(), trained.vocab_size());
         let mut texts: Vec<String> = corpus().into_iter().skip(400).take(200).collect();
         texts.push(format!("First line{END_OF_TEXT}second, with the end of text inside"));
@@ -350,7 +498,7 @@ mod tests {
             let ids = tokenizer.encode("12345").unwrap();
             ids.iter().map(|id| tokenizer.decode(&[*id]).unwrap()).collect::<Vec<_>>()
         };
-        assert_eq!(pieces("gpt2"), ["12345"], "GPT-2 keeps a number whole");
+        assert_eq!(pieces("gpt-2"), ["12345"], "GPT-2 keeps a number whole");
         assert_eq!(pieces("llama-bpe"), ["123", "45"], "Llama 3 splits numbers into threes");
         assert_eq!(pieces("qwen2"), ["1", "2", "3", "4", "5"], "Qwen2 splits every digit");
         let unknown = Tokenizer::from_gguf_bpe(&tokens, &merges, &types, "gemma").err().unwrap();

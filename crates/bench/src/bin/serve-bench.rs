@@ -174,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
     let decoder = decoder.with_kv_precision(if args.kv_cache == "f16" { KvPrecision::F16 } else { KvPrecision::F32 });
     // As the server does: once the decoder holds its copy, the loaded weights go.
     drop(model);
-    let engine = Engine::start(decoder, tokenizer(config.vocab_size)?, EngineSettings::default());
+    let engine = Engine::start(decoder, tokenizer(config.vocab_size)?, &[], EngineSettings::default());
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let prompt: Vec<u32> = (0..args.prompt_tokens).map(|_| rng.random_range(3..config.vocab_size as u32)).collect();
 

@@ -8,19 +8,37 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::{call, cli, cli_env, tenant_with_keys, upload, Server};
+use crate::support::{call, cli, cli_env, resident_mib, tenant_with_keys, upload, Server};
 
 /// Writes a tiny GGUF of `architecture` (with `template` as its chat template and `pre` as its
 /// pre-tokenizer, if given) with `scripts/make_gguf.py`, or says why it cannot.
 fn make_gguf(dir: &Path, architecture: &str, template: Option<&str>, pre: Option<&str>) -> Option<PathBuf> {
-    let path = dir.join(format!("tiny-{architecture}-{}-{}.gguf", template.map_or(0, str::len), pre.unwrap_or("")));
+    make_gguf_ending(dir, architecture, template, pre, false)
+}
+
+/// As [`make_gguf`]; with `ends_at_once`, a model whose greedy answer is its end-of-turn token.
+fn make_gguf_ending(
+    dir: &Path,
+    architecture: &str,
+    template: Option<&str>,
+    pre: Option<&str>,
+    ends_at_once: bool,
+) -> Option<PathBuf> {
+    let path = dir.join(format!(
+        "tiny-{architecture}-{}-{}-{ends_at_once}.gguf",
+        template.map_or(0, str::len),
+        pre.unwrap_or("")
+    ));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make_gguf.py");
     let default_template = "{% for m in messages %}{{ m.content }}{% endfor %}";
     let mut args = vec![script, path.to_str().unwrap(), architecture];
-    if template.is_some() || pre.is_some() {
+    if template.is_some() || pre.is_some() || ends_at_once {
         args.push(template.unwrap_or(default_template));
+        args.push(pre.unwrap_or("default"));
     }
-    args.extend(pre);
+    if ends_at_once {
+        args.push("ends-at-once");
+    }
     let output = Command::new("python3").args(&args).output().ok()?;
     if !output.status.success() {
         factory_testkit::missing(&format!(
@@ -116,4 +134,137 @@ async fn gguf_files_import_as_signed_versions_and_bad_ones_are_refused_by_name()
     let (ok, _, stderr) =
         cli(&["model", "import-gguf", llama.to_str().unwrap(), "--name", "tiny", "--jurisdiction", "us"], &env);
     assert!(!ok && stderr.contains("403"), "{stderr}");
+}
+
+/// Point 2 and 5 of issue 18 through the real binary: an imported GGUF version deploys and
+/// answers OpenAI chat calls from its quantized blocks, rendered with the file's own chat
+/// template, streamed as UTF-8 deltas; it stops at the end-of-turn token the file declares.
+#[tokio::test(flavor = "multi_thread")]
+async fn gguf_versions_serve_chat_from_their_blocks_and_stop_at_their_end_of_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}{{ eos_token }}<|assistant|>";
+    let Some(talker) = make_gguf(dir.path(), "llama", Some(template), None) else { return };
+    let Some(quiet) = make_gguf_ending(dir.path(), "llama", Some(template), None, true) else { return };
+    let server = Server::start(&dir.path().join("factory"), &["--jurisdiction", "eu"], &[]);
+    let keys = tenant_with_keys(&server, "acme", &["engineer", "app"]).await;
+    let (engineer, app) = (keys[0].1.as_str(), keys[1].1.as_str());
+    let env = cli_env(&server.url, engineer);
+    for (file, name) in [(&talker, "talker"), (&quiet, "quiet")] {
+        let import = ["model", "import-gguf", file.to_str().unwrap(), "--name", name, "--jurisdiction", "eu"];
+        let (ok, stdout, stderr) = cli(&import, &env);
+        assert!(ok, "{stdout}\n{stderr}");
+        let variant = format!("{name}@1");
+        let (ok, stdout, stderr) = cli(&["deploy", "create", name, "--variant", &variant], &env);
+        assert!(ok, "{stdout}\n{stderr}");
+    }
+    let resident_before = resident_mib(server.pid());
+
+    let chat = |model: &str, stream: bool| {
+        serde_json::json!({
+            "model": model, "stream": stream, "temperature": 0, "max_tokens": 6,
+            "messages": [{"role": "user", "content": "abcd abcd"}],
+        })
+    };
+    let answer = call(&server.url, "POST", "/v1/chat/completions", Some(app), Some(chat("talker", false))).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.body["choices"][0]["finish_reason"], "length", "{}", answer.text);
+    assert_eq!(answer.body["usage"]["completion_tokens"], 6);
+    // The file's template was rendered: `<|user|>abcd abcd</s>?<|assistant|>` is more tokens
+    // than the message alone (the vocabulary merges "ab" and "cd").
+    let prompt_tokens = answer.body["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 6, "{}", answer.text);
+    let whole = answer.body["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+
+    // Streamed, the same greedy answer arrives as deltas, each valid UTF-8 on its own.
+    let streamed = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .bearer_auth(app)
+        .json(&chat("talker", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    let body = streamed.bytes().await.unwrap();
+    let mut joined = String::new();
+    for line in body.split(|&b| b == b'\n').filter(|line| line.starts_with(b"data: {")) {
+        let event: serde_json::Value = serde_json::from_slice(&line[6..]).expect("each event is UTF-8 JSON");
+        joined.push_str(event["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+    }
+    assert_eq!(joined, whole, "streamed and whole greedy answers agree");
+
+    // The quiet model's greedy first token is its declared end of turn: it stops there.
+    let ended = call(&server.url, "POST", "/v1/chat/completions", Some(app), Some(chat("quiet", false))).await;
+    assert_eq!(ended.status, 200, "{}", ended.text);
+    assert_eq!(ended.body["choices"][0]["finish_reason"], "stop", "{}", ended.text);
+    assert_eq!(ended.body["choices"][0]["message"]["content"], "", "{}", ended.text);
+
+    // Two tiny models loaded: a few MiB, not a widened copy per request.
+    let grown = resident_mib(server.pid()).saturating_sub(resident_before);
+    assert!(grown < 64, "serving two tiny GGUF models grew the server by {grown} MiB");
+}
+
+/// Point 6 (and 9) through the real binary: a trained version quantizes into a new signed
+/// version whose lineage names its source and whose residency is the source's; exported as
+/// GGUF it loads in llama.cpp (llama-cpp-python) and answers a greedy completion with the
+/// text the factory's own engine answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn trained_versions_quantize_and_export_as_gguf_that_llama_cpp_answers_alike() {
+    let python_has_llama_cpp =
+        Command::new("python3").args(["-c", "import llama_cpp"]).output().is_ok_and(|output| output.status.success());
+    let factory = crate::support::ServingFactory::start(&[], 1).await;
+    let (url, engineer, app) = (factory.url.as_str(), factory.engineer.as_str(), factory.app.as_str());
+    let env = cli_env(url, engineer);
+
+    let (ok, stdout, stderr) = cli(&["model", "quantize", "bard@1", "--type", "q8_0"], &env);
+    assert!(ok, "{stdout}\n{stderr}");
+    let quantized: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((quantized["version"].as_i64(), quantized["origin"].as_str()), (Some(2), Some("quantized")));
+    let detail = call(url, "GET", "/api/v1/models/bard/versions/2", Some(engineer), None).await;
+    let manifest = &detail.body["manifest"];
+    assert_eq!(manifest["lineage"]["base_model"], "bard@1");
+    assert_eq!(manifest["lineage"]["datasets"][0]["name"], "plays", "the source's training data stays in the lineage");
+    assert_eq!(manifest["residency"]["derived_from"], "quantized from bard@1");
+    let source = call(url, "GET", "/api/v1/models/bard/versions/1", Some(engineer), None).await;
+    assert_eq!(manifest["residency"]["jurisdiction"], source.body["manifest"]["residency"]["jurisdiction"]);
+    assert_eq!(manifest["lineage"]["config"]["gguf"]["tensor_types"]["q8_0"].as_u64().map(|n| n > 0), Some(true));
+    let (ok, stdout, stderr) = cli(&["model", "verify", "bard@2"], &env);
+    assert!(ok && stdout.contains("bard@2 verified"), "{stdout}\n{stderr}");
+    // A type the factory does not write is named.
+    let (ok, _, stderr) = cli(&["model", "quantize", "bard@1", "--type", "q3_k"], &env);
+    assert!(!ok && stderr.contains("q3_k"), "{stderr}");
+
+    // The quantized version serves.
+    let (ok, stdout, stderr) = cli(&["deploy", "create", "small", "--variant", "bard@2"], &env);
+    assert!(ok, "{stdout}\n{stderr}");
+    let body =
+        |model: &str| serde_json::json!({ "model": model, "prompt": "ROMEO:", "max_tokens": 12, "temperature": 0 });
+    let answer = call(url, "POST", "/v1/completions", Some(app), Some(body("small"))).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.body["usage"]["completion_tokens"].as_u64().map(|n| n > 0), Some(true));
+
+    // Exported as one GGUF file, audited; llama.cpp loads it and completes as we do.
+    let out = factory.dir.path().join("bard-1.gguf");
+    let (ok, stdout, stderr) =
+        cli(&["model", "export", "bard@1", "--format", "gguf", "--out", out.to_str().unwrap()], &env);
+    assert!(ok && stdout.contains("as GGUF"), "{stdout}\n{stderr}");
+    assert_eq!(&std::fs::read(&out).unwrap()[..4], b"GGUF");
+    let admin = factory.server.admin_key.as_str();
+    let audited = call(url, "GET", "/api/v1/audit/records?limit=1000", Some(admin), None).await;
+    assert!(audited.text.contains(r#""format":"gguf""#), "the export is audited: {}", audited.text);
+    if !python_has_llama_cpp {
+        factory_testkit::missing("llama-cpp-python (pip install llama-cpp-python): exported GGUF not run by llama.cpp");
+        return;
+    }
+    let ours = call(url, "POST", "/v1/completions", Some(app), Some(body("chat"))).await;
+    assert_eq!(ours.status, 200, "{}", ours.text);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/llama_cpp_complete.py");
+    let output = Command::new("python3").args([script, out.to_str().unwrap(), "ROMEO:", "12"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        theirs["text"].as_str(),
+        ours.body["choices"][0]["text"].as_str(),
+        "llama.cpp's greedy completion of the exported file, prompt tokenized as {}",
+        theirs["prompt_tokens"]
+    );
 }

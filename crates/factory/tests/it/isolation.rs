@@ -141,6 +141,12 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         ("GET", "/api/v1/models/gmodel/versions/1/files/README.md?tenant=globex".to_string(), None),
         ("POST", "/api/v1/models/gmodel/versions/1/verify?tenant=globex".to_string(), None),
         ("GET", "/api/v1/models/gmodel/versions/1/bundle?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/models/gmodel/versions/1/gguf?tenant=globex".to_string(), None),
+        (
+            "POST",
+            "/api/v1/models/gmodel/versions/1/quantize?tenant=globex".to_string(),
+            Some(json!({ "type": "q8_0" })),
+        ),
         ("PUT", "/api/v1/models/gmodel/aliases/prod?tenant=globex".to_string(), Some(json!({ "version": 1 }))),
         ("POST", "/api/v1/models/import?tenant=globex".to_string(), None),
         ("POST", "/api/v1/models/gmodel/import-hf?jurisdiction=eu&tenant=globex".to_string(), None),

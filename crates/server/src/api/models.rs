@@ -17,6 +17,7 @@ use super::datasets::TenantQuery;
 use super::{committed_response, millis_to_text, tenant_of};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use crate::service::formats;
 use crate::service::imports::{self, Declared};
 use crate::service::models::{self, AliasMove, Verification};
 use crate::state::AppState;
@@ -281,12 +282,7 @@ pub async fn bundle(
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
     let export = models::export(&state, &caller, &tenant, &name, &reference).await?;
     let filename = format!("{name}-{}.tar", export.value.version);
-    let headers = [
-        (header::CONTENT_TYPE, "application/x-tar".to_string()),
-        (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
-    ];
-    let body = Body::from_stream(export.value.tar);
-    Ok(committed_response(StatusCode::OK, (headers, body), export.committed))
+    Ok(attachment(&filename, "application/x-tar", Body::from_stream(export.value.tar), export.committed))
 }
 
 #[utoipa::path(post, path = "/api/v1/models/import", tag = "models", params(TenantQuery),
@@ -367,6 +363,57 @@ pub async fn import_gguf(
     let (tenant, declared) = query.declared(&caller)?;
     let imported = imports::gguf(&state, &caller, &tenant, &name, declared, body.into_data_stream()).await?;
     Ok(created_version(imported))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeRequest {
+    /// The block type: q8_0, q6_k, q5_k, q4_k, q4_0 or f16.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/models/{name}/versions/{version}/quantize", tag = "models",
+    params(("name" = String, Path), ("version" = String, Path), TenantQuery), request_body = QuantizeRequest,
+    responses((status = 201, body = ModelVersionView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn quantize(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, reference)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+    ApiJson(body): ApiJson<QuantizeRequest>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let quantized = formats::quantize(&state, &caller, &tenant, &name, &reference, &body.kind).await?;
+    Ok(created_version(quantized))
+}
+
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}/gguf", tag = "models",
+    params(("name" = String, Path), ("version" = String, Path), TenantQuery),
+    responses((status = 200, description = "The version as one GGUF file", body = Vec<u8>),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn gguf(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, reference)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<TenantQuery>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&caller, query.tenant.as_deref())?;
+    let export = formats::export_gguf(&state, &caller, &tenant, &name, &reference).await?;
+    let filename = format!("{name}-{}.gguf", export.value.version);
+    Ok(attachment(&filename, "application/octet-stream", Body::from_stream(export.value.bytes), export.committed))
+}
+
+/// A download named `filename`, as `200 OK` with its audit record.
+fn attachment(filename: &str, content_type: &str, body: Body, committed: factory_store::Committed) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, content_type.to_string()),
+        (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+    ];
+    committed_response(StatusCode::OK, (headers, body), committed)
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use factory_core::{AccessRequest, Action, Classification, Jurisdiction, Resource, TenantName};
-use factory_model::gguf::{Inspected, Vocabulary};
+use factory_model::gguf::Inspected;
 use factory_registry::{read_bundle, tar_header, Lineage, Origin, Residency};
 use factory_store::models::ModelVersion;
 use futures::StreamExt;
@@ -238,14 +238,10 @@ pub async fn gguf<E: std::fmt::Display>(
         let mut spooled = spooled;
         let Inspected { summary, vocabulary } =
             factory_model::gguf::inspect(&mut spooled).map_err(|e| unprocessable(e.to_string()))?;
-        // A byte-level vocabulary must make a tokenizer this factory runs (its pre-tokenizer
-        // known, its merges naming its tokens); SentencePiece vocabularies are checked for
-        // their shape only, until they are converted too.
-        if summary.tokenizer.model == "gpt2" {
-            let Vocabulary { tokens, merges, token_types } = vocabulary;
-            factory_tokenizer::Tokenizer::from_gguf_bpe(&tokens, &merges, &token_types, &summary.tokenizer.pre)
-                .map_err(|e| unprocessable(e.to_string()))?;
-        }
+        // The vocabulary must make a tokenizer this factory runs: a byte-level one's
+        // pre-tokenizer known and its merges naming its tokens, a SentencePiece one's scores
+        // one per piece.
+        crate::serving::gguf_tokenizer(&summary, &vocabulary).map_err(unprocessable)?;
         if let Some(template) = &summary.chat_template {
             crate::chat_template::validate(template, factory_tokenizer::END_OF_TEXT)
                 .map_err(|e| ServiceError::new(ErrorKind::BadChatTemplate, format!("tokenizer.chat_template: {e}")))?;

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod datasets;
 pub mod deployments;
 pub mod feedback;
+pub mod formats;
 pub mod imports;
 pub mod inference;
 pub mod jobs;

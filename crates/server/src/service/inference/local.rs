@@ -28,11 +28,15 @@ pub fn generator<'a>(model: &'a LoadedModel, deployment: &str) -> Result<&'a Gen
 
 /// Renders the messages with the model's chat template (Jinja, as Hugging Face writes them),
 /// sandboxed and on the blocking pool: the template is the importer's code.
-pub async fn render_chat(template: &str, messages: &[ChatMessage]) -> Result<String, ServiceError> {
-    let (template, messages) = (template.to_string(), messages.to_vec());
+pub async fn render_chat(generator: &Generator, messages: &[ChatMessage]) -> Result<String, ServiceError> {
+    let template = generator.chat_template.clone().unwrap_or_else(|| DEFAULT_CHAT_TEMPLATE.to_string());
+    let special = generator.special.clone();
+    let messages = messages.to_vec();
     let text_bytes = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
     tokio::task::spawn_blocking(move || {
-        crate::chat_template::render(&template, &messages, text_bytes, factory_tokenizer::END_OF_TEXT)
+        let bos = special.bos.as_deref().unwrap_or("");
+        let eos = special.eos.as_deref().unwrap_or(factory_tokenizer::END_OF_TEXT);
+        crate::chat_template::render(&template, &messages, text_bytes, bos, eos)
     })
     .await
     .map_err(|e| ServiceError::internal(format!("rendering the chat template: {e}")))?

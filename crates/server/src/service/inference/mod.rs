@@ -385,9 +385,7 @@ impl Attempt<'_> {
         let prompt = match &request.call {
             Call::Completion(prompt) => prompt.clone(),
             Call::Chat(messages) => {
-                let generator = local::generator(&model, &request.deployment)?;
-                let template = generator.chat_template.as_deref().unwrap_or(local::DEFAULT_CHAT_TEMPLATE);
-                local::render_chat(template, messages).await?
+                local::render_chat(local::generator(&model, &request.deployment)?, messages).await?
             }
         };
         meter.texts(Some(&prompt), None);

@@ -8,12 +8,21 @@
 //! shape whose element count fits its blocks, and data that lies inside the file, so a
 //! truncated file is refused by name instead of failing later when it is loaded.
 
+mod load;
+mod names;
+#[cfg(test)]
+mod serving_tests;
+mod write;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use serde::Serialize;
+
+pub use load::{config_of, load_decoder, read_llama};
+pub use write::{storage_type, write_llama, GgufVocabulary};
 
 /// The most bytes of metadata and tensor descriptions read before the tensor data: a real
 /// model's vocabulary, merges and template take a few MiB (a 256k vocabulary about 12).
@@ -77,6 +86,9 @@ pub struct Hyper {
     pub feed_forward_length: u64,
     pub head_count: u64,
     pub head_count_kv: u64,
+    /// `attention.key_length`: the width of a head, when it is not `embedding_length /
+    /// head_count` (Qwen3).
+    pub head_dim: Option<u64>,
     pub rms_norm_eps: f32,
     pub rope_freq_base: f32,
     /// `<arch>.rope.scaling.type` and its factors, for Llama 3's long-context scaling.
@@ -123,9 +135,7 @@ pub struct Inspected {
 pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<Inspected, GgufError> {
     let file_size = reader.seek(SeekFrom::End(0)).map_err(|e| GgufError(format!("reading the file: {e}")))?;
     reader.seek(SeekFrom::Start(0)).map_err(|e| GgufError(format!("reading the file: {e}")))?;
-    let version = prescan(&mut std::io::BufReader::new(&mut *reader), file_size)?;
-    reader.seek(SeekFrom::Start(0)).map_err(|e| GgufError(format!("reading the file: {e}")))?;
-    let content = Content::read(&mut std::io::BufReader::new(&mut *reader)).map_err(|e| GgufError(e.to_string()))?;
+    let (version, content) = read_header(reader, file_size)?;
     let architecture = text(&content, "general.architecture")?;
     if !ARCHITECTURES.contains(&architecture.as_str()) {
         return fail(format!(
@@ -199,12 +209,46 @@ pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<Inspected, GgufError> {
     Ok(Inspected { summary, vocabulary: vocabulary(&content)? })
 }
 
+/// Token texts that end a model's turn when the vocabulary marks them as control tokens
+/// (llama.cpp stops at the same ones): Llama 3's, ChatML's (Qwen), Phi's, Gemma's.
+const END_OF_TURN_TEXTS: &[&str] =
+    &["<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>"];
+
+/// Every token generation ends at: the file's end-of-sequence and end-of-turn ids, and control
+/// tokens that end a turn by their text.
+pub fn end_of_generation(summary: &GgufSummary, vocabulary: &Vocabulary) -> Vec<u32> {
+    let mut ends: Vec<u32> = summary.tokenizer.eos.into_iter().chain(summary.tokenizer.eot).collect();
+    for (id, text) in vocabulary.tokens.iter().enumerate() {
+        let control = vocabulary.token_types.get(id) == Some(&3);
+        if control && END_OF_TURN_TEXTS.contains(&text.as_str()) {
+            ends.push(id as u32);
+        }
+    }
+    ends.sort_unstable();
+    ends.dedup();
+    ends
+}
+
+/// The header, walked within bounds first (see [`prescan`]) and then parsed: the version and
+/// the metadata and tensor descriptions.
+fn read_header<R: Read + Seek>(reader: &mut R, file_size: u64) -> Result<(u32, Content), GgufError> {
+    reader.seek(SeekFrom::Start(0)).map_err(|e| GgufError(format!("reading the file: {e}")))?;
+    let version = prescan(&mut std::io::BufReader::new(&mut *reader), file_size)?;
+    reader.seek(SeekFrom::Start(0)).map_err(|e| GgufError(format!("reading the file: {e}")))?;
+    let content = Content::read(&mut std::io::BufReader::new(&mut *reader)).map_err(|e| GgufError(e.to_string()))?;
+    Ok((version, content))
+}
+
 /// A byte-level BPE vocabulary as the file lists it: tokens by id, merges, each token's type.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vocabulary {
     pub tokens: Vec<String>,
     pub merges: Vec<String>,
     pub token_types: Vec<i32>,
+    /// A SentencePiece vocabulary's piece scores (empty for byte-level BPE).
+    pub scores: Vec<f32>,
+    /// `tokenizer.ggml.add_space_prefix` (SentencePiece; llama.cpp's default is to add one).
+    pub add_space_prefix: bool,
 }
 
 fn vocabulary(content: &Content) -> Result<Vocabulary, GgufError> {
@@ -233,7 +277,30 @@ fn vocabulary(content: &Content) -> Result<Vocabulary, GgufError> {
             .collect::<Result<_, _>>()?,
         Some(_) => return fail("tokenizer.ggml.token_type: expected an array"),
     };
-    Ok(Vocabulary { tokens: strings("tokenizer.ggml.tokens")?, merges: strings("tokenizer.ggml.merges")?, token_types })
+    let scores = match content.metadata.get("tokenizer.ggml.scores") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::F32(score) => Ok(*score),
+                Value::F64(score) => Ok(*score as f32),
+                _ => fail("tokenizer.ggml.scores: expected numbers"),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return fail("tokenizer.ggml.scores: expected an array"),
+    };
+    let add_space_prefix = match content.metadata.get("tokenizer.ggml.add_space_prefix") {
+        None => true,
+        Some(Value::Bool(add)) => *add,
+        Some(_) => return fail("tokenizer.ggml.add_space_prefix: expected a boolean"),
+    };
+    Ok(Vocabulary {
+        tokens: strings("tokenizer.ggml.tokens")?,
+        merges: strings("tokenizer.ggml.merges")?,
+        token_types,
+        scores,
+        add_space_prefix,
+    })
 }
 
 /// Walks the header keeping nothing: the version, and that the metadata and tensor
@@ -433,6 +500,7 @@ fn hyper(content: &Content, architecture: &str) -> Result<Hyper, GgufError> {
         feed_forward_length: required_integer(content, &key("feed_forward_length"))?,
         head_count,
         head_count_kv,
+        head_dim: integer(content, &key("attention.key_length"))?,
         rms_norm_eps: float(content, &key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
         rope_freq_base: float(content, &key("rope.freq_base"))?.unwrap_or(10_000.0),
         rope_scaling,
