@@ -192,6 +192,8 @@ fn action_context(action: Action) -> &'static str {
         Action::DatasetCreate | Action::DatasetIngest => "{ jurisdiction_allowed: Bool, storage_site: Bool }",
         Action::DatasetReadRows | Action::DatasetDownload => "{ raw_pii: Bool }",
         Action::ModelRegister | Action::ModelImport => "{ jurisdiction_allowed: Bool, storage_site: Bool }",
+        // An export that names its destination says whether the model may live there.
+        Action::ModelExport => "{ destination_allowed?: Bool }",
         Action::DeploymentCreate | Action::DeploymentUpdate => "{ jurisdiction_allowed: Bool, serving_site: Bool }",
         // Residency is checked again per variant at call time (sites and tenants change).
         Action::DeploymentInvoke => "{ jurisdiction_allowed?: Bool, serving_site?: Bool }",

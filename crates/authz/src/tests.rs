@@ -191,3 +191,15 @@ fn calls_are_refused_where_residency_no_longer_holds() {
     let decision = decide_with(&app, Action::DeploymentInvoke, deployment, &moved);
     assert_eq!((decision.effect, decision.policies), (Effect::Deny, vec!["deployment-call-residency".to_string()]));
 }
+
+#[test]
+fn exports_go_only_where_the_model_may_live() {
+    let engineer = key(Some("acme"), Role::Engineer);
+    let resource = model("acme", Classification::Internal);
+    let plain = decide_with(&engineer, Action::ModelExport, resource.clone(), &[]);
+    assert_eq!(plain.effect, Effect::Allow, "an export that names no destination is a registry move");
+    let inside = decide_with(&engineer, Action::ModelExport, resource.clone(), &[("destination_allowed", true)]);
+    assert_eq!(inside.effect, Effect::Allow);
+    let outside = decide_with(&engineer, Action::ModelExport, resource, &[("destination_allowed", false)]);
+    assert_eq!((outside.effect, outside.policies), (Effect::Deny, vec!["model-export-residency".to_string()]));
+}

@@ -314,6 +314,10 @@ pub enum ModelCommand {
         out: PathBuf,
         #[arg(long, value_enum, default_value = "bundle")]
         format: ExportFormat,
+        /// The jurisdiction the export goes to (required for GGUF, which leaves the factory's
+        /// governance): refused unless the model may live there
+        #[arg(long)]
+        destination: Option<String>,
         #[command(flatten)]
         tenant: TenantFlag,
         #[command(flatten)]

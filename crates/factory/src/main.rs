@@ -70,8 +70,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Model(ModelCommand::Verify { model, key, tenant, remote }) => {
             crate::models::verify(&remote, &model, key.as_deref(), tenant.name()).await
         }
-        Command::Model(ModelCommand::Export { model, out, format, tenant, remote }) => {
-            crate::models::export(&remote, &model, &out, format, tenant.name()).await
+        Command::Model(ModelCommand::Export { model, out, format, destination, tenant, remote }) => {
+            crate::models::export(&remote, &model, &out, format, destination.as_deref(), tenant.name()).await
         }
         Command::Model(ModelCommand::Import { file, tenant, remote }) => {
             crate::models::import(&remote, &file, tenant.name()).await

@@ -90,6 +90,7 @@ pub async fn export(
     reference: &str,
     out: &Path,
     format: ExportFormat,
+    destination: Option<&str>,
     tenant: Option<&str>,
 ) -> anyhow::Result<()> {
     let (name, version) = split_reference(reference)?;
@@ -97,7 +98,14 @@ pub async fn export(
         ExportFormat::Bundle => "bundle",
         ExportFormat::Gguf => "gguf",
     };
-    let path = format!("/api/v1/models/{name}/versions/{version}/{what}{}", tenant_query(tenant, "?"));
+    if format == ExportFormat::Gguf && destination.is_none() {
+        return Err(anyhow!("a GGUF export leaves the factory: name where it goes with --destination"));
+    }
+    let mut path = format!("/api/v1/models/{name}/versions/{version}/{what}{}", tenant_query(tenant, "?"));
+    if let Some(destination) = destination {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        path.push_str(&format!("{separator}destination={destination}"));
+    }
     let response = reqwest::Client::new()
         .get(url(remote, &path))
         .bearer_auth(api_key(remote)?)
@@ -146,19 +154,22 @@ pub async fn import_hf(args: &ImportHfArgs) -> anyhow::Result<()> {
     let declared = &args.declared;
     let mut tar = Vec::new();
     let mut sent = Vec::new();
-    for name in factory_registry::HF_FILES {
+    let mut names: Vec<String> = std::fs::read_dir(&args.dir)
+        .with_context(|| format!("cannot read {}", args.dir.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| factory_registry::is_hf_file(name))
+        .collect();
+    names.sort();
+    for name in &names {
         let path = args.dir.join(name);
-        if !path.exists() {
-            continue;
-        }
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         tar.extend(factory_registry::tar_header(name, bytes.len() as u64)?);
         tar.extend_from_slice(&bytes);
         tar.extend(factory_registry::tar_padding(bytes.len() as u64));
-        sent.push(*name);
+        sent.push(name.as_str());
     }
-    if !sent.contains(&"model.safetensors") {
-        return Err(anyhow!("{} has no model.safetensors", args.dir.display()));
+    if !sent.contains(&"model.safetensors") && !sent.contains(&factory_registry::HF_SHARD_INDEX) {
+        return Err(anyhow!("{} has no model.safetensors (nor a sharded checkpoint's index)", args.dir.display()));
     }
     tar.extend(factory_registry::tar_end());
     eprintln!("importing {} from {}: {}", declared.name, args.dir.display(), sent.join(", "));

@@ -272,6 +272,17 @@ impl LlamaConfig {
         if self.head_dim() == 0 || self.head_dim() % 2 != 0 || self.head_dim() > 1024 {
             return fail(format!("the head dimension {} must be even (rotary pairs it), 2 to 1024", self.head_dim()));
         }
+        // With `head_dim` set, the heads together may be wider than the hidden state (Qwen3's
+        // are, twice), but not without bound: the widths below are allocated.
+        let query_width = self.num_attention_heads.checked_mul(self.head_dim());
+        if query_width.is_none_or(|width| width > self.hidden_size.saturating_mul(16)) {
+            return fail(format!(
+                "num_attention_heads {} of head_dim {} are wider than 16 x hidden_size {}",
+                self.num_attention_heads,
+                self.head_dim(),
+                self.hidden_size
+            ));
+        }
         let kv = self.kv_heads();
         if kv == 0 || self.num_attention_heads % kv != 0 {
             return fail(format!(

@@ -15,7 +15,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::DType;
 use half::f16;
@@ -23,6 +23,7 @@ use half::slice::HalfFloatSliceExt;
 
 use crate::panels::PackedMatrix;
 use crate::projection::{Embedding, Projection};
+use crate::quantized::{GgmlDType, QuantizedMatrix};
 use crate::team::Team;
 use crate::{Llama, LlamaConfig, ModelError};
 
@@ -199,6 +200,37 @@ fn host(model: &Llama, name: &str) -> Result<Vec<f32>, ModelError> {
     Ok(model.weights.get(name)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// The block type a model's half-precision weights stay in when served, if they are half.
+fn half_kind(model: &Llama) -> Option<GgmlDType> {
+    match model.weights.dtype {
+        DType::F16 => Some(GgmlDType::F16),
+        DType::BF16 => Some(GgmlDType::BF16),
+        _ => None,
+    }
+}
+
+/// Weight `name` (`[rows, inner]`) kept in its half-precision type, as blocks.
+fn half_matrix(model: &Llama, name: &str, kind: GgmlDType) -> Result<QuantizedMatrix, ModelError> {
+    let tensor = model.weights.get(name)?;
+    let (rows, inner) = tensor.dims2()?;
+    let flat = tensor.flatten_all()?;
+    let bytes: Vec<u8> = match kind {
+        GgmlDType::BF16 => flat.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(),
+        _ => flat.to_vec1::<f16>()?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(),
+    };
+    QuantizedMatrix::from_bytes(kind, rows, inner, &bytes)
+}
+
+/// Projections side by side: packed `f32` (see [`packed`]), or, for a model whose weights are
+/// half precision, kept so (half the memory of widening them).
+fn projection(model: &Llama, names: &[&str]) -> Result<Projection, ModelError> {
+    let Some(kind) = half_kind(model) else {
+        return packed(model, names);
+    };
+    let parts = names.iter().map(|name| half_matrix(model, name, kind).map(Arc::new));
+    Ok(Projection::Quantized(parts.collect::<Result<_, _>>()?))
+}
+
 /// Projections `[out_i, in]` placed side by side as one `[in, sum of out_i]`, packed.
 fn packed(model: &Llama, names: &[&str]) -> Result<Projection, ModelError> {
     let mut matrices = Vec::with_capacity(names.len());
@@ -241,18 +273,30 @@ impl Decoder {
             };
             layers.push(Layer {
                 input_norm: host(model, &name("input_layernorm"))?,
-                qkv: packed(model, &[&q, &k, &v])?,
+                qkv: projection(model, &[&q, &k, &v])?,
                 qkv_bias,
                 query_key_norms,
-                o: packed(model, &[&name("self_attn.o_proj")])?,
+                o: projection(model, &[&name("self_attn.o_proj")])?,
                 post_norm: host(model, &name("post_attention_layernorm"))?,
-                gate_up: packed(model, &[&gate, &up])?,
-                down: packed(model, &[&name("mlp.down_proj")])?,
+                gate_up: projection(model, &[&gate, &up])?,
+                down: projection(model, &[&name("mlp.down_proj")])?,
             });
         }
-        let head_name = if config.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        let head = packed(model, &[head_name])?;
-        let embedding = Embedding::Dense(host(model, "model.embed_tokens.weight")?);
+        let (embedding, head) = match half_kind(model) {
+            None => {
+                let head_name = if config.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+                (Embedding::Dense(host(model, "model.embed_tokens.weight")?), packed(model, &[head_name])?)
+            }
+            Some(kind) => {
+                let embedding = Arc::new(half_matrix(model, "model.embed_tokens.weight", kind)?);
+                let head = if config.tie_word_embeddings {
+                    embedding.clone()
+                } else {
+                    Arc::new(half_matrix(model, "lm_head.weight", kind)?)
+                };
+                (Embedding::Quantized(embedding), Projection::Quantized(vec![head]))
+            }
+        };
         let final_norm = host(model, "model.norm.weight")?;
         Ok(Decoder::assemble(config, embedding, layers, final_norm, head, threads))
     }

@@ -31,7 +31,7 @@ pub use infer::{Decoder, KvCache, KvPrecision, Logits, StepInput};
 pub use llama::{argmax_last, Llama};
 pub use lora::{LoraAdapters, LoraConfig};
 pub use optim::{clip_grad_norm, learning_rate, AdamW, AdamWConfig};
-pub use weights::{from_safetensors, parameter_shapes, to_safetensors, Weights};
+pub use weights::{from_safetensors, parameter_shapes, stored_dtype, to_safetensors, Weights};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -44,6 +44,25 @@ impl QuantizedMatrix {
         Ok(QuantizedMatrix { rows, inner, blocks })
     }
 
+    /// The matrix of `rows` rows of `inner` elements whose blocks of `kind` are the next bytes
+    /// of `reader` (as a GGUF file stores them), read straight into the blocks: loading a model
+    /// holds no second copy of a tensor.
+    pub fn read(
+        kind: GgmlDType,
+        rows: usize,
+        inner: usize,
+        reader: &mut dyn std::io::Read,
+    ) -> Result<Self, ModelError> {
+        if inner == 0 || inner % kind.block_size() != 0 {
+            return Err(ModelError::Weights(format!(
+                "rows of {inner} elements do not fill {kind:?} blocks of {}",
+                kind.block_size()
+            )));
+        }
+        let blocks = block_rows(kind, Source::Reader(reader, rows * inner / kind.block_size()))?;
+        Ok(QuantizedMatrix { rows, inner, blocks })
+    }
+
     /// `values` (`[rows, inner]`, row-major) quantized to `kind`, as llama.cpp's quantizer
     /// would (without an importance matrix).
     pub fn quantize(kind: GgmlDType, rows: usize, inner: usize, values: &[f32]) -> Result<Self, ModelError> {
@@ -111,32 +130,38 @@ impl QuantizedMatrix {
 }
 
 /// What a matrix's blocks are made from.
-#[derive(Clone, Copy)]
 enum Source<'a> {
     /// The blocks as a GGUF file stores them.
     Bytes(&'a [u8]),
+    /// That many blocks, read from a file.
+    Reader(&'a mut dyn std::io::Read, usize),
     /// Values to quantize.
     Values(&'a [f32]),
 }
 
 /// The blocks of `kind` made from `source`: the one place a type name becomes its block type.
 fn block_rows(kind: GgmlDType, source: Source<'_>) -> Result<Box<dyn BlockRows>, ModelError> {
-    fn make<T: GgmlType + 'static>(source: Source<'_>) -> Blocks<T> {
-        match source {
+    fn make<T: GgmlType + 'static>(source: Source<'_>) -> Result<Blocks<T>, ModelError> {
+        Ok(match source {
             Source::Bytes(bytes) => Blocks::from_bytes(bytes),
+            Source::Reader(reader, count) => {
+                let mut blocks = Blocks(vec![T::zeros(); count]);
+                reader.read_exact(blocks.as_bytes_mut()).map_err(|e| ModelError::Weights(e.to_string()))?;
+                blocks
+            }
             Source::Values(values) => Blocks::quantize(values),
-        }
+        })
     }
     Ok(match kind {
-        GgmlDType::F32 => Box::new(make::<f32>(source)),
-        GgmlDType::F16 => Box::new(make::<f16>(source)),
-        GgmlDType::BF16 => Box::new(make::<bf16>(source)),
-        GgmlDType::Q8_0 => Box::new(make::<BlockQ8_0>(source)),
-        GgmlDType::Q4_0 => Box::new(make::<BlockQ4_0>(source)),
-        GgmlDType::Q4_1 => Box::new(Q4_1Rows(make::<BlockQ4_1>(source))),
-        GgmlDType::Q4K => Box::new(make::<BlockQ4K>(source)),
-        GgmlDType::Q5K => Box::new(make::<BlockQ5K>(source)),
-        GgmlDType::Q6K => Box::new(make::<BlockQ6K>(source)),
+        GgmlDType::F32 => Box::new(make::<f32>(source)?),
+        GgmlDType::F16 => Box::new(make::<f16>(source)?),
+        GgmlDType::BF16 => Box::new(make::<bf16>(source)?),
+        GgmlDType::Q8_0 => Box::new(make::<BlockQ8_0>(source)?),
+        GgmlDType::Q4_0 => Box::new(make::<BlockQ4_0>(source)?),
+        GgmlDType::Q4_1 => Box::new(Q4_1Rows(make::<BlockQ4_1>(source)?)),
+        GgmlDType::Q4K => Box::new(make::<BlockQ4K>(source)?),
+        GgmlDType::Q5K => Box::new(make::<BlockQ5K>(source)?),
+        GgmlDType::Q6K => Box::new(make::<BlockQ6K>(source)?),
         other => return Err(ModelError::Weights(format!("{other:?} weights are not served"))),
     })
 }
@@ -167,16 +192,21 @@ struct Blocks<T>(Vec<T>);
 
 impl<T: GgmlType> Blocks<T> {
     fn from_bytes(bytes: &[u8]) -> Self {
-        let size = std::mem::size_of::<T>();
-        assert_eq!(size, T::DTYPE.type_size(), "candle's block layout is GGUF's");
-        let mut blocks = vec![T::zeros(); bytes.len() / size];
+        let mut blocks = Blocks(vec![T::zeros(); bytes.len() / std::mem::size_of::<T>()]);
+        blocks.as_bytes_mut().copy_from_slice(bytes);
+        blocks
+    }
+
+    /// The blocks' bytes, to be written as a file's bytes.
+    fn as_bytes_mut(&mut self) -> &mut [u8] {
+        assert_eq!(std::mem::size_of::<T>(), T::DTYPE.type_size(), "candle's block layout is GGUF's");
         // SAFETY: the block types are `repr(C)` structs of integers and half floats (or those
-        // numbers themselves), for which every bit pattern is a value, and `blocks` holds
-        // exactly `bytes.len()` bytes.
+        // numbers themselves), for which every bit pattern is a value; the slice covers exactly
+        // the vector's blocks.
         #[allow(unsafe_code)]
-        let target = unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), bytes.len()) };
-        target.copy_from_slice(bytes);
-        Blocks(blocks)
+        unsafe {
+            std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(self.0.as_slice()))
+        }
     }
 
     fn quantize(values: &[f32]) -> Self {
@@ -216,10 +246,12 @@ impl<T: GgmlType + 'static> BlockRows for Blocks<T> {
     #[allow(unsafe_code)]
     unsafe fn multiply(&self, x: &[f32], x_rows: usize, inner: usize, out: Output, columns: Range<usize>) {
         let per_row = inner / T::BLCK_SIZE;
-        let mut activations = vec![T::VecDotType::zeros(); x_rows * per_row];
+        let mut scratch = ACTIVATIONS.take();
+        let activations = scratch_blocks::<T::VecDotType>(&mut scratch, x_rows * per_row);
         for (x, quantized) in x.chunks_exact(inner).zip(activations.chunks_exact_mut(per_row)).take(x_rows) {
             T::VecDotType::from_float(x, quantized);
         }
+        let activations = &*activations;
         let base = out.address as *mut f32;
         for column in columns {
             let weights = &self.0[column * per_row..(column + 1) * per_row];
@@ -233,6 +265,30 @@ impl<T: GgmlType + 'static> BlockRows for Blocks<T> {
                 }
             }
         }
+        ACTIVATIONS.set(scratch);
+    }
+}
+
+thread_local! {
+    /// Each thread's quantized activations, reused from product to product (a decode step runs
+    /// a few hundred products; allocating their activations each time showed in its profile).
+    static ACTIVATIONS: std::cell::Cell<Vec<u64>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// `count` blocks of `B` at the start of `scratch` (grown to hold them), their contents
+/// whatever was there: the caller writes every one before reading it.
+fn scratch_blocks<B: GgmlType>(scratch: &mut Vec<u64>, count: usize) -> &mut [B] {
+    // Block types hold integers and half floats: eight-byte words align them.
+    const { assert!(std::mem::align_of::<B>() <= std::mem::align_of::<u64>()) };
+    let words = (count * std::mem::size_of::<B>()).div_ceil(8);
+    if scratch.len() < words {
+        scratch.resize(words, 0);
+    }
+    // SAFETY: the words hold at least `count` blocks' bytes, are aligned for them (checked
+    // above), and every bit pattern is a block (integers and half floats).
+    #[allow(unsafe_code)]
+    unsafe {
+        std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<B>(), count)
     }
 }
 

@@ -83,8 +83,26 @@ impl Weights {
         dtype: DType,
         device: &Device,
     ) -> Result<Self, ModelError> {
+        Self::from_safetensors_shards(config, &[bytes], dtype, device)
+    }
+
+    /// As [`Weights::from_safetensors`], from a checkpoint sharded over several files
+    /// (`model-00001-of-00002.safetensors`, ...): every tensor in exactly one shard.
+    pub fn from_safetensors_shards(
+        config: &LlamaConfig,
+        shards: &[&[u8]],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         config.validate()?;
-        let mut tensors = candle_core::safetensors::load_buffer(bytes, device)?;
+        let mut tensors = std::collections::HashMap::new();
+        for shard in shards {
+            for (name, tensor) in candle_core::safetensors::load_buffer(shard, device)? {
+                if tensors.insert(name.clone(), tensor).is_some() {
+                    return Err(ModelError::Weights(format!("{name} is in more than one shard")));
+                }
+            }
+        }
         // Each layer names nine tensors, so a file holds fewer layers than tensors. Checked before
         // the expected names are listed: listing them for a count an outside config.json claims
         // (10^12) would take that much time and memory, and abort the process.
@@ -157,6 +175,23 @@ pub fn to_safetensors(tensors: Vec<(String, Tensor)>) -> Result<Vec<u8>, ModelEr
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
     safetensors::serialize(tensors, Some(metadata)).map_err(|e| ModelError::Weights(e.to_string()))
+}
+
+/// The type a safetensors file stores its token embedding in (`F32`, `F16`, `BF16`): what a
+/// served model keeps its weights in.
+pub fn stored_dtype(bytes: &[u8]) -> Result<DType, ModelError> {
+    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelError::Weights(e.to_string()))?;
+    let embedding = file
+        .tensor("model.embed_tokens.weight")
+        .map_err(|_| ModelError::Weights("no model.embed_tokens.weight".to_string()))?;
+    match embedding.dtype() {
+        safetensors::Dtype::F32 => Ok(DType::F32),
+        safetensors::Dtype::F16 => Ok(DType::F16),
+        safetensors::Dtype::BF16 => Ok(DType::BF16),
+        other => {
+            Err(ModelError::Weights(format!("model.embed_tokens.weight is {other:?}; F32, F16 or BF16 are served")))
+        }
+    }
 }
 
 /// Every tensor in safetensors bytes, by name.

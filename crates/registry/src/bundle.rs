@@ -61,6 +61,43 @@ pub const HF_FILES: &[&str] = &[
     "config_sentence_transformers.json",
 ];
 
+/// A sharded checkpoint's index: which shard holds each tensor.
+pub const HF_SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// Whether `path` is a file an `import-hf` keeps: one of [`HF_FILES`], a sharded checkpoint's
+/// index, or one of its shards (`model-00001-of-00004.safetensors`).
+pub fn is_hf_file(path: &str) -> bool {
+    HF_FILES.contains(&path) || path == HF_SHARD_INDEX || is_shard(path)
+}
+
+fn is_shard(path: &str) -> bool {
+    let Some(numbers) = path.strip_prefix("model-").and_then(|rest| rest.strip_suffix(".safetensors")) else {
+        return false;
+    };
+    let digits = |part: &str| part.len() == 5 && part.bytes().all(|b| b.is_ascii_digit());
+    numbers.split_once("-of-").is_some_and(|(this, of)| digits(this) && digits(of))
+}
+
+/// The shards a sharded checkpoint's index names, each once, in order: every one a shard's
+/// file name (nothing that reaches outside the directory).
+pub fn shard_names(index: &[u8]) -> Result<Vec<String>, RegistryError> {
+    let bad = |message: String| RegistryError::Bundle(format!("{HF_SHARD_INDEX}: {message}"));
+    let index: serde_json::Value = serde_json::from_slice(index).map_err(|e| bad(e.to_string()))?;
+    let map = index["weight_map"].as_object().ok_or_else(|| bad("no weight_map".to_string()))?;
+    let mut names = std::collections::BTreeSet::new();
+    for (tensor, shard) in map {
+        let shard = shard
+            .as_str()
+            .filter(|shard| is_shard(shard))
+            .ok_or_else(|| bad(format!("{tensor}: {shard} is not a shard name (model-NNNNN-of-NNNNN.safetensors)")))?;
+        names.insert(shard.to_string());
+    }
+    if names.is_empty() {
+        return Err(bad("the weight_map names no shard".to_string()));
+    }
+    Ok(names.into_iter().collect())
+}
+
 pub fn read_bundle(reader: impl Read, max_bytes: u64) -> Result<Bundle, RegistryError> {
     let bad = |message: String| RegistryError::Bundle(message);
     let mut archive = tar::Archive::new(reader);

@@ -16,7 +16,10 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use bundle::{read_bundle, tar_end, tar_header, tar_padding, Bundle, BUNDLE_MANIFEST, HF_FILES};
+pub use bundle::{
+    is_hf_file, read_bundle, shard_names, tar_end, tar_header, tar_padding, Bundle, BUNDLE_MANIFEST, HF_FILES,
+    HF_SHARD_INDEX,
+};
 pub use card::model_card;
 pub use manifest::{
     file_digest, sign, strictest_residency, verify_file, DatasetInput, Lineage, ModelFile, ModelManifest, Origin,

@@ -32,6 +32,13 @@ pub struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub tenant: String,
+    /// `name@version`.
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeploymentLabels {
     pub deployment: String,
 }
@@ -87,6 +94,9 @@ pub struct Metrics {
     pub authz_seconds: Histogram,
     pub audit_log_size: Gauge,
     pub in_flight: Gauge,
+    /// Bytes each loaded generative model's weights take in memory (its quantized or half
+    /// blocks as loaded, not widened).
+    pub model_weight_bytes: Family<ModelLabels, Gauge>,
     pub inference: InferenceMetrics,
 }
 
@@ -185,6 +195,12 @@ impl Metrics {
         );
         registry.register("audit_log_records", "Records in the audit log", audit_log_size.clone());
         registry.register("http_requests_in_flight", "HTTP requests being handled", in_flight.clone());
+        let model_weight_bytes = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "model_weight_bytes",
+            "Bytes a loaded model's weights take in memory",
+            model_weight_bytes.clone(),
+        );
         let inference = InferenceMetrics::register(&mut registry);
         Metrics {
             registry,
@@ -194,6 +210,7 @@ impl Metrics {
             authz_seconds,
             audit_log_size,
             in_flight,
+            model_weight_bytes,
             inference,
         }
     }

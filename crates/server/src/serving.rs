@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use factory_engine::embed::Embedder;
 use factory_engine::{Engine, EngineSettings};
-use factory_model::{DType, Decoder, Device, KvPrecision, Llama, LlamaConfig, Weights};
+use factory_model::{Decoder, Device, KvPrecision, Llama, LlamaConfig, Weights};
 use factory_store::models::ModelVersion;
 use factory_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -258,6 +259,7 @@ pub struct Engines {
     options: EngineOptions,
     /// Where large files (GGUF weights) are spooled while they load.
     spool_dir: std::path::PathBuf,
+    metrics: Arc<crate::metrics::Metrics>,
     /// One cell per signed manifest: the map's lock is held only to find the cell, and each
     /// model loads once while requests for other models go on.
     loaded: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<LoadedModel>>>>>,
@@ -277,12 +279,14 @@ impl Engines {
         model_keys: Arc<ModelKeys>,
         options: EngineOptions,
         spool_dir: std::path::PathBuf,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Engines {
             objects,
             model_keys,
             options,
             spool_dir,
+            metrics,
             loaded: Mutex::default(),
             embedding_permits: Arc::new(tokio::sync::Semaphore::new(8)),
             // A redirect would take the request (and its key) to a host the allowlist never
@@ -329,6 +333,11 @@ impl Engines {
 }
 
 impl Engines {
+    fn record_weights(&self, manifest: &factory_registry::ModelManifest, decoder: &Decoder) {
+        let labels = crate::metrics::ModelLabels { tenant: manifest.tenant.to_string(), model: manifest.reference() };
+        self.metrics.model_weight_bytes.get_or_create(&labels).set(decoder.weight_bytes() as i64);
+    }
+
     fn engine_settings(&self) -> EngineSettings {
         EngineSettings {
             max_batch: self.options.max_batch,
@@ -372,6 +381,7 @@ impl Engines {
             weight_bytes = decoder.weight_bytes(),
             "loaded a verified GGUF model version into an engine"
         );
+        self.record_weights(manifest, &decoder);
         let engine = Engine::start(decoder, tokenizer.clone(), &end_tokens, self.engine_settings());
         Ok(LoadedModel {
             generator: Some(Generator { engine, tokenizer, chat_template, special }),
@@ -397,7 +407,15 @@ impl Engines {
                 .remove(path)
                 .ok_or_else(|| ServiceError::not_found(format!("{} has no file {path}", manifest.reference())))
         };
-        let (config, weights, tokenizer) = (take("config.json")?, take("model.safetensors")?, take("tokenizer.json")?);
+        let (config, tokenizer) = (take("config.json")?, take("tokenizer.json")?);
+        // One weights file, or the shards a sharded checkpoint's index names.
+        let shard_names = match take(factory_registry::HF_SHARD_INDEX) {
+            Ok(index) => factory_registry::shard_names(&index)
+                .map_err(|e| ServiceError::new(ErrorKind::UnservableModel, e.to_string()))?,
+            Err(_) => vec!["model.safetensors".to_string()],
+        };
+        let shards: Vec<Bytes> = shard_names.iter().map(|name| take(name)).collect::<Result<_, _>>()?;
+        let generation_config = take("generation_config.json").ok();
         let sentence_config = take("sentence_bert_config.json").ok();
         let tokenizer_config = take("tokenizer_config.json").ok();
         let invalid = |e: String| ServiceError::new(ErrorKind::UnservableModel, e);
@@ -410,7 +428,7 @@ impl Engines {
             let embedder = tokio::task::spawn_blocking(move || {
                 Embedder::load(
                     &String::from_utf8_lossy(&config),
-                    &weights,
+                    &shards[0],
                     &String::from_utf8_lossy(&tokenizer),
                     max_tokens,
                 )
@@ -432,8 +450,11 @@ impl Engines {
         let kv_precision = if self.options.kv_cache_half { KvPrecision::F16 } else { KvPrecision::F32 };
         let (model, tokenizer) = tokio::task::spawn_blocking(move || {
             let config = LlamaConfig::from_json(&String::from_utf8_lossy(&config)).map_err(|e| e.to_string())?;
+            // Served in the type it is stored in: half-precision weights stay half.
+            let dtype = factory_model::stored_dtype(&shards[0]).map_err(|e| e.to_string())?;
+            let shards: Vec<&[u8]> = shards.iter().map(|shard| &shard[..]).collect();
             let weights =
-                Weights::from_safetensors(&config, &weights, DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
+                Weights::from_safetensors_shards(&config, &shards, dtype, &Device::Cpu).map_err(|e| e.to_string())?;
             let model = Llama::new(config, weights).map_err(|e| e.to_string())?;
             let model = Decoder::new(&model).map_err(|e| e.to_string())?.with_kv_precision(kv_precision);
             let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&tokenizer)).map_err(|e| e.to_string())?;
@@ -442,15 +463,35 @@ impl Engines {
         .await
         .map_err(|e| invalid(e.to_string()))?
         .map_err(invalid)?;
-        let chat_template = tokenizer_config
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .and_then(|config| config["chat_template"].as_str().map(str::to_string));
+        let json =
+            |bytes: Option<Bytes>| bytes.and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+        let (tokenizer_config, generation_config) = (json(tokenizer_config), json(generation_config));
+        let chat_template =
+            tokenizer_config.as_ref().and_then(|config| config["chat_template"].as_str().map(str::to_string));
+        // tokenizer_config.json names the special tokens by text (or as {"content": ...}).
+        let special_text = |key: &str| {
+            let value = tokenizer_config.as_ref().map(|config| &config[key])?;
+            value.as_str().or_else(|| value["content"].as_str()).map(str::to_string)
+        };
+        let special = SpecialTokens { bos: special_text("bos_token"), eos: special_text("eos_token") };
+        // Sequences end at the config's eos, generation_config.json's (one id or a list: chat
+        // models list their end of turn there), and the tokenizer config's eos token.
+        let mut end_tokens: Vec<u32> = model.config().eos_token_id.into_iter().collect();
+        match generation_config.as_ref().map(|config| &config["eos_token_id"]) {
+            Some(serde_json::Value::Array(ids)) => {
+                end_tokens.extend(ids.iter().filter_map(|id| id.as_u64()).map(|id| id as u32))
+            }
+            Some(id) => end_tokens.extend(id.as_u64().map(|id| id as u32)),
+            None => {}
+        }
+        end_tokens.extend(special.eos.as_deref().and_then(|eos| tokenizer.token_id(eos)));
+        end_tokens.retain(|&id| (id as usize) < model.config().vocab_size);
         let settings = self.engine_settings();
         tracing::info!(model = %reference, "loaded a verified model version into an engine");
-        let end_tokens: Vec<u32> = model.config().eos_token_id.into_iter().collect();
+        self.record_weights(&manifest, &model);
         let engine = Engine::start(model, tokenizer.clone(), &end_tokens, settings);
         Ok(LoadedModel {
-            generator: Some(Generator { engine, tokenizer, chat_template, special: SpecialTokens::default() }),
+            generator: Some(Generator { engine, tokenizer, chat_template, special }),
             embedder: None,
             reference,
             jurisdiction,

@@ -91,8 +91,13 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         max_waiting: config.serving.max_waiting,
         prefill_chunk: config.serving.prefill_chunk,
     };
-    let engines =
-        Arc::new(Engines::new(objects.clone(), model_keys.clone(), engine_options, config.data_dir.join("tmp")));
+    let engines = Arc::new(Engines::new(
+        objects.clone(),
+        model_keys.clone(),
+        engine_options,
+        config.data_dir.join("tmp"),
+        metrics.clone(),
+    ));
     let lookups = Arc::new(Lookups::new(store.clone()));
     let state = AppState {
         config: Arc::new(config),

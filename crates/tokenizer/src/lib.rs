@@ -504,4 +504,46 @@ mod tests {
         let unknown = Tokenizer::from_gguf_bpe(&tokens, &merges, &types, "gemma").err().unwrap();
         assert!(unknown.to_string().contains("tokenizer.ggml.pre: \"gemma\""), "{unknown}");
     }
+
+    #[test]
+    fn sentencepiece_vocabularies_tokenize_as_llama_cpp_does() {
+        let texts = [
+            "Now is the winter of our discontent",
+            "  two  spaces and a trailing one ",
+            "Zürich, 東京 and \u{1F600}: bytes the pieces do not cover",
+            "the ocean\nburied\tdeep",
+            "upon",
+            "",
+        ];
+        let dir = std::env::temp_dir().join(format!("spm-parity-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/spm_parity.py");
+        let output = std::process::Command::new("python3")
+            .args([script, dir.join("spm.gguf").to_str().unwrap(), &serde_json::to_string(&texts).unwrap()])
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = match output {
+            Ok(output) if output.status.success() => output,
+            other => {
+                factory_testkit::missing(&format!(
+                    "llama-cpp-python and gguf (pip install llama-cpp-python gguf): SentencePiece parity untested ({:?})",
+                    other.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                ));
+                return;
+            }
+        };
+        let llama_cpp: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let tokens: Vec<String> = serde_json::from_value(llama_cpp["tokens"].clone()).unwrap();
+        let scores: Vec<f32> = serde_json::from_value(llama_cpp["scores"].clone()).unwrap();
+        let types: Vec<i32> = serde_json::from_value(llama_cpp["types"].clone()).unwrap();
+        let expected: Vec<Vec<u32>> = serde_json::from_value(llama_cpp["ids"].clone()).unwrap();
+        let tokenizer = Tokenizer::from_gguf_spm(&tokens, &scores, &types, true).unwrap();
+        for (text, expected) in texts.iter().zip(&expected) {
+            let ids = tokenizer.encode(text).unwrap();
+            assert_eq!(&ids, expected, "{text:?}");
+            assert_eq!(tokenizer.decode(&ids).unwrap(), *text, "decoding gives the text back");
+        }
+        // The end of sequence is matched whole, never spelled out of pieces.
+        assert_eq!(tokenizer.encode("upon</s>").unwrap().last(), Some(&2));
+    }
 }

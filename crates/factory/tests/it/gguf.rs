@@ -244,13 +244,24 @@ async fn trained_versions_quantize_and_export_as_gguf_that_llama_cpp_answers_ali
 
     // Exported as one GGUF file, audited; llama.cpp loads it and completes as we do.
     let out = factory.dir.path().join("bard-1.gguf");
-    let (ok, stdout, stderr) =
-        cli(&["model", "export", "bard@1", "--format", "gguf", "--out", out.to_str().unwrap()], &env);
+    let export = ["model", "export", "bard@1", "--format", "gguf", "--out", out.to_str().unwrap()];
+    let (ok, _, stderr) = cli(&export, &env);
+    assert!(!ok && stderr.contains("--destination"), "a GGUF export names where it goes: {stderr}");
+    // Residency follows the weights out: an eu model does not go to us, and the refusal is audited.
+    let (ok, _, stderr) = cli(&[&export[..], &["--destination", "us"]].concat(), &env);
+    assert!(!ok && stderr.contains("403"), "{stderr}");
+    let (ok, stdout, stderr) = cli(&[&export[..], &["--destination", "eu"]].concat(), &env);
     assert!(ok && stdout.contains("as GGUF"), "{stdout}\n{stderr}");
     assert_eq!(&std::fs::read(&out).unwrap()[..4], b"GGUF");
     let admin = factory.server.admin_key.as_str();
     let audited = call(url, "GET", "/api/v1/audit/records?limit=1000", Some(admin), None).await;
     assert!(audited.text.contains(r#""format":"gguf""#), "the export is audited: {}", audited.text);
+    let refused = audited.body["records"].as_array().unwrap().iter().any(|r| {
+        r["record"]["action"] == "model.export"
+            && r["record"]["decision"] == "deny"
+            && r["record"]["policies"].as_array().unwrap().iter().any(|p| p == "model-export-residency")
+    });
+    assert!(refused, "the refused export is in the audit log");
     if !python_has_llama_cpp {
         factory_testkit::missing("llama-cpp-python (pip install llama-cpp-python): exported GGUF not run by llama.cpp");
         return;
@@ -267,4 +278,79 @@ async fn trained_versions_quantize_and_export_as_gguf_that_llama_cpp_answers_ali
         "llama.cpp's greedy completion of the exported file, prompt tokenized as {}",
         theirs["prompt_tokens"]
     );
+}
+
+/// Point 4 (and 5) through the real binary: a Hugging Face checkpoint as transformers writes
+/// one (Qwen2 and Qwen3, bf16 and f16, sharded with its index) imports with `import-hf`, serves
+/// with its weights kept in half precision (two bytes a weight, as the metrics report) and
+/// renders its own chat template.
+#[tokio::test(flavor = "multi_thread")]
+async fn half_precision_sharded_checkpoints_import_and_serve_without_widening() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make_hf_checkpoint.py");
+    let server = Server::start(&dir.path().join("factory"), &["--jurisdiction", "eu"], &[]);
+    let keys = tenant_with_keys(&server, "acme", &["engineer", "app"]).await;
+    let (engineer, app) = (keys[0].1.as_str(), keys[1].1.as_str());
+    let env = cli_env(&server.url, engineer);
+    for (family, dtype) in [("qwen2", "bfloat16"), ("qwen3", "float16")] {
+        let checkpoint = dir.path().join(family);
+        let output =
+            Command::new("python3").args([script, checkpoint.to_str().unwrap(), family, dtype]).output().unwrap();
+        if !output.status.success() {
+            factory_testkit::missing(&format!(
+                "torch and transformers: Hugging Face checkpoints untested\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+            return;
+        }
+        let shards: Vec<String> = std::fs::read_dir(&checkpoint)
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| name.starts_with("model-") && name.ends_with(".safetensors"))
+            .collect();
+        assert!(shards.len() > 1, "{family}: the checkpoint is sharded: {shards:?}");
+        let weights_size: u64 =
+            shards.iter().map(|shard| std::fs::metadata(checkpoint.join(shard)).unwrap().len()).sum();
+        let import = ["model", "import-hf", checkpoint.to_str().unwrap(), "--name", family, "--jurisdiction", "eu"];
+        let (ok, stdout, stderr) = cli(&import, &env);
+        assert!(ok, "{stdout}\n{stderr}");
+        let detail =
+            call(&server.url, "GET", &format!("/api/v1/models/{family}/versions/1"), Some(engineer), None).await;
+        let files: Vec<&str> =
+            detail.body["manifest"]["files"].as_array().unwrap().iter().filter_map(|f| f["path"].as_str()).collect();
+        assert!(files.contains(&"model.safetensors.index.json"), "{files:?}");
+        assert!(shards.iter().all(|shard| files.contains(&shard.as_str())), "{files:?}");
+        let (ok, stdout, stderr) = cli(&["deploy", "create", family, "--variant", &format!("{family}@1")], &env);
+        assert!(ok, "{stdout}\n{stderr}");
+
+        // The model's own template (ChatML) frames the prompt.
+        let chat = serde_json::json!({
+            "model": family, "temperature": 0, "max_tokens": 5,
+            "messages": [{"role": "user", "content": "Now is the winter"}],
+        });
+        let answer = call(&server.url, "POST", "/v1/chat/completions", Some(app), Some(chat)).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert!(answer.body["usage"]["prompt_tokens"].as_u64().unwrap() >= 9, "{}", answer.text);
+
+        // Loaded at two bytes a weight: within the checkpoint's size, not twice it.
+        let metrics = call(&server.url, "GET", "/metrics", Some(&server.admin_key), None).await;
+        let line = metrics
+            .text
+            .lines()
+            .find(|line| line.starts_with("factory_model_weight_bytes") && line.contains(&format!("{family}@1")))
+            .unwrap_or_else(|| panic!("no weight gauge for {family}: {}", metrics.text));
+        let bytes: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(bytes <= weights_size as f64 * 1.05, "{family}: {bytes} bytes of weights from {weights_size} on disk");
+    }
+
+    // A shard the index does not name, or an index naming a path, is refused by name.
+    let checkpoint = dir.path().join("qwen2");
+    std::fs::copy(
+        checkpoint.join("model-00001-of-00004.safetensors"),
+        checkpoint.join("model-00009-of-00009.safetensors"),
+    )
+    .unwrap();
+    let import = ["model", "import-hf", checkpoint.to_str().unwrap(), "--name", "stray", "--jurisdiction", "eu"];
+    let (ok, _, stderr) = cli(&import, &env);
+    assert!(!ok && stderr.contains("model-00009-of-00009.safetensors"), "{stderr}");
 }

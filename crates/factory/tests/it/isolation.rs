@@ -141,7 +141,7 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         ("GET", "/api/v1/models/gmodel/versions/1/files/README.md?tenant=globex".to_string(), None),
         ("POST", "/api/v1/models/gmodel/versions/1/verify?tenant=globex".to_string(), None),
         ("GET", "/api/v1/models/gmodel/versions/1/bundle?tenant=globex".to_string(), None),
-        ("GET", "/api/v1/models/gmodel/versions/1/gguf?tenant=globex".to_string(), None),
+        ("GET", "/api/v1/models/gmodel/versions/1/gguf?tenant=globex&destination=eu".to_string(), None),
         (
             "POST",
             "/api/v1/models/gmodel/versions/1/quantize?tenant=globex".to_string(),

@@ -218,35 +218,32 @@ struct Tensors<'a, R> {
 }
 
 impl<R: Read + Seek> Tensors<'_, R> {
-    fn bytes(&mut self, name: &str) -> Result<(GgmlDType, Vec<usize>, Vec<u8>), GgufError> {
+    /// Seeks to tensor `name`'s data: its type and dimensions (GGUF lists them innermost first;
+    /// candle's reader reverses them).
+    fn seek(&mut self, name: &str) -> Result<(GgmlDType, Vec<usize>), GgufError> {
         let info = self.content.tensor_infos.get(name).ok_or_else(|| GgufError(format!("tensor {name} is missing")))?;
-        let kind = info.ggml_dtype;
-        let length = info.shape.elem_count() / kind.block_size() * kind.type_size();
         let at = self.content.tensor_data_offset + info.offset;
-        let mut bytes = vec![0u8; length];
         self.reader.seek(SeekFrom::Start(at)).map_err(|e| GgufError(format!("{name}: {e}")))?;
-        self.reader.read_exact(&mut bytes).map_err(|e| GgufError(format!("{name}: {e}")))?;
-        Ok((kind, info.shape.dims().to_vec(), bytes))
+        Ok((info.ggml_dtype, info.shape.dims().to_vec()))
     }
 
-    /// A 2-D tensor, `[rows, inner]` (GGUF lists dimensions innermost first; candle's reader
-    /// reverses them).
+    /// A 2-D tensor, `[rows, inner]`, read straight into its blocks.
     fn matrix(&mut self, name: &str) -> Result<QuantizedMatrix, GgufError> {
-        let (kind, dims, bytes) = self.bytes(name)?;
+        let (kind, dims) = self.seek(name)?;
         let [rows, inner] = dims[..] else {
             return fail(format!("{name}: expected a matrix, found dimensions {dims:?}"));
         };
-        QuantizedMatrix::from_bytes(kind, rows, inner, &bytes).map_err(|e| GgufError(format!("{name}: {e}")))
+        QuantizedMatrix::read(kind, rows, inner, &mut *self.reader).map_err(|e| GgufError(format!("{name}: {e}")))
     }
 
     /// A 1-D tensor widened to `f32`.
     fn vector(&mut self, name: &str) -> Result<Vec<f32>, GgufError> {
-        let (kind, dims, bytes) = self.bytes(name)?;
+        let (kind, dims) = self.seek(name)?;
         let [length] = dims[..] else {
             return fail(format!("{name}: expected a vector, found dimensions {dims:?}"));
         };
         let row =
-            QuantizedMatrix::from_bytes(kind, 1, length, &bytes).map_err(|e| GgufError(format!("{name}: {e}")))?;
+            QuantizedMatrix::read(kind, 1, length, &mut *self.reader).map_err(|e| GgufError(format!("{name}: {e}")))?;
         Ok(row.dequantize())
     }
 

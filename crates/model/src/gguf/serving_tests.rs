@@ -356,3 +356,40 @@ fn greedy_decoding_picks_llama_cpps_tokens_on_the_same_gguf_files() {
         assert!(agreed * 4 >= total * 3, "{model_type} {kind:?}: only {agreed} of {total} tokens agree");
     }
 }
+
+#[test]
+fn half_precision_checkpoints_are_served_in_half_precision() {
+    for (dtype, bound) in [(DType::BF16, 3e-2), (DType::F16, 5e-3)] {
+        let config = family_config("qwen2", false, 64, 96);
+        let model = random_model(&config, 5);
+        let convert = |to: DType| {
+            let params = model
+                .weights
+                .params
+                .iter()
+                .map(|(name, var)| (name.clone(), Var::from_tensor(&var.as_tensor().to_dtype(to).unwrap()).unwrap()))
+                .collect();
+            Weights { params, dtype: to, device: Device::Cpu }
+        };
+        let half = Llama::new(config.clone(), convert(dtype)).unwrap();
+        let served = Decoder::with_threads(&half, 2).unwrap();
+        // The same rounded weights, widened: what the half decoder must compute.
+        let rounded = Weights {
+            params: half
+                .weights
+                .params
+                .iter()
+                .map(|(name, var)| {
+                    (name.clone(), Var::from_tensor(&var.as_tensor().to_dtype(DType::F32).unwrap()).unwrap())
+                })
+                .collect(),
+            dtype: DType::F32,
+            device: Device::Cpu,
+        };
+        let widened = Decoder::with_threads(&Llama::new(config.clone(), rounded).unwrap(), 2).unwrap();
+        let difference = relative_difference(&decoder_logits(&served, &PROMPT), &decoder_logits(&widened, &PROMPT));
+        assert!(difference < bound, "{dtype:?}: relative difference {difference:e}");
+        // Two bytes a weight, not four.
+        assert!(served.weight_bytes() * 10 < widened.weight_bytes() * 6, "{dtype:?}: {}", served.weight_bytes());
+    }
+}

@@ -268,8 +268,25 @@ pub async fn set_alias(
     Ok(committed_response(StatusCode::OK, Json(AliasView { model, alias, version, previous }), moved.committed))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BundleQuery {
+    pub tenant: Option<String>,
+    /// Where the bundle goes: when named, it must be the jurisdiction the model lives in.
+    pub destination: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct GgufQuery {
+    pub tenant: Option<String>,
+    /// Where the file goes (it leaves the factory's governance): the jurisdiction the model
+    /// lives in, or the export is refused.
+    pub destination: String,
+}
+
 #[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}/bundle", tag = "models",
-    params(("name" = String, Path), ("version" = String, Path), TenantQuery),
+    params(("name" = String, Path), ("version" = String, Path), BundleQuery),
     responses((status = 200, description = "An air-gap bundle (tar)", body = Vec<u8>), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -277,10 +294,10 @@ pub async fn bundle(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((name, reference)): ApiPath<(String, String)>,
-    ApiQuery(query): ApiQuery<TenantQuery>,
+    ApiQuery(query): ApiQuery<BundleQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let export = models::export(&state, &caller, &tenant, &name, &reference).await?;
+    let export = models::export(&state, &caller, &tenant, &name, &reference, query.destination.as_deref()).await?;
     let filename = format!("{name}-{}.tar", export.value.version);
     Ok(attachment(&filename, "application/x-tar", Body::from_stream(export.value.tar), export.committed))
 }
@@ -391,7 +408,7 @@ pub async fn quantize(
 }
 
 #[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}/gguf", tag = "models",
-    params(("name" = String, Path), ("version" = String, Path), TenantQuery),
+    params(("name" = String, Path), ("version" = String, Path), GgufQuery),
     responses((status = 200, description = "The version as one GGUF file", body = Vec<u8>),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -399,10 +416,10 @@ pub async fn gguf(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((name, reference)): ApiPath<(String, String)>,
-    ApiQuery(query): ApiQuery<TenantQuery>,
+    ApiQuery(query): ApiQuery<GgufQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&caller, query.tenant.as_deref())?;
-    let export = formats::export_gguf(&state, &caller, &tenant, &name, &reference).await?;
+    let export = formats::export_gguf(&state, &caller, &tenant, &name, &reference, &query.destination).await?;
     let filename = format!("{name}-{}.gguf", export.value.version);
     Ok(attachment(&filename, "application/octet-stream", Body::from_stream(export.value.bytes), export.committed))
 }

@@ -2,7 +2,7 @@
 //! policies allow it (a refusal on another tenant's resource reads as "no such resource"), the
 //! residency facts they decide on, and the audit record of a governed read.
 
-use factory_core::{AccessRequest, Jurisdiction, SiteKind, TenantName};
+use factory_core::{AccessRequest, Action, Jurisdiction, Resource, SiteKind, TenantName};
 use factory_store::{Committed, StoreError};
 
 use crate::caller::Caller;
@@ -83,6 +83,24 @@ pub async fn audit_read(
         .await
         .map_err(|e| hide_foreign(caller, Some(owner), e))?;
     Ok(change.commit(details.clone(), factory_store::Event::new(event, details)).await?)
+}
+
+/// The request to export `version`, with whether `destination` (when the export names one) is
+/// where the model may live: its own jurisdiction, allowed to its tenant.
+pub async fn export_request(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    version: &factory_store::models::ModelVersion,
+    destination: Option<&Jurisdiction>,
+) -> Result<AccessRequest, ServiceError> {
+    let resource = Resource::model(tenant, &version.name, version.classification, Some(&version.jurisdiction));
+    let request = AccessRequest::new(&caller.principal, Action::ModelExport, resource);
+    let Some(destination) = destination else {
+        return Ok(request);
+    };
+    let (allowed, _) = site_facts(state, tenant, destination, SiteKind::Storage).await?;
+    Ok(request.with_context("destination_allowed", allowed && destination == &version.jurisdiction))
 }
 
 /// Whether the tenant allows `jurisdiction`, and whether a site of `kind` (storage for the

@@ -9,7 +9,7 @@
 use std::io::{BufWriter, Seek, Write};
 
 use bytes::Bytes;
-use factory_core::{AccessRequest, Action, Resource, TenantName};
+use factory_core::{Action, Jurisdiction, TenantName};
 use factory_model::gguf::{self, GgufVocabulary};
 use factory_model::quantized::GgmlDType;
 use factory_model::{DType, Device, Llama, LlamaConfig, Weights};
@@ -112,18 +112,23 @@ pub struct GgufExport {
     pub bytes: BoxStream<'static, Result<Bytes, std::io::Error>>,
 }
 
-/// `name@reference` as one GGUF file (`model.export`, audited as `model.exported` before the
-/// first byte leaves): a GGUF version's own file, or a safetensors version written in `f32`
-/// (so llama.cpp computes what the factory computes).
+/// `name@reference` as one GGUF file bound for `destination` (`model.export`, audited as
+/// `model.exported` before the first byte leaves; refused, and the refusal audited, unless the
+/// destination is where the model may live): a GGUF version's own file, or a safetensors
+/// version written in `f32` (so llama.cpp computes what the factory computes).
 pub async fn export_gguf(
     state: &AppState,
     caller: &Caller,
     tenant: &TenantName,
     name: &str,
     reference: &str,
+    destination: &str,
 ) -> Result<Recorded<GgufExport>, ServiceError> {
     use futures::StreamExt;
     let version = resolve(state, caller, tenant, name, reference, Action::ModelExport).await?;
+    let destination = Jurisdiction::new(destination)
+        .map_err(|e| ServiceError::invalid(format!("destination: {e}")).at_param("destination"))?;
+    let request = super::access::export_request(state, caller, tenant, &version, Some(&destination)).await?;
     let (manifest, _) = open_manifest(state, &version).await?;
     let file = if manifest.file(GGUF_FILE).is_some() {
         registry::fetch_to_file(&state.objects, &manifest, GGUF_FILE, state.spool_dir()).await?
@@ -136,11 +141,9 @@ pub async fn export_gguf(
             .map_err(ServiceError::fault)??
             .0
     };
-    let resource = Resource::model(tenant, name, version.classification, Some(&version.jurisdiction));
-    let request = AccessRequest::new(&caller.principal, Action::ModelExport, resource);
     let details = serde_json::json!({
         "tenant": tenant, "model": name, "version": version.version, "manifest": version.manifest_digest,
-        "format": "gguf",
+        "format": "gguf", "destination": destination,
     });
     let committed = audit_read(state, caller, request, tenant, "model.exported", details).await?;
     let bytes = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)).boxed();

@@ -280,9 +280,9 @@ fn check_hf_directory(
 ) -> Result<(Vec<DraftFile>, u64, serde_json::Value, String), ServiceError> {
     let bundle_files = read_plain_tar(std::io::BufReader::new(spooled))?;
     for path in bundle_files.keys() {
-        if !factory_registry::HF_FILES.contains(&path.as_str()) {
+        if !factory_registry::is_hf_file(path) {
             return Err(ServiceError::invalid(format!(
-                "{path}: not a file the registry keeps (expected {})",
+                "{path}: not a file the registry keeps (expected {}, or a sharded checkpoint's index and shards)",
                 factory_registry::HF_FILES.join(", ")
             )));
         }
@@ -294,21 +294,29 @@ fn check_hf_directory(
     let config_value: serde_json::Value =
         serde_json::from_str(&config_text).map_err(|e| ServiceError::invalid(format!("config.json: {e}")))?;
     let tokenizer = String::from_utf8_lossy(need("tokenizer.json")?).into_owned();
-    let weights = need("model.safetensors")?;
     let (parameters, architecture) = if config_value["model_type"] == "bert" {
+        let weights = need("model.safetensors")?;
         let embedder = factory_engine::embed::Embedder::load(&config_text, weights, &tokenizer, 512)
             .map_err(|e| ServiceError::invalid(format!("bert model: {e}")))?;
         (embedder.parameter_count() as u64, "bert".to_string())
     } else {
         let config = factory_model::LlamaConfig::from_json(&config_text)
             .map_err(|e| ServiceError::invalid(format!("config.json: {e}")))?;
-        factory_model::Weights::from_safetensors(
-            &config,
-            weights,
-            factory_model::DType::F32,
-            &factory_model::Device::Cpu,
-        )
-        .map_err(|e| ServiceError::invalid(format!("model.safetensors: {e}")))?;
+        // One file, or the shards its index names (each present, and nothing else named).
+        let shards = match bundle_files.get(factory_registry::HF_SHARD_INDEX) {
+            None => vec!["model.safetensors".to_string()],
+            Some(index) => factory_registry::shard_names(index).map_err(|e| ServiceError::invalid(e.to_string()))?,
+        };
+        let present: Vec<&[u8]> =
+            shards.iter().map(|shard| need(shard).map(Vec::as_slice)).collect::<Result<_, _>>()?;
+        if let Some(stray) = bundle_files.keys().find(|path| path.ends_with(".safetensors") && !shards.contains(path)) {
+            return Err(ServiceError::invalid(format!("{stray}: a weights file the checkpoint does not name")));
+        }
+        // Checked in the type it is stored in: a half-precision checkpoint is never widened.
+        let dtype = factory_model::stored_dtype(present[0])
+            .map_err(|e| ServiceError::invalid(format!("{}: {e}", shards[0])))?;
+        factory_model::Weights::from_safetensors_shards(&config, &present, dtype, &factory_model::Device::Cpu)
+            .map_err(|e| ServiceError::invalid(format!("the weights: {e}")))?;
         factory_tokenizer::Tokenizer::from_json(&tokenizer)
             .map_err(|e| ServiceError::invalid(format!("tokenizer.json: {e}")))?;
         (config.parameter_count() as u64, "llama".to_string())

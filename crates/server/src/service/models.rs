@@ -564,14 +564,16 @@ pub struct Export {
 }
 
 /// Exports `name@reference` (`model.export`, audited as `model.exported` before the first
-/// byte leaves). Nothing leaves unless it verifies: a tampered store must not export a
-/// tampered model under our signature.
+/// byte leaves), to `destination` when the exporter names one (then only to where the model
+/// may live). Nothing leaves unless it verifies: a tampered store must not export a tampered
+/// model under our signature.
 pub async fn export(
     state: &AppState,
     caller: &Caller,
     tenant: &TenantName,
     name: &str,
     reference: &str,
+    destination: Option<&str>,
 ) -> Result<Recorded<Export>, ServiceError> {
     use futures::StreamExt;
     let version = resolve(state, caller, tenant, name, reference, Action::ModelExport).await?;
@@ -581,10 +583,13 @@ pub async fn export(
     for file in &manifest.files {
         fetch_file(state, &manifest, &file.path).await?;
     }
-    let resource = Resource::model(tenant, name, version.classification, Some(&version.jurisdiction));
-    let request = AccessRequest::new(&caller.principal, Action::ModelExport, resource);
+    let destination = destination
+        .map(|d| factory_core::Jurisdiction::new(d).map_err(|e| ServiceError::invalid(format!("destination: {e}"))))
+        .transpose()?;
+    let request = super::access::export_request(state, caller, tenant, &version, destination.as_ref()).await?;
     let details = serde_json::json!({
         "tenant": tenant, "model": name, "version": version.version, "manifest": version.manifest_digest,
+        "destination": destination,
     });
     let committed = audit_read(state, caller, request, tenant, "model.exported", details).await?;
 
