@@ -95,6 +95,10 @@ pub struct ServingSettings {
     /// it, as over many sequences), logits within about 1e-3 of full precision. Full precision
     /// (`"f32"`) by default, so served logits match training's forward pass.
     pub kv_cache_half: bool,
+    /// The memory adapters of adapter versions may hold, summed over every base they run on
+    /// (`adapter_cache_mb`, default 1024): an adapter loads when first asked for, and the one
+    /// used longest ago leaves when the next would not fit.
+    pub adapter_cache_bytes: usize,
 }
 
 /// Whose signatures the model registry accepts on imported bundles, beside this

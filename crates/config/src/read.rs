@@ -531,6 +531,8 @@ fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serv
         prices,
         upstreams: string_list(&mut section, "upstreams", "a URL prefix", errors),
         max_request_bytes: section.positive_integer("max_request_bytes", 4 * 1024 * 1024, errors) as usize,
+        adapter_cache_bytes: (section.positive_integer("adapter_cache_mb", 1024, errors) as usize)
+            .saturating_mul(1 << 20),
         kv_cache_half: match section.string("kv_cache", errors).as_deref() {
             None | Some("f32") => false,
             Some("f16") => true,

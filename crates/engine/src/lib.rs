@@ -21,12 +21,12 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use factory_model::{Decoder, KvCache, StepInput};
+use factory_model::{Decoder, KvCache, ServingAdapter, StepInput};
 use factory_tokenizer::Tokenizer;
 use serde::Serialize;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-pub use sampling::{argmax, sample, SamplingParams};
+pub use sampling::{adjusted, argmax, sample, SamplingParams, MAX_LOGIT_BIAS};
 
 use crate::text::{Detokenizer, TextStream};
 
@@ -100,6 +100,8 @@ pub enum GenerationEvent {
 pub struct GenerationRequest {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
+    /// The adapter this request runs with on the engine's base (none: the base itself).
+    pub adapter: Option<Arc<ServingAdapter>>,
 }
 
 /// What the engine is doing now, for metrics and load shedding.
@@ -160,6 +162,13 @@ impl Engine {
     /// cancels the request.
     pub fn submit(&self, request: GenerationRequest) -> Result<UnboundedReceiver<GenerationEvent>, EngineError> {
         request.params.validate().map_err(EngineError::Invalid)?;
+        if let Some((token, _)) = request.params.logit_bias.iter().find(|(token, _)| *token as usize >= self.vocab_size)
+        {
+            return Err(EngineError::Invalid(format!(
+                "logit_bias names token {token}; this model's vocabulary has {} tokens",
+                self.vocab_size
+            )));
+        }
         if request.prompt.is_empty() {
             return Err(EngineError::Invalid("the prompt is empty".to_string()));
         }
@@ -189,6 +198,7 @@ impl Engine {
 
 struct Sequence {
     prompt: Vec<u32>,
+    adapter: Option<Arc<ServingAdapter>>,
     prefilled: usize,
     generated: Vec<u32>,
     cache: KvCache,
@@ -283,6 +293,7 @@ impl Scheduler {
                 detokenizer: Detokenizer::default(),
                 text: TextStream::new(request.params.stop.clone()),
                 prompt: request.prompt,
+                adapter: request.adapter,
                 prefilled: 0,
                 generated: Vec::new(),
                 cache,
@@ -317,17 +328,25 @@ impl Scheduler {
                 budget -= take;
                 let end = sequence.prefilled + take;
                 plan.push((index, take, end == sequence.prompt.len()));
-                inputs
-                    .push(StepInput { tokens: &sequence.prompt[sequence.prefilled..end], cache: &mut sequence.cache });
+                inputs.push(StepInput {
+                    tokens: &sequence.prompt[sequence.prefilled..end],
+                    cache: &mut sequence.cache,
+                    adapter: sequence.adapter.as_deref(),
+                });
             } else if let Some(last) = sequence.generated.last() {
                 plan.push((index, 1, true));
-                inputs.push(StepInput { tokens: std::slice::from_ref(last), cache: &mut sequence.cache });
+                inputs.push(StepInput {
+                    tokens: std::slice::from_ref(last),
+                    cache: &mut sequence.cache,
+                    adapter: sequence.adapter.as_deref(),
+                });
             }
         }
         let logits = self.model.forward_step(&mut inputs).map_err(|e| e.to_string())?;
         drop(inputs);
         let batch_size = plan.len();
         let mut finished = Vec::new();
+        let mut scratch = Vec::new();
         for (row, (index, tokens, samples)) in plan.into_iter().enumerate() {
             let sequence = &mut self.active[index];
             if sequence.prefilling() {
@@ -336,7 +355,8 @@ impl Scheduler {
             if !samples {
                 continue;
             }
-            let token = sample(logits.row(row), &sequence.params, &mut sequence.rng);
+            let scores = adjusted(logits.row(row), &sequence.params, &sequence.generated, &mut scratch);
+            let token = sample(scores, &sequence.params, &mut sequence.rng);
             let now = Instant::now();
             sequence.first_token_at.get_or_insert(now);
             let end_of_text = self.end_tokens.contains(&token) && !sequence.params.ignore_eos;

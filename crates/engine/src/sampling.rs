@@ -20,7 +20,20 @@ pub struct SamplingParams {
     /// Keep generating past the end-of-text token (benchmarks that need a fixed count).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Subtracted from the logit of every token already generated (-2 to 2, OpenAI's terms).
+    #[serde(default)]
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated (-2 to 2).
+    #[serde(default)]
+    pub frequency_penalty: f32,
+    /// Added to the logits of these tokens before sampling (-100 to 100; 100 all but forces a
+    /// token, -100 all but bans it).
+    #[serde(default)]
+    pub logit_bias: Vec<(u32, f32)>,
 }
+
+/// The most tokens `logit_bias` may name (OpenAI's bound).
+pub const MAX_LOGIT_BIAS: usize = 300;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -32,6 +45,9 @@ impl Default for SamplingParams {
             max_tokens: 16,
             stop: Vec::new(),
             ignore_eos: false,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -51,7 +67,24 @@ impl SamplingParams {
         if self.stop.len() > 4 || self.stop.iter().any(|s| s.is_empty()) {
             return Err("stop takes up to 4 non-empty sequences".to_string());
         }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return Err("presence_penalty must be between -2 and 2".to_string());
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return Err("frequency_penalty must be between -2 and 2".to_string());
+        }
+        if self.logit_bias.len() > MAX_LOGIT_BIAS {
+            return Err(format!("logit_bias names more than {MAX_LOGIT_BIAS} tokens"));
+        }
+        if let Some((token, bias)) = self.logit_bias.iter().find(|(_, bias)| !(-100.0..=100.0).contains(bias)) {
+            return Err(format!("logit_bias of token {token} is {bias}; it must be between -100 and 100"));
+        }
         Ok(())
+    }
+
+    /// Whether the logits are changed before sampling at all.
+    fn adjusts(&self) -> bool {
+        self.presence_penalty != 0.0 || self.frequency_penalty != 0.0 || !self.logit_bias.is_empty()
     }
 
     pub(crate) fn rng(&self) -> rand::rngs::StdRng {
@@ -60,6 +93,39 @@ impl SamplingParams {
             None => rand::rngs::StdRng::from_os_rng(),
         }
     }
+}
+
+/// The logits `params` samples from after `generated`: each generated token's penalised once
+/// for being there and once per occurrence, and `logit_bias` added, OpenAI's way. Borrowed
+/// unchanged when nothing adjusts them; adjusted into `scratch` otherwise.
+pub fn adjusted<'a>(
+    logits: &'a [f32],
+    params: &SamplingParams,
+    generated: &[u32],
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    if !params.adjusts() {
+        return logits;
+    }
+    scratch.clear();
+    scratch.extend_from_slice(logits);
+    if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
+        let mut seen = std::collections::HashMap::<u32, u32>::new();
+        for &token in generated {
+            *seen.entry(token).or_default() += 1;
+        }
+        for (token, count) in seen {
+            if let Some(logit) = scratch.get_mut(token as usize) {
+                *logit -= params.presence_penalty + params.frequency_penalty * count as f32;
+            }
+        }
+    }
+    for &(token, bias) in &params.logit_bias {
+        if let Some(logit) = scratch.get_mut(token as usize) {
+            *logit += bias;
+        }
+    }
+    scratch
 }
 
 /// The next token under `params`, from one row of logits.

@@ -59,7 +59,9 @@ async fn greedy_generation_matches_the_reference_decoder_alone_and_in_a_batch() 
     // All three at once (prompts prefilled 4 tokens per step, across sequences), then alone.
     let receivers: Vec<_> = expected
         .iter()
-        .map(|(ids, _)| engine.submit(GenerationRequest { prompt: ids.clone(), params: greedy(12) }).unwrap())
+        .map(|(ids, _)| {
+            engine.submit(GenerationRequest { prompt: ids.clone(), params: greedy(12), adapter: None }).unwrap()
+        })
         .collect();
     for ((_, want), events) in expected.iter().zip(receivers) {
         let (text, tokens, done) = collect(events).await;
@@ -71,7 +73,8 @@ async fn greedy_generation_matches_the_reference_decoder_alone_and_in_a_batch() 
     }
     let (ids, want) = &expected[1];
     let (_, tokens, _) =
-        collect(engine.submit(GenerationRequest { prompt: ids.clone(), params: greedy(12) }).unwrap()).await;
+        collect(engine.submit(GenerationRequest { prompt: ids.clone(), params: greedy(12), adapter: None }).unwrap())
+            .await;
     assert_eq!(&tokens[..want.len()], want.as_slice());
 }
 
@@ -96,7 +99,8 @@ async fn greedy_generation_with_half_precision_caches_matches_the_reference() {
         let ids = tokenizer.encode(prompt).unwrap();
         let mut want = reference.greedy(&ids, 12, &[end]).unwrap();
         want.retain(|t| *t != end);
-        receivers.push((want, engine.submit(GenerationRequest { prompt: ids, params: greedy(12) }).unwrap()));
+        receivers
+            .push((want, engine.submit(GenerationRequest { prompt: ids, params: greedy(12), adapter: None }).unwrap()));
     }
     for (want, events) in receivers {
         let (_, tokens, _) = collect(events).await;
@@ -117,7 +121,7 @@ async fn seeds_fix_sampling_and_limits_end_generation() {
         ..SamplingParams::default()
     };
     let run = |params: SamplingParams| {
-        let events = engine.submit(GenerationRequest { prompt: prompt.clone(), params }).unwrap();
+        let events = engine.submit(GenerationRequest { prompt: prompt.clone(), params, adapter: None }).unwrap();
         collect(events)
     };
     let (first, tokens, done) = run(sampled(7)).await;
@@ -144,17 +148,17 @@ async fn seeds_fix_sampling_and_limits_end_generation() {
     assert_eq!(tokens.len(), 30);
 
     let long = vec![1u32; 64];
-    let error = engine.submit(GenerationRequest { prompt: long, params: greedy(4) }).err().unwrap();
+    let error = engine.submit(GenerationRequest { prompt: long, params: greedy(4), adapter: None }).err().unwrap();
     assert!(matches!(error, EngineError::Invalid(ref m) if m.contains("context")), "{error:?}");
     let bad = SamplingParams { temperature: 3.0, ..greedy(4) };
-    assert!(engine.submit(GenerationRequest { prompt: prompt.clone(), params: bad }).is_err());
+    assert!(engine.submit(GenerationRequest { prompt: prompt.clone(), params: bad, adapter: None }).is_err());
 }
 
 #[tokio::test]
 async fn a_full_queue_refuses_and_a_client_that_leaves_frees_its_slot() {
     let (engine, tokenizer, _) = engine(EngineSettings { max_batch: 1, max_waiting: 2, prefill_chunk: 256 });
     let prompt = tokenizer.encode("Now is the winter of our").unwrap();
-    let long = || GenerationRequest { prompt: prompt.clone(), params: greedy(50) };
+    let long = || GenerationRequest { prompt: prompt.clone(), params: greedy(50), adapter: None };
     let first = engine.submit(long()).unwrap();
     let mut held = Vec::new();
     let mut refused = 0;
@@ -180,7 +184,7 @@ async fn a_full_queue_refuses_and_a_client_that_leaves_frees_its_slot() {
     assert!(idle, "slots were freed");
     // And the freed engine still works: a new request gets exactly what it asked for.
     let params = SamplingParams { ignore_eos: true, ..greedy(3) };
-    let (_, tokens, _) = collect(engine.submit(GenerationRequest { prompt, params }).unwrap()).await;
+    let (_, tokens, _) = collect(engine.submit(GenerationRequest { prompt, params, adapter: None }).unwrap()).await;
     assert_eq!(tokens.len(), 3);
 }
 
@@ -275,4 +279,106 @@ fn embeddings_match_sentence_transformers_on_the_committed_fixture() {
             .fold(0.0, f64::max);
         assert!(worst < 1e-4, "sentence {index} differs from sentence-transformers by {worst}");
     }
+}
+
+/// One engine on one base: requests for the base and for two adapters run in the same steps,
+/// each answering what its own model (the base with its adapter merged) answers alone.
+#[tokio::test]
+async fn requests_for_the_base_and_for_several_adapters_share_batches_and_answer_as_alone() {
+    use factory_model::{LoraAdapters, LoraConfig, ServingAdapter, Tensor};
+    let (engine, tokenizer, reference) = engine(EngineSettings { prefill_chunk: 4, ..EngineSettings::default() });
+    let config = reference.config.clone();
+    let adapter = |seed: u64| {
+        let targets = ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"].map(String::from).to_vec();
+        let lora = LoraConfig { rank: 4, alpha: 8.0, target_modules: targets };
+        let adapters = LoraAdapters::init(&config, &lora, seed, &Device::Cpu).unwrap();
+        for var in adapters.params.values() {
+            var.set(&Tensor::randn(0.0f32, 0.5, var.dims(), &Device::Cpu).unwrap()).unwrap();
+        }
+        adapters
+    };
+    let adapters = [adapter(1), adapter(2)];
+    let end = tokenizer.token_id(factory_tokenizer::END_OF_TEXT).unwrap();
+    let ids = tokenizer.encode("of our discontent made glorious").unwrap();
+    let alone = |model: &Llama| {
+        let mut tokens = model.greedy(&ids, 10, &[end]).unwrap();
+        tokens.retain(|t| *t != end);
+        tokens
+    };
+    let merged =
+        |adapters: &LoraAdapters| Llama::new(config.clone(), adapters.merge_into(&reference.weights).unwrap()).unwrap();
+    let expected = [alone(&reference), alone(&merged(&adapters[0])), alone(&merged(&adapters[1]))];
+    assert!(expected[0] != expected[1] || expected[0] != expected[2], "the adapters change the answers");
+    let serving: Vec<Option<Arc<ServingAdapter>>> = std::iter::once(None)
+        .chain(adapters.iter().map(|a| Some(Arc::new(ServingAdapter::new(&config, a).unwrap()))))
+        .collect();
+    // Twice each, all submitted while a long request keeps the engine stepping, so they join
+    // its batch together however the threads are scheduled, and share the engine's steps.
+    let long = SamplingParams { ignore_eos: true, ..greedy(60) };
+    let blocker = engine.submit(GenerationRequest { prompt: ids[..1].to_vec(), params: long, adapter: None }).unwrap();
+    let receivers: Vec<_> = (0..6)
+        .map(|i| {
+            let request =
+                GenerationRequest { prompt: ids.clone(), params: greedy(10), adapter: serving[i % 3].clone() };
+            engine.submit(request).unwrap()
+        })
+        .collect();
+    let mut largest_batch = 0;
+    for (i, events) in receivers.into_iter().enumerate() {
+        let (_, tokens, done) = collect(events).await;
+        assert_eq!(&tokens[..expected[i % 3].len()], expected[i % 3].as_slice(), "request {i}");
+        let GenerationEvent::Done { batch_size, .. } = done else { panic!("{done:?}") };
+        largest_batch = largest_batch.max(batch_size);
+    }
+    assert!(largest_batch > 1, "the requests were decoded together");
+    drop(blocker);
+}
+
+/// OpenAI's penalties and logit bias, on a row of logits: each generated token loses the
+/// presence penalty once and the frequency penalty per occurrence; a bias is added; nothing
+/// is copied when nothing adjusts.
+#[test]
+fn penalties_and_logit_bias_adjust_the_logits_as_openai_defines_them() {
+    let logits = [1.0f32, 2.0, 3.0, 0.5];
+    let mut scratch = Vec::new();
+    let plain = greedy(4);
+    assert!(std::ptr::eq(adjusted(&logits, &plain, &[2, 2], &mut scratch), &logits[..]));
+    let params =
+        SamplingParams { presence_penalty: 0.5, frequency_penalty: 0.25, logit_bias: vec![(3, 10.0)], ..greedy(4) };
+    let scores = adjusted(&logits, &params, &[2, 2, 1], &mut scratch).to_vec();
+    assert_eq!(scores, [1.0, 2.0 - 0.5 - 0.25, 3.0 - 0.5 - 0.5, 10.5]);
+    assert_eq!(argmax(&scores), 3, "a bias outweighs the logits");
+    // A bias of -100 bans greedy's own choice.
+    let banned = SamplingParams { logit_bias: vec![(2, -100.0)], ..greedy(4) };
+    assert_eq!(argmax(adjusted(&logits, &banned, &[], &mut scratch)), 1);
+    for (bad, field) in [
+        (SamplingParams { presence_penalty: 2.5, ..greedy(4) }, "presence_penalty"),
+        (SamplingParams { frequency_penalty: -2.5, ..greedy(4) }, "frequency_penalty"),
+        (SamplingParams { logit_bias: vec![(1, 100.5)], ..greedy(4) }, "logit_bias"),
+        (SamplingParams { logit_bias: (0..301).map(|t| (t, 1.0)).collect(), ..greedy(4) }, "logit_bias"),
+    ] {
+        assert!(bad.validate().unwrap_err().starts_with(field), "{field}");
+    }
+}
+
+/// Through the engine: a bias of 100 makes greedy decoding repeat one token; a token past the
+/// vocabulary is refused by name; a frequency penalty breaks greedy's repetition.
+#[tokio::test]
+async fn the_engine_samples_under_logit_bias_and_penalties() {
+    let (engine, tokenizer, _) = engine(EngineSettings::default());
+    let ids = tokenizer.encode("Now is the winter").unwrap();
+    let submit =
+        |params: SamplingParams| engine.submit(GenerationRequest { prompt: ids.clone(), params, adapter: None });
+    let forced = SamplingParams { logit_bias: vec![(42, 100.0)], ignore_eos: true, ..greedy(6) };
+    let (_, tokens, _) = collect(submit(forced).unwrap()).await;
+    assert_eq!(tokens, [42; 6]);
+    let outside = SamplingParams { logit_bias: vec![(engine.vocab_size as u32, 1.0)], ..greedy(2) };
+    let Err(EngineError::Invalid(message)) = submit(outside) else { panic!("a token past the vocabulary") };
+    assert!(message.starts_with("logit_bias"), "{message}");
+    let (_, plain, _) = collect(submit(SamplingParams { ignore_eos: true, ..greedy(12) }).unwrap()).await;
+    let penalized = SamplingParams { frequency_penalty: 2.0, ignore_eos: true, ..greedy(12) };
+    let (_, varied, _) = collect(submit(penalized).unwrap()).await;
+    let distinct = |tokens: &[u32]| tokens.iter().collect::<std::collections::BTreeSet<_>>().len();
+    assert!(distinct(&varied) >= distinct(&plain), "{plain:?} vs {varied:?}");
+    assert_ne!(plain, varied);
 }

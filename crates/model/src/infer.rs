@@ -24,6 +24,7 @@ use half::slice::HalfFloatSliceExt;
 use crate::panels::PackedMatrix;
 use crate::projection::{Embedding, Projection};
 use crate::quantized::{GgmlDType, QuantizedMatrix};
+use crate::serving_adapter::{ServingAdapter, Site};
 use crate::team::Team;
 use crate::{Llama, LlamaConfig, ModelError};
 
@@ -178,6 +179,9 @@ impl KvCache {
 pub struct StepInput<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
+    /// The low-rank adapter this sequence runs with, if any (others in the step may have
+    /// another, or none).
+    pub adapter: Option<&'a ServingAdapter>,
 }
 
 /// Logits of one step: a row of `vocab` values per sequence.
@@ -399,6 +403,9 @@ impl Decoder {
                     input.cache.capacity
                 )));
             }
+            if input.adapter.is_some_and(|adapter| !adapter.fits(config)) {
+                return Err(ModelError::Input("the adapter was trained for a model of another shape".to_string()));
+            }
             if let Some(bad) = input.tokens.iter().find(|&&t| t as usize >= config.vocab_size) {
                 return Err(ModelError::Input(format!(
                     "token {bad} is outside the vocabulary of {}",
@@ -456,6 +463,7 @@ impl Decoder {
         for (index, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(hidden, &layer.input_norm, eps, normed);
             matmul(normed, total, &layer.qkv, qkv, false, team);
+            self.adapt(inputs, &rows, index, Site::Qkv, normed, qkv);
             // Biases and norms where the family has them, rotary positions on q and k, then k
             // and v into each sequence's cache.
             for (i, (row, &(sequence, position))) in qkv.chunks_exact_mut(qkv_width).zip(&rows).enumerate() {
@@ -518,10 +526,13 @@ impl Decoder {
                 _ => attend((0..items, attended)),
             }
             matmul(attended, total, &layer.o, hidden, true, team);
+            self.adapt(inputs, &rows, index, Site::O, attended, hidden);
             rms_norm_rows(hidden, &layer.post_norm, eps, normed);
             matmul(normed, total, &layer.gate_up, gate_up, false, team);
+            self.adapt(inputs, &rows, index, Site::GateUp, normed, gate_up);
             arch.dispatch(SwiGlu { out: activated, gate_up, intermediate });
             matmul(activated, total, &layer.down, hidden, true, team);
+            self.adapt(inputs, &rows, index, Site::Down, activated, hidden);
         }
         for input in inputs.iter_mut() {
             input.cache.len += input.tokens.len();
@@ -536,6 +547,40 @@ impl Decoder {
         let sequences = inputs.len();
         matmul(&normed[..sequences * hidden_size], sequences, &self.head, logits, false, team);
         self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(scratch);
+    }
+}
+
+impl Decoder {
+    /// Each adapted sequence's rows of the product at `site` of block `layer`: `x` its input
+    /// rows, `out` its output rows, one per entry of `rows`.
+    fn adapt(
+        &self,
+        inputs: &[StepInput<'_>],
+        rows: &[(usize, usize)],
+        layer: usize,
+        site: Site,
+        x: &[f32],
+        out: &mut [f32],
+    ) {
+        if inputs.iter().all(|input| input.adapter.is_none()) {
+            return;
+        }
+        let config = &self.config;
+        let (hidden, intermediate) = (config.hidden_size, config.intermediate_size);
+        let (q_width, kv_width) =
+            (config.num_attention_heads * config.head_dim(), config.kv_heads() * config.head_dim());
+        let (x_width, out_width) = match site {
+            Site::Qkv => (hidden, q_width + 2 * kv_width),
+            Site::O => (q_width, hidden),
+            Site::GateUp => (hidden, 2 * intermediate),
+            Site::Down => (intermediate, hidden),
+        };
+        for (row, &(sequence, _)) in rows.iter().enumerate() {
+            if let Some(adapter) = inputs[sequence].adapter {
+                let x = &x[row * x_width..][..x_width];
+                adapter.apply(layer, site, x, &mut out[row * out_width..][..out_width]);
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod bert;
 mod config;
+mod frozen;
 pub mod gguf;
 mod infer;
 mod llama;
@@ -16,6 +17,7 @@ mod optim;
 mod panels;
 mod projection;
 pub mod quantized;
+mod serving_adapter;
 mod team;
 mod weights;
 
@@ -31,6 +33,7 @@ pub use infer::{Decoder, KvCache, KvPrecision, Logits, StepInput};
 pub use llama::{argmax_last, Llama};
 pub use lora::{LoraAdapters, LoraConfig};
 pub use optim::{clip_grad_norm, learning_rate, AdamW, AdamWConfig};
+pub use serving_adapter::ServingAdapter;
 pub use weights::{from_safetensors, parameter_shapes, stored_dtype, to_safetensors, Weights};
 
 #[derive(Debug, thiserror::Error)]

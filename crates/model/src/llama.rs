@@ -3,9 +3,14 @@
 //! projection (optionally tied to the embedding). Layouts and names follow `transformers`'
 //! `LlamaForCausalLM`, so its weights load unchanged and the logits agree (`tests/parity.rs`).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor, D};
 
+use crate::frozen::{frozen_linear, frozen_rows};
 use crate::ops::{causal_mask, cross_entropy, rms_norm, silu, softmax_last_dim, Rotary};
+use crate::quantized::QuantizedMatrix;
 use crate::{LlamaConfig, LoraAdapters, ModelError, Weights};
 
 pub struct Llama {
@@ -13,6 +18,9 @@ pub struct Llama {
     pub weights: Weights,
     /// With adapters the base weights are frozen: gradients reach only the adapters.
     pub adapters: Option<LoraAdapters>,
+    /// A quantized base's matrices (by `transformers`' names), kept in their blocks and frozen;
+    /// `weights` then holds only the base's vectors (norms, biases).
+    pub frozen: BTreeMap<String, Arc<QuantizedMatrix>>,
     rotary: Rotary,
 }
 
@@ -42,7 +50,33 @@ impl Llama {
     pub fn new(config: LlamaConfig, weights: Weights) -> Result<Self, ModelError> {
         config.validate()?;
         let rotary = Rotary::new(&config.rope_frequencies(), config.max_positions(), weights.dtype, &weights.device)?;
-        Ok(Llama { config, weights, adapters: None, rotary })
+        Ok(Llama { config, weights, adapters: None, frozen: BTreeMap::new(), rotary })
+    }
+
+    /// A model on a frozen quantized base: `frozen` holds its matrices, `vectors` the rest.
+    /// Only adapters can train on it.
+    pub fn with_frozen_base(
+        config: LlamaConfig,
+        vectors: Weights,
+        frozen: BTreeMap<String, Arc<QuantizedMatrix>>,
+    ) -> Result<Self, ModelError> {
+        let mut model = Llama::new(config, vectors)?;
+        for (name, dims) in crate::parameter_shapes(&model.config) {
+            let held = match frozen.get(&name) {
+                Some(matrix) => dims == [matrix.rows(), matrix.inner()],
+                None => model.weights.params.get(&name).is_some_and(|var| var.dims() == dims.as_slice()),
+            };
+            if !held {
+                return Err(ModelError::Weights(format!("the frozen base has no {name} of shape {dims:?}")));
+            }
+        }
+        model.frozen = frozen;
+        Ok(model)
+    }
+
+    /// Bytes the frozen quantized matrices hold.
+    pub fn frozen_bytes(&self) -> usize {
+        self.frozen.values().map(|matrix| matrix.as_bytes().len()).sum()
     }
 
     /// The model with low-rank adapters on its targeted projections (and its base frozen).
@@ -54,12 +88,20 @@ impl Llama {
     /// A base parameter; detached from the autograd graph when adapters train instead.
     fn weight(&self, name: &str) -> Result<Tensor, ModelError> {
         let tensor = self.weights.get(name)?;
-        Ok(if self.adapters.is_some() { tensor.detach() } else { tensor.clone() })
+        Ok(if self.adapters.is_some() || !self.frozen.is_empty() { tensor.detach() } else { tensor.clone() })
+    }
+
+    /// `x W^T` for the base matrix `name`, held dense or frozen in its blocks.
+    fn base_product(&self, name: &str, x: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(match self.frozen.get(name) {
+            Some(matrix) => frozen_linear(x, matrix)?,
+            None => linear(x, &self.weight(name)?)?,
+        })
     }
 
     /// `x W^T` for the projection `name`, plus its adapter's `scale * x A^T B^T` if it has one.
     fn project(&self, name: &str, x: &Tensor) -> Result<Tensor, ModelError> {
-        let base = linear(x, &self.weight(name)?)?;
+        let base = self.base_product(name, x)?;
         let Some((a, b)) = self.adapters.as_ref().and_then(|adapters| adapters.pair(name)) else {
             return Ok(base);
         };
@@ -82,15 +124,19 @@ impl Llama {
             )));
         }
         let config = &self.config;
-        let embedding = self.weight("model.embed_tokens.weight")?;
-        let mut hidden = embedding.index_select(&ids.flatten_all()?, 0)?.reshape((batch, seq, config.hidden_size))?;
+        const EMBEDDING: &str = "model.embed_tokens.weight";
+        let embedded = match self.frozen.get(EMBEDDING) {
+            Some(matrix) => frozen_rows(matrix, &ids.flatten_all()?.to_vec1::<u32>()?)?,
+            None => self.weight(EMBEDDING)?.index_select(&ids.flatten_all()?, 0)?,
+        };
+        let mut hidden = embedded.reshape((batch, seq, config.hidden_size))?;
         let mask = causal_mask(seq, 0, self.dtype(), &self.weights.device)?;
         for layer in 0..config.num_hidden_layers {
             hidden = self.block(layer, &hidden, &mask)?;
         }
         let hidden = rms_norm(&hidden, &self.weight("model.norm.weight")?, config.rms_norm_eps)?;
-        let head = if config.tie_word_embeddings { embedding } else { self.weight("lm_head.weight")? };
-        Ok(linear(&hidden, &head)?)
+        let head = if config.tie_word_embeddings { EMBEDDING } else { "lm_head.weight" };
+        self.base_product(head, &hidden)
     }
 
     fn block(&self, layer: usize, hidden: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {

@@ -84,6 +84,29 @@ impl LoraConfig {
         })
     }
 
+    /// The config PEFT's `adapter_config.json` describes (`r`, `lora_alpha`, `target_modules`
+    /// as a list or one name); adapters of another kind, with biases or fan-in-fan-out weights
+    /// are refused by name.
+    pub fn from_adapter_config(config: &serde_json::Value) -> Result<Self, ModelError> {
+        let refuse = |why: &str| Err(ModelError::Config(format!("adapter_config.json: {why}")));
+        if config["peft_type"].as_str().is_some_and(|kind| kind != "LORA") {
+            return refuse("only LORA adapters are served");
+        }
+        if config["bias"].as_str().is_some_and(|bias| bias != "none") || config["fan_in_fan_out"] == true {
+            return refuse("adapters with biases or fan-in-fan-out weights are not served");
+        }
+        let Some(rank) = config["r"].as_u64() else { return refuse("r must be a positive integer") };
+        let Some(alpha) = config["lora_alpha"].as_f64() else { return refuse("lora_alpha must be a number") };
+        let target_modules = match &config["target_modules"] {
+            serde_json::Value::String(one) => vec![one.clone()],
+            serde_json::Value::Array(names) => names.iter().filter_map(|n| n.as_str().map(str::to_string)).collect(),
+            _ => return refuse("target_modules must name the projections"),
+        };
+        let lora = LoraConfig { rank: rank as usize, alpha, target_modules };
+        lora.validate()?;
+        Ok(lora)
+    }
+
     /// `(parameter name of W, its [out, in] shape)` of every targeted projection.
     fn targets(&self, config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
         let wanted: Vec<&str> = MODULES
@@ -187,6 +210,19 @@ impl LoraAdapters {
             params.insert(name.clone(), Var::from_tensor(&tensor)?);
         }
         Ok(Weights { params, dtype: base.dtype, device: base.device.clone() })
+    }
+
+    /// `values` (the base matrix `weight`, row-major) with its adapter folded in, or as they are
+    /// when it has none.
+    pub fn merged(&self, weight: &str, values: Vec<f32>) -> Result<Vec<f32>, ModelError> {
+        let Some((a, b)) = self.pair(weight) else {
+            return Ok(values);
+        };
+        let delta = (b.matmul(a)? * self.config.scale())?.flatten_all()?.to_vec1::<f32>()?;
+        if delta.len() != values.len() {
+            return Err(ModelError::Weights(format!("{weight}: the adapter does not fit the matrix")));
+        }
+        Ok(values.into_iter().zip(delta).map(|(value, delta)| value + delta).collect())
     }
 
     pub fn parameter_count(&self) -> usize {

@@ -403,13 +403,16 @@ fn cached_steps_match_the_full_forward(
 
     // A prompt in two chunks, then one token at a time, in one cache.
     let mut cache = KvCache::new(decoder, 16).unwrap();
-    let logits = decoder.forward_step(&mut [StepInput { tokens: &first[..4], cache: &mut cache }]).unwrap();
+    let logits =
+        decoder.forward_step(&mut [StepInput { tokens: &first[..4], cache: &mut cache, adapter: None }]).unwrap();
     assert!(max_abs_difference(&row(&logits, 0), &at(&full(&first[..4]), 3)) < 1e-4);
-    let logits = decoder.forward_step(&mut [StepInput { tokens: &first[4..8], cache: &mut cache }]).unwrap();
+    let logits =
+        decoder.forward_step(&mut [StepInput { tokens: &first[4..8], cache: &mut cache, adapter: None }]).unwrap();
     assert!(max_abs_difference(&row(&logits, 0), &at(&full(&first[..8]), 7)) < 1e-4);
     for end in 9..=first.len() {
-        let logits =
-            decoder.forward_step(&mut [StepInput { tokens: &first[end - 1..end], cache: &mut cache }]).unwrap();
+        let logits = decoder
+            .forward_step(&mut [StepInput { tokens: &first[end - 1..end], cache: &mut cache, adapter: None }])
+            .unwrap();
         assert!(max_abs_difference(&row(&logits, 0), &at(&full(&first[..end]), end - 1)) < 1e-4, "at {end}");
     }
     assert_eq!(cache.len(), first.len());
@@ -417,11 +420,11 @@ fn cached_steps_match_the_full_forward(
     // Two sequences of different lengths in one step: one decoding, one prefilling.
     let mut other = KvCache::new(decoder, 16).unwrap();
     let mut again = KvCache::new(decoder, 16).unwrap();
-    decoder.forward_step(&mut [StepInput { tokens: &first[..10], cache: &mut again }]).unwrap();
+    decoder.forward_step(&mut [StepInput { tokens: &first[..10], cache: &mut again, adapter: None }]).unwrap();
     let logits = decoder
         .forward_step(&mut [
-            StepInput { tokens: &first[10..11], cache: &mut again },
-            StepInput { tokens: second, cache: &mut other },
+            StepInput { tokens: &first[10..11], cache: &mut again, adapter: None },
+            StepInput { tokens: second, cache: &mut other, adapter: None },
         ])
         .unwrap();
     assert_eq!((logits.rows(), logits.row(1).len()), (2, config.vocab_size));
@@ -429,7 +432,8 @@ fn cached_steps_match_the_full_forward(
     assert!(max_abs_difference(&row(&logits, 1), &at(&full(second), second.len() - 1)) < 1e-4);
 
     // Past capacity is refused, and nothing is written.
-    let error = decoder.forward_step(&mut [StepInput { tokens: &[1; 12], cache: &mut other }]).err().unwrap();
+    let error =
+        decoder.forward_step(&mut [StepInput { tokens: &[1; 12], cache: &mut other, adapter: None }]).err().unwrap();
     assert!(error.to_string().contains("exceed"), "{error}");
     assert_eq!(other.len(), second.len());
     assert!(KvCache::new(decoder, 33).is_err(), "longer than max_position_embeddings");
@@ -445,8 +449,11 @@ fn a_step_splits_between_cores_only_into_groups_of_about_equal_work() {
     let groups = |lengths: &[usize], threads: usize| {
         let tokens: Vec<Vec<u32>> = lengths.iter().map(|&n| vec![1; n]).collect();
         let mut caches: Vec<KvCache> = lengths.iter().map(|_| KvCache::new(&decoder, 32).unwrap()).collect();
-        let inputs: Vec<StepInput> =
-            tokens.iter().zip(caches.iter_mut()).map(|(tokens, cache)| StepInput { tokens, cache }).collect();
+        let inputs: Vec<StepInput> = tokens
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(tokens, cache)| StepInput { tokens, cache, adapter: None })
+            .collect();
         crate::infer::balanced_groups(&inputs, threads)
     };
     assert_eq!(groups(&[1; 32], 2), Some(vec![16, 16]));
@@ -597,14 +604,14 @@ fn many_sequences_match_each_alone(model: &Llama, decoder: &Decoder, bound: f64)
     let mut inputs: Vec<StepInput> = prompts
         .iter()
         .zip(caches.iter_mut())
-        .map(|(p, cache)| StepInput { tokens: &p[..p.len() - 3], cache })
+        .map(|(p, cache)| StepInput { tokens: &p[..p.len() - 3], cache, adapter: None })
         .collect();
     decoder.forward_step(&mut inputs).unwrap();
     for back in (1..=3).rev() {
         let mut inputs: Vec<StepInput> = prompts
             .iter()
             .zip(caches.iter_mut())
-            .map(|(p, cache)| StepInput { tokens: &p[p.len() - back..p.len() - back + 1], cache })
+            .map(|(p, cache)| StepInput { tokens: &p[p.len() - back..p.len() - back + 1], cache, adapter: None })
             .collect();
         let logits = decoder.forward_step(&mut inputs).unwrap();
         for (i, prompt) in prompts.iter().enumerate() {
@@ -617,11 +624,11 @@ fn many_sequences_match_each_alone(model: &Llama, decoder: &Decoder, bound: f64)
     }
     // The longest sequence alone, after decoding with others: its context is long enough for
     // its attention's heads to be spread over the threads too.
-    let logits = decoder.forward_step(&mut [StepInput { tokens: &[7], cache: &mut caches[5] }]).unwrap();
+    let logits = decoder.forward_step(&mut [StepInput { tokens: &[7], cache: &mut caches[5], adapter: None }]).unwrap();
     let context: Vec<u32> = prompts[5].iter().copied().chain([7]).collect();
     let full = model.forward(&tokens(&context, 1)).unwrap().squeeze(0).unwrap().get(context.len() - 1).unwrap();
     assert!(max_abs_difference(&Tensor::new(logits.row(0), &Device::Cpu).unwrap(), &full) < bound);
-    let bad = decoder.forward_step(&mut [StepInput { tokens: &[1024], cache: &mut caches[0] }]);
+    let bad = decoder.forward_step(&mut [StepInput { tokens: &[1024], cache: &mut caches[0], adapter: None }]);
     assert!(bad.err().unwrap().to_string().contains("vocabulary"));
 }
 
@@ -713,4 +720,78 @@ fn bert_embeddings_are_unit_vectors_unchanged_by_padding() {
     assert_ne!(together[0], together[1]);
     assert!(encoder.embed(&[vec![1; 40]]).is_err(), "longer than the positions");
     assert!(BertConfig::from_json(r#"{"model_type": "llama"}"#).is_err());
+}
+
+/// Adapters with `B` random (trained adapters are not zero), for every projection.
+fn trained_adapters(config: &LlamaConfig, seed: u64) -> LoraAdapters {
+    let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    let lora = LoraConfig { rank: 4, alpha: 8.0, target_modules: targets.map(String::from).to_vec() };
+    let adapters = LoraAdapters::init(config, &lora, seed, &Device::Cpu).unwrap();
+    for var in adapters.params.values() {
+        let values = Tensor::randn(0.0f32, 0.2, var.dims(), &Device::Cpu).unwrap();
+        var.set(&values).unwrap();
+    }
+    adapters
+}
+
+/// Point 8 of the real-models issue: one decoder holds the base; sequences with different
+/// adapters and none step together, each computing what the base with its adapter merged
+/// computes, in one group or split over threads, while prefilling and decoding.
+#[test]
+fn sequences_with_different_adapters_step_together_as_their_merged_models_alone() {
+    let mut config = LlamaConfig::new(300, 64, 96, 2, 4);
+    config.num_key_value_heads = Some(2);
+    config.max_position_embeddings = 64;
+    let base = Llama::new(config.clone(), Weights::init(&config, 9, DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let adapters = [trained_adapters(&config, 1), trained_adapters(&config, 2)];
+    let serving: Vec<ServingAdapter> = adapters.iter().map(|a| ServingAdapter::new(&config, a).unwrap()).collect();
+    let merged_decoder = |adapters: &LoraAdapters| {
+        Decoder::new(&Llama::new(config.clone(), adapters.merge_into(&base.weights).unwrap()).unwrap()).unwrap()
+    };
+    let alone = [Decoder::new(&base).unwrap(), merged_decoder(&adapters[0]), merged_decoder(&adapters[1])];
+    let choice = [None, Some(&serving[0]), Some(&serving[1])];
+    let prompts: Vec<Vec<u32>> =
+        (0..3u32).map(|s| (0..12 + s).map(|i| (s * 71 + i * 13 + 1) % 300).collect()).collect();
+    for threads in [1, 2] {
+        let decoder = Decoder::with_threads(&base, threads).unwrap();
+        let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::new(&decoder, 40).unwrap()).collect();
+        let mut inputs: Vec<StepInput> = prompts
+            .iter()
+            .zip(caches.iter_mut())
+            .zip(choice)
+            .map(|((p, cache), adapter)| StepInput { tokens: p, cache, adapter })
+            .collect();
+        let together = decoder.forward_step(&mut inputs).unwrap();
+        drop(inputs);
+        let mut inputs: Vec<StepInput> =
+            caches.iter_mut().zip(choice).map(|(cache, adapter)| StepInput { tokens: &[7], cache, adapter }).collect();
+        let decoded = decoder.forward_step(&mut inputs).unwrap();
+        for (index, (prompt, reference)) in prompts.iter().zip(&alone).enumerate() {
+            let mut cache = KvCache::new(reference, 40).unwrap();
+            let prefill = reference.forward_step(&mut [StepInput { tokens: prompt, cache: &mut cache, adapter: None }]);
+            let step = reference.forward_step(&mut [StepInput { tokens: &[7], cache: &mut cache, adapter: None }]);
+            for (ours, theirs) in
+                [(together.row(index), prefill.unwrap().row(0)), (decoded.row(index), step.unwrap().row(0))]
+            {
+                let difference = ours.iter().zip(theirs).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(difference < 1e-4, "sequence {index} on {threads} threads differs by {difference}");
+            }
+        }
+    }
+    // The adapters change what the base computes, and one made for another shape is refused.
+    let mut cache = KvCache::new(&alone[0], 40).unwrap();
+    let base_logits = alone[0].forward_step(&mut [StepInput { tokens: &prompts[1], cache: &mut cache, adapter: None }]);
+    let mut cache = KvCache::new(&alone[1], 40).unwrap();
+    let adapted = alone[1].forward_step(&mut [StepInput { tokens: &prompts[1], cache: &mut cache, adapter: None }]);
+    let change =
+        base_logits.unwrap().row(0).iter().zip(adapted.unwrap().row(0)).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(change > 1e-2, "the adapter changes the answer: {change}");
+    let mut other = config.clone();
+    other.hidden_size = 32;
+    let misfit = ServingAdapter::new(&other, &trained_adapters(&other, 3)).unwrap();
+    let decoder = Decoder::new(&base).unwrap();
+    let mut cache = KvCache::new(&decoder, 8).unwrap();
+    let refused = decoder.forward_step(&mut [StepInput { tokens: &[1], cache: &mut cache, adapter: Some(&misfit) }]);
+    assert!(refused.err().unwrap().to_string().contains("another shape"));
+    assert!(serving[0].bytes() > 0);
 }

@@ -19,6 +19,7 @@ pub mod lookups;
 pub mod metrics;
 pub mod pending_objects;
 pub mod registry;
+pub mod resident;
 pub mod service_error;
 pub mod serving;
 pub mod workers;
@@ -167,6 +168,7 @@ mod tests {
             "metrics",
             "pending_objects",
             "registry",
+            "resident",
             "service_error",
             "serving",
             "workers",

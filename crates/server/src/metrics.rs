@@ -97,6 +97,11 @@ pub struct Metrics {
     /// Bytes each loaded generative model's weights take in memory (its quantized or half
     /// blocks as loaded, not widened).
     pub model_weight_bytes: Family<ModelLabels, Gauge>,
+    /// Bytes the loaded adapters of adapter versions hold together, and how many loaded and
+    /// were evicted to make room.
+    pub adapter_cache_bytes: Gauge,
+    pub adapter_loads: Counter,
+    pub adapter_evictions: Counter,
     pub inference: InferenceMetrics,
 }
 
@@ -201,6 +206,11 @@ impl Metrics {
             "Bytes a loaded model's weights take in memory",
             model_weight_bytes.clone(),
         );
+        let (adapter_cache_bytes, adapter_loads, adapter_evictions) =
+            (Gauge::default(), Counter::default(), Counter::default());
+        registry.register("adapter_cache_bytes", "Bytes the loaded adapters hold", adapter_cache_bytes.clone());
+        registry.register("adapter_loads", "Adapters loaded onto their base's engine", adapter_loads.clone());
+        registry.register("adapter_evictions", "Adapters evicted to fit the cache's budget", adapter_evictions.clone());
         let inference = InferenceMetrics::register(&mut registry);
         Metrics {
             registry,
@@ -211,6 +221,9 @@ impl Metrics {
             audit_log_size,
             in_flight,
             model_weight_bytes,
+            adapter_cache_bytes,
+            adapter_loads,
+            adapter_evictions,
             inference,
         }
     }

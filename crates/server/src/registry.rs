@@ -19,6 +19,9 @@ pub struct ModelKeys {
 
 /// The file a GGUF import keeps, whole, in the version.
 pub const GGUF_FILE: &str = "model.gguf";
+/// A LoRA fine-tune's adapters and their PEFT config, beside its merged weights.
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 
 /// Where a file of a new version comes from.
 pub enum FileSource {
@@ -110,10 +113,22 @@ pub async fn fetch_to_file(
     path: &str,
     dir: std::path::PathBuf,
 ) -> Result<std::fs::File, ServiceError> {
-    use futures::StreamExt;
-    use tokio::io::AsyncWriteExt;
     let file = manifest.file(path).ok_or_else(|| ServiceError::not_found(format!("the model has no file {path}")))?;
     let digest: ObjectDigest = file.digest.parse().map_err(ServiceError::fault)?;
+    spool_object(objects, &digest, Some(file.size), path, dir).await
+}
+
+/// The object `digest` streamed into an unnamed file under `dir` (`path` names it in errors),
+/// its digest, and its size when one is `expected`, checked as it arrives; read from its start.
+pub async fn spool_object(
+    objects: &ContentStore,
+    digest: &ObjectDigest,
+    expected: Option<u64>,
+    path: &str,
+    dir: std::path::PathBuf,
+) -> Result<std::fs::File, ServiceError> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
     let failed = |message: String| ServiceError::new(ErrorKind::VerificationFailed, format!("{path}: {message}"));
     let spooled = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir)?;
@@ -123,15 +138,15 @@ pub async fn fetch_to_file(
     .map_err(ServiceError::fault)?
     .map_err(|e| ServiceError::internal(format!("spooling {path}: {e}")))?;
     let mut spooled = tokio::fs::File::from_std(spooled);
-    let mut stream = objects.open_stream(&digest).await.map_err(|e| failed(e.to_string()))?;
+    let mut stream = objects.open_stream(digest).await.map_err(|e| failed(e.to_string()))?;
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| failed(e.to_string()))?;
         written += chunk.len() as u64;
         spooled.write_all(&chunk).await.map_err(|e| ServiceError::internal(format!("spooling {path}: {e}")))?;
     }
-    if written != file.size {
-        return Err(failed(format!("{written} bytes where the manifest lists {}", file.size)));
+    if let Some(size) = expected.filter(|&size| size != written) {
+        return Err(failed(format!("{written} bytes where the manifest lists {size}")));
     }
     spooled.flush().await.map_err(|e| ServiceError::internal(format!("spooling {path}: {e}")))?;
     let mut spooled = spooled.into_std().await;

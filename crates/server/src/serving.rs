@@ -1,7 +1,8 @@
 //! Deployments at run time: which model version a request reaches, and the engines that serve
 //! them. A model version is loaded only after its signature and every file's digest check out
 //! (`registry::open_manifest`, `registry::fetch_file`); engines are shared by every deployment
-//! that serves the same signed manifest.
+//! that serves the same signed manifest. An adapter version (a LoRA fine-tune) runs on its base's
+//! engine, its adapter applied to its own requests only, so one base serves many adapters.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use factory_engine::embed::Embedder;
 use factory_engine::{Engine, EngineSettings};
-use factory_model::{Decoder, Device, KvPrecision, Llama, LlamaConfig, Weights};
+use factory_model::{
+    Decoder, Device, KvPrecision, Llama, LlamaConfig, LoraAdapters, LoraConfig, ServingAdapter, Weights,
+};
 use factory_store::models::ModelVersion;
 use factory_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -17,7 +20,7 @@ use tokio::sync::Mutex;
 
 use factory_objects::ContentStore;
 
-use crate::registry::{self, ModelKeys};
+use crate::registry::{self, ModelKeys, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::service_error::{ErrorKind, ServiceError};
 
 /// The tokenizer of a GGUF file's vocabulary: byte-level BPE (`gpt2`) or SentencePiece
@@ -216,8 +219,11 @@ impl DeploymentSpec {
 }
 
 /// A text generator: the engine that runs it and what turns messages into its prompt.
+#[derive(Clone)]
 pub struct Generator {
     pub engine: Engine,
+    /// The model the engine runs, for the adapters that run on it.
+    pub config: Arc<LlamaConfig>,
     pub tokenizer: Tokenizer,
     /// `tokenizer_config.json`'s `chat_template` (or a GGUF file's), when the model has one.
     pub chat_template: Option<String>,
@@ -240,6 +246,9 @@ pub struct LoadedModel {
     pub reference: String,
     /// Where the model may be served, from its signed manifest.
     pub jurisdiction: factory_core::Jurisdiction,
+    /// An adapter version: the adapter its requests run with on its base's engine (which
+    /// `generator` is).
+    pub adapter: Option<Arc<ServingAdapter>>,
 }
 
 /// How engines are built: the `serving` settings they start with.
@@ -249,6 +258,8 @@ pub struct EngineOptions {
     pub max_batch: usize,
     pub max_waiting: usize,
     pub prefill_chunk: usize,
+    /// What loaded adapters may hold together.
+    pub adapter_cache_bytes: usize,
 }
 
 /// Engines by signed manifest digest.
@@ -271,6 +282,57 @@ pub struct Engines {
     pub limits: Arc<crate::limits::Limits>,
     /// Denied topics' example vectors, by encoder manifest and examples.
     topic_vectors: std::sync::Mutex<HashMap<String, crate::guardrails::ExampleVectors>>,
+    /// By manifest digest: the base an adapter version runs on, or `None` for a whole model.
+    adapter_bases: std::sync::Mutex<HashMap<String, Option<String>>>,
+    /// Adapter versions ready to serve on their base's engine.
+    adapters: std::sync::Mutex<AdapterCache>,
+}
+
+/// Loaded adapter versions by manifest digest, within a memory budget: the one used longest ago
+/// leaves first.
+#[derive(Default)]
+struct AdapterCache {
+    entries: HashMap<String, CachedAdapter>,
+    bytes: usize,
+    clock: u64,
+}
+
+struct CachedAdapter {
+    loaded: Arc<LoadedModel>,
+    bytes: usize,
+    used: u64,
+}
+
+impl AdapterCache {
+    fn get(&mut self, digest: &str) -> Option<Arc<LoadedModel>> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(digest)?;
+        entry.used = self.clock;
+        Some(entry.loaded.clone())
+    }
+
+    /// Adds `loaded`, evicting the least recently used until it fits `budget`; what was
+    /// evicted, by reference (requests under way keep their own handle to it).
+    fn insert(&mut self, digest: String, loaded: Arc<LoadedModel>, bytes: usize, budget: usize) -> Vec<String> {
+        let mut evicted = Vec::new();
+        if let Some(previous) = self.entries.remove(&digest) {
+            self.bytes -= previous.bytes;
+        }
+        while self.bytes + bytes > budget {
+            let Some(oldest) = self.entries.iter().min_by_key(|(_, entry)| entry.used).map(|(key, _)| key.clone())
+            else {
+                break;
+            };
+            if let Some(entry) = self.entries.remove(&oldest) {
+                self.bytes -= entry.bytes;
+                evicted.push(entry.loaded.reference.clone());
+            }
+        }
+        self.clock += 1;
+        self.bytes += bytes;
+        self.entries.insert(digest, CachedAdapter { loaded, bytes, used: self.clock });
+        evicted
+    }
 }
 
 impl Engines {
@@ -297,6 +359,8 @@ impl Engines {
                 .unwrap_or_else(|_| reqwest::Client::new()),
             limits: Arc::default(),
             topic_vectors: std::sync::Mutex::default(),
+            adapter_bases: std::sync::Mutex::default(),
+            adapters: std::sync::Mutex::default(),
         }
     }
 }
@@ -308,6 +372,86 @@ impl Engines {
         let cell = self.loaded.lock().await.entry(version.manifest_digest.clone()).or_default().clone();
         cell.get_or_try_init(|| async { self.load(version).await.map(Arc::new) }).await.cloned()
     }
+}
+
+impl Engines {
+    /// The base (`NAME@VERSION`) `version` runs on if it is an adapter version (a LoRA
+    /// fine-tune with its adapter files and the base its lineage names), else `None`.
+    pub async fn adapter_base(&self, version: &ModelVersion) -> Result<Option<String>, ServiceError> {
+        let known = lock(&self.adapter_bases).get(&version.manifest_digest).cloned();
+        if let Some(known) = known {
+            return Ok(known);
+        }
+        let (manifest, _) = registry::open_manifest(&self.objects, &self.model_keys, version).await?;
+        let has = |path: &str| manifest.file(path).is_some();
+        let base = match has(ADAPTER_WEIGHTS) && has(ADAPTER_CONFIG) {
+            true => manifest.lineage.base_model.clone(),
+            false => None,
+        };
+        lock(&self.adapter_bases).insert(version.manifest_digest.clone(), base.clone());
+        Ok(base)
+    }
+
+    /// Adapter version `version` on the engine of `base`: the base loads once for all its
+    /// adapters (and its own requests), and an adapter loads on first use into the cache, which
+    /// evicts the adapter used longest ago when the next does not fit its budget.
+    pub async fn get_adapted(
+        &self,
+        version: &ModelVersion,
+        base: &ModelVersion,
+    ) -> Result<Arc<LoadedModel>, ServiceError> {
+        if let Some(hit) = lock(&self.adapters).get(&version.manifest_digest) {
+            return Ok(hit);
+        }
+        let base_model = self.get(base).await?;
+        let reference = format!("{}@{}", version.name, version.version);
+        let unservable = |e: String| ServiceError::new(ErrorKind::UnservableModel, format!("{reference}: {e}"));
+        let generator = base_model.generator.clone().ok_or_else(|| unservable("its base generates no text".into()))?;
+        let (manifest, _) = registry::open_manifest(&self.objects, &self.model_keys, version).await?;
+        let weights = registry::fetch_file(&self.objects, &manifest, ADAPTER_WEIGHTS).await?;
+        let config = registry::fetch_file(&self.objects, &manifest, ADAPTER_CONFIG).await?;
+        let model = generator.config.clone();
+        let adapter = tokio::task::spawn_blocking(move || {
+            let config: serde_json::Value =
+                serde_json::from_slice(&config).map_err(|e| format!("{ADAPTER_CONFIG}: {e}"))?;
+            let lora = LoraConfig::from_adapter_config(&config).map_err(|e| e.to_string())?;
+            let adapters =
+                LoraAdapters::from_safetensors(&model, &lora, &weights, &Device::Cpu).map_err(|e| e.to_string())?;
+            ServingAdapter::new(&model, &adapters).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(ServiceError::fault)?
+        .map_err(unservable)?;
+        let bytes = adapter.bytes();
+        let budget = self.options.adapter_cache_bytes;
+        if bytes > budget {
+            return Err(unservable(format!(
+                "its adapter takes {bytes} bytes, more than serving.adapter_cache_mb allows all adapters"
+            )));
+        }
+        let loaded = Arc::new(LoadedModel {
+            generator: Some(generator),
+            embedder: None,
+            reference: manifest.reference(),
+            jurisdiction: manifest.residency.jurisdiction.clone(),
+            adapter: Some(Arc::new(adapter)),
+        });
+        let mut cache = lock(&self.adapters);
+        let evicted = cache.insert(version.manifest_digest.clone(), loaded.clone(), bytes, budget);
+        self.metrics.adapter_cache_bytes.set(cache.bytes as i64);
+        drop(cache);
+        self.metrics.adapter_loads.inc();
+        for evicted in evicted {
+            self.metrics.adapter_evictions.inc();
+            tracing::info!(adapter = %evicted, "evicted an adapter from the cache to make room");
+        }
+        tracing::info!(adapter = %reference, base = %base_model.reference, bytes, "loaded an adapter version onto its base's engine");
+        Ok(loaded)
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Engines {
@@ -382,12 +526,14 @@ impl Engines {
             "loaded a verified GGUF model version into an engine"
         );
         self.record_weights(manifest, &decoder);
+        let config = Arc::new(decoder.config().clone());
         let engine = Engine::start(decoder, tokenizer.clone(), &end_tokens, self.engine_settings());
         Ok(LoadedModel {
-            generator: Some(Generator { engine, tokenizer, chat_template, special }),
+            generator: Some(Generator { engine, config, tokenizer, chat_template, special }),
             embedder: None,
             reference: manifest.reference(),
             jurisdiction: manifest.residency.jurisdiction.clone(),
+            adapter: None,
         })
     }
 
@@ -443,6 +589,7 @@ impl Engines {
                 embedder: Some(Arc::new(embedder)),
                 reference: manifest.reference(),
                 jurisdiction: manifest.residency.jurisdiction.clone(),
+                adapter: None,
             });
         }
         let reference = manifest.reference();
@@ -489,12 +636,49 @@ impl Engines {
         let settings = self.engine_settings();
         tracing::info!(model = %reference, "loaded a verified model version into an engine");
         self.record_weights(&manifest, &model);
+        let config = Arc::new(model.config().clone());
         let engine = Engine::start(model, tokenizer.clone(), &end_tokens, settings);
         Ok(LoadedModel {
-            generator: Some(Generator { engine, tokenizer, chat_template, special }),
+            generator: Some(Generator { engine, config, tokenizer, chat_template, special }),
             embedder: None,
             reference,
             jurisdiction,
+            adapter: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn adapter_version(reference: &str) -> Arc<LoadedModel> {
+        Arc::new(LoadedModel {
+            generator: None,
+            embedder: None,
+            reference: reference.to_string(),
+            jurisdiction: factory_core::Jurisdiction::new("eu").unwrap(),
+            adapter: None,
+        })
+    }
+
+    #[test]
+    fn the_adapter_cache_evicts_the_one_used_longest_ago_to_stay_in_budget() {
+        let mut cache = AdapterCache::default();
+        assert!(cache.insert("a".into(), adapter_version("m@1"), 40, 100).is_empty());
+        assert!(cache.insert("b".into(), adapter_version("m@2"), 40, 100).is_empty());
+        // `a` is used again, so `b` is the one used longest ago when `c` needs room.
+        assert_eq!(cache.get("a").unwrap().reference, "m@1");
+        assert_eq!(cache.insert("c".into(), adapter_version("m@3"), 40, 100), ["m@2"]);
+        assert!(cache.get("b").is_none() && cache.get("a").is_some() && cache.get("c").is_some());
+        assert_eq!(cache.bytes, 80);
+        // One that needs the whole budget leaves nothing else.
+        let evicted = cache.insert("d".into(), adapter_version("m@4"), 100, 100);
+        assert_eq!(evicted.len(), 2);
+        assert_eq!((cache.bytes, cache.entries.len()), (100, 1));
+        // Loading one again replaces it, without counting it twice.
+        assert!(cache.insert("d".into(), adapter_version("m@4"), 100, 100).is_empty());
+        assert_eq!(cache.bytes, 100);
     }
 }

@@ -9,17 +9,22 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use factory_core::{Action, Principal};
-use factory_model::LlamaConfig;
+use factory_model::gguf::{self, GgufVocabulary};
+use factory_model::{Llama, LlamaConfig};
 use factory_objects::ObjectDigest;
 use factory_store::jobs::Job;
 use factory_store::runs::RunCheckpoint;
 use factory_tokenizer::Tokenizer;
-use factory_train::{Checkpoint, Control, EvalMetrics, Outcome, StepMetrics, TrainObserver};
+use factory_train::{Checkpoint, Control, EvalMetrics, Initial, Outcome, StepMetrics, TrainObserver};
 use tokio::sync::watch;
 
+use crate::registry;
+use crate::resident::ResidentSampler;
 use crate::service::datasets::shard_texts;
+use crate::service::formats;
 use crate::service::models::{self, draft_from_run};
 use crate::service::runs::{BaseModel, RunSpec, RUN_KINDS, TOKENIZER_KIND};
+use crate::serving::gguf_tokenizer;
 use crate::state::AppState;
 use crate::workers::{JobControl, JobError, JobHandler};
 
@@ -90,6 +95,25 @@ impl TrainingHandler {
         Ok((tokenizer, digest))
     }
 
+    /// A GGUF base (the file the run pinned, read from a verified spool file) with its matrices
+    /// frozen in their blocks, and the tokenizer its vocabulary makes.
+    async fn frozen_base(&self, spec: &RunSpec) -> Result<FrozenBase, JobError> {
+        let base = spec.base.as_ref().ok_or_else(|| failed("a frozen base needs a base model"))?;
+        let digest: ObjectDigest = base.weights.parse().map_err(failed)?;
+        let file =
+            registry::spool_object(&self.state.objects, &digest, None, registry::GGUF_FILE, self.state.spool_dir())
+                .await
+                .map_err(failed)?;
+        tokio::task::spawn_blocking(move || {
+            let (model, inspected) = gguf::read_frozen(&mut std::io::BufReader::new(file)).map_err(failed)?;
+            let tokenizer = gguf_tokenizer(&inspected.summary, &inspected.vocabulary).map_err(failed)?;
+            let separator = inspected.summary.tokenizer.eos;
+            Ok(FrozenBase { model: Box::new(model), tokenizer, separator, vocabulary: GgufVocabulary::of(inspected) })
+        })
+        .await
+        .map_err(failed)?
+    }
+
     async fn pretrain(
         &self,
         job: &Job,
@@ -97,15 +121,27 @@ impl TrainingHandler {
         texts: Arc<Vec<String>>,
         control: JobControl,
     ) -> Result<serde_json::Value, JobError> {
-        let (tokenizer, tokenizer_digest) = self.tokenizer(job, &spec, &texts).await?;
         let settings = spec.train.clone().unwrap_or_default();
-        let (config, initial) = match &spec.base {
-            Some(base) => {
-                let config = LlamaConfig::from_json(&String::from_utf8_lossy(&self.fetch(&base.config).await?))
-                    .map_err(failed)?;
-                (config, Some(self.fetch(&base.weights).await?.to_vec()))
+        let (config, initial, tokenizer, tokenizer_digest, separator, vocabulary) = match &spec.base {
+            Some(base) if base.gguf => {
+                let frozen = self.frozen_base(&spec).await?;
+                let config = frozen.model.config.clone();
+                let initial = Start::Frozen(frozen.model);
+                (config, initial, frozen.tokenizer, base.tokenizer.clone(), frozen.separator, Some(frozen.vocabulary))
             }
-            None => (spec.model_config(tokenizer.vocab_size()).map_err(failed)?, None),
+            base => {
+                let (tokenizer, tokenizer_digest) = self.tokenizer(job, &spec, &texts).await?;
+                let separator = tokenizer.token_id(factory_tokenizer::END_OF_TEXT);
+                let (config, initial) = match base {
+                    Some(base) => {
+                        let bytes = self.fetch(&base.config).await?;
+                        let config = LlamaConfig::from_json(&String::from_utf8_lossy(&bytes)).map_err(failed)?;
+                        (config, Start::Safetensors(self.fetch(&base.weights).await?.to_vec()))
+                    }
+                    None => (spec.model_config(tokenizer.vocab_size()).map_err(failed)?, Start::Fresh),
+                };
+                (config, initial, tokenizer, tokenizer_digest, separator, None)
+            }
         };
         let resume = match self.state.store.latest_run_checkpoint(&job.id).await.map_err(failed)? {
             Some(stored) => Some(Checkpoint {
@@ -123,7 +159,10 @@ impl TrainingHandler {
         let abandoned = Arc::new(AtomicBool::new(false));
         let _guard = AbandonOnDrop(abandoned.clone());
         let preempt_requested = control.preempt.clone();
+        let memory = ResidentSampler::start();
+        let sampled = memory.clone();
         let mut observer = RunObserver {
+            memory,
             state: self.state.clone(),
             job: job.clone(),
             runtime: tokio::runtime::Handle::current(),
@@ -136,19 +175,22 @@ impl TrainingHandler {
         let eval_sets = spec.eval_sets.clone();
         let seed = spec.seed;
         let outcome = tokio::task::spawn_blocking(move || {
-            let tokens = factory_train::tokenize_documents(&tokenizer, texts.iter().cloned()).map_err(failed)?;
+            let tokens =
+                factory_train::tokenize_separated(&tokenizer, texts.iter().cloned(), separator).map_err(failed)?;
             let data =
                 factory_train::split_tokens(tokens, settings.validation_fraction, settings.seq_len).map_err(failed)?;
-            let outcome = factory_train::train(
-                &train_config,
-                &settings,
-                &data,
-                seed,
-                initial.as_deref(),
-                resume.as_ref(),
-                &mut observer,
-            )
-            .map_err(failed)?;
+            let (bytes, frozen) = match initial {
+                Start::Fresh => (None, None),
+                Start::Safetensors(bytes) => (Some(bytes), None),
+                Start::Frozen(model) => (None, Some(model)),
+            };
+            let initial = match frozen {
+                Some(model) => Some(Initial::Frozen(model)),
+                None => bytes.as_deref().map(Initial::Safetensors),
+            };
+            let outcome =
+                factory_train::train(&train_config, &settings, &data, seed, initial, resume.as_ref(), &mut observer)
+                    .map_err(failed)?;
             observer.flush();
             let mut scores = Vec::new();
             if let Outcome::Finished { model, .. } = &outcome {
@@ -166,24 +208,56 @@ impl TrainingHandler {
                     let row = (eval.step as i64, serde_json::to_value(&outcome.3).unwrap_or_default());
                     self.state.store.record_run_metrics(&job.id, "eval_sets", &[row]).await.map_err(failed)?;
                 }
-                // LoRA: the registered weights are the base with the adapters merged (servable
-                // as is); the adapters themselves are kept beside them.
-                let (weights, adapter) = match &model.adapters {
-                    Some(adapters) => {
-                        let merged = adapters.merge_into(&model.weights).map_err(failed)?;
-                        let base = spec.base.as_ref().map(BaseModel::reference).unwrap_or_default();
-                        let adapter_config =
-                            serde_json::to_vec_pretty(&adapters.config.adapter_config_json(&base)).map_err(failed)?;
-                        let adapter = (adapters.to_safetensors().map_err(failed)?, adapter_config);
-                        (merged.to_safetensors().map_err(failed)?, Some(adapter))
-                    }
-                    None => (model.weights.to_safetensors().map_err(failed)?, None),
-                };
-                let weights = self.store(job, weights).await?;
-                let config_digest = self.store(job, config.to_json().into_bytes()).await?;
-                let mut artifacts = serde_json::json!({
-                    "weights": weights, "config": config_digest, "tokenizer": tokenizer_digest,
+                let memory_report = serde_json::json!({
+                    "peak_resident_bytes": sampled.peak(),
+                    "resident_at_start_bytes": sampled.at_start(),
+                    "frozen_base_bytes": model.frozen_bytes(),
+                    "trainable_parameters": model.adapters.as_ref()
+                        .map_or_else(|| model.weights.parameter_count(), |adapters| adapters.parameter_count()),
                 });
+                let base_reference = spec.base.as_ref().map(BaseModel::reference).unwrap_or_default();
+                let adapter = match &model.adapters {
+                    Some(adapters) => {
+                        let adapter_config = adapters.config.adapter_config_json(&base_reference);
+                        let adapter_config = serde_json::to_vec_pretty(&adapter_config).map_err(failed)?;
+                        Some((adapters.to_safetensors().map_err(failed)?, adapter_config))
+                    }
+                    None => None,
+                };
+                let mut artifacts = match vocabulary {
+                    // A frozen quantized base: the registered model is a GGUF file, each adapted
+                    // matrix merged and quantized again to its own type.
+                    Some(vocabulary) => {
+                        let dir = self.state.spool_dir();
+                        let title = spec.register.as_ref().map_or(base_reference.clone(), |r| r.name.clone());
+                        let (file, summary) = tokio::task::spawn_blocking(move || {
+                            formats::written(dir, |out| gguf::write_merged(out, &model, &title, &vocabulary))
+                        })
+                        .await
+                        .map_err(failed)?
+                        .map_err(failed)?;
+                        let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+                        let receipt = self.state.objects.put_stream(stream).await.map_err(failed)?;
+                        let digest = receipt.digest.to_string();
+                        self.state
+                            .store
+                            .reference_artifacts(&job.tenant, &job.id, std::slice::from_ref(&digest))
+                            .await
+                            .map_err(failed)?;
+                        serde_json::json!({ "gguf": digest, "gguf_summary": summary })
+                    }
+                    // LoRA on a dense base: the registered weights are the base with the adapters
+                    // merged (servable as is); the adapters themselves are kept beside them.
+                    None => {
+                        let weights = match &model.adapters {
+                            Some(adapters) => adapters.merge_into(&model.weights).map_err(failed)?,
+                            None => model.weights,
+                        };
+                        let weights = self.store(job, weights.to_safetensors().map_err(failed)?).await?;
+                        let config_digest = self.store(job, config.to_json().into_bytes()).await?;
+                        serde_json::json!({ "weights": weights, "config": config_digest, "tokenizer": tokenizer_digest })
+                    }
+                };
                 if let Some((adapter, adapter_config)) = adapter {
                     artifacts["adapter"] = self.store(job, adapter).await?.into();
                     artifacts["adapter_config"] = self.store(job, adapter_config).await?.into();
@@ -195,6 +269,7 @@ impl TrainingHandler {
                     "validation_tokens": outcome.2,
                     "eval": eval,
                     "eval_sets": outcome.3,
+                    "memory": memory_report,
                 });
                 if let Some(register) = &spec.register {
                     let principal = spec.requested_by.clone().unwrap_or_else(Principal::system);
@@ -219,6 +294,23 @@ impl TrainingHandler {
             }
         }
     }
+}
+
+/// Where a run's weights start.
+enum Start {
+    Fresh,
+    /// A dense base's `model.safetensors`.
+    Safetensors(Vec<u8>),
+    /// A GGUF base, frozen in its blocks.
+    Frozen(Box<Llama>),
+}
+
+struct FrozenBase {
+    model: Box<Llama>,
+    tokenizer: Tokenizer,
+    /// The vocabulary's end of sequence, which ends each document.
+    separator: Option<u32>,
+    vocabulary: GgufVocabulary,
 }
 
 struct AbandonOnDrop(Arc<AtomicBool>);
@@ -261,6 +353,7 @@ impl JobHandler for TrainingHandler {
 /// Stores metrics and checkpoints as the loop reports them (from the blocking training thread,
 /// so it drives the async store through the runtime handle).
 struct RunObserver {
+    memory: ResidentSampler,
     state: AppState,
     job: Job,
     runtime: tokio::runtime::Handle,
@@ -284,7 +377,9 @@ impl RunObserver {
 
 impl TrainObserver for RunObserver {
     fn on_step(&mut self, metrics: &StepMetrics) -> Control {
-        self.pending.push((metrics.step as i64, serde_json::to_value(metrics).unwrap_or_default()));
+        let mut row = serde_json::to_value(metrics).unwrap_or_default();
+        row["peak_resident_bytes"] = self.memory.peak().into();
+        self.pending.push((metrics.step as i64, row));
         if self.pending.len() >= 10 {
             self.flush();
         }

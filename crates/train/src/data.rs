@@ -14,7 +14,19 @@ pub fn tokenize_documents<I>(tokenizer: &Tokenizer, documents: I) -> Result<Vec<
 where
     I: IntoIterator<Item = String>,
 {
-    let separator = tokenizer.token_id(END_OF_TEXT);
+    tokenize_separated(tokenizer, documents, tokenizer.token_id(END_OF_TEXT))
+}
+
+/// Encodes every document and ends each with `separator` (an imported model's own end of
+/// sequence, whose vocabulary has no `<|endoftext|>`).
+pub fn tokenize_separated<I>(
+    tokenizer: &Tokenizer,
+    documents: I,
+    separator: Option<u32>,
+) -> Result<Vec<u32>, TokenizerError>
+where
+    I: IntoIterator<Item = String>,
+{
     let mut stream = Vec::new();
     for document in documents {
         stream.extend(tokenizer.encode(&document)?);

@@ -14,7 +14,9 @@ mod trainer;
 #[cfg(test)]
 mod tests;
 
-pub use data::{split_tokens, tokenize_documents, TokenStreams};
+pub use data::{split_tokens, tokenize_documents, tokenize_separated, TokenStreams};
 pub use evalsets::{judge, score_eval_set, validate_eval_sets, EvalItem, EvalSample, EvalSet, EvalSetScore};
 pub use settings::TrainSettings;
-pub use trainer::{evaluate, train, Checkpoint, Control, EvalMetrics, Outcome, StepMetrics, TrainError, TrainObserver};
+pub use trainer::{
+    evaluate, train, Checkpoint, Control, EvalMetrics, Initial, Outcome, StepMetrics, TrainError, TrainObserver,
+};

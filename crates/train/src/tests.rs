@@ -54,6 +54,18 @@ impl TrainObserver for Recorder {
     }
 }
 
+/// A small model trained for 15 steps from scratch, the base the LoRA tests adapt.
+fn trained_base() -> (Tokenizer, LlamaConfig, TokenStreams, Box<factory_model::Llama>) {
+    let (tokenizer, data) = streams(32);
+    let config = small_config(tokenizer.vocab_size());
+    let Outcome::Finished { model: base, .. } =
+        train(&config, &settings(15), &data, 2, None, None, &mut Recorder::default()).unwrap()
+    else {
+        panic!("the base run finishes")
+    };
+    (tokenizer, config, data, base)
+}
+
 fn settings(steps: u64) -> TrainSettings {
     TrainSettings {
         seq_len: 32,
@@ -180,13 +192,7 @@ fn eval_sets_score_greedy_completions_by_exact_match_and_containment() {
 
 #[test]
 fn lora_fine_tunes_adapters_only_and_resumes_exactly() {
-    let (tokenizer, data) = streams(32);
-    let config = small_config(tokenizer.vocab_size());
-    let Outcome::Finished { model: base, .. } =
-        train(&config, &settings(15), &data, 2, None, None, &mut Recorder::default()).unwrap()
-    else {
-        panic!("the base run finishes")
-    };
+    let (tokenizer, config, data, base) = trained_base();
     let base_bytes = base.weights.to_safetensors().unwrap();
     let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
     let lora = factory_model::LoraConfig { rank: 8, alpha: 16.0, target_modules: targets.map(String::from).to_vec() };
@@ -200,7 +206,7 @@ fn lora_fine_tunes_adapters_only_and_resumes_exactly() {
     let data = split_tokens(tokenize_documents(&tokenizer, sentences).unwrap(), 0.05, 32).unwrap();
     let mut uninterrupted = Recorder::default();
     let Outcome::Finished { model, .. } =
-        train(&config, &tune, &data, 3, Some(&base_bytes), None, &mut uninterrupted).unwrap()
+        train(&config, &tune, &data, 3, Some(Initial::Safetensors(&base_bytes)), None, &mut uninterrupted).unwrap()
     else {
         panic!("the fine-tune finishes")
     };
@@ -211,10 +217,66 @@ fn lora_fine_tunes_adapters_only_and_resumes_exactly() {
     assert!(model.adapters.is_some());
 
     let mut first_half = Recorder { preempt_at: Some(8), ..Recorder::default() };
-    train(&config, &tune, &data, 3, Some(&base_bytes), None, &mut first_half).unwrap();
+    train(&config, &tune, &data, 3, Some(Initial::Safetensors(&base_bytes)), None, &mut first_half).unwrap();
     let saved = first_half.checkpoints.last().unwrap().clone();
     let mut second_half = Recorder::default();
-    train(&config, &tune, &data, 3, Some(&base_bytes), Some(&saved), &mut second_half).unwrap();
+    train(&config, &tune, &data, 3, Some(Initial::Safetensors(&base_bytes)), Some(&saved), &mut second_half).unwrap();
+    let resumed: Vec<f64> = first_half.steps.iter().chain(&second_half.steps).map(|m| m.loss).collect();
+    assert_eq!(resumed, uninterrupted.steps.iter().map(|m| m.loss).collect::<Vec<_>>());
+}
+
+/// A base frozen in its GGUF blocks (Q8_0 here) fine-tunes with adapters like a dense one:
+/// the loss falls, the base's blocks never change, a run resumes exactly from its adapters'
+/// checkpoint, and a full fine-tune of it is refused.
+#[test]
+fn lora_on_a_frozen_quantized_base_learns_and_resumes_exactly() {
+    let (tokenizer, config, data, base) = trained_base();
+    let bpe = tokenizer.to_gguf_bpe().unwrap();
+    let vocabulary = factory_model::gguf::GgufVocabulary {
+        model: "gpt2".into(),
+        pre: bpe.pre,
+        tokens: bpe.tokens,
+        merges: bpe.merges,
+        token_types: bpe.token_types,
+        ..Default::default()
+    };
+    let mut file = std::io::Cursor::new(Vec::new());
+    factory_model::gguf::write_llama(&mut file, &base, factory_model::quantized::GgmlDType::Q8_0, "base", &vocabulary)
+        .unwrap();
+    let file = file.into_inner();
+    let frozen =
+        || Initial::Frozen(Box::new(factory_model::gguf::read_frozen(&mut std::io::Cursor::new(&file)).unwrap().0));
+
+    let error = train(&config, &settings(3), &data, 3, Some(frozen()), None, &mut Recorder::default()).err().unwrap();
+    assert!(error.to_string().contains("train.lora"), "{error}");
+
+    let lora = factory_model::LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        target_modules: ["q_proj", "v_proj", "o_proj", "down_proj"].map(String::from).to_vec(),
+    };
+    let tune = TrainSettings { lora: Some(lora), learning_rate: 2e-2, checkpoint_every: 0, ..settings(30) };
+    let sentences = vec!["the cat sat on the mat.".to_string(); 400];
+    let data = split_tokens(tokenize_documents(&tokenizer, sentences).unwrap(), 0.05, 32).unwrap();
+    let mut uninterrupted = Recorder::default();
+    let Outcome::Finished { model, .. } =
+        train(&config, &tune, &data, 3, Some(frozen()), None, &mut uninterrupted).unwrap()
+    else {
+        panic!("the fine-tune finishes")
+    };
+    let Initial::Frozen(untouched) = frozen() else { unreachable!() };
+    let before = evaluate(&untouched, &data.train, 32, 16, 0).unwrap().validation_loss;
+    let after = evaluate(&model, &data.train, 32, 16, 0).unwrap().validation_loss;
+    assert!(after < before - 0.1, "adapters learn on a frozen base: {before:.3} -> {after:.3}");
+    for (name, matrix) in &model.frozen {
+        assert_eq!(matrix.as_bytes(), untouched.frozen[name].as_bytes(), "{name} stays as its blocks were");
+    }
+
+    let mut first_half = Recorder { preempt_at: Some(8), ..Recorder::default() };
+    train(&config, &tune, &data, 3, Some(frozen()), None, &mut first_half).unwrap();
+    let saved = first_half.checkpoints.last().unwrap().clone();
+    let mut second_half = Recorder::default();
+    train(&config, &tune, &data, 3, Some(frozen()), Some(&saved), &mut second_half).unwrap();
     let resumed: Vec<f64> = first_half.steps.iter().chain(&second_half.steps).map(|m| m.loss).collect();
     assert_eq!(resumed, uninterrupted.steps.iter().map(|m| m.loss).collect::<Vec<_>>());
 }

@@ -120,6 +120,15 @@ pub fn evaluate(
     Ok(EvalMetrics { step, validation_loss, perplexity: validation_loss.exp(), tokens: starts.len() * seq_len })
 }
 
+/// What a fine-tune starts from.
+pub enum Initial<'a> {
+    /// The base's `model.safetensors` bytes.
+    Safetensors(&'a [u8]),
+    /// A model on a base frozen in its quantized blocks ([`Llama::with_frozen_base`]): only
+    /// adapters train on it.
+    Frozen(Box<Llama>),
+}
+
 /// What a checkpoint holds as `weights`: the adapters when only they train, else the model.
 fn checkpoint(model: &Llama, optimizer: &AdamW, step: u64) -> Result<Checkpoint, TrainError> {
     let state = optimizer.state_tensors(&model.weights.device)?;
@@ -136,7 +145,7 @@ fn starting_point(
     config: &LlamaConfig,
     settings: &TrainSettings,
     seed: u64,
-    initial: Option<&[u8]>,
+    initial: Option<Initial<'_>>,
     resume: Option<&Checkpoint>,
     adam: AdamWConfig,
     device: &Device,
@@ -147,17 +156,27 @@ fn starting_point(
     };
     let start = resume.map(|c| c.step).unwrap_or(0);
     if let Some(lora) = &settings.lora {
-        let base = initial.ok_or_else(|| TrainError::Settings("lora: adapters need a base model to adapt".into()))?;
-        let weights = Weights::from_safetensors(config, base, DType::F32, device)?;
+        let base = match initial {
+            Some(Initial::Safetensors(bytes)) => {
+                Llama::new(config.clone(), Weights::from_safetensors(config, bytes, DType::F32, device)?)?
+            }
+            Some(Initial::Frozen(model)) => *model,
+            None => return Err(TrainError::Settings("lora: adapters need a base model to adapt".into())),
+        };
         let adapters = match resume {
             Some(checkpoint) => LoraAdapters::from_safetensors(config, lora, &checkpoint.weights, device)?,
             None => LoraAdapters::init(config, lora, seed, device)?,
         };
-        return Ok((Llama::new(config.clone(), weights)?.with_adapters(adapters), optimizer, start));
+        return Ok((base.with_adapters(adapters), optimizer, start));
     }
     let weights = match (resume, initial) {
+        (_, Some(Initial::Frozen(_))) => {
+            return Err(TrainError::Settings(
+                "a quantized base stays frozen: fine-tune it with adapters (train.lora)".into(),
+            ))
+        }
         (Some(checkpoint), _) => Weights::from_safetensors(config, &checkpoint.weights, DType::F32, device)?,
-        (None, Some(bytes)) => Weights::from_safetensors(config, bytes, DType::F32, device)?,
+        (None, Some(Initial::Safetensors(bytes))) => Weights::from_safetensors(config, bytes, DType::F32, device)?,
         (None, None) => Weights::init(config, seed, DType::F32, device)?,
     };
     Ok((Llama::new(config.clone(), weights)?, optimizer, start))
@@ -171,7 +190,7 @@ pub fn train(
     settings: &TrainSettings,
     data: &TokenStreams,
     seed: u64,
-    initial: Option<&[u8]>,
+    initial: Option<Initial<'_>>,
     resume: Option<&Checkpoint>,
     observer: &mut dyn TrainObserver,
 ) -> Result<Outcome, TrainError> {

@@ -3,17 +3,23 @@
 //! evaluates it in one batch) and decode tokens/s (greedy, one stream, one token a step), each
 //! the median of a few runs. With `--make OUT --type T` it writes a random-weight model of
 //! `--preset` (125m: 12 blocks of 768, a 32,000-token vocabulary) as a GGUF file of type T
-//! instead. Prints one JSON line; `bench/gguf.sh` runs it beside llama.cpp.
+//! instead (and, with `--hf DIR`, the same weights in f32 as a Hugging Face checkpoint). With
+//! `--lora FILE` it fine-tunes low-rank adapters on the file's base frozen in its blocks, on the
+//! terms of `bench/peft_lora.py` (PyTorch + peft on the f32 checkpoint). Prints one JSON line;
+//! `bench/gguf.sh` and `bench/lora.sh` run it beside its peer.
 //!
-//!   gguf-bench --make model.gguf --type q8_0
+//!   gguf-bench --make model.gguf --type q8_0 [--hf DIR]
 //!   gguf-bench --gguf model.gguf --threads 2
+//!   gguf-bench --lora model.gguf --rank 8 --batch 4 --seq 128 --steps 10 --threads 2
 
 use std::time::Instant;
 
 use clap::Parser;
-use factory_model::gguf::{load_decoder, write_llama, GgufVocabulary};
+use factory_bench::{constant_rate_settings, StepLog};
+use factory_model::gguf::{load_decoder, read_frozen, write_llama, GgufVocabulary};
 use factory_model::quantized::GgmlDType;
-use factory_model::{DType, Decoder, Device, KvCache, KvPrecision, Llama, LlamaConfig, StepInput, Weights};
+use factory_model::{DType, Decoder, Device, KvCache, KvPrecision, Llama, LlamaConfig, LoraConfig, StepInput, Weights};
+use factory_train::{Initial, Outcome, TokenStreams, TrainSettings};
 use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Parser)]
@@ -37,7 +43,26 @@ struct Args {
     repeats: usize,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// With --make: also write the f32 weights as `config.json` and `model.safetensors` here.
+    #[arg(long)]
+    hf: Option<std::path::PathBuf>,
+    /// A GGUF file whose frozen base LoRA adapters train on.
+    #[arg(long)]
+    lora: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    #[arg(long, default_value_t = 10)]
+    steps: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
 }
+
+/// The projections both sides put adapters on.
+const LORA_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 /// This process's resident memory, in bytes.
 fn resident_bytes() -> anyhow::Result<u64> {
@@ -87,11 +112,16 @@ fn vocabulary(size: usize) -> GgufVocabulary {
     }
 }
 
-fn make(path: &std::path::Path, preset: &str, kind: GgmlDType) -> anyhow::Result<()> {
+fn make(path: &std::path::Path, preset: &str, kind: GgmlDType, hf: Option<&std::path::Path>) -> anyhow::Result<()> {
     let config = LlamaConfig::preset(preset, 32_000)?;
     let model = Llama::new(config.clone(), Weights::init(&config, 7, DType::F32, &Device::Cpu)?)?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     write_llama(&mut out, &model, kind, preset, &vocabulary(config.vocab_size)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(dir) = hf {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("config.json"), config.to_json())?;
+        std::fs::write(dir.join("model.safetensors"), model.weights.to_safetensors()?)?;
+    }
     println!("{}", serde_json::json!({ "made": path, "parameters": config.parameter_count() }));
     Ok(())
 }
@@ -119,12 +149,13 @@ fn run(path: &std::path::Path, args: &Args) -> anyhow::Result<()> {
     for _ in 0..args.repeats {
         let mut cache = KvCache::new(&decoder, capacity)?;
         let started = Instant::now();
-        let logits = decoder.forward_step(&mut [StepInput { tokens: &prompt, cache: &mut cache }])?;
+        let logits = decoder.forward_step(&mut [StepInput { tokens: &prompt, cache: &mut cache, adapter: None }])?;
         prefill.push(args.prompt_tokens as f64 / started.elapsed().as_secs_f64());
         let mut next = factory_engine::argmax(logits.row(0));
         let started = Instant::now();
         for _ in 0..args.new_tokens {
-            let logits = decoder.forward_step(&mut [StepInput { tokens: &[next], cache: &mut cache }])?;
+            let logits =
+                decoder.forward_step(&mut [StepInput { tokens: &[next], cache: &mut cache, adapter: None }])?;
             next = factory_engine::argmax(logits.row(0));
         }
         decode.push(args.new_tokens as f64 / started.elapsed().as_secs_f64());
@@ -144,11 +175,76 @@ fn run(path: &std::path::Path, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One training window of tokens in `1..vocab` from a 32-bit linear congruential generator,
+/// which `bench/peft_lora.py` repeats bit for bit, so both sides train on the same tokens.
+fn shared_tokens(count: usize, vocab: usize) -> Vec<u32> {
+    let mut state: u32 = 12_345;
+    (0..count)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            1 + (state >> 8) % (vocab as u32 - 1)
+        })
+        .collect()
+}
+
+/// The process's resident peak so far (`VmHWM`), in bytes.
+fn resident_peak() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:")).ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
+    let kib: u64 = line.split_whitespace().nth(1).unwrap_or("0").parse()?;
+    Ok(kib * 1024)
+}
+
+/// LoRA on the file's base frozen in its blocks: every row of every batch is the one shared
+/// window (the training stream is exactly one window long), as the peer trains on it.
+fn lora(path: &std::path::Path, args: &Args) -> anyhow::Result<()> {
+    // candle's products size their thread pool from this, read at first use.
+    std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+    let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let (model, _) = read_frozen(&mut file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = model.config.clone();
+    let frozen_bytes = model.frozen_bytes();
+    let window = shared_tokens(args.seq + 1, config.vocab_size);
+    let data = TokenStreams { train: window.clone(), validation: window };
+    let settings = TrainSettings {
+        lora: Some(LoraConfig {
+            rank: args.rank,
+            alpha: 2.0 * args.rank as f64,
+            target_modules: LORA_TARGETS.iter().map(|name| name.to_string()).collect(),
+        }),
+        ..constant_rate_settings(args.seq, args.batch, args.warmup + args.steps)
+    };
+    let mut steps = StepLog::default();
+    let outcome =
+        factory_train::train(&config, &settings, &data, 0, Some(Initial::Frozen(Box::new(model))), None, &mut steps)?;
+    let Outcome::Finished { model, .. } = outcome else { anyhow::bail!("the run stopped before its last step") };
+    let trainable = model.adapters.as_ref().map_or(0, |adapters| adapters.parameter_count());
+    let tokens = (args.batch * args.seq) as f64;
+    let step_s = steps.median_step_seconds(args.warmup as usize, args.batch * args.seq);
+    println!(
+        "{}",
+        serde_json::json!({
+            "side": "factory", "file": path, "threads": args.threads,
+            "params": config.parameter_count(), "trainable_params": trainable,
+            "frozen_base_bytes": frozen_bytes,
+            "rank": args.rank, "batch": args.batch, "seq": args.seq,
+            "step_s_median": (step_s * 1e4).round() / 1e4,
+            "tokens_per_s": (tokens / step_s * 10.0).round() / 10.0,
+            "peak_resident_bytes": resident_peak()?,
+            "losses": steps.0.iter().map(|m| (m.loss * 1e4).round() / 1e4).collect::<Vec<_>>(),
+        })
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    match (&args.make, &args.gguf) {
-        (Some(path), _) => make(path, &args.preset, block_type(&args.kind)?),
-        (None, Some(path)) => run(path, &args),
-        (None, None) => anyhow::bail!("give --gguf FILE to run, or --make FILE to write one"),
+    match (&args.make, &args.gguf, &args.lora) {
+        (Some(path), _, _) => make(path, &args.preset, block_type(&args.kind)?, args.hf.as_deref()),
+        (None, Some(path), _) => run(path, &args),
+        (None, None, Some(path)) => lora(path, &args),
+        (None, None, None) => {
+            anyhow::bail!("give --gguf FILE to run, --lora FILE to fine-tune, or --make FILE to write one")
+        }
     }
 }

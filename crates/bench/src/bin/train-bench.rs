@@ -6,8 +6,9 @@
 //!   cargo run --release -p factory-bench --bin train-bench -- --config ref-small.json --batch 8 --seq 256
 
 use clap::Parser;
+use factory_bench::{constant_rate_settings, StepLog};
 use factory_model::LlamaConfig;
-use factory_train::{Checkpoint, Control, EvalMetrics, StepMetrics, TokenStreams, TrainObserver, TrainSettings};
+use factory_train::TokenStreams;
 use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Parser)]
@@ -27,22 +28,6 @@ struct Args {
     threads: Option<usize>,
 }
 
-#[derive(Default)]
-struct Timer {
-    steps: Vec<StepMetrics>,
-}
-
-impl TrainObserver for Timer {
-    fn on_step(&mut self, metrics: &StepMetrics) -> Control {
-        self.steps.push(metrics.clone());
-        Control::Continue
-    }
-    fn on_eval(&mut self, _: &EvalMetrics) {}
-    fn on_checkpoint(&mut self, _: Checkpoint) -> Result<(), String> {
-        Ok(())
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(threads) = args.threads {
@@ -55,27 +40,10 @@ fn main() -> anyhow::Result<()> {
     // One batch's worth, as the peer trains on one batch repeated: the same tokens per step.
     let train: Vec<u32> = (0..window * args.batch).map(|_| rng.random_range(0..config.vocab_size as u32)).collect();
     let data = TokenStreams { train: train.clone(), validation: train[..window * 2].to_vec() };
-    let settings = TrainSettings {
-        seq_len: args.seq,
-        batch_size: args.batch,
-        steps: args.warmup + args.steps,
-        learning_rate: 1e-3,
-        min_learning_rate: 1e-3,
-        warmup_steps: 0,
-        eval_every: 0,
-        eval_windows: 1,
-        checkpoint_every: 0,
-        validation_fraction: 0.0,
-        ..TrainSettings::default()
-    };
-    let mut timer = Timer::default();
-    factory_train::train(&config, &settings, &data, 0, None, None, &mut timer)?;
-    let mut seconds: Vec<f64> = timer.steps[args.warmup as usize..]
-        .iter()
-        .map(|m| (args.batch * args.seq) as f64 / m.tokens_per_second)
-        .collect();
-    seconds.sort_by(f64::total_cmp);
-    let median = seconds[seconds.len() / 2];
+    let settings = constant_rate_settings(args.seq, args.batch, args.warmup + args.steps);
+    let mut steps = StepLog::default();
+    factory_train::train(&config, &settings, &data, 0, None, None, &mut steps)?;
+    let median = steps.median_step_seconds(args.warmup as usize, args.batch * args.seq);
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     println!(
         "{}",
@@ -85,8 +53,8 @@ fn main() -> anyhow::Result<()> {
             "batch": args.batch, "seq": args.seq, "threads": threads,
             "step_s_median": (median * 1e4).round() / 1e4,
             "tokens_per_s": ((args.batch * args.seq) as f64 / median * 10.0).round() / 10.0,
-            "first_loss": timer.steps.first().map(|m| m.loss),
-            "last_loss": timer.steps.last().map(|m| m.loss),
+            "first_loss": steps.0.first().map(|m| m.loss),
+            "last_loss": steps.0.last().map(|m| m.loss),
         })
     );
     Ok(())

@@ -203,20 +203,27 @@ async fn gguf_versions_serve_chat_from_their_blocks_and_stop_at_their_end_of_tur
     assert!(grown < 64, "serving two tiny GGUF models grew the server by {grown} MiB");
 }
 
+/// Whether llama-cpp-python is here, and a serving factory whose trained `bard@1` is quantized
+/// to Q8_0 as `bard@2` (the CLI's answer).
+async fn quantized_bard() -> (bool, crate::support::ServingFactory, String) {
+    let python_has_llama_cpp =
+        Command::new("python3").args(["-c", "import llama_cpp"]).output().is_ok_and(|output| output.status.success());
+    let factory = crate::support::ServingFactory::start(&[], 1).await;
+    let (ok, stdout, stderr) =
+        cli(&["model", "quantize", "bard@1", "--type", "q8_0"], &cli_env(&factory.url, &factory.engineer));
+    assert!(ok, "{stdout}\n{stderr}");
+    (python_has_llama_cpp, factory, stdout)
+}
+
 /// Point 6 (and 9) through the real binary: a trained version quantizes into a new signed
 /// version whose lineage names its source and whose residency is the source's; exported as
 /// GGUF it loads in llama.cpp (llama-cpp-python) and answers a greedy completion with the
 /// text the factory's own engine answers.
 #[tokio::test(flavor = "multi_thread")]
 async fn trained_versions_quantize_and_export_as_gguf_that_llama_cpp_answers_alike() {
-    let python_has_llama_cpp =
-        Command::new("python3").args(["-c", "import llama_cpp"]).output().is_ok_and(|output| output.status.success());
-    let factory = crate::support::ServingFactory::start(&[], 1).await;
+    let (python_has_llama_cpp, factory, stdout) = quantized_bard().await;
     let (url, engineer, app) = (factory.url.as_str(), factory.engineer.as_str(), factory.app.as_str());
     let env = cli_env(url, engineer);
-
-    let (ok, stdout, stderr) = cli(&["model", "quantize", "bard@1", "--type", "q8_0"], &env);
-    assert!(ok, "{stdout}\n{stderr}");
     let quantized: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!((quantized["version"].as_i64(), quantized["origin"].as_str()), (Some(2), Some("quantized")));
     let detail = call(url, "GET", "/api/v1/models/bard/versions/2", Some(engineer), None).await;
@@ -353,4 +360,142 @@ async fn half_precision_sharded_checkpoints_import_and_serve_without_widening() 
     let import = ["model", "import-hf", checkpoint.to_str().unwrap(), "--name", "stray", "--jurisdiction", "eu"];
     let (ok, _, stderr) = cli(&import, &env);
     assert!(!ok && stderr.contains("model-00009-of-00009.safetensors"), "{stderr}");
+}
+
+/// Point 7 through the real binary: LoRA fine-tunes a quantized GGUF version with its base
+/// frozen in its blocks (the run reports the base's bytes, far below four a weight, and its
+/// resident peak, per step and whole); a full fine-tune of it is refused by name. The result is a
+/// signed GGUF version with its adapters beside it, which serves, and exports to llama.cpp,
+/// which answers as the factory does.
+#[tokio::test(flavor = "multi_thread")]
+async fn lora_fine_tunes_a_quantized_base_frozen_in_its_blocks_and_the_result_serves_and_exports() {
+    let (python_has_llama_cpp, factory, _) = quantized_bard().await;
+    let (url, engineer, app) = (factory.url.as_str(), factory.engineer.as_str(), factory.app.as_str());
+    let env = cli_env(url, engineer);
+
+    let write_config = |name: &str, train: serde_json::Value| {
+        let path = factory.dir.path().join(name);
+        std::fs::write(&path, serde_json::json!({ "train": train }).to_string()).unwrap();
+        path
+    };
+    let lora = write_config(
+        "lora.json",
+        serde_json::json!({ "seq_len": 32, "batch_size": 4, "checkpoint_every": 0, "eval_every": 0, "eval_windows": 4,
+                            "learning_rate": 0.05, "warmup_steps": 0,
+                            "lora": { "rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj", "down_proj"] } }),
+    );
+    let full = write_config("full.json", serde_json::json!({ "seq_len": 32, "batch_size": 4 }));
+    let train = |config: &Path| {
+        let config = config.to_str().unwrap().to_string();
+        let args = ["train", "--dataset", "plays@1", "--name", "bard", "--base", "bard@2", "--config", &config];
+        cli(&[&args[..], &["--max-steps", "6", "--wait"]].concat(), &env)
+    };
+    let (ok, _, stderr) = train(&full);
+    assert!(!ok && stderr.contains("train.lora") && stderr.contains("quantized"), "{stderr}");
+    let (ok, stdout, stderr) = train(&lora);
+    assert!(ok && stderr.contains("registered bard@3"), "{stdout}\n{stderr}");
+
+    let version = |number: u32| async move {
+        call(url, "GET", &format!("/api/v1/models/bard/versions/{number}"), Some(engineer), None).await.body
+    };
+    let (base, tuned) = (version(2).await, version(3).await);
+    let files = |body: &serde_json::Value| -> Vec<(String, String)> {
+        let files = body["manifest"]["files"].as_array().unwrap().iter();
+        files.map(|f| (f["path"].as_str().unwrap().to_string(), f["digest"].as_str().unwrap().to_string())).collect()
+    };
+    let digest_of = |body: &serde_json::Value, wanted: &str| files(body).into_iter().find(|(path, _)| path == wanted);
+    for path in ["model.gguf", "adapter_model.safetensors", "adapter_config.json"] {
+        assert!(digest_of(&tuned, path).is_some(), "{path}: {tuned}");
+    }
+    assert_ne!(
+        digest_of(&tuned, "model.gguf"),
+        digest_of(&base, "model.gguf"),
+        "the adapters are merged into the weights"
+    );
+    let lineage = &tuned["manifest"]["lineage"];
+    assert_eq!((lineage["origin"].as_str(), lineage["base_model"].as_str()), (Some("fine_tuned"), Some("bard@2")));
+    assert_eq!(lineage["config"]["model"]["gguf"]["tensor_types"]["q8_0"].as_u64().map(|n| n > 0), Some(true));
+    let (ok, stdout, stderr) = cli(&["model", "verify", "bard@3"], &env);
+    assert!(ok && stdout.contains("bard@3 verified"), "{stdout}\n{stderr}");
+
+    // The run's memory: the base held in its 8-bit blocks, and the process's resident peak.
+    let run_id = lineage["run"].as_str().unwrap();
+    let run = call(url, "GET", &format!("/api/v1/runs/{run_id}"), Some(engineer), None).await;
+    let memory = &run.body["result"]["memory"];
+    let parameters = base["parameters"].as_u64().unwrap();
+    let frozen = memory["frozen_base_bytes"].as_u64().unwrap();
+    assert!(frozen > parameters / 2 && frozen < parameters * 3 / 2, "{frozen} bytes for {parameters} weights: {run:?}");
+    let peak = memory["peak_resident_bytes"].as_u64().unwrap();
+    assert!(peak >= memory["resident_at_start_bytes"].as_u64().unwrap() && peak > 0, "{}", run.text);
+    let metrics = call(url, "GET", &format!("/api/v1/runs/{run_id}/metrics"), Some(engineer), None).await;
+    assert!(metrics.text.contains("peak_resident_bytes"), "each step reports the peak: {}", metrics.text);
+
+    // The result serves as an adapter on its base's engine, beside the base and a second adapter:
+    // concurrent requests for all three share the one engine's batches, and each answers as it
+    // does alone.
+    let second = write_config(
+        "second.json",
+        serde_json::json!({ "seq_len": 32, "batch_size": 4, "checkpoint_every": 0, "eval_every": 0, "eval_windows": 4,
+                            "learning_rate": 0.05, "warmup_steps": 0, "lora": { "rank": 2, "alpha": 4.0, "target_modules": ["o_proj", "up_proj"] } }),
+    );
+    let (ok, stdout, stderr) = train(&second);
+    assert!(ok && stderr.contains("registered bard@4"), "{stdout}\n{stderr}");
+    for (name, variant) in [("base", "bard@2"), ("tuned", "bard@3"), ("second", "bard@4")] {
+        let (ok, stdout, stderr) = cli(&["deploy", "create", name, "--variant", variant], &env);
+        assert!(ok, "{stdout}\n{stderr}");
+    }
+    // Sampled with a fixed seed, so that any change to the logits shows in the text.
+    let sampled = |deployment: &'static str| async move {
+        let body = serde_json::json!({ "model": deployment, "prompt": "ROMEO:", "max_tokens": 24, "temperature": 1.0, "seed": 7 });
+        let answer = call(url, "POST", "/v1/completions", Some(app), Some(body)).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        answer.body["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let complete = |deployment: &'static str| async move {
+        let body = serde_json::json!({ "model": deployment, "prompt": "ROMEO:", "max_tokens": 12, "temperature": 0 });
+        let answer = call(url, "POST", "/v1/completions", Some(app), Some(body)).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        answer.body["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let mut alone = Vec::new();
+    for deployment in ["base", "tuned", "second"] {
+        alone.push(sampled(deployment).await);
+    }
+    // The adapters are applied: they answer otherwise than the base.
+    assert!(alone[1] != alone[0] && alone[2] != alone[0], "{alone:?}");
+    let together =
+        futures::future::join_all(["base", "tuned", "second", "tuned", "base", "second"].into_iter().map(sampled))
+            .await;
+    let expected = [0, 1, 2, 1, 0, 2].map(|i| alone[i].clone());
+    assert_eq!(together, expected, "{alone:?}");
+    let metrics = call(url, "GET", "/metrics", Some(&factory.server.admin_key), None).await.text;
+    let engines: Vec<&str> = metrics.lines().filter(|line| line.starts_with("factory_model_weight_bytes{")).collect();
+    assert!(engines.iter().any(|line| line.contains("bard@2")), "{metrics}");
+    assert!(!engines.iter().any(|line| line.contains("bard@3") || line.contains("bard@4")), "{engines:?}");
+    assert!(metrics.lines().any(|line| line == "factory_adapter_loads_total 2"), "{metrics}");
+    let cached = metrics.lines().find_map(|line| line.strip_prefix("factory_adapter_cache_bytes ")).unwrap();
+    assert!(cached.parse::<u64>().unwrap() > 0, "{metrics}");
+
+    // It exports as one merged GGUF, which llama.cpp answers from as the factory does.
+    let out = factory.dir.path().join("bard-3.gguf");
+    let export = ["model", "export", "bard@3", "--format", "gguf", "--destination", "eu", "--out"];
+    let (ok, stdout, stderr) = cli(&[&export[..], &[out.to_str().unwrap()]].concat(), &env);
+    assert!(ok, "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) =
+        cli(&["model", "import-gguf", out.to_str().unwrap(), "--name", "merged", "--jurisdiction", "eu"], &env);
+    assert!(ok, "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = cli(&["deploy", "create", "merged", "--variant", "merged@1"], &env);
+    assert!(ok, "{stdout}\n{stderr}");
+    let ours = complete("merged").await;
+    if !python_has_llama_cpp {
+        factory_testkit::missing(
+            "llama-cpp-python (pip install llama-cpp-python): fine-tuned GGUF not run by llama.cpp",
+        );
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/llama_cpp_complete.py");
+    let output = Command::new("python3").args([script, out.to_str().unwrap(), "ROMEO:", "12"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(theirs["text"].as_str(), Some(ours.as_str()), "{theirs}");
 }

@@ -60,7 +60,32 @@ seeded = [
 ]
 seen["seeded_equal"] = seeded[0] == seeded[1]
 
+# Penalties and logit bias, greedy so that only they change the answer.
+plain = client.completions.create(model=deployment, prompt="ROMEO:", max_tokens=12, temperature=0)
+penalized = client.completions.create(
+    model=deployment, prompt="ROMEO:", max_tokens=12, temperature=0, frequency_penalty=2.0, presence_penalty=1.0
+)
+one = client.completions.create(model=deployment, prompt="ROMEO:", max_tokens=1, temperature=0, logit_bias={"70": 100})
+forced = client.completions.create(model=deployment, prompt="ROMEO:", max_tokens=5, temperature=0, logit_bias={"70": 100})
+seen["sampling"] = {
+    "plain": plain.choices[0].text,
+    "penalized": penalized.choices[0].text,
+    "forced_one": one.choices[0].text,
+    "forced": forced.choices[0].text,
+}
+
 errors = {}
+for name, extra in [
+    ("bad_bias_key", {"logit_bias": {"king": 3}}),
+    ("bad_bias_token", {"logit_bias": {"999999": 3}}),
+    ("bad_bias_value", {"logit_bias": {"7": 101}}),
+    ("bad_presence", {"presence_penalty": 2.5}),
+    ("bad_frequency", {"frequency_penalty": -3}),
+]:
+    try:
+        client.completions.create(model=deployment, prompt="ROMEO:", max_tokens=2, **extra)
+    except openai.BadRequestError as error:
+        errors[name] = {"status": error.status_code, "param": error.param}
 try:
     client.chat.completions.create(model="no-such-deployment", messages=messages)
 except openai.NotFoundError as error:

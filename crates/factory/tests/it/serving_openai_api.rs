@@ -88,6 +88,21 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
             assert_eq!(seen["errors"]["unknown_model"]["status"], 404, "{seen}");
             assert_eq!(seen["errors"]["bad_n"], json!({ "status": 400, "param": "n" }), "{seen}");
             assert_eq!(seen["errors"]["bad_key"]["status"], 401, "{seen}");
+            // Penalties change a greedy answer; a bias of 100 forces its token every time.
+            let sampling = &seen["sampling"];
+            assert_ne!(sampling["penalized"], sampling["plain"], "{seen}");
+            let one = sampling["forced_one"].as_str().unwrap();
+            assert!(!one.is_empty(), "{seen}");
+            assert_eq!(sampling["forced"].as_str().unwrap(), one.repeat(5), "{seen}");
+            for (name, param) in [
+                ("bad_bias_key", "logit_bias"),
+                ("bad_bias_token", "logit_bias"),
+                ("bad_bias_value", "logit_bias"),
+                ("bad_presence", "presence_penalty"),
+                ("bad_frequency", "frequency_penalty"),
+            ] {
+                assert_eq!(seen["errors"][name], json!({ "status": 400, "param": param }), "{name}: {seen}");
+            }
         }
     }
 

@@ -155,34 +155,17 @@ pub fn load_decoder<R: Read + Seek>(reader: &mut R, threads: usize) -> Result<(D
 }
 
 /// The model in a GGUF file widened to `f32`, under `transformers`' names and in its row order:
-/// what re-quantizing to another type, or fine-tuning, starts from.
+/// what re-quantizing to another type starts from.
 pub fn read_llama<R: Read + Seek>(reader: &mut R) -> Result<(Llama, Inspected), GgufError> {
-    let inspected = inspect(reader)?;
-    let file_size = reader.seek(SeekFrom::End(0)).map_err(|e| GgufError(format!("reading the file: {e}")))?;
-    let (_, content) = read_header(reader, file_size)?;
-    let vocab_rows = content.tensor_infos.get("token_embd.weight").map_or(0, |info| info.shape.dims()[0]);
-    let config = config_of(&inspected.summary, vocab_rows)?;
-    if content.tensor_infos.contains_key("rope_freqs.weight") {
-        // Llama 3's divisors have no `transformers` config that reproduces them exactly.
-        return fail("rope_freqs.weight: a file with scaled rotary frequencies cannot be widened yet");
-    }
-    let interleaved = inspected.summary.architecture == "llama";
-    let (heads, kv_heads, head_dim) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
-    let mut tensors = Tensors { reader, content: &content };
+    let (config, parameters, inspected) = read_parameters(reader)?;
     let mut params = std::collections::BTreeMap::new();
-    for (name, dims) in crate::parameter_shapes(&config) {
-        let gguf = gguf_name(&name).ok_or_else(|| GgufError(format!("{name} has no GGUF name")))?;
-        let values = if let [rows, inner] = dims[..] {
-            let mut matrix = tensors.matrix(&gguf)?;
-            check_shape(&gguf, &matrix, rows, inner)?;
-            match rotated_projection(&name) {
-                Some(RotatedProjection::Query) if interleaved => matrix.permute_rows(&halves_order(heads, head_dim)),
-                Some(RotatedProjection::Key) if interleaved => matrix.permute_rows(&halves_order(kv_heads, head_dim)),
-                _ => {}
+    for (name, parameter) in parameters {
+        let (values, dims) = match parameter {
+            Parameter::Matrix(matrix) => (matrix.dequantize(), vec![matrix.rows(), matrix.inner()]),
+            Parameter::Vector(values) => {
+                let length = values.len();
+                (values, vec![length])
             }
-            matrix.dequantize()
-        } else {
-            tensors.norm(&gguf, dims.iter().product())?
         };
         let tensor = Tensor::from_vec(values, dims, &Device::Cpu).and_then(|t| Var::from_tensor(&t));
         params.insert(name.clone(), tensor.map_err(|e| GgufError(format!("{name}: {e}")))?);
@@ -190,6 +173,71 @@ pub fn read_llama<R: Read + Seek>(reader: &mut R) -> Result<(Llama, Inspected), 
     let weights = Weights { params, dtype: DType::F32, device: Device::Cpu };
     let model = Llama::new(config, weights).map_err(|e| GgufError(e.to_string()))?;
     Ok((model, inspected))
+}
+
+/// The model in a GGUF file with its matrices frozen in their own blocks (the vectors widened):
+/// the base adapters fine-tune without widening it.
+pub fn read_frozen<R: Read + Seek>(reader: &mut R) -> Result<(Llama, Inspected), GgufError> {
+    let (config, parameters, inspected) = read_parameters(reader)?;
+    let (mut vectors, mut frozen) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
+    for (name, parameter) in parameters {
+        match parameter {
+            Parameter::Matrix(matrix) => {
+                frozen.insert(name, Arc::new(matrix));
+            }
+            Parameter::Vector(values) => {
+                let length = values.len();
+                let tensor = Tensor::from_vec(values, length, &Device::Cpu).and_then(|t| Var::from_tensor(&t));
+                vectors.insert(name.clone(), tensor.map_err(|e| GgufError(format!("{name}: {e}")))?);
+            }
+        }
+    }
+    let vectors = Weights { params: vectors, dtype: DType::F32, device: Device::Cpu };
+    let model = Llama::with_frozen_base(config, vectors, frozen).map_err(|e| GgufError(e.to_string()))?;
+    Ok((model, inspected))
+}
+
+/// One parameter as read: a matrix in its blocks, or a vector widened.
+enum Parameter {
+    Matrix(QuantizedMatrix),
+    Vector(Vec<f32>),
+}
+
+/// A GGUF file's parameters under `transformers`' names, in `parameter_shapes` order.
+type NamedParameters = Vec<(String, Parameter)>;
+
+/// Every parameter of a GGUF file under `transformers`' names, matrices in its row order.
+fn read_parameters<R: Read + Seek>(reader: &mut R) -> Result<(LlamaConfig, NamedParameters, Inspected), GgufError> {
+    let inspected = inspect(reader)?;
+    let file_size = reader.seek(SeekFrom::End(0)).map_err(|e| GgufError(format!("reading the file: {e}")))?;
+    let (_, content) = read_header(reader, file_size)?;
+    let vocab_rows = content.tensor_infos.get("token_embd.weight").map_or(0, |info| info.shape.dims()[0]);
+    let config = config_of(&inspected.summary, vocab_rows)?;
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        // Llama 3's divisors have no `transformers` config that reproduces them exactly.
+        return fail("rope_freqs.weight: a file with scaled rotary frequencies cannot be widened or fine-tuned yet");
+    }
+    let interleaved = inspected.summary.architecture == "llama";
+    let (heads, kv_heads, head_dim) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
+    let mut tensors = Tensors { reader, content: &content };
+    let mut parameters = Vec::new();
+    for (name, dims) in crate::parameter_shapes(&config) {
+        let gguf = gguf_name(&name).ok_or_else(|| GgufError(format!("{name} has no GGUF name")))?;
+        let parameter = if let [rows, inner] = dims[..] {
+            let mut matrix = tensors.matrix(&gguf)?;
+            check_shape(&gguf, &matrix, rows, inner)?;
+            match rotated_projection(&name) {
+                Some(RotatedProjection::Query) if interleaved => matrix.permute_rows(&halves_order(heads, head_dim)),
+                Some(RotatedProjection::Key) if interleaved => matrix.permute_rows(&halves_order(kv_heads, head_dim)),
+                _ => {}
+            }
+            Parameter::Matrix(matrix)
+        } else {
+            Parameter::Vector(tensors.norm(&gguf, dims.iter().product())?)
+        };
+        parameters.push((name, parameter));
+    }
+    Ok((config, parameters, inspected))
 }
 
 /// The row order that undoes llama.cpp's interleaving of `heads` heads of `head_dim` rows: row

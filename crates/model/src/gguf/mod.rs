@@ -8,6 +8,8 @@
 //! shape whose element count fits its blocks, and data that lies inside the file, so a
 //! truncated file is refused by name instead of failing later when it is loaded.
 
+#[cfg(test)]
+mod frozen_tests;
 mod load;
 mod names;
 #[cfg(test)]
@@ -21,8 +23,8 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use serde::Serialize;
 
-pub use load::{config_of, load_decoder, read_llama};
-pub use write::{storage_type, write_llama, GgufVocabulary};
+pub use load::{config_of, load_decoder, read_frozen, read_llama};
+pub use write::{storage_type, write_llama, write_merged, GgufVocabulary};
 
 /// The most bytes of metadata and tensor descriptions read before the tensor data: a real
 /// model's vocabulary, merges and template take a few MiB (a 256k vocabulary about 12).

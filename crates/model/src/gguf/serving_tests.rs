@@ -14,7 +14,7 @@ use crate::projection::Projection;
 use crate::quantized::QuantizedMatrix;
 use crate::{Decoder, KvCache, Llama, LlamaConfig, StepInput, Weights};
 
-fn random(count: usize, seed: u64) -> Vec<f32> {
+pub(super) fn random(count: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..count).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -73,7 +73,7 @@ fn every_served_type_multiplies_on_its_blocks_within_its_bound() {
     }
 }
 
-fn family_config(model_type: &str, tied: bool, hidden: usize, intermediate: usize) -> LlamaConfig {
+pub(super) fn family_config(model_type: &str, tied: bool, hidden: usize, intermediate: usize) -> LlamaConfig {
     let mut config = LlamaConfig::new(300, hidden, intermediate, 2, 4);
     config.model_type = model_type.to_string();
     config.num_key_value_heads = Some(2);
@@ -88,7 +88,7 @@ fn family_config(model_type: &str, tied: bool, hidden: usize, intermediate: usiz
 
 /// A model whose norms, biases and weights are all random (norms of exactly one would hide a
 /// misplaced norm).
-fn random_model(config: &LlamaConfig, seed: u64) -> Llama {
+pub(super) fn random_model(config: &LlamaConfig, seed: u64) -> Llama {
     let weights = Weights::init(config, seed, DType::F32, &Device::Cpu).unwrap();
     for (index, (name, var)) in weights.params.iter().enumerate() {
         if name.ends_with("norm.weight") || name.ends_with(".bias") {
@@ -101,7 +101,7 @@ fn random_model(config: &LlamaConfig, seed: u64) -> Llama {
     Llama::new(config.clone(), weights).unwrap()
 }
 
-fn gguf_bytes(model: &Llama, kind: GgmlDType) -> Vec<u8> {
+pub(super) fn gguf_bytes(model: &Llama, kind: GgmlDType) -> Vec<u8> {
     let mut bytes = Cursor::new(Vec::new());
     write_llama(&mut bytes, model, kind, "test", &byte_level_vocabulary(model.config.vocab_size)).unwrap();
     bytes.into_inner()
@@ -111,10 +111,17 @@ fn gguf_bytes(model: &Llama, kind: GgmlDType) -> Vec<u8> {
 fn decoder_logits(decoder: &Decoder, tokens: &[u32]) -> Vec<f32> {
     let mut cache = KvCache::new(decoder, 32).unwrap();
     let (first, second) = tokens.split_at(tokens.len() / 2);
-    let mut logits =
-        decoder.forward_step(&mut [StepInput { tokens: first, cache: &mut cache }]).unwrap().row(0).to_vec();
+    let mut logits = decoder
+        .forward_step(&mut [StepInput { tokens: first, cache: &mut cache, adapter: None }])
+        .unwrap()
+        .row(0)
+        .to_vec();
     for token in second {
-        let step = decoder.forward_step(&mut [StepInput { tokens: std::slice::from_ref(token), cache: &mut cache }]);
+        let step = decoder.forward_step(&mut [StepInput {
+            tokens: std::slice::from_ref(token),
+            cache: &mut cache,
+            adapter: None,
+        }]);
         logits.extend_from_slice(step.unwrap().row(0));
     }
     logits
@@ -279,7 +286,8 @@ fn greedy(decoder: &Decoder, prompt: &[u32], new_tokens: usize) -> Vec<u32> {
     let mut input = prompt.to_vec();
     let mut generated = Vec::new();
     for _ in 0..new_tokens {
-        let logits = decoder.forward_step(&mut [StepInput { tokens: &input, cache: &mut cache }]).unwrap();
+        let logits =
+            decoder.forward_step(&mut [StepInput { tokens: &input, cache: &mut cache, adapter: None }]).unwrap();
         let row = logits.row(0);
         let best = (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best }) as u32;
         generated.push(best);
@@ -332,7 +340,9 @@ fn greedy_decoding_picks_llama_cpps_tokens_on_the_same_gguf_files() {
             let mut cache = KvCache::new(&decoder, prompt.len() + PARITY_TOKENS).unwrap();
             let mut input = prompt.clone();
             for (&token, their_row) in their.iter().zip(rows) {
-                let logits = decoder.forward_step(&mut [StepInput { tokens: &input, cache: &mut cache }]).unwrap();
+                let logits = decoder
+                    .forward_step(&mut [StepInput { tokens: &input, cache: &mut cache, adapter: None }])
+                    .unwrap();
                 let row = logits.row(0);
                 let largest = their_row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let apart = row.iter().zip(their_row).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));

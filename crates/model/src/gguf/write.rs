@@ -11,7 +11,7 @@ use candle_core::{DType, Device};
 
 use super::load::halves_order;
 use super::names::{gguf_name, rotated_projection, RotatedProjection};
-use super::{fail, GgufError};
+use super::{fail, GgufError, Inspected};
 use crate::quantized::QuantizedMatrix;
 use crate::{Family, Llama};
 
@@ -30,6 +30,24 @@ pub struct GgufVocabulary {
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub chat_template: Option<String>,
+}
+
+impl GgufVocabulary {
+    /// The vocabulary of an inspected file, to write it again.
+    pub fn of(inspected: Inspected) -> Self {
+        let (summary, vocabulary) = (inspected.summary, inspected.vocabulary);
+        GgufVocabulary {
+            model: summary.tokenizer.model,
+            pre: summary.tokenizer.pre,
+            tokens: vocabulary.tokens,
+            merges: vocabulary.merges,
+            token_types: vocabulary.token_types,
+            scores: vocabulary.scores,
+            bos: summary.tokenizer.bos,
+            eos: summary.tokenizer.eos,
+            chat_template: summary.chat_template,
+        }
+    }
 }
 
 /// The type a matrix of rows of `inner` elements is stored in when `wanted` is asked for:
@@ -53,7 +71,51 @@ pub fn write_llama<W: Write + Seek>(
     name: &str,
     vocabulary: &GgufVocabulary,
 ) -> Result<(), GgufError> {
-    let config = &model.config;
+    write_model(out, &model.config, name, vocabulary, &|hf_name, rows, inner, is_matrix| {
+        let values =
+            model.weights.get(hf_name).and_then(|t| Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?))?;
+        // Vectors (norms, biases) stay f32, as llama.cpp keeps them.
+        let stored = if is_matrix { storage_type(kind, inner) } else { GgmlDType::F32 };
+        QuantizedMatrix::quantize(stored, rows, inner, &values)
+    })
+}
+
+/// Writes a model on a frozen quantized base with its adapters folded in: each adapted matrix
+/// widened, `scale · B A` added, and quantized again to its own type; every other tensor as the
+/// base holds it. What llama.cpp users do with a fine-tune (merge, then quantize), without
+/// ever widening the whole model.
+pub fn write_merged<W: Write + Seek>(
+    out: &mut W,
+    model: &Llama,
+    name: &str,
+    vocabulary: &GgufVocabulary,
+) -> Result<(), GgufError> {
+    write_model(out, &model.config, name, vocabulary, &|hf_name, rows, inner, _| {
+        let Some(matrix) = model.frozen.get(hf_name) else {
+            let values = model.weights.get(hf_name).and_then(|t| Ok(t.flatten_all()?.to_vec1()?))?;
+            return QuantizedMatrix::quantize(GgmlDType::F32, rows, inner, &values);
+        };
+        match &model.adapters {
+            Some(adapters) if adapters.pair(hf_name).is_some() => {
+                let merged = adapters.merged(hf_name, matrix.dequantize())?;
+                QuantizedMatrix::quantize(matrix.kind(), rows, inner, &merged)
+            }
+            _ => QuantizedMatrix::from_bytes(matrix.kind(), rows, inner, matrix.as_bytes()),
+        }
+    })
+}
+
+/// Each parameter as the file stores it: `(transformers name, rows, inner, is a matrix)` to its
+/// blocks in `transformers`' row order.
+type TensorSource<'a> = dyn Fn(&str, usize, usize, bool) -> Result<QuantizedMatrix, crate::ModelError> + 'a;
+
+fn write_model<W: Write + Seek>(
+    out: &mut W,
+    config: &crate::LlamaConfig,
+    name: &str,
+    vocabulary: &GgufVocabulary,
+    source: &TensorSource<'_>,
+) -> Result<(), GgufError> {
     let family = config.family().map_err(|e| GgufError(e.to_string()))?;
     let architecture = match family {
         Family::Llama | Family::Mistral => "llama",
@@ -104,17 +166,13 @@ pub fn write_llama<W: Write + Seek>(
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     for (hf_name, dims) in crate::parameter_shapes(config) {
         let gguf_name = gguf_name(&hf_name).ok_or_else(|| GgufError(format!("{hf_name} has no GGUF name")))?;
-        let tensor =
-            model.weights.get(&hf_name).and_then(|t| Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?));
-        let values = tensor.map_err(|e| GgufError(format!("{hf_name}: {e}")))?;
         let (rows, inner) = match dims[..] {
             [rows, inner] => (rows, inner),
-            _ => (1, values.len()),
+            _ => (1, dims.iter().product()),
         };
-        // Vectors (norms, biases) stay f32, as llama.cpp keeps them.
-        let stored = if dims.len() == 2 { storage_type(kind, inner) } else { GgmlDType::F32 };
-        let mut quantized = QuantizedMatrix::quantize(stored, rows, inner, &values)
-            .map_err(|e| GgufError(format!("{hf_name}: {e}")))?;
+        let mut quantized =
+            source(&hf_name, rows, inner, dims.len() == 2).map_err(|e| GgufError(format!("{hf_name}: {e}")))?;
+        let stored = quantized.kind();
         match rotated_projection(&hf_name) {
             Some(RotatedProjection::Query) if interleave => {
                 quantized.permute_rows(&inverse(&halves_order(heads, head_dim)))

@@ -114,7 +114,15 @@ pub async fn load_variant(
         .model_version(tenant, name, reference)
         .await?
         .ok_or_else(|| ServiceError::new(ErrorKind::ModelUnavailable, format!("{model} is not registered")))?;
-    state.engines.get(&version).await
+    // An adapter version runs on its base's engine, which loads once for all its adapters.
+    let Some(base) = state.engines.adapter_base(&version).await? else {
+        return state.engines.get(&version).await;
+    };
+    let (base_name, base_reference) = split_reference(&base)?;
+    let base_version = state.lookups.model_version(tenant, base_name, base_reference).await?.ok_or_else(|| {
+        ServiceError::new(ErrorKind::ModelUnavailable, format!("{model} runs on {base}, which is not registered"))
+    })?;
+    state.engines.get_adapted(&version, &base_version).await
 }
 
 /// Creates `tenant`'s deployment `name` serving `spec` (`deployment.created`).

@@ -62,7 +62,7 @@ pub async fn quantize(
     let title = source_reference.clone();
     let (file, summary) = tokio::task::spawn_blocking({
         let dir = state.spool_dir();
-        move || written(dir, &model, kind, &title, &vocabulary)
+        move || written(dir, |out| gguf::write_llama(out, &model, kind, &title, &vocabulary))
     })
     .await
     .map_err(ServiceError::fault)??;
@@ -136,10 +136,12 @@ pub async fn export_gguf(
         let (model, vocabulary) = widened(state, &manifest).await?;
         let title = manifest.reference();
         let dir = state.spool_dir();
-        tokio::task::spawn_blocking(move || written(dir, &model, GgmlDType::F32, &title, &vocabulary))
-            .await
-            .map_err(ServiceError::fault)??
-            .0
+        tokio::task::spawn_blocking(move || {
+            written(dir, |out| gguf::write_llama(out, &model, GgmlDType::F32, &title, &vocabulary))
+        })
+        .await
+        .map_err(ServiceError::fault)??
+        .0
     };
     let details = serde_json::json!({
         "tenant": tenant, "model": name, "version": version.version, "manifest": version.manifest_digest,
@@ -158,21 +160,7 @@ async fn widened(state: &AppState, manifest: &ModelManifest) -> Result<(Llama, G
         let file = registry::fetch_to_file(&state.objects, manifest, GGUF_FILE, state.spool_dir()).await?;
         return tokio::task::spawn_blocking(move || {
             let (model, inspected) = gguf::read_llama(&mut std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
-            let (summary, vocabulary) = (inspected.summary, inspected.vocabulary);
-            Ok((
-                model,
-                GgufVocabulary {
-                    model: summary.tokenizer.model,
-                    pre: summary.tokenizer.pre,
-                    tokens: vocabulary.tokens,
-                    merges: vocabulary.merges,
-                    token_types: vocabulary.token_types,
-                    scores: vocabulary.scores,
-                    bos: summary.tokenizer.bos,
-                    eos: summary.tokenizer.eos,
-                    chat_template: summary.chat_template,
-                },
-            ))
+            Ok((model, GgufVocabulary::of(inspected)))
         })
         .await
         .map_err(ServiceError::fault)?
@@ -217,21 +205,17 @@ async fn widened(state: &AppState, manifest: &ModelManifest) -> Result<(Llama, G
     .map_err(unservable)
 }
 
-/// `model` written as GGUF in `kind` to an unnamed file under `dir`, read back from its start,
-/// with the summary an import of it would record.
-fn written(
+/// A GGUF file `write` writes to an unnamed file under `dir`, read back from its start, with
+/// the summary an import of it would record.
+pub(crate) fn written(
     dir: std::path::PathBuf,
-    model: &Llama,
-    kind: GgmlDType,
-    title: &str,
-    vocabulary: &GgufVocabulary,
+    write: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<(), gguf::GgufError>,
 ) -> Result<(std::fs::File, gguf::GgufSummary), ServiceError> {
     let spool = |e: std::io::Error| ServiceError::internal(format!("writing the GGUF file: {e}"));
     std::fs::create_dir_all(&dir).map_err(spool)?;
     let file = tempfile::tempfile_in(&dir).map_err(spool)?;
     let mut out = BufWriter::new(file);
-    gguf::write_llama(&mut out, model, kind, title, vocabulary)
-        .map_err(|e| ServiceError::new(ErrorKind::UnservableModel, format!("writing GGUF: {e}")))?;
+    write(&mut out).map_err(|e| ServiceError::new(ErrorKind::UnservableModel, format!("writing GGUF: {e}")))?;
     out.flush().map_err(spool)?;
     let mut file = out.into_inner().map_err(|e| spool(e.into_error()))?;
     file.rewind().map_err(spool)?;

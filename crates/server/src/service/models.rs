@@ -21,7 +21,7 @@ use super::access::{audit_read, authorize_as, hide_foreign, hide_foreign_refusal
 use super::run_spec::{BaseModel, RegisterSpec, RunSpec, FINETUNE_KIND, PRETRAIN_KIND};
 use super::Recorded;
 use crate::caller::Caller;
-use crate::registry::{self, Draft, DraftFile, FileSource, Signing};
+use crate::registry::{self, Draft, DraftFile, FileSource, Signing, GGUF_FILE};
 use crate::service_error::{ErrorKind, ServiceError};
 use crate::state::AppState;
 
@@ -338,23 +338,48 @@ pub async fn draft_from_run(
             .map(str::to_string)
             .ok_or_else(|| ServiceError::invalid(format!("run {run_id} produced no {name}")))
     };
-    let (weights, config_digest, tokenizer_digest) =
-        (artifact("weights")?, artifact("config")?, artifact("tokenizer")?);
-    let stored = |digest: String| async move {
-        let parsed: factory_objects::ObjectDigest =
-            digest.parse().map_err(|_| ServiceError::invalid(format!("run {run_id}: bad artifact digest")))?;
-        state.objects.get(&parsed).await.map_err(|e| ServiceError::invalid(format!("run {run_id}: {e}")))
+    let adapter_files = [("adapter", "adapter_model.safetensors"), ("adapter_config", "adapter_config.json")]
+        .into_iter()
+        .filter_map(|(artifact, path)| {
+            let digest = result["artifacts"][artifact].as_str()?.to_string();
+            Some(DraftFile { path: path.into(), source: FileSource::Stored(digest) })
+        });
+    // A fine-tune of a GGUF base is one GGUF file (its adapters merged), as the base was.
+    let (architecture, parameters, model_config, files) = if let Some(gguf) = result["artifacts"]["gguf"].as_str() {
+        let summary = &result["artifacts"]["gguf_summary"];
+        let architecture = summary["architecture"].as_str().unwrap_or("llama").to_string();
+        let parameters = summary["parameters"].as_u64().unwrap_or_default();
+        let files = vec![DraftFile { path: GGUF_FILE.into(), source: FileSource::Stored(gguf.to_string()) }];
+        (architecture, parameters, serde_json::json!({ "gguf": summary }), files)
+    } else {
+        let (weights, config_digest, tokenizer_digest) =
+            (artifact("weights")?, artifact("config")?, artifact("tokenizer")?);
+        let stored = |digest: String| async move {
+            let parsed: factory_objects::ObjectDigest =
+                digest.parse().map_err(|_| ServiceError::invalid(format!("run {run_id}: bad artifact digest")))?;
+            state.objects.get(&parsed).await.map_err(|e| ServiceError::invalid(format!("run {run_id}: {e}")))
+        };
+        let config = LlamaConfig::from_json(&String::from_utf8_lossy(&stored(config_digest.clone()).await?))
+            .map_err(|e| ServiceError::invalid(format!("run {run_id}: {e}")))?;
+        let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&stored(tokenizer_digest.clone()).await?))
+            .map_err(|e| ServiceError::invalid(format!("run {run_id}: {e}")))?;
+        let end = tokenizer.token_id(factory_tokenizer::END_OF_TEXT);
+        let generation = serde_json::json!({
+            "bos_token_id": end, "eos_token_id": end, "do_sample": true, "temperature": 0.8, "top_p": 0.95,
+            "max_new_tokens": 256,
+        });
+        let tokenizer_config = tokenizer.hf_tokenizer_config(config.max_position_embeddings);
+        let json = |value: serde_json::Value| Bytes::from(serde_json::to_vec_pretty(&value).unwrap_or_default());
+        let files = vec![
+            DraftFile { path: "model.safetensors".into(), source: FileSource::Stored(weights) },
+            DraftFile { path: "config.json".into(), source: FileSource::Stored(config_digest) },
+            DraftFile { path: "tokenizer.json".into(), source: FileSource::Stored(tokenizer_digest) },
+            DraftFile { path: "generation_config.json".into(), source: FileSource::Bytes(json(generation)) },
+            DraftFile { path: "tokenizer_config.json".into(), source: FileSource::Bytes(json(tokenizer_config)) },
+        ];
+        let model_config = serde_json::from_str::<serde_json::Value>(&config.to_json()).unwrap_or_default();
+        ("llama".to_string(), config.parameter_count() as u64, model_config, files)
     };
-    let config = LlamaConfig::from_json(&String::from_utf8_lossy(&stored(config_digest.clone()).await?))
-        .map_err(|e| ServiceError::invalid(format!("run {run_id}: {e}")))?;
-    let tokenizer = Tokenizer::from_json(&String::from_utf8_lossy(&stored(tokenizer_digest.clone()).await?))
-        .map_err(|e| ServiceError::invalid(format!("run {run_id}: {e}")))?;
-    let end = tokenizer.token_id(factory_tokenizer::END_OF_TEXT);
-    let generation = serde_json::json!({
-        "bos_token_id": end, "eos_token_id": end, "do_sample": true, "temperature": 0.8, "top_p": 0.95,
-        "max_new_tokens": 256,
-    });
-    let tokenizer_config = tokenizer.hf_tokenizer_config(config.max_position_embeddings);
 
     let dataset = DatasetInput {
         name: spec.dataset.clone(),
@@ -378,13 +403,12 @@ pub async fn draft_from_run(
         evals.insert(format!("{name}.exact_match"), score["exact_match"].clone());
         evals.insert(format!("{name}.contains"), score["contains"].clone());
     }
-    let json = |value: serde_json::Value| Bytes::from(serde_json::to_vec_pretty(&value).unwrap_or_default());
     Ok(Draft {
         tenant: tenant.clone(),
         name: register.name.clone(),
         version: None,
-        architecture: "llama".to_string(),
-        parameters: config.parameter_count() as u64,
+        architecture,
+        parameters,
         residency: Residency { jurisdiction, classification, derived_from: "training data".to_string() },
         lineage: Lineage {
             origin: if spec.base.is_some() { Origin::FineTuned } else { Origin::Trained },
@@ -392,30 +416,11 @@ pub async fn draft_from_run(
             datasets: vec![dataset],
             base_model: spec.base.as_ref().map(BaseModel::reference),
             code_version: registry::code_version(),
-            config: serde_json::json!({
-                "model": serde_json::from_str::<serde_json::Value>(&config.to_json()).unwrap_or_default(),
-                "train": spec.train, "tokenizer": spec.tokenizer,
-            }),
+            config: serde_json::json!({ "model": model_config, "train": spec.train, "tokenizer": spec.tokenizer }),
             seed: Some(spec.seed),
         },
         evals: serde_json::Value::Object(evals),
-        files: vec![
-            DraftFile { path: "model.safetensors".into(), source: FileSource::Stored(weights) },
-            DraftFile { path: "config.json".into(), source: FileSource::Stored(config_digest) },
-            DraftFile { path: "tokenizer.json".into(), source: FileSource::Stored(tokenizer_digest) },
-            DraftFile { path: "generation_config.json".into(), source: FileSource::Bytes(json(generation)) },
-            DraftFile { path: "tokenizer_config.json".into(), source: FileSource::Bytes(json(tokenizer_config)) },
-        ]
-        .into_iter()
-        .chain(
-            [("adapter", "adapter_model.safetensors"), ("adapter_config", "adapter_config.json")]
-                .into_iter()
-                .filter_map(|(artifact, path)| {
-                    let digest = result["artifacts"][artifact].as_str()?.to_string();
-                    Some(DraftFile { path: path.into(), source: FileSource::Stored(digest) })
-                }),
-        )
-        .collect(),
+        files: files.into_iter().chain(adapter_files).collect(),
         signing: Signing::Sign { intended_use: register.intended_use.clone() },
     })
 }

@@ -22,9 +22,14 @@ pub struct BaseModel {
     pub version: i64,
     pub jurisdiction: Jurisdiction,
     pub classification: Classification,
+    /// The digests of `model.safetensors`, `config.json` and `tokenizer.json`; of a GGUF base,
+    /// all three are its `model.gguf`, which carries its config and vocabulary.
     pub weights: String,
     pub config: String,
     pub tokenizer: String,
+    /// A GGUF base: fine-tuned frozen in its quantized blocks, with adapters only.
+    #[serde(default)]
+    pub gguf: bool,
 }
 
 impl BaseModel {

@@ -5,7 +5,7 @@
 //! register its model checks at once that it may.
 
 use factory_core::{AccessRequest, Action, Resource, TenantName};
-use factory_model::LlamaConfig;
+use factory_model::{gguf, LlamaConfig};
 use factory_store::jobs::{Job, NewJob};
 use factory_store::Event;
 use factory_tokenizer::BpeSettings;
@@ -18,6 +18,7 @@ pub use super::run_spec::{
 };
 use super::{datasets, jobs, models, Recorded};
 use crate::caller::Caller;
+use crate::registry::{self, GGUF_FILE};
 use crate::service_error::{ErrorKind, ServiceError};
 use crate::state::AppState;
 
@@ -122,6 +123,11 @@ pub async fn create(state: &AppState, caller: &Caller, run: NewRun) -> Result<Re
     let base = match &base {
         Some(reference) => {
             let (base, max_positions) = base_model(state, caller, &tenant, reference).await?;
+            if base.gguf && train.lora.is_none() {
+                return Err(ServiceError::invalid(format!(
+                    "train.lora: {reference} is a quantized GGUF model; its base stays frozen and only adapters train"
+                )));
+            }
             if train.seq_len > max_positions {
                 return Err(ServiceError::invalid(format!(
                     "train.seq_len: {} exceeds the base model's max_position_embeddings {max_positions}",
@@ -136,7 +142,14 @@ pub async fn create(state: &AppState, caller: &Caller, run: NewRun) -> Result<Re
         Some(_) if kind != RunKind::Pretrain => {
             return Err(ServiceError::invalid("tokenizer_from: only a pretrain run takes another model's tokenizer"))
         }
-        Some(reference) => Some(base_model(state, caller, &tenant, reference).await?.0.tokenizer),
+        Some(reference) => match base_model(state, caller, &tenant, reference).await?.0 {
+            base if base.gguf => {
+                return Err(ServiceError::invalid(format!(
+                    "tokenizer_from: {reference} is a GGUF model; its vocabulary trains only with its own weights"
+                )))
+            }
+            base => Some(base.tokenizer),
+        },
         None => None,
     };
     let spec = RunSpec {
@@ -260,6 +273,28 @@ async fn base_model(
         )
     };
     let (manifest, _) = models::open_manifest(state, &version).await.map_err(failed)?;
+    if manifest.file(GGUF_FILE).is_some() {
+        // Read to a verified spool file, never whole into memory; its header gives the context.
+        let file =
+            registry::fetch_to_file(&state.objects, &manifest, GGUF_FILE, state.spool_dir()).await.map_err(failed)?;
+        let inspected = tokio::task::spawn_blocking(move || gguf::inspect(&mut std::io::BufReader::new(file)))
+            .await
+            .map_err(ServiceError::fault)?
+            .map_err(|e| ServiceError::invalid(format!("base model {reference}: {e}")))?;
+        let digest = manifest.file(GGUF_FILE).map(|f| f.digest.clone()).unwrap_or_default();
+        let base = BaseModel {
+            name: version.name.clone(),
+            version: version.version,
+            jurisdiction: version.jurisdiction.clone(),
+            classification: version.classification,
+            weights: digest.clone(),
+            config: digest.clone(),
+            tokenizer: digest,
+            gguf: true,
+        };
+        let context = usize::try_from(inspected.summary.hyper.context_length).unwrap_or(usize::MAX);
+        return Ok((base, context));
+    }
     let mut config = None;
     for file in &manifest.files {
         let bytes = models::fetch_file(state, &manifest, &file.path).await.map_err(failed)?;
@@ -284,6 +319,7 @@ async fn base_model(
         weights: digest("model.safetensors")?,
         config: digest("config.json")?,
         tokenizer: digest("tokenizer.json")?,
+        gguf: false,
     };
     Ok((base, config.max_position_embeddings))
 }

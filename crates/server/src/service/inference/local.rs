@@ -48,6 +48,8 @@ fn engine_error(error: EngineError) -> ServiceError {
         EngineError::Overloaded => {
             ServiceError::new(ErrorKind::EngineOverloaded, "the model is at capacity; retry shortly").retry_after(1)
         }
+        // The engine refuses a logit bias for a token the vocabulary lacks, or a prompt too long.
+        EngineError::Invalid(message) if message.starts_with("logit_bias") => invalid_param("logit_bias", &message),
         EngineError::Invalid(message) => invalid_param("messages", &message),
         EngineError::Stopped => ServiceError::new(ErrorKind::ModelUnavailable, "the engine stopped"),
     }
@@ -101,13 +103,14 @@ pub async fn generate(
     };
     // Counted as the request goes, so a client that hangs up is still charged what it used.
     meter.record.prompt_tokens = ids.len() as i64;
-    let events = match generator.engine.submit(GenerationRequest { prompt: ids, params }) {
-        Ok(events) => events,
-        Err(error) => {
-            meter.fail(if error == EngineError::Overloaded { "overloaded" } else { "refused" });
-            return Err(engine_error(error));
-        }
-    };
+    let events =
+        match generator.engine.submit(GenerationRequest { prompt: ids, params, adapter: model.adapter.clone() }) {
+            Ok(events) => events,
+            Err(error) => {
+                meter.fail(if error == EngineError::Overloaded { "overloaded" } else { "refused" });
+                return Err(engine_error(error));
+            }
+        };
     let variant = model.reference.clone();
     if stream {
         return Ok(Answered::Tokens { head, variant, events: metered(events, meter).boxed() });

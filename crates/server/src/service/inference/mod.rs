@@ -74,6 +74,10 @@ pub struct Sampling {
     /// benchmarks and tests that need answers of a known length).
     #[serde(default)]
     pub ignore_eos: bool,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    /// Token id (as a string, OpenAI's JSON) to the bias added to its logit.
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
 }
 
 impl Sampling {
@@ -89,12 +93,29 @@ impl Sampling {
             max_tokens: self.max_completion_tokens.or(self.max_tokens).unwrap_or(room).min(room),
             stop: self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default(),
             ignore_eos: self.ignore_eos,
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            logit_bias: self.logit_bias()?,
         };
         params.validate().map_err(|message| {
             let field = message.split(' ').next().unwrap_or_default().to_string();
             invalid_param(&field, &message)
         })?;
         Ok(params)
+    }
+
+    /// `logit_bias` by token id; a key that is not a token id is refused by name.
+    fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ServiceError> {
+        let Some(biases) = &self.logit_bias else { return Ok(Vec::new()) };
+        if biases.len() > factory_engine::MAX_LOGIT_BIAS {
+            let message = format!("name at most {} tokens", factory_engine::MAX_LOGIT_BIAS);
+            return Err(invalid_param("logit_bias", &message));
+        }
+        let id = |key: &String| {
+            let shown: String = key.chars().take(32).collect();
+            key.parse::<u32>().map_err(|_| invalid_param("logit_bias", &format!("{shown:?} is not a token id")))
+        };
+        biases.iter().map(|(key, bias)| Ok((id(key)?, *bias))).collect()
     }
 
     pub fn include_usage(&self) -> bool {
