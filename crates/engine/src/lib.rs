@@ -26,7 +26,9 @@ use factory_tokenizer::Tokenizer;
 use serde::Serialize;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-pub use sampling::{adjusted, argmax, sample, SamplingParams, MAX_LOGIT_BIAS};
+pub use sampling::{
+    adjusted, argmax, logprobs, sample, SamplingParams, TokenLogprob, MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS,
+};
 
 use crate::text::{Detokenizer, TextStream};
 
@@ -87,6 +89,9 @@ pub enum GenerationEvent {
     Delta {
         text: String,
         token: u32,
+        /// The token's log-probability, when the request asked for them (once per token: a
+        /// trailing delta of held-back text carries none).
+        logprob: Option<TokenLogprob>,
     },
     Done {
         reason: FinishReason,
@@ -357,6 +362,7 @@ impl Scheduler {
             }
             let scores = adjusted(logits.row(row), &sequence.params, &sequence.generated, &mut scratch);
             let token = sample(scores, &sequence.params, &mut sequence.rng);
+            let logprob = sequence.params.logprobs.map(|top| logprobs(scores, token, top));
             let now = Instant::now();
             sequence.first_token_at.get_or_insert(now);
             let end_of_text = self.end_tokens.contains(&token) && !sequence.params.ignore_eos;
@@ -374,12 +380,12 @@ impl Scheduler {
                 sequence.text.update(sequence.detokenizer.next(&self.tokenizer, &sequence.generated)?)
             };
             if !delta.is_empty() || !end_of_text {
-                let _ = sequence.events.send(GenerationEvent::Delta { text: delta, token });
+                let _ = sequence.events.send(GenerationEvent::Delta { text: delta, token, logprob });
             }
             if stopped || full {
                 let tail = if stopped { String::new() } else { sequence.text.finish() };
                 if !tail.is_empty() {
-                    let _ = sequence.events.send(GenerationEvent::Delta { text: tail, token });
+                    let _ = sequence.events.send(GenerationEvent::Delta { text: tail, token, logprob: None });
                 }
                 let first = sequence.first_token_at.unwrap_or(now);
                 let timings = Timings {

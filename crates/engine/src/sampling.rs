@@ -30,6 +30,38 @@ pub struct SamplingParams {
     /// token, -100 all but bans it).
     #[serde(default)]
     pub logit_bias: Vec<(u32, f32)>,
+    /// Report each generated token's log-probability and this many most likely alternatives
+    /// (0 to [`MAX_TOP_LOGPROBS`]); none reports nothing.
+    #[serde(default)]
+    pub logprobs: Option<usize>,
+}
+
+/// The most alternatives `logprobs` may ask for (OpenAI's bound).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A generated token's log-probability under the distribution it was drawn from (after
+/// penalties and bias, before temperature and truncation, as vLLM reports it), and the most
+/// likely tokens there with theirs, most likely first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprob {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// `token`'s log-probability among `scores` and the `top` most likely tokens with theirs.
+pub fn logprobs(scores: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f64 = scores.iter().map(|&s| f64::from(s - max).exp()).sum();
+    let normalizer = max + total.ln() as f32;
+    let of = |id: u32| scores.get(id as usize).map_or(f32::NEG_INFINITY, |s| s - normalizer);
+    let mut ranked: Vec<u32> = (0..scores.len() as u32).collect();
+    let top = top.min(ranked.len());
+    if top > 0 && top < ranked.len() {
+        ranked.select_nth_unstable_by(top - 1, |a, b| scores[*b as usize].total_cmp(&scores[*a as usize]));
+    }
+    ranked.truncate(top);
+    ranked.sort_by(|a, b| scores[*b as usize].total_cmp(&scores[*a as usize]));
+    TokenLogprob { logprob: of(token), top: ranked.into_iter().map(|id| (id, of(id))).collect() }
 }
 
 /// The most tokens `logit_bias` may name (OpenAI's bound).
@@ -48,6 +80,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -75,6 +108,9 @@ impl SamplingParams {
         }
         if self.logit_bias.len() > MAX_LOGIT_BIAS {
             return Err(format!("logit_bias names more than {MAX_LOGIT_BIAS} tokens"));
+        }
+        if self.logprobs.is_some_and(|top| top > MAX_TOP_LOGPROBS) {
+            return Err(format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}"));
         }
         if let Some((token, bias)) = self.logit_bias.iter().find(|(_, bias)| !(-100.0..=100.0).contains(bias)) {
             return Err(format!("logit_bias of token {token} is {bias}; it must be between -100 and 100"));

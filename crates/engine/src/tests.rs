@@ -34,7 +34,7 @@ async fn collect(mut events: UnboundedReceiver<GenerationEvent>) -> (String, Vec
     let (mut text, mut tokens) = (String::new(), Vec::new());
     while let Some(event) = events.recv().await {
         match event {
-            GenerationEvent::Delta { text: delta, token } => {
+            GenerationEvent::Delta { text: delta, token, .. } => {
                 text.push_str(&delta);
                 tokens.push(token);
             }
@@ -381,4 +381,46 @@ async fn the_engine_samples_under_logit_bias_and_penalties() {
     let distinct = |tokens: &[u32]| tokens.iter().collect::<std::collections::BTreeSet<_>>().len();
     assert!(distinct(&varied) >= distinct(&plain), "{plain:?} vs {varied:?}");
     assert_ne!(plain, varied);
+}
+
+/// Log-probabilities are a normalised distribution's: they exponentiate to one over the
+/// vocabulary, the alternatives come most likely first, and a chosen token's is its own.
+#[test]
+fn logprobs_are_the_distributions_and_rank_the_alternatives() {
+    let scores = [0.5f32, 2.0, -1.0, 2.0, 1.0];
+    let all = logprobs(&scores, 4, scores.len());
+    let total: f32 = all.top.iter().map(|(_, lp)| lp.exp()).sum();
+    assert!((total - 1.0).abs() < 1e-5, "{total}");
+    let ranked: Vec<f32> = all.top.iter().map(|(_, lp)| *lp).collect();
+    assert!(ranked.windows(2).all(|pair| pair[0] >= pair[1]), "{ranked:?}");
+    assert_eq!(all.logprob, all.top.iter().find(|(id, _)| *id == 4).unwrap().1);
+    let two = logprobs(&scores, 2, 2);
+    assert_eq!(two.top.iter().map(|(id, _)| *id).collect::<std::collections::BTreeSet<_>>(), [1, 3].into());
+    assert!(two.logprob < two.top[1].1);
+    assert!(SamplingParams { logprobs: Some(21), ..greedy(2) }.validate().unwrap_err().starts_with("top_logprobs"));
+}
+
+/// Through the engine: every generated token's event carries its log-probability, which greedy
+/// decoding makes the most likely of the alternatives reported.
+#[tokio::test]
+async fn the_engine_reports_each_tokens_logprob_when_asked() {
+    let (engine, tokenizer, _) = engine(EngineSettings::default());
+    let prompt = tokenizer.encode("Now is the winter").unwrap();
+    let params = SamplingParams { logprobs: Some(3), ignore_eos: true, ..greedy(5) };
+    let mut events = engine.submit(GenerationRequest { prompt, params, adapter: None }).unwrap();
+    let mut reported = 0;
+    while let Some(event) = events.recv().await {
+        match event {
+            GenerationEvent::Delta { token, logprob: Some(logprob), .. } => {
+                reported += 1;
+                assert_eq!(logprob.top.len(), 3);
+                assert_eq!(logprob.top[0], (token, logprob.logprob), "greedy takes the most likely");
+                assert!(logprob.logprob <= 0.0 && logprob.top[2].1 <= logprob.top[1].1);
+            }
+            GenerationEvent::Delta { .. } => {}
+            GenerationEvent::Done { .. } => break,
+            GenerationEvent::Failed(message) => panic!("{message}"),
+        }
+    }
+    assert_eq!(reported, 5);
 }

@@ -141,9 +141,12 @@ impl LoraAdapters {
         let mut params = BTreeMap::new();
         for (weight, shape) in config.targets(model) {
             let (out, inner) = (shape[0], shape[1]);
-            let normal = rand_distr::Normal::new(0.0f32, (1.0 / inner as f32).sqrt())
-                .map_err(|e| ModelError::Config(e.to_string()))?;
-            let a: Vec<f32> = (0..config.rank * inner).map(|_| normal.sample(&mut rng)).collect();
+            // PEFT's initialisation (Kaiming-uniform with a = sqrt(5)): A uniform within
+            // ±1/sqrt(inner), B zero, so a fresh adapter changes nothing and both learn alike.
+            let bound = (1.0 / inner as f32).sqrt();
+            let uniform =
+                rand_distr::Uniform::new_inclusive(-bound, bound).map_err(|e| ModelError::Config(e.to_string()))?;
+            let a: Vec<f32> = (0..config.rank * inner).map(|_| uniform.sample(&mut rng)).collect();
             let (a_name, b_name) = adapter_names(&weight);
             params.insert(a_name, Var::from_tensor(&Tensor::from_vec(a, (config.rank, inner), device)?)?);
             params.insert(b_name, Var::from_tensor(&Tensor::zeros((out, config.rank), DType::F32, device)?)?);

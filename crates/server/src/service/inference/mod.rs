@@ -96,6 +96,8 @@ impl Sampling {
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             logit_bias: self.logit_bias()?,
+            // The engine reports them; OpenAI's `logprobs` shapes on the wire come next.
+            logprobs: None,
         };
         params.validate().map_err(|message| {
             let field = message.split(' ').next().unwrap_or_default().to_string();
