@@ -74,6 +74,31 @@ seen["sampling"] = {
     "forced": forced.choices[0].text,
 }
 
+# Log-probabilities: chat's content entries (whole and streamed) and the completions API's lists.
+chat_lp = client.chat.completions.create(
+    model=deployment, messages=messages, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3
+)
+streamed_lp = []
+for chunk in client.chat.completions.create(
+    model=deployment, messages=messages, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3, stream=True
+):
+    for choice in chunk.choices:
+        if choice.logprobs and choice.logprobs.content:
+            streamed_lp.extend(choice.logprobs.content)
+completion_lp = client.completions.create(model=deployment, prompt="ROMEO:", max_tokens=6, temperature=0, logprobs=2)
+entries = chat_lp.choices[0].logprobs.content
+seen["logprobs"] = {
+    "content": chat_lp.choices[0].message.content,
+    "completion_tokens": chat_lp.usage.completion_tokens,
+    "chat": [
+        {"token": e.token, "logprob": e.logprob, "bytes": e.bytes, "top": [[t.token, t.logprob] for t in e.top_logprobs]}
+        for e in entries
+    ],
+    "streamed": [[e.token, e.logprob] for e in streamed_lp],
+    "completion_text": completion_lp.choices[0].text,
+    "completion": completion_lp.choices[0].logprobs.model_dump(),
+}
+
 errors = {}
 for name, extra in [
     ("bad_bias_key", {"logit_bias": {"king": 3}}),
@@ -81,6 +106,7 @@ for name, extra in [
     ("bad_bias_value", {"logit_bias": {"7": 101}}),
     ("bad_presence", {"presence_penalty": 2.5}),
     ("bad_frequency", {"frequency_penalty": -3}),
+    ("bad_top_logprobs", {"logprobs": 21}),
 ]:
     try:
         client.completions.create(model=deployment, prompt="ROMEO:", max_tokens=2, **extra)

@@ -88,6 +88,33 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
             assert_eq!(seen["errors"]["unknown_model"]["status"], 404, "{seen}");
             assert_eq!(seen["errors"]["bad_n"], json!({ "status": 400, "param": "n" }), "{seen}");
             assert_eq!(seen["errors"]["bad_key"]["status"], 401, "{seen}");
+            // Each generated token's log-probability: greedy takes the most likely alternative,
+            // the tokens spell the answer, and a stream reports what the whole answer does.
+            let logprobs = &seen["logprobs"];
+            let chat = logprobs["chat"].as_array().unwrap();
+            assert_eq!(chat.len() as u64, logprobs["completion_tokens"].as_u64().unwrap(), "{logprobs}");
+            assert!(!chat.is_empty() && !logprobs["completion"]["tokens"].as_array().unwrap().is_empty(), "{logprobs}");
+            let spelled: String = chat.iter().map(|entry| entry["token"].as_str().unwrap()).collect();
+            assert_eq!(spelled, logprobs["content"].as_str().unwrap(), "{logprobs}");
+            for entry in chat {
+                let top = entry["top"].as_array().unwrap();
+                assert_eq!(top.len(), 3, "{entry}");
+                assert_eq!((&top[0][0], &top[0][1]), (&entry["token"], &entry["logprob"]), "{entry}");
+                assert!(entry["logprob"].as_f64().unwrap() <= 0.0, "{entry}");
+                assert_eq!(entry["bytes"], json!(entry["token"].as_str().unwrap().as_bytes()), "{entry}");
+            }
+            let whole: Vec<Value> = chat.iter().map(|entry| json!([entry["token"], entry["logprob"]])).collect();
+            assert_eq!(logprobs["streamed"], json!(whole), "{logprobs}");
+            let completion = &logprobs["completion"];
+            let tokens: String =
+                completion["tokens"].as_array().unwrap().iter().map(|token| token.as_str().unwrap()).collect();
+            assert_eq!(tokens, logprobs["completion_text"].as_str().unwrap(), "{completion}");
+            assert_eq!(completion["text_offset"][0], 0, "{completion}");
+            assert!(completion["top_logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|top| top.as_object().unwrap().len() <= 2));
             // Penalties change a greedy answer; a bias of 100 forces its token every time.
             let sampling = &seen["sampling"];
             assert_ne!(sampling["penalized"], sampling["plain"], "{seen}");
@@ -100,6 +127,7 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
                 ("bad_bias_value", "logit_bias"),
                 ("bad_presence", "presence_penalty"),
                 ("bad_frequency", "frequency_penalty"),
+                ("bad_top_logprobs", "top_logprobs"),
             ] {
                 assert_eq!(seen["errors"][name], json!({ "status": 400, "param": param }), "{name}: {seen}");
             }

@@ -21,7 +21,7 @@ use crate::service::inference::plan::tenant_of_key;
 use crate::service::inference::ChatMessage;
 use crate::service::inference::{
     self, invalid_param, reason_name, AnswerHead, Answered, Call, CallKind, Completion, Embedding, Inference,
-    OneOrMany, Sampling, TokenEvent,
+    OneOrMany, Sampling, TokenEvent, TokenLogprobs,
 };
 use crate::state::AppState;
 
@@ -186,7 +186,7 @@ fn usage_json(usage: &Usage) -> serde_json::Value {
 /// A whole answer as OpenAI's `text_completion` or `chat.completion`. An upstream's own JSON is
 /// passed on (with our id and model), with the text an output guardrail rewrote.
 fn whole_json(completion: Completion) -> serde_json::Value {
-    let Completion { head, text, finish_reason, usage, upstream_body, rewritten, .. } = completion;
+    let Completion { head, text, finish_reason, usage, upstream_body, rewritten, logprobs, .. } = completion;
     if let Some(mut json) = upstream_body {
         if rewritten {
             let pointer = if head.kind == CallKind::Chat { "/choices/0/message/content" } else { "/choices/0/text" };
@@ -199,12 +199,13 @@ fn whole_json(completion: Completion) -> serde_json::Value {
         }
         return json;
     }
+    let logprobs = logprobs_json(head.kind, logprobs.as_deref(), 0);
     let choice = match head.kind {
         CallKind::Completion => {
-            serde_json::json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason })
+            serde_json::json!({ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason })
         }
         CallKind::Chat => serde_json::json!({
-            "index": 0, "message": { "role": "assistant", "content": text }, "logprobs": null,
+            "index": 0, "message": { "role": "assistant", "content": text }, "logprobs": logprobs,
             "finish_reason": finish_reason,
         }),
     };
@@ -214,11 +215,60 @@ fn whole_json(completion: Completion) -> serde_json::Value {
     })
 }
 
-/// One event of a streamed answer: a piece of text, or the end with its finish reason.
-fn chunk(head: &AnswerHead, text: Option<&str>, reason: Option<&str>, first: bool) -> serde_json::Value {
+/// Log-probabilities in the shape of the call's API: chat's `content` entries (each token with
+/// its UTF-8 bytes and its alternatives), or the completions API's parallel lists (tokens, their
+/// log-probabilities, alternatives by token, and each token's offset in the text from `offset`).
+/// `null` when the request did not ask.
+fn logprobs_json(kind: CallKind, entries: Option<&[TokenLogprobs]>, offset: usize) -> serde_json::Value {
+    let Some(entries) = entries else { return serde_json::Value::Null };
+    let described = |token: &str, logprob: f32| serde_json::json!({ "token": token, "logprob": logprob, "bytes": token.as_bytes() });
+    match kind {
+        CallKind::Chat => {
+            let content: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|entry| {
+                    let mut described_entry = described(&entry.token, entry.logprob);
+                    let top: Vec<serde_json::Value> =
+                        entry.top.iter().map(|(token, logprob)| described(token, *logprob)).collect();
+                    described_entry["top_logprobs"] = top.into();
+                    described_entry
+                })
+                .collect();
+            serde_json::json!({ "content": content })
+        }
+        CallKind::Completion => {
+            let mut offsets = Vec::with_capacity(entries.len());
+            let mut at = offset;
+            for entry in entries {
+                offsets.push(at);
+                at += entry.token.len();
+            }
+            let top: Vec<serde_json::Map<String, serde_json::Value>> = entries
+                .iter()
+                .map(|entry| entry.top.iter().map(|(token, logprob)| (token.clone(), (*logprob).into())).collect())
+                .collect();
+            serde_json::json!({
+                "tokens": entries.iter().map(|entry| entry.token.as_str()).collect::<Vec<_>>(),
+                "token_logprobs": entries.iter().map(|entry| entry.logprob).collect::<Vec<_>>(),
+                "top_logprobs": top,
+                "text_offset": offsets,
+            })
+        }
+    }
+}
+
+/// One event of a streamed answer: a piece of text (with its tokens' log-probabilities when
+/// asked), or the end with its finish reason.
+fn chunk(
+    head: &AnswerHead,
+    text: Option<&str>,
+    reason: Option<&str>,
+    first: bool,
+    logprobs: serde_json::Value,
+) -> serde_json::Value {
     let choice = match head.kind {
         CallKind::Completion => {
-            serde_json::json!({ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": reason })
+            serde_json::json!({ "index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason })
         }
         CallKind::Chat => {
             let mut delta = serde_json::Map::new();
@@ -228,7 +278,7 @@ fn chunk(head: &AnswerHead, text: Option<&str>, reason: Option<&str>, first: boo
             if let Some(text) = text {
                 delta.insert("content".into(), text.into());
             }
-            serde_json::json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": reason })
+            serde_json::json!({ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason })
         }
     };
     serde_json::json!({
@@ -253,8 +303,10 @@ const DONE: &[u8] = b"data: [DONE]\n\n";
 /// A whole answer as the events a stream of it would have been.
 fn whole_as_events(completion: &Completion, include_usage: bool) -> Bytes {
     let head = &completion.head;
-    let mut out = data(&chunk(head, Some(&completion.text), None, true)).to_vec();
-    out.extend_from_slice(&data(&chunk(head, None, completion.finish_reason.as_deref(), false)));
+    let logprobs = logprobs_json(head.kind, completion.logprobs.as_deref(), 0);
+    let mut out = data(&chunk(head, Some(&completion.text), None, true, logprobs)).to_vec();
+    let last = chunk(head, None, completion.finish_reason.as_deref(), false, serde_json::Value::Null);
+    out.extend_from_slice(&data(&last));
     if include_usage {
         out.extend_from_slice(&data(&usage_chunk(head, &completion.usage)));
     }
@@ -269,32 +321,40 @@ fn token_events(
     events: BoxStream<'static, TokenEvent>,
     include_usage: bool,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    let state = (events, head, true, false);
-    futures::stream::unfold(state, move |(mut events, head, first, done)| async move {
+    // (events, head, whether no chunk was sent yet, whether the stream ended, the text's length
+    // so far: where the next token's offset starts)
+    let state = (events, head, true, false, 0);
+    futures::stream::unfold(state, move |(mut events, head, first, done, offset)| async move {
         if done {
             return None;
         }
         let event = events.next().await?;
-        let (bytes, first, done) = match event {
-            TokenEvent::Delta(text) if text.is_empty() && !first => (Bytes::new(), first, false),
-            TokenEvent::Delta(text) => (data(&chunk(&head, Some(&text), None, first)), false, false),
+        let (bytes, first, done, offset) = match event {
+            TokenEvent::Delta { text, logprob: None } if text.is_empty() && !first => {
+                (Bytes::new(), first, false, offset)
+            }
+            TokenEvent::Delta { text, logprob } => {
+                let logprobs = logprobs_json(head.kind, logprob.as_ref().map(std::slice::from_ref), offset);
+                (data(&chunk(&head, Some(&text), None, first, logprobs)), false, false, offset + text.len())
+            }
             TokenEvent::Done { reason, usage } => {
-                let mut out = data(&chunk(&head, None, Some(reason_name(reason)), first)).to_vec();
+                let end = chunk(&head, None, Some(reason_name(reason)), first, serde_json::Value::Null);
+                let mut out = data(&end).to_vec();
                 if include_usage {
                     out.extend_from_slice(&data(&usage_chunk(&head, &usage)));
                 }
                 out.extend_from_slice(DONE);
-                (Bytes::from(out), false, true)
+                (Bytes::from(out), false, true, offset)
             }
             TokenEvent::Failed(message) => {
                 let error = serde_json::json!({ "error": { "message": message, "type": "server_error", "code": "generation_failed" } });
                 let mut out = data(&error).to_vec();
                 out.extend_from_slice(DONE);
-                (Bytes::from(out), first, true)
+                (Bytes::from(out), first, true, offset)
             }
-            TokenEvent::Vanished => (Bytes::from_static(DONE), first, true),
+            TokenEvent::Vanished => (Bytes::from_static(DONE), first, true, offset),
         };
-        Some((Ok(bytes), (events, head, first, done)))
+        Some((Ok(bytes), (events, head, first, done, offset)))
     })
     .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())))
 }

@@ -4,11 +4,14 @@
 
 use std::sync::Arc;
 
-use factory_engine::{EngineError, GenerationEvent, GenerationRequest};
+use factory_engine::{EngineError, GenerationEvent, GenerationRequest, TokenLogprob};
+use factory_tokenizer::Tokenizer;
 use futures::StreamExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::{invalid_param, reason_name, AnswerHead, Answered, ChatMessage, Completion, Sampling, TokenEvent};
+use super::{
+    invalid_param, reason_name, AnswerHead, Answered, ChatMessage, Completion, Sampling, TokenEvent, TokenLogprobs,
+};
 use crate::inference_log::Meter;
 use crate::service_error::{ErrorKind, ServiceError};
 use crate::serving::{Generator, LoadedModel};
@@ -103,6 +106,7 @@ pub async fn generate(
     };
     // Counted as the request goes, so a client that hangs up is still charged what it used.
     meter.record.prompt_tokens = ids.len() as i64;
+    let wants_logprobs = params.logprobs.is_some();
     let events =
         match generator.engine.submit(GenerationRequest { prompt: ids, params, adapter: model.adapter.clone() }) {
             Ok(events) => events,
@@ -113,15 +117,19 @@ pub async fn generate(
         };
     let variant = model.reference.clone();
     if stream {
-        return Ok(Answered::Tokens { head, variant, events: metered(events, meter).boxed() });
+        return Ok(Answered::Tokens { head, variant, events: metered(events, meter, model).boxed() });
     }
     let mut events = events;
     let mut text = String::new();
+    let mut logprobs = wants_logprobs.then(Vec::new);
     while let Some(event) = events.recv().await {
         match event {
-            GenerationEvent::Delta { text: delta, .. } => {
+            GenerationEvent::Delta { text: delta, token, logprob } => {
                 meter.record.completion_tokens += 1;
                 text.push_str(&delta);
+                if let (Some(all), Some(logprob)) = (logprobs.as_mut(), logprob) {
+                    all.push(token_logprobs(&generator.tokenizer, token, logprob));
+                }
             }
             GenerationEvent::Done { reason, usage, timings, batch_size } => {
                 meter.texts(None, Some(&text));
@@ -134,6 +142,7 @@ pub async fn generate(
                     variant,
                     upstream_body: None,
                     rewritten: false,
+                    logprobs,
                 }));
             }
             GenerationEvent::Failed(message) => {
@@ -151,23 +160,27 @@ pub async fn generate(
 fn metered(
     events: UnboundedReceiver<GenerationEvent>,
     meter: Meter,
+    model: Arc<LoadedModel>,
 ) -> impl futures::Stream<Item = TokenEvent> + Send + 'static {
-    let state = (events, meter, String::new(), false);
-    futures::stream::unfold(state, |(mut events, mut meter, mut sent, done)| async move {
+    let state = (events, meter, String::new(), false, model);
+    futures::stream::unfold(state, |(mut events, mut meter, mut sent, done, model)| async move {
         if done {
             return None;
         }
         let Some(event) = events.recv().await else {
             meter.fail("failed");
-            return Some((TokenEvent::Vanished, (events, meter, sent, true)));
+            return Some((TokenEvent::Vanished, (events, meter, sent, true, model)));
         };
         let (event, done) = match event {
-            GenerationEvent::Delta { text, .. } => {
+            GenerationEvent::Delta { text, token, logprob } => {
                 meter.record.completion_tokens += 1;
                 if meter.keep_text.is_some() {
                     sent.push_str(&text);
                 }
-                (TokenEvent::Delta(text), false)
+                let tokenizer = model.generator.as_ref().map(|generator| &generator.tokenizer);
+                let logprob =
+                    logprob.zip(tokenizer).map(|(logprob, tokenizer)| token_logprobs(tokenizer, token, logprob));
+                (TokenEvent::Delta { text, logprob }, false)
             }
             GenerationEvent::Done { reason, usage, timings, batch_size } => {
                 meter.texts(None, Some(&sent));
@@ -179,6 +192,16 @@ fn metered(
                 (TokenEvent::Failed(message), true)
             }
         };
-        Some((event, (events, meter, sent, done)))
+        Some((event, (events, meter, sent, done, model)))
     })
+}
+
+/// The engine's log-probabilities of `token` with each token as its text decoded alone.
+fn token_logprobs(tokenizer: &Tokenizer, token: u32, logprob: TokenLogprob) -> TokenLogprobs {
+    let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
+    TokenLogprobs {
+        token: text(token),
+        logprob: logprob.logprob,
+        top: logprob.top.into_iter().map(|(id, logprob)| (text(id), logprob)).collect(),
+    }
 }

@@ -78,6 +78,11 @@ pub struct Sampling {
     pub frequency_penalty: Option<f32>,
     /// Token id (as a string, OpenAI's JSON) to the bias added to its logit.
     pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    /// Chat: `true` asks for each token's log-probability; completions: the number of
+    /// alternatives to report with each.
+    pub logprobs: Option<serde_json::Value>,
+    /// Chat: the alternatives to report with each token (0 to 20), with `logprobs: true`.
+    pub top_logprobs: Option<usize>,
 }
 
 impl Sampling {
@@ -96,14 +101,31 @@ impl Sampling {
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             logit_bias: self.logit_bias()?,
-            // The engine reports them; OpenAI's `logprobs` shapes on the wire come next.
-            logprobs: None,
+            logprobs: self.logprobs_wanted()?,
         };
         params.validate().map_err(|message| {
             let field = message.split(' ').next().unwrap_or_default().to_string();
             invalid_param(&field, &message)
         })?;
         Ok(params)
+    }
+
+    /// How many alternatives to report with each token's log-probability, if any: chat's
+    /// `logprobs: true` with `top_logprobs`, or the completions API's `logprobs: N`.
+    fn logprobs_wanted(&self) -> Result<Option<usize>, ServiceError> {
+        let wanted = match &self.logprobs {
+            None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => None,
+            Some(serde_json::Value::Bool(true)) => Some(self.top_logprobs.unwrap_or(0)),
+            Some(serde_json::Value::Number(top)) => match top.as_u64() {
+                Some(top) => Some(top as usize),
+                None => return Err(invalid_param("logprobs", "give a whole number of alternatives")),
+            },
+            Some(_) => return Err(invalid_param("logprobs", "give true or false (chat) or a number (completions)")),
+        };
+        if wanted.is_none() && self.top_logprobs.is_some_and(|top| top > 0) {
+            return Err(invalid_param("top_logprobs", "top_logprobs needs logprobs: true"));
+        }
+        Ok(wanted)
     }
 
     /// `logit_bias` by token id; a key that is not a token id is refused by name.
@@ -215,6 +237,17 @@ pub struct Completion {
     pub upstream_body: Option<serde_json::Value>,
     /// Whether an output guardrail changed `text` from what the variant answered.
     pub rewritten: bool,
+    /// Each generated token's log-probability, when the request asked (local variants).
+    pub logprobs: Option<Vec<TokenLogprobs>>,
+}
+
+/// A generated token's log-probability and the most likely alternatives with theirs, each
+/// token as its text decoded alone (a token inside a character decodes to U+FFFD).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: String,
+    pub logprob: f32,
+    pub top: Vec<(String, f32)>,
 }
 
 /// The name a finish reason has on the wire and in the log.
@@ -228,8 +261,12 @@ pub fn reason_name(reason: FinishReason) -> &'static str {
 /// One step of a local engine's streamed answer.
 #[derive(Debug, Clone)]
 pub enum TokenEvent {
-    /// Text of the next token (possibly empty: a token that completes no character yet).
-    Delta(String),
+    /// Text of the next token (possibly empty: a token that completes no character yet), and
+    /// its log-probability when the request asked.
+    Delta {
+        text: String,
+        logprob: Option<TokenLogprobs>,
+    },
     Done {
         reason: FinishReason,
         usage: Usage,

@@ -130,6 +130,7 @@ pub async fn forward(
         variant,
         upstream_body: Some(json),
         rewritten: false,
+        logprobs: None,
     }))
 }
 
