@@ -188,9 +188,30 @@ pub async fn import_gguf(args: &ImportGgufArgs) -> anyhow::Result<()> {
     eprintln!("importing {} from {} ({size} bytes)", declared.name, args.file.display());
     let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
     let path = format!("/api/v1/models/{}/import-gguf?{}", declared.name, declared_query(declared));
-    let version = send_bytes(&declared.remote, Method::POST, &path, "application/octet-stream", body).await?;
+    let version = match send_bytes(&declared.remote, Method::POST, &path, "application/octet-stream", body).await {
+        Ok(version) => version,
+        Err(error) => return Err(refusal_before_the_body(&declared.remote, &path).await.unwrap_or(error)),
+    };
     println!("{}", serde_json::to_string_pretty(&version)?);
     Ok(())
+}
+
+/// An import the server refuses before reading its body (authorization, residency) may close
+/// the connection while the file is still being sent, so the client sees a broken pipe instead
+/// of the answer. Asked again with an empty body (which can register nothing), the server says
+/// why; only such a refusal is returned.
+async fn refusal_before_the_body(remote: &Remote, path: &str) -> Option<anyhow::Error> {
+    let response = reqwest::Client::new()
+        .post(url(remote, path))
+        .bearer_auth(api_key(remote).ok()?)
+        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+        .body(Vec::new())
+        .send()
+        .await
+        .ok()?;
+    let status = response.status();
+    let refused = matches!(status.as_u16(), 401 | 403 | 404 | 409 | 429);
+    refused.then_some(error_message(status, &response.text().await.ok()?))
 }
 
 /// The query an import declares its model with.
