@@ -281,10 +281,12 @@ fn embeddings_match_sentence_transformers_on_the_committed_fixture() {
     }
 }
 
-/// One engine on one base: requests for the base and for two adapters run in the same steps,
-/// each answering what its own model (the base with its adapter merged) answers alone.
+/// One engine on one base: requests for the base and for two adapters, submitted together, each
+/// answer what their own model (the base with its adapter merged) answers alone. Whether they
+/// share a step depends on the threads' timing here; that rows with different adapters step
+/// together exactly is `factory-model`'s `sequences_with_different_adapters_step_together_...`.
 #[tokio::test]
-async fn requests_for_the_base_and_for_several_adapters_share_batches_and_answer_as_alone() {
+async fn requests_for_the_base_and_for_several_adapters_answer_as_their_models_alone() {
     use factory_model::{LoraAdapters, LoraConfig, ServingAdapter, Tensor};
     let (engine, tokenizer, reference) = engine(EngineSettings { prefill_chunk: 4, ..EngineSettings::default() });
     let config = reference.config.clone();
@@ -312,10 +314,7 @@ async fn requests_for_the_base_and_for_several_adapters_share_batches_and_answer
     let serving: Vec<Option<Arc<ServingAdapter>>> = std::iter::once(None)
         .chain(adapters.iter().map(|a| Some(Arc::new(ServingAdapter::new(&config, a).unwrap()))))
         .collect();
-    // Twice each, all submitted while a long request keeps the engine stepping, so they join
-    // its batch together however the threads are scheduled, and share the engine's steps.
-    let long = SamplingParams { ignore_eos: true, ..greedy(60) };
-    let blocker = engine.submit(GenerationRequest { prompt: ids[..1].to_vec(), params: long, adapter: None }).unwrap();
+    // Twice each, all submitted before any is collected.
     let receivers: Vec<_> = (0..6)
         .map(|i| {
             let request =
@@ -323,15 +322,11 @@ async fn requests_for_the_base_and_for_several_adapters_share_batches_and_answer
             engine.submit(request).unwrap()
         })
         .collect();
-    let mut largest_batch = 0;
     for (i, events) in receivers.into_iter().enumerate() {
         let (_, tokens, done) = collect(events).await;
         assert_eq!(&tokens[..expected[i % 3].len()], expected[i % 3].as_slice(), "request {i}");
-        let GenerationEvent::Done { batch_size, .. } = done else { panic!("{done:?}") };
-        largest_batch = largest_batch.max(batch_size);
+        assert!(matches!(done, GenerationEvent::Done { .. }), "{done:?}");
     }
-    assert!(largest_batch > 1, "the requests were decoded together");
-    drop(blocker);
 }
 
 /// OpenAI's penalties and logit bias, on a row of logits: each generated token loses the
