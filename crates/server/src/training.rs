@@ -179,14 +179,14 @@ impl TrainingHandler {
                 factory_train::tokenize_separated(&tokenizer, texts.iter().cloned(), separator).map_err(failed)?;
             let data =
                 factory_train::split_tokens(tokens, settings.validation_fraction, settings.seq_len).map_err(failed)?;
-            let (bytes, frozen) = match initial {
-                Start::Fresh => (None, None),
-                Start::Safetensors(bytes) => (Some(bytes), None),
-                Start::Frozen(model) => (None, Some(model)),
-            };
-            let initial = match frozen {
-                Some(model) => Some(Initial::Frozen(model)),
-                None => bytes.as_deref().map(Initial::Safetensors),
+            let base_bytes;
+            let initial = match initial {
+                Start::Fresh => None,
+                Start::Safetensors(bytes) => {
+                    base_bytes = bytes;
+                    Some(Initial::Safetensors(&base_bytes))
+                }
+                Start::Frozen(model) => Some(Initial::Frozen(model)),
             };
             let outcome =
                 factory_train::train(&train_config, &settings, &data, seed, initial, resume.as_ref(), &mut observer)
