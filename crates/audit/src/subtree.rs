@@ -145,7 +145,7 @@ fn nodes_read_by(
 /// start at a multiple of the next power of two at or above their length, so each is either
 /// stored or splits into a stored left half and a right part of the same kind: O(log n) reads.
 fn range_root(start: u64, len: u64, node: &mut impl FnMut(NodeId) -> Option<Hash>) -> Result<Hash, ProofError> {
-    if len.is_power_of_two() && start % len == 0 {
+    if len.is_power_of_two() && start.is_multiple_of(len) {
         let id = NodeId { level: len.trailing_zeros(), index: start >> len.trailing_zeros() };
         return node(id).ok_or(ProofError::MissingNode { level: id.level, index: id.index });
     }

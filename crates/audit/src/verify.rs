@@ -414,11 +414,11 @@ mod tests {
         AuditRecord {
             index,
             time: format!("2025-01-01T00:00:{:02}Z", index % 60),
-            tenant: (index % 3 != 0).then(|| "acme".to_string()),
+            tenant: (!index.is_multiple_of(3)).then(|| "acme".to_string()),
             principal: format!("user:{}", index % 5),
             action: "dataset.read".to_string(),
             resource: format!("dataset:acme/{index}"),
-            decision: if index % 4 == 0 { Decision::Deny } else { Decision::Allow },
+            decision: if index.is_multiple_of(4) { Decision::Deny } else { Decision::Allow },
             policies: vec!["base".to_string()],
             request_id: format!("req-{index}"),
             details_digest: details_digest(&serde_json::json!({ "n": index })),

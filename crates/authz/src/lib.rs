@@ -176,6 +176,7 @@ fn action_resources(action: Action) -> &'static [ResourceKind] {
         | Action::DeploymentDelete
         | Action::DeploymentRead
         | Action::DeploymentInvoke
+        | Action::DeploymentTool
         | Action::FeedbackCreate
         | Action::DriftRecord => &[ResourceKind::Deployment],
         Action::PipelineWrite | Action::PipelineRead | Action::PipelineTrigger | Action::PipelineRun => {
@@ -197,6 +198,8 @@ fn action_context(action: Action) -> &'static str {
         Action::DeploymentCreate | Action::DeploymentUpdate => "{ jurisdiction_allowed: Bool, serving_site: Bool }",
         // Residency is checked again per variant at call time (sites and tenants change).
         Action::DeploymentInvoke => "{ jurisdiction_allowed?: Bool, serving_site?: Bool }",
+        // A tool a request offers the model: its name, and whether the deployment allows it.
+        Action::DeploymentTool => "{ tool: String, tool_allowed: Bool }",
         _ => "{ role?: String }",
     }
 }

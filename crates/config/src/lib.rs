@@ -99,6 +99,12 @@ pub struct ServingSettings {
     /// (`adapter_cache_mb`, default 1024): an adapter loads when first asked for, and the one
     /// used longest ago leaves when the next would not fit.
     pub adapter_cache_bytes: usize,
+    /// The most answers one request may ask for (`n`; `max_choices`, default 8): each holds a
+    /// copy of the prompt's keys and values.
+    pub max_choices: usize,
+    /// What each engine may keep of prompts' keys and values for prompts that share a prefix
+    /// with them (`prefix_cache_mb`, default 256; 0 turns prefix caching off).
+    pub prefix_cache_bytes: usize,
 }
 
 /// Whose signatures the model registry accepts on imported bundles, beside this

@@ -20,7 +20,7 @@ const KEYS: &[&str] = &[
     "path", "bucket", "endpoint", "region", "access_key_id", "secret_access_key", "allow_http", "prefix",
     "orphan_grace_secs", "orphan_sweep_interval_secs", "origin", "checkpoint_interval_secs", "checkpoint_dir",
     "policy_files", "workers", "lease_secs", "max_attempts", "max_batch", "max_waiting", "prefill_chunk",
-    "max_request_bytes", "adapter_cache_mb", "kv_cache", "upstreams", "prompt_per_1k", "completion_per_1k", "transfer_timeout_secs",
+    "max_request_bytes", "adapter_cache_mb", "max_choices", "prefix_cache_mb", "kv_cache", "upstreams", "prompt_per_1k", "completion_per_1k", "transfer_timeout_secs",
     "max_columns", "max_decompressed_bytes", "max_buffered_bytes", "type", "better", "level", "interval_ms", "webhooks",
     "namespace", "file", "http_url", "trusted_keys", "acme", "server", "objects", "s3", "audit", "authz", "jobs",
     "serving", "prices", "datasets", "custom_pii", "feedback", "metrics", "drift", "pipelines", "secrets", "lineage",

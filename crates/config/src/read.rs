@@ -533,6 +533,9 @@ fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serv
         max_request_bytes: section.positive_integer("max_request_bytes", 4 * 1024 * 1024, errors) as usize,
         adapter_cache_bytes: (section.positive_integer("adapter_cache_mb", 1024, errors) as usize)
             .saturating_mul(1 << 20),
+        max_choices: section.positive_integer("max_choices", 8, errors).min(128) as usize,
+        prefix_cache_bytes: (section.non_negative_integer("prefix_cache_mb", 256, errors) as usize)
+            .saturating_mul(1 << 20),
         kv_cache_half: match section.string("kv_cache", errors).as_deref() {
             None | Some("f32") => false,
             Some("f16") => true,

@@ -236,6 +236,7 @@ actions! {
     DeploymentDelete => "deployment.delete",
     DeploymentRead => "deployment.read",
     DeploymentInvoke => "deployment.invoke",
+    DeploymentTool => "deployment.tool",
     FeedbackCreate => "feedback.create",
     DriftRecord => "drift.record",
     PipelineWrite => "pipeline.write",

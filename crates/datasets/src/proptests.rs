@@ -33,7 +33,7 @@ fn options(format: Format, skip: bool, inference_rows: usize) -> IngestOptions {
     options.max_buffered_bytes = 16 * 1024;
     options.max_decompressed_bytes = 256 * 1024;
     options.max_shard_bytes = 64 * 1024;
-    options.paragraphs = inference_rows % 2 == 0;
+    options.paragraphs = inference_rows.is_multiple_of(2);
     options
 }
 

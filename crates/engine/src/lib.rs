@@ -9,6 +9,7 @@
 //! here and turns events into API responses.
 
 pub mod embed;
+pub mod prefix;
 mod sampling;
 mod text;
 
@@ -18,18 +19,22 @@ mod tests;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use factory_grammar::Vocabulary;
 
 use factory_model::{Decoder, KvCache, ServingAdapter, StepInput};
 use factory_tokenizer::Tokenizer;
 use serde::Serialize;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+pub use factory_grammar::{Constraint, Grammar};
 pub use sampling::{
     adjusted, argmax, logprobs, sample, SamplingParams, TokenLogprob, MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS,
 };
 
+use crate::prefix::PrefixCache;
 use crate::text::{Detokenizer, TextStream};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,11 +45,14 @@ pub struct EngineSettings {
     pub max_waiting: usize,
     /// Prompt tokens prefilled per step, across all sequences.
     pub prefill_chunk: usize,
+    /// Bytes of prompts' keys and values kept for reuse by prompts that share a prefix with
+    /// them (0 turns prefix caching off).
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        EngineSettings { max_batch: 32, max_waiting: 64, prefill_chunk: 256 }
+        EngineSettings { max_batch: 32, max_waiting: 64, prefill_chunk: 256, prefix_cache_bytes: 256 << 20 }
     }
 }
 
@@ -54,6 +62,9 @@ pub enum EngineError {
     Overloaded,
     #[error("{0}")]
     Invalid(String),
+    /// The grammar or schema asked for cannot be enforced; the message says why.
+    #[error("{0}")]
+    Grammar(String),
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -69,6 +80,8 @@ pub enum FinishReason {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache instead of the model.
+    pub cached_tokens: usize,
 }
 
 /// Where a request's time went, in milliseconds.
@@ -107,6 +120,9 @@ pub struct GenerationRequest {
     pub params: SamplingParams,
     /// The adapter this request runs with on the engine's base (none: the base itself).
     pub adapter: Option<Arc<ServingAdapter>>,
+    /// What the answer must be (a JSON schema, a grammar), from [`Engine::constrain`]: only
+    /// tokens it allows are sampled, and the answer ends when it is complete.
+    pub constraint: Option<Constraint>,
 }
 
 /// What the engine is doing now, for metrics and load shedding.
@@ -115,11 +131,21 @@ pub struct EngineStats {
     pub running: AtomicUsize,
     pub waiting: AtomicUsize,
     pub steps: AtomicUsize,
+    /// Prompt tokens run through the model (a request's choices share theirs).
+    pub prefilled_tokens: AtomicUsize,
+    /// Prompt tokens taken from the prefix cache instead.
+    pub cached_tokens: AtomicUsize,
+    /// Requests that took some of their prompt from the prefix cache.
+    pub prefix_hits: AtomicUsize,
+    /// Bytes the prefix cache holds.
+    pub prefix_cache_bytes: AtomicUsize,
 }
 
 struct Submitted {
     request: GenerationRequest,
     events: UnboundedSender<GenerationEvent>,
+    /// The events of the request's other choices, which fork from it once its prompt is in.
+    siblings: Vec<UnboundedSender<GenerationEvent>>,
     submitted_at: Instant,
 }
 
@@ -130,6 +156,16 @@ pub struct Engine {
     pub stats: Arc<EngineStats>,
     max_context: usize,
     pub vocab_size: usize,
+    grammar: Arc<GrammarVocabulary>,
+}
+
+/// The model's vocabulary as the grammar engine sees it, built on the first constrained request
+/// (a prefix tree over every token's bytes: tens of milliseconds for a large vocabulary).
+struct GrammarVocabulary {
+    tokenizer: Tokenizer,
+    vocab_size: usize,
+    end: u32,
+    built: OnceLock<Result<Vocabulary, String>>,
 }
 
 impl Engine {
@@ -143,8 +179,16 @@ impl Engine {
         let vocab_size = model.config().vocab_size;
         let mut end_tokens = end_tokens.to_vec();
         end_tokens.extend(tokenizer.token_id(factory_tokenizer::END_OF_TEXT));
+        // The end a grammar allows once complete: the model's own first, or the factory's.
+        let grammar = Arc::new(GrammarVocabulary {
+            tokenizer: tokenizer.clone(),
+            vocab_size,
+            end: end_tokens.first().copied().unwrap_or_default(),
+            built: OnceLock::new(),
+        });
         end_tokens.sort_unstable();
         end_tokens.dedup();
+        let settings_prefix_bytes = settings.prefix_cache_bytes;
         let scheduler = Scheduler {
             model,
             tokenizer,
@@ -154,18 +198,48 @@ impl Engine {
             waiting: VecDeque::new(),
             active: Vec::new(),
             end_tokens,
+            prefixes: PrefixCache::new(settings_prefix_bytes),
         };
         // The decoder brings its own threads for the parallel parts of a step; this one leads them.
         let started = std::thread::Builder::new().name("factory-engine".to_string()).spawn(move || scheduler.run());
         if let Err(error) = started {
             eprintln!("cannot start the engine's thread: {error}");
         }
-        Engine { queue, stats, max_context, vocab_size }
+        Engine { queue, stats, max_context, vocab_size, grammar }
+    }
+
+    /// Compiles `grammar` against this model's vocabulary into a constraint for one request.
+    /// Blocking (the vocabulary is built on first use, a schema compiles in milliseconds): call
+    /// it off the async workers. Refuses what cannot be enforced, naming it.
+    pub fn constrain(&self, grammar: &Grammar) -> Result<Constraint, EngineError> {
+        let shared = &self.grammar;
+        let vocabulary = shared.built.get_or_init(|| {
+            let json = shared.tokenizer.to_json().map_err(|e| e.to_string())?;
+            Vocabulary::new(&json, shared.vocab_size, shared.end).map_err(|e| e.0)
+        });
+        let vocabulary = vocabulary.as_ref().map_err(|e| EngineError::Invalid(format!("structured output: {e}")))?;
+        vocabulary.constrain(grammar).map_err(|e| EngineError::Grammar(e.0))
     }
 
     /// Queues a request; its events arrive on the returned receiver. Dropping the receiver
     /// cancels the request.
     pub fn submit(&self, request: GenerationRequest) -> Result<UnboundedReceiver<GenerationEvent>, EngineError> {
+        let mut receivers = self.submit_choices(request, 1)?;
+        receivers.pop().ok_or(EngineError::Stopped)
+    }
+
+    /// Queues a request for `choices` answers to one prompt: the prompt is prefilled once, and
+    /// at its first token the sequence forks into `choices` (each with a copy of the prompt's
+    /// keys and values, its own seed `seed + i` and its own constraint). Each choice's events
+    /// arrive on its own receiver; dropping one cancels that choice.
+    pub fn submit_choices(
+        &self,
+        request: GenerationRequest,
+        choices: usize,
+    ) -> Result<Vec<UnboundedReceiver<GenerationEvent>>, EngineError> {
+        if choices == 0 {
+            return Err(EngineError::Invalid("n must be at least 1".to_string()));
+        }
         request.params.validate().map_err(EngineError::Invalid)?;
         if let Some((token, _)) = request.params.logit_bias.iter().find(|(token, _)| *token as usize >= self.vocab_size)
         {
@@ -185,11 +259,18 @@ impl Engine {
             )));
         }
         let (events, receiver) = unbounded_channel();
-        let submitted = Submitted { request, events, submitted_at: Instant::now() };
+        let mut receivers = vec![receiver];
+        let mut siblings = Vec::with_capacity(choices - 1);
+        for _ in 1..choices {
+            let (sender, receiver) = unbounded_channel();
+            siblings.push(sender);
+            receivers.push(receiver);
+        }
+        let submitted = Submitted { request, events, siblings, submitted_at: Instant::now() };
         match self.queue.try_send(submitted) {
             Ok(()) => {
                 self.stats.waiting.fetch_add(1, Ordering::SeqCst);
-                Ok(receiver)
+                Ok(receivers)
             }
             Err(TrySendError::Full(_)) => Err(EngineError::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(EngineError::Stopped),
@@ -202,9 +283,14 @@ impl Engine {
 }
 
 struct Sequence {
+    /// Choices still to fork from this one when its prompt is in (see [`Engine::submit_choices`]).
+    siblings: Vec<UnboundedSender<GenerationEvent>>,
     prompt: Vec<u32>,
     adapter: Option<Arc<ServingAdapter>>,
+    constraint: Option<Constraint>,
     prefilled: usize,
+    /// Prompt tokens restored from the prefix cache.
+    cached: usize,
     generated: Vec<u32>,
     cache: KvCache,
     params: SamplingParams,
@@ -221,6 +307,31 @@ impl Sequence {
     fn prefilling(&self) -> bool {
         self.prefilled < self.prompt.len()
     }
+
+    /// Choice `choice` of this sequence's request, forked after its prefill and before its
+    /// first token: the same keys and values, seed `seed + choice`, a copy of the constraint.
+    fn fork(&self, events: UnboundedSender<GenerationEvent>, choice: u64) -> Sequence {
+        let mut params = self.params.clone();
+        params.seed = params.seed.map(|seed| seed.wrapping_add(choice));
+        Sequence {
+            siblings: Vec::new(),
+            prompt: self.prompt.clone(),
+            adapter: self.adapter.clone(),
+            constraint: self.constraint.as_ref().map(Constraint::fork),
+            prefilled: self.prefilled,
+            cached: self.cached,
+            generated: Vec::new(),
+            cache: self.cache.clone(),
+            rng: params.rng(),
+            text: TextStream::new(params.stop.clone()),
+            params,
+            events,
+            detokenizer: Detokenizer::default(),
+            submitted_at: self.submitted_at,
+            admitted_at: self.admitted_at,
+            first_token_at: None,
+        }
+    }
 }
 
 struct Scheduler {
@@ -233,6 +344,7 @@ struct Scheduler {
     active: Vec<Sequence>,
     /// Tokens that end a sequence (never sent as text).
     end_tokens: Vec<u32>,
+    prefixes: PrefixCache,
 }
 
 impl Scheduler {
@@ -280,26 +392,42 @@ impl Scheduler {
         while self.active.len() < self.settings.max_batch {
             let Some(submitted) = self.waiting.pop_front() else { break };
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            if submitted.events.is_closed() {
+            if submitted.events.is_closed() && submitted.siblings.iter().all(UnboundedSender::is_closed) {
                 continue;
             }
             let request = submitted.request;
             let capacity =
                 request.prompt.len().saturating_add(request.params.max_tokens).min(self.model.config().max_positions());
-            let cache = match KvCache::new(&self.model, capacity) {
-                Ok(cache) => cache,
-                Err(error) => {
-                    let _ = submitted.events.send(GenerationEvent::Failed(error.to_string()));
-                    continue;
-                }
+            // A prompt that shares a prefix with one kept starts from its keys and values
+            // (an adapter's requests never: their keys differ from the base's).
+            let restored = match request.adapter {
+                None => self.prefixes.restore(&request.prompt, capacity),
+                Some(_) => None,
             };
+            let (cache, cached) = match restored {
+                Some(restored) => restored,
+                None => match KvCache::new(&self.model, capacity) {
+                    Ok(cache) => (cache, 0),
+                    Err(error) => {
+                        let _ = submitted.events.send(GenerationEvent::Failed(error.to_string()));
+                        continue;
+                    }
+                },
+            };
+            if cached > 0 {
+                self.stats.cached_tokens.fetch_add(cached, Ordering::Relaxed);
+                self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
+            }
             self.active.push(Sequence {
+                siblings: submitted.siblings,
                 rng: request.params.rng(),
                 detokenizer: Detokenizer::default(),
                 text: TextStream::new(request.params.stop.clone()),
                 prompt: request.prompt,
                 adapter: request.adapter,
-                prefilled: 0,
+                constraint: request.constraint,
+                prefilled: cached,
+                cached,
                 generated: Vec::new(),
                 cache,
                 params: request.params,
@@ -315,7 +443,9 @@ impl Scheduler {
     /// One forward pass over every sequence that has work this step.
     fn step(&mut self) -> Result<(), String> {
         // Clients that hung up leave before any work is done for them.
-        self.active.retain(|sequence| !sequence.events.is_closed());
+        self.active.retain(|sequence| {
+            !sequence.events.is_closed() || sequence.siblings.iter().any(|sibling| !sibling.is_closed())
+        });
         if self.active.is_empty() {
             return Ok(());
         }
@@ -331,6 +461,7 @@ impl Scheduler {
                 }
                 let take = (sequence.prompt.len() - sequence.prefilled).min(budget);
                 budget -= take;
+                self.stats.prefilled_tokens.fetch_add(take, Ordering::Relaxed);
                 let end = sequence.prefilled + take;
                 plan.push((index, take, end == sequence.prompt.len()));
                 inputs.push(StepInput {
@@ -351,59 +482,135 @@ impl Scheduler {
         drop(inputs);
         let batch_size = plan.len();
         let mut finished = Vec::new();
-        let mut scratch = Vec::new();
+        let mut buffers = (Vec::new(), Vec::new());
         for (row, (index, tokens, samples)) in plan.into_iter().enumerate() {
             let sequence = &mut self.active[index];
             if sequence.prefilling() {
                 sequence.prefilled += tokens;
+                // The prompt is in: kept for prompts that share a prefix with it.
+                if !sequence.prefilling() && sequence.adapter.is_none() {
+                    self.prefixes.keep(&sequence.prompt, &sequence.cache);
+                    self.stats.prefix_cache_bytes.store(self.prefixes.bytes(), Ordering::Relaxed);
+                }
             }
             if !samples {
                 continue;
             }
-            let scores = adjusted(logits.row(row), &sequence.params, &sequence.generated, &mut scratch);
-            let token = sample(scores, &sequence.params, &mut sequence.rng);
-            let logprob = sequence.params.logprobs.map(|top| logprobs(scores, token, top));
-            let now = Instant::now();
-            sequence.first_token_at.get_or_insert(now);
-            let end_of_text = self.end_tokens.contains(&token) && !sequence.params.ignore_eos;
-            if !end_of_text {
-                sequence.generated.push(token);
-            }
-            let full = sequence.generated.len() >= sequence.params.max_tokens
-                || sequence.cache.len() + 1 > sequence.cache.capacity();
-            let (delta, stopped) = if end_of_text {
-                let decoded = sequence.detokenizer.finish(&self.tokenizer, &sequence.generated)?;
-                (sequence.text.end(decoded), true)
-            } else if full {
-                sequence.text.update(sequence.detokenizer.finish(&self.tokenizer, &sequence.generated)?)
-            } else {
-                sequence.text.update(sequence.detokenizer.next(&self.tokenizer, &sequence.generated)?)
-            };
-            if !delta.is_empty() || !end_of_text {
-                let _ = sequence.events.send(GenerationEvent::Delta { text: delta, token, logprob });
-            }
-            if stopped || full {
-                let tail = if stopped { String::new() } else { sequence.text.finish() };
-                if !tail.is_empty() {
-                    let _ = sequence.events.send(GenerationEvent::Delta { text: tail, token, logprob: None });
-                }
-                let first = sequence.first_token_at.unwrap_or(now);
-                let timings = Timings {
-                    queue_ms: millis(sequence.admitted_at - sequence.submitted_at),
-                    first_token_ms: millis(first - sequence.submitted_at),
-                    decode_ms: millis(now - first),
-                };
-                let usage = Usage { prompt_tokens: sequence.prompt.len(), completion_tokens: sequence.generated.len() };
-                let reason = if stopped { FinishReason::Stop } else { FinishReason::Length };
-                let _ = sequence.events.send(GenerationEvent::Done { reason, usage, timings, batch_size });
+            // The request's other choices fork here, prompt in, and draw their first tokens
+            // from the same row.
+            let siblings = std::mem::take(&mut sequence.siblings);
+            let forks: Vec<Sequence> =
+                siblings.into_iter().zip(1u64..).map(|(events, choice)| sequence.fork(events, choice)).collect();
+            let context = StepContext { tokenizer: &self.tokenizer, end_tokens: &self.end_tokens, batch_size };
+            if next_token(&mut self.active[index], logits.row(row), &context, &mut buffers)? {
                 finished.push(index);
             }
+            for fork in forks {
+                self.active.push(fork);
+                let at = self.active.len() - 1;
+                if next_token(&mut self.active[at], logits.row(row), &context, &mut buffers)? {
+                    finished.push(at);
+                }
+            }
         }
+        finished.sort_unstable();
         for index in finished.into_iter().rev() {
             self.active.swap_remove(index);
         }
         Ok(())
     }
+}
+
+/// What every sequence of a step shares when it draws its next token.
+struct StepContext<'a> {
+    tokenizer: &'a Tokenizer,
+    end_tokens: &'a [u32],
+    batch_size: usize,
+}
+
+/// Draws `sequence`'s next token from its row of logits (penalties, bias and its grammar
+/// applied), sends the text it completes, and says whether the sequence is finished (ended,
+/// full, or failed: its client has been told). `buffers` are scratch rows reused across a step.
+fn next_token(
+    sequence: &mut Sequence,
+    logits: &[f32],
+    context: &StepContext,
+    buffers: &mut (Vec<f32>, Vec<f32>),
+) -> Result<bool, String> {
+    let (scratch, masked) = buffers;
+    let mut scores = adjusted(logits, &sequence.params, &sequence.generated, scratch);
+    if let Some(constraint) = sequence.constraint.as_mut() {
+        masked.clear();
+        masked.extend_from_slice(scores);
+        let left = sequence.params.max_tokens.saturating_sub(sequence.generated.len());
+        let closing = left <= closing_window(sequence.params.max_tokens);
+        if let Err(error) = constraint.mask_logits(masked, closing) {
+            let _ = sequence.events.send(GenerationEvent::Failed(format!("structured output: {error}")));
+            return Ok(true);
+        }
+        scores = masked;
+    }
+    let token = sample(scores, &sequence.params, &mut sequence.rng);
+    let logprob = sequence.params.logprobs.map(|top| logprobs(scores, token, top));
+    let now = Instant::now();
+    sequence.first_token_at.get_or_insert(now);
+    // A grammar's answer ends where the grammar does, whatever `ignore_eos` says.
+    let mut end_of_text =
+        context.end_tokens.contains(&token) && (!sequence.params.ignore_eos || sequence.constraint.is_some());
+    if !end_of_text {
+        sequence.generated.push(token);
+    }
+    if let Some(constraint) = sequence.constraint.as_mut() {
+        if let Err(error) = constraint.commit(token) {
+            let _ = sequence.events.send(GenerationEvent::Failed(format!("structured output: {error}")));
+            return Ok(true);
+        }
+        // Complete: the end is all that could follow, so it ends here, a step sooner.
+        end_of_text |= constraint.finished();
+    }
+    let tokenizer = context.tokenizer;
+    let full =
+        sequence.generated.len() >= sequence.params.max_tokens || sequence.cache.len() + 1 > sequence.cache.capacity();
+    let (delta, stopped) = if end_of_text {
+        let decoded = sequence.detokenizer.finish(tokenizer, &sequence.generated)?;
+        (sequence.text.end(decoded), true)
+    } else if full {
+        sequence.text.update(sequence.detokenizer.finish(tokenizer, &sequence.generated)?)
+    } else {
+        sequence.text.update(sequence.detokenizer.next(tokenizer, &sequence.generated)?)
+    };
+    if !delta.is_empty() || !end_of_text {
+        let _ = sequence.events.send(GenerationEvent::Delta { text: delta, token, logprob });
+    }
+    if !(stopped || full) {
+        return Ok(false);
+    }
+    let tail = if stopped { String::new() } else { sequence.text.finish() };
+    if !tail.is_empty() {
+        let _ = sequence.events.send(GenerationEvent::Delta { text: tail, token, logprob: None });
+    }
+    let first = sequence.first_token_at.unwrap_or(now);
+    let timings = Timings {
+        queue_ms: millis(sequence.admitted_at - sequence.submitted_at),
+        first_token_ms: millis(first - sequence.submitted_at),
+        decode_ms: millis(now - first),
+    };
+    let usage = Usage {
+        prompt_tokens: sequence.prompt.len(),
+        completion_tokens: sequence.generated.len(),
+        cached_tokens: sequence.cached,
+    };
+    let reason = if stopped { FinishReason::Stop } else { FinishReason::Length };
+    let _ = sequence.events.send(GenerationEvent::Done { reason, usage, timings, batch_size: context.batch_size });
+    Ok(true)
+}
+
+/// The last tokens of a constrained answer's budget, in which it is steered to close its
+/// strings, arrays and objects (half the budget, 8 to 128 tokens: what the grammar still
+/// requires, such as required keys, may take many), so that it ends within the budget and
+/// parses even when the model would go on.
+fn closing_window(max_tokens: usize) -> usize {
+    (max_tokens / 2).clamp(8, 128)
 }
 
 fn millis(duration: std::time::Duration) -> f64 {

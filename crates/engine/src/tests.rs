@@ -60,7 +60,9 @@ async fn greedy_generation_matches_the_reference_decoder_alone_and_in_a_batch() 
     let receivers: Vec<_> = expected
         .iter()
         .map(|(ids, _)| {
-            engine.submit(GenerationRequest { prompt: ids.clone(), params: greedy(12), adapter: None }).unwrap()
+            engine
+                .submit(GenerationRequest { prompt: ids.clone(), params: greedy(12), adapter: None, constraint: None })
+                .unwrap()
         })
         .collect();
     for ((_, want), events) in expected.iter().zip(receivers) {
@@ -72,9 +74,12 @@ async fn greedy_generation_matches_the_reference_decoder_alone_and_in_a_batch() 
         assert!(timings.first_token_ms >= timings.queue_ms);
     }
     let (ids, want) = &expected[1];
-    let (_, tokens, _) =
-        collect(engine.submit(GenerationRequest { prompt: ids.clone(), params: greedy(12), adapter: None }).unwrap())
-            .await;
+    let (_, tokens, _) = collect(
+        engine
+            .submit(GenerationRequest { prompt: ids.clone(), params: greedy(12), adapter: None, constraint: None })
+            .unwrap(),
+    )
+    .await;
     assert_eq!(&tokens[..want.len()], want.as_slice());
 }
 
@@ -99,8 +104,12 @@ async fn greedy_generation_with_half_precision_caches_matches_the_reference() {
         let ids = tokenizer.encode(prompt).unwrap();
         let mut want = reference.greedy(&ids, 12, &[end]).unwrap();
         want.retain(|t| *t != end);
-        receivers
-            .push((want, engine.submit(GenerationRequest { prompt: ids, params: greedy(12), adapter: None }).unwrap()));
+        receivers.push((
+            want,
+            engine
+                .submit(GenerationRequest { prompt: ids, params: greedy(12), adapter: None, constraint: None })
+                .unwrap(),
+        ));
     }
     for (want, events) in receivers {
         let (_, tokens, _) = collect(events).await;
@@ -121,7 +130,9 @@ async fn seeds_fix_sampling_and_limits_end_generation() {
         ..SamplingParams::default()
     };
     let run = |params: SamplingParams| {
-        let events = engine.submit(GenerationRequest { prompt: prompt.clone(), params, adapter: None }).unwrap();
+        let events = engine
+            .submit(GenerationRequest { prompt: prompt.clone(), params, adapter: None, constraint: None })
+            .unwrap();
         collect(events)
     };
     let (first, tokens, done) = run(sampled(7)).await;
@@ -148,17 +159,23 @@ async fn seeds_fix_sampling_and_limits_end_generation() {
     assert_eq!(tokens.len(), 30);
 
     let long = vec![1u32; 64];
-    let error = engine.submit(GenerationRequest { prompt: long, params: greedy(4), adapter: None }).err().unwrap();
+    let error = engine
+        .submit(GenerationRequest { prompt: long, params: greedy(4), adapter: None, constraint: None })
+        .err()
+        .unwrap();
     assert!(matches!(error, EngineError::Invalid(ref m) if m.contains("context")), "{error:?}");
     let bad = SamplingParams { temperature: 3.0, ..greedy(4) };
-    assert!(engine.submit(GenerationRequest { prompt: prompt.clone(), params: bad, adapter: None }).is_err());
+    assert!(engine
+        .submit(GenerationRequest { prompt: prompt.clone(), params: bad, adapter: None, constraint: None })
+        .is_err());
 }
 
 #[tokio::test]
 async fn a_full_queue_refuses_and_a_client_that_leaves_frees_its_slot() {
-    let (engine, tokenizer, _) = engine(EngineSettings { max_batch: 1, max_waiting: 2, prefill_chunk: 256 });
+    let (engine, tokenizer, _) =
+        engine(EngineSettings { max_batch: 1, max_waiting: 2, prefill_chunk: 256, prefix_cache_bytes: 0 });
     let prompt = tokenizer.encode("Now is the winter of our").unwrap();
-    let long = || GenerationRequest { prompt: prompt.clone(), params: greedy(50), adapter: None };
+    let long = || GenerationRequest { prompt: prompt.clone(), params: greedy(50), adapter: None, constraint: None };
     let first = engine.submit(long()).unwrap();
     let mut held = Vec::new();
     let mut refused = 0;
@@ -184,7 +201,8 @@ async fn a_full_queue_refuses_and_a_client_that_leaves_frees_its_slot() {
     assert!(idle, "slots were freed");
     // And the freed engine still works: a new request gets exactly what it asked for.
     let params = SamplingParams { ignore_eos: true, ..greedy(3) };
-    let (_, tokens, _) = collect(engine.submit(GenerationRequest { prompt, params, adapter: None }).unwrap()).await;
+    let (_, tokens, _) =
+        collect(engine.submit(GenerationRequest { prompt, params, adapter: None, constraint: None }).unwrap()).await;
     assert_eq!(tokens.len(), 3);
 }
 
@@ -317,8 +335,12 @@ async fn requests_for_the_base_and_for_several_adapters_answer_as_their_models_a
     // Twice each, all submitted before any is collected.
     let receivers: Vec<_> = (0..6)
         .map(|i| {
-            let request =
-                GenerationRequest { prompt: ids.clone(), params: greedy(10), adapter: serving[i % 3].clone() };
+            let request = GenerationRequest {
+                prompt: ids.clone(),
+                params: greedy(10),
+                adapter: serving[i % 3].clone(),
+                constraint: None,
+            };
             engine.submit(request).unwrap()
         })
         .collect();
@@ -362,8 +384,9 @@ fn penalties_and_logit_bias_adjust_the_logits_as_openai_defines_them() {
 async fn the_engine_samples_under_logit_bias_and_penalties() {
     let (engine, tokenizer, _) = engine(EngineSettings::default());
     let ids = tokenizer.encode("Now is the winter").unwrap();
-    let submit =
-        |params: SamplingParams| engine.submit(GenerationRequest { prompt: ids.clone(), params, adapter: None });
+    let submit = |params: SamplingParams| {
+        engine.submit(GenerationRequest { prompt: ids.clone(), params, adapter: None, constraint: None })
+    };
     let forced = SamplingParams { logit_bias: vec![(42, 100.0)], ignore_eos: true, ..greedy(6) };
     let (_, tokens, _) = collect(submit(forced).unwrap()).await;
     assert_eq!(tokens, [42; 6]);
@@ -402,7 +425,7 @@ async fn the_engine_reports_each_tokens_logprob_when_asked() {
     let (engine, tokenizer, _) = engine(EngineSettings::default());
     let prompt = tokenizer.encode("Now is the winter").unwrap();
     let params = SamplingParams { logprobs: Some(3), ignore_eos: true, ..greedy(5) };
-    let mut events = engine.submit(GenerationRequest { prompt, params, adapter: None }).unwrap();
+    let mut events = engine.submit(GenerationRequest { prompt, params, adapter: None, constraint: None }).unwrap();
     let mut reported = 0;
     while let Some(event) = events.recv().await {
         match event {
@@ -418,4 +441,125 @@ async fn the_engine_reports_each_tokens_logprob_when_asked() {
         }
     }
     assert_eq!(reported, 5);
+}
+
+#[tokio::test]
+async fn a_constrained_request_answers_in_its_schema_even_from_an_untrained_model() {
+    let (engine, tokenizer, _) = engine(EngineSettings::default());
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": { "n": { "type": "integer", "minimum": 0, "maximum": 9 }, "ok": { "type": "boolean" } },
+        "required": ["n", "ok"],
+        "additionalProperties": false,
+    });
+    let prompt = tokenizer.encode("Now is the winter").unwrap();
+    for (seed, temperature) in [(1, 0.0), (2, 1.0), (3, 1.5)] {
+        let constraint = engine.constrain(&Grammar::JsonSchema(schema.clone())).unwrap();
+        // Sampled as freely as a request may, and told to ignore the end: the grammar still ends it.
+        let params = SamplingParams {
+            temperature,
+            seed: Some(seed),
+            max_tokens: 40,
+            ignore_eos: true,
+            ..SamplingParams::default()
+        };
+        let request = GenerationRequest { prompt: prompt.clone(), params, adapter: None, constraint: Some(constraint) };
+        let (text, _, done) = collect(engine.submit(request).unwrap()).await;
+        assert!(matches!(done, GenerationEvent::Done { reason: FinishReason::Stop, .. }), "{done:?}: {text}");
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(value["n"].as_u64().is_some_and(|n| n <= 9) && value["ok"].is_boolean(), "{text}");
+    }
+    let unsupported = serde_json::json!({ "type": "object", "not": { "required": ["n"] } });
+    let Err(EngineError::Grammar(message)) = engine.constrain(&Grammar::JsonSchema(unsupported)) else {
+        panic!("an unsupported keyword compiled")
+    };
+    assert!(message.contains("not"), "{message}");
+}
+
+#[tokio::test]
+async fn choices_share_one_prefill_and_each_answers_as_its_own_request_would() {
+    let (engine, tokenizer, _) = engine(EngineSettings::default());
+    let prompt = tokenizer.encode("Now is the winter of our").unwrap();
+    let params = SamplingParams { temperature: 0.9, seed: Some(40), max_tokens: 10, ..SamplingParams::default() };
+    let prefilled_before = engine.stats.prefilled_tokens.load(Ordering::SeqCst);
+    let receivers = engine
+        .submit_choices(
+            GenerationRequest { prompt: prompt.clone(), params: params.clone(), adapter: None, constraint: None },
+            3,
+        )
+        .unwrap();
+    let mut together = Vec::new();
+    for receiver in receivers {
+        let (_, tokens, done) = collect(receiver).await;
+        let GenerationEvent::Done { usage, .. } = done else { panic!("{done:?}") };
+        assert_eq!(usage.prompt_tokens, prompt.len());
+        together.push(tokens);
+    }
+    // The prompt ran through the model once for the three.
+    let prefilled = engine.stats.prefilled_tokens.load(Ordering::SeqCst) - prefilled_before;
+    assert_eq!(prefilled, prompt.len());
+    // Choice i draws as a request of its own with seed 40 + i does.
+    for (choice, tokens) in together.iter().enumerate() {
+        let alone = SamplingParams { seed: Some(40 + choice as u64), ..params.clone() };
+        let request = GenerationRequest { prompt: prompt.clone(), params: alone, adapter: None, constraint: None };
+        let (_, expected, _) = collect(engine.submit(request).unwrap()).await;
+        assert_eq!(tokens, &expected, "choice {choice}");
+    }
+    assert_ne!(together[0], together[1], "different seeds draw differently");
+    assert!(engine.submit_choices(GenerationRequest { prompt, params, adapter: None, constraint: None }, 0).is_err());
+}
+
+/// Greedy tokens and usage of `prompt` on `engine`.
+async fn greedy_answer(engine: &Engine, prompt: &[u32]) -> (Vec<u32>, Usage) {
+    let request = GenerationRequest { prompt: prompt.to_vec(), params: greedy(10), adapter: None, constraint: None };
+    let (_, tokens, done) = collect(engine.submit(request).unwrap()).await;
+    let GenerationEvent::Done { usage, .. } = done else { panic!("{done:?}") };
+    (tokens, usage)
+}
+
+#[tokio::test]
+async fn prompts_sharing_a_prefix_reuse_its_keys_and_values_and_answer_exactly_the_same() {
+    let tokenizer = tokenizer();
+    let reference = model(tokenizer.vocab_size());
+    let start = |prefix_cache_bytes| {
+        let settings = EngineSettings { prefill_chunk: 8, prefix_cache_bytes, ..EngineSettings::default() };
+        Engine::start(Decoder::new(&reference).unwrap(), tokenizer.clone(), &[], settings)
+    };
+    let (cached, uncached) = (start(1 << 20), start(0));
+    let system = "Now is the winter of our discontent made glorious summer by this sun of York. \
+                  Now is the winter of our discontent, York";
+    let first = tokenizer.encode(&format!("{system} of our")).unwrap();
+    let second = tokenizer.encode(&format!("{system} made glorious summer")).unwrap();
+    assert!(first.len() > 2 * prefix::BLOCK && second.len() + 10 < 64, "{} {}", first.len(), second.len());
+    let shared = first.iter().zip(&second).take_while(|(a, b)| a == b).count();
+    let mut seen = Vec::new();
+    for prompt in [&first, &second, &first] {
+        let (tokens, usage) = greedy_answer(&cached, prompt).await;
+        let (expected, plain) = greedy_answer(&uncached, prompt).await;
+        assert_eq!(tokens, expected, "the same answer with and without the cache");
+        assert_eq!(plain.cached_tokens, 0);
+        seen.push(usage.cached_tokens);
+    }
+    // New; then the shared prefix (at least its whole blocks); then all but the last token.
+    assert_eq!(seen[0], 0);
+    assert!(seen[1] >= shared / prefix::BLOCK * prefix::BLOCK && seen[1] <= shared, "{seen:?}, shared {shared}");
+    assert_eq!(seen[2], first.len() - 1, "{seen:?}");
+    assert_eq!(cached.stats.prefix_hits.load(Ordering::SeqCst), 2);
+    assert_eq!(cached.stats.cached_tokens.load(Ordering::SeqCst), seen[1] + seen[2]);
+
+    // Within its budget: room for either prompt but not both, so the second evicts the first.
+    let other = tokenizer.encode("of our discontent made glorious summer by this sun of York. York York York").unwrap();
+    assert!(other.len() > prefix::BLOCK);
+    let mut sizes = Vec::new();
+    for prompt in [&first, &other] {
+        let alone = start(1 << 20);
+        greedy_answer(&alone, prompt).await;
+        sizes.push(alone.stats.prefix_cache_bytes.load(Ordering::SeqCst));
+    }
+    let small = start(sizes[0] + sizes[1] - 1);
+    greedy_answer(&small, &first).await;
+    greedy_answer(&small, &other).await;
+    assert_eq!(small.stats.prefix_cache_bytes.load(Ordering::SeqCst), sizes[1]);
+    let (_, again) = greedy_answer(&small, &first).await;
+    assert_eq!(again.cached_tokens, 0, "the first prompt was evicted");
 }

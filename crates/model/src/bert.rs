@@ -50,7 +50,7 @@ impl BertConfig {
         if config.hidden_act != "gelu" {
             return Err(ModelError::Config(format!("hidden_act {:?} is not supported (gelu is)", config.hidden_act)));
         }
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err(ModelError::Config("hidden_size must be a multiple of num_attention_heads".to_string()));
         }
         Ok(config)

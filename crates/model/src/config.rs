@@ -263,13 +263,13 @@ impl LlamaConfig {
             }
         }
         let explicit_head_dim = self.extra.get("head_dim").and_then(serde_json::Value::as_u64);
-        if explicit_head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if explicit_head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.head_dim() == 0 || self.head_dim() % 2 != 0 || self.head_dim() > 1024 {
+        if self.head_dim() == 0 || !self.head_dim().is_multiple_of(2) || self.head_dim() > 1024 {
             return fail(format!("the head dimension {} must be even (rotary pairs it), 2 to 1024", self.head_dim()));
         }
         // With `head_dim` set, the heads together may be wider than the hidden state (Qwen3's
@@ -284,7 +284,7 @@ impl LlamaConfig {
             ));
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.num_attention_heads % kv != 0 {
+        if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             return fail(format!(
                 "num_key_value_heads {kv} must divide num_attention_heads {}",
                 self.num_attention_heads

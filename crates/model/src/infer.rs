@@ -94,12 +94,16 @@ pub enum KvPrecision {
 /// `[layers, kv_heads, stride, head_dim]`. The stride is the capacity rounded up to whole
 /// vectors of [`LANES`], so scores are computed a whole vector at a time past the last
 /// position (those extra scores are never used) instead of one position at a time at the end.
+/// A clone is a sequence's fork: the choices of one prompt share its prefill this way.
+#[derive(Clone)]
 pub struct KvCache {
     stored: Stored,
     len: usize,
     capacity: usize,
+    head_dim: usize,
 }
 
+#[derive(Clone)]
 enum Stored {
     F32 { keys: Vec<f32>, values: Vec<f32> },
     F16 { keys: Vec<f16>, values: Vec<f16> },
@@ -121,7 +125,7 @@ impl KvCache {
             KvPrecision::F32 => Stored::F32 { keys: vec![0.0; size], values: vec![0.0; size] },
             KvPrecision::F16 => Stored::F16 { keys: vec![f16::ZERO; size], values: vec![f16::ZERO; size] },
         };
-        Ok(KvCache { stored, len: 0, capacity })
+        Ok(KvCache { stored, len: 0, capacity, head_dim: config.head_dim() })
     }
 
     /// Positions filled so far.
@@ -140,6 +144,32 @@ impl KvCache {
     /// Positions allocated per key row: the capacity in whole vectors.
     fn stride(&self) -> usize {
         self.capacity.next_multiple_of(LANES)
+    }
+
+    /// A new cache of `capacity` positions holding this cache's first `positions`: a prompt's
+    /// prefix kept for reuse, or restored into a new sequence's cache. The keys and values of
+    /// a position depend only on the tokens up to it, so the copy is exactly what prefilling
+    /// those tokens again would write.
+    pub fn prefix(&self, positions: usize, capacity: usize) -> Result<KvCache, ModelError> {
+        if positions > self.len || positions > capacity || capacity == 0 {
+            return Err(ModelError::Input(format!(
+                "cannot copy {positions} of {} positions into a cache of {capacity}",
+                self.len
+            )));
+        }
+        let (from_stride, to_stride) = (self.stride(), capacity.next_multiple_of(LANES));
+        let shape = PrefixCopy { head_dim: self.head_dim, from: from_stride, to: to_stride, positions };
+        let stored = match &self.stored {
+            Stored::F32 { keys, values } => {
+                let (keys, values) = shape.copy(keys, values);
+                Stored::F32 { keys, values }
+            }
+            Stored::F16 { keys, values } => {
+                let (keys, values) = shape.copy(keys, values);
+                Stored::F16 { keys, values }
+            }
+        };
+        Ok(KvCache { stored, len: positions, capacity, head_dim: self.head_dim })
     }
 
     /// Bytes this cache holds.
@@ -172,6 +202,36 @@ impl KvCache {
                 narrow(value, &mut values[at..at + value.len()]);
             }
         }
+    }
+}
+
+/// How a cache's first `positions` move from a stride of `from` positions to one of `to`.
+struct PrefixCopy {
+    head_dim: usize,
+    from: usize,
+    to: usize,
+    positions: usize,
+}
+
+impl PrefixCopy {
+    /// Keys are rows of `from` positions (`[blocks, head_dim, stride]`); values are blocks of
+    /// `from` positions of `head_dim` (`[blocks, stride, head_dim]`), whose first positions are
+    /// one contiguous run.
+    fn copy<T: Copy + Default>(&self, keys: &[T], values: &[T]) -> (Vec<T>, Vec<T>) {
+        let PrefixCopy { head_dim, from, to, positions } = *self;
+        let rows = keys.len() / from;
+        let mut new_keys = vec![T::default(); rows * to];
+        for row in 0..rows {
+            new_keys[row * to..row * to + positions].copy_from_slice(&keys[row * from..row * from + positions]);
+        }
+        let blocks = rows / head_dim;
+        let mut new_values = vec![T::default(); blocks * to * head_dim];
+        for block in 0..blocks {
+            let (source, target) = (block * from * head_dim, block * to * head_dim);
+            new_values[target..target + positions * head_dim]
+                .copy_from_slice(&values[source..source + positions * head_dim]);
+        }
+        (new_keys, new_values)
     }
 }
 

@@ -27,7 +27,7 @@ impl QuantizedMatrix {
     /// The matrix of `rows` rows of `inner` elements whose blocks of `kind` are `bytes`, as a
     /// GGUF file stores them.
     pub fn from_bytes(kind: GgmlDType, rows: usize, inner: usize, bytes: &[u8]) -> Result<Self, ModelError> {
-        if inner == 0 || inner % kind.block_size() != 0 {
+        if inner == 0 || !inner.is_multiple_of(kind.block_size()) {
             return Err(ModelError::Weights(format!(
                 "rows of {inner} elements do not fill {kind:?} blocks of {}",
                 kind.block_size()
@@ -53,7 +53,7 @@ impl QuantizedMatrix {
         inner: usize,
         reader: &mut dyn std::io::Read,
     ) -> Result<Self, ModelError> {
-        if inner == 0 || inner % kind.block_size() != 0 {
+        if inner == 0 || !inner.is_multiple_of(kind.block_size()) {
             return Err(ModelError::Weights(format!(
                 "rows of {inner} elements do not fill {kind:?} blocks of {}",
                 kind.block_size()
@@ -69,7 +69,7 @@ impl QuantizedMatrix {
         if values.len() != rows * inner {
             return Err(ModelError::Weights(format!("{} values for a [{rows}, {inner}] matrix", values.len())));
         }
-        if inner % kind.block_size() != 0 {
+        if !inner.is_multiple_of(kind.block_size()) {
             return Err(ModelError::Weights(format!(
                 "rows of {inner} elements do not fill {kind:?} blocks of {}",
                 kind.block_size()

@@ -175,7 +175,7 @@ impl TextProfiler {
         self.document_tokens.push_i64(tokens as i64);
         // Which documents are sampled is decided by a hash of their position, not by the
         // position itself, so data with a period (every fourth row German) is not aliased.
-        if self.documents <= LANGUAGE_ALL_UNTIL || hash_i64(self.documents as i64) % LANGUAGE_STRIDE == 0 {
+        if self.documents <= LANGUAGE_ALL_UNTIL || hash_i64(self.documents as i64).is_multiple_of(LANGUAGE_STRIDE) {
             self.language_sample += 1;
             let language = detect_language(document).language;
             if let Some(slot) = self.languages.get_mut(language.index()) {

@@ -35,6 +35,7 @@ impl std::fmt::Display for TemplateError {
 pub fn render<M: Serialize>(
     template: &str,
     messages: &[M],
+    tools: Option<&serde_json::Value>,
     text_bytes: usize,
     bos_token: &str,
     eos_token: &str,
@@ -51,6 +52,7 @@ pub fn render<M: Serialize>(
     let mut output = BoundedOutput { bytes: Vec::new(), limit, exceeded: false };
     let context = minijinja::context! {
         messages => messages,
+        tools => tools,
         add_generation_prompt => true,
         bos_token => bos_token,
         eos_token => eos_token,
@@ -84,7 +86,7 @@ pub fn validate(template: &str, eos_token: &str) -> Result<(), TemplateError> {
         Message { role: "user", content: "What is a template?" },
     ];
     let text_bytes = conversation.iter().map(|m| m.content.len() + m.role.len()).sum();
-    render(template, &conversation, text_bytes, "<s>", eos_token).map(|_| ())
+    render(template, &conversation, None, text_bytes, "<s>", eos_token).map(|_| ())
 }
 
 /// A writer that refuses bytes past its limit, so a template cannot fill memory through its
@@ -129,7 +131,7 @@ mod tests {
 
     #[test]
     fn an_ordinary_template_renders_and_validates() {
-        let rendered = render(PLAIN, &user("Hi"), 2, "<s>", "</s>").unwrap_or_else(|e| panic!("{e}"));
+        let rendered = render(PLAIN, &user("Hi"), None, 2, "<s>", "</s>").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(rendered, "<|user|>Hi\n<|assistant|>");
         validate(PLAIN, "</s>").unwrap_or_else(|e| panic!("{e}"));
     }
@@ -139,7 +141,7 @@ mod tests {
         // The attack: two nested range(100000) loops blocked every runtime worker.
         let hostile = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
         let started = std::time::Instant::now();
-        let error = render(hostile, &user("Hi"), 2, "<s>", "</s>").err().unwrap_or_else(|| panic!("it rendered"));
+        let error = render(hostile, &user("Hi"), None, 2, "<s>", "</s>").err().unwrap_or_else(|| panic!("it rendered"));
         assert!(error.0.contains("instruction budget"), "{error}");
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
         assert!(validate(hostile, "</s>").is_err(), "refused at import too");
@@ -148,10 +150,11 @@ mod tests {
     #[test]
     fn output_recursion_and_size_are_bounded() {
         let wide = "{% for i in range(1000) %}{{ messages[0].content * 1000 }}{% endfor %}";
-        let error = render(wide, &user("0123456789"), 10, "<s>", "</s>").err().unwrap_or_else(|| panic!("it rendered"));
+        let error =
+            render(wide, &user("0123456789"), None, 10, "<s>", "</s>").err().unwrap_or_else(|| panic!("it rendered"));
         assert!(error.0.contains("wrote more than"), "{error}");
         let deep = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
-        assert!(render(deep, &user("Hi"), 2, "<s>", "</s>").is_err());
+        assert!(render(deep, &user("Hi"), None, 2, "<s>", "</s>").is_err());
         assert!(validate(&"x".repeat(MAX_TEMPLATE_BYTES + 1), "</s>").is_err());
         assert!(validate("{% for %}", "</s>").is_err(), "does not compile");
     }

@@ -79,6 +79,8 @@ pub struct Meter {
     pub settle: Option<Settlement>,
     /// Set when the deployment's logging policy sampled this request: whether to mask PII.
     pub keep_text: Option<bool>,
+    /// The answer called tools.
+    pub called_tools: bool,
 }
 
 pub struct Settlement {
@@ -125,6 +127,8 @@ impl Meter {
             created_at: factory_core::time::now_millis(),
             prompt_text: None,
             completion_text: None,
+            structure_json: None,
+            cached_tokens: 0,
         };
         Meter {
             log,
@@ -136,6 +140,7 @@ impl Meter {
             shadow: false,
             settle: None,
             keep_text: None,
+            called_tools: false,
         }
     }
 
@@ -147,10 +152,11 @@ impl Meter {
         self.done = false;
     }
 
-    /// Records the texts if the request was sampled, masked as the policy says.
-    pub fn texts(&mut self, prompt: Option<&str>, completion: Option<&str>) {
-        let Some(redact) = self.keep_text else { return };
-        let keep = |text: &str| match redact {
+    /// `text` as the logging policy keeps it: none unless the request was sampled, PII-masked
+    /// unless the policy says otherwise.
+    fn kept(&self, text: &str) -> Option<String> {
+        let redact = self.keep_text?;
+        Some(match redact {
             true => match factory_pii::Detector::new(&[]) {
                 Ok(detector) => {
                     let spans = detector.find(text);
@@ -159,13 +165,42 @@ impl Meter {
                 Err(_) => String::new(),
             },
             false => text.to_string(),
-        };
+        })
+    }
+
+    /// Records the texts if the request was sampled, masked as the policy says.
+    pub fn texts(&mut self, prompt: Option<&str>, completion: Option<&str>) {
         if let Some(prompt) = prompt {
-            self.record.prompt_text = Some(keep(prompt));
+            self.record.prompt_text = self.kept(prompt);
         }
         if let Some(completion) = completion {
-            self.record.completion_text = Some(keep(completion));
+            self.record.completion_text = self.kept(completion);
         }
+    }
+
+    /// Records that the answer called tools (its finish reason is `tool_calls`), and the calls
+    /// if the request was sampled.
+    pub fn tool_calls(&mut self, calls: serde_json::Value) {
+        self.called_tools = true;
+        self.structure(serde_json::json!({ "tool_calls": calls }));
+    }
+
+    /// Records what the request asked of the answer's shape and the tool calls it got (a JSON
+    /// object), if the request was sampled; fields merge into what was recorded before.
+    pub fn structure(&mut self, fields: serde_json::Value) {
+        if self.keep_text.is_none() || fields.as_object().is_none_or(|fields| fields.is_empty()) {
+            return;
+        }
+        let mut merged: serde_json::Value = self
+            .record
+            .structure_json
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
+        if let (Some(merged), serde_json::Value::Object(fields)) = (merged.as_object_mut(), fields) {
+            merged.extend(fields);
+        }
+        self.record.structure_json = self.kept(&merged.to_string());
     }
 
     pub fn finish(&mut self, reason: Option<FinishReason>, usage: &Usage, timings: &Timings, batch_size: usize) {
@@ -185,11 +220,13 @@ impl Meter {
         inference.gateway_overhead.get_or_create(&labels).observe(((total_ms - engine_ms).max(0.0)) / 1000.0);
         inference.batch_size.observe(batch_size as f64);
         self.record.finish_reason = reason.map(|r| match r {
+            FinishReason::Stop if self.called_tools => "tool_calls".to_string(),
             FinishReason::Stop => "stop".to_string(),
             FinishReason::Length => "length".to_string(),
         });
         self.record.prompt_tokens = usage.prompt_tokens as i64;
         self.record.completion_tokens = usage.completion_tokens as i64;
+        self.record.cached_tokens = usage.cached_tokens as i64;
         self.record.queue_ms = timings.queue_ms;
         self.record.first_token_ms = timings.first_token_ms;
         self.record.decode_ms = timings.decode_ms;
@@ -223,7 +260,13 @@ impl Meter {
             let tokens = (record.prompt_tokens + record.completion_tokens).max(0) as u64;
             settlement.limits.settle(&settlement.spec, &settlement.scope, &settlement.subject, tokens, record.cost);
         }
-        for (kind, count) in [("prompt", record.prompt_tokens), ("completion", record.completion_tokens)] {
+        // `cached`: prompt tokens the prefix cache supplied (a part of `prompt`).
+        let counts = [
+            ("prompt", record.prompt_tokens),
+            ("completion", record.completion_tokens),
+            ("cached", record.cached_tokens),
+        ];
+        for (kind, count) in counts {
             let labels = TokenLabels { deployment: record.deployment.clone(), kind: kind.to_string() };
             inference.tokens.get_or_create(&labels).inc_by(count.max(0) as u64);
         }

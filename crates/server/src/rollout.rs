@@ -138,6 +138,7 @@ mod tests {
             guardrails: Vec::new(),
             logging: None,
             drift: None,
+            tools: None,
         }
     }
 

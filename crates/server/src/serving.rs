@@ -64,6 +64,16 @@ pub struct DeploymentSpec {
     /// Drift monitors on this deployment's traffic and feedback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<crate::drift::DriftSpec>,
+    /// Which tools callers may offer the model: any when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolsSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSpec {
+    /// The function names a request may offer (`deployment.tool` refuses any other).
+    pub allowed: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +270,8 @@ pub struct EngineOptions {
     pub prefill_chunk: usize,
     /// What loaded adapters may hold together.
     pub adapter_cache_bytes: usize,
+    /// What each engine's prefix cache may hold.
+    pub prefix_cache_bytes: usize,
 }
 
 /// Engines by signed manifest digest.
@@ -487,6 +499,7 @@ impl Engines {
             max_batch: self.options.max_batch,
             max_waiting: self.options.max_waiting,
             prefill_chunk: self.options.prefill_chunk,
+            prefix_cache_bytes: self.options.prefix_cache_bytes,
         }
     }
 

@@ -91,6 +91,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         max_waiting: config.serving.max_waiting,
         prefill_chunk: config.serving.prefill_chunk,
         adapter_cache_bytes: config.serving.adapter_cache_bytes,
+        prefix_cache_bytes: config.serving.prefix_cache_bytes,
     };
     let engines = Arc::new(Engines::new(
         objects.clone(),

@@ -35,11 +35,17 @@ pub struct InferenceRecord {
     /// The prompt as the model saw it, when the deployment's logging policy sampled the request.
     pub prompt_text: Option<String>,
     pub completion_text: Option<String>,
+    /// What the request asked of the answer's shape (`response_format`, `tools`, `tool_choice`)
+    /// and the tool calls it got, as JSON, under the same policy as the texts.
+    pub structure_json: Option<String>,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    #[serde(default)]
+    pub cached_tokens: i64,
 }
 
 const COLUMNS: &str = "id, tenant, deployment, variant, kind, request_id, episode_id, status, finish_reason, \
      prompt_tokens, completion_tokens, cost, queue_ms, first_token_ms, decode_ms, total_ms, created_at, \
-     prompt_text, completion_text";
+     prompt_text, completion_text, structure_json, cached_tokens";
 
 fn from_row(row: &AnyRow) -> Result<InferenceRecord, StoreError> {
     Ok(InferenceRecord {
@@ -62,6 +68,8 @@ fn from_row(row: &AnyRow) -> Result<InferenceRecord, StoreError> {
         created_at: row.try_get("created_at")?,
         prompt_text: opt_string(row, "prompt_text")?,
         completion_text: opt_string(row, "completion_text")?,
+        structure_json: opt_string(row, "structure_json")?,
+        cached_tokens: row.try_get("cached_tokens")?,
     })
 }
 
@@ -71,7 +79,7 @@ impl Store {
         let mut write = self.begin_write().await?;
         for r in records {
             sqlx::query(&format!(
-                "INSERT INTO inference_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+                "INSERT INTO inference_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
                  ON CONFLICT (id) DO NOTHING"
             ))
             .bind(&r.id)
@@ -93,6 +101,8 @@ impl Store {
             .bind(r.created_at)
             .bind(r.prompt_text.as_deref())
             .bind(r.completion_text.as_deref())
+            .bind(r.structure_json.as_deref())
+            .bind(r.cached_tokens)
             .execute(&mut *write.transaction)
             .await?;
         }

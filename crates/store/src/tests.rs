@@ -151,7 +151,7 @@ async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
     let again = Store::open(&database.url()).await.unwrap();
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(again.pool()).await.unwrap();
-    assert_eq!(versions, 11);
+    assert_eq!(versions, 12);
     again.close().await;
 }
 
@@ -865,6 +865,8 @@ async fn the_inference_log_takes_batches_and_reads_back(store: &Store, _database
         created_at,
         prompt_text: (id == "inf_2").then(|| "Hello [EMAIL]".to_string()),
         completion_text: None,
+        structure_json: None,
+        cached_tokens: 0,
     };
     let batch = vec![record("inf_1", "chat", 1000), record("inf_2", "chat", 2000), record("inf_3", "other", 3000)];
     store.record_inferences(&batch).await.unwrap();

@@ -117,7 +117,7 @@ try:
 except openai.NotFoundError as error:
     errors["unknown_model"] = {"status": error.status_code, "message": error.message}
 try:
-    client.chat.completions.create(model=deployment, messages=messages, n=2)
+    client.chat.completions.create(model=deployment, messages=messages, n=99)
 except openai.BadRequestError as error:
     errors["bad_n"] = {"status": error.status_code, "param": error.param}
 try:
@@ -125,6 +125,48 @@ try:
 except openai.AuthenticationError as error:
     errors["bad_key"] = {"status": error.status_code}
 seen["errors"] = errors
+
+# n answers to one prompt: sampled choices each with their index, greedy ones alike, a stream
+# that interleaves them reassembled equal to the whole answer, the prompt counted once.
+single = client.chat.completions.create(model=deployment, messages=messages, max_tokens=8, temperature=0)
+# ignore_eos: each choice is 8 tokens long, so the usage must sum them (24).
+many = client.chat.completions.create(
+    model=deployment, messages=messages, max_tokens=8, temperature=1.0, seed=9, n=3, extra_body={"ignore_eos": True}
+)
+greedy = client.chat.completions.create(model=deployment, messages=messages, max_tokens=8, temperature=0, n=2)
+streamed = {}
+for chunk in client.chat.completions.create(
+    model=deployment, messages=messages, max_tokens=8, temperature=1.0, seed=9, n=3, stream=True,
+    stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+):
+    for choice in chunk.choices:
+        streamed[choice.index] = streamed.get(choice.index, "") + (choice.delta.content or "")
+    if chunk.usage:
+        streamed_usage = chunk.usage.model_dump()
+seen["choices"] = {
+    "indexes": [c.index for c in many.choices],
+    "texts": [c.message.content for c in many.choices],
+    "streamed": [streamed[i] for i in sorted(streamed)],
+    "greedy": [c.message.content for c in greedy.choices],
+    "single": single.choices[0].message.content,
+    "prompt_tokens": [single.usage.prompt_tokens, many.usage.prompt_tokens, streamed_usage["prompt_tokens"]],
+    "completion_tokens": [many.usage.completion_tokens, streamed_usage["completion_tokens"]],
+}
+
+# Prefix caching: a long system prompt's keys and values are reused by the next request that
+# shares it, reported as cached prompt tokens; a repeated greedy request answers the same.
+system = {"role": "system", "content": "You answer for the ministry, briefly and in plain words. " * 4}
+conversation = [system, {"role": "user", "content": "Speak."}]
+first = client.chat.completions.create(model=deployment, messages=conversation, max_tokens=6, temperature=0)
+second = client.chat.completions.create(model=deployment, messages=conversation, max_tokens=6, temperature=0)
+other = client.chat.completions.create(
+    model=deployment, messages=[system, {"role": "user", "content": "Say more."}], max_tokens=6, temperature=0
+)
+seen["prefix"] = {
+    "prompt_tokens": first.usage.prompt_tokens,
+    "cached": [r.usage.prompt_tokens_details.cached_tokens for r in (first, second, other)],
+    "same": first.choices[0].message.content == second.choices[0].message.content,
+}
 
 if len(sys.argv) > 4:
     sentences = ["The quick brown fox jumps over the lazy dog.", "Die Würde des Menschen ist unantastbar."]

@@ -14,6 +14,17 @@ fn python_with_openai() -> Option<String> {
     found.then_some(python)
 }
 
+/// Runs `script` (of this directory) with the official `openai` package against `url` as
+/// `key`, on deployment `chat`: what it printed, or none without the package.
+fn run_client(script: &str, url: &str, key: &str) -> Option<Value> {
+    let python = python_with_openai()?;
+    let script = format!("{}/tests/it/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(python).args([&script, &format!("{url}/v1"), key, "chat"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    Some(serde_json::from_str(&stdout).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_models_answer_the_official_openai_client_through_deployments() {
     let env = [("FACTORY_SERVING__MAX_BATCH", "2"), ("FACTORY_SERVING__MAX_WAITING", "2")];
@@ -82,12 +93,39 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
             // Greedy decoding streams exactly what it answers whole, and reports usage at the end.
             assert_eq!(seen["stream"]["content"], seen["chat"]["content"], "{seen}");
             assert_eq!(seen["stream"]["finish_reason"], seen["chat"]["finish_reason"]);
-            assert_eq!(seen["stream"]["usage"], seen["chat"]["usage"], "{seen}");
+            // The same counts, but the repeat took its prompt from the prefix cache.
+            let (mut streamed_usage, mut whole_usage) =
+                (seen["stream"]["usage"].clone(), seen["chat"]["usage"].clone());
+            let prompt_tokens = whole_usage["prompt_tokens"].as_u64().unwrap();
+            assert_eq!(streamed_usage["prompt_tokens_details"]["cached_tokens"], prompt_tokens - 1, "{seen}");
+            streamed_usage["prompt_tokens_details"] = Value::Null;
+            whole_usage["prompt_tokens_details"] = Value::Null;
+            assert_eq!(streamed_usage, whole_usage, "{seen}");
             assert!(seen["stream"]["chunks"].as_u64().unwrap() >= 2, "{seen}");
             assert_eq!(seen["seeded_equal"], true, "a seed fixes sampling: {seen}");
             assert_eq!(seen["errors"]["unknown_model"]["status"], 404, "{seen}");
-            assert_eq!(seen["errors"]["bad_n"], json!({ "status": 400, "param": "n" }), "{seen}");
+            assert_eq!(seen["errors"]["bad_n"], json!({ "status": 400, "param": "n" }), "n past max_choices: {seen}");
             assert_eq!(seen["errors"]["bad_key"]["status"], 401, "{seen}");
+            // A shared system prompt is taken from the prefix cache: the repeat all but its
+            // last token, another question the system prompt's whole blocks.
+            let prefix = &seen["prefix"];
+            let prompt_tokens = prefix["prompt_tokens"].as_u64().unwrap();
+            let cached: Vec<u64> = prefix["cached"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
+            assert_eq!(cached[0], 0, "{prefix}");
+            assert_eq!(cached[1], prompt_tokens - 1, "{prefix}");
+            assert!(cached[2] >= 16 && cached[2] < prompt_tokens, "{prefix}");
+            assert_eq!(prefix["same"], true, "{prefix}");
+            // n choices share one prompt: each indexed, a stream reassembles to the same texts,
+            // greedy choices equal the single greedy answer, the prompt is counted once.
+            let choices = &seen["choices"];
+            assert_eq!(choices["indexes"], json!([0, 1, 2]), "{choices}");
+            assert_eq!(choices["streamed"], choices["texts"], "{choices}");
+            let texts = choices["texts"].as_array().unwrap();
+            assert!(texts[0] != texts[1] || texts[1] != texts[2], "sampled choices differ: {choices}");
+            assert_eq!(choices["greedy"], json!([choices["single"], choices["single"]]), "{choices}");
+            let prompts = choices["prompt_tokens"].as_array().unwrap();
+            assert!(prompts.iter().all(|p| p == &prompts[0]), "{choices}");
+            assert_eq!(choices["completion_tokens"], json!([24, 24]), "three choices of 8 tokens: {choices}");
             // Each generated token's log-probability: greedy takes the most likely alternative,
             // the tokens spell the answer, and a stream reports what the whole answer does.
             let logprobs = &seen["logprobs"];
@@ -134,6 +172,128 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         }
     }
 
+    // Structured outputs: answers to a set of schemas, whole and streamed, sampled from a barely
+    // trained model, each checked with jsonschema; the SDK's parse into a Pydantic model.
+    match run_client("structured_client.py", &url, &app) {
+        None => factory_testkit::missing("the `openai` Python package (pip install openai)"),
+        Some(seen) => {
+            let answers = seen["answers"].as_object().unwrap();
+            assert_eq!(answers.len(), 6, "{seen}");
+            for (schema, results) in answers {
+                for result in results.as_array().unwrap() {
+                    assert_eq!(result["valid"], true, "{schema}: {result}");
+                }
+            }
+            assert_eq!(seen["json_object"], true, "{seen}");
+            let parsed = &seen["parsed"];
+            assert!(parsed["name"].is_string() && parsed["adult"].is_boolean(), "{seen}");
+            assert!(parsed["address"]["floor"].as_u64().is_some_and(|floor| floor <= 40), "{seen}");
+            let errors = &seen["errors"];
+            assert_eq!(errors["unsupported"]["status"], 400, "{seen}");
+            assert_eq!(errors["unsupported"]["param"], "response_format", "{seen}");
+            assert!(errors["unsupported"]["message"].as_str().unwrap().contains("uniqueItems"), "{seen}");
+            assert_eq!(errors["no_schema"]["param"], "response_format.json_schema.schema", "{seen}");
+            assert_eq!(errors["bad_type"]["param"], "response_format.type", "{seen}");
+        }
+    }
+
+    // Tool calling: required, named, single, automatic and refused calls, each call's arguments
+    // valid under its function's schema; streamed calls as OpenAI streams them; an agent loop.
+    match run_client("tools_client.py", &url, &app) {
+        None => factory_testkit::missing("the `openai` Python package (pip install openai)"),
+        Some(seen) => {
+            let answers = |name: &str| seen[name].as_array().unwrap().clone();
+            for name in ["required", "named", "single", "auto", "none"] {
+                for answer in answers(name) {
+                    assert_eq!(answer["problems"], json!([]), "{name}: every call validates: {answer}");
+                    let calls = answer["calls"].as_array().unwrap();
+                    let called = !calls.is_empty();
+                    match name {
+                        "required" | "named" | "single" => {
+                            assert!(called, "{name}: {answer}");
+                            assert_eq!(answer["finish_reason"], "tool_calls", "{name}: {answer}");
+                            assert_eq!(answer["content"], Value::Null, "{name}: {answer}");
+                        }
+                        "none" => assert!(!called && answer["content"].is_string(), "{answer}"),
+                        _ => assert!(called || answer["content"].is_string(), "{answer}"),
+                    }
+                    if name == "named" {
+                        assert!(calls.iter().all(|c| c["name"] == "add") && calls.len() == 1, "{answer}");
+                    }
+                    if name == "single" {
+                        assert_eq!(calls.len(), 1, "parallel_tool_calls false: {answer}");
+                    }
+                    assert!(calls.iter().all(|c| c["id"].as_str().unwrap().starts_with("call_")), "{answer}");
+                }
+            }
+            for streamed in answers("streamed") {
+                assert_eq!(streamed["equal"], true, "{streamed}");
+                assert_eq!(streamed["ids"], true, "{streamed}");
+                assert_eq!(streamed["finish_reason"], "tool_calls", "{streamed}");
+                assert!(streamed["chunks"].as_u64().unwrap() > streamed["calls"].as_u64().unwrap(), "{streamed}");
+            }
+            let agent_loop = &seen["loop"];
+            assert_eq!(agent_loop["call"]["name"], "add", "{seen}");
+            assert!(agent_loop["final"]["content"].is_string(), "{seen}");
+            assert_eq!(agent_loop["final"]["calls"], json!([]), "{seen}");
+            assert!(["stop", "length"].contains(&agent_loop["final"]["finish_reason"].as_str().unwrap()), "{seen}");
+            for (name, param) in [
+                ("unknown_function", "tool_choice"),
+                ("bad_tool", "tools[0].function.name"),
+                ("choice_without_tools", "tool_choice"),
+            ] {
+                assert_eq!(seen["errors"][name], json!({ "status": 400, "param": param }), "{name}: {seen}");
+            }
+        }
+    }
+
+    // Governance of tools: a deployment that allows only `add` refuses a request offering any
+    // other (403, audited with the policy that decided it), and logs the tools offered, the
+    // schema asked for and the calls returned under its logging policy.
+    let spec = json!({
+        "name": "tooled", "variants": [{ "model": "bard@1" }], "tools": { "allowed": ["add"] },
+        "logging": { "sample_rate": 1.0, "redact_pii": true },
+    });
+    let created = call(&url, "POST", "/api/v1/deployments", Some(&engineer), Some(spec)).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let tool = |name: &str| {
+        json!({ "type": "function", "function": { "name": name, "parameters": {
+            "type": "object", "properties": { "a": { "type": "integer" } }, "required": ["a"], "additionalProperties": false,
+        } } })
+    };
+    let ask = |tools: Vec<Value>| {
+        json!({
+            "model": "tooled", "messages": [{ "role": "user", "content": "Add." }], "tools": tools,
+            "tool_choice": "required", "max_tokens": 150,
+        })
+    };
+    let refused =
+        call(&url, "POST", "/v1/chat/completions", Some(&app), Some(ask(vec![tool("add"), tool("spend")]))).await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    let records = call(&url, "GET", "/api/v1/audit/records?limit=1000", Some(&server.admin_key), None).await;
+    let denied = records.body["records"].as_array().unwrap().iter().any(|r| {
+        r["record"]["action"] == "deployment.tool"
+            && r["record"]["decision"] == "deny"
+            && r["record"]["policies"] == json!(["deployment-tools"])
+    });
+    assert!(denied, "the refusal is audited: {}", records.text.chars().take(2000).collect::<String>());
+    let answered = call(&url, "POST", "/v1/chat/completions", Some(&app), Some(ask(vec![tool("add")]))).await;
+    assert_eq!(answered.status, 200, "{}", answered.text);
+    assert_eq!(answered.body["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "add", "{}", answered.text);
+    let logged = crate::support::eventually(10, || async {
+        let reply = call(&url, "GET", "/api/v1/deployments/tooled/inferences", Some(&engineer), None).await;
+        reply.body["inferences"].as_array().is_some_and(|rows| rows.iter().any(|r| r["status"] == "ok"))
+    })
+    .await;
+    assert!(logged);
+    let rows = call(&url, "GET", "/api/v1/deployments/tooled/inferences", Some(&engineer), None).await;
+    let row = rows.body["inferences"].as_array().unwrap().iter().find(|r| r["status"] == "ok").unwrap().clone();
+    assert_eq!(row["finish_reason"], "tool_calls", "{row}");
+    let structure: Value = serde_json::from_str(row["structure_json"].as_str().unwrap()).unwrap();
+    assert_eq!(structure["tools"][0]["function"]["name"], "add", "{structure}");
+    assert_eq!(structure["tool_choice"], "required", "{structure}");
+    assert_eq!(structure["tool_calls"][0]["function"]["name"], "add", "{structure}");
+
     // One streamed answer over plain HTTP as well, so metering is checked with or without the SDK.
     let body = json!({
         "model": "chat", "messages": [{ "role": "user", "content": "Speak" }], "max_tokens": 4, "stream": true,
@@ -152,6 +312,7 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         "factory_inference_gateway_overhead_seconds_count{deployment=\"chat\"}",
         "factory_inference_batch_size_count",
         "factory_inference_tokens_total{deployment=\"chat\",kind=\"completion\"}",
+        "factory_inference_tokens_total{deployment=\"chat\",kind=\"cached\"}",
     ];
     crate::support::eventually(10, || async {
         let metrics = call(&url, "GET", "/metrics", Some(&server.admin_key), None).await.text;

@@ -415,7 +415,7 @@ pub async fn train_tiny_model(url: &str, key: &str, dir: &Path, name: &str, seed
         serde_json::json!({
             "model": { "config": {
                 "vocab_size": 320, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128
+                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024
             } },
             "tokenizer": { "vocab_size": 320 },
             "train": { "seq_len": 32, "batch_size": 4, "warmup_steps": 3, "eval_every": 0, "checkpoint_every": 0,

@@ -157,7 +157,7 @@ pub fn inspect<R: Read + Seek>(reader: &mut R) -> Result<Inspected, GgufError> {
         }
         let elements = info.shape.elem_count() as u64;
         let block = info.ggml_dtype.block_size() as u64;
-        if elements == 0 || elements % block != 0 {
+        if elements == 0 || !elements.is_multiple_of(block) {
             return fail(format!("tensor {name}: {elements} elements do not fill blocks of {block}"));
         }
         let bytes = elements / block * info.ggml_dtype.type_size() as u64;

@@ -54,9 +54,9 @@ impl GgufVocabulary {
 /// `wanted` when its blocks fit the rows, else Q8_0 (32-element blocks), else F16 (llama.cpp
 /// falls back the same way for rows its K-quants cannot cut).
 pub fn storage_type(wanted: GgmlDType, inner: usize) -> GgmlDType {
-    if inner % wanted.block_size() == 0 {
+    if inner.is_multiple_of(wanted.block_size()) {
         wanted
-    } else if inner % GgmlDType::Q8_0.block_size() == 0 {
+    } else if inner.is_multiple_of(GgmlDType::Q8_0.block_size()) {
         GgmlDType::Q8_0
     } else {
         GgmlDType::F16

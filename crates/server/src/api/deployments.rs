@@ -38,6 +38,9 @@ pub struct CreateDeployment {
     /// `{"reference": "shakespeare@1", "settings": {"window": 100}}`: drift monitors.
     #[schema(value_type = Option<Object>)]
     pub drift: Option<crate::drift::DriftSpec>,
+    /// `{"allowed": ["get_weather"]}`: the only tools callers may offer the model.
+    #[schema(value_type = Option<Object>)]
+    pub tools: Option<crate::serving::ToolsSpec>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -54,6 +57,8 @@ pub struct UpdateDeployment {
     pub logging: Option<crate::serving::LoggingSpec>,
     #[schema(value_type = Option<Object>)]
     pub drift: Option<crate::drift::DriftSpec>,
+    #[schema(value_type = Option<Object>)]
+    pub tools: Option<crate::serving::ToolsSpec>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -99,6 +104,7 @@ pub async fn create(
         guardrails: body.guardrails,
         logging: body.logging,
         drift: body.drift,
+        tools: body.tools,
     };
     let created = deployments::create(&state, &caller, &tenant, &body.name, spec).await?;
     Ok(committed_response(StatusCode::CREATED, Json(DeploymentView::from(created.value)), created.committed))
@@ -122,6 +128,7 @@ pub async fn update(
         guardrails: body.guardrails,
         logging: body.logging,
         drift: body.drift,
+        tools: body.tools,
     };
     let updated = deployments::update(&state, &caller, &tenant, &name, spec).await?;
     Ok(committed_response(StatusCode::OK, Json(DeploymentView::from(updated.value)), updated.committed))

@@ -17,11 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, Caller};
+use crate::service::inference::local::finish_name;
 use crate::service::inference::plan::tenant_of_key;
+use crate::service::inference::tools::Tools;
 use crate::service::inference::ChatMessage;
 use crate::service::inference::{
-    self, invalid_param, reason_name, AnswerHead, Answered, Call, CallKind, Completion, Embedding, Inference,
-    OneOrMany, Sampling, TokenEvent, TokenLogprobs,
+    self, invalid_param, AnswerHead, Answered, Call, CallKind, Choice, Completion, Embedding, Inference, OneOrMany,
+    Sampling, TokenEvent, TokenLogprobs,
 };
 use crate::state::AppState;
 
@@ -92,6 +94,7 @@ pub async fn completions(
         sampling: body.sampling,
         raw,
         episode: episode(&headers),
+        tools: None,
     };
     complete(&state, &caller, request).await
 }
@@ -112,12 +115,14 @@ pub async fn chat_completions(
             return Err(invalid_param(&field, &format!("unknown role {:?}", message.role)).into());
         }
     }
+    let tools = Tools::from_request(&raw)?;
     let request = Inference {
         deployment: body.model,
         call: Call::Chat(body.messages),
         sampling: body.sampling,
         raw,
         episode: episode(&headers),
+        tools,
     };
     complete(&state, &caller, request).await
 }
@@ -141,8 +146,8 @@ async fn complete(state: &AppState, caller: &Caller, request: Inference) -> Resu
             with_variant(&mut response, &variant);
             response
         }
-        Answered::Tokens { head, variant, events } => {
-            event_stream(&variant, Body::from_stream(token_events(head, events, include_usage)))
+        Answered::Tokens { head, variant, choices, events } => {
+            event_stream(&variant, Body::from_stream(token_events(head, choices, events, include_usage)))
         }
         Answered::Relayed { variant, events } => event_stream(&variant, Body::from_stream(events)),
         Answered::Refused { status, body } => {
@@ -180,38 +185,59 @@ fn usage_json(usage: &Usage) -> serde_json::Value {
     serde_json::json!({
         "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": usage.cached_tokens },
     })
 }
 
 /// A whole answer as OpenAI's `text_completion` or `chat.completion`. An upstream's own JSON is
 /// passed on (with our id and model), with the text an output guardrail rewrote.
 fn whole_json(completion: Completion) -> serde_json::Value {
-    let Completion { head, text, finish_reason, usage, upstream_body, rewritten, logprobs, .. } = completion;
+    let Completion { head, choices, usage, upstream_body, rewritten, .. } = completion;
     if let Some(mut json) = upstream_body {
         if rewritten {
-            let pointer = if head.kind == CallKind::Chat { "/choices/0/message/content" } else { "/choices/0/text" };
-            if let Some(slot) = json.pointer_mut(pointer) {
-                *slot = serde_json::Value::String(text);
-            }
-            if finish_reason.as_deref() == Some("content_filter") {
-                json["choices"][0]["finish_reason"] = "content_filter".into();
+            for (index, choice) in choices.into_iter().enumerate() {
+                let pointer = match head.kind {
+                    CallKind::Chat => format!("/choices/{index}/message/content"),
+                    CallKind::Completion => format!("/choices/{index}/text"),
+                };
+                if let Some(slot) = json.pointer_mut(&pointer) {
+                    *slot = serde_json::Value::String(choice.text);
+                }
+                if choice.finish_reason.as_deref() == Some("content_filter") {
+                    json["choices"][index]["finish_reason"] = "content_filter".into();
+                }
             }
         }
         return json;
     }
-    let logprobs = logprobs_json(head.kind, logprobs.as_deref(), 0);
-    let choice = match head.kind {
-        CallKind::Completion => {
-            serde_json::json!({ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason })
-        }
-        CallKind::Chat => serde_json::json!({
-            "index": 0, "message": { "role": "assistant", "content": text }, "logprobs": logprobs,
-            "finish_reason": finish_reason,
-        }),
-    };
+    let choices: Vec<serde_json::Value> = choices
+        .into_iter()
+        .enumerate()
+        .map(|(index, Choice { text, finish_reason, logprobs, tool_calls })| {
+            let logprobs = logprobs_json(head.kind, logprobs.as_deref(), 0);
+            match head.kind {
+                CallKind::Completion => serde_json::json!({
+                    "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason,
+                }),
+                CallKind::Chat => {
+                    // OpenAI's shape: content null beside tool calls and no empty list without them.
+                    let mut message = serde_json::json!({ "role": "assistant", "content": text });
+                    if !tool_calls.is_empty() {
+                        if text.is_empty() {
+                            message["content"] = serde_json::Value::Null;
+                        }
+                        message["tool_calls"] = serde_json::json!(tool_calls);
+                    }
+                    serde_json::json!({
+                        "index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason,
+                    })
+                }
+            }
+        })
+        .collect();
     serde_json::json!({
         "id": head.id, "object": object(head.kind, false), "created": head.created, "model": head.model,
-        "choices": [choice], "usage": usage_json(&usage),
+        "choices": choices, "usage": usage_json(&usage),
     })
 }
 
@@ -261,15 +287,16 @@ fn logprobs_json(kind: CallKind, entries: Option<&[TokenLogprobs]>, offset: usiz
 /// asked), or the end with its finish reason.
 fn chunk(
     head: &AnswerHead,
+    index: usize,
     text: Option<&str>,
     reason: Option<&str>,
     first: bool,
     logprobs: serde_json::Value,
 ) -> serde_json::Value {
     let choice = match head.kind {
-        CallKind::Completion => {
-            serde_json::json!({ "index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason })
-        }
+        CallKind::Completion => serde_json::json!({
+            "index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason,
+        }),
         CallKind::Chat => {
             let mut delta = serde_json::Map::new();
             if first {
@@ -278,12 +305,24 @@ fn chunk(
             if let Some(text) = text {
                 delta.insert("content".into(), text.into());
             }
-            serde_json::json!({ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason })
+            serde_json::json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason })
         }
     };
     serde_json::json!({
         "id": head.id, "object": object(head.kind, true), "created": head.created, "model": head.model,
         "choices": [choice],
+    })
+}
+
+/// A streamed piece of a tool call: its start (id and name, empty arguments) or more arguments.
+fn tool_call_chunk(head: &AnswerHead, index: usize, call: serde_json::Value, first: bool) -> serde_json::Value {
+    let mut delta = serde_json::json!({ "tool_calls": [call] });
+    if first {
+        delta["role"] = "assistant".into();
+    }
+    serde_json::json!({
+        "id": head.id, "object": object(head.kind, true), "created": head.created, "model": head.model,
+        "choices": [{ "index": index, "delta": delta, "logprobs": null, "finish_reason": null }],
     })
 }
 
@@ -303,10 +342,18 @@ const DONE: &[u8] = b"data: [DONE]\n\n";
 /// A whole answer as the events a stream of it would have been.
 fn whole_as_events(completion: &Completion, include_usage: bool) -> Bytes {
     let head = &completion.head;
-    let logprobs = logprobs_json(head.kind, completion.logprobs.as_deref(), 0);
-    let mut out = data(&chunk(head, Some(&completion.text), None, true, logprobs)).to_vec();
-    let last = chunk(head, None, completion.finish_reason.as_deref(), false, serde_json::Value::Null);
-    out.extend_from_slice(&data(&last));
+    let mut out = Vec::new();
+    for (index, choice) in completion.choices.iter().enumerate() {
+        let logprobs = logprobs_json(head.kind, choice.logprobs.as_deref(), 0);
+        out.extend_from_slice(&data(&chunk(head, index, Some(&choice.text), None, true, logprobs)));
+        for (call_index, call) in choice.tool_calls.iter().enumerate() {
+            let mut call = serde_json::json!(call);
+            call["index"] = call_index.into();
+            out.extend_from_slice(&data(&tool_call_chunk(head, index, call, false)));
+        }
+        let last = chunk(head, index, None, choice.finish_reason.as_deref(), false, serde_json::Value::Null);
+        out.extend_from_slice(&data(&last));
+    }
     if include_usage {
         out.extend_from_slice(&data(&usage_chunk(head, &completion.usage)));
     }
@@ -314,47 +361,89 @@ fn whole_as_events(completion: &Completion, include_usage: bool) -> Bytes {
     Bytes::from(out)
 }
 
-/// A local engine's token events as server-sent events. Dropping the stream (the client hung
-/// up) drops the engine's receiver, which the engine notices at its next step.
+/// Where each choice of a stream stands.
+#[derive(Clone, Copy)]
+struct ChoiceStream {
+    /// No chunk of this choice was sent yet (its first carries the role).
+    first: bool,
+    /// The text's length so far: where the next token's offset starts.
+    offset: usize,
+}
+
+/// A local engine's token events (each with its choice's index) as server-sent events; the
+/// usage (the prompt once, every choice's tokens) and `[DONE]` follow the last choice's end.
+/// Dropping the stream (the client hung up) drops the engine's receivers, which the engine
+/// notices at its next step.
 fn token_events(
     head: AnswerHead,
-    events: BoxStream<'static, TokenEvent>,
+    choices: usize,
+    events: BoxStream<'static, (usize, TokenEvent)>,
     include_usage: bool,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    // (events, head, whether no chunk was sent yet, whether the stream ended, the text's length
-    // so far: where the next token's offset starts)
-    let state = (events, head, true, false, 0);
-    futures::stream::unfold(state, move |(mut events, head, first, done, offset)| async move {
+    let streams = vec![ChoiceStream { first: true, offset: 0 }; choices];
+    // (events, head, each choice's state, choices not yet ended, the usage so far, ended)
+    let state = (events, head, streams, choices, Usage::default(), false);
+    futures::stream::unfold(state, move |(mut events, head, mut streams, mut left, mut usage, done)| async move {
         if done {
             return None;
         }
-        let event = events.next().await?;
-        let (bytes, first, done, offset) = match event {
-            TokenEvent::Delta { text, logprob: None } if text.is_empty() && !first => {
-                (Bytes::new(), first, false, offset)
-            }
+        let (index, event) = events.next().await?;
+        let Some(stream) = streams.get_mut(index) else {
+            return Some((Ok(Bytes::new()), (events, head, streams, left, usage, false)));
+        };
+        let first = stream.first;
+        let mut done = false;
+        let bytes = match event {
+            TokenEvent::Delta { text, logprob: None } if text.is_empty() && !first => Bytes::new(),
             TokenEvent::Delta { text, logprob } => {
-                let logprobs = logprobs_json(head.kind, logprob.as_ref().map(std::slice::from_ref), offset);
-                (data(&chunk(&head, Some(&text), None, first, logprobs)), false, false, offset + text.len())
+                let logprobs = logprobs_json(head.kind, logprob.as_ref().map(std::slice::from_ref), stream.offset);
+                stream.offset += text.len();
+                stream.first = false;
+                data(&chunk(&head, index, Some(&text), None, first, logprobs))
             }
-            TokenEvent::Done { reason, usage } => {
-                let end = chunk(&head, None, Some(reason_name(reason)), first, serde_json::Value::Null);
+            TokenEvent::ToolCallStarted { index: call, id, name } => {
+                let call = serde_json::json!({
+                    "index": call, "id": id, "type": "function", "function": { "name": name, "arguments": "" },
+                });
+                stream.first = false;
+                data(&tool_call_chunk(&head, index, call, first))
+            }
+            TokenEvent::ToolArguments { index: call, fragment } => {
+                let call = serde_json::json!({ "index": call, "function": { "arguments": fragment } });
+                stream.first = false;
+                data(&tool_call_chunk(&head, index, call, first))
+            }
+            TokenEvent::Done { reason, usage: choice_usage, called_tools } => {
+                let reason = finish_name(reason, called_tools);
+                stream.first = false;
+                let end = chunk(&head, index, None, Some(reason), first, serde_json::Value::Null);
                 let mut out = data(&end).to_vec();
-                if include_usage {
-                    out.extend_from_slice(&data(&usage_chunk(&head, &usage)));
+                usage.prompt_tokens = choice_usage.prompt_tokens;
+                usage.cached_tokens = choice_usage.cached_tokens;
+                usage.completion_tokens += choice_usage.completion_tokens;
+                left = left.saturating_sub(1);
+                if left == 0 {
+                    if include_usage {
+                        out.extend_from_slice(&data(&usage_chunk(&head, &usage)));
+                    }
+                    out.extend_from_slice(DONE);
+                    done = true;
                 }
-                out.extend_from_slice(DONE);
-                (Bytes::from(out), false, true, offset)
+                Bytes::from(out)
             }
             TokenEvent::Failed(message) => {
                 let error = serde_json::json!({ "error": { "message": message, "type": "server_error", "code": "generation_failed" } });
                 let mut out = data(&error).to_vec();
                 out.extend_from_slice(DONE);
-                (Bytes::from(out), first, true, offset)
+                done = true;
+                Bytes::from(out)
             }
-            TokenEvent::Vanished => (Bytes::from_static(DONE), first, true, offset),
+            TokenEvent::Vanished => {
+                done = true;
+                Bytes::from_static(DONE)
+            }
         };
-        Some((Ok(bytes), (events, head, first, done, offset)))
+        Some((Ok(bytes), (events, head, streams, left, usage, done)))
     })
     .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())))
 }

@@ -196,7 +196,7 @@ fn template() -> impl Strategy<Value = String> {
 fn check_render(template: &str, messages: &[Message]) -> Result<(), TestCaseError> {
     let text_bytes: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
     let started = Instant::now();
-    let rendered = crate::chat_template::render(template, messages, text_bytes, "<s>", "</s>");
+    let rendered = crate::chat_template::render(template, messages, None, text_bytes, "<s>", "</s>");
     prop_assert!(started.elapsed() < CASE_TIME, "took {:?}: {template}", started.elapsed());
     match rendered {
         Ok(text) => prop_assert!(text.len() <= text_bytes * 2 + 64 * 1024, "{} bytes", text.len()),
@@ -240,7 +240,7 @@ fn check_body(bytes: &[u8]) -> Result<(), TestCaseError> {
         let messages: Vec<ChatMessage> = chat.messages;
         let template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}<|assistant|>";
         let text_bytes: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
-        let rendered = crate::chat_template::render(template, &messages, text_bytes, "<s>", "</s>").unwrap();
+        let rendered = crate::chat_template::render(template, &messages, None, text_bytes, "<s>", "</s>").unwrap();
         prop_assert!(rendered.len() <= text_bytes * 2 + 64 * 1024);
     }
     Ok(())
@@ -461,7 +461,7 @@ fn chat_templates_cannot_yet_exhaust_memory_or_time() {
          {% endfor %}{% endset %}{{ y }}",
     ] {
         let started = Instant::now();
-        let rendered = crate::chat_template::render(template, &user, 4, "<s>", "</s>");
+        let rendered = crate::chat_template::render(template, &user, None, 4, "<s>", "</s>");
         assert!(rendered.is_err(), "{template}");
         assert!(started.elapsed() < CASE_TIME, "{template}: {:?}", started.elapsed());
     }

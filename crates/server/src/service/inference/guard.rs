@@ -35,9 +35,24 @@ pub fn input(guardrails: &Guardrails, request: &mut Inference) -> (Vec<Verdict>,
             for (index, message) in messages.iter_mut().enumerate() {
                 apply(&mut message.content);
                 request.raw["messages"][index]["content"] = serde_json::Value::String(message.content.clone());
+                // A call's arguments are text the model reads back, like a tool's result.
+                for (call_index, call) in message.tool_calls.iter_mut().enumerate() {
+                    apply(&mut call.function.arguments);
+                    let arguments = serde_json::Value::String(call.function.arguments.clone());
+                    if let Some(slot) = request.raw["messages"][index]["tool_calls"][call_index].get_mut("function") {
+                        slot["arguments"] = arguments;
+                    }
+                }
             }
             // Token limits apply to the conversation as a whole, not only to each message.
-            let whole: String = messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+            let whole: String = messages
+                .iter()
+                .flat_map(|m| {
+                    std::iter::once(m.content.as_str())
+                        .chain(m.tool_calls.iter().map(|c| c.function.arguments.as_str()))
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
             if let Some(verdict) = guardrails.check_total(Stage::Input, &whole, &estimated_tokens) {
                 if verdict.action == GuardAction::Block && first_block.is_none() {
                     first_block = Some(verdict.clone());
@@ -50,7 +65,8 @@ pub fn input(guardrails: &Guardrails, request: &mut Inference) -> (Vec<Verdict>,
 }
 
 /// Applies `apply` to every string of a request body except the deployment's name, roles, and
-/// the text the typed call carries (a completion's `prompt`, a chat's message contents), which
+/// the text the typed call carries (a completion's `prompt`, a chat's message contents and
+/// tool calls), which
 /// is checked as the call and written back. A chat's stray `prompt` or a completion's stray
 /// `messages` is checked here like any other field, since it is forwarded too.
 pub fn other_fields(raw: &mut serde_json::Value, kind: CallKind, apply: &mut impl FnMut(&mut String)) {
@@ -70,7 +86,7 @@ pub fn other_fields(raw: &mut serde_json::Value, kind: CallKind, apply: &mut imp
             "messages" if kind == CallKind::Chat => {
                 for message in value.as_array_mut().into_iter().flatten() {
                     for (field, part) in message.as_object_mut().into_iter().flatten() {
-                        if field != "content" && field != "role" {
+                        if field != "content" && field != "role" && field != "tool_calls" {
                             every_string(part, apply);
                         }
                     }

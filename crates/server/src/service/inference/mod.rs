@@ -13,12 +13,13 @@
 pub mod guard;
 pub mod local;
 pub mod plan;
+pub mod tools;
 pub mod upstream;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use factory_engine::{FinishReason, SamplingParams, Usage};
+use factory_engine::{FinishReason, Grammar, SamplingParams, Usage};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,7 @@ use crate::serving::VariantSpec;
 use crate::state::AppState;
 
 use self::plan::Plan;
+use self::tools::{ToolCall, Tools};
 
 /// A string or a list of them, as OpenAI's `prompt`, `stop` and `input` take.
 #[derive(Debug, Clone, Deserialize)]
@@ -83,12 +85,14 @@ pub struct Sampling {
     pub logprobs: Option<serde_json::Value>,
     /// Chat: the alternatives to report with each token (0 to 20), with `logprobs: true`.
     pub top_logprobs: Option<usize>,
+    /// `{"type": "text" | "json_object"}` or `{"type": "json_schema", "json_schema": {"name",
+    /// "schema", "strict"}}`: enforced on local variants by constrained decoding.
+    pub response_format: Option<serde_json::Value>,
 }
 
 impl Sampling {
     /// The engine's parameters, with at most `room` new tokens (what the context has left).
     pub fn params(&self, room: usize) -> Result<SamplingParams, ServiceError> {
-        check_n(self.n)?;
         let params = SamplingParams {
             temperature: self.temperature.unwrap_or(1.0),
             top_p: self.top_p.unwrap_or(1.0),
@@ -142,15 +146,36 @@ impl Sampling {
         biases.iter().map(|(key, bias)| Ok((id(key)?, *bias))).collect()
     }
 
+    /// The grammar `response_format` asks for: none for text, any JSON object, or a schema.
+    pub fn grammar(&self) -> Result<Option<Grammar>, ServiceError> {
+        let Some(format) = &self.response_format else { return Ok(None) };
+        let kind = format.get("type").and_then(serde_json::Value::as_str);
+        match kind {
+            Some("text") => Ok(None),
+            Some("json_object") => Ok(Some(Grammar::JsonObject)),
+            Some("json_schema") => {
+                let schema = format
+                    .pointer("/json_schema/schema")
+                    .ok_or_else(|| invalid_param("response_format.json_schema.schema", "json_schema needs a schema"))?;
+                if !(schema.is_object() || schema.is_boolean()) {
+                    return Err(invalid_param("response_format.json_schema.schema", "a schema is a JSON object"));
+                }
+                Ok(Some(Grammar::JsonSchema(schema.clone())))
+            }
+            _ => Err(invalid_param("response_format.type", "give text, json_object or json_schema")),
+        }
+    }
+
     pub fn include_usage(&self) -> bool {
         self.stream_options.as_ref().is_some_and(|o| o.include_usage)
     }
 }
 
-fn check_n(n: Option<usize>) -> Result<(), ServiceError> {
-    match n {
-        Some(n) if n != 1 => Err(invalid_param("n", "only n = 1 is supported")),
-        _ => Ok(()),
+/// How many answers the request asks for, refused by name past the configured maximum.
+fn choices(n: Option<usize>, max: usize) -> Result<usize, ServiceError> {
+    match n.unwrap_or(1) {
+        n if (1..=max).contains(&n) => Ok(n),
+        _ => Err(invalid_param("n", &format!("n must be between 1 and {max}"))),
     }
 }
 
@@ -159,10 +184,67 @@ pub fn invalid_param(param: &str, message: &str) -> ServiceError {
     ServiceError::invalid(message).at_param(param)
 }
 
+/// A message of a conversation, as OpenAI's chat API takes it: text content (a string, text
+/// parts, or none beside tool calls), an assistant's tool calls, a tool's result for a call.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ChatMessage {
     pub role: String,
+    #[serde(default, deserialize_with = "content_text")]
     pub content: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+
+    /// The message's bytes as a template sees them: content, and its calls' names and arguments.
+    pub fn text_bytes(&self) -> usize {
+        let calls: usize = self.tool_calls.iter().map(|c| c.function.name.len() + c.function.arguments.len()).sum();
+        self.role.len() + self.content.len() + calls
+    }
+}
+
+/// A message's content: a string, none, or a list of text parts (joined).
+fn content_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    struct Part {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        text: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(String),
+        Parts(Vec<Part>),
+    }
+    match Option::<Content>::deserialize(deserializer)? {
+        None => Ok(String::new()),
+        Some(Content::Text(text)) => Ok(text),
+        Some(Content::Parts(parts)) => {
+            if let Some(part) = parts.iter().find(|part| part.kind != "text") {
+                return Err(serde::de::Error::custom(format!(
+                    "content parts of type {:?} are not supported",
+                    part.kind
+                )));
+            }
+            Ok(parts.into_iter().map(|part| part.text).collect())
+        }
+    }
 }
 
 /// What is asked: a prompt to complete or a conversation to answer.
@@ -199,6 +281,8 @@ pub struct Inference {
     pub raw: serde_json::Value,
     /// The client's episode (`x-episode-id`): an episode's requests reach one variant.
     pub episode: Option<String>,
+    /// The tools a chat offers the model, and how it may call them.
+    pub tools: Option<Tools>,
 }
 
 /// What names an answer, whatever form it takes.
@@ -221,24 +305,34 @@ impl AnswerHead {
     }
 }
 
-/// A whole answer.
+/// One of a whole answer's choices.
+#[derive(Debug, Clone, Default)]
+pub struct Choice {
+    pub text: String,
+    /// `stop`, `length`, `tool_calls` or `content_filter` (an output guardrail withheld the
+    /// text); none when an upstream gave none.
+    pub finish_reason: Option<String>,
+    /// Each generated token's log-probability, when the request asked (local variants).
+    pub logprobs: Option<Vec<TokenLogprobs>>,
+    /// The tools the model called (local variants; an upstream's are in its body). When there
+    /// are any, `text` is what it wrote beside them, usually nothing.
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// A whole answer: its choices (`n` of them), in order.
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub head: AnswerHead,
-    pub text: String,
-    /// `stop`, `length` or `content_filter` (an output guardrail withheld the text); none when
-    /// an upstream gave none.
-    pub finish_reason: Option<String>,
+    pub choices: Vec<Choice>,
+    /// The prompt once, and the completion tokens of every choice.
     pub usage: Usage,
     /// The variant that answered (`name@version` or the upstream's label).
     pub variant: String,
     /// An upstream's answer as it sent it (with our id and model): fields this server does not
     /// read go back to the client unchanged.
     pub upstream_body: Option<serde_json::Value>,
-    /// Whether an output guardrail changed `text` from what the variant answered.
+    /// Whether an output guardrail changed a choice from what the variant answered.
     pub rewritten: bool,
-    /// Each generated token's log-probability, when the request asked (local variants).
-    pub logprobs: Option<Vec<TokenLogprobs>>,
 }
 
 /// A generated token's log-probability and the most likely alternatives with theirs, each
@@ -267,9 +361,22 @@ pub enum TokenEvent {
         text: String,
         logprob: Option<TokenLogprobs>,
     },
+    /// A tool call begins (its index among the answer's calls, id and function name).
+    ToolCallStarted {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    /// More of a tool call's arguments.
+    ToolArguments {
+        index: usize,
+        fragment: String,
+    },
     Done {
         reason: FinishReason,
         usage: Usage,
+        /// The answer called tools: its finish reason is `tool_calls`.
+        called_tools: bool,
     },
     Failed(String),
     /// The engine ended the generation without saying how.
@@ -279,12 +386,15 @@ pub enum TokenEvent {
 /// An answer in the form it comes.
 pub enum Answered {
     Whole(Completion),
-    /// A local engine's tokens as they are generated, metered as they go; dropping the stream
-    /// (the client hung up) cancels the generation at the engine's next step.
+    /// A local engine's tokens as they are generated, each with the index of its choice,
+    /// metered as they go; dropping the stream (the client hung up) cancels the generation at
+    /// the engine's next step.
     Tokens {
         head: AnswerHead,
         variant: String,
-        events: BoxStream<'static, TokenEvent>,
+        /// How many choices the stream interleaves.
+        choices: usize,
+        events: BoxStream<'static, (usize, TokenEvent)>,
     },
     /// An upstream's event stream, relayed event by event as it sent them.
     Relayed {
@@ -305,8 +415,10 @@ pub fn estimated_tokens(text: &str) -> usize {
 
 /// Answers `request` as `caller`: the whole flow, from plan to meter.
 pub async fn complete(state: &AppState, caller: &Caller, mut request: Inference) -> Result<Answered, ServiceError> {
-    check_n(request.sampling.n)?;
-    let mut plan = plan::plan(state, caller, &request.deployment, request.episode.as_deref()).await?;
+    choices(request.sampling.n, state.config.serving.max_choices)?;
+    let offered: Vec<&str> =
+        request.tools.iter().flat_map(|tools| tools.tools.iter().map(|t| t.name.as_str())).collect();
+    let mut plan = plan::plan(state, caller, &request.deployment, request.episode.as_deref(), &offered).await?;
     let guardrails = std::mem::replace(&mut plan.guardrails, Arc::new(Guardrails::empty()));
     let keep_text = plan.logging.as_ref().and_then(|logging| {
         let draw = (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64;
@@ -338,20 +450,34 @@ pub async fn complete(state: &AppState, caller: &Caller, mut request: Inference)
     let answered = answer(state, caller, Arc::new(request), plan, keep_text).await?;
     match answered {
         Answered::Whole(mut completion) if guard_output => {
-            let checked = match guardrails.embeds() {
-                true => {
-                    tokio::task::block_in_place(|| guardrails.check(Stage::Output, &completion.text, &estimated_tokens))
-                }
-                false => guardrails.check(Stage::Output, &completion.text, &estimated_tokens),
+            let check = |text: &str| match guardrails.embeds() {
+                true => tokio::task::block_in_place(|| guardrails.check(Stage::Output, text, &estimated_tokens)),
+                false => guardrails.check(Stage::Output, text, &estimated_tokens),
             };
-            guard::record(state, caller, &tenant, &deployment, &checked.verdicts).await;
-            if checked.blocked.is_some() {
-                completion.text = String::new();
-                completion.finish_reason = Some("content_filter".to_string());
-                completion.rewritten = true;
-            } else if checked.text != completion.text {
-                completion.text = checked.text;
-                completion.rewritten = true;
+            for choice in &mut completion.choices {
+                let checked = check(&choice.text);
+                guard::record(state, caller, &tenant, &deployment, &checked.verdicts).await;
+                let mut blocked = checked.blocked.is_some();
+                if checked.text != choice.text {
+                    choice.text = checked.text;
+                    completion.rewritten = true;
+                }
+                // A call's arguments leave for the client's tools: checked like any answer.
+                for call in &mut choice.tool_calls {
+                    let checked = check(&call.function.arguments);
+                    guard::record(state, caller, &tenant, &deployment, &checked.verdicts).await;
+                    blocked |= checked.blocked.is_some();
+                    if checked.text != call.function.arguments {
+                        call.function.arguments = checked.text;
+                        completion.rewritten = true;
+                    }
+                }
+                if blocked {
+                    choice.text = String::new();
+                    choice.tool_calls.clear();
+                    choice.finish_reason = Some("content_filter".to_string());
+                    completion.rewritten = true;
+                }
             }
             Ok(Answered::Whole(completion))
         }
@@ -433,6 +559,12 @@ impl Attempt<'_> {
         meter.shadow = self.shadow;
         meter.settle = self.settle;
         meter.keep_text = self.keep_text;
+        // What the request asks of the answer's shape is logged with its texts.
+        let asked: serde_json::Map<String, serde_json::Value> = ["response_format", "tools", "tool_choice"]
+            .into_iter()
+            .filter_map(|field| request.raw.get(field).filter(|v| !v.is_null()).map(|v| (field.to_string(), v.clone())))
+            .collect();
+        meter.structure(serde_json::Value::Object(asked));
         if let Some(upstream) = &variant.upstream {
             plan::check_residency(state, caller, &request.deployment, &upstream.jurisdiction, false).await?;
             meter.arm(&variant.label(), (0.0, 0.0));
@@ -442,15 +574,23 @@ impl Attempt<'_> {
         let model = load_variant(state, &tenant, variant).await?;
         plan::check_residency(state, caller, &request.deployment, &model.jurisdiction, true).await?;
         arm(state, &mut meter, &model.reference);
+        let tools = request.tools.as_ref();
         let prompt = match &request.call {
             Call::Completion(prompt) => prompt.clone(),
             Call::Chat(messages) => {
-                local::render_chat(local::generator(&model, &request.deployment)?, messages).await?
+                local::render_chat(local::generator(&model, &request.deployment)?, messages, tools).await?
             }
         };
         meter.texts(Some(&prompt), None);
         let stream = request.sampling.stream && !self.shadow;
-        local::generate(model, &prompt, &request.sampling, stream, head, meter).await
+        let answer = request.sampling.grammar()?;
+        let (grammar, reads_calls) = match tools {
+            Some(tools) => (tools.grammar(answer.as_ref()), tools.may_call()),
+            None => (answer, false),
+        };
+        let choices = choices(request.sampling.n, state.config.serving.max_choices)?;
+        let shape = local::Shape { grammar, reads_calls, choices };
+        local::generate(model, &prompt, &request.sampling, shape, stream, head, meter).await
     }
 }
 
@@ -514,7 +654,7 @@ pub fn check_embedding_inputs(inputs: &[String]) -> Result<(), ServiceError> {
 pub async fn embed(state: &AppState, caller: &Caller, request: Embedding) -> Result<Embedded, ServiceError> {
     let Embedding { deployment, inputs, episode } = request;
     check_embedding_inputs(&inputs)?;
-    let plan = plan::plan(state, caller, &deployment, episode.as_deref()).await?;
+    let plan = plan::plan(state, caller, &deployment, episode.as_deref(), &[]).await?;
     if plan.primary.model.is_none() {
         return Err(invalid_param("model", "embeddings are served from registered models only"));
     }
@@ -546,7 +686,7 @@ pub async fn embed(state: &AppState, caller: &Caller, request: Embedding) -> Res
     .map_err(|e| ServiceError::internal(e.to_string()))?
     .map_err(|e| invalid_param("input", &e.to_string()))?;
     let computed = meter.started.elapsed().as_secs_f64() * 1000.0;
-    let usage = Usage { prompt_tokens: tokens, completion_tokens: 0 };
+    let usage = Usage { prompt_tokens: tokens, completion_tokens: 0, cached_tokens: 0 };
     meter.finish(None, &usage, &factory_engine::Timings { queue_ms: 0.0, first_token_ms: computed, decode_ms: 0.0 }, 1);
     Ok(Embedded { vectors, prompt_tokens: tokens, variant: model.reference.clone() })
 }

@@ -43,11 +43,13 @@ fn episode_draw(episode: &str) -> f64 {
     (u64::from_be_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Plans a request to `deployment` that offers the model the tools named `tools`.
 pub async fn plan(
     state: &AppState,
     caller: &Caller,
     deployment: &str,
     episode: Option<&str>,
+    tools: &[&str],
 ) -> Result<Plan, ServiceError> {
     let tenant = tenant_of_key(caller)?;
     let request =
@@ -57,6 +59,16 @@ pub async fn plan(
         ServiceError::new(ErrorKind::ModelNotFound, format!("The model `{deployment}` does not exist"))
     })?;
     let spec = &deployed.spec;
+    // Each tool offered is its own question (`deployment.tool`), so a refusal names the tool
+    // and is audited.
+    for tool in tools {
+        let allowed = spec.tools.as_ref().is_none_or(|tools| tools.allowed.iter().any(|name| name == tool));
+        let request =
+            AccessRequest::new(&caller.principal, Action::DeploymentTool, Resource::deployment(&tenant, deployment))
+                .with_context("tool", *tool)
+                .with_context("tool_allowed", allowed);
+        state.store.authorize(state.pdp.as_ref(), &request, &caller.request_id).await?;
+    }
     let draw = match episode {
         Some(episode) => episode_draw(episode),
         // A v4 UUID is 122 random bits; 53 of them make a uniform draw.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use factory_engine::{FinishReason, Timings, Usage};
 use futures::StreamExt;
 
-use super::{AnswerHead, Answered, CallKind, Completion, Inference};
+use super::{AnswerHead, Answered, CallKind, Choice, Completion, Inference};
 use crate::inference_log::Meter;
 use crate::service_error::{ErrorKind, ServiceError};
 use crate::serving::UpstreamSpec;
@@ -109,29 +109,33 @@ pub async fn forward(
     let usage = Usage {
         prompt_tokens: json["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
         completion_tokens: json["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
+        cached_tokens: json["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0) as usize,
     };
-    let choice = &json["choices"][0];
-    let finish_reason = choice["finish_reason"].as_str().map(str::to_string);
-    let reason = match finish_reason.as_deref() {
+    let choices: Vec<Choice> = json["choices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|choice| Choice {
+            text: choice["message"]["content"].as_str().or(choice["text"].as_str()).unwrap_or_default().to_string(),
+            finish_reason: choice["finish_reason"].as_str().map(str::to_string),
+            ..Choice::default()
+        })
+        .collect();
+    let reason = match choices.first().and_then(|choice| choice.finish_reason.as_deref()) {
         Some("length") => Some(FinishReason::Length),
         Some(_) => Some(FinishReason::Stop),
         None => None,
     };
-    let answer_text = choice["message"]["content"].as_str().or(choice["text"].as_str()).unwrap_or_default().to_string();
+    let calls: Vec<&serde_json::Value> =
+        json["choices"].as_array().into_iter().flatten().filter_map(|c| c["message"].get("tool_calls")).collect();
+    if calls.iter().any(|calls| !calls.is_null()) {
+        meter.tool_calls(serde_json::json!(calls));
+    }
     let elapsed = meter.started.elapsed().as_secs_f64() * 1000.0;
     meter.finish(reason, &usage, &Timings { queue_ms: 0.0, first_token_ms: elapsed, decode_ms: 0.0 }, 1);
     let head =
         AnswerHead { id: meter.record.id.clone(), created: json["created"].as_i64().unwrap_or(head.created), ..head };
-    Ok(Answered::Whole(Completion {
-        head,
-        text: answer_text,
-        finish_reason,
-        usage,
-        variant,
-        upstream_body: Some(json),
-        rewritten: false,
-        logprobs: None,
-    }))
+    Ok(Answered::Whole(Completion { head, choices, usage, variant, upstream_body: Some(json), rewritten: false }))
 }
 
 /// Relays an upstream's event stream event by event, metering as it goes: each content chunk
@@ -196,6 +200,7 @@ fn finish_relay(meter: &mut Meter) {
     let usage = Usage {
         prompt_tokens: meter.record.prompt_tokens.max(0) as usize,
         completion_tokens: meter.record.completion_tokens.max(0) as usize,
+        cached_tokens: 0,
     };
     meter.finish(None, &usage, &Timings { queue_ms: 0.0, first_token_ms: elapsed, decode_ms: 0.0 }, 1);
 }
