@@ -39,12 +39,8 @@ pub enum Grammar {
 /// JSON as one line, `,` and `:` with no space: a model, barely trained or not, cannot spend its
 /// tokens on whitespace, and every answer is short for what it says.
 fn compact(schema: Value) -> Value {
-    let mut schema = match schema {
-        Value::Object(fields) => Value::Object(fields),
-        // `true` and other non-object schemas: llguidance takes them only as objects.
-        Value::Bool(true) => Value::Object(Default::default()),
-        other => other,
-    };
+    // `true` (any value) is `{}` to llguidance, which takes schemas only as objects.
+    let mut schema = if schema == Value::Bool(true) { Value::Object(Default::default()) } else { schema };
     if let Some(fields) = schema.as_object_mut() {
         fields.entry("x-guidance").or_insert_with(
             || serde_json::json!({ "whitespace_flexible": false, "item_separator": ",", "key_separator": ":" }),

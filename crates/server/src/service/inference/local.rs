@@ -52,12 +52,13 @@ pub async fn render_chat(
     let special = generator.special.clone();
     let knows_tools = template.contains("tools") && template.contains("tool_calls");
     let uses_tools = tools.is_some() || messages.iter().any(|m| !m.tool_calls.is_empty() || m.role == "tool");
+    // What the template is given: the messages' texts and the tools' definitions.
+    let tools_bytes = tools.map_or(0, |tools| tools.for_template().to_string().len());
+    let text_bytes = messages.iter().map(ChatMessage::text_bytes).sum::<usize>() + tools_bytes;
     let (messages, tools) = match (uses_tools, knows_tools) {
         (true, false) => (plain_for_tools(messages, tools), None),
         _ => (template_messages(messages), tools.map(Tools::for_template)),
     };
-    let text_bytes = messages.iter().map(|m| m.to_string().len()).sum::<usize>()
-        + tools.as_ref().map_or(0, |tools| tools.to_string().len());
     tokio::task::spawn_blocking(move || {
         let bos = special.bos.as_deref().unwrap_or("");
         let eos = special.eos.as_deref().unwrap_or(factory_tokenizer::END_OF_TEXT);

@@ -200,16 +200,6 @@ pub struct ChatMessage {
 }
 
 impl ChatMessage {
-    pub fn new(role: &str, content: &str) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-            name: None,
-        }
-    }
-
     /// The message's bytes as a template sees them: content, and its calls' names and arguments.
     pub fn text_bytes(&self) -> usize {
         let calls: usize = self.tool_calls.iter().map(|c| c.function.name.len() + c.function.arguments.len()).sum();
