@@ -182,6 +182,8 @@ fn action_resources(action: Action) -> &'static [ResourceKind] {
         Action::PipelineWrite | Action::PipelineRead | Action::PipelineTrigger | Action::PipelineRun => {
             &[ResourceKind::Pipeline]
         }
+        Action::FileUpload | Action::FileRead | Action::FileDelete => &[ResourceKind::File],
+        Action::BatchCreate | Action::BatchRead | Action::BatchCancel | Action::BatchRun => &[ResourceKind::Batch],
     }
 }
 
@@ -214,6 +216,8 @@ const RESOURCE_KINDS: &[ResourceKind] = &[
     ResourceKind::Model,
     ResourceKind::Deployment,
     ResourceKind::Pipeline,
+    ResourceKind::File,
+    ResourceKind::Batch,
 ];
 
 fn schema_text() -> String {

@@ -42,6 +42,7 @@ pub struct Config {
     pub feedback: std::collections::BTreeMap<String, FeedbackMetric>,
     pub drift: DriftSettings,
     pub pipelines: PipelineSettings,
+    pub batch: BatchSettings,
     /// Which secret-bearing environment variables (`UPSTREAM_KEY_*`, `WEBHOOK_SECRET_*`) each
     /// tenant's deployments and pipelines may name, by tenant: `[secrets] acme =
     /// ["UPSTREAM_KEY_PARTNER"]`. None by default, so no tenant can send another's key.
@@ -60,6 +61,18 @@ pub struct PipelineSettings {
     /// URL prefixes `notify` steps may POST to; none by default. Each webhook's HMAC secret
     /// comes from an environment variable named `WEBHOOK_SECRET_*`.
     pub webhooks: Vec<String>,
+}
+
+/// What the Batch API accepts and how hard a batch works its deployment's engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchSettings {
+    /// The largest file `/v1/files` takes (`max_file_mb`, default 200, OpenAI's bound).
+    pub max_file_bytes: u64,
+    /// The most requests one batch may hold (`max_requests`, default 50,000, OpenAI's bound).
+    pub max_requests: usize,
+    /// Requests a running batch keeps outstanding on its engine (`concurrency`, default 32):
+    /// enough to fill the engine's batch; the engine serves interactive requests first.
+    pub concurrency: usize,
 }
 
 /// A feedback metric declared in `[feedback.metrics.NAME]`.

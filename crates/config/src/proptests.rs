@@ -24,7 +24,7 @@ const KEYS: &[&str] = &[
     "max_columns", "max_decompressed_bytes", "max_buffered_bytes", "type", "better", "level", "interval_ms", "webhooks",
     "namespace", "file", "http_url", "trusted_keys", "acme", "server", "objects", "s3", "audit", "authz", "jobs",
     "serving", "prices", "datasets", "custom_pii", "feedback", "metrics", "drift", "pipelines", "secrets", "lineage",
-    "registry", "sites", "\"\"", "\"a.b\"", "server.max_batch", "x",
+    "registry", "sites", "batch", "max_file_mb", "max_requests", "concurrency", "\"\"", "\"a.b\"", "server.max_batch", "x",
 ];
 
 /// The loader's tables and arrays of tables, and some it does not have.
@@ -32,7 +32,7 @@ const KEYS: &[&str] = &[
 const TABLES: &[&str] = &[
     "[server]", "[objects]", "[objects.s3]", "[audit]", "[authz]", "[jobs]", "[serving]", "[serving.prices.m]",
     "[serving.prices]", "[datasets]", "[datasets.custom_pii]", "[feedback.metrics.thumbs]", "[feedback]", "[drift]",
-    "[pipelines]", "[secrets]", "[lineage]", "[registry]", "[[sites]]", "[[server]]", "[\"\"]", "[x.y.z]",
+    "[pipelines]", "[secrets]", "[batch]", "[lineage]", "[registry]", "[[sites]]", "[[server]]", "[\"\"]", "[x.y.z]",
 ];
 
 /// Values of every TOML type, valid and invalid for each key, integers at the edges.

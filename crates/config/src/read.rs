@@ -11,8 +11,9 @@ use factory_core::{Jurisdiction, SiteKind};
 use toml::{Table, Value};
 
 use crate::{
-    AuditSettings, AuthzSettings, Config, DatasetSettings, DriftSettings, JobSettings, LineageSettings, ObjectSettings,
-    OrphanSettings, PipelineSettings, RegistrySettings, S3ObjectSettings, ServerSettings, ServingSettings, Site,
+    AuditSettings, AuthzSettings, BatchSettings, Config, DatasetSettings, DriftSettings, JobSettings, LineageSettings,
+    ObjectSettings, OrphanSettings, PipelineSettings, RegistrySettings, S3ObjectSettings, ServerSettings,
+    ServingSettings, Site,
 };
 
 /// One problem, tied to the dotted key (or file and line) it concerns.
@@ -245,6 +246,16 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
         section.finish(errors);
         settings
     };
+    let batch = {
+        let mut section = root.table("batch", errors).unwrap_or(Section::new("batch", &empty));
+        let settings = BatchSettings {
+            max_file_bytes: section.positive_integer("max_file_mb", 200, errors).saturating_mul(1 << 20),
+            max_requests: section.positive_integer("max_requests", 50_000, errors).min(1_000_000) as usize,
+            concurrency: section.positive_integer("concurrency", 32, errors).min(1024) as usize,
+        };
+        section.finish(errors);
+        settings
+    };
     let secrets = read_secrets(root.table("secrets", errors).unwrap_or(Section::new("secrets", &empty)), errors);
     root.finish(errors);
 
@@ -263,6 +274,7 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
         datasets,
         lineage,
         registry,
+        batch,
         serving,
         feedback,
         drift,

@@ -43,6 +43,8 @@ pub enum ResourceKind {
     Model,
     Deployment,
     Pipeline,
+    File,
+    Batch,
 }
 
 impl ResourceKind {
@@ -58,6 +60,8 @@ impl ResourceKind {
             ResourceKind::Model => "Model",
             ResourceKind::Deployment => "Deployment",
             ResourceKind::Pipeline => "Pipeline",
+            ResourceKind::File => "File",
+            ResourceKind::Batch => "Batch",
         }
     }
 }
@@ -169,6 +173,17 @@ impl Resource {
         Resource { kind: ResourceKind::Pipeline, ..Resource::deployment(tenant, name) }
     }
 
+    /// A file of the Batch API, named by its id. It holds requests to the tenant's deployments
+    /// or their answers, which applications make and read: internal, like a deployment.
+    pub fn file(tenant: &TenantName, id: &str) -> Self {
+        Resource { kind: ResourceKind::File, id: id.to_string(), ..Resource::deployment(tenant, "") }
+    }
+
+    /// A batch of requests, named by its id.
+    pub fn batch(tenant: &TenantName, id: &str) -> Self {
+        Resource { kind: ResourceKind::Batch, id: id.to_string(), ..Resource::deployment(tenant, "") }
+    }
+
     pub fn job(id: &str, tenant: &TenantName) -> Self {
         Resource {
             kind: ResourceKind::Job,
@@ -243,6 +258,13 @@ actions! {
     PipelineRead => "pipeline.read",
     PipelineTrigger => "pipeline.trigger",
     PipelineRun => "pipeline.run",
+    FileUpload => "file.upload",
+    FileRead => "file.read",
+    FileDelete => "file.delete",
+    BatchCreate => "batch.create",
+    BatchRead => "batch.read",
+    BatchCancel => "batch.cancel",
+    BatchRun => "batch.run",
 }
 
 impl fmt::Display for Action {

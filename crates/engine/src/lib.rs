@@ -123,6 +123,25 @@ pub struct GenerationRequest {
     /// What the answer must be (a JSON schema, a grammar), from [`Engine::constrain`]: only
     /// tokens it allows are sampled, and the answer ends when it is complete.
     pub constraint: Option<Constraint>,
+    pub priority: Priority,
+}
+
+impl GenerationRequest {
+    /// An interactive request for `prompt` on the base model, unconstrained.
+    pub fn new(prompt: Vec<u32>, params: SamplingParams) -> Self {
+        GenerationRequest { prompt, params, adapter: None, constraint: None, priority: Priority::Interactive }
+    }
+}
+
+/// Which work an engine serves first. Batch work fills the slots interactive work leaves free:
+/// it is admitted only while no interactive request waits, and its running sequences are
+/// suspended (keys and values kept, resumed where they stopped) when interactive requests
+/// need their slots, so a batch never delays an interactive answer by more than a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Batch,
 }
 
 /// What the engine is doing now, for metrics and load shedding.
@@ -137,6 +156,8 @@ pub struct EngineStats {
     pub cached_tokens: AtomicUsize,
     /// Requests that took some of their prompt from the prefix cache.
     pub prefix_hits: AtomicUsize,
+    /// Batch sequences suspended to make room for interactive requests, since the start.
+    pub suspensions: AtomicUsize,
     /// Bytes the prefix cache holds.
     pub prefix_cache_bytes: AtomicUsize,
 }
@@ -153,6 +174,10 @@ struct Submitted {
 #[derive(Clone)]
 pub struct Engine {
     queue: SyncSender<Submitted>,
+    /// Batch requests submitted and not yet admitted: at most `max_waiting` of them, so the
+    /// queue always has `max_waiting` places for interactive requests.
+    batch_queued: Arc<AtomicUsize>,
+    max_waiting: usize,
     pub stats: Arc<EngineStats>,
     max_context: usize,
     pub vocab_size: usize,
@@ -173,7 +198,9 @@ impl Engine {
     /// `<|endoftext|>` (the factory's own tokenizers) and at every token of `end_tokens` (the
     /// end-of-sequence and end-of-turn tokens a model declares).
     pub fn start(model: Decoder, tokenizer: Tokenizer, end_tokens: &[u32], settings: EngineSettings) -> Engine {
-        let (queue, incoming) = std::sync::mpsc::sync_channel(settings.max_waiting.max(1));
+        let max_waiting = settings.max_waiting.max(1);
+        let (queue, incoming) = std::sync::mpsc::sync_channel(max_waiting * 2);
+        let batch_queued = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(EngineStats::default());
         let max_context = model.config().max_positions();
         let vocab_size = model.config().vocab_size;
@@ -194,9 +221,12 @@ impl Engine {
             tokenizer,
             settings,
             incoming,
+            batch_queued: batch_queued.clone(),
             stats: stats.clone(),
             waiting: VecDeque::new(),
+            waiting_batch: VecDeque::new(),
             active: Vec::new(),
+            suspended: Vec::new(),
             end_tokens,
             prefixes: PrefixCache::new(settings_prefix_bytes),
         };
@@ -205,7 +235,7 @@ impl Engine {
         if let Err(error) = started {
             eprintln!("cannot start the engine's thread: {error}");
         }
-        Engine { queue, stats, max_context, vocab_size, grammar }
+        Engine { queue, batch_queued, max_waiting, stats, max_context, vocab_size, grammar }
     }
 
     /// Compiles `grammar` against this model's vocabulary into a constraint for one request.
@@ -266,14 +296,26 @@ impl Engine {
             siblings.push(sender);
             receivers.push(receiver);
         }
+        let batch = request.priority == Priority::Batch;
+        if batch && self.batch_queued.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+            self.batch_queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::Overloaded);
+        }
         let submitted = Submitted { request, events, siblings, submitted_at: Instant::now() };
         match self.queue.try_send(submitted) {
             Ok(()) => {
                 self.stats.waiting.fetch_add(1, Ordering::SeqCst);
                 Ok(receivers)
             }
-            Err(TrySendError::Full(_)) => Err(EngineError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(EngineError::Stopped),
+            Err(error) => {
+                if batch {
+                    self.batch_queued.fetch_sub(1, Ordering::SeqCst);
+                }
+                match error {
+                    TrySendError::Full(_) => Err(EngineError::Overloaded),
+                    TrySendError::Disconnected(_) => Err(EngineError::Stopped),
+                }
+            }
         }
     }
 
@@ -288,6 +330,7 @@ struct Sequence {
     prompt: Vec<u32>,
     adapter: Option<Arc<ServingAdapter>>,
     constraint: Option<Constraint>,
+    priority: Priority,
     prefilled: usize,
     /// Prompt tokens restored from the prefix cache.
     cached: usize,
@@ -308,6 +351,11 @@ impl Sequence {
         self.prefilled < self.prompt.len()
     }
 
+    /// Whether no one waits for this sequence's answers any more.
+    fn abandoned(&self) -> bool {
+        self.events.is_closed() && self.siblings.iter().all(UnboundedSender::is_closed)
+    }
+
     /// Choice `choice` of this sequence's request, forked after its prefill and before its
     /// first token: the same keys and values, seed `seed + choice`, a copy of the constraint.
     fn fork(&self, events: UnboundedSender<GenerationEvent>, choice: u64) -> Sequence {
@@ -318,6 +366,7 @@ impl Sequence {
             prompt: self.prompt.clone(),
             adapter: self.adapter.clone(),
             constraint: self.constraint.as_ref().map(Constraint::fork),
+            priority: self.priority,
             prefilled: self.prefilled,
             cached: self.cached,
             generated: Vec::new(),
@@ -339,9 +388,15 @@ struct Scheduler {
     tokenizer: Tokenizer,
     settings: EngineSettings,
     incoming: Receiver<Submitted>,
+    batch_queued: Arc<AtomicUsize>,
     stats: Arc<EngineStats>,
+    /// Interactive requests waiting for a slot, and batch requests (served after them).
     waiting: VecDeque<Submitted>,
+    waiting_batch: VecDeque<Submitted>,
     active: Vec<Sequence>,
+    /// Batch sequences that gave their slots to interactive requests, resumed first when
+    /// slots free up again.
+    suspended: Vec<Sequence>,
     /// Tokens that end a sequence (never sent as text).
     end_tokens: Vec<u32>,
     prefixes: PrefixCache,
@@ -367,31 +422,76 @@ impl Scheduler {
         }
     }
 
+    fn idle(&self) -> bool {
+        self.active.is_empty() && self.waiting.is_empty() && self.waiting_batch.is_empty() && self.suspended.is_empty()
+    }
+
     /// Takes what was submitted; blocks only when there is nothing else to do. False when every
     /// handle is gone and no work remains.
     fn receive(&mut self) -> bool {
-        if self.active.is_empty() && self.waiting.is_empty() {
+        if self.idle() {
             match self.incoming.recv() {
-                Ok(submitted) => self.waiting.push_back(submitted),
+                Ok(submitted) => self.sort_in(submitted),
                 Err(_) => return false,
             }
         }
         // Only what the batch can take soon leaves the bounded channel, so a full channel is
-        // what refuses new requests: the engine's memory stays bounded under any load.
+        // what refuses new requests: the engine's memory stays bounded under any load. Batch
+        // requests leave it whenever they are seen (their submitter bounds how many it has
+        // outstanding), so they never stand between an interactive request and its slot.
         while self.waiting.len() < self.settings.max_batch.saturating_sub(self.active.len()).max(1) {
             match self.incoming.try_recv() {
-                Ok(submitted) => self.waiting.push_back(submitted),
+                Ok(submitted) => self.sort_in(submitted),
                 Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => return !(self.active.is_empty() && self.waiting.is_empty()),
+                Err(TryRecvError::Disconnected) => return !self.idle(),
             }
         }
         true
     }
 
+    fn sort_in(&mut self, submitted: Submitted) {
+        match submitted.request.priority {
+            Priority::Interactive => self.waiting.push_back(submitted),
+            Priority::Batch => self.waiting_batch.push_back(submitted),
+        }
+    }
+
+    /// Fills free slots: interactive requests first (suspending running batch sequences when
+    /// there are no free slots for them), then suspended batch sequences, then new batch
+    /// requests, the last two only while no interactive request waits.
     fn admit(&mut self) {
+        self.suspended.retain(|sequence| !sequence.abandoned());
+        while self.active.len() + self.waiting.len() > self.settings.max_batch {
+            // The batch sequence admitted last has the least invested in its slot.
+            let Some(index) = self.active.iter().rposition(|sequence| sequence.priority == Priority::Batch) else {
+                break;
+            };
+            let sequence = self.active.remove(index);
+            self.suspended.push(sequence);
+            self.stats.suspensions.fetch_add(1, Ordering::Relaxed);
+        }
+        self.admit_from(Priority::Interactive);
+        while self.waiting.is_empty() && self.active.len() < self.settings.max_batch {
+            let Some(sequence) = self.suspended.pop() else { break };
+            self.active.push(sequence);
+        }
+        if self.waiting.is_empty() {
+            self.admit_from(Priority::Batch);
+        }
+        self.stats.running.store(self.active.len(), Ordering::SeqCst);
+    }
+
+    fn admit_from(&mut self, priority: Priority) {
         while self.active.len() < self.settings.max_batch {
-            let Some(submitted) = self.waiting.pop_front() else { break };
+            let queue = match priority {
+                Priority::Interactive => &mut self.waiting,
+                Priority::Batch => &mut self.waiting_batch,
+            };
+            let Some(submitted) = queue.pop_front() else { break };
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            if priority == Priority::Batch {
+                self.batch_queued.fetch_sub(1, Ordering::SeqCst);
+            }
             if submitted.events.is_closed() && submitted.siblings.iter().all(UnboundedSender::is_closed) {
                 continue;
             }
@@ -426,6 +526,7 @@ impl Scheduler {
                 prompt: request.prompt,
                 adapter: request.adapter,
                 constraint: request.constraint,
+                priority: request.priority,
                 prefilled: cached,
                 cached,
                 generated: Vec::new(),
@@ -437,15 +538,12 @@ impl Scheduler {
                 first_token_at: None,
             });
         }
-        self.stats.running.store(self.active.len(), Ordering::SeqCst);
     }
 
     /// One forward pass over every sequence that has work this step.
     fn step(&mut self) -> Result<(), String> {
         // Clients that hung up leave before any work is done for them.
-        self.active.retain(|sequence| {
-            !sequence.events.is_closed() || sequence.siblings.iter().any(|sibling| !sibling.is_closed())
-        });
+        self.active.retain(|sequence| !sequence.abandoned());
         if self.active.is_empty() {
             return Ok(());
         }
@@ -454,7 +552,10 @@ impl Scheduler {
         // inputs borrow their tokens from the sequences themselves.
         let mut plan: Vec<(usize, usize, bool)> = Vec::with_capacity(self.active.len());
         let mut inputs = Vec::with_capacity(self.active.len());
-        for (index, sequence) in self.active.iter_mut().enumerate() {
+        // Interactive prompts take the step's prefill budget before batch prompts do.
+        let mut order: Vec<(usize, &mut Sequence)> = self.active.iter_mut().enumerate().collect();
+        order.sort_by_key(|(_, sequence)| sequence.priority == Priority::Batch);
+        for (index, sequence) in order {
             if sequence.prefilling() {
                 if budget == 0 {
                     continue;

@@ -59,11 +59,7 @@ async fn greedy_generation_matches_the_reference_decoder_alone_and_in_a_batch() 
     // All three at once (prompts prefilled 4 tokens per step, across sequences), then alone.
     let receivers: Vec<_> = expected
         .iter()
-        .map(|(ids, _)| {
-            engine
-                .submit(GenerationRequest { prompt: ids.clone(), params: greedy(12), adapter: None, constraint: None })
-                .unwrap()
-        })
+        .map(|(ids, _)| engine.submit(GenerationRequest::new(ids.clone(), greedy(12))).unwrap())
         .collect();
     for ((_, want), events) in expected.iter().zip(receivers) {
         let (text, tokens, done) = collect(events).await;
@@ -74,12 +70,7 @@ async fn greedy_generation_matches_the_reference_decoder_alone_and_in_a_batch() 
         assert!(timings.first_token_ms >= timings.queue_ms);
     }
     let (ids, want) = &expected[1];
-    let (_, tokens, _) = collect(
-        engine
-            .submit(GenerationRequest { prompt: ids.clone(), params: greedy(12), adapter: None, constraint: None })
-            .unwrap(),
-    )
-    .await;
+    let (_, tokens, _) = collect(engine.submit(GenerationRequest::new(ids.clone(), greedy(12))).unwrap()).await;
     assert_eq!(&tokens[..want.len()], want.as_slice());
 }
 
@@ -104,12 +95,7 @@ async fn greedy_generation_with_half_precision_caches_matches_the_reference() {
         let ids = tokenizer.encode(prompt).unwrap();
         let mut want = reference.greedy(&ids, 12, &[end]).unwrap();
         want.retain(|t| *t != end);
-        receivers.push((
-            want,
-            engine
-                .submit(GenerationRequest { prompt: ids, params: greedy(12), adapter: None, constraint: None })
-                .unwrap(),
-        ));
+        receivers.push((want, engine.submit(GenerationRequest::new(ids, greedy(12))).unwrap()));
     }
     for (want, events) in receivers {
         let (_, tokens, _) = collect(events).await;
@@ -130,9 +116,7 @@ async fn seeds_fix_sampling_and_limits_end_generation() {
         ..SamplingParams::default()
     };
     let run = |params: SamplingParams| {
-        let events = engine
-            .submit(GenerationRequest { prompt: prompt.clone(), params, adapter: None, constraint: None })
-            .unwrap();
+        let events = engine.submit(GenerationRequest::new(prompt.clone(), params)).unwrap();
         collect(events)
     };
     let (first, tokens, done) = run(sampled(7)).await;
@@ -159,15 +143,10 @@ async fn seeds_fix_sampling_and_limits_end_generation() {
     assert_eq!(tokens.len(), 30);
 
     let long = vec![1u32; 64];
-    let error = engine
-        .submit(GenerationRequest { prompt: long, params: greedy(4), adapter: None, constraint: None })
-        .err()
-        .unwrap();
+    let error = engine.submit(GenerationRequest::new(long, greedy(4))).err().unwrap();
     assert!(matches!(error, EngineError::Invalid(ref m) if m.contains("context")), "{error:?}");
     let bad = SamplingParams { temperature: 3.0, ..greedy(4) };
-    assert!(engine
-        .submit(GenerationRequest { prompt: prompt.clone(), params: bad, adapter: None, constraint: None })
-        .is_err());
+    assert!(engine.submit(GenerationRequest::new(prompt.clone(), bad)).is_err());
 }
 
 #[tokio::test]
@@ -175,7 +154,7 @@ async fn a_full_queue_refuses_and_a_client_that_leaves_frees_its_slot() {
     let (engine, tokenizer, _) =
         engine(EngineSettings { max_batch: 1, max_waiting: 2, prefill_chunk: 256, prefix_cache_bytes: 0 });
     let prompt = tokenizer.encode("Now is the winter of our").unwrap();
-    let long = || GenerationRequest { prompt: prompt.clone(), params: greedy(50), adapter: None, constraint: None };
+    let long = || GenerationRequest::new(prompt.clone(), greedy(50));
     let first = engine.submit(long()).unwrap();
     let mut held = Vec::new();
     let mut refused = 0;
@@ -201,8 +180,7 @@ async fn a_full_queue_refuses_and_a_client_that_leaves_frees_its_slot() {
     assert!(idle, "slots were freed");
     // And the freed engine still works: a new request gets exactly what it asked for.
     let params = SamplingParams { ignore_eos: true, ..greedy(3) };
-    let (_, tokens, _) =
-        collect(engine.submit(GenerationRequest { prompt, params, adapter: None, constraint: None }).unwrap()).await;
+    let (_, tokens, _) = collect(engine.submit(GenerationRequest::new(prompt, params)).unwrap()).await;
     assert_eq!(tokens.len(), 3);
 }
 
@@ -340,6 +318,7 @@ async fn requests_for_the_base_and_for_several_adapters_answer_as_their_models_a
                 params: greedy(10),
                 adapter: serving[i % 3].clone(),
                 constraint: None,
+                priority: Priority::Interactive,
             };
             engine.submit(request).unwrap()
         })
@@ -384,9 +363,7 @@ fn penalties_and_logit_bias_adjust_the_logits_as_openai_defines_them() {
 async fn the_engine_samples_under_logit_bias_and_penalties() {
     let (engine, tokenizer, _) = engine(EngineSettings::default());
     let ids = tokenizer.encode("Now is the winter").unwrap();
-    let submit = |params: SamplingParams| {
-        engine.submit(GenerationRequest { prompt: ids.clone(), params, adapter: None, constraint: None })
-    };
+    let submit = |params: SamplingParams| engine.submit(GenerationRequest::new(ids.clone(), params));
     let forced = SamplingParams { logit_bias: vec![(42, 100.0)], ignore_eos: true, ..greedy(6) };
     let (_, tokens, _) = collect(submit(forced).unwrap()).await;
     assert_eq!(tokens, [42; 6]);
@@ -425,7 +402,7 @@ async fn the_engine_reports_each_tokens_logprob_when_asked() {
     let (engine, tokenizer, _) = engine(EngineSettings::default());
     let prompt = tokenizer.encode("Now is the winter").unwrap();
     let params = SamplingParams { logprobs: Some(3), ignore_eos: true, ..greedy(5) };
-    let mut events = engine.submit(GenerationRequest { prompt, params, adapter: None, constraint: None }).unwrap();
+    let mut events = engine.submit(GenerationRequest::new(prompt, params)).unwrap();
     let mut reported = 0;
     while let Some(event) = events.recv().await {
         match event {
@@ -463,7 +440,8 @@ async fn a_constrained_request_answers_in_its_schema_even_from_an_untrained_mode
             ignore_eos: true,
             ..SamplingParams::default()
         };
-        let request = GenerationRequest { prompt: prompt.clone(), params, adapter: None, constraint: Some(constraint) };
+        let request =
+            GenerationRequest { constraint: Some(constraint), ..GenerationRequest::new(prompt.clone(), params) };
         let (text, _, done) = collect(engine.submit(request).unwrap()).await;
         assert!(matches!(done, GenerationEvent::Done { reason: FinishReason::Stop, .. }), "{done:?}: {text}");
         let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -482,12 +460,7 @@ async fn choices_share_one_prefill_and_each_answers_as_its_own_request_would() {
     let prompt = tokenizer.encode("Now is the winter of our").unwrap();
     let params = SamplingParams { temperature: 0.9, seed: Some(40), max_tokens: 10, ..SamplingParams::default() };
     let prefilled_before = engine.stats.prefilled_tokens.load(Ordering::SeqCst);
-    let receivers = engine
-        .submit_choices(
-            GenerationRequest { prompt: prompt.clone(), params: params.clone(), adapter: None, constraint: None },
-            3,
-        )
-        .unwrap();
+    let receivers = engine.submit_choices(GenerationRequest::new(prompt.clone(), params.clone()), 3).unwrap();
     let mut together = Vec::new();
     for receiver in receivers {
         let (_, tokens, done) = collect(receiver).await;
@@ -501,17 +474,17 @@ async fn choices_share_one_prefill_and_each_answers_as_its_own_request_would() {
     // Choice i draws as a request of its own with seed 40 + i does.
     for (choice, tokens) in together.iter().enumerate() {
         let alone = SamplingParams { seed: Some(40 + choice as u64), ..params.clone() };
-        let request = GenerationRequest { prompt: prompt.clone(), params: alone, adapter: None, constraint: None };
+        let request = GenerationRequest::new(prompt.clone(), alone);
         let (_, expected, _) = collect(engine.submit(request).unwrap()).await;
         assert_eq!(tokens, &expected, "choice {choice}");
     }
     assert_ne!(together[0], together[1], "different seeds draw differently");
-    assert!(engine.submit_choices(GenerationRequest { prompt, params, adapter: None, constraint: None }, 0).is_err());
+    assert!(engine.submit_choices(GenerationRequest::new(prompt, params), 0).is_err());
 }
 
 /// Greedy tokens and usage of `prompt` on `engine`.
 async fn greedy_answer(engine: &Engine, prompt: &[u32]) -> (Vec<u32>, Usage) {
-    let request = GenerationRequest { prompt: prompt.to_vec(), params: greedy(10), adapter: None, constraint: None };
+    let request = GenerationRequest::new(prompt.to_vec(), greedy(10));
     let (_, tokens, done) = collect(engine.submit(request).unwrap()).await;
     let GenerationEvent::Done { usage, .. } = done else { panic!("{done:?}") };
     (tokens, usage)
@@ -562,4 +535,52 @@ async fn prompts_sharing_a_prefix_reuse_its_keys_and_values_and_answer_exactly_t
     assert_eq!(small.stats.prefix_cache_bytes.load(Ordering::SeqCst), sizes[1]);
     let (_, again) = greedy_answer(&small, &first).await;
     assert_eq!(again.cached_tokens, 0, "the first prompt was evicted");
+}
+
+#[tokio::test]
+async fn batch_work_yields_its_slots_to_interactive_requests_and_resumes_exactly() {
+    let (engine, tokenizer, _) =
+        engine(EngineSettings { max_batch: 2, max_waiting: 8, prefill_chunk: 256, prefix_cache_bytes: 0 });
+    let prompt = tokenizer.encode("Now is the winter").unwrap();
+    let request = |priority, tokens| GenerationRequest {
+        priority,
+        ..GenerationRequest::new(prompt.clone(), SamplingParams { ignore_eos: true, ..greedy(tokens) })
+    };
+    let batch_tokens = 60 - prompt.len();
+    let (_, alone, _) = collect(engine.submit(request(Priority::Batch, batch_tokens)).unwrap()).await;
+    // The interactive request arrives while both slots decode batch work. Were this thread held
+    // up long enough for the batch to finish first, the scene is played again.
+    for attempt in 0..3 {
+        let mut batch: Vec<_> =
+            (0..2).map(|_| engine.submit(request(Priority::Batch, batch_tokens)).unwrap()).collect();
+        let mut seen: Vec<Vec<u32>> = Vec::new();
+        for events in &mut batch {
+            let Some(GenerationEvent::Delta { token, .. }) = events.recv().await else { panic!("no first token") };
+            seen.push(vec![token]);
+        }
+        let suspended_before = engine.stats.suspensions.load(Ordering::Relaxed);
+        let (_, _, done) = collect(engine.submit(request(Priority::Interactive, 3)).unwrap()).await;
+        assert!(matches!(done, GenerationEvent::Done { usage: Usage { completion_tokens: 3, .. }, .. }), "{done:?}");
+        let mut batch_done_first = false;
+        for (events, seen) in batch.iter_mut().zip(&mut seen) {
+            while let Ok(event) = events.try_recv() {
+                match event {
+                    GenerationEvent::Delta { token, .. } => seen.push(token),
+                    _ => batch_done_first = true,
+                }
+            }
+        }
+        if batch_done_first && attempt < 2 {
+            continue;
+        }
+        assert!(!batch_done_first, "the interactive request waited for the batch");
+        assert!(engine.stats.suspensions.load(Ordering::Relaxed) > suspended_before, "a batch sequence gave way");
+        // Suspended and resumed, each batch answer is the one it would have been alone.
+        for (events, mut tokens) in batch.into_iter().zip(seen) {
+            let (_, rest, _) = collect(events).await;
+            tokens.extend(rest);
+            assert_eq!(tokens, alone);
+        }
+        return;
+    }
 }

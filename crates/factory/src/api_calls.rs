@@ -196,6 +196,7 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
         | Command::Run(RunCommand::Create(_) | RunCommand::Logs { .. })
         | Command::Train(_)
         | Command::Chat(_)
+        | Command::Batch(_)
         | Command::Demo(_)
         | Command::Pipeline(PipelineCommand::Apply { .. })
         | Command::Model(

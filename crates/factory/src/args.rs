@@ -81,6 +81,51 @@ pub enum Command {
     Demo(DemoArgs),
     /// Chat with a deployment through the OpenAI-compatible API, streaming the answer
     Chat(ChatArgs),
+    /// Batches: answer every row of a dataset version through a deployment, as a new dataset
+    /// version; show and cancel batches (files of requests go through /v1/files and /v1/batches)
+    #[command(subcommand)]
+    Batch(BatchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// Render each row of --dataset NAME@VERSION with --template (minijinja; the row's columns
+    /// are its variables) into a message to DEPLOYMENT, at batch priority, and write the answers
+    /// as the next version of --output; waits and shows progress unless --no-wait
+    Run(BatchRunArgs),
+    /// Show a batch: status, counts, its output
+    Show(BatchId),
+    /// Ask a batch to stop; what it answered so far is kept
+    Cancel(BatchId),
+}
+
+#[derive(Debug, Args)]
+pub struct BatchId {
+    pub id: String,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct BatchRunArgs {
+    pub deployment: String,
+    /// NAME@VERSION
+    #[arg(long)]
+    pub dataset: String,
+    /// A file holding the template of each row's message
+    #[arg(long)]
+    pub template: PathBuf,
+    /// The dataset the answers go to (default: DATASET-answers); defined when missing, with the
+    /// residency of the data and the models
+    #[arg(long)]
+    pub output: Option<String>,
+    /// Fields every request carries, as JSON, e.g. '{"max_tokens": 64, "temperature": 0}'
+    #[arg(long, default_value = "{}")]
+    pub request: String,
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, Args)]

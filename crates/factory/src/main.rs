@@ -8,6 +8,7 @@
 
 mod api_calls;
 mod args;
+mod batches;
 mod chat;
 mod client;
 mod config_file;
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::args::{
-    AuditCommand, Cli, Command, ConfigCommand, DatasetCommand, ModelCommand, PipelineCommand, RunCommand,
+    AuditCommand, BatchCommand, Cli, Command, ConfigCommand, DatasetCommand, ModelCommand, PipelineCommand, RunCommand,
 };
 
 fn main() -> ExitCode {
@@ -67,6 +68,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             crate::api_calls::apply_pipeline(&name, &file, &tenant, &remote).await
         }
         Command::Chat(args) => crate::chat::run(&args).await,
+        Command::Batch(BatchCommand::Run(args)) => crate::batches::run(&args).await,
+        Command::Batch(BatchCommand::Show(batch)) => crate::batches::show(&batch.remote, &batch.id).await,
+        Command::Batch(BatchCommand::Cancel(batch)) => crate::batches::cancel(&batch.remote, &batch.id).await,
         Command::Model(ModelCommand::Verify { model, key, tenant, remote }) => {
             crate::models::verify(&remote, &model, key.as_deref(), tenant.name()).await
         }
@@ -92,7 +96,7 @@ mod tests {
         // The HTTP calls every command shares.
         &["client"],
         // One module per kind of work; only `main.rs` (`crate`) picks among them.
-        &["api_calls", "chat", "config_file", "models", "runs", "transfer", "up", "verify"],
+        &["api_calls", "batches", "chat", "config_file", "models", "runs", "transfer", "up", "verify"],
         // The demo drives the whole loop and ends in `audit verify`, so it sits above `verify`.
         &["demo"],
         &["crate"],

@@ -39,15 +39,7 @@ pub struct ErrorDetail {
 }
 
 fn error_type(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        409 => "conflict_error",
-        429 => "rate_limit_error",
-        400..=499 => "invalid_request_error",
-        _ => "api_error",
-    }
+    crate::service_error::error_type(status.as_u16())
 }
 
 impl ApiError {
@@ -99,27 +91,7 @@ impl From<StoreError> for ApiError {
 /// The status each kind of failure answers with: the one mapping from the services' terms to
 /// HTTP's.
 fn status_of(kind: ErrorKind) -> StatusCode {
-    match kind {
-        ErrorKind::Invalid | ErrorKind::GuardrailBlocked => StatusCode::BAD_REQUEST,
-        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
-        ErrorKind::Forbidden | ErrorKind::UpstreamNotAllowed | ErrorKind::SecretNotGranted => StatusCode::FORBIDDEN,
-        ErrorKind::NotFound | ErrorKind::ModelNotFound => StatusCode::NOT_FOUND,
-        ErrorKind::Conflict => StatusCode::CONFLICT,
-        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorKind::Unprocessable
-        | ErrorKind::VerificationFailed
-        | ErrorKind::UnservableModel
-        | ErrorKind::BadChatTemplate
-        | ErrorKind::GuardrailUnavailable => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorKind::QuotaExceeded
-        | ErrorKind::RateLimited
-        | ErrorKind::EngineOverloaded
-        | ErrorKind::TenantInFlightLimit => StatusCode::TOO_MANY_REQUESTS,
-        ErrorKind::Overloaded | ErrorKind::ModelUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
-        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorKind::GenerationFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl From<ServiceError> for ApiError {

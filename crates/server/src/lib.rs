@@ -30,8 +30,9 @@ pub mod state;
 // One typed function per use case.
 pub mod service;
 
-// Work the factory does on its own, through the services: training jobs, pipelines, rollouts,
-// canaries and drift monitors.
+// Work the factory does on its own, through the services: training jobs, batches, pipelines,
+// rollouts, canaries and drift monitors.
+pub mod batches;
 pub mod canary;
 pub mod drift_watch;
 pub mod pipelines;
@@ -100,6 +101,7 @@ pub async fn serve(
     );
     let workers = training::with_training_handlers(workers, &state);
     let workers = pipelines::with_pipeline_handlers(workers, &state);
+    let workers = batches::with_batch_handler(workers, &state);
     tasks.push(tokio::spawn(workers.run(background_stopped.clone())));
     tasks.push(tokio::spawn(sign_checkpoints(state.clone(), background_stopped.clone())));
     tasks.push(tokio::spawn(service::orphans::sweep_periodically(state.clone(), background_stopped.clone())));
@@ -175,7 +177,7 @@ mod tests {
         ],
         &["state"],
         &["service"],
-        &["canary", "drift_watch", "pipelines", "rollout", "training"],
+        &["batches", "canary", "drift_watch", "pipelines", "rollout", "training"],
         &["api", "error", "extract", "routes"],
         &["startup", "crate"],
     ];

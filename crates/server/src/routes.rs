@@ -15,7 +15,9 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::admission::Refusal;
-use crate::api::{audit, datasets, deployments, feedback, jobs, keys, models, openai, ops, pipelines, runs, tenants};
+use crate::api::{
+    audit, batches, datasets, deployments, feedback, jobs, keys, models, openai, ops, pipelines, runs, tenants,
+};
 use crate::error::ApiError;
 use crate::extract::RequestIds;
 use crate::metrics::{RequestLabels, RouteLabels};
@@ -36,7 +38,8 @@ use crate::REQUEST_ID_HEADER;
         models::verify, models::set_alias, models::bundle, models::import_bundle, models::import_hf, models::import_gguf,
         models::quantize, models::gguf, models::signing_key,
         deployments::create, deployments::list, deployments::show, deployments::update, deployments::delete,
-        deployments::inferences, deployments::feedback, deployments::drift, feedback::create,
+        deployments::inferences, deployments::feedback, deployments::drift, batches::create_from_dataset,
+        feedback::create,
         pipelines::put, pipelines::list, pipelines::show, pipelines::runs, pipelines::run, pipelines::trigger,
         ops::healthz, ops::readyz, ops::metrics, ops::sweep_orphans,
     ),
@@ -63,6 +66,9 @@ const BUNDLE_ROUTE: &str = "/api/v1/models/{name}/versions/{version}/bundle";
 const GGUF_EXPORT_ROUTE: &str = "/api/v1/models/{name}/versions/{version}/gguf";
 /// Quantizing reads and writes a whole model: as long as moving one.
 const QUANTIZE_ROUTE: &str = "/api/v1/models/{name}/versions/{version}/quantize";
+/// Batch files: up to `batch.max_file_mb` in, and out again.
+const FILES_ROUTE: &str = "/v1/files";
+const FILE_CONTENT_ROUTE: &str = "/v1/files/{id}/content";
 /// Routes that move whole datasets or models: bounded by the transfer timeout, not the
 /// request timeout.
 const TRANSFER_ROUTES: &[&str] = &[
@@ -74,6 +80,8 @@ const TRANSFER_ROUTES: &[&str] = &[
     BUNDLE_ROUTE,
     GGUF_EXPORT_ROUTE,
     QUANTIZE_ROUTE,
+    FILES_ROUTE,
+    FILE_CONTENT_ROUTE,
 ];
 
 /// The OpenAPI document of every route, served where the router is built.
@@ -132,7 +140,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/pipelines/{name}/runs", get(pipelines::runs).post(pipelines::trigger))
         .route("/api/v1/pipelines/{name}/runs/{id}", get(pipelines::run))
         .route("/api/v1/feedback", post(feedback::create))
+        .route("/api/v1/deployments/{name}/batches", post(batches::create_from_dataset))
         .merge(inference_routes(state.config.serving.max_request_bytes))
+        .merge(batch_routes(state.config.batch.max_file_bytes))
         .route("/api/v1/objects/sweep", post(ops::sweep_orphans))
         .route("/api/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/api/v1/audit/public-key", get(audit::public_key))
@@ -185,6 +195,22 @@ fn inference_routes(max_request_bytes: usize) -> Router<AppState> {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .layer(DefaultBodyLimit::max(max_request_bytes))
+}
+
+/// The Batch API: a file upload may be as large as `batch.max_file_mb` (plus its form's
+/// framing), streamed to the object store, never held whole.
+fn batch_routes(max_file_bytes: u64) -> Router<AppState> {
+    let upload_limit = usize::try_from(max_file_bytes).unwrap_or(usize::MAX).saturating_add(64 * 1024);
+    Router::new()
+        .route(
+            FILES_ROUTE,
+            post(batches::upload_file).get(batches::list_files).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/v1/files/{id}", get(batches::show_file).delete(batches::delete_file))
+        .route(FILE_CONTENT_ROUTE, get(batches::file_content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::show))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
 }
 
 async fn not_found() -> ApiError {

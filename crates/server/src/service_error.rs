@@ -92,6 +92,46 @@ impl ErrorKind {
             ErrorKind::Internal => "internal",
         }
     }
+
+    /// The HTTP status this kind of failure answers with: the one mapping from the services'
+    /// terms to HTTP's (the API's errors and the Batch API's error lines both use it).
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::Invalid | ErrorKind::GuardrailBlocked => 400,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::Forbidden | ErrorKind::UpstreamNotAllowed | ErrorKind::SecretNotGranted => 403,
+            ErrorKind::NotFound | ErrorKind::ModelNotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::Unprocessable
+            | ErrorKind::VerificationFailed
+            | ErrorKind::UnservableModel
+            | ErrorKind::BadChatTemplate
+            | ErrorKind::GuardrailUnavailable => 422,
+            ErrorKind::QuotaExceeded
+            | ErrorKind::RateLimited
+            | ErrorKind::EngineOverloaded
+            | ErrorKind::TenantInFlightLimit => 429,
+            ErrorKind::Overloaded | ErrorKind::ModelUnavailable => 503,
+            ErrorKind::UpstreamFailed => 502,
+            ErrorKind::Timeout => 504,
+            ErrorKind::GenerationFailed | ErrorKind::Internal => 500,
+        }
+    }
+}
+
+/// The class of error OpenAI names for an HTTP status (`invalid_request_error`,
+/// `rate_limit_error`, ...).
+pub fn error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        409 => "conflict_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
 }
 
 #[derive(Debug, Clone)]

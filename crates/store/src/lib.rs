@@ -9,6 +9,7 @@
 //! heartbeats, checkpoint signatures over the log) is written directly.
 
 mod audit_log;
+pub mod batches;
 pub mod datasets;
 pub mod deployments;
 mod governed;

@@ -115,6 +115,7 @@ store_suite!(
     deployments_are_created_revised_and_deleted,
     the_inference_log_takes_batches_and_reads_back,
     pipeline_triggers_start_one_run_coalesce_and_deduplicate,
+    files_and_batches_page_step_and_keep_their_objects,
 );
 
 /// The audit log's proof index, checkpoint publishing and the upgrade of existing logs.
@@ -151,7 +152,7 @@ async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
     let again = Store::open(&database.url()).await.unwrap();
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(again.pool()).await.unwrap();
-    assert_eq!(versions, 12);
+    assert_eq!(versions, 13);
     again.close().await;
 }
 
@@ -955,4 +956,110 @@ async fn pipeline_triggers_start_one_run_coalesce_and_deduplicate(store: &Store,
     assert!(matches!(trigger("manual#1", "prun_5").await, Triggered::Started(_)));
     assert_eq!(store.pipeline_runs(&acme, "retrain", 10).await.unwrap().len(), 2);
     assert_eq!(store.pipelines(None).await.unwrap().len(), 1);
+}
+
+async fn files_and_batches_page_step_and_keep_their_objects(store: &Store, _database: &TestDatabase) {
+    use crate::batches::{BatchPart, BatchRequest, BatchStep, StoredFile};
+    create_tenant(store, "acme").await;
+    create_tenant(store, "globex").await;
+    let pdp = authorizer();
+    let acme = tenant("acme");
+    let engineer = Principal { id: "key_eng".to_string(), tenant: Some(acme.clone()), role: Role::Engineer };
+    for index in 0..3 {
+        let id = format!("file_{index}");
+        let request = AccessRequest::new(&engineer, Action::FileUpload, Resource::file(&acme, &id));
+        let mut change = store.begin_change(&pdp, request, "req-file").await.unwrap();
+        let file = StoredFile {
+            id,
+            tenant: acme.clone(),
+            purpose: "batch".to_string(),
+            filename: "requests.jsonl".to_string(),
+            bytes: 10,
+            digest: format!("{index:064x}"),
+            created_at: 1000 + index,
+            created_by: engineer.id.clone(),
+        };
+        change.add_file(&file).await.unwrap();
+        change.commit(serde_json::json!({}), Event::new("file.created", serde_json::json!({}))).await.unwrap();
+    }
+    // Newest first, a page at a time, and a cursor of another tenant's or no file ends the list.
+    let first = store.files(&acme, Some("batch"), None, 2).await.unwrap();
+    assert_eq!(first.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), ["file_2", "file_1"]);
+    let rest = store.files(&acme, None, Some("file_1"), 2).await.unwrap();
+    assert_eq!(rest.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), ["file_0"]);
+    assert!(store.files(&acme, Some("batch_output"), None, 10).await.unwrap().is_empty());
+    assert!(store.files(&tenant("globex"), None, None, 10).await.unwrap().is_empty());
+    assert!(store.files(&acme, None, Some("file_none"), 10).await.unwrap().is_empty());
+    assert!(store.object_is_referenced(&format!("{:064x}", 1)).await.unwrap(), "a file keeps its object");
+
+    let request = AccessRequest::new(&engineer, Action::BatchCreate, Resource::batch(&acme, "batch_1"));
+    let mut change = store.begin_change(&pdp, request, "req-batch").await.unwrap();
+    let asked = BatchRequest {
+        id: "batch_1".to_string(),
+        tenant: acme.clone(),
+        endpoint: "/v1/chat/completions".to_string(),
+        input_file_id: Some("file_0".to_string()),
+        source: None,
+        completion_window: "24h".to_string(),
+        metadata: serde_json::json!({ "job": "nightly" }),
+        expires_at: 10_000,
+    };
+    let batch = change.add_batch(&asked).await.unwrap();
+    change.commit(serde_json::json!({}), Event::new("batch.created", serde_json::json!({}))).await.unwrap();
+    assert_eq!(
+        (batch.status.as_str(), batch.request.clone(), batch.created_by.as_str()),
+        ("validating", asked, "key_eng")
+    );
+
+    // Steps move only from the states named, only for the batch's own tenant.
+    let system = Principal::system();
+    let step = |status: &str| BatchStep { status: status.to_string(), ..BatchStep::default() };
+    let request = AccessRequest::new(&system, Action::BatchRun, Resource::batch(&acme, "batch_1"));
+    let mut change = store.begin_change(&pdp, request.clone(), "req-step").await.unwrap();
+    assert!(change
+        .step_batch(&tenant("globex"), "batch_1", &["validating"], &step("in_progress"))
+        .await
+        .unwrap()
+        .is_none());
+    let moved = BatchStep { total: Some(2), deployment: Some("chat".to_string()), ..step("in_progress") };
+    let moved = change.step_batch(&acme, "batch_1", &["validating"], &moved).await.unwrap().unwrap();
+    assert_eq!((moved.status.as_str(), moved.total, moved.deployment.as_deref()), ("in_progress", 2, Some("chat")));
+    assert!(moved.in_progress_at.is_some() && moved.completed_at.is_none());
+    assert!(change.step_batch(&acme, "batch_1", &["validating"], &step("failed")).await.unwrap().is_none());
+    assert!(change.step_batch(&acme, "batch_1", &["in_progress"], &step("validating")).await.is_err());
+    change.commit(serde_json::json!({}), Event::new("batch.in_progress", serde_json::json!({}))).await.unwrap();
+
+    // A part's counts add up, and its objects are kept until the batch lets them go.
+    let part = BatchPart {
+        part: 0,
+        first_line: 0,
+        lines: 2,
+        output_digest: format!("{:064x}", 10),
+        error_digest: format!("{:064x}", 11),
+        completed: 1,
+        failed: 1,
+    };
+    store.add_batch_part(&acme, "batch_1", &part).await.unwrap();
+    assert_eq!(store.batch_parts("batch_1").await.unwrap(), [part]);
+    let counted = store.batch(&acme, "batch_1").await.unwrap().unwrap();
+    assert_eq!((counted.completed, counted.failed), (1, 1));
+    assert!(store.batch(&tenant("globex"), "batch_1").await.unwrap().is_none());
+    assert!(store.object_is_referenced(&format!("{:064x}", 10)).await.unwrap());
+    let mut change = store.begin_change(&pdp, request, "req-finish").await.unwrap();
+    let done = BatchStep { output_file_id: Some("file_2".to_string()), ..step("completed") };
+    let done = change.step_batch(&acme, "batch_1", &["in_progress"], &done).await.unwrap().unwrap();
+    change.release_batch_parts(&acme, "batch_1").await.unwrap();
+    change.commit(serde_json::json!({}), Event::new("batch.completed", serde_json::json!({}))).await.unwrap();
+    assert!(done.finished() && done.output_file_id.as_deref() == Some("file_2"));
+    assert!(!store.object_is_referenced(&format!("{:064x}", 10)).await.unwrap(), "the parts' objects go");
+    assert_eq!(store.batches(&acme, None, 10).await.unwrap().len(), 1);
+
+    // Deleting a file lets its object go; deleting it again finds nothing.
+    let request = AccessRequest::new(&engineer, Action::FileDelete, Resource::file(&acme, "file_1"));
+    let mut change = store.begin_change(&pdp, request, "req-delete").await.unwrap();
+    assert!(change.delete_file(&acme, "file_1").await.unwrap());
+    assert!(!change.delete_file(&acme, "file_1").await.unwrap());
+    change.commit(serde_json::json!({}), Event::new("file.deleted", serde_json::json!({}))).await.unwrap();
+    assert!(!store.object_is_referenced(&format!("{:064x}", 1)).await.unwrap());
+    assert!(store.file(&acme, "file_1").await.unwrap().is_none());
 }

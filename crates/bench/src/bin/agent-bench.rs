@@ -53,7 +53,8 @@ async fn run(
 ) -> anyhow::Result<Timed> {
     let constraint = grammar.map(|grammar| engine.constrain(grammar)).transpose()?;
     let started = Instant::now();
-    let mut events = engine.submit(GenerationRequest { prompt: prompt.to_vec(), params, adapter: None, constraint })?;
+    let mut events =
+        engine.submit(GenerationRequest { constraint, ..GenerationRequest::new(prompt.to_vec(), params) })?;
     let mut first = None;
     while let Some(event) = events.recv().await {
         match event {

@@ -61,8 +61,7 @@ fn tokenizer(vocab: usize) -> anyhow::Result<Tokenizer> {
 
 async fn generate(engine: &Engine, prompt: &[u32], tokens: usize) -> anyhow::Result<usize> {
     let params = SamplingParams { temperature: 0.0, max_tokens: tokens, ignore_eos: true, ..SamplingParams::default() };
-    let mut events =
-        engine.submit(GenerationRequest { prompt: prompt.to_vec(), params, adapter: None, constraint: None })?;
+    let mut events = engine.submit(GenerationRequest::new(prompt.to_vec(), params))?;
     while let Some(event) = events.recv().await {
         match event {
             GenerationEvent::Delta { .. } => {}

@@ -123,6 +123,11 @@ async fn another_tenants_key_never_reaches_data_on_any_route() {
         ("GET", "/api/v1/datasets/gdata/versions/1/rows?tenant=globex".to_string(), None),
         ("GET", "/api/v1/datasets/gdata/versions/1/download".to_string(), None),
         ("GET", "/api/v1/datasets/gdata/versions/1/profile?tenant=globex".to_string(), None),
+        (
+            "POST",
+            "/api/v1/deployments/gdeploy/batches".to_string(),
+            Some(json!({ "dataset": "gdata", "version": 1, "template": "{{ text }}", "output": "x" })),
+        ),
         ("POST", "/api/v1/objects/sweep?grace_secs=0".to_string(), None),
         (
             "POST",

@@ -81,4 +81,53 @@ async fn a_full_queue_a_spent_rate_and_a_spent_budget_answer_429() {
     assert!(logged("budgeted", "ok").await);
     let rows = call(&url, "GET", "/api/v1/deployments/budgeted/inferences", Some(&engineer), None).await;
     assert!(rows.body["inferences"][0]["cost"].as_f64().unwrap() >= 0.001, "{}", rows.text);
+
+    // A batch is charged to the same budget: its request spends it, and then an interactive
+    // request is refused.
+    let budgeted = json!({ "name": "budgeted-batch", "variants": [{ "model": "bard@1" }],
+                           "limits": { "budget": { "amount": 0.001, "window_secs": 3600 } } });
+    assert_eq!(call(&url, "POST", "/api/v1/deployments", Some(&engineer), Some(budgeted)).await.status, 201);
+    let lines: Vec<String> = (0..1)
+        .map(|i| {
+            json!({ "custom_id": format!("r{i}"), "method": "POST", "url": "/v1/completions",
+                    "body": { "model": "budgeted-batch", "prompt": "KING:", "max_tokens": 2 } })
+            .to_string()
+        })
+        .collect();
+    let boundary = "factory-test-boundary";
+    let form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{boundary}\r\n\
+         Content-Disposition: form-data; name=\"file\"; filename=\"requests.jsonl\"\r\n\
+         Content-Type: application/jsonl\r\n\r\n{}\r\n--{boundary}--\r\n",
+        lines.join("\n")
+    );
+    let uploaded = client
+        .post(format!("{url}/v1/files"))
+        .bearer_auth(&app)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 200);
+    let file: serde_json::Value = uploaded.json().await.unwrap();
+    let batch = json!({ "input_file_id": file["id"], "endpoint": "/v1/completions", "completion_window": "24h" });
+    let created = call(&url, "POST", "/v1/batches", Some(&app), Some(batch)).await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    let path = format!("/v1/batches/{}", created.body["id"].as_str().unwrap());
+    let completed = crate::support::eventually(60, || async {
+        call(&url, "GET", &path, Some(&app), None).await.body["status"] == "completed"
+    })
+    .await;
+    let finished = call(&url, "GET", &path, Some(&app), None).await;
+    assert!(completed, "{}", finished.text);
+    assert_eq!(finished.body["request_counts"]["completed"], 1, "{}", finished.text);
+    let after = client
+        .post(format!("{url}/v1/completions"))
+        .bearer_auth(&app)
+        .json(&json!({ "model": "budgeted-batch", "prompt": "KING:", "max_tokens": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 429, "the batch spent the budget");
 }

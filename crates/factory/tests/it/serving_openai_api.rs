@@ -339,3 +339,122 @@ async fn registered_models_answer_the_official_openai_client_through_deployments
         cli(&["chat", "chat", "--message", "Speak.", "--max-tokens", "5", "--seed", "3"], &app_env);
     assert!(ok, "{stdout}\n{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_answer_files_of_requests_and_datasets_become_datasets_of_answers() {
+    let ServingFactory { dir, server, url, engineer, app } = ServingFactory::start(&[], 1).await;
+
+    // The Batch API through the official client: a file of requests answered as they would be
+    // one by one; errors per request in the error file; a file that does not validate; a batch
+    // cancelled as it runs; files listed and deleted; refusals by field.
+    match run_client("batch_client.py", &url, &app) {
+        None => factory_testkit::missing("the `openai` Python package (pip install openai)"),
+        Some(seen) => {
+            assert_eq!(seen["file"]["purpose"], "batch", "{seen}");
+            assert_eq!((seen["file_listed"].clone(), seen["file_retrieved"].clone()), (json!(true), json!(true)));
+            assert_eq!(seen["created"]["status"], "validating", "{seen}");
+            assert_eq!(seen["created"]["metadata"], json!({ "job": "nightly" }), "{seen}");
+            assert_eq!(seen["statuses"].as_array().unwrap().last().unwrap(), "completed", "{seen}");
+            assert_eq!(seen["counts"], json!({ "total": 11, "completed": 9, "failed": 2 }), "{seen}");
+            assert_eq!(seen["timestamps"], true, "{seen}");
+            assert_eq!(seen["output_ids"].as_array().unwrap().len(), 9, "{seen}");
+            assert_eq!(seen["error_lines"]["bad-bias"], json!({ "status": 400, "param": "logit_bias" }), "{seen}");
+            assert_eq!(seen["error_lines"]["bad-penalty"], json!({ "status": 400, "param": "presence_penalty" }));
+            let same = seen["same_as_direct"].as_object().unwrap();
+            assert_eq!(same.len(), 8, "{seen}");
+            assert!(same.values().all(|equal| equal == true), "a batch answers as the requests alone do: {seen}");
+            assert!(seen["structured"]["ok"].is_boolean(), "{seen}");
+            assert_eq!(seen["listed"], true, "{seen}");
+            let failed = &seen["failed"];
+            assert_eq!(failed["status"], "failed", "{seen}");
+            assert_eq!(failed["errors"], json!([["invalid_json_line", 2], ["duplicate_custom_id", 3]]), "{seen}");
+            let cancelled = &seen["cancelled"];
+            assert_eq!(cancelled["first"], "cancelling", "{seen}");
+            assert_eq!(cancelled["status"], "cancelled", "{seen}");
+            assert_eq!(cancelled["total"], 400, "{seen}");
+            assert!(cancelled["completed"].as_u64().unwrap() < 400, "{seen}");
+            assert_eq!(cancelled["lines"], cancelled["completed"], "the output holds what was answered: {seen}");
+            assert_eq!(cancelled["cancelled_at"], true, "{seen}");
+            for (name, status, param) in [
+                ("cancel_finished", 409, Value::Null),
+                ("purpose", 400, json!("purpose")),
+                ("endpoint", 400, json!("endpoint")),
+                ("window", 400, json!("completion_window")),
+                ("no_file", 404, Value::Null),
+                ("no_batch", 404, Value::Null),
+                ("deleted_file", 404, Value::Null),
+            ] {
+                assert_eq!(seen["errors"][name], json!({ "status": status, "param": param }), "{name}: {seen}");
+            }
+            assert_eq!(seen["deleted"], true, "{seen}");
+            // Another tenant learns nothing of the batch or its files.
+            let keys = crate::support::tenant_with_keys(&server, "globex", &["app"]).await;
+            let batch_id = seen["batch_id"].as_str().unwrap();
+            let output = seen["output_file_id"].as_str().unwrap();
+            for path in [format!("/v1/batches/{batch_id}"), format!("/v1/files/{output}/content")] {
+                let foreign = call(&url, "GET", &path, Some(&keys[0].1), None).await;
+                assert_eq!(foreign.status, 404, "{path}: {}", foreign.text);
+            }
+            // Every request was metered like an interactive one.
+            let logged = call(&url, "GET", "/api/v1/deployments/chat/inferences", Some(&engineer), None).await;
+            assert!(logged.body["inferences"].as_array().unwrap().len() >= 9, "{}", logged.text);
+        }
+    }
+
+    // A dataset version answered row by row: the answers are a new version of a dataset whose
+    // residency is the strictest of the data's and the model's, naming both as its lineage.
+    crate::support::create_dataset(&url, &engineer, "tickets", "internal").await;
+    let rows: Vec<String> = ["the winter of our discontent", "a horse, a horse", "to be or not to be"]
+        .iter()
+        .enumerate()
+        .map(|(id, text)| json!({ "id": id, "text": text }).to_string())
+        .collect();
+    let path = "/api/v1/datasets/tickets/versions?format=jsonl";
+    let ingested = crate::support::upload(&url, &engineer, path, rows.join("\n").into_bytes()).await;
+    assert_eq!(ingested.status, 201, "{}", ingested.text);
+    let template = dir.path().join("ticket.j2");
+    std::fs::write(&template, "Answer this ticket: {{ text }}").unwrap();
+    let env = crate::support::cli_env(&url, &engineer);
+    let args = [
+        "batch",
+        "run",
+        "chat",
+        "--dataset",
+        "tickets@1",
+        "--template",
+        template.to_str().unwrap(),
+        "--output",
+        "ticket-answers",
+        "--request",
+        r#"{"max_tokens": 6, "temperature": 0}"#,
+    ];
+    let (ok, stdout, stderr) = cli(&args, &env);
+    assert!(ok, "{stdout}\n{stderr}");
+    let finished: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(finished["status"], "completed", "{stdout}");
+    assert_eq!(finished["output_dataset"]["version"], 1, "{stdout}");
+    assert_eq!(finished["request_counts"], json!({ "total": 3, "completed": 3, "failed": 0 }), "{stdout}");
+    let answers = call(&url, "GET", "/api/v1/datasets/ticket-answers", Some(&engineer), None).await;
+    // The model learned from confidential plays: its answers are confidential, in its jurisdiction.
+    assert_eq!(answers.body["classification"], "confidential", "{}", answers.text);
+    assert_eq!(answers.body["jurisdiction"], "eu", "{}", answers.text);
+    let manifest = call(&url, "GET", "/api/v1/datasets/ticket-answers/versions/1", Some(&engineer), None).await;
+    let derived = manifest.body["lineage"]["derived_from"].clone();
+    assert_eq!(derived, json!(["dataset:acme/tickets@1", "model:acme/bard@1"]), "{}", manifest.text);
+    let read =
+        call(&url, "GET", "/api/v1/datasets/ticket-answers/versions/1/rows?limit=10", Some(&engineer), None).await;
+    let rows = read.body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{}", read.text);
+    for row in rows {
+        assert!(row["answer"].is_string() && row["text"].is_string(), "{row}");
+        assert!(["stop", "length"].contains(&row["finish_reason"].as_str().unwrap()), "{row}");
+    }
+    // An application may not read the confidential answers' inputs, nor batch over them.
+    let body = json!({ "dataset": "ticket-answers", "version": 1, "template": "{{ text }}", "output": "x" });
+    let refused = call(&url, "POST", "/api/v1/deployments/chat/batches", Some(&app), Some(body)).await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    let body = json!({ "dataset": "tickets", "version": 1, "template": "{{ text", "output": "x" });
+    let bad = call(&url, "POST", "/api/v1/deployments/chat/batches", Some(&engineer), Some(body)).await;
+    assert_eq!((bad.status, bad.body["error"]["param"].clone()), (400, json!("template")), "{}", bad.text);
+    drop(server);
+}

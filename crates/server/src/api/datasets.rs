@@ -248,6 +248,7 @@ pub async fn ingest(
         dedup,
         max_row_bytes: query.max_row_bytes,
         shard_rows: query.shard_rows,
+        derived_from: Vec::new(),
     };
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));

@@ -3,6 +3,7 @@
 //! encodes its answer; what it may decide itself is only what HTTP is about.
 
 pub mod audit;
+pub mod batches;
 pub mod datasets;
 pub mod deployments;
 pub mod feedback;

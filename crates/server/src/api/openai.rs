@@ -19,11 +19,9 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, Caller};
 use crate::service::inference::local::finish_name;
 use crate::service::inference::plan::tenant_of_key;
-use crate::service::inference::tools::Tools;
-use crate::service::inference::ChatMessage;
+use crate::service::inference::wire::{logprobs_json, object, usage_json, whole_json};
 use crate::service::inference::{
-    self, invalid_param, AnswerHead, Answered, Call, CallKind, Choice, Completion, Embedding, Inference, OneOrMany,
-    Sampling, TokenEvent, TokenLogprobs,
+    self, invalid_param, AnswerHead, Answered, CallKind, Completion, Embedding, Inference, OneOrMany, TokenEvent,
 };
 use crate::state::AppState;
 
@@ -53,26 +51,6 @@ pub async fn models(State(state): State<AppState>, caller: Caller) -> Result<Res
     Ok(Json(serde_json::json!({ "object": "list", "data": data })).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
-    pub model: String,
-    pub prompt: OneOrMany,
-    #[serde(flatten)]
-    pub sampling: Sampling,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    pub model: String,
-    pub messages: Vec<ChatMessage>,
-    #[serde(flatten)]
-    pub sampling: Sampling,
-}
-
-fn invalid_body(error: serde_json::Error) -> ApiError {
-    ApiError::invalid(format!("request body: {error}"))
-}
-
 fn episode(headers: &HeaderMap) -> Option<String> {
     headers.get(EPISODE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
@@ -83,19 +61,7 @@ pub async fn completions(
     headers: HeaderMap,
     ApiJson(raw): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    let body: CompletionRequest = serde_json::from_value(raw.clone()).map_err(invalid_body)?;
-    let prompts = body.prompt.into_vec();
-    let [prompt] = prompts.as_slice() else {
-        return Err(invalid_param("prompt", "give one prompt (a string)").into());
-    };
-    let request = Inference {
-        deployment: body.model,
-        call: Call::Completion(prompt.clone()),
-        sampling: body.sampling,
-        raw,
-        episode: episode(&headers),
-        tools: None,
-    };
+    let request = Inference::completion(raw, episode(&headers))?;
     complete(&state, &caller, request).await
 }
 
@@ -105,25 +71,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     ApiJson(raw): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    let body: ChatRequest = serde_json::from_value(raw.clone()).map_err(invalid_body)?;
-    if body.messages.is_empty() {
-        return Err(invalid_param("messages", "give at least one message").into());
-    }
-    for (index, message) in body.messages.iter().enumerate() {
-        if !matches!(message.role.as_str(), "system" | "user" | "assistant" | "developer" | "tool") {
-            let field = format!("messages[{index}].role");
-            return Err(invalid_param(&field, &format!("unknown role {:?}", message.role)).into());
-        }
-    }
-    let tools = Tools::from_request(&raw)?;
-    let request = Inference {
-        deployment: body.model,
-        call: Call::Chat(body.messages),
-        sampling: body.sampling,
-        raw,
-        episode: episode(&headers),
-        tools,
-    };
+    let request = Inference::chat(raw, episode(&headers))?;
     complete(&state, &caller, request).await
 }
 
@@ -171,116 +119,6 @@ fn event_stream(variant: &str, body: Body) -> Response {
     let mut response = (headers, body).into_response();
     with_variant(&mut response, variant);
     response
-}
-
-fn object(kind: CallKind, chunk: bool) -> &'static str {
-    match (kind, chunk) {
-        (CallKind::Completion, _) => "text_completion",
-        (CallKind::Chat, false) => "chat.completion",
-        (CallKind::Chat, true) => "chat.completion.chunk",
-    }
-}
-
-fn usage_json(usage: &Usage) -> serde_json::Value {
-    serde_json::json!({
-        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "prompt_tokens_details": { "cached_tokens": usage.cached_tokens },
-    })
-}
-
-/// A whole answer as OpenAI's `text_completion` or `chat.completion`. An upstream's own JSON is
-/// passed on (with our id and model), with the text an output guardrail rewrote.
-fn whole_json(completion: Completion) -> serde_json::Value {
-    let Completion { head, choices, usage, upstream_body, rewritten, .. } = completion;
-    if let Some(mut json) = upstream_body {
-        if rewritten {
-            for (index, choice) in choices.into_iter().enumerate() {
-                let pointer = match head.kind {
-                    CallKind::Chat => format!("/choices/{index}/message/content"),
-                    CallKind::Completion => format!("/choices/{index}/text"),
-                };
-                if let Some(slot) = json.pointer_mut(&pointer) {
-                    *slot = serde_json::Value::String(choice.text);
-                }
-                if choice.finish_reason.as_deref() == Some("content_filter") {
-                    json["choices"][index]["finish_reason"] = "content_filter".into();
-                }
-            }
-        }
-        return json;
-    }
-    let choices: Vec<serde_json::Value> = choices
-        .into_iter()
-        .enumerate()
-        .map(|(index, Choice { text, finish_reason, logprobs, tool_calls })| {
-            let logprobs = logprobs_json(head.kind, logprobs.as_deref(), 0);
-            match head.kind {
-                CallKind::Completion => serde_json::json!({
-                    "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason,
-                }),
-                CallKind::Chat => {
-                    // OpenAI's shape: content null beside tool calls and no empty list without them.
-                    let mut message = serde_json::json!({ "role": "assistant", "content": text });
-                    if !tool_calls.is_empty() {
-                        if text.is_empty() {
-                            message["content"] = serde_json::Value::Null;
-                        }
-                        message["tool_calls"] = serde_json::json!(tool_calls);
-                    }
-                    serde_json::json!({
-                        "index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason,
-                    })
-                }
-            }
-        })
-        .collect();
-    serde_json::json!({
-        "id": head.id, "object": object(head.kind, false), "created": head.created, "model": head.model,
-        "choices": choices, "usage": usage_json(&usage),
-    })
-}
-
-/// Log-probabilities in the shape of the call's API: chat's `content` entries (each token with
-/// its UTF-8 bytes and its alternatives), or the completions API's parallel lists (tokens, their
-/// log-probabilities, alternatives by token, and each token's offset in the text from `offset`).
-/// `null` when the request did not ask.
-fn logprobs_json(kind: CallKind, entries: Option<&[TokenLogprobs]>, offset: usize) -> serde_json::Value {
-    let Some(entries) = entries else { return serde_json::Value::Null };
-    let described = |token: &str, logprob: f32| serde_json::json!({ "token": token, "logprob": logprob, "bytes": token.as_bytes() });
-    match kind {
-        CallKind::Chat => {
-            let content: Vec<serde_json::Value> = entries
-                .iter()
-                .map(|entry| {
-                    let mut described_entry = described(&entry.token, entry.logprob);
-                    let top: Vec<serde_json::Value> =
-                        entry.top.iter().map(|(token, logprob)| described(token, *logprob)).collect();
-                    described_entry["top_logprobs"] = top.into();
-                    described_entry
-                })
-                .collect();
-            serde_json::json!({ "content": content })
-        }
-        CallKind::Completion => {
-            let mut offsets = Vec::with_capacity(entries.len());
-            let mut at = offset;
-            for entry in entries {
-                offsets.push(at);
-                at += entry.token.len();
-            }
-            let top: Vec<serde_json::Map<String, serde_json::Value>> = entries
-                .iter()
-                .map(|entry| entry.top.iter().map(|(token, logprob)| (token.clone(), (*logprob).into())).collect())
-                .collect();
-            serde_json::json!({
-                "tokens": entries.iter().map(|entry| entry.token.as_str()).collect::<Vec<_>>(),
-                "token_logprobs": entries.iter().map(|entry| entry.logprob).collect::<Vec<_>>(),
-                "top_logprobs": top,
-                "text_offset": offsets,
-            })
-        }
-    }
 }
 
 /// One event of a streamed answer: a piece of text (with its tokens' log-probabilities when

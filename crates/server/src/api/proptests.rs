@@ -13,7 +13,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use serde::Serialize;
 
-use crate::api::openai::{ChatRequest, CompletionRequest};
+use crate::service::inference::wire::{ChatRequest, CompletionRequest};
 use crate::service::inference::ChatMessage;
 
 /// What one case may take, in a debug build on a shared core.

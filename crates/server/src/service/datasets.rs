@@ -172,6 +172,9 @@ pub struct Upload {
     pub dedup: DedupMode,
     pub max_row_bytes: Option<usize>,
     pub shard_rows: Option<u64>,
+    /// What a version the factory derives itself comes from (`dataset:TENANT/NAME@V`,
+    /// `model:TENANT/NAME@V`, ...): none for an upload.
+    pub derived_from: Vec<String>,
 }
 
 /// What an ingest made of its upload.
@@ -408,12 +411,12 @@ pub async fn ingest(
             uploaded_at: factory_core::time::now_rfc3339(),
             request_id: caller.request_id.clone(),
         },
-        // Uploads derive from nothing governed; versions the factory derives itself (filtered,
-        // joined, generated) will name their inputs here.
+        // Uploads derive from nothing governed; versions the factory derives itself (a batch's
+        // answers) name their inputs here.
         lineage: ManifestLineage {
             run_id: run.run.run_id.to_string(),
             job: run.run.job_name.to_string(),
-            derived_from: Vec::new(),
+            derived_from: upload.derived_from.clone(),
         },
         pii: ingested.pii.clone(),
         dedup: ingested.dedup.clone(),

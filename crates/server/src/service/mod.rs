@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod batches;
 pub mod datasets;
 pub mod deployments;
 pub mod feedback;

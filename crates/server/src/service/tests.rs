@@ -39,6 +39,7 @@ async fn notes_version(factory: &TestFactory, caller: &Caller) -> TenantName {
         dedup: DedupMode::Off,
         max_row_bytes: None,
         shard_rows: None,
+        derived_from: Vec::new(),
     };
     let reader = std::io::Cursor::new(CORPUS.as_bytes().to_vec());
     match datasets::ingest(&factory.state, caller, &tenant, "notes", upload, reader).await {

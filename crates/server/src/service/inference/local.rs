@@ -143,6 +143,8 @@ pub struct Shape {
     pub reads_calls: bool,
     /// How many answers (`n`).
     pub choices: usize,
+    /// Batch work waits for interactive work on the engine.
+    pub priority: factory_engine::Priority,
 }
 
 /// Generates the answer to `prompt` on `model` in its `shape`: whole, or as a stream of events.
@@ -200,7 +202,8 @@ pub async fn generate(
     // Counted as the request goes, so a client that hangs up is still charged what it used.
     meter.record.prompt_tokens = ids.len() as i64;
     let wants_logprobs = params.logprobs.is_some();
-    let request = GenerationRequest { prompt: ids, params, adapter: model.adapter.clone(), constraint };
+    let request =
+        GenerationRequest { prompt: ids, params, adapter: model.adapter.clone(), constraint, priority: shape.priority };
     let receivers = match generator.engine.submit_choices(request, shape.choices) {
         Ok(receivers) => receivers,
         Err(error) => {

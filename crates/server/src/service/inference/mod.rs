@@ -15,6 +15,7 @@ pub mod local;
 pub mod plan;
 pub mod tools;
 pub mod upstream;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -273,6 +274,8 @@ pub struct Inference {
     pub episode: Option<String>,
     /// The tools a chat offers the model, and how it may call them.
     pub tools: Option<Tools>,
+    /// Batch requests are served after interactive ones on a local engine.
+    pub priority: factory_engine::Priority,
 }
 
 /// What names an answer, whatever form it takes.
@@ -579,7 +582,7 @@ impl Attempt<'_> {
             None => (answer, false),
         };
         let choices = choices(request.sampling.n, state.config.serving.max_choices)?;
-        let shape = local::Shape { grammar, reads_calls, choices };
+        let shape = local::Shape { grammar, reads_calls, choices, priority: request.priority };
         local::generate(model, &prompt, &request.sampling, shape, stream, head, meter).await
     }
 }

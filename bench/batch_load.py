@@ -1,0 +1,143 @@
+"""bench/batch.sh: starts a factory on a fresh data directory, trains and deploys a small model,
+then sends REQUESTS chat requests as one batch, and the same requests one by one at the
+concurrency the batch keeps outstanding; and measures interactive latency idle and while a batch
+runs. Prints JSON."""
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import openai
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--factory", required=True)
+parser.add_argument("--corpus", required=True)
+parser.add_argument("--requests", type=int, default=10000)
+parser.add_argument("--batch-concurrency", type=int, default=16)
+parser.add_argument("--tokens", type=int, default=16)
+parser.add_argument("--port", type=int, default=18091)
+args = parser.parse_args()
+CONCURRENCY = 2 * args.batch_concurrency
+data = pathlib.Path(tempfile.mkdtemp())
+env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
+server = subprocess.Popen(
+    [args.factory, "up", "--data-dir", str(data), "--listen", f"127.0.0.1:{args.port}", "--jurisdiction", "eu"],
+    env={**env, "FACTORY_BATCH__CONCURRENCY": str(args.batch_concurrency), "FACTORY_SERVING__MAX_BATCH": "32"},
+    stdout=subprocess.DEVNULL, stderr=open(data / "log", "w"),
+)
+url = f"http://127.0.0.1:{args.port}"
+for _ in range(120):
+    try:
+        urllib.request.urlopen(f"{url}/healthz")
+        break
+    except OSError:
+        time.sleep(1)
+
+
+def factory(*argv, key):
+    done = subprocess.run([args.factory, *argv], env={**env, "FACTORY_URL": url, "FACTORY_API_KEY": key},
+                          capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+admin = (data / "admin.key").read_text().strip()
+factory("tenant", "create", "bench", "--jurisdiction", "eu", key=admin)
+APP = json.loads(factory("key", "create", "--tenant", "bench", "--role", "app", key=admin))["secret"]
+ENG = json.loads(factory("key", "create", "--tenant", "bench", "--role", "engineer", key=admin))["secret"]
+factory("dataset", "create", "plays", "--classification", "internal", key=ENG)
+factory("dataset", "ingest", "plays", args.corpus, "--format", "text", "--paragraphs", key=ENG)
+(data / "model.json").write_text(json.dumps({
+    "model": {"config": {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}},
+    "tokenizer": {"vocab_size": 512},
+    "train": {"steps": 30, "seq_len": 64, "batch_size": 4, "eval_every": 0, "checkpoint_every": 0}}))
+factory("train", "--dataset", "plays@1", "--name", "bard", "--config", str(data / "model.json"), "--wait", key=ENG)
+factory("deploy", "create", "chat", "--variant", "bard@1", key=ENG)
+args.base_url, args.key, args.deployment = f"{url}/v1", APP, "chat"
+client = openai.OpenAI(base_url=args.base_url, api_key=args.key, max_retries=0, timeout=600)
+WORDS = "now is the winter of our discontent made glorious summer by this sun of york".split()
+
+
+def body(i):
+    prompt = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(8))
+    return {"model": args.deployment, "messages": [{"role": "user", "content": prompt}], "max_tokens": args.tokens,
+            "temperature": 0, "ignore_eos": True}
+
+
+def run_batch(count):
+    lines = "\n".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body(i)})
+                      for i in range(count))
+    started = time.perf_counter()
+    uploaded = client.files.create(file=("requests.jsonl", io.BytesIO(lines.encode())), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(0.25)
+        batch = client.batches.retrieve(batch.id)
+    return time.perf_counter() - started, batch
+
+
+async def one_by_one(count, concurrency):
+    aclient = openai.AsyncOpenAI(base_url=args.base_url, api_key=args.key, max_retries=5, timeout=600)
+    queue = iter(range(count))
+    failures = 0
+
+    async def worker():
+        nonlocal failures
+        for i in queue:
+            try:
+                await aclient.chat.completions.create(**body(i))
+            except openai.APIError:
+                failures += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, failures
+
+
+def interactive_latencies(samples=20):
+    latencies = []
+    for i in range(samples):
+        started = time.perf_counter()
+        client.chat.completions.create(**body(i))
+        latencies.append(time.perf_counter() - started)
+    return statistics.median(latencies)
+
+
+client.chat.completions.create(**body(0))  # the model loads
+idle = interactive_latencies()
+batch_seconds, batch = run_batch(args.requests)
+direct_seconds, failures = asyncio.run(one_by_one(args.requests, CONCURRENCY))
+
+# Interactive latency while a batch keeps the engine full.
+lines = "\n".join(json.dumps({"custom_id": f"b{i}", "method": "POST", "url": "/v1/chat/completions", "body": body(i)})
+                  for i in range(2000))
+uploaded = client.files.create(file=("busy.jsonl", io.BytesIO(lines.encode())), purpose="batch")
+busy = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+while client.batches.retrieve(busy.id).status == "validating":
+    time.sleep(0.05)
+time.sleep(1.0)
+during = interactive_latencies()
+still_running = client.batches.retrieve(busy.id).status == "in_progress"
+client.batches.cancel(busy.id)
+
+counts = batch.request_counts
+print(json.dumps({
+    "requests": args.requests,
+    "batch": {"seconds": round(batch_seconds, 2), "status": batch.status, "completed": counts.completed,
+              "failed": counts.failed, "requests_per_s": round(counts.completed / batch_seconds, 1)},
+    "one_by_one": {"seconds": round(direct_seconds, 2), "concurrency": CONCURRENCY, "failed": failures,
+                   "requests_per_s": round((args.requests - failures) / direct_seconds, 1)},
+    "batch_over_one_by_one_throughput": round(direct_seconds / batch_seconds, 3),
+    "interactive_p50_s": {"idle": round(idle, 4), "during_batch": round(during, 4),
+                          "batch_still_running": still_running, "during_over_idle": round(during / idle, 2)},
+}, indent=1))
+server.terminate()
+server.wait()
