@@ -177,6 +177,9 @@ pub struct Engine {
     /// Batch requests submitted and not yet admitted: at most `max_waiting` of them, so the
     /// queue always has `max_waiting` places for interactive requests.
     batch_queued: Arc<AtomicUsize>,
+    /// Interactive requests in the queue, not yet taken by the engine thread: at most
+    /// `max_waiting`, as before there were batch requests.
+    interactive_queued: Arc<AtomicUsize>,
     max_waiting: usize,
     pub stats: Arc<EngineStats>,
     max_context: usize,
@@ -201,6 +204,7 @@ impl Engine {
         let max_waiting = settings.max_waiting.max(1);
         let (queue, incoming) = std::sync::mpsc::sync_channel(max_waiting * 2);
         let batch_queued = Arc::new(AtomicUsize::new(0));
+        let interactive_queued = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(EngineStats::default());
         let max_context = model.config().max_positions();
         let vocab_size = model.config().vocab_size;
@@ -222,6 +226,7 @@ impl Engine {
             settings,
             incoming,
             batch_queued: batch_queued.clone(),
+            interactive_queued: interactive_queued.clone(),
             stats: stats.clone(),
             waiting: VecDeque::new(),
             waiting_batch: VecDeque::new(),
@@ -235,7 +240,7 @@ impl Engine {
         if let Err(error) = started {
             eprintln!("cannot start the engine's thread: {error}");
         }
-        Engine { queue, batch_queued, max_waiting, stats, max_context, vocab_size, grammar }
+        Engine { queue, batch_queued, interactive_queued, max_waiting, stats, max_context, vocab_size, grammar }
     }
 
     /// Compiles `grammar` against this model's vocabulary into a constraint for one request.
@@ -296,21 +301,23 @@ impl Engine {
             siblings.push(sender);
             receivers.push(receiver);
         }
-        let batch = request.priority == Priority::Batch;
-        if batch && self.batch_queued.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
-            self.batch_queued.fetch_sub(1, Ordering::SeqCst);
+        // Each class has its own bound on what waits, so neither takes the other's places.
+        let queued = match request.priority {
+            Priority::Interactive => &self.interactive_queued,
+            Priority::Batch => &self.batch_queued,
+        };
+        if queued.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+            queued.fetch_sub(1, Ordering::SeqCst);
             return Err(EngineError::Overloaded);
         }
+        // Counted before it is sent: the engine thread may take it (and count it out) at once.
+        self.stats.waiting.fetch_add(1, Ordering::SeqCst);
         let submitted = Submitted { request, events, siblings, submitted_at: Instant::now() };
         match self.queue.try_send(submitted) {
-            Ok(()) => {
-                self.stats.waiting.fetch_add(1, Ordering::SeqCst);
-                Ok(receivers)
-            }
+            Ok(()) => Ok(receivers),
             Err(error) => {
-                if batch {
-                    self.batch_queued.fetch_sub(1, Ordering::SeqCst);
-                }
+                queued.fetch_sub(1, Ordering::SeqCst);
+                self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
                 match error {
                     TrySendError::Full(_) => Err(EngineError::Overloaded),
                     TrySendError::Disconnected(_) => Err(EngineError::Stopped),
@@ -389,6 +396,7 @@ struct Scheduler {
     settings: EngineSettings,
     incoming: Receiver<Submitted>,
     batch_queued: Arc<AtomicUsize>,
+    interactive_queued: Arc<AtomicUsize>,
     stats: Arc<EngineStats>,
     /// Interactive requests waiting for a slot, and batch requests (served after them).
     waiting: VecDeque<Submitted>,
@@ -437,9 +445,11 @@ impl Scheduler {
         }
         // Only what the batch can take soon leaves the bounded channel, so a full channel is
         // what refuses new requests: the engine's memory stays bounded under any load. Batch
-        // requests leave it whenever they are seen (their submitter bounds how many it has
-        // outstanding), so they never stand between an interactive request and its slot.
-        while self.waiting.len() < self.settings.max_batch.saturating_sub(self.active.len()).max(1) {
+        // requests leave it whenever they are seen, so they never stand between an
+        // interactive request and its slot; and the slots batch sequences hold count as free,
+        // since an interactive request takes them.
+        let interactive = self.active.iter().filter(|sequence| sequence.priority == Priority::Interactive).count();
+        while self.waiting.len() < self.settings.max_batch.saturating_sub(interactive).max(1) {
             match self.incoming.try_recv() {
                 Ok(submitted) => self.sort_in(submitted),
                 Err(TryRecvError::Empty) => return true,
@@ -451,7 +461,10 @@ impl Scheduler {
 
     fn sort_in(&mut self, submitted: Submitted) {
         match submitted.request.priority {
-            Priority::Interactive => self.waiting.push_back(submitted),
+            Priority::Interactive => {
+                self.interactive_queued.fetch_sub(1, Ordering::SeqCst);
+                self.waiting.push_back(submitted);
+            }
             Priority::Batch => self.waiting_batch.push_back(submitted),
         }
     }

@@ -57,10 +57,28 @@ impl JobHandler for BatchHandler {
 
     async fn run(&self, job: &Job, control: JobControl) -> Result<serde_json::Value, JobError> {
         let id = job.payload.get("batch").and_then(|v| v.as_str()).unwrap_or(&job.id).to_string();
-        run(&self.state, &job.tenant, &id, control).await.map_err(|stop| match stop {
-            Stop::Preempted => JobError::Preempted,
-            Stop::Failed(message) => JobError::Failed(message),
-        })
+        match run(&self.state, &job.tenant, &id, control).await {
+            Ok(result) => Ok(result),
+            Err(Stop::Preempted) => Err(JobError::Preempted),
+            Err(Stop::Failed(message)) => {
+                // The last attempt ends the batch as failed, with what it answered written out,
+                // rather than leaving it unfinished for good.
+                if job.attempts >= job.max_attempts {
+                    let ended = match self.state.store.batch(&job.tenant, &id).await {
+                        Ok(Some(batch)) => {
+                            let errors = vec![error_entry("batch_failed", &message, None)];
+                            finish(&self.state, &batch, Ending::Failed(errors), None).await.err()
+                        }
+                        Ok(None) => None,
+                        Err(error) => Some(failed(error)),
+                    };
+                    if let Some(Stop::Failed(error)) = ended {
+                        tracing::error!(batch = %id, %error, "could not end a failed batch");
+                    }
+                }
+                Err(JobError::Failed(message))
+            }
+        }
     }
 }
 
@@ -80,12 +98,14 @@ fn failed(error: impl std::fmt::Display) -> Stop {
     Stop::Failed(error.to_string())
 }
 
-/// How the requests ended.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How the batch ended.
+#[derive(Debug, Clone, PartialEq)]
 enum Ending {
     Answered,
     Cancelled,
     Expired,
+    /// It could not run (its input, its creator's key, its job), for these reasons.
+    Failed(Vec<serde_json::Value>),
 }
 
 /// A batch's requests: its input's bytes and where each line lies in them.
@@ -109,19 +129,23 @@ async fn run(state: &AppState, tenant: &TenantName, id: &str, control: JobContro
     if batch.finished() {
         return Ok(serde_json::json!({ "status": batch.status }));
     }
-    if batch.status == "cancelling" {
-        return finish(state, &batch, Ending::Cancelled, None).await;
-    }
     // The requests run with the rights of the key that made the batch, as they stand now.
     let key = state.store.api_key(&batch.created_by).await.map_err(failed)?;
-    let Some(key) = key.filter(|key| key.usable_at(factory_core::time::now_millis())) else {
+    let caller = key.filter(|key| key.usable_at(factory_core::time::now_millis())).map(|key| Caller {
+        principal: key.principal(),
+        request_id: batch.request.id.clone(),
+        client_request_id: None,
+    });
+    if batch.status == "cancelling" {
+        return finish(state, &batch, Ending::Cancelled, caller.as_ref()).await;
+    }
+    let Some(caller) = caller else {
         let errors = vec![error_entry("key_revoked", "the key that created this batch is revoked or expired", None)];
-        return fail(state, &batch, errors).await;
+        return finish(state, &batch, Ending::Failed(errors), None).await;
     };
-    let caller = Caller { principal: key.principal(), request_id: batch.request.id.clone(), client_request_id: None };
     let requests = match read_requests(state, &caller, &batch).await? {
         Ok(requests) => requests,
-        Err(errors) => return fail(state, &batch, errors).await,
+        Err(errors) => return finish(state, &batch, Ending::Failed(errors), None).await,
     };
     if batch.status == "validating" {
         let step = BatchStep {
@@ -132,7 +156,7 @@ async fn run(state: &AppState, tenant: &TenantName, id: &str, control: JobContro
         };
         if step_batch(state, &batch, &["validating"], step, serde_json::json!({})).await?.is_none() {
             // Cancelled while validating.
-            return finish(state, &batch, Ending::Cancelled, None).await;
+            return finish(state, &batch, Ending::Cancelled, Some(&caller)).await;
         }
     }
     let ending = answer_all(state, &caller, &batch, Arc::new(requests), control).await?;
@@ -282,17 +306,14 @@ async fn dataset_requests(
             (source.template.clone(), source.deployment.clone(), source.request.clone());
         let first = offset;
         offset += page.rows.len() as u64;
+        let bounds = Bounds { line: state.config.serving.max_request_bytes, total: limit.saturating_sub(bytes.len()) };
         let rendered =
-            tokio::task::spawn_blocking(move || render_rows(&template, &deployment, &extra, &page.rows, first))
+            tokio::task::spawn_blocking(move || render_rows(&template, &deployment, &extra, &page.rows, first, bounds))
                 .await
                 .map_err(failed)?;
         match rendered {
             Ok(lines) => bytes.extend_from_slice(&lines),
             Err(errors) => return Ok(Err(errors)),
-        }
-        if bytes.len() > limit {
-            let message = format!("the rendered requests exceed {} MiB (batch.max_file_mb)", limit >> 20);
-            return Ok(Err(vec![error_entry("input_too_large", &message, None)]));
         }
     }
     Ok(Ok(Bytes::from(bytes)))
@@ -309,13 +330,43 @@ async fn rows_page(
     datasets::rows(state, caller, &batch.request.tenant, &source.dataset, source.version, offset, ROWS_PER_PAGE).await
 }
 
-/// Request lines for `rows` (the first is row `first`): custom ids `row-N`.
+/// What rendered requests may take, in bytes: each line, and all of a page's lines.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    line: usize,
+    total: usize,
+}
+
+/// A writer that refuses bytes past its capacity, so a template cannot render more than a
+/// request may hold (fuel counts instructions, not the bytes one instruction writes).
+struct Capped {
+    written: Vec<u8>,
+    capacity: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.written.len() + bytes.len() > self.capacity {
+            return Err(std::io::Error::other("the rendered message is larger than a request may be"));
+        }
+        self.written.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Request lines for `rows` (the first is row `first`): custom ids `row-N`, each line and
+/// all of them within `bounds`.
 fn render_rows(
     template: &str,
     deployment: &str,
     extra: &serde_json::Map<String, serde_json::Value>,
     rows: &[serde_json::Map<String, serde_json::Value>],
     first: u64,
+    bounds: Bounds,
 ) -> Result<Vec<u8>, Vec<serde_json::Value>> {
     let mut environment = minijinja::Environment::new();
     environment.set_fuel(Some(TEMPLATE_FUEL));
@@ -325,9 +376,12 @@ fn render_rows(
     let mut out = Vec::new();
     for (index, row) in rows.iter().enumerate() {
         let row_number = first + index as u64;
-        let content = template.render(row).map_err(|e| {
-            vec![error_entry("invalid_template", &format!("row {row_number}: {e}"), Some(row_number as usize + 1))]
-        })?;
+        let line_number = Some(row_number as usize + 1);
+        let mut capped = Capped { written: Vec::new(), capacity: bounds.line };
+        template
+            .render_captured_to(row, &mut capped)
+            .map_err(|e| vec![error_entry("invalid_template", &format!("row {row_number}: {e}"), line_number)])?;
+        let content = String::from_utf8_lossy(&capped.written).into_owned();
         let mut body = extra.clone();
         body.insert("model".into(), deployment.into());
         body.insert("messages".into(), serde_json::json!([{ "role": "user", "content": content }]));
@@ -336,6 +390,10 @@ fn render_rows(
         });
         out.extend_from_slice(line.to_string().as_bytes());
         out.push(b'\n');
+        if out.len() > bounds.total {
+            let message = "the rendered requests exceed batch.max_file_mb";
+            return Err(vec![error_entry("input_too_large", message, line_number)]);
+        }
     }
     Ok(out)
 }
@@ -361,7 +419,7 @@ async fn answer_all(
     let concurrency = state.config.batch.concurrency.max(1) * 2;
     let (sender, mut answers) = tokio::sync::mpsc::unbounded_channel();
     let answering = {
-        let (state, caller, batch) = (state.clone(), caller.clone(), batch.clone());
+        let (state, caller, batch, requests) = (state.clone(), caller.clone(), batch.clone(), requests.clone());
         tokio::spawn(async move {
             let lines = requests.lines.get(start..).unwrap_or_default().to_vec();
             let mut answered = futures::stream::iter(lines)
@@ -394,6 +452,7 @@ async fn answer_all(
             _ = watch.tick() => {
                 if *control.preempt.borrow() {
                     drop(answering_guard);
+                    part.take_answered(&mut answers);
                     part.store(state, batch).await?;
                     return Err(Stop::Preempted);
                 }
@@ -411,6 +470,16 @@ async fn answer_all(
         }
     };
     drop(answering_guard);
+    part.take_answered(&mut answers);
+    if ending == Ending::Expired {
+        // What the window left unanswered is reported as OpenAI does, one error line each.
+        for range in requests.lines.get(part.first_line + part.lines..).unwrap_or_default() {
+            let custom_id = serde_json::from_slice::<Line>(&requests.bytes[range.clone()])
+                .map(|line| line.custom_id)
+                .unwrap_or_default();
+            part.push_expired(custom_id);
+        }
+    }
     part.store(state, batch).await?;
     Ok(ending)
 }
@@ -511,6 +580,27 @@ struct PartWriter {
 }
 
 impl PartWriter {
+    /// The answers already made when the requests stopped (the answering task is gone, so
+    /// none follow), so that none is asked or charged twice.
+    fn take_answered(&mut self, answers: &mut tokio::sync::mpsc::UnboundedReceiver<Answer>) {
+        while let Ok(answer) = answers.try_recv() {
+            self.push(answer);
+        }
+    }
+
+    /// A request the completion window left unanswered.
+    fn push_expired(&mut self, custom_id: String) {
+        let line = serde_json::json!({
+            "id": format!("batch_req_{}", uuid::Uuid::new_v4().simple()), "custom_id": custom_id, "response": null,
+            "error": { "code": "batch_expired",
+                       "message": "This request could not be executed before the completion window expired." },
+        });
+        self.errors.extend_from_slice(line.to_string().as_bytes());
+        self.errors.push(b'\n');
+        self.failed += 1;
+        self.lines += 1;
+    }
+
     fn push(&mut self, answer: Answer) {
         let ok = answer.status == 200;
         let line = serde_json::json!({
@@ -605,14 +695,6 @@ async fn step_with_files(
     Ok(Some(moved))
 }
 
-/// Fails a batch whose input did not validate, with the errors by line.
-async fn fail(state: &AppState, batch: &Batch, errors: Vec<serde_json::Value>) -> Result<serde_json::Value, Stop> {
-    let errors = serde_json::json!({ "object": "list", "data": errors });
-    let step = BatchStep { status: "failed".to_string(), errors: Some(errors), ..BatchStep::default() };
-    step_batch(state, batch, &["validating", "in_progress", "cancelling"], step, serde_json::json!({})).await?;
-    Ok(serde_json::json!({ "status": "failed" }))
-}
-
 /// Writes what the batch answered and ends it: the output and error files (a dataset batch's
 /// answers become a version of its output dataset instead of an output file).
 async fn finish(
@@ -622,18 +704,37 @@ async fn finish(
     caller: Option<&Caller>,
 ) -> Result<serde_json::Value, Stop> {
     let unfinished = ["validating", "in_progress", "finalizing", "cancelling"];
+    let mut step = BatchStep::default();
     let status = match ending {
         Ending::Answered => {
-            let step = BatchStep { status: "finalizing".to_string(), ..BatchStep::default() };
-            step_batch(state, batch, &["in_progress"], step, serde_json::json!({})).await?;
-            "completed"
+            let finalizing = BatchStep { status: "finalizing".to_string(), ..BatchStep::default() };
+            let moved = step_batch(state, batch, &["in_progress"], finalizing, serde_json::json!({})).await?;
+            // A cancel that came as the last answers did wins: the batch ends as asked.
+            let now = match moved {
+                Some(moved) => moved,
+                None => state
+                    .store
+                    .batch(&batch.request.tenant, &batch.request.id)
+                    .await
+                    .map_err(failed)?
+                    .unwrap_or_else(|| batch.clone()),
+            };
+            if now.status == "cancelling" {
+                "cancelled"
+            } else {
+                "completed"
+            }
         }
         Ending::Cancelled => "cancelled",
         Ending::Expired => "expired",
+        Ending::Failed(errors) => {
+            step.errors = Some(serde_json::json!({ "object": "list", "data": errors }));
+            "failed"
+        }
     };
+    step.status = status.to_string();
     let parts = state.store.batch_parts(&batch.request.id).await.map_err(failed)?;
     let mut files = Vec::new();
-    let mut step = BatchStep { status: status.to_string(), ..BatchStep::default() };
     let dataset: Option<DatasetSource> = batch
         .request
         .source
@@ -642,7 +743,7 @@ async fn finish(
         .transpose()
         .map_err(failed)?;
     match (&dataset, caller) {
-        (Some(source), Some(caller)) if parts.iter().any(|part| part.completed > 0) => {
+        (Some(source), Some(caller)) if status != "failed" && parts.iter().any(|part| part.completed > 0) => {
             step.output_dataset = Some(ingest_answers(state, caller, batch, source, &parts).await?);
         }
         (Some(_), _) => {}
@@ -842,7 +943,8 @@ mod tests {
         extra.insert("max_tokens".into(), 5.into());
         let rows: Vec<serde_json::Map<String, serde_json::Value>> =
             vec![serde_json::from_value(serde_json::json!({ "text": "a poem" })).unwrap()];
-        let out = render_rows("Summarize: {{ text }}", "chat", &extra, &rows, 7).unwrap();
+        let roomy = Bounds { line: 1 << 20, total: 1 << 20 };
+        let out = render_rows("Summarize: {{ text }}", "chat", &extra, &rows, 7, roomy).unwrap();
         let line: serde_json::Value = serde_json::from_slice(out.trim_ascii_end()).unwrap();
         assert_eq!(line["custom_id"], "row-7");
         assert_eq!(line["body"]["messages"][0]["content"], "Summarize: a poem");
@@ -853,7 +955,14 @@ mod tests {
             &extra,
             &rows,
             0,
+            roomy,
         );
         assert_eq!(runaway.unwrap_err()[0]["code"], "invalid_template");
+        // A template that writes more than a request may hold stops at the bound.
+        let wide = render_rows("{{ text * 100000 }}", "chat", &extra, &rows, 0, Bounds { line: 1000, total: 1 << 20 });
+        assert_eq!(wide.unwrap_err()[0]["code"], "invalid_template");
+        let many: Vec<_> = std::iter::repeat_n(rows[0].clone(), 100).collect();
+        let over = render_rows("{{ text }}", "chat", &extra, &many, 0, Bounds { line: 1000, total: 2000 });
+        assert_eq!(over.unwrap_err()[0]["code"], "input_too_large");
     }
 }

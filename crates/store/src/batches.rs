@@ -46,6 +46,9 @@ pub struct BatchRequest {
     pub tenant: TenantName,
     pub endpoint: String,
     pub input_file_id: Option<String>,
+    /// The input file's content, which the batch keeps (referenced) until it finishes, so a
+    /// file deleted meanwhile cannot take its requests away.
+    pub input_digest: Option<String>,
     /// For a batch over a dataset version instead of a file: what to read and how (JSON owned
     /// by the server).
     pub source: Option<serde_json::Value>,
@@ -91,7 +94,8 @@ impl Batch {
     }
 }
 
-const BATCH_COLUMNS: &str = "id, tenant, endpoint, input_file_id, source, completion_window, status, metadata, \
+const BATCH_COLUMNS: &str =
+    "id, tenant, endpoint, input_file_id, input_digest, source, completion_window, status, metadata, \
      errors, deployment, output_file_id, error_file_id, output_dataset, total, completed, failed, created_by, \
      created_at, expires_at, in_progress_at, finalizing_at, completed_at, failed_at, expired_at, cancelling_at, \
      cancelled_at";
@@ -126,6 +130,7 @@ fn batch_from_row(row: &AnyRow) -> Result<Batch, StoreError> {
         tenant: TenantName::new(&tenant).map_err(|e| corrupt("batch tenant", e))?,
         endpoint: row.try_get("endpoint")?,
         input_file_id: opt_string(row, "input_file_id")?,
+        input_digest: opt_string(row, "input_digest")?,
         source: json_opt(row, "source")?,
         completion_window: row.try_get("completion_window")?,
         metadata: serde_json::from_str(&metadata).map_err(|e| corrupt("batch metadata", e))?,
@@ -223,8 +228,9 @@ impl Change {
         Ok(deleted > 0)
     }
 
-    /// Lets the objects of a finished batch's parts go (their answers are in its files or its
-    /// dataset version now): the orphan sweep deletes what nothing else references.
+    /// Lets the objects a finished batch kept go (its input, and its parts, whose answers are
+    /// in its files or its dataset version now): the orphan sweep deletes what nothing else
+    /// references.
     pub async fn release_batch_parts(&mut self, tenant: &TenantName, batch: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM artifact_references WHERE tenant = $1 AND owner = $2")
             .bind(tenant.as_str())
@@ -234,18 +240,20 @@ impl Change {
         Ok(())
     }
 
-    /// Inserts a batch, `validating`, as the change's principal.
+    /// Inserts a batch, `validating`, as the change's principal; its input file's content is
+    /// referenced by the batch until it finishes.
     pub async fn add_batch(&mut self, new: &BatchRequest) -> Result<Batch, StoreError> {
         let created_by = self.request().principal.id.clone();
         let row = sqlx::query(&format!(
-            "INSERT INTO batches (id, tenant, endpoint, input_file_id, source, completion_window, status, metadata, \
-             created_by, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, 'validating', $7, $8, $9, $10) \
-             RETURNING {BATCH_COLUMNS}"
+            "INSERT INTO batches (id, tenant, endpoint, input_file_id, input_digest, source, completion_window, status, \
+             metadata, created_by, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'validating', $8, $9, $10, $11) RETURNING {BATCH_COLUMNS}"
         ))
         .bind(&new.id)
         .bind(new.tenant.as_str())
         .bind(&new.endpoint)
         .bind(&new.input_file_id)
+        .bind(&new.input_digest)
         .bind(new.source.as_ref().map(|source| source.to_string()))
         .bind(&new.completion_window)
         .bind(new.metadata.to_string())
@@ -254,6 +262,17 @@ impl Change {
         .bind(new.expires_at)
         .fetch_one(self.connection())
         .await?;
+        if let Some(digest) = &new.input_digest {
+            sqlx::query(
+                "INSERT INTO artifact_references (digest, tenant, owner) VALUES ($1, $2, $3) \
+                 ON CONFLICT (digest, tenant, owner) DO NOTHING",
+            )
+            .bind(digest)
+            .bind(new.tenant.as_str())
+            .bind(&new.id)
+            .execute(self.connection())
+            .await?;
+        }
         batch_from_row(&row)
     }
 

@@ -999,6 +999,7 @@ async fn files_and_batches_page_step_and_keep_their_objects(store: &Store, _data
         tenant: acme.clone(),
         endpoint: "/v1/chat/completions".to_string(),
         input_file_id: Some("file_0".to_string()),
+        input_digest: Some(format!("{:064x}", 0)),
         source: None,
         completion_window: "24h".to_string(),
         metadata: serde_json::json!({ "job": "nightly" }),
@@ -1029,6 +1030,13 @@ async fn files_and_batches_page_step_and_keep_their_objects(store: &Store, _data
     assert!(change.step_batch(&acme, "batch_1", &["in_progress"], &step("validating")).await.is_err());
     change.commit(serde_json::json!({}), Event::new("batch.in_progress", serde_json::json!({}))).await.unwrap();
 
+    // Its input file deleted, the running batch still keeps the content.
+    let delete = AccessRequest::new(&engineer, Action::FileDelete, Resource::file(&acme, "file_0"));
+    let mut change = store.begin_change(&pdp, delete, "req-delete").await.unwrap();
+    assert!(change.delete_file(&acme, "file_0").await.unwrap());
+    change.commit(serde_json::json!({}), Event::new("file.deleted", serde_json::json!({}))).await.unwrap();
+    assert!(store.object_is_referenced(&format!("{:064x}", 0)).await.unwrap(), "the running batch keeps its input");
+
     // A part's counts add up, and its objects are kept until the batch lets them go.
     let part = BatchPart {
         part: 0,
@@ -1052,6 +1060,7 @@ async fn files_and_batches_page_step_and_keep_their_objects(store: &Store, _data
     change.commit(serde_json::json!({}), Event::new("batch.completed", serde_json::json!({}))).await.unwrap();
     assert!(done.finished() && done.output_file_id.as_deref() == Some("file_2"));
     assert!(!store.object_is_referenced(&format!("{:064x}", 10)).await.unwrap(), "the parts' objects go");
+    assert!(!store.object_is_referenced(&format!("{:064x}", 0)).await.unwrap(), "the finished batch let its input go");
     assert_eq!(store.batches(&acme, None, 10).await.unwrap().len(), 1);
 
     // Deleting a file lets its object go; deleting it again finds nothing.

@@ -95,10 +95,11 @@ async fn a_full_queue_a_spent_rate_and_a_spent_budget_answer_429() {
         })
         .collect();
     let boundary = "factory-test-boundary";
+    // The file before its purpose, as the Node client sends them.
     let form = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{boundary}\r\n\
-         Content-Disposition: form-data; name=\"file\"; filename=\"requests.jsonl\"\r\n\
-         Content-Type: application/jsonl\r\n\r\n{}\r\n--{boundary}--\r\n",
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"requests.jsonl\"\r\n\
+         Content-Type: application/jsonl\r\n\r\n{}\r\n--{boundary}\r\n\
+         Content-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{boundary}--\r\n",
         lines.join("\n")
     );
     let uploaded = client

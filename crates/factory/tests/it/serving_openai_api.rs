@@ -395,6 +395,9 @@ async fn batches_answer_files_of_requests_and_datasets_become_datasets_of_answer
                 let foreign = call(&url, "GET", &path, Some(&keys[0].1), None).await;
                 assert_eq!(foreign.status, 404, "{path}: {}", foreign.text);
             }
+            // A batch's job ends only through the batch: cancelling the job is refused.
+            let job = call(&url, "POST", &format!("/api/v1/jobs/{batch_id}/cancel"), Some(&engineer), None).await;
+            assert_eq!(job.status, 400, "{}", job.text);
             // Every request was metered like an interactive one.
             let logged = call(&url, "GET", "/api/v1/deployments/chat/inferences", Some(&engineer), None).await;
             assert!(logged.body["inferences"].as_array().unwrap().len() >= 9, "{}", logged.text);

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::committed_response;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use crate::service::batches::{self, DatasetSource, NewFileBatch};
+use crate::service::batches::{self, DatasetSource, NewFileBatch, Page};
 use crate::service::inference::invalid_param;
 use crate::state::AppState;
 
@@ -53,11 +53,12 @@ fn batch_json(batch: &Batch) -> serde_json::Value {
 }
 
 /// OpenAI's list page.
-fn page<T>(items: &[T], limit: i64, id: impl Fn(&T) -> &str, json: impl Fn(&T) -> serde_json::Value) -> Response {
+fn page<T>(page: &Page<T>, id: impl Fn(&T) -> &str, json: impl Fn(&T) -> serde_json::Value) -> Response {
+    let items = &page.items;
     let data: Vec<serde_json::Value> = items.iter().map(json).collect();
     Json(serde_json::json!({
         "object": "list", "data": data, "first_id": items.first().map(&id), "last_id": items.last().map(&id),
-        "has_more": items.len() as i64 >= limit,
+        "has_more": page.has_more,
     }))
     .into_response()
 }
@@ -69,32 +70,47 @@ pub struct ListQuery {
     pub purpose: Option<String>,
 }
 
-/// `POST /v1/files`: `purpose` first, then `file`, as the official clients send them.
+/// `POST /v1/files`: a form with `purpose` and `file`, in either order (the Python client sends
+/// `purpose` first, the Node client `file`); the file streams to the store as it arrives.
 pub async fn upload_file(
     State(state): State<AppState>,
     caller: Caller,
     mut multipart: Multipart,
 ) -> Result<Response, ApiError> {
-    let mut purpose = None;
-    while let Some(field) = multipart.next_field().await.map_err(|e| ApiError::invalid(format!("multipart: {e}")))? {
-        match field.name() {
-            Some("purpose") => {
-                let text = field.text().await.map_err(|e| ApiError::invalid(format!("purpose: {e}")))?;
-                purpose = Some(text);
-            }
-            Some("file") => {
-                let Some(purpose) = purpose.take() else {
-                    return Err(invalid_param("purpose", "send the purpose before the file").into());
-                };
+    let malformed = |e: axum::extract::multipart::MultipartError| ApiError::invalid(format!("multipart: {e}"));
+    let (mut purpose, mut received) = (None, None);
+    while let Some(mut field) = multipart.next_field().await.map_err(malformed)? {
+        match field.name().map(str::to_string).as_deref() {
+            Some("purpose") => purpose = Some(small_field(&mut field, "purpose").await?),
+            Some("file") if received.is_none() => {
+                if let Some(purpose) = &purpose {
+                    batches::check_purpose(purpose)?;
+                }
                 let filename = field.file_name().unwrap_or("upload.jsonl").to_string();
                 let body = field.map_err(std::io::Error::other);
-                let recorded = batches::upload_file(&state, &caller, &purpose, &filename, body).await?;
-                return Ok(committed_response(StatusCode::OK, Json(file_json(&recorded.value)), recorded.committed));
+                received = Some(batches::receive_file(&state, &caller, &filename, body).await?);
             }
             _ => {}
         }
     }
-    Err(invalid_param("file", "the form has no file").into())
+    let Some(received) = received else {
+        return Err(invalid_param("file", "the form has no file").into());
+    };
+    let recorded = batches::record_file(&state, &caller, received, purpose.as_deref().unwrap_or_default()).await?;
+    Ok(committed_response(StatusCode::OK, Json(file_json(&recorded.value)), recorded.committed))
+}
+
+/// A short text field of a form, read at most `MAX_FIELD_BYTES` at a time.
+async fn small_field(field: &mut axum::extract::multipart::Field<'_>, name: &str) -> Result<String, ApiError> {
+    const MAX_FIELD_BYTES: usize = 64;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| invalid_param(name, &e.to_string()))? {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > MAX_FIELD_BYTES {
+            return Err(invalid_param(name, &format!("at most {MAX_FIELD_BYTES} bytes")).into());
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| invalid_param(name, "not UTF-8").into())
 }
 
 pub async fn list_files(
@@ -104,7 +120,7 @@ pub async fn list_files(
 ) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(batches::MAX_PAGE).clamp(1, batches::MAX_PAGE);
     let files = batches::list_files(&state, &caller, query.purpose.as_deref(), query.after.as_deref(), limit).await?;
-    Ok(page(&files, limit, |file| &file.id, file_json))
+    Ok(page(&files, |file| &file.id, file_json))
 }
 
 pub async fn show_file(
@@ -153,7 +169,7 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(20).clamp(1, batches::MAX_PAGE);
     let found = batches::list(&state, &caller, query.after.as_deref(), limit).await?;
-    Ok(page(&found, limit, |batch| &batch.request.id, batch_json))
+    Ok(page(&found, |batch| &batch.request.id, batch_json))
 }
 
 pub async fn show(

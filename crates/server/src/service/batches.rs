@@ -44,25 +44,39 @@ pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
 /// The most files or batches one page lists.
 pub const MAX_PAGE: i64 = 100;
 
-/// Stores an uploaded file (`file.created`): `body` streamed into the object store, at most
-/// `batch.max_file_mb`; only `purpose` `batch` is taken.
-pub async fn upload_file<S>(
-    state: &AppState,
-    caller: &Caller,
-    purpose: &str,
-    filename: &str,
-    body: S,
-) -> Result<Recorded<StoredFile>, ServiceError>
-where
-    S: Stream<Item = Result<Bytes, std::io::Error>> + Send,
-{
-    let tenant = tenant_of_key(caller)?;
+/// An uploaded file's bytes, stored and held (not yet a file anyone can see) until
+/// [`record_file`] records them or drops them.
+pub struct ReceivedFile {
+    id: String,
+    tenant: TenantName,
+    filename: String,
+    receipt: factory_objects::PutReceipt,
+    lease: crate::pending_objects::ObjectLease,
+}
+
+/// Checks a file's `purpose` (only `batch` is taken here), before or after its bytes arrive.
+pub fn check_purpose(purpose: &str) -> Result<(), ServiceError> {
     if purpose != "batch" {
         return Err(invalid_param(
             "purpose",
             &format!("files here are for batches: use purpose \"batch\", not {purpose:?}"),
         ));
     }
+    Ok(())
+}
+
+/// Streams an upload's bytes into the object store (`file.upload` decided first): at most
+/// `batch.max_file_mb`, held until [`record_file`].
+pub async fn receive_file<S>(
+    state: &AppState,
+    caller: &Caller,
+    filename: &str,
+    body: S,
+) -> Result<ReceivedFile, ServiceError>
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send,
+{
+    let tenant = tenant_of_key(caller)?;
     if filename.is_empty() || filename.len() > MAX_FILENAME_BYTES || filename.chars().any(char::is_control) {
         return Err(invalid_param("file", &format!("give a file name of 1 to {MAX_FILENAME_BYTES} bytes")));
     }
@@ -91,21 +105,38 @@ where
         }
         Err(error) => return Err(ServiceError::invalid(format!("file: the upload failed: {error}"))),
     };
-    if receipt.size == 0 {
-        return Err(invalid_param("file", "the file is empty"));
-    }
     let mut lease = state.pending_objects.lease(state.store.clone(), state.objects.clone());
     lease.hold(receipt.digest).await;
+    if receipt.size == 0 {
+        lease.discard().await;
+        return Err(invalid_param("file", "the file is empty"));
+    }
+    Ok(ReceivedFile { id, tenant, filename: filename.to_string(), receipt, lease })
+}
+
+/// Records a received file under `purpose` (`file.created`), or lets its bytes go.
+pub async fn record_file(
+    state: &AppState,
+    caller: &Caller,
+    received: ReceivedFile,
+    purpose: &str,
+) -> Result<Recorded<StoredFile>, ServiceError> {
+    let ReceivedFile { id, tenant, filename, receipt, lease } = received;
+    if let Err(error) = check_purpose(purpose) {
+        lease.discard().await;
+        return Err(error);
+    }
     let file = StoredFile {
         id,
         tenant: tenant.clone(),
         purpose: purpose.to_string(),
-        filename: filename.to_string(),
+        filename,
         bytes: receipt.size as i64,
         digest: receipt.digest.to_string(),
         created_at: factory_core::time::now_millis(),
         created_by: caller.principal.id.clone(),
     };
+    let request = AccessRequest::new(&caller.principal, Action::FileUpload, Resource::file(&tenant, &file.id));
     let committed = async {
         let mut change = state.store.begin_change(state.pdp.as_ref(), request, &caller.request_id).await?;
         change.add_file(&file).await?;
@@ -135,6 +166,21 @@ pub async fn show_file(state: &AppState, caller: &Caller, id: &str) -> Result<St
     state.store.file(&tenant, id).await?.ok_or_else(ServiceError::no_such_resource)
 }
 
+/// A page of a list, and whether more follow it.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub has_more: bool,
+}
+
+impl<T> Page<T> {
+    /// A page of at most `limit` from `read`, which was asked for one more.
+    fn of(mut read: Vec<T>, limit: i64) -> Page<T> {
+        let has_more = read.len() as i64 > limit;
+        read.truncate(limit as usize);
+        Page { items: read, has_more }
+    }
+}
+
 /// The caller's tenant's files, newest first, a page of at most `limit` after `after`.
 pub async fn list_files(
     state: &AppState,
@@ -142,11 +188,12 @@ pub async fn list_files(
     purpose: Option<&str>,
     after: Option<&str>,
     limit: i64,
-) -> Result<Vec<StoredFile>, ServiceError> {
+) -> Result<Page<StoredFile>, ServiceError> {
     let tenant = tenant_of_key(caller)?;
     let request = AccessRequest::new(&caller.principal, Action::FileRead, Resource::file(&tenant, "*"));
     authorize_as(state, caller, &request, &tenant).await?;
-    Ok(state.store.files(&tenant, purpose, after, limit.clamp(1, MAX_PAGE)).await?)
+    let limit = limit.clamp(1, MAX_PAGE);
+    Ok(Page::of(state.store.files(&tenant, purpose, after, limit + 1).await?, limit))
 }
 
 /// A file's bytes, verified as they stream; the read is audited (`file.downloaded`) first,
@@ -249,6 +296,7 @@ pub async fn create(state: &AppState, caller: &Caller, new: NewFileBatch) -> Res
         tenant,
         endpoint: new.endpoint,
         input_file_id: Some(input.id),
+        input_digest: Some(input.digest),
         source: None,
         completion_window: new.completion_window,
         metadata: serde_json::Value::Object(metadata),
@@ -280,6 +328,9 @@ pub async fn create_from_dataset(
         }
     }
     source.deployment = deployment.to_string();
+    let id = factory_core::secrets::new_id("batch");
+    let create = AccessRequest::new(&caller.principal, Action::BatchCreate, Resource::batch(&tenant, &id));
+    authorize_as(state, caller, &create, &tenant).await?;
     let dataset = datasets::find_dataset_for(state, caller, &tenant, &source.dataset).await?;
     let manifest = datasets::load_manifest(state, &dataset, source.version).await?.manifest;
     let raw_pii = !manifest.raw_pii_columns().is_empty();
@@ -313,10 +364,11 @@ pub async fn create_from_dataset(
     source.derived_from = derived_from;
     output_dataset(state, caller, &tenant, &source.output, &jurisdiction, classification, &dataset).await?;
     let batch = BatchRequest {
-        id: factory_core::secrets::new_id("batch"),
+        id,
         tenant,
         endpoint: ENDPOINTS[0].to_string(),
         input_file_id: None,
+        input_digest: None,
         source: Some(serde_json::to_value(&source).map_err(ServiceError::fault)?),
         completion_window: COMPLETION_WINDOW.to_string(),
         metadata: serde_json::json!({}),
@@ -325,9 +377,9 @@ pub async fn create_from_dataset(
     enqueue(state, caller, batch).await
 }
 
-/// Makes sure the output dataset can hold the answers: an existing one must live in
-/// `jurisdiction` and be classified at least `classification`; a missing one is defined so,
-/// with the input's PII policy.
+/// Makes sure the output dataset can hold the answers and the caller may write them: an
+/// existing one must live in `jurisdiction` and be classified at least `classification`; a
+/// missing one is defined so, with the input's PII policy.
 async fn output_dataset(
     state: &AppState,
     caller: &Caller,
@@ -337,7 +389,7 @@ async fn output_dataset(
     classification: Classification,
     input: &factory_store::datasets::Dataset,
 ) -> Result<(), ServiceError> {
-    match datasets::find_dataset_for(state, caller, tenant, name).await {
+    let output = match datasets::find_dataset_for(state, caller, tenant, name).await {
         Ok(existing) => {
             if &existing.jurisdiction != jurisdiction || existing.classification < classification {
                 return Err(ServiceError::new(
@@ -349,7 +401,7 @@ async fn output_dataset(
                 )
                 .at_param("output"));
             }
-            Ok(())
+            existing
         }
         Err(error) if error.kind == ErrorKind::NotFound => {
             let new = NewDataset {
@@ -364,10 +416,14 @@ async fn output_dataset(
                 pii_policy: serde_json::from_value(input.pii_policy.clone()).ok(),
                 schema: None,
             };
-            datasets::create(state, caller, tenant, new).await.map(|_| ())
+            datasets::create(state, caller, tenant, new).await?.value
         }
-        Err(error) => Err(error),
-    }
+        Err(error) => return Err(error),
+    };
+    // The answers are ingested as the batch's creator, hours from now: may it?
+    let (allowed, storage) = datasets::residency(state, tenant, &output.jurisdiction, &output.site).await?;
+    let facts = [("jurisdiction_allowed", allowed), ("storage_site", storage)];
+    datasets::authorize_on(state, caller, &output, Action::DatasetIngest, &facts).await
 }
 
 /// Inserts `batch` and enqueues the job that runs it, in one governed change.
@@ -409,11 +465,12 @@ pub async fn list(
     caller: &Caller,
     after: Option<&str>,
     limit: i64,
-) -> Result<Vec<Batch>, ServiceError> {
+) -> Result<Page<Batch>, ServiceError> {
     let tenant = tenant_of_key(caller)?;
     let request = AccessRequest::new(&caller.principal, Action::BatchRead, Resource::batch(&tenant, "*"));
     authorize_as(state, caller, &request, &tenant).await?;
-    Ok(state.store.batches(&tenant, after, limit.clamp(1, MAX_PAGE)).await?)
+    let limit = limit.clamp(1, MAX_PAGE);
+    Ok(Page::of(state.store.batches(&tenant, after, limit + 1).await?, limit))
 }
 
 /// Asks a batch to stop (`batch.cancelling`): it finishes what it is doing, writes what it has

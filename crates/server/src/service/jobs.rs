@@ -97,6 +97,13 @@ pub async fn cancel_by_id(state: &AppState, caller: &Caller, id: &str) -> Result
 /// Requests cancellation of `job` as `caller` (`job.cancel_requested`).
 pub async fn cancel(state: &AppState, caller: &Caller, job: Job) -> Result<Recorded<Job>, ServiceError> {
     let id = job.id.clone();
+    // A batch ends through its own states (what it answered is written out), which only the
+    // batch's cancel sets in motion.
+    if job.kind == crate::service::batches::BATCH_KIND {
+        return Err(ServiceError::invalid(format!(
+            "job {id} runs a batch: cancel the batch (POST /v1/batches/{id}/cancel)"
+        )));
+    }
     let request = AccessRequest::new(&caller.principal, Action::JobCancel, Resource::job(&id, &job.tenant));
     let mut change = state
         .store

@@ -22,6 +22,7 @@ CREATE TABLE batches (
     tenant TEXT NOT NULL,
     endpoint TEXT NOT NULL,
     input_file_id TEXT,
+    input_digest TEXT,
     source TEXT,
     completion_window TEXT NOT NULL,
     status TEXT NOT NULL,
