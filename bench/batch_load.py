@@ -5,6 +5,7 @@ runs. Prints JSON."""
 
 import argparse
 import asyncio
+import atexit
 import io
 import json
 import os
@@ -33,6 +34,7 @@ server = subprocess.Popen(
     env={**env, "FACTORY_BATCH__CONCURRENCY": str(args.batch_concurrency), "FACTORY_SERVING__MAX_BATCH": "32"},
     stdout=subprocess.DEVNULL, stderr=open(data / "log", "w"),
 )
+atexit.register(server.terminate)
 url = f"http://127.0.0.1:{args.port}"
 for _ in range(120):
     try:
@@ -72,6 +74,13 @@ def body(i):
             "temperature": 0, "ignore_eos": True}
 
 
+def sdk(i):
+    """The same request as the SDK takes it: fields it does not know go in extra_body."""
+    request = body(i)
+    extra = {"ignore_eos": request.pop("ignore_eos")}
+    return {**request, "extra_body": extra}
+
+
 def run_batch(count):
     lines = "\n".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body(i)})
                       for i in range(count))
@@ -81,40 +90,46 @@ def run_batch(count):
     while batch.status not in ("completed", "failed", "expired", "cancelled"):
         time.sleep(0.25)
         batch = client.batches.retrieve(batch.id)
-    return time.perf_counter() - started, batch
+    seconds = time.perf_counter() - started
+    tokens = 0
+    if batch.output_file_id:
+        for line in client.files.content(batch.output_file_id).text.splitlines():
+            tokens += json.loads(line)["response"]["body"]["usage"]["completion_tokens"]
+    return seconds, batch, tokens
 
 
 async def one_by_one(count, concurrency):
     aclient = openai.AsyncOpenAI(base_url=args.base_url, api_key=args.key, max_retries=5, timeout=600)
     queue = iter(range(count))
-    failures = 0
+    failures, tokens = 0, 0
 
     async def worker():
-        nonlocal failures
+        nonlocal failures, tokens
         for i in queue:
             try:
-                await aclient.chat.completions.create(**body(i))
+                answer = await aclient.chat.completions.create(**sdk(i))
+                tokens += answer.usage.completion_tokens
             except openai.APIError:
                 failures += 1
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - started, failures
+    return time.perf_counter() - started, failures, tokens
 
 
 def interactive_latencies(samples=20):
     latencies = []
     for i in range(samples):
         started = time.perf_counter()
-        client.chat.completions.create(**body(i))
+        client.chat.completions.create(**sdk(i))
         latencies.append(time.perf_counter() - started)
     return statistics.median(latencies)
 
 
-client.chat.completions.create(**body(0))  # the model loads
+client.chat.completions.create(**sdk(0))  # the model loads
 idle = interactive_latencies()
-batch_seconds, batch = run_batch(args.requests)
-direct_seconds, failures = asyncio.run(one_by_one(args.requests, CONCURRENCY))
+batch_seconds, batch, batch_tokens = run_batch(args.requests)
+direct_seconds, failures, direct_tokens = asyncio.run(one_by_one(args.requests, CONCURRENCY))
 
 # Interactive latency while a batch keeps the engine full.
 lines = "\n".join(json.dumps({"custom_id": f"b{i}", "method": "POST", "url": "/v1/chat/completions", "body": body(i)})
@@ -132,9 +147,11 @@ counts = batch.request_counts
 print(json.dumps({
     "requests": args.requests,
     "batch": {"seconds": round(batch_seconds, 2), "status": batch.status, "completed": counts.completed,
-              "failed": counts.failed, "requests_per_s": round(counts.completed / batch_seconds, 1)},
+              "failed": counts.failed, "requests_per_s": round(counts.completed / batch_seconds, 1),
+              "tokens_per_s": round(batch_tokens / batch_seconds, 1)},
     "one_by_one": {"seconds": round(direct_seconds, 2), "concurrency": CONCURRENCY, "failed": failures,
-                   "requests_per_s": round((args.requests - failures) / direct_seconds, 1)},
+                   "requests_per_s": round((args.requests - failures) / direct_seconds, 1),
+                   "tokens_per_s": round(direct_tokens / direct_seconds, 1)},
     "batch_over_one_by_one_throughput": round(direct_seconds / batch_seconds, 3),
     "interactive_p50_s": {"idle": round(idle, 4), "during_batch": round(during, 4),
                           "batch_still_running": still_running, "during_over_idle": round(during / idle, 2)},

@@ -184,6 +184,7 @@ fn action_resources(action: Action) -> &'static [ResourceKind] {
         }
         Action::FileUpload | Action::FileRead | Action::FileDelete => &[ResourceKind::File],
         Action::BatchCreate | Action::BatchRead | Action::BatchCancel | Action::BatchRun => &[ResourceKind::Batch],
+        Action::SessionOpen | Action::SessionClose => &[ResourceKind::Session],
     }
 }
 
@@ -218,6 +219,7 @@ const RESOURCE_KINDS: &[ResourceKind] = &[
     ResourceKind::Pipeline,
     ResourceKind::File,
     ResourceKind::Batch,
+    ResourceKind::Session,
 ];
 
 fn schema_text() -> String {

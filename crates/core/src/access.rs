@@ -45,6 +45,7 @@ pub enum ResourceKind {
     Pipeline,
     File,
     Batch,
+    Session,
 }
 
 impl ResourceKind {
@@ -62,6 +63,7 @@ impl ResourceKind {
             ResourceKind::Pipeline => "Pipeline",
             ResourceKind::File => "File",
             ResourceKind::Batch => "Batch",
+            ResourceKind::Session => "Session",
         }
     }
 }
@@ -184,6 +186,18 @@ impl Resource {
         Resource { kind: ResourceKind::Batch, id: id.to_string(), ..Resource::deployment(tenant, "") }
     }
 
+    /// A console session of key `key_id`: internal, like what any key may call, so that every
+    /// key (applications' too) may sign in; what the session then does is decided per action.
+    pub fn session(key_id: &str, tenant: Option<&TenantName>) -> Self {
+        Resource {
+            kind: ResourceKind::Session,
+            id: key_id.to_string(),
+            tenant: tenant.cloned(),
+            classification: Classification::Internal,
+            jurisdiction: None,
+        }
+    }
+
     pub fn job(id: &str, tenant: &TenantName) -> Self {
         Resource {
             kind: ResourceKind::Job,
@@ -265,6 +279,8 @@ actions! {
     BatchRead => "batch.read",
     BatchCancel => "batch.cancel",
     BatchRun => "batch.run",
+    SessionOpen => "session.open",
+    SessionClose => "session.close",
 }
 
 impl fmt::Display for Action {

@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::admission::Refusal;
 use crate::api::{
-    audit, batches, datasets, deployments, feedback, jobs, keys, models, openai, ops, pipelines, runs, tenants,
+    audit, batches, console, datasets, deployments, feedback, jobs, keys, models, openai, ops, pipelines, runs, tenants,
 };
 use crate::error::ApiError;
 use crate::extract::RequestIds;
@@ -150,6 +150,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit/proof/consistency", get(audit::consistency))
         .route("/api/v1/audit/records", get(audit::records))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/", get(console::root))
+        .route("/console", get(console::overview))
+        .route("/console/sign-in", get(console::sign_in_page).post(console::sign_in))
+        .route("/console/sign-out", post(console::sign_out))
+        .route("/console/datasets", get(console::datasets))
+        .route("/console/audit", get(console::audit_page))
+        .route("/console/assets/{name}", get(console::asset))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

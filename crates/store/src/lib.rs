@@ -21,6 +21,7 @@ pub mod models;
 pub mod outbox;
 pub mod pipelines;
 pub mod runs;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;

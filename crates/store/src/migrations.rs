@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "audit_subtrees", include_str!("migrations/0011_audit_subtrees.sql")),
     (12, "inference_structure", include_str!("migrations/0012_inference_structure.sql")),
     (13, "batches", include_str!("migrations/0013_batches.sql")),
+    (14, "console_sessions", include_str!("migrations/0014_console_sessions.sql")),
 ];
 
 /// The migration that adds the audit log's proof index, which existing records need filled in.

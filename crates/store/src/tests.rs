@@ -152,7 +152,7 @@ async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
     let again = Store::open(&database.url()).await.unwrap();
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(again.pool()).await.unwrap();
-    assert_eq!(versions, 13);
+    assert_eq!(versions, 14);
     again.close().await;
 }
 

@@ -4,6 +4,7 @@
 
 mod adversarial;
 mod audit_tamper;
+mod console;
 mod crash;
 mod datasets;
 mod demo;

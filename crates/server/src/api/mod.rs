@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod batches;
+pub mod console;
 pub mod datasets;
 pub mod deployments;
 pub mod feedback;

@@ -27,6 +27,7 @@ pub mod orphans;
 pub mod pipelines;
 pub mod run_spec;
 pub mod runs;
+pub mod sessions;
 pub mod tenants;
 
 #[cfg(test)]
