@@ -132,8 +132,10 @@ batch_seconds, batch, batch_tokens = run_batch(args.requests)
 direct_seconds, failures, direct_tokens = asyncio.run(one_by_one(args.requests, CONCURRENCY))
 
 # Interactive latency while a batch keeps the engine full.
-lines = "\n".join(json.dumps({"custom_id": f"b{i}", "method": "POST", "url": "/v1/chat/completions", "body": body(i)})
-                  for i in range(2000))
+# (Large enough to outlast the interactive requests several times over.)
+busy_body = lambda i: {**body(i), "max_tokens": 128}
+lines = "\n".join(json.dumps({"custom_id": f"b{i}", "method": "POST", "url": "/v1/chat/completions", "body": busy_body(i)})
+                  for i in range(20000))
 uploaded = client.files.create(file=("busy.jsonl", io.BytesIO(lines.encode())), purpose="batch")
 busy = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
 while client.batches.retrieve(busy.id).status == "validating":
@@ -141,7 +143,8 @@ while client.batches.retrieve(busy.id).status == "validating":
 time.sleep(1.0)
 during = interactive_latencies()
 still_running = client.batches.retrieve(busy.id).status == "in_progress"
-client.batches.cancel(busy.id)
+if still_running:
+    client.batches.cancel(busy.id)
 
 counts = batch.request_counts
 print(json.dumps({

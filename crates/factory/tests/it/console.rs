@@ -26,6 +26,9 @@ async fn each_role_signs_in_sees_what_its_key_may_and_signs_out_in_a_real_browse
     let globex = tenant_with_keys(&server, "globex", &["engineer"]).await;
     text_dataset(&url, &acme[0].1, "plays", "confidential", shakespeare(2_000)).await;
     text_dataset(&url, &globex[0].1, "ledger", "internal", shakespeare(2_000)).await;
+    let job =
+        call(&url, "POST", "/api/v1/tenants/acme/jobs", Some(&acme[0].1), Some(json!({ "kind": "platform.sleep" })));
+    assert_eq!(job.await.status, 201);
 
     // Without a browser: the form's own token, and keys that do not exist.
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -95,6 +98,19 @@ async fn each_role_signs_in_sees_what_its_key_may_and_signs_out_in_a_real_browse
             .unwrap();
         assert_eq!(replayed.status(), 303, "{role}");
     }
+    // The navigation offers each key the pages it may open, as the policies decide.
+    let nav = |role: &str| {
+        seen[role]["nav"].as_array().unwrap().iter().map(|h| h.as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    for page in ["/console/datasets", "/console/jobs", "/console/models", "/console/deployments", "/console/pipelines"]
+    {
+        assert!(nav("engineer").contains(&page.to_string()), "{page}: {seen}");
+    }
+    assert!(!nav("app").contains(&"/console/jobs".to_string()), "{seen}");
+    assert!(!nav("auditor").contains(&"/console/jobs".to_string()), "{seen}");
+    assert!(text("engineer", "/console/jobs").contains("platform.sleep"), "{seen}");
+    assert!(text("engineer", "/console/models").contains("No models"), "{seen}");
+    assert!(!text("globex", "/console/jobs").contains("platform.sleep"), "{seen}");
     // Each key sees what its rights allow, as the API decides it.
     assert!(text("engineer", "/console/datasets").contains("plays"), "{seen}");
     assert!(!text("engineer", "/console/datasets").contains("ledger"), "{seen}");

@@ -20,7 +20,6 @@ import websockets
 
 url, out, keys = sys.argv[1], pathlib.Path(sys.argv[2]), json.loads(sys.argv[3])
 out.mkdir(parents=True, exist_ok=True)
-PAGES = ["/console", "/console/datasets", "/console/audit"]
 
 
 class Tab:
@@ -110,7 +109,10 @@ async def main():
                 cookies = (await tab.send("Network.getCookies"))["cookies"]
                 session = next((c for c in cookies if c["name"] == "factory_session"), None)
                 role_seen["cookie"] = session and {"httpOnly": session["httpOnly"], "sameSite": session.get("sameSite")}
-                for path in PAGES:
+                # Every page the navigation offers this key (what it may open).
+                nav = await tab.evaluate("[...document.querySelectorAll('header nav a')].map(a => a.getAttribute('href'))")
+                role_seen["nav"] = nav
+                for path in nav:
                     await tab.go(path)
                     name = f"{role}{path.replace('/', '-')}"
                     role_seen["pages"][path] = {

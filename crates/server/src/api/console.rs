@@ -12,12 +12,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use factory_core::secrets::{encode_hex, random_bytes};
+use factory_core::{AccessRequest, Action, Classification, PolicyDecisionPoint, Resource, TenantName};
 use factory_store::sessions::Session;
 use serde::Deserialize;
 
 use crate::caller::Caller;
 use crate::extract::RequestIds;
-use crate::service::{audit, datasets, sessions};
+use crate::service::{audit, datasets, deployments, jobs, models, pipelines, sessions};
 use crate::service_error::{ErrorKind, ServiceError};
 use crate::state::AppState;
 
@@ -32,9 +33,39 @@ const MAX_KEY_BYTES: usize = 256;
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
      connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The console's pages, in its navigation.
-const PAGES: &[(&str, &str)] =
-    &[("/console", "Overview"), ("/console/datasets", "Datasets"), ("/console/audit", "Audit")];
+/// A page of the console's navigation, and the question whose answer shows its link: what the
+/// page itself asks (and audits) when it is opened; the link is only a hint.
+struct NavItem {
+    href: &'static str,
+    label: &'static str,
+    asks: fn(&TenantName) -> (Action, Resource),
+}
+
+/// The tenant's pages, in the navigation between the overview and the audit page (which every
+/// key may open).
+const PAGES: &[NavItem] = &[
+    NavItem {
+        href: "/console/datasets",
+        label: "Datasets",
+        asks: |t| (Action::DatasetRead, Resource::dataset_catalogue(t)),
+    },
+    NavItem { href: "/console/jobs", label: "Jobs", asks: |t| (Action::JobRead, Resource::job("*", t)) },
+    NavItem {
+        href: "/console/models",
+        label: "Models",
+        asks: |t| (Action::ModelRead, Resource::model(t, "*", Classification::Public, None)),
+    },
+    NavItem {
+        href: "/console/deployments",
+        label: "Deployments",
+        asks: |t| (Action::DeploymentRead, Resource::deployment(t, "*")),
+    },
+    NavItem {
+        href: "/console/pipelines",
+        label: "Pipelines",
+        asks: |t| (Action::PipelineRead, Resource::pipeline(t, "*")),
+    },
+];
 
 fn templates() -> &'static minijinja::Environment<'static> {
     static TEMPLATES: OnceLock<minijinja::Environment<'static>> = OnceLock::new();
@@ -44,7 +75,7 @@ fn templates() -> &'static minijinja::Environment<'static> {
             ("layout.html", include_str!("console/layout.html")),
             ("sign_in.html", include_str!("console/sign_in.html")),
             ("overview.html", include_str!("console/overview.html")),
-            ("datasets.html", include_str!("console/datasets.html")),
+            ("table.html", include_str!("console/table.html")),
             ("audit.html", include_str!("console/audit.html")),
             ("refused.html", include_str!("console/refused.html")),
         ] {
@@ -137,17 +168,25 @@ impl Visit {
         match sessions::resume(&self.state, secret, self.request_id(), client).await {
             Ok(Some(found)) => Ok(found),
             Ok(None) => Err(see_other(SIGN_IN)),
-            Err(error) => Err(refused(None, None, &error)),
+            Err(error) => Err(refused(None, &error)),
         }
     }
 }
 
-/// Who is signed in, and the navigation, for the layout.
-fn frame(session: &Session, caller: &Caller, current: &str) -> minijinja::Value {
-    let nav: Vec<minijinja::Value> = PAGES
-        .iter()
-        .map(|(href, label)| minijinja::context! { href => *href, label => *label, current => *href == current })
-        .collect();
+/// Who is signed in, and the navigation (the pages this key may open), for the layout.
+fn frame(state: &AppState, session: &Session, caller: &Caller, current: &str) -> minijinja::Value {
+    let link =
+        |href: &str, label: &str| minijinja::context! { href => href, label => label, current => href == current };
+    let mut nav = vec![link("/console", "Overview")];
+    if let Some(tenant) = &caller.principal.tenant {
+        for item in PAGES {
+            let (action, resource) = (item.asks)(tenant);
+            if state.pdp.decide(&AccessRequest::new(&caller.principal, action, resource)).is_allowed() {
+                nav.push(link(item.href, item.label));
+            }
+        }
+    }
+    nav.push(link("/console/audit", "Audit"));
     let principal = &caller.principal;
     minijinja::context! {
         who => minijinja::context! {
@@ -160,15 +199,17 @@ fn frame(session: &Session, caller: &Caller, current: &str) -> minijinja::Value 
 }
 
 /// A refusal as a page: 403 for what the key may not see, the error's own status otherwise.
-fn refused(session: Option<&Session>, caller: Option<&Caller>, error: &ServiceError) -> Response {
+fn refused(signed: Option<(&AppState, &Session, &Caller)>, error: &ServiceError) -> Response {
     let status = StatusCode::from_u16(error.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let problem = match error.kind {
         ErrorKind::Forbidden => "This key may not see this page.".to_string(),
         _ => error.message.clone(),
     };
-    let context = match (session, caller) {
-        (Some(session), Some(caller)) => minijinja::context! { problem => problem, ..frame(session, caller, "") },
-        _ => minijinja::context! { problem => problem },
+    let context = match signed {
+        Some((state, session, caller)) => {
+            minijinja::context! { problem => problem, ..frame(state, session, caller, "") }
+        }
+        None => minijinja::context! { problem => problem },
     };
     page(status, "refused.html", context)
 }
@@ -216,7 +257,7 @@ pub async fn sign_in(visit: Visit, Form(form): Form<SignInForm>) -> Response {
         Err(error) if error.kind == ErrorKind::Unauthenticated => {
             sign_in_form(headers, Some("That key is unknown, revoked or expired."), StatusCode::UNAUTHORIZED)
         }
-        Err(error) => refused(None, None, &error),
+        Err(error) => refused(None, &error),
     }
 }
 
@@ -233,10 +274,10 @@ pub async fn sign_out(visit: Visit, Form(form): Form<CsrfForm>) -> Response {
     };
     if form.csrf != session.csrf {
         let error = ServiceError::new(ErrorKind::Forbidden, "the form's token does not match the session");
-        return refused(Some(&session), Some(&caller), &error);
+        return refused(Some((state, &session, &caller)), &error);
     }
     if let Err(error) = sessions::sign_out(state, &caller, &session).await {
-        return refused(Some(&session), Some(&caller), &error);
+        return refused(Some((state, &session, &caller)), &error);
     }
     let mut response = see_other(SIGN_IN);
     response.headers_mut().append(header::SET_COOKIE, set_cookie(headers, SESSION_COOKIE, "", 0));
@@ -244,42 +285,175 @@ pub async fn sign_out(visit: Visit, Form(form): Form<CsrfForm>) -> Response {
 }
 
 pub async fn overview(visit: Visit) -> Response {
+    let state = &visit.state;
     let (session, caller) = match visit.signed_in().await {
         Ok(found) => found,
         Err(response) => return response,
     };
     let ends = factory_core::time::millis_to_rfc3339(session.expires_at);
-    let context = minijinja::context! { session_ends => ends, ..frame(&session, &caller, "/console") };
+    let context = minijinja::context! { session_ends => ends, ..frame(state, &session, &caller, "/console") };
     page(StatusCode::OK, "overview.html", context)
 }
 
-pub async fn datasets(visit: Visit) -> Response {
-    let Visit { state, .. } = &visit;
-    let (session, caller) = match visit.signed_in().await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let Some(tenant) = caller.principal.tenant.clone() else {
-        let error = ServiceError::invalid("a platform key sees no tenant's datasets here: sign in with a tenant's key");
-        return refused(Some(&session), Some(&caller), &error);
-    };
-    match datasets::list(state, &caller, &tenant).await {
-        Ok(found) => {
-            let rows: Vec<minijinja::Value> = found
-                .iter()
-                .map(|dataset| {
-                    minijinja::context! {
-                        name => dataset.name, classification => dataset.classification.to_string(),
-                        jurisdiction => dataset.jurisdiction.to_string(), latest_version => dataset.latest_version,
-                        created => factory_core::time::millis_to_rfc3339(dataset.created_at),
-                    }
-                })
-                .collect();
-            let context = minijinja::context! { datasets => rows, ..frame(&session, &caller, "/console/datasets") };
-            page(StatusCode::OK, "datasets.html", context)
+/// The lists the console shows of a tenant's objects, each from one service call.
+#[derive(Debug, Clone, Copy)]
+enum Listing {
+    Datasets,
+    Jobs,
+    Models,
+    Deployments,
+    Pipelines,
+}
+
+/// A cell of a table: text, or a time the page's script shows in the reader's zone.
+fn time_cell(millis: i64) -> minijinja::Value {
+    minijinja::context! { time => factory_core::time::millis_to_rfc3339(millis) }
+}
+
+impl Listing {
+    /// Its link, title, columns and what an empty list says.
+    fn shape(self) -> (&'static str, &'static str, &'static [&'static str], &'static str) {
+        match self {
+            Listing::Datasets => (
+                "/console/datasets",
+                "Datasets",
+                &["Name", "Classification", "Jurisdiction", "Latest version", "Created"],
+                "No datasets this key may see.",
+            ),
+            Listing::Jobs => {
+                ("/console/jobs", "Jobs", &["Job", "Kind", "State", "Priority", "Attempts", "Created"], "No jobs.")
+            }
+            Listing::Models => ("/console/models", "Models", &["Name", "Versions", "Latest", "Aliases"], "No models."),
+            Listing::Deployments => {
+                ("/console/deployments", "Deployments", &["Name", "Revision", "Variants", "Updated"], "No deployments.")
+            }
+            Listing::Pipelines => {
+                ("/console/pipelines", "Pipelines", &["Name", "Revision", "Updated"], "No pipelines.")
+            }
         }
-        Err(error) => refused(Some(&session), Some(&caller), &error),
     }
+
+    /// The rows, as the caller may see them.
+    async fn rows(
+        self,
+        state: &AppState,
+        caller: &Caller,
+        tenant: &TenantName,
+    ) -> Result<Vec<Vec<minijinja::Value>>, ServiceError> {
+        use minijinja::Value;
+        let rows = match self {
+            Listing::Datasets => datasets::list(state, caller, tenant)
+                .await?
+                .iter()
+                .map(|d| {
+                    let (classification, jurisdiction) = (d.classification.to_string(), d.jurisdiction.to_string());
+                    vec![
+                        Value::from(d.name.as_str()),
+                        classification.into(),
+                        jurisdiction.into(),
+                        d.latest_version.into(),
+                        time_cell(d.created_at),
+                    ]
+                })
+                .collect(),
+            Listing::Jobs => jobs::list(state, caller, tenant)
+                .await?
+                .iter()
+                .map(|j| {
+                    vec![
+                        Value::from(j.id.as_str()),
+                        j.kind.as_str().into(),
+                        j.state.as_str().into(),
+                        j.priority.into(),
+                        j.attempts.into(),
+                        time_cell(j.created_at),
+                    ]
+                })
+                .collect(),
+            Listing::Models => models::list(state, caller, tenant)
+                .await?
+                .iter()
+                .map(|m| {
+                    let aliases: Vec<String> =
+                        m.aliases.iter().map(|(alias, version)| format!("{alias} → {version}")).collect();
+                    vec![Value::from(m.name.as_str()), m.versions.into(), m.latest.into(), aliases.join(", ").into()]
+                })
+                .collect(),
+            Listing::Deployments => deployments::list(state, caller, tenant)
+                .await?
+                .iter()
+                .map(|d| {
+                    let variants: Vec<String> = d.spec["variants"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|v| {
+                            let target = v["model"].as_str().or(v["upstream"]["url"].as_str()).unwrap_or("?");
+                            format!("{target} ({} {})", v["role"].as_str().unwrap_or("primary"), v["weight"])
+                        })
+                        .collect();
+                    vec![
+                        Value::from(d.name.as_str()),
+                        d.revision.into(),
+                        variants.join(", ").into(),
+                        time_cell(d.updated_at),
+                    ]
+                })
+                .collect(),
+            Listing::Pipelines => pipelines::list(state, caller, tenant)
+                .await?
+                .iter()
+                .map(|p| vec![Value::from(p.name.as_str()), p.revision.into(), time_cell(p.updated_at)])
+                .collect(),
+        };
+        Ok(rows)
+    }
+
+    /// The page: the list of the signed-in key's tenant, as a table.
+    async fn page(self, visit: Visit) -> Response {
+        let state = &visit.state;
+        let (session, caller) = match visit.signed_in().await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
+        let Some(tenant) = caller.principal.tenant.clone() else {
+            let error =
+                ServiceError::invalid("a platform key sees no tenant's lists here: sign in with a tenant's key");
+            return refused(Some((state, &session, &caller)), &error);
+        };
+        let (href, title, columns, empty) = self.shape();
+        match self.rows(state, &caller, &tenant).await {
+            Ok(rows) => {
+                let caption = format!("{title} of {tenant} this key may see");
+                let context = minijinja::context! {
+                    title => title, caption => caption, columns => columns, rows => rows, empty => empty,
+                    ..frame(state, &session, &caller, href)
+                };
+                page(StatusCode::OK, "table.html", context)
+            }
+            Err(error) => refused(Some((state, &session, &caller)), &error),
+        }
+    }
+}
+
+pub async fn datasets(visit: Visit) -> Response {
+    Listing::Datasets.page(visit).await
+}
+
+pub async fn jobs_page(visit: Visit) -> Response {
+    Listing::Jobs.page(visit).await
+}
+
+pub async fn models_page(visit: Visit) -> Response {
+    Listing::Models.page(visit).await
+}
+
+pub async fn deployments_page(visit: Visit) -> Response {
+    Listing::Deployments.page(visit).await
+}
+
+pub async fn pipelines_page(visit: Visit) -> Response {
+    Listing::Pipelines.page(visit).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,7 +475,7 @@ pub async fn audit_page(visit: Visit, axum::extract::Query(query): axum::extract
     };
     let checkpoint = match audit::checkpoint(state, &caller).await {
         Ok(checkpoint) => checkpoint,
-        Err(error) => return refused(Some(&session), Some(&caller), &error),
+        Err(error) => return refused(Some((state, &session, &caller)), &error),
     };
     let (records, next, readable) = match audit::records(state, &caller, query.from, Some(AUDIT_PAGE)).await {
         Ok(page) => {
@@ -320,11 +494,11 @@ pub async fn audit_page(visit: Visit, axum::extract::Query(query): axum::extract
             (records, page.next, true)
         }
         Err(error) if error.kind == ErrorKind::Forbidden => (Vec::new(), None, false),
-        Err(error) => return refused(Some(&session), Some(&caller), &error),
+        Err(error) => return refused(Some((state, &session, &caller)), &error),
     };
     let context = minijinja::context! {
         checkpoint => checkpoint, records => records, next => next, readable => readable,
-        ..frame(&session, &caller, "/console/audit")
+        ..frame(state, &session, &caller, "/console/audit")
     };
     page(StatusCode::OK, "audit.html", context)
 }
@@ -351,7 +525,7 @@ mod tests {
     #[test]
     fn every_template_compiles_and_escapes() {
         let environment = templates();
-        for name in ["sign_in.html", "overview.html", "datasets.html", "audit.html", "refused.html"] {
+        for name in ["sign_in.html", "overview.html", "table.html", "audit.html", "refused.html"] {
             environment.get_template(name).unwrap();
         }
         let audit = environment.get_template("audit.html").unwrap();
