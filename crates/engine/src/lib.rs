@@ -360,7 +360,7 @@ impl Sequence {
 
     /// Whether no one waits for this sequence's answers any more.
     fn abandoned(&self) -> bool {
-        self.events.is_closed() && self.siblings.iter().all(UnboundedSender::is_closed)
+        abandoned(&self.events, &self.siblings)
     }
 
     /// Choice `choice` of this sequence's request, forked after its prefill and before its
@@ -505,7 +505,7 @@ impl Scheduler {
             if priority == Priority::Batch {
                 self.batch_queued.fetch_sub(1, Ordering::SeqCst);
             }
-            if submitted.events.is_closed() && submitted.siblings.iter().all(UnboundedSender::is_closed) {
+            if abandoned(&submitted.events, &submitted.siblings) {
                 continue;
             }
             let request = submitted.request;
@@ -633,6 +633,11 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// Whether no one waits for a request's answers any more (its choices' receivers all dropped).
+fn abandoned(events: &UnboundedSender<GenerationEvent>, siblings: &[UnboundedSender<GenerationEvent>]) -> bool {
+    events.is_closed() && siblings.iter().all(UnboundedSender::is_closed)
 }
 
 /// What every sequence of a step shares when it draws its next token.

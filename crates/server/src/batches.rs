@@ -17,7 +17,7 @@ use bytes::Bytes;
 use factory_core::{AccessRequest, Action, Principal, Resource, TenantName};
 use factory_engine::Priority;
 use factory_objects::ObjectDigest;
-use factory_store::batches::{Batch, BatchPart, BatchStep, StoredFile};
+use factory_store::batches::{Batch, BatchPart, BatchStep, StoredFile, UNFINISHED};
 use factory_store::jobs::Job;
 use factory_store::Event;
 use futures::StreamExt;
@@ -154,13 +154,18 @@ async fn run(state: &AppState, tenant: &TenantName, id: &str, control: JobContro
             total: Some(requests.lines.len() as i64),
             ..BatchStep::default()
         };
-        if step_batch(state, &batch, &["validating"], step, serde_json::json!({})).await?.is_none() {
+        if step_batch(state, &batch, &["validating"], step, &[], serde_json::json!({})).await?.is_none() {
             // Cancelled while validating.
             return finish(state, &batch, Ending::Cancelled, Some(&caller)).await;
         }
     }
     let ending = answer_all(state, &caller, &batch, Arc::new(requests), control).await?;
     finish(state, &batch, ending, Some(&caller)).await
+}
+
+/// What a dataset batch reads, when the batch is one.
+fn dataset_source(batch: &Batch) -> Result<Option<DatasetSource>, Stop> {
+    batch.request.source.as_ref().map(|source| serde_json::from_value(source.clone())).transpose().map_err(failed)
 }
 
 /// One entry of a batch's `errors` list.
@@ -174,32 +179,26 @@ async fn read_requests(
     caller: &Caller,
     batch: &Batch,
 ) -> Result<Result<Requests, Vec<serde_json::Value>>, Stop> {
-    let bytes = match &batch.request.source {
+    let bytes = match dataset_source(batch)? {
+        // The batch keeps its input's content referenced, even when the file is deleted.
         None => {
-            let file_id = batch.request.input_file_id.as_deref().unwrap_or_default();
-            let Some(file) = state.store.file(&batch.request.tenant, file_id).await.map_err(failed)? else {
-                return Ok(Err(vec![error_entry("missing_input_file", "the input file was deleted", None)]));
-            };
-            let digest: ObjectDigest =
-                file.digest.parse().map_err(|_| failed("the input file names an invalid object"))?;
+            let digest = batch.request.input_digest.as_deref().unwrap_or_default();
+            let digest: ObjectDigest = digest.parse().map_err(|_| failed("the batch names an invalid input"))?;
             state.objects.get(&digest).await.map_err(failed)?
         }
-        Some(source) => {
-            let source: DatasetSource = serde_json::from_value(source.clone()).map_err(failed)?;
-            match dataset_requests(state, caller, batch, &source).await? {
-                Ok(bytes) => bytes,
-                Err(errors) => return Ok(Err(errors)),
-            }
-        }
+        Some(source) => match dataset_requests(state, caller, batch, &source).await? {
+            Ok(bytes) => bytes,
+            Err(errors) => return Ok(Err(errors)),
+        },
     };
     let endpoint = batch.request.endpoint.clone();
     let (max_requests, max_body) = (state.config.batch.max_requests, state.config.serving.max_request_bytes);
     tokio::task::spawn_blocking(move || {
-        validate(&bytes, &endpoint, max_requests, max_body).map(|(lines, deployment)| Requests {
-            bytes: bytes.clone(),
-            lines,
-            deployment,
-        })
+        let (lines, deployment) = match validate(&bytes, &endpoint, max_requests, max_body) {
+            Ok(valid) => valid,
+            Err(errors) => return Err(errors),
+        };
+        Ok(Requests { bytes, lines, deployment })
     })
     .await
     .map_err(failed)
@@ -510,7 +509,7 @@ async fn answer_line(state: &AppState, caller: &Caller, batch: &Batch, bytes: By
         Ok(line) => line,
         Err(error) => {
             let error = ServiceError::invalid(format!("not a request line: {error}"));
-            return Answer { custom_id: String::new(), status: 400, request_id, body: error_body(&error) };
+            return Answer::failed(String::new(), request_id, &error);
         }
     };
     let custom_id = line.custom_id;
@@ -521,9 +520,7 @@ async fn answer_line(state: &AppState, caller: &Caller, batch: &Batch, bytes: By
         };
         let mut request = match decoded {
             Ok(request) => request,
-            Err(error) => {
-                return Answer { custom_id, status: error.kind.status(), request_id, body: error_body(&error) }
-            }
+            Err(error) => return Answer::failed(custom_id, request_id, &error),
         };
         request.priority = Priority::Batch;
         let error = match inference::complete(state, &caller, request).await {
@@ -546,7 +543,7 @@ async fn answer_line(state: &AppState, caller: &Caller, batch: &Batch, bytes: By
                 | ErrorKind::TenantInFlightLimit
         );
         if !waits || factory_core::time::now_millis() >= batch.request.expires_at {
-            return Answer { custom_id, status: error.kind.status(), request_id, body: error_body(&error) };
+            return Answer::failed(custom_id, request_id, &error);
         }
         let wait = error.retry_after_secs.unwrap_or(1).clamp(1, 30);
         // The engine frees a place within a step; a rate limit says when.
@@ -559,12 +556,15 @@ async fn answer_line(state: &AppState, caller: &Caller, batch: &Batch, bytes: By
     }
 }
 
-/// OpenAI's error body for a failed request.
-fn error_body(error: &ServiceError) -> serde_json::Value {
-    serde_json::json!({ "error": {
-        "message": error.message, "type": error_type(error.kind.status()), "param": error.param,
-        "code": error.kind.code(),
-    } })
+impl Answer {
+    /// A request the factory refused, with OpenAI's error body.
+    fn failed(custom_id: String, request_id: String, error: &ServiceError) -> Answer {
+        let body = serde_json::json!({ "error": {
+            "message": error.message, "type": error_type(error.kind.status()), "param": error.param,
+            "code": error.kind.code(),
+        } });
+        Answer { custom_id, status: error.kind.status(), request_id, body }
+    }
 }
 
 /// The answers of the part being filled: output lines (status 200) and error lines.
@@ -590,24 +590,23 @@ impl PartWriter {
 
     /// A request the completion window left unanswered.
     fn push_expired(&mut self, custom_id: String) {
-        let line = serde_json::json!({
-            "id": format!("batch_req_{}", uuid::Uuid::new_v4().simple()), "custom_id": custom_id, "response": null,
-            "error": { "code": "batch_expired",
-                       "message": "This request could not be executed before the completion window expired." },
-        });
-        self.errors.extend_from_slice(line.to_string().as_bytes());
-        self.errors.push(b'\n');
-        self.failed += 1;
-        self.lines += 1;
+        let error = serde_json::json!({ "code": "batch_expired",
+            "message": "This request could not be executed before the completion window expired." });
+        self.write(false, custom_id, serde_json::Value::Null, error);
     }
 
     fn push(&mut self, answer: Answer) {
-        let ok = answer.status == 200;
+        let response = serde_json::json!({
+            "status_code": answer.status, "request_id": answer.request_id, "body": answer.body,
+        });
+        self.write(answer.status == 200, answer.custom_id, response, serde_json::Value::Null);
+    }
+
+    /// One line of the output (`ok`) or the error file, as OpenAI writes them.
+    fn write(&mut self, ok: bool, custom_id: String, response: serde_json::Value, error: serde_json::Value) {
         let line = serde_json::json!({
-            "id": format!("batch_req_{}", uuid::Uuid::new_v4().simple()),
-            "custom_id": answer.custom_id,
-            "response": { "status_code": answer.status, "request_id": answer.request_id, "body": answer.body },
-            "error": null,
+            "id": format!("batch_req_{}", uuid::Uuid::new_v4().simple()), "custom_id": custom_id,
+            "response": response, "error": error,
         });
         let out = if ok { &mut self.output } else { &mut self.errors };
         out.extend_from_slice(line.to_string().as_bytes());
@@ -649,19 +648,9 @@ impl PartWriter {
     }
 }
 
-/// Moves the batch as the factory itself (`batch.run`), audited; `None` when it was no longer
-/// in one of `from`.
+/// Moves the batch as the factory itself (`batch.run`), audited, recording the files it wrote;
+/// `None` when it was no longer in one of `from`.
 async fn step_batch(
-    state: &AppState,
-    batch: &Batch,
-    from: &[&str],
-    step: BatchStep,
-    files: serde_json::Value,
-) -> Result<Option<Batch>, Stop> {
-    step_with_files(state, batch, from, step, &[], files).await
-}
-
-async fn step_with_files(
     state: &AppState,
     batch: &Batch,
     from: &[&str],
@@ -682,10 +671,6 @@ async fn step_with_files(
     else {
         return Ok(None);
     };
-    if moved.finished() {
-        // The parts' objects are now in the output and error files (or the dataset).
-        change.release_batch_parts(&batch.request.tenant, &batch.request.id).await.map_err(failed)?;
-    }
     let mut payload = serde_json::json!({
         "tenant": batch.request.tenant, "batch": batch.request.id, "status": moved.status, "total": moved.total,
         "completed": moved.completed, "failed": moved.failed,
@@ -703,12 +688,11 @@ async fn finish(
     ending: Ending,
     caller: Option<&Caller>,
 ) -> Result<serde_json::Value, Stop> {
-    let unfinished = ["validating", "in_progress", "finalizing", "cancelling"];
     let mut step = BatchStep::default();
     let status = match ending {
         Ending::Answered => {
             let finalizing = BatchStep { status: "finalizing".to_string(), ..BatchStep::default() };
-            let moved = step_batch(state, batch, &["in_progress"], finalizing, serde_json::json!({})).await?;
+            let moved = step_batch(state, batch, &["in_progress"], finalizing, &[], serde_json::json!({})).await?;
             // A cancel that came as the last answers did wins: the batch ends as asked.
             let now = match moved {
                 Some(moved) => moved,
@@ -735,20 +719,14 @@ async fn finish(
     step.status = status.to_string();
     let parts = state.store.batch_parts(&batch.request.id).await.map_err(failed)?;
     let mut files = Vec::new();
-    let dataset: Option<DatasetSource> = batch
-        .request
-        .source
-        .as_ref()
-        .map(|source| serde_json::from_value(source.clone()))
-        .transpose()
-        .map_err(failed)?;
-    match (&dataset, caller) {
+    match (&dataset_source(batch)?, caller) {
         (Some(source), Some(caller)) if status != "failed" && parts.iter().any(|part| part.completed > 0) => {
             step.output_dataset = Some(ingest_answers(state, caller, batch, source, &parts).await?);
         }
         (Some(_), _) => {}
         (None, _) => {
-            let digests: Vec<&str> = parts.iter().map(|part| part.output_digest.as_str()).collect();
+            let digests: Vec<&str> =
+                parts.iter().filter(|part| part.completed > 0).map(|part| part.output_digest.as_str()).collect();
             if let Some(file) = joined_file(state, batch, &digests, "output").await? {
                 step.output_file_id = Some(file.id.clone());
                 files.push(file);
@@ -762,7 +740,7 @@ async fn finish(
         files.push(file);
     }
     let details = serde_json::json!({ "files": files.iter().map(|file| &file.id).collect::<Vec<_>>() });
-    step_with_files(state, batch, &unfinished, step, &files, details).await?;
+    step_batch(state, batch, &UNFINISHED, step, &files, details).await?;
     Ok(serde_json::json!({ "status": status }))
 }
 

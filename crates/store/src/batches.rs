@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{corrupt, opt_string, Change, Store, StoreError, StoreErrorKind};
+use crate::{corrupt, opt_string, reference_artifact, release_artifacts, Change, Store, StoreError, StoreErrorKind};
 
 /// A file a tenant uploaded (`purpose` `batch`) or a batch wrote (`batch_output`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,10 +87,13 @@ pub struct Batch {
     pub cancelled_at: Option<i64>,
 }
 
+/// The states a batch is in until it finishes.
+pub const UNFINISHED: [&str; 4] = ["validating", "in_progress", "finalizing", "cancelling"];
+
 impl Batch {
     /// Whether the batch has reached a state it never leaves.
     pub fn finished(&self) -> bool {
-        matches!(self.status.as_str(), "completed" | "failed" | "expired" | "cancelled")
+        !UNFINISHED.contains(&self.status.as_str())
     }
 }
 
@@ -199,16 +202,7 @@ impl Change {
             .bind(&file.created_by)
             .execute(self.connection())
             .await?;
-        sqlx::query(
-            "INSERT INTO artifact_references (digest, tenant, owner) VALUES ($1, $2, $3) \
-             ON CONFLICT (digest, tenant, owner) DO NOTHING",
-        )
-        .bind(&file.digest)
-        .bind(file.tenant.as_str())
-        .bind(&file.id)
-        .execute(self.connection())
-        .await?;
-        Ok(())
+        reference_artifact(self.connection(), &file.digest, &file.tenant, &file.id).await
     }
 
     /// Deletes a file's record and its reference (the sweep deletes the object once nothing
@@ -220,24 +214,8 @@ impl Change {
             .execute(self.connection())
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM artifact_references WHERE tenant = $1 AND owner = $2")
-            .bind(tenant.as_str())
-            .bind(id)
-            .execute(self.connection())
-            .await?;
+        release_artifacts(self.connection(), tenant, id).await?;
         Ok(deleted > 0)
-    }
-
-    /// Lets the objects a finished batch kept go (its input, and its parts, whose answers are
-    /// in its files or its dataset version now): the orphan sweep deletes what nothing else
-    /// references.
-    pub async fn release_batch_parts(&mut self, tenant: &TenantName, batch: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM artifact_references WHERE tenant = $1 AND owner = $2")
-            .bind(tenant.as_str())
-            .bind(batch)
-            .execute(self.connection())
-            .await?;
-        Ok(())
     }
 
     /// Inserts a batch, `validating`, as the change's principal; its input file's content is
@@ -263,21 +241,13 @@ impl Change {
         .fetch_one(self.connection())
         .await?;
         if let Some(digest) = &new.input_digest {
-            sqlx::query(
-                "INSERT INTO artifact_references (digest, tenant, owner) VALUES ($1, $2, $3) \
-                 ON CONFLICT (digest, tenant, owner) DO NOTHING",
-            )
-            .bind(digest)
-            .bind(new.tenant.as_str())
-            .bind(&new.id)
-            .execute(self.connection())
-            .await?;
+            reference_artifact(self.connection(), digest, &new.tenant, &new.id).await?;
         }
         batch_from_row(&row)
     }
 
-    /// Moves `tenant`'s batch `id` to `step.status` if it is now in one of `from`; `None` when it is not
-    /// (another change moved it first).
+    /// Moves `tenant`'s batch `id` to `step.status` if it is now in one of `from`; `None` when
+    /// it is not (another change moved it first). A batch that finishes lets its objects go.
     pub async fn step_batch(
         &mut self,
         tenant: &TenantName,
@@ -310,7 +280,13 @@ impl Change {
         for status in from {
             query = query.bind(*status);
         }
-        query.fetch_optional(self.connection()).await?.as_ref().map(batch_from_row).transpose()
+        let moved = query.fetch_optional(self.connection()).await?.as_ref().map(batch_from_row).transpose()?;
+        // A finished batch keeps nothing: its input is read, its parts' answers are in its
+        // files or its dataset version.
+        if moved.as_ref().is_some_and(Batch::finished) {
+            release_artifacts(self.connection(), tenant, id).await?;
+        }
+        Ok(moved)
     }
 }
 
@@ -422,15 +398,7 @@ impl Store {
             .execute(&mut *write.transaction)
             .await?;
         for digest in [&part.output_digest, &part.error_digest] {
-            sqlx::query(
-                "INSERT INTO artifact_references (digest, tenant, owner) VALUES ($1, $2, $3) \
-                 ON CONFLICT (digest, tenant, owner) DO NOTHING",
-            )
-            .bind(digest)
-            .bind(tenant.as_str())
-            .bind(batch)
-            .execute(&mut *write.transaction)
-            .await?;
+            reference_artifact(&mut write.transaction, digest, tenant, batch).await?;
         }
         write.commit().await
     }

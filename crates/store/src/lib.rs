@@ -232,5 +232,40 @@ pub(crate) fn opt_string(row: &AnyRow, column: &str) -> Result<Option<String>, S
     Ok(row.try_get::<Option<String>, _>(column)?)
 }
 
+/// Keeps `digest` from the orphan sweep for `owner` (a run, a model version, a file, a batch)
+/// of `tenant`: an object is deleted only when no owner references it.
+pub(crate) async fn reference_artifact(
+    connection: &mut sqlx::AnyConnection,
+    digest: &str,
+    tenant: &factory_core::TenantName,
+    owner: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO artifact_references (digest, tenant, owner) VALUES ($1, $2, $3) \
+         ON CONFLICT (digest, tenant, owner) DO NOTHING",
+    )
+    .bind(digest)
+    .bind(tenant.as_str())
+    .bind(owner)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Drops every reference `owner` of `tenant` holds; what nothing else references goes with the
+/// next orphan sweep.
+pub(crate) async fn release_artifacts(
+    connection: &mut sqlx::AnyConnection,
+    tenant: &factory_core::TenantName,
+    owner: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM artifact_references WHERE tenant = $1 AND owner = $2")
+        .bind(tenant.as_str())
+        .bind(owner)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{opt_string, Change, Store, StoreError, StoreErrorKind};
+use crate::{opt_string, reference_artifact, Change, Store, StoreError, StoreErrorKind};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelVersion {
@@ -145,15 +145,7 @@ impl Change {
         }
         let owner = model_owner(tenant, name, version);
         for digest in &new.objects {
-            sqlx::query(
-                "INSERT INTO artifact_references (digest, tenant, owner) VALUES ($1, $2, $3) \
-                 ON CONFLICT (digest, tenant, owner) DO NOTHING",
-            )
-            .bind(digest)
-            .bind(tenant.as_str())
-            .bind(&owner)
-            .execute(self.connection())
-            .await?;
+            reference_artifact(self.connection(), digest, tenant, &owner).await?;
         }
         Ok(ModelVersion {
             tenant: tenant.clone(),

@@ -8,7 +8,7 @@ use factory_core::TenantName;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::{Store, StoreError};
+use crate::{reference_artifact, Store, StoreError};
 
 /// One row of a run's metrics: `kind` is `train` (per step) or `eval`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,7 +100,7 @@ impl Store {
         .execute(&mut *write.transaction)
         .await?;
         for digest in [&checkpoint.weights_digest, &checkpoint.optimizer_digest] {
-            insert_reference(&mut write, digest, tenant, run_id).await?;
+            reference_artifact(&mut write.transaction, digest, tenant, run_id).await?;
         }
         write.commit().await
     }
@@ -133,7 +133,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut write = self.begin_write().await?;
         for digest in digests {
-            insert_reference(&mut write, digest, tenant, owner).await?;
+            reference_artifact(&mut write.transaction, digest, tenant, owner).await?;
         }
         write.commit().await
     }
@@ -147,22 +147,4 @@ fn metric_from_row(row: &sqlx::any::AnyRow) -> Result<RunMetric, StoreError> {
         metrics: serde_json::from_str(&metrics).unwrap_or_default(),
         created_at: row.try_get("created_at")?,
     })
-}
-
-async fn insert_reference(
-    write: &mut crate::WriteTransaction,
-    digest: &str,
-    tenant: &TenantName,
-    owner: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO artifact_references (digest, tenant, owner) VALUES ($1, $2, $3) \
-         ON CONFLICT (digest, tenant, owner) DO NOTHING",
-    )
-    .bind(digest)
-    .bind(tenant.as_str())
-    .bind(owner)
-    .execute(&mut *write.transaction)
-    .await?;
-    Ok(())
 }

@@ -1056,7 +1056,6 @@ async fn files_and_batches_page_step_and_keep_their_objects(store: &Store, _data
     let mut change = store.begin_change(&pdp, request, "req-finish").await.unwrap();
     let done = BatchStep { output_file_id: Some("file_2".to_string()), ..step("completed") };
     let done = change.step_batch(&acme, "batch_1", &["in_progress"], &done).await.unwrap().unwrap();
-    change.release_batch_parts(&acme, "batch_1").await.unwrap();
     change.commit(serde_json::json!({}), Event::new("batch.completed", serde_json::json!({}))).await.unwrap();
     assert!(done.finished() && done.output_file_id.as_deref() == Some("file_2"));
     assert!(!store.object_is_referenced(&format!("{:064x}", 10)).await.unwrap(), "the parts' objects go");
