@@ -5,18 +5,14 @@ runs. Prints JSON."""
 
 import argparse
 import asyncio
-import atexit
 import io
 import json
-import os
-import pathlib
 import statistics
-import subprocess
-import tempfile
 import time
-import urllib.request
 
 import openai
+
+from factory_process import Factory
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--factory", required=True)
@@ -27,30 +23,13 @@ parser.add_argument("--tokens", type=int, default=16)
 parser.add_argument("--port", type=int, default=18091)
 args = parser.parse_args()
 CONCURRENCY = 2 * args.batch_concurrency
-data = pathlib.Path(tempfile.mkdtemp())
-env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
-server = subprocess.Popen(
-    [args.factory, "up", "--data-dir", str(data), "--listen", f"127.0.0.1:{args.port}", "--jurisdiction", "eu"],
-    env={**env, "FACTORY_BATCH__CONCURRENCY": str(args.batch_concurrency), "FACTORY_SERVING__MAX_BATCH": "32"},
-    stdout=subprocess.DEVNULL, stderr=open(data / "log", "w"),
-)
-atexit.register(server.terminate)
-url = f"http://127.0.0.1:{args.port}"
-for _ in range(120):
-    try:
-        urllib.request.urlopen(f"{url}/healthz")
-        break
-    except OSError:
-        time.sleep(1)
+bench_factory = Factory(args.factory, args.port, {
+    "FACTORY_BATCH__CONCURRENCY": str(args.batch_concurrency), "FACTORY_SERVING__MAX_BATCH": "32"})
+data, url = bench_factory.data, bench_factory.url
+factory = bench_factory.cli
 
 
-def factory(*argv, key):
-    done = subprocess.run([args.factory, *argv], env={**env, "FACTORY_URL": url, "FACTORY_API_KEY": key},
-                          capture_output=True, text=True, check=True)
-    return done.stdout
-
-
-admin = (data / "admin.key").read_text().strip()
+admin = bench_factory.admin
 factory("tenant", "create", "bench", "--jurisdiction", "eu", key=admin)
 APP = json.loads(factory("key", "create", "--tenant", "bench", "--role", "app", key=admin))["secret"]
 ENG = json.loads(factory("key", "create", "--tenant", "bench", "--role", "engineer", key=admin))["secret"]

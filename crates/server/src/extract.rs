@@ -82,6 +82,9 @@ impl FromRequestParts<AppState> for Caller {
         let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
         let client_request_id = parts.extensions.get::<RequestIds>().and_then(|ids| ids.client.clone());
         if !parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+            if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
+                return session_caller(parts, state, secret, request_id, client_request_id).await;
+            }
             return Err(ApiError::unauthorized("missing Authorization: Bearer <api key> header"));
         }
         let secret = bearer_secret(&parts.headers)
@@ -93,6 +96,51 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| ApiError::unauthorized("the API key is unknown, revoked or expired"))?;
         Ok(Caller { principal: key.principal(), request_id, client_request_id })
     }
+}
+
+/// The console's session cookie.
+pub const SESSION_COOKIE: &str = "factory_session";
+/// The header a console page's script sends its session's CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The value of the cookie `name`, if the request carries one.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// The caller a console session acts as, for the API its pages' scripts call: the session's
+/// key as it stands now. A request that may change anything (any method but GET and HEAD) must
+/// also carry the session's CSRF token in `x-csrf-token`, which no other site's page can set
+/// (the cookie is SameSite=Strict besides).
+async fn session_caller(
+    parts: &Parts,
+    state: &AppState,
+    secret: &str,
+    request_id: String,
+    client_request_id: Option<String>,
+) -> Result<Caller, ApiError> {
+    if secret.len() > 128 {
+        return Err(ApiError::unauthorized("the session cookie is malformed"));
+    }
+    let resumed = crate::service::sessions::resume(state, secret, request_id, client_request_id).await?;
+    let (session, caller) = resumed.ok_or_else(|| ApiError::unauthorized("the console session is over"))?;
+    let safe = matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
+    let token = parts.headers.get(CSRF_HEADER).map(|value| value.as_bytes());
+    if !safe && token != Some(session.csrf.as_bytes()) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "x-csrf-token: a console session's request that changes anything must carry its token",
+        ));
+    }
+    Ok(caller)
 }
 
 pub struct ApiJson<T>(pub T);

@@ -24,6 +24,28 @@ pub struct AuditEntry {
     pub details: serde_json::Value,
 }
 
+/// What the audit log is searched by; each field left `None` matches every record.
+#[derive(Debug, Clone, Default)]
+pub struct AuditSearch {
+    pub tenant: Option<TenantName>,
+    pub principal: Option<String>,
+    pub action: Option<String>,
+    /// Records written at or after this time (milliseconds since the epoch).
+    pub since: Option<i64>,
+    /// Records written before this time.
+    pub until: Option<i64>,
+}
+
+fn entry_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
+    let record: String = row.try_get("record")?;
+    let details: String = row.try_get("details")?;
+    let record = AuditRecord::from_canonical(record.as_bytes())
+        .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, format!("audit record: {e}")))?;
+    let details = serde_json::from_str(&details)
+        .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, format!("audit details: {e}")))?;
+    Ok(AuditEntry { record, details })
+}
+
 /// Signs checkpoints for this log, and publishes each new one outside the database.
 pub struct CheckpointIssuer {
     pub origin: String,
@@ -63,35 +85,62 @@ impl Store {
         limit: u32,
         tenant: Option<&TenantName>,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows =
-            match tenant {
-                None => {
-                    sqlx::query("SELECT record, details FROM audit_records WHERE idx >= $1 ORDER BY idx LIMIT $2")
-                        .bind(from as i64)
-                        .bind(i64::from(limit))
-                        .fetch_all(self.pool())
-                        .await?
-                }
-                Some(tenant) => sqlx::query(
-                    "SELECT record, details FROM audit_records WHERE tenant = $1 AND idx >= $2 ORDER BY idx LIMIT $3",
-                )
-                .bind(tenant.as_str())
-                .bind(from as i64)
-                .bind(i64::from(limit))
-                .fetch_all(self.pool())
-                .await?,
-            };
-        rows.iter()
-            .map(|row| {
-                let record: String = row.try_get("record")?;
-                let details: String = row.try_get("details")?;
-                let record = AuditRecord::from_canonical(record.as_bytes())
-                    .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, format!("audit record: {e}")))?;
-                let details = serde_json::from_str(&details)
-                    .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, format!("audit details: {e}")))?;
-                Ok(AuditEntry { record, details })
-            })
-            .collect()
+        let search = AuditSearch { tenant: tenant.cloned(), ..AuditSearch::default() };
+        self.search_audit(&search, from, limit).await
+    }
+
+    /// Up to `limit` records from index `from` on that match `search`, in the log's order.
+    pub async fn search_audit(
+        &self,
+        search: &AuditSearch,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conditions = vec!["idx >= $1".to_string()];
+        let mut texts: Vec<String> = Vec::new();
+        let mut times: Vec<i64> = Vec::new();
+        for (column, value) in [
+            ("tenant", search.tenant.as_ref().map(|t| t.to_string())),
+            ("principal", search.principal.clone()),
+            ("action", search.action.clone()),
+        ] {
+            if let Some(value) = value {
+                texts.push(value);
+                conditions.push(format!("{column} = ${}", texts.len() + 1));
+            }
+        }
+        for (comparison, value) in [(">=", search.since), ("<", search.until)] {
+            if let Some(value) = value {
+                times.push(value);
+                conditions.push(format!("created_at {comparison} ${}", texts.len() + times.len() + 1));
+            }
+        }
+        let sql = format!(
+            "SELECT record, details FROM audit_records WHERE {} ORDER BY idx LIMIT ${}",
+            conditions.join(" AND "),
+            texts.len() + times.len() + 2
+        );
+        let mut query = sqlx::query(&sql).bind(from as i64);
+        for text in texts {
+            query = query.bind(text);
+        }
+        for time in times {
+            query = query.bind(time);
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(self.pool()).await?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    /// The record at `index` with its details, and its canonical bytes (the leaf as logged).
+    pub async fn audit_record(&self, index: u64) -> Result<Option<(AuditEntry, String)>, StoreError> {
+        let row = sqlx::query("SELECT record, details FROM audit_records WHERE idx = $1")
+            .bind(index as i64)
+            .fetch_optional(self.pool())
+            .await?;
+        match row {
+            Some(row) => Ok(Some((entry_from_row(&row)?, row.try_get("record")?))),
+            None => Ok(None),
+        }
     }
 
     /// The root of the first `size` records, from O(log n) stored subtree roots.

@@ -205,7 +205,8 @@ async fn append_audit_record(
     let text = String::from_utf8(bytes)
         .map_err(|_| StoreError::new(StoreErrorKind::Corrupt, "canonical audit record is not UTF-8"))?;
     sqlx::query(
-        "INSERT INTO audit_records (idx, record, leaf_hash, details, tenant, created_at, subtree_roots) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO audit_records (idx, record, leaf_hash, details, tenant, created_at, subtree_roots, principal, action) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(index as i64)
     .bind(text)
@@ -214,6 +215,8 @@ async fn append_audit_record(
     .bind(tenant)
     .bind(now)
     .bind(subtree_roots)
+    .bind(&record.principal)
+    .bind(&record.action)
     .execute(&mut *connection)
     .await?;
     Ok(index)

@@ -137,6 +137,27 @@ impl Store {
         .await?;
         rows.iter().map(from_row).collect()
     }
+
+    /// The newest `limit` inferences of `deployment` made at or after `since`, newest first.
+    pub async fn latest_inferences(
+        &self,
+        tenant: &TenantName,
+        deployment: &str,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<InferenceRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM inference_log WHERE tenant = $1 AND deployment = $2 AND created_at >= $3 \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
+        ))
+        .bind(tenant.as_str())
+        .bind(deployment)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
 }
 
 /// One piece of feedback.

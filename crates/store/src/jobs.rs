@@ -312,12 +312,14 @@ impl Store {
         row.as_ref().map(job_from_row).transpose()
     }
 
-    pub async fn jobs(&self, tenant: &TenantName, limit: u32) -> Result<Vec<Job>, StoreError> {
+    /// `tenant`'s jobs, newest first: `limit` of them after the newest `offset`.
+    pub async fn jobs(&self, tenant: &TenantName, offset: u32, limit: u32) -> Result<Vec<Job>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 ORDER BY created_at DESC, id LIMIT $2"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
         ))
         .bind(tenant.as_str())
         .bind(i64::from(limit))
+        .bind(i64::from(offset))
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(job_from_row).collect()

@@ -30,7 +30,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use tokio::sync::{Mutex, Notify};
 
-pub use audit_log::{AuditEntry, CheckpointIssuer, DetailsCheck};
+pub use audit_log::{AuditEntry, AuditSearch, CheckpointIssuer, DetailsCheck};
 pub use governed::{Change, Committed, Event};
 
 /// Which database the store talks to.

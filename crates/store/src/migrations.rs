@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "inference_structure", include_str!("migrations/0012_inference_structure.sql")),
     (13, "batches", include_str!("migrations/0013_batches.sql")),
     (14, "console_sessions", include_str!("migrations/0014_console_sessions.sql")),
+    (15, "console_search", include_str!("migrations/0015_console_search.sql")),
 ];
 
 /// The migration that adds the audit log's proof index, which existing records need filled in.
@@ -85,5 +86,16 @@ fn render(template: &str, dialect: Dialect) -> String {
         Dialect::Postgres => ("BYTEA", "BIGSERIAL PRIMARY KEY"),
     };
     let without_comments: Vec<&str> = template.lines().filter(|line| !line.trim_start().starts_with("--")).collect();
-    without_comments.join("\n").replace("{blob}", blob).replace("{serial_primary_key}", serial)
+    let mut sql = without_comments.join("\n").replace("{blob}", blob).replace("{serial_primary_key}", serial);
+    // `{record_field:NAME}`: the top-level string field NAME of the JSON in the `record` column.
+    while let Some(start) = sql.find("{record_field:") {
+        let Some(length) = sql[start..].find('}') else { break };
+        let field = sql[start + "{record_field:".len()..start + length].to_string();
+        let expression = match dialect {
+            Dialect::Sqlite => format!("json_extract(record, '$.{field}')"),
+            Dialect::Postgres => format!("(record::json ->> '{field}')"),
+        };
+        sql.replace_range(start..=start + length, &expression);
+    }
+    sql
 }

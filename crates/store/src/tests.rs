@@ -97,6 +97,7 @@ store_suite!(
     a_dropped_change_never_blocks_the_next_writer,
     a_change_commits_with_its_audit_record_and_event,
     denials_are_audited_and_change_nothing,
+    the_audit_log_is_searched_by_who_what_and_when,
     an_abandoned_change_leaves_nothing,
     keys_authenticate_until_revoked_or_expired,
     audit_proofs_and_checkpoints_verify,
@@ -152,7 +153,7 @@ async fn migrations_are_idempotent(_store: &Store, database: &TestDatabase) {
     let again = Store::open(&database.url()).await.unwrap();
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(again.pool()).await.unwrap();
-    assert_eq!(versions, 14);
+    assert_eq!(versions, 15);
     again.close().await;
 }
 
@@ -221,6 +222,43 @@ async fn denials_are_audited_and_change_nothing(store: &Store, _database: &TestD
     assert_eq!(records[0].record.tenant.as_deref(), Some("globex"));
     assert_eq!(count(store, "tenants").await, 0);
     assert_eq!(count(store, "outbox").await, 0);
+}
+
+async fn the_audit_log_is_searched_by_who_what_and_when(store: &Store, _database: &TestDatabase) {
+    create_tenant(store, "acme").await;
+    let pdp = authorizer();
+    let intruder = Principal { id: "key_intruder".to_string(), tenant: Some(tenant("globex")), role: Role::Admin };
+    for _ in 0..3 {
+        let request = AccessRequest::new(&intruder, Action::TenantCreate, Resource::platform());
+        assert!(store.begin_change(&pdp, request, "req-denied").await.is_err());
+    }
+    let search = |search: crate::AuditSearch, from: u64| async move {
+        let found = store.search_audit(&search, from, 10).await.unwrap();
+        found.iter().map(|e| e.record.index).collect::<Vec<_>>()
+    };
+    let all = crate::AuditSearch::default();
+    assert_eq!(search(all.clone(), 0).await, vec![0, 1, 2, 3]);
+    assert_eq!(search(all.clone(), 2).await, vec![2, 3]);
+    let by = |principal: &str| crate::AuditSearch { principal: Some(principal.to_string()), ..Default::default() };
+    assert_eq!(search(by("key_intruder"), 0).await, vec![1, 2, 3]);
+    assert_eq!(search(by("key_admin"), 0).await, vec![0]);
+    assert_eq!(search(by("key_%"), 0).await, Vec::<u64>::new(), "a term is matched whole, not as a pattern");
+    let action =
+        crate::AuditSearch { action: Some("tenant.create".into()), principal: Some("key_admin".into()), ..all.clone() };
+    assert_eq!(search(action, 0).await, vec![0]);
+    let globex = crate::AuditSearch { tenant: Some(tenant("globex")), ..all.clone() };
+    assert_eq!(search(globex, 0).await, vec![1, 2, 3]);
+    let now = factory_core::time::now_millis();
+    assert_eq!(search(crate::AuditSearch { since: Some(now + 60_000), ..all.clone() }, 0).await, Vec::<u64>::new());
+    assert_eq!(search(crate::AuditSearch { until: Some(now - 3_600_000), ..all.clone() }, 0).await, Vec::<u64>::new());
+    assert_eq!(
+        search(crate::AuditSearch { since: Some(now - 3_600_000), until: Some(now + 60_000), ..all }, 0).await.len(),
+        4
+    );
+    // A record is read back with the bytes the log hashed.
+    let (entry, canonical) = store.audit_record(1).await.unwrap().unwrap();
+    assert_eq!(canonical.as_bytes(), entry.record.canonical_bytes());
+    assert!(store.audit_record(99).await.unwrap().is_none());
 }
 
 async fn an_abandoned_change_leaves_nothing(store: &Store, _database: &TestDatabase) {

@@ -7,7 +7,35 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::support::{call, shakespeare, tenant_with_keys, text_dataset, Server};
+use crate::support::{call, eventually, shakespeare, tenant_with_keys, text_dataset, Server, ServingFactory};
+
+/// axe-core's script, installed from npm for the tests only (`.ci/run` puts it in
+/// `~/.cache/factory-axe`; `AXE_JS` names another); none is reported as missing.
+fn axe_core() -> Option<String> {
+    let path = std::env::var("AXE_JS").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/factory-axe/node_modules/axe-core/axe.min.js")
+    });
+    if std::path::Path::new(&path).exists() {
+        return Some(path);
+    }
+    factory_testkit::missing("axe-core (npm install --prefix ~/.cache/factory-axe axe-core)");
+    None
+}
+
+/// Runs one errand of `console_browser.py` and returns what it saw.
+fn browse(python: &str, errand: &str, url: &str, shots: &std::path::Path, plan: &Value, axe: Option<&str>) -> Value {
+    let script = format!("{}/tests/it/console_browser.py", env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new(python);
+    command.args([&script, errand, url, shots.to_str().unwrap(), &plan.to_string()]);
+    if let Some(axe) = axe {
+        command.env("AXE_JS", axe);
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_str(&stdout).unwrap()
+}
 
 /// A Python with the `websockets` package and a Chromium, or none (reported as missing).
 fn browser_tools() -> Option<String> {
@@ -60,13 +88,8 @@ async fn each_role_signs_in_sees_what_its_key_may_and_signs_out_in_a_real_browse
         return;
     };
     let keys = json!({ "engineer": acme[0].1, "auditor": acme[1].1, "app": acme[2].1, "globex": globex[0].1 });
-    let shots = dir.path().join("screenshots");
-    let script = format!("{}/tests/it/console_browser.py", env!("CARGO_MANIFEST_DIR"));
-    let output =
-        Command::new(python).args([&script, &url, shots.to_str().unwrap(), &keys.to_string()]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let seen: Value = serde_json::from_str(&stdout).unwrap();
+    let axe = axe_core();
+    let seen = browse(&python, "walk", &url, &dir.path().join("screenshots"), &keys, axe.as_deref());
     let text = |role: &str, page: &str| seen[role]["pages"][page]["text"].as_str().unwrap_or_default().to_string();
     let heading =
         |role: &str, page: &str| seen[role]["pages"][page]["heading"].as_str().unwrap_or_default().to_string();
@@ -82,6 +105,9 @@ async fn each_role_signs_in_sees_what_its_key_may_and_signs_out_in_a_real_browse
         assert_eq!(saw["first_tab"], "Skip to content", "{role}: {saw}");
         for (page, found) in saw["pages"].as_object().unwrap() {
             assert_eq!(found["unlabelled"], 0, "{role} {page}: every control is labelled");
+            if axe.is_some() {
+                assert_eq!(found["accessibility"], json!([]), "{role} {page}: axe-core finds nothing serious");
+            }
             for size in found["screenshots"].as_array().unwrap() {
                 assert!(size.as_u64().unwrap() > 3_000, "{role} {page}: a screenshot with content");
             }
@@ -133,4 +159,177 @@ async fn each_role_signs_in_sees_what_its_key_may_and_signs_out_in_a_real_browse
         records.body["records"].as_array().unwrap().iter().filter_map(|r| r["record"]["action"].as_str()).collect();
     assert!(actions.iter().filter(|a| **a == "session.open").count() >= 4, "{actions:?}");
     assert!(actions.iter().filter(|a| **a == "session.close").count() >= 4, "{actions:?}");
+}
+
+/// Signs in through the console's form without a browser; returns the session cookie and its
+/// CSRF token (from the page's meta tag).
+async fn console_session(client: &reqwest::Client, url: &str, key: &str) -> (String, String) {
+    let form = client.get(format!("{url}/console/sign-in")).send().await.unwrap();
+    let token = form.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let csrf = token.split_once('=').unwrap().1.to_string();
+    let signed = client
+        .post(format!("{url}/console/sign-in"))
+        .header("cookie", &token)
+        .form(&[("api_key", key), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 303);
+    let session = signed
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .find(|c| c.starts_with("factory_session=") && c.len() > "factory_session=".len())
+        .unwrap();
+    let page =
+        client.get(format!("{url}/console")).header("cookie", &session).send().await.unwrap().text().await.unwrap();
+    let meta = page.split("name=\"csrf-token\" content=\"").nth(1).unwrap();
+    (session, meta.split('"').next().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_does_each_pages_work_in_a_real_browser() {
+    let factory = ServingFactory::start(&[], 2).await;
+    let (url, engineer) = (factory.url.clone(), factory.engineer.clone());
+    let admin = factory.server.admin_key.clone();
+    let auditor =
+        call(&url, "POST", "/api/v1/tenants/acme/keys", Some(&admin), Some(json!({ "role": "auditor" }))).await;
+    let auditor = auditor.body["secret"].as_str().unwrap().to_string();
+    let globex = tenant_with_keys(&factory.server, "globex", &["engineer"]).await;
+
+    // A page's script calls the API with the session's cookie; a change needs its CSRF token.
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let (session, csrf) = console_session(&client, &url, &engineer).await;
+    let api =
+        |method: reqwest::Method, path: &str| client.request(method, format!("{url}{path}")).header("cookie", &session);
+    let read = api(reqwest::Method::GET, "/api/v1/datasets/plays").send().await.unwrap();
+    assert_eq!(read.status(), 200, "a session reads through the API as its key");
+    let body = json!({ "model": "chat", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 2 });
+    let forged = api(reqwest::Method::POST, "/v1/chat/completions").json(&body).send().await.unwrap();
+    assert_eq!(forged.status(), 403, "a change without the session's token is refused");
+    let chat = api(reqwest::Method::POST, "/v1/chat/completions").header("x-csrf-token", &csrf).json(&body);
+    assert_eq!(chat.send().await.unwrap().status(), 200);
+    // Another tenant's objects are not found, by page or by API, whether or not they exist.
+    let (foreign, _) = console_session(&client, &url, &globex[0].1).await;
+    for path in ["/console/datasets/plays", "/console/models/bard", "/console/deployments/chat", "/console/jobs/job-x"]
+    {
+        let page = client.get(format!("{url}{path}")).header("cookie", &foreign).send().await.unwrap();
+        assert_eq!(page.status(), 404, "{path}");
+    }
+    let (app, _) = console_session(&client, &url, &factory.app).await;
+    let refused =
+        client.get(format!("{url}/console/models/bard/versions/1")).header("cookie", &app).send().await.unwrap();
+    assert_eq!(refused.status(), 403, "an application's key sees no model's pages");
+
+    // What the browser works on: a file to upload (with PII), a pipeline that ran, and a run
+    // that trains long enough to be watched.
+    let upload_file = factory.dir.path().join("letters.jsonl");
+    let lines: Vec<String> = (0..400)
+        .map(|i| {
+            json!({ "text": format!("Letter {i}: write to clerk{i}@example.org about the harvest"), "n": i })
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&upload_file, lines.join("\n")).unwrap();
+    let declaration = "[[steps]]\nname = \"check\"\nkind = \"gate\"\ncondition = \"true\"\n";
+    let put = client
+        .put(format!("{url}/api/v1/pipelines/gate"))
+        .bearer_auth(&engineer)
+        .header("content-type", "application/toml")
+        .body(declaration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+    let trigger = call(&url, "POST", "/api/v1/pipelines/gate/runs", Some(&engineer), None).await;
+    assert_eq!(trigger.body["outcome"], "started", "{}", trigger.text);
+    let ran = eventually(60, || async {
+        let runs = call(&url, "GET", "/api/v1/pipelines/gate/runs", Some(&engineer), None).await.body;
+        runs["runs"][0]["status"] == "succeeded"
+    });
+    assert!(ran.await);
+    let run = call(
+        &url,
+        "POST",
+        "/api/v1/runs",
+        Some(&engineer),
+        Some(json!({
+            "kind": "pretrain", "dataset": "plays", "version": 1, "seed": 3,
+            "tokenizer": { "vocab_size": 320 },
+            "model": { "config": { "vocab_size": 320, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                   "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024 } },
+            "train": { "steps": 100000, "seq_len": 32, "batch_size": 4, "warmup_steps": 3, "eval_every": 25,
+                       "checkpoint_every": 0, "eval_windows": 2 },
+            "register": { "name": "watched" },
+        })),
+    )
+    .await;
+    assert_eq!(run.status, 201, "{}", run.text);
+    let run_id = run.body["id"].as_str().unwrap().to_string();
+
+    let Some(python) = browser_tools() else {
+        factory_testkit::missing("Chromium (apt install chromium) and the `websockets` Python package");
+        return;
+    };
+    let plan = json!({
+        "engineer": engineer, "auditor": auditor, "run": run_id, "pipeline": "gate",
+        "upload": upload_file.to_str().unwrap(),
+    });
+    let seen = browse(&python, "work", &url, &factory.dir.path().join("screenshots"), &plan, None);
+    let text = |pointer: &str| seen.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_string();
+    assert_eq!(seen["errors"], json!([]), "{seen}");
+    assert_eq!(seen["foreign_requests"], json!([]), "{seen}");
+
+    // The upload made version 2 with its progress at the end, and its page shows the PII found.
+    assert!(text("/upload/status").starts_with("Version 2: 400 rows"), "{seen}");
+    assert_eq!(seen["upload"]["progress"], 100, "{seen}");
+    assert_eq!(text("/version_page/path"), "/console/datasets/plays/versions/2", "{seen}");
+    let version_page = text("/version_page/text");
+    assert!(version_page.contains("email") && version_page.contains("400"), "{version_page}");
+    assert!(seen["version_page"]["plots"].as_u64().unwrap() >= 5, "profile plots drawn: {seen}");
+    let version = call(&url, "GET", "/api/v1/datasets/plays/versions/2", Some(&engineer), None).await;
+    assert_eq!(version.body["rows"], 400, "{}", version.text);
+
+    // The curves grew without a reload, and the run was cancelled from its page.
+    assert!(seen["run"]["first"].as_u64().unwrap_or(0) >= 1, "{seen}");
+    assert!(seen["run"]["grown"].as_u64().unwrap_or(0) > seen["run"]["first"].as_u64().unwrap_or(0), "{seen}");
+    assert_eq!(seen["run"]["same_document"], true, "{seen}");
+    assert!(text("/run/after_cancel").contains("cancel requested") || text("/run/after_cancel").contains("cancelled"));
+    let cancelled = eventually(60, || async {
+        call(&url, "GET", &format!("/api/v1/runs/{run_id}"), Some(&engineer), None).await.body["state"] == "cancelled"
+    });
+    assert!(cancelled.await, "the console's cancel stops the run");
+
+    // The alias moved after its confirmation, as the API shows.
+    assert!(text("/alias/confirm").contains("Move bard@production?"), "{seen}");
+    assert_eq!(text("/alias/path"), "/console/models/bard", "{seen}");
+    let model = call(&url, "GET", "/api/v1/models/bard", Some(&engineer), None).await;
+    let aliased: Vec<&Value> =
+        model.body["versions"].as_array().unwrap().iter().filter(|v| v["aliases"] == json!(["production"])).collect();
+    assert_eq!(aliased.len(), 1, "{}", model.text);
+    assert_eq!(aliased[0]["version"], 2, "{}", model.text);
+
+    // The version page verified the signature and links its lineage to the data and the run.
+    assert!(text("/model_version/signature").starts_with("Verified now"), "{seen}");
+    let links = seen["model_version"]["lineage_links"].to_string();
+    assert!(links.contains("/console/datasets/plays/versions/1") && links.contains("/console/jobs/"), "{links}");
+
+    // The playground streamed an answer, which the inference log and the page's traffic count.
+    assert_eq!(seen["playground"]["done"], true, "{seen}");
+    assert!(!text("/playground/answer").is_empty(), "{seen}");
+    assert!(text("/deployment/text").contains("Latency p50"), "{seen}");
+    assert!(seen["deployment"]["plots"].as_u64().unwrap() >= 1, "{seen}");
+
+    // The pipeline's run as a timeline.
+    assert!(text("/pipeline/text").contains("succeeded") && text("/pipeline/text").contains("check"), "{seen}");
+    assert!(seen["pipeline"]["bars"].as_u64().unwrap() >= 1, "{seen}");
+
+    // The auditor found the alias move, verified it in the browser, and saw tampering fail.
+    assert!(text("/audit_search").contains("model.alias"), "{seen}");
+    assert!(text("/audit_record/path").starts_with("/console/audit/records/"), "{seen}");
+    assert!(text("/audit_record/verified").starts_with("Verified: record"), "{seen}");
+    assert!(text("/audit_record/tampered").starts_with("Not verified"), "{seen}");
+    assert!(text("/audit_record/wrong_key").starts_with("Not verified"), "{seen}");
+    assert!(text("/auditor_rows").contains("may not read this version's rows"), "{seen}");
 }

@@ -17,12 +17,11 @@ use factory_store::sessions::Session;
 use serde::Deserialize;
 
 use crate::caller::Caller;
-use crate::extract::RequestIds;
-use crate::service::{audit, datasets, deployments, jobs, models, pipelines, sessions};
+use crate::extract::{cookie, RequestIds, SESSION_COOKIE};
+use crate::service::sessions;
 use crate::service_error::{ErrorKind, ServiceError};
 use crate::state::AppState;
 
-const SESSION_COOKIE: &str = "factory_session";
 /// The sign-in form's own token (double-submitted), so no other site can sign a browser in.
 const SIGN_IN_COOKIE: &str = "factory_sign_in";
 const SIGN_IN: &str = "/console/sign-in";
@@ -67,6 +66,23 @@ const PAGES: &[NavItem] = &[
     },
 ];
 
+mod audit_pages;
+mod dataset_pages;
+mod deployment_pages;
+mod lists;
+mod model_pages;
+mod pipeline_pages;
+mod plot;
+mod run_pages;
+
+pub use audit_pages::{audit_page, audit_record_page};
+pub use dataset_pages::{dataset_page, dataset_version_page};
+pub use deployment_pages::deployment_page;
+pub use lists::{datasets, deployments_page, jobs_page, models_page, pipelines_page};
+pub use model_pages::{confirm_alias, model_page, model_version_page, move_alias};
+pub use pipeline_pages::pipeline_page;
+pub use run_pages::{cancel_job, job_page};
+
 fn templates() -> &'static minijinja::Environment<'static> {
     static TEMPLATES: OnceLock<minijinja::Environment<'static>> = OnceLock::new();
     TEMPLATES.get_or_init(|| {
@@ -78,6 +94,15 @@ fn templates() -> &'static minijinja::Environment<'static> {
             ("table.html", include_str!("console/table.html")),
             ("audit.html", include_str!("console/audit.html")),
             ("refused.html", include_str!("console/refused.html")),
+            ("dataset.html", include_str!("console/dataset.html")),
+            ("dataset_version.html", include_str!("console/dataset_version.html")),
+            ("job.html", include_str!("console/job.html")),
+            ("model.html", include_str!("console/model.html")),
+            ("model_version.html", include_str!("console/model_version.html")),
+            ("confirm.html", include_str!("console/confirm.html")),
+            ("deployment.html", include_str!("console/deployment.html")),
+            ("pipeline.html", include_str!("console/pipeline.html")),
+            ("audit_record.html", include_str!("console/audit_record.html")),
         ] {
             // Compiled in and checked by the tests: a template that does not parse is a bug.
             if let Err(error) = environment.add_template(name, source) {
@@ -109,17 +134,6 @@ fn guard_headers(response: &mut Response, cache: &'static str) {
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
 }
 
 /// A cookie for this console only: not readable by scripts, never sent by another site's
@@ -171,6 +185,105 @@ impl Visit {
             Err(error) => Err(refused(None, &error)),
         }
     }
+}
+
+/// What a page shows: its template and the values it fills in (beside the layout's).
+struct Shown {
+    template: &'static str,
+    context: minijinja::Value,
+}
+
+impl Shown {
+    fn new(template: &'static str, context: minijinja::Value) -> Self {
+        Shown { template, context }
+    }
+}
+
+impl Visit {
+    /// A page for any signed-in key: `show` builds it through the services, as the session's
+    /// caller; a refusal is shown as the services refused it.
+    async fn signed_page(
+        self,
+        current: &str,
+        show: impl AsyncFnOnce(&AppState, &Caller) -> Result<Shown, ServiceError>,
+    ) -> Response {
+        let (session, caller) = match self.signed_in().await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
+        let state = &self.state;
+        match show(state, &caller).await {
+            Ok(shown) => {
+                let context = minijinja::context! { ..shown.context, ..frame(state, &session, &caller, current) };
+                page(StatusCode::OK, shown.template, context)
+            }
+            Err(error) => refused(Some((state, &session, &caller)), &error),
+        }
+    }
+
+    /// A page of the signed-in key's own tenant (a platform key has none to show).
+    async fn tenant_page(
+        self,
+        current: &str,
+        show: impl AsyncFnOnce(&AppState, &Caller, &TenantName) -> Result<Shown, ServiceError>,
+    ) -> Response {
+        self.signed_page(current, async |state, caller| {
+            let tenant = tenant_of(caller)?;
+            show(state, caller, &tenant).await
+        })
+        .await
+    }
+
+    /// A form's action, for the signed-in key's tenant: the form's token must be the
+    /// session's; `act` does it through the services and says where the browser goes next.
+    async fn tenant_action(
+        self,
+        csrf: &str,
+        act: impl AsyncFnOnce(&AppState, &Caller, &TenantName) -> Result<String, ServiceError>,
+    ) -> Response {
+        let (session, caller) = match self.signed_in().await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
+        let state = &self.state;
+        if csrf != session.csrf {
+            let error = ServiceError::new(ErrorKind::Forbidden, "the form's token does not match the session");
+            return refused(Some((state, &session, &caller)), &error);
+        }
+        let done = match tenant_of(&caller) {
+            Ok(tenant) => act(state, &caller, &tenant).await,
+            Err(error) => Err(error),
+        };
+        match done {
+            Ok(next) => see_other(&next),
+            Err(error) => refused(Some((state, &session, &caller)), &error),
+        }
+    }
+}
+
+/// The tenant whose objects a page shows: the key's own.
+fn tenant_of(caller: &Caller) -> Result<TenantName, ServiceError> {
+    caller.principal.tenant.clone().ok_or_else(|| {
+        ServiceError::invalid("a platform key sees no tenant's objects here: sign in with a tenant's key")
+    })
+}
+
+/// A path segment made safe for a link (names are validated, but a link never trusts that).
+fn segment(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~@".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// A time as RFC 3339, which the page's script shows in the reader's zone.
+fn when(millis: i64) -> String {
+    factory_core::time::millis_to_rfc3339(millis)
 }
 
 /// Who is signed in, and the navigation (the pages this key may open), for the layout.
@@ -295,214 +408,6 @@ pub async fn overview(visit: Visit) -> Response {
     page(StatusCode::OK, "overview.html", context)
 }
 
-/// The lists the console shows of a tenant's objects, each from one service call.
-#[derive(Debug, Clone, Copy)]
-enum Listing {
-    Datasets,
-    Jobs,
-    Models,
-    Deployments,
-    Pipelines,
-}
-
-/// A cell of a table: text, or a time the page's script shows in the reader's zone.
-fn time_cell(millis: i64) -> minijinja::Value {
-    minijinja::context! { time => factory_core::time::millis_to_rfc3339(millis) }
-}
-
-impl Listing {
-    /// Its link, title, columns and what an empty list says.
-    fn shape(self) -> (&'static str, &'static str, &'static [&'static str], &'static str) {
-        match self {
-            Listing::Datasets => (
-                "/console/datasets",
-                "Datasets",
-                &["Name", "Classification", "Jurisdiction", "Latest version", "Created"],
-                "No datasets this key may see.",
-            ),
-            Listing::Jobs => {
-                ("/console/jobs", "Jobs", &["Job", "Kind", "State", "Priority", "Attempts", "Created"], "No jobs.")
-            }
-            Listing::Models => ("/console/models", "Models", &["Name", "Versions", "Latest", "Aliases"], "No models."),
-            Listing::Deployments => {
-                ("/console/deployments", "Deployments", &["Name", "Revision", "Variants", "Updated"], "No deployments.")
-            }
-            Listing::Pipelines => {
-                ("/console/pipelines", "Pipelines", &["Name", "Revision", "Updated"], "No pipelines.")
-            }
-        }
-    }
-
-    /// The rows, as the caller may see them.
-    async fn rows(
-        self,
-        state: &AppState,
-        caller: &Caller,
-        tenant: &TenantName,
-    ) -> Result<Vec<Vec<minijinja::Value>>, ServiceError> {
-        use minijinja::Value;
-        let rows = match self {
-            Listing::Datasets => datasets::list(state, caller, tenant)
-                .await?
-                .iter()
-                .map(|d| {
-                    let (classification, jurisdiction) = (d.classification.to_string(), d.jurisdiction.to_string());
-                    vec![
-                        Value::from(d.name.as_str()),
-                        classification.into(),
-                        jurisdiction.into(),
-                        d.latest_version.into(),
-                        time_cell(d.created_at),
-                    ]
-                })
-                .collect(),
-            Listing::Jobs => jobs::list(state, caller, tenant)
-                .await?
-                .iter()
-                .map(|j| {
-                    vec![
-                        Value::from(j.id.as_str()),
-                        j.kind.as_str().into(),
-                        j.state.as_str().into(),
-                        j.priority.into(),
-                        j.attempts.into(),
-                        time_cell(j.created_at),
-                    ]
-                })
-                .collect(),
-            Listing::Models => models::list(state, caller, tenant)
-                .await?
-                .iter()
-                .map(|m| {
-                    let aliases: Vec<String> =
-                        m.aliases.iter().map(|(alias, version)| format!("{alias} → {version}")).collect();
-                    vec![Value::from(m.name.as_str()), m.versions.into(), m.latest.into(), aliases.join(", ").into()]
-                })
-                .collect(),
-            Listing::Deployments => deployments::list(state, caller, tenant)
-                .await?
-                .iter()
-                .map(|d| {
-                    let variants: Vec<String> = d.spec["variants"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|v| {
-                            let target = v["model"].as_str().or(v["upstream"]["url"].as_str()).unwrap_or("?");
-                            format!("{target} ({} {})", v["role"].as_str().unwrap_or("primary"), v["weight"])
-                        })
-                        .collect();
-                    vec![
-                        Value::from(d.name.as_str()),
-                        d.revision.into(),
-                        variants.join(", ").into(),
-                        time_cell(d.updated_at),
-                    ]
-                })
-                .collect(),
-            Listing::Pipelines => pipelines::list(state, caller, tenant)
-                .await?
-                .iter()
-                .map(|p| vec![Value::from(p.name.as_str()), p.revision.into(), time_cell(p.updated_at)])
-                .collect(),
-        };
-        Ok(rows)
-    }
-
-    /// The page: the list of the signed-in key's tenant, as a table.
-    async fn page(self, visit: Visit) -> Response {
-        let state = &visit.state;
-        let (session, caller) = match visit.signed_in().await {
-            Ok(found) => found,
-            Err(response) => return response,
-        };
-        let Some(tenant) = caller.principal.tenant.clone() else {
-            let error =
-                ServiceError::invalid("a platform key sees no tenant's lists here: sign in with a tenant's key");
-            return refused(Some((state, &session, &caller)), &error);
-        };
-        let (href, title, columns, empty) = self.shape();
-        match self.rows(state, &caller, &tenant).await {
-            Ok(rows) => {
-                let caption = format!("{title} of {tenant} this key may see");
-                let context = minijinja::context! {
-                    title => title, caption => caption, columns => columns, rows => rows, empty => empty,
-                    ..frame(state, &session, &caller, href)
-                };
-                page(StatusCode::OK, "table.html", context)
-            }
-            Err(error) => refused(Some((state, &session, &caller)), &error),
-        }
-    }
-}
-
-pub async fn datasets(visit: Visit) -> Response {
-    Listing::Datasets.page(visit).await
-}
-
-pub async fn jobs_page(visit: Visit) -> Response {
-    Listing::Jobs.page(visit).await
-}
-
-pub async fn models_page(visit: Visit) -> Response {
-    Listing::Models.page(visit).await
-}
-
-pub async fn deployments_page(visit: Visit) -> Response {
-    Listing::Deployments.page(visit).await
-}
-
-pub async fn pipelines_page(visit: Visit) -> Response {
-    Listing::Pipelines.page(visit).await
-}
-
-#[derive(Debug, Deserialize)]
-pub struct AuditQuery {
-    #[serde(default)]
-    from: u64,
-}
-
-/// Records shown per page of the audit log.
-const AUDIT_PAGE: u32 = 50;
-
-/// The latest signed checkpoint (public: it holds only hashes) and, for keys that may read the
-/// log (auditors, admins), its records a page at a time, a tenant's own only.
-pub async fn audit_page(visit: Visit, axum::extract::Query(query): axum::extract::Query<AuditQuery>) -> Response {
-    let Visit { state, .. } = &visit;
-    let (session, caller) = match visit.signed_in().await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let checkpoint = match audit::checkpoint(state, &caller).await {
-        Ok(checkpoint) => checkpoint,
-        Err(error) => return refused(Some((state, &session, &caller)), &error),
-    };
-    let (records, next, readable) = match audit::records(state, &caller, query.from, Some(AUDIT_PAGE)).await {
-        Ok(page) => {
-            let records: Vec<minijinja::Value> = page
-                .entries
-                .iter()
-                .map(|entry| {
-                    let record = &entry.record;
-                    minijinja::context! {
-                        index => record.index, time => record.time, principal => record.principal,
-                        action => record.action, resource => record.resource,
-                        decision => format!("{:?}", record.decision).to_lowercase(),
-                    }
-                })
-                .collect();
-            (records, page.next, true)
-        }
-        Err(error) if error.kind == ErrorKind::Forbidden => (Vec::new(), None, false),
-        Err(error) => return refused(Some((state, &session, &caller)), &error),
-    };
-    let context = minijinja::context! {
-        checkpoint => checkpoint, records => records, next => next, readable => readable,
-        ..frame(state, &session, &caller, "/console/audit")
-    };
-    page(StatusCode::OK, "audit.html", context)
-}
-
 /// The console's stylesheet, script and icon, compiled into the binary.
 pub async fn asset(Path(name): Path<String>) -> Response {
     let (body, kind): (&'static str, &'static str) = match name.as_str() {
@@ -525,15 +430,32 @@ mod tests {
     #[test]
     fn every_template_compiles_and_escapes() {
         let environment = templates();
-        for name in ["sign_in.html", "overview.html", "table.html", "audit.html", "refused.html"] {
+        for name in [
+            "sign_in.html",
+            "overview.html",
+            "table.html",
+            "audit.html",
+            "refused.html",
+            "dataset.html",
+            "dataset_version.html",
+            "job.html",
+            "model.html",
+            "model_version.html",
+            "confirm.html",
+            "deployment.html",
+            "pipeline.html",
+            "audit_record.html",
+        ] {
             environment.get_template(name).unwrap();
         }
         let audit = environment.get_template("audit.html").unwrap();
         let unreadable = audit.render(minijinja::context! { checkpoint => "c", readable => false }).unwrap();
         assert!(unreadable.contains("may not read"));
         let record = minijinja::context! { index => 7, action => "session.open" };
-        let readable =
-            audit.render(minijinja::context! { checkpoint => "c", readable => true, records => vec![record] });
+        let query = minijinja::context! { action => "session.open" };
+        let readable = audit.render(
+            minijinja::context! { checkpoint => "c", readable => true, records => vec![record], query => query },
+        );
         assert!(readable.unwrap().contains("session.open"));
         let rendered = environment
             .get_template("refused.html")

@@ -5,7 +5,7 @@
 
 use factory_audit::merkle::Hash;
 use factory_core::{AccessRequest, Action, Resource};
-use factory_store::AuditEntry;
+use factory_store::{AuditEntry, AuditSearch};
 
 use crate::caller::Caller;
 use crate::service_error::ServiceError;
@@ -69,6 +69,10 @@ pub async fn inclusion(state: &AppState, caller: &Caller, index: u64, size: u64)
             "index must be below size and size at most the log's size {log_size} (got index {index}, size {size})"
         )));
     }
+    prove(state, index, size).await
+}
+
+async fn prove(state: &AppState, index: u64, size: u64) -> Result<Inclusion, ServiceError> {
     let (leaf_hash, proof) = state.store.inclusion_proof(index, size).await?;
     let root = state.store.audit_root(size).await?;
     Ok(Inclusion { index, size, leaf_hash, root, proof })
@@ -97,13 +101,59 @@ pub async fn records(
     from: u64,
     limit: Option<u32>,
 ) -> Result<RecordsPage, ServiceError> {
+    search(state, caller, AuditSearch::default(), from, limit).await
+}
+
+/// At most `limit` records (1 to 1000, default 100) from index `from` that match `search`; a
+/// tenant's caller sees its own tenant's records only, whatever tenant it names.
+pub async fn search(
+    state: &AppState,
+    caller: &Caller,
+    mut search: AuditSearch,
+    from: u64,
+    limit: Option<u32>,
+) -> Result<RecordsPage, ServiceError> {
     allow(state, caller, Action::AuditRead).await?;
     let limit = limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ServiceError::invalid("limit: must be between 1 and 1000"));
     }
-    // Tenant auditors see their own tenant's records only.
-    let entries = state.store.audit_records(from, limit, caller.principal.tenant.as_ref()).await?;
+    if let Some(tenant) = &caller.principal.tenant {
+        search.tenant = Some(tenant.clone());
+    }
+    let entries = state.store.search_audit(&search, from, limit).await?;
     let next = if entries.len() == limit as usize { entries.last().map(|e| e.record.index + 1) } else { None };
     Ok(RecordsPage { entries, next })
+}
+
+/// A record with everything needed to check, without trusting the server, that the log holds
+/// it: its canonical bytes (the leaf), a signed checkpoint, the proof of inclusion in the tree
+/// that checkpoint signs, and the key that verifies the checkpoint.
+pub struct ProvenRecord {
+    pub entry: AuditEntry,
+    pub canonical: String,
+    pub checkpoint: String,
+    pub inclusion: Inclusion,
+    pub public_key: String,
+}
+
+/// Record `index` with its proof; another tenant's record is not found.
+pub async fn proven_record(state: &AppState, caller: &Caller, index: u64) -> Result<ProvenRecord, ServiceError> {
+    allow(state, caller, Action::AuditRead).await?;
+    let missing = || ServiceError::not_found(format!("audit record {index} does not exist"));
+    let (entry, canonical) = state.store.audit_record(index).await?.ok_or_else(missing)?;
+    if let Some(tenant) = &caller.principal.tenant {
+        if entry.record.tenant.as_deref() != Some(tenant.as_str()) {
+            return Err(missing());
+        }
+    }
+    let checkpoint = state.store.issue_checkpoint(&state.checkpoints).await?;
+    let size = checkpoint
+        .lines()
+        .nth(1)
+        .and_then(|line| line.parse::<u64>().ok())
+        .ok_or_else(|| ServiceError::internal("the signed checkpoint has no size line"))?;
+    let inclusion = prove(state, index, size).await?;
+    let public_key = state.checkpoints.signer.verifier_key();
+    Ok(ProvenRecord { entry, canonical, checkpoint, inclusion, public_key })
 }

@@ -3,6 +3,7 @@
 //! and digests and checks residency: each model needs a serving site in its jurisdiction, which
 //! its tenant must allow. A refusal is audited with the `deployment-residency` policy.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use factory_core::{AccessRequest, Action, Resource, SiteKind, TenantName};
@@ -269,6 +270,99 @@ pub async fn feedback(
     Ok(state.store.feedback(tenant, name, after, limit).await?)
 }
 
+/// The most recent inferences a traffic summary reads.
+pub const TRAFFIC_SAMPLE: i64 = 5_000;
+
+/// A deployment's recent traffic, from its inference log: the newest [`TRAFFIC_SAMPLE`]
+/// requests of the last `days` days.
+#[derive(Debug, Clone, Default)]
+pub struct Traffic {
+    pub requests: usize,
+    /// Requests that did not end `ok` (overloaded, failed, cancelled).
+    pub errors: usize,
+    pub statuses: BTreeMap<String, usize>,
+    /// How answers ended; `content_filter` is an output guardrail's verdict.
+    pub finish_reasons: BTreeMap<String, usize>,
+    pub variants: BTreeMap<String, usize>,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub first_token_p50_ms: Option<f64>,
+    pub first_token_p99_ms: Option<f64>,
+    /// Generated tokens per second of decoding, over all answered requests.
+    pub tokens_per_second: Option<f64>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    /// Cost per UTC day (`YYYY-MM-DD`), oldest first.
+    pub cost_by_day: Vec<(String, f64)>,
+    /// Requests per hour over the sample (hour start in milliseconds), oldest first.
+    pub requests_by_hour: Vec<(i64, usize)>,
+}
+
+/// The `q` quantile (nearest rank) of `values`, which it sorts.
+fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    Some(values[rank - 1])
+}
+
+impl Traffic {
+    pub fn of(records: &[InferenceRecord]) -> Traffic {
+        let mut traffic = Traffic { requests: records.len(), ..Traffic::default() };
+        let (mut latencies, mut first_tokens) = (Vec::new(), Vec::new());
+        let (mut decoded, mut decode_ms) = (0_i64, 0.0_f64);
+        let mut days: BTreeMap<String, f64> = BTreeMap::new();
+        let mut hours: BTreeMap<i64, usize> = BTreeMap::new();
+        for record in records {
+            *traffic.statuses.entry(record.status.clone()).or_default() += 1;
+            *traffic.variants.entry(record.variant.clone()).or_default() += 1;
+            *hours.entry(record.created_at - record.created_at.rem_euclid(3_600_000)).or_default() += 1;
+            let day = factory_core::time::millis_to_rfc3339(record.created_at);
+            *days.entry(day.get(..10).unwrap_or_default().to_string()).or_default() += record.cost;
+            traffic.prompt_tokens += record.prompt_tokens;
+            traffic.completion_tokens += record.completion_tokens;
+            if record.status != "ok" {
+                traffic.errors += 1;
+                continue;
+            }
+            if let Some(reason) = &record.finish_reason {
+                *traffic.finish_reasons.entry(reason.clone()).or_default() += 1;
+            }
+            latencies.push(record.total_ms);
+            if record.completion_tokens > 0 {
+                first_tokens.push(record.first_token_ms);
+                decoded += record.completion_tokens;
+                decode_ms += record.decode_ms;
+            }
+        }
+        traffic.latency_p50_ms = quantile(&mut latencies, 0.5);
+        traffic.latency_p99_ms = quantile(&mut latencies, 0.99);
+        traffic.first_token_p50_ms = quantile(&mut first_tokens, 0.5);
+        traffic.first_token_p99_ms = quantile(&mut first_tokens, 0.99);
+        traffic.tokens_per_second = (decode_ms > 0.0).then(|| decoded as f64 / (decode_ms / 1000.0));
+        traffic.cost_by_day = days.into_iter().collect();
+        traffic.requests_by_hour = hours.into_iter().collect();
+        traffic
+    }
+}
+
+/// The recent traffic of `tenant`'s deployment `name` (the last `days` days), as the caller
+/// may read its inference log.
+pub async fn traffic(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    name: &str,
+    days: i64,
+) -> Result<Traffic, ServiceError> {
+    authorize_read(state, caller, tenant, name).await?;
+    let since = factory_core::time::now_millis() - days * 24 * 3_600_000;
+    let records = state.store.latest_inferences(tenant, name, since, TRAFFIC_SAMPLE).await?;
+    Ok(Traffic::of(&records))
+}
+
 /// What the drift monitors of a deployment say.
 #[derive(Debug, Clone)]
 pub struct DriftReport {
@@ -292,4 +386,58 @@ pub async fn drift(
     }
     let alarms = state.store.drift_alarms(tenant, name, 100).await?;
     Ok(DriftReport { status: state.drift.status(tenant, name), alarms })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn record(status: &str, total_ms: f64, completion_tokens: i64, cost: f64, at: i64) -> InferenceRecord {
+        InferenceRecord {
+            id: format!("chatcmpl-{at}"),
+            tenant: "acme".into(),
+            deployment: "chat".into(),
+            variant: if at % 2 == 0 { "bard@1".into() } else { "bard@2".into() },
+            kind: "chat".into(),
+            request_id: "r".into(),
+            episode_id: None,
+            status: status.into(),
+            finish_reason: (status == "ok").then(|| if total_ms > 50.0 { "content_filter" } else { "stop" }.into()),
+            prompt_tokens: 10,
+            completion_tokens,
+            cost,
+            queue_ms: 0.0,
+            first_token_ms: total_ms / 4.0,
+            decode_ms: total_ms / 2.0,
+            total_ms,
+            created_at: at,
+            prompt_text: None,
+            completion_text: None,
+            structure_json: None,
+            cached_tokens: 0,
+        }
+    }
+
+    #[test]
+    fn traffic_summarizes_latency_errors_tokens_and_cost() {
+        let day = 86_400_000;
+        let mut records: Vec<InferenceRecord> = (1..=100).map(|i| record("ok", i as f64, 10, 0.5, i * 1000)).collect();
+        records.push(record("failed", 5000.0, 0, 0.0, day + 1));
+        records.push(record("overloaded", 1.0, 0, 0.0, day + 2));
+        let traffic = Traffic::of(&records);
+        assert_eq!((traffic.requests, traffic.errors), (102, 2));
+        assert_eq!(traffic.latency_p50_ms, Some(50.0), "errors are not latencies");
+        assert_eq!(traffic.latency_p99_ms, Some(99.0));
+        assert_eq!(traffic.first_token_p50_ms, Some(12.5));
+        // 1,000 tokens over the sum of the decode times (1..=100 ms halved: 2,525 ms).
+        assert!((traffic.tokens_per_second.unwrap() - 1000.0 / 2.525).abs() < 1e-9);
+        assert_eq!(traffic.cost_by_day, vec![("1970-01-01".to_string(), 50.0), ("1970-01-02".to_string(), 0.0)]);
+        assert_eq!(traffic.finish_reasons["content_filter"], 50);
+        assert_eq!(traffic.statuses["failed"], 1);
+        assert_eq!(traffic.variants.values().sum::<usize>(), 102);
+        assert_eq!(traffic.requests_by_hour.len(), 2);
+        assert_eq!(Traffic::of(&[]).latency_p50_ms, None);
+    }
 }

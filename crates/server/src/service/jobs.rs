@@ -71,9 +71,20 @@ pub async fn enqueue(
 
 /// `tenant`'s latest jobs (at most 100), as the caller may read them.
 pub async fn list(state: &AppState, caller: &Caller, tenant: &TenantName) -> Result<Vec<Job>, ServiceError> {
+    page(state, caller, tenant, 0, 100).await
+}
+
+/// `limit` (at most 1000) of `tenant`'s jobs after the newest `offset`, newest first.
+pub async fn page(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &TenantName,
+    offset: u32,
+    limit: u32,
+) -> Result<Vec<Job>, ServiceError> {
     let request = AccessRequest::new(&caller.principal, Action::JobRead, Resource::job("*", tenant));
     authorize_as(state, caller, &request, tenant).await?;
-    Ok(state.store.jobs(tenant, 100).await?)
+    Ok(state.store.jobs(tenant, offset, limit.min(1000)).await?)
 }
 
 /// The job `id`, as the caller may read it; another tenant's reads as no such resource.

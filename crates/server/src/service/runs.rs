@@ -246,6 +246,21 @@ pub async fn metrics(
     Ok((job, metrics))
 }
 
+/// Run `id`'s latest checkpoint, as the caller may read the run.
+pub async fn latest_checkpoint(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Option<factory_store::runs::RunCheckpoint>, ServiceError> {
+    find(state, caller, id).await?;
+    Ok(state.store.latest_run_checkpoint(id).await?)
+}
+
+/// Whether a job of `kind` is a training run (with metrics and checkpoints).
+pub fn is_run(kind: &str) -> bool {
+    RUN_KINDS.contains(&kind)
+}
+
 /// The job that is run `id`, unauthorized (cancelling authorizes on its own).
 pub async fn run_job(state: &AppState, id: &str) -> Result<Job, ServiceError> {
     state

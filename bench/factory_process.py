@@ -1,0 +1,38 @@
+"""A factory for a benchmark: `factory up` on a fresh data directory, listening on localhost,
+stopped when the benchmark exits; and its CLI, run as a given key."""
+
+import atexit
+import os
+import pathlib
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+
+class Factory:
+    def __init__(self, binary, port, settings=None):
+        self.binary = binary
+        self.data = pathlib.Path(tempfile.mkdtemp())
+        # FACTORY_* variables of the shell would configure the factory under test; only
+        # `settings` does.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
+        self.server = subprocess.Popen(
+            [binary, "up", "--data-dir", str(self.data), "--listen", f"127.0.0.1:{port}", "--jurisdiction", "eu"],
+            env={**self.env, **(settings or {})}, stdout=subprocess.DEVNULL, stderr=open(self.data / "log", "w"),
+        )
+        atexit.register(self.server.terminate)
+        self.url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{self.url}/healthz")
+                break
+            except OSError:
+                time.sleep(1)
+        self.admin = (self.data / "admin.key").read_text().strip()
+
+    def cli(self, *argv, key):
+        """Runs `factory ARGV...` against this factory as `key`; returns its output."""
+        done = subprocess.run([self.binary, *argv], env={**self.env, "FACTORY_URL": self.url, "FACTORY_API_KEY": key},
+                              capture_output=True, text=True, check=True)
+        return done.stdout
