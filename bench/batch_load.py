@@ -29,12 +29,8 @@ data, url = bench_factory.data, bench_factory.url
 factory = bench_factory.cli
 
 
-admin = bench_factory.admin
-factory("tenant", "create", "bench", "--jurisdiction", "eu", key=admin)
-APP = json.loads(factory("key", "create", "--tenant", "bench", "--role", "app", key=admin))["secret"]
-ENG = json.loads(factory("key", "create", "--tenant", "bench", "--role", "engineer", key=admin))["secret"]
-factory("dataset", "create", "plays", "--classification", "internal", key=ENG)
-factory("dataset", "ingest", "plays", args.corpus, "--format", "text", "--paragraphs", key=ENG)
+keys = bench_factory.tenant_with_plays(args.corpus, ["app"])
+APP, ENG = keys["app"], keys["engineer"]
 (data / "model.json").write_text(json.dumps({
     "model": {"config": {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}},

@@ -49,13 +49,8 @@ def many(count, one, workers=16):
     return statuses
 
 
-admin = bench_factory.admin
-factory("tenant", "create", "bench", "--jurisdiction", "eu", key=admin)
-ENG = json.loads(factory("key", "create", "--tenant", "bench", "--role", "engineer", key=admin))["secret"]
-AUDITOR = json.loads(factory("key", "create", "--tenant", "bench", "--role", "auditor", key=admin))["secret"]
-APP = json.loads(factory("key", "create", "--tenant", "bench", "--role", "app", key=admin))["secret"]
-factory("dataset", "create", "plays", "--classification", "internal", key=ENG)
-factory("dataset", "ingest", "plays", args.corpus, "--format", "text", "--paragraphs", key=ENG)
+keys = bench_factory.tenant_with_plays(args.corpus, ["auditor", "app"])
+ENG, AUDITOR, APP = keys["engineer"], keys["auditor"], keys["app"]
 (data / "model.json").write_text(json.dumps({
     "model": {"config": {"vocab_size": 320, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}},

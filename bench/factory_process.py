@@ -2,6 +2,7 @@
 stopped when the benchmark exits; and its CLI, run as a given key."""
 
 import atexit
+import json
 import os
 import pathlib
 import subprocess
@@ -36,3 +37,13 @@ class Factory:
         done = subprocess.run([self.binary, *argv], env={**self.env, "FACTORY_URL": self.url, "FACTORY_API_KEY": key},
                               capture_output=True, text=True, check=True)
         return done.stdout
+
+    def tenant_with_plays(self, corpus, roles):
+        """Tenant `bench` with one key per role in `roles` (secrets by role), and dataset `plays`
+        (internal): `corpus` ingested as text, one record per paragraph, by the engineer."""
+        self.cli("tenant", "create", "bench", "--jurisdiction", "eu", key=self.admin)
+        keys = {role: json.loads(self.cli("key", "create", "--tenant", "bench", "--role", role, key=self.admin))["secret"]
+                for role in {"engineer", *roles}}
+        self.cli("dataset", "create", "plays", "--classification", "internal", key=keys["engineer"])
+        self.cli("dataset", "ingest", "plays", corpus, "--format", "text", "--paragraphs", key=keys["engineer"])
+        return keys

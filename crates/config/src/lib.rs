@@ -192,6 +192,50 @@ pub struct ServerSettings {
     pub otlp_endpoint: Option<String>,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub shutdown_grace: Duration,
+    /// What this process does (`[server] roles`, `--role`): any number of processes of each
+    /// role share one database and one object store.
+    pub roles: Roles,
+}
+
+/// The roles of a process: `api` serves the control plane (`/api/v1` and the console), signs
+/// checkpoints and watches drift; `gateway` serves the OpenAI-compatible API (`/v1`); `worker`
+/// runs jobs, delivers events and keeps schedules. `all` (the default) is all three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub gateway: bool,
+    pub worker: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles { api: true, gateway: true, worker: true };
+
+    /// The roles' names, as configured and as `/readyz` reports them.
+    pub fn names(&self) -> Vec<&'static str> {
+        [("api", self.api), ("gateway", self.gateway), ("worker", self.worker)]
+            .into_iter()
+            .filter_map(|(name, held)| held.then_some(name))
+            .collect()
+    }
+}
+
+impl std::str::FromStr for Roles {
+    type Err = String;
+
+    /// `all`, or a comma-separated list of `api`, `gateway` and `worker`.
+    fn from_str(text: &str) -> Result<Roles, String> {
+        let mut roles = Roles { api: false, gateway: false, worker: false };
+        for name in text.split(',').map(str::trim) {
+            match name {
+                "all" => roles = Roles::ALL,
+                "api" => roles.api = true,
+                "gateway" => roles.gateway = true,
+                "worker" => roles.worker = true,
+                other => return Err(format!("{other:?} is not a role; expected all, api, gateway or worker")),
+            }
+        }
+        Ok(roles)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -247,6 +291,8 @@ pub struct FlagOverrides {
     pub listen: Option<String>,
     pub database_url: Option<String>,
     pub jurisdiction: Option<String>,
+    /// `--role`: the process's roles, as `[server] roles` takes them.
+    pub roles: Option<String>,
 }
 
 impl Config {
@@ -284,6 +330,12 @@ impl Config {
         for (key, value) in flag_values {
             if let Some(value) = value {
                 table.insert(key.to_string(), toml::Value::String(value));
+            }
+        }
+        if let Some(roles) = &flags.roles {
+            let path = ["server".to_string(), "roles".to_string()];
+            if let Err(error) = read::set_path(&mut table, &path, toml::Value::String(roles.clone())) {
+                errors.push(ConfigError::new("--role", error));
             }
         }
         let config = read::resolve(&table, &mut errors);

@@ -16,7 +16,7 @@ use super::*;
 const KEYS: &[&str] = &[
     "data_dir", "listen", "database_url", "jurisdiction", "name", "kinds", "request_body_limit_bytes",
     "request_timeout_secs", "max_in_flight", "max_in_flight_per_tenant", "max_transfers", "max_transfers_per_tenant",
-    "min_transfer_bytes_per_sec", "transfer_grace_secs", "json_logs", "shutdown_grace_secs", "otlp_endpoint", "kind",
+    "min_transfer_bytes_per_sec", "transfer_grace_secs", "json_logs", "shutdown_grace_secs", "otlp_endpoint", "roles", "kind",
     "path", "bucket", "endpoint", "region", "access_key_id", "secret_access_key", "allow_http", "prefix",
     "orphan_grace_secs", "orphan_sweep_interval_secs", "origin", "checkpoint_interval_secs", "checkpoint_dir",
     "policy_files", "workers", "lease_secs", "max_attempts", "max_batch", "max_waiting", "prefill_chunk",

@@ -389,6 +389,7 @@ fn read_server(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serve
         json_logs: section.bool("json_logs", false, errors),
         otlp_endpoint: section.string("otlp_endpoint", errors),
         shutdown_grace: Duration::from_secs(section.positive_integer("shutdown_grace_secs", 30, errors)),
+        roles: section.parsed::<crate::Roles>("roles", errors).unwrap_or(crate::Roles::ALL),
     };
     section.finish(errors);
     settings

@@ -88,6 +88,21 @@ fn environment_overrides_the_file_and_flags_override_both() {
 }
 
 #[test]
+fn roles_come_from_the_file_the_environment_and_the_flag() {
+    assert_eq!(load_text("", &[]).unwrap().server.roles, Roles::ALL);
+    let config = load_text("[server]\nroles = \"api, worker\"\n", &[]).unwrap();
+    assert_eq!(config.server.roles.names(), vec!["api", "worker"]);
+    let config = load_text("", &[("FACTORY_SERVER__ROLES", "gateway")]).unwrap();
+    assert_eq!(config.server.roles.names(), vec!["gateway"]);
+    let flags = FlagOverrides { roles: Some("worker".to_string()), ..Default::default() };
+    let env = vec![("FACTORY_SERVER__ROLES".to_string(), "gateway".to_string())];
+    assert_eq!(Config::load(None, env, &flags).unwrap().server.roles.names(), vec!["worker"]);
+    let errors = load_text("[server]\nroles = \"api,cook\"\n", &[]).unwrap_err();
+    assert_eq!(errors.0[0].key, "server.roles", "{errors}");
+    assert!(errors.to_string().contains("\"cook\" is not a role"), "{errors}");
+}
+
+#[test]
 fn toml_syntax_errors_name_the_line() {
     let errors = load_text("listen = \"a\"\n[server\n", &[]).unwrap_err();
     assert!(errors.0[0].key.ends_with("factory.toml:2"), "{errors}");

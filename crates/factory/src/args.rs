@@ -618,6 +618,10 @@ pub struct UpArgs {
     /// Jurisdiction of the embedded default site [default: local]
     #[arg(long)]
     pub jurisdiction: Option<String>,
+    /// What this process does: all, or any of api, gateway and worker, comma-separated
+    /// [default: all]
+    #[arg(long)]
+    pub role: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

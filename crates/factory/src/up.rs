@@ -12,6 +12,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         listen: args.listen,
         database_url: args.database_url,
         jurisdiction: args.jurisdiction,
+        roles: args.role,
     };
     let config = Config::load(args.config.as_deref(), std::env::vars(), &flags)?;
     // Held until `serve` returns: dropping it stops exporting spans.

@@ -86,28 +86,38 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_background, background_stopped) = watch::channel(false);
-    let mut subscribers: Vec<Arc<dyn Subscriber>> =
-        vec![Arc::new(EventLog), Arc::new(pipelines::EventTrigger { state: state.clone() })];
-    for sink in lineage::LineageSink::from_config(&state.config.lineage) {
-        subscribers.push(Arc::new(sink));
+    let roles = state.config.server.roles;
+    tracing::info!(roles = ?roles.names(), "this process's roles");
+    // Every role writes the inference log of the requests it answered (gateways' requests,
+    // workers' batch jobs).
+    let mut tasks =
+        vec![tokio::spawn(state.inference_log.clone().write(state.store.clone(), background_stopped.clone()))];
+    if roles.worker {
+        let mut subscribers: Vec<Arc<dyn Subscriber>> =
+            vec![Arc::new(EventLog), Arc::new(pipelines::EventTrigger { state: state.clone() })];
+        for sink in lineage::LineageSink::from_config(&state.config.lineage) {
+            subscribers.push(Arc::new(sink));
+        }
+        let dispatcher = Dispatcher::new(state.store.clone(), subscribers);
+        tasks.push(tokio::spawn(dispatcher.run(background_stopped.clone())));
+        let workers = workers::WorkerPool::with_builtin_handlers(
+            state.store.clone(),
+            state.pdp.clone(),
+            state.config.jobs.workers,
+            state.config.jobs.lease,
+        );
+        let workers = training::with_training_handlers(workers, &state);
+        let workers = pipelines::with_pipeline_handlers(workers, &state);
+        let workers = batches::with_batch_handler(workers, &state);
+        tasks.push(tokio::spawn(workers.run(background_stopped.clone())));
+        tasks.push(tokio::spawn(service::orphans::sweep_periodically(state.clone(), background_stopped.clone())));
+        tasks.push(tokio::spawn(pipelines::schedule(state.clone(), background_stopped.clone())));
     }
-    let dispatcher = Dispatcher::new(state.store.clone(), subscribers);
-    let mut tasks = vec![tokio::spawn(dispatcher.run(background_stopped.clone()))];
-    let workers = workers::WorkerPool::with_builtin_handlers(
-        state.store.clone(),
-        state.pdp.clone(),
-        state.config.jobs.workers,
-        state.config.jobs.lease,
-    );
-    let workers = training::with_training_handlers(workers, &state);
-    let workers = pipelines::with_pipeline_handlers(workers, &state);
-    let workers = batches::with_batch_handler(workers, &state);
-    tasks.push(tokio::spawn(workers.run(background_stopped.clone())));
-    tasks.push(tokio::spawn(sign_checkpoints(state.clone(), background_stopped.clone())));
-    tasks.push(tokio::spawn(service::orphans::sweep_periodically(state.clone(), background_stopped.clone())));
-    tasks.push(tokio::spawn(state.inference_log.clone().write(state.store.clone(), background_stopped.clone())));
-    tasks.push(tokio::spawn(drift_watch::watch(state.clone(), background_stopped.clone())));
-    tasks.push(tokio::spawn(pipelines::schedule(state.clone(), background_stopped.clone())));
+    if roles.api {
+        tasks.push(tokio::spawn(sign_checkpoints(state.clone(), background_stopped.clone())));
+        // The drift board is this process's memory, and the API serves its readings.
+        tasks.push(tokio::spawn(drift_watch::watch(state.clone(), background_stopped.clone())));
+    }
 
     let grace = state.config.server.shutdown_grace;
     let (draining, mut drain_started) = watch::channel(false);

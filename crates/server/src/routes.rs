@@ -89,9 +89,45 @@ async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }
 
+/// The routes of this process's roles (`[server] roles`): the control plane and the console
+/// for `api`, the OpenAI-compatible API for `gateway`; health, readiness and metrics for all.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.request_body_limit_bytes;
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    let roles = state.config.server.roles;
+    let mut routes = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics));
+    if roles.api {
+        routes = routes.merge(control_routes());
+    }
+    if roles.gateway {
+        routes = routes
+            .merge(inference_routes(state.config.serving.max_request_bytes))
+            .merge(batch_routes(state.config.batch.max_file_bytes));
+    }
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id =
+                        request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("request", request_id, method = %request.method(), path = %request.uri().path())
+                })
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(middleware::from_fn(identify_request))
+        .with_state(state)
+}
+
+/// The control plane (`/api/v1`, its OpenAPI document) and the console: the `api` role's.
+fn control_routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/tenants", post(tenants::create))
         .route("/api/v1/tenants/{tenant}", get(tenants::show))
@@ -141,8 +177,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/pipelines/{name}/runs/{id}", get(pipelines::run))
         .route("/api/v1/feedback", post(feedback::create))
         .route("/api/v1/deployments/{name}/batches", post(batches::create_from_dataset))
-        .merge(inference_routes(state.config.serving.max_request_bytes))
-        .merge(batch_routes(state.config.batch.max_file_bytes))
         .route("/api/v1/objects/sweep", post(ops::sweep_orphans))
         .route("/api/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/api/v1/audit/public-key", get(audit::public_key))
@@ -172,25 +206,6 @@ pub fn router(state: AppState) -> Router {
         .route("/console/audit", get(console::audit_page))
         .route("/console/audit/records/{index}", get(console::audit_record_page))
         .route("/console/assets/{name}", get(console::asset))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    let request_id =
-                        request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("request", request_id, method = %request.method(), path = %request.uri().path())
-                })
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
-        )
-        .layer(PropagateRequestIdLayer::new(request_id))
-        .layer(middleware::from_fn(identify_request))
-        .with_state(state)
 }
 
 /// Gives the request its ids (the server's own and the client's, validated); the header the

@@ -4,7 +4,7 @@
 use factory_telemetry::receiver::TraceReceiver;
 use serde_json::json;
 
-use crate::support::{call, cli, tenant_with_keys, Server};
+use crate::support::{call, cli, eventually, shakespeare, tenant_with_keys, text_dataset, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_survives_a_restart_and_sigterm_exits_zero() {
@@ -228,19 +228,25 @@ async fn requests_are_traced_to_an_otlp_collector_and_logged_as_json() {
     assert!(lines.iter().any(|line| line["fields"]["message"] == "factory stopped"), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_factory_runs_on_postgresql() {
+/// A fresh PostgreSQL database named `name` (and the server's pool, to drop it), or none when
+/// PostgreSQL is unreachable (reported as missing).
+async fn postgres_database(name: &str) -> Option<(sqlx::AnyPool, String)> {
     let admin_url = std::env::var("FACTORY_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
     sqlx::any::install_default_drivers();
     let Ok(admin_pool) = sqlx::AnyPool::connect(&admin_url).await else {
         factory_testkit::missing(&format!("PostgreSQL at {admin_url}: the factory on PostgreSQL is untested"));
-        return;
+        return None;
     };
-    let name = format!("factory_it_{}", std::process::id());
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin_pool).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_pool).await.unwrap();
-    let database_url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+    Some((admin_pool, format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_factory_runs_on_postgresql() {
+    let name = format!("factory_it_{}", std::process::id());
+    let Some((admin_pool, database_url)) = postgres_database(&name).await else { return };
 
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--database-url", &database_url], &[]);
@@ -253,5 +259,75 @@ async fn the_same_factory_runs_on_postgresql() {
     let (ok, stdout, stderr) =
         cli(&["audit", "verify", "--data-dir", dir.path().to_str().unwrap(), "--database-url", &database_url], &[]);
     assert!(ok && stdout.contains("audit log verified: 3 records"), "{stdout}{stderr}");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin_pool).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_a_worker_and_a_gateway_process_share_one_factory() {
+    let name = format!("factory_roles_{}", std::process::id());
+    let Some((admin_pool, database_url)) = postgres_database(&name).await else { return };
+    // One data directory: one object store and the admin key, shared as a cluster shares S3.
+    let dir = tempfile::tempdir().unwrap();
+    let start = |role: &str| {
+        Server::start(dir.path(), &["--database-url", &database_url, "--jurisdiction", "eu", "--role", role], &[])
+    };
+    let api = start("api");
+    let worker = start("worker");
+    let gateway = start("gateway");
+    for (server, roles) in [(&api, json!(["api"])), (&worker, json!(["worker"])), (&gateway, json!(["gateway"]))] {
+        let ready = call(&server.url, "GET", "/readyz", None, None).await;
+        assert_eq!(ready.body["roles"], roles, "{}", ready.text);
+    }
+    let keys = tenant_with_keys(&api, "acme", &["engineer"]).await;
+    let engineer = keys[0].1.clone();
+    // Each process serves only its roles' routes.
+    assert_eq!(call(&api.url, "GET", "/v1/models", Some(&engineer), None).await.status, 404);
+    assert_eq!(call(&gateway.url, "GET", "/api/v1/datasets", Some(&engineer), None).await.status, 404);
+    assert_eq!(call(&worker.url, "GET", "/api/v1/datasets", Some(&engineer), None).await.status, 404);
+    assert_eq!(call(&gateway.url, "GET", "/v1/models", Some(&engineer), None).await.status, 200);
+
+    // The API takes the run; only the worker runs jobs; the gateway serves what it registered.
+    text_dataset(&api.url, &engineer, "plays", "internal", shakespeare(30_000)).await;
+    let run = call(
+        &api.url,
+        "POST",
+        "/api/v1/runs",
+        Some(&engineer),
+        Some(json!({
+            "kind": "pretrain", "dataset": "plays", "version": 1, "seed": 1, "tokenizer": { "vocab_size": 320 },
+            "model": { "config": { "vocab_size": 320, "hidden_size": 32, "intermediate_size": 64,
+                                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                   "max_position_embeddings": 256 } },
+            "train": { "steps": 10, "seq_len": 32, "batch_size": 4, "warmup_steps": 2, "eval_every": 0,
+                       "checkpoint_every": 0, "eval_windows": 2 },
+            "register": { "name": "bard" },
+        })),
+    )
+    .await;
+    assert_eq!(run.status, 201, "{}", run.text);
+    let path = format!("/api/v1/runs/{}", run.body["id"].as_str().unwrap());
+    let trained = eventually(120, || async {
+        call(&api.url, "GET", &path, Some(&engineer), None).await.body["state"] == "succeeded"
+    });
+    assert!(
+        trained.await,
+        "{}\n{}",
+        call(&api.url, "GET", &path, Some(&engineer), None).await.text,
+        worker.log_tail(20)
+    );
+    let deployment = json!({ "name": "chat", "variants": [{ "model": "bard@1" }] });
+    assert_eq!(call(&api.url, "POST", "/api/v1/deployments", Some(&engineer), Some(deployment)).await.status, 201);
+    let body = json!({ "model": "chat", "messages": [{ "role": "user", "content": "To be" }], "max_tokens": 4 });
+    let answer = call(&gateway.url, "POST", "/v1/chat/completions", Some(&engineer), Some(body)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    // The gateway's inference log reaches the database the API reads.
+    let logged = eventually(30, || async {
+        let log = call(&api.url, "GET", "/api/v1/deployments/chat/inferences", Some(&engineer), None).await;
+        log.body["inferences"].as_array().is_some_and(|rows| rows.len() == 1)
+    });
+    assert!(logged.await);
+    for server in [gateway, worker, api] {
+        assert!(server.terminate().success());
+    }
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin_pool).await.unwrap();
 }

@@ -22,7 +22,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
     responses((status = 200, description = "The metadata store answers"), (status = 503, description = "Not ready")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     ops::ready(&state).await?;
-    Ok(Json(serde_json::json!({ "status": "ready" })))
+    Ok(Json(serde_json::json!({ "status": "ready", "roles": state.config.server.roles.names() })))
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
