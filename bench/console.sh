@@ -5,10 +5,12 @@
 #
 #   bench/console.sh
 #
-# Needs `cargo build --release -p factory`. bench/console_load.py starts the factory on a fresh
-# data directory, seeds it through the API (minutes), then times the pages with a session.
+# Needs `cargo build --release -p factory` (FACTORY_BINARY names another build). bench/console_load.py
+# starts the factory on a fresh data directory, trains a tiny model, restarts it as an API process
+# (no workers: the 10,000 jobs stay queued), seeds it through the API (8 minutes on the debug
+# build), then times the pages with a session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec python3 bench/console_load.py \
-  --factory "${CARGO_TARGET_DIR:-target}/release/factory" \
+  --factory "${FACTORY_BINARY:-${CARGO_TARGET_DIR:-target}/release/factory}" \
   --corpus "$(cd .. && pwd)/shared/data/tinyshakespeare.txt"

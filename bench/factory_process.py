@@ -13,24 +13,35 @@ import urllib.request
 
 class Factory:
     def __init__(self, binary, port, settings=None):
-        self.binary = binary
+        self.binary, self.port, self.settings = binary, port, settings or {}
         self.data = pathlib.Path(tempfile.mkdtemp())
         # FACTORY_* variables of the shell would configure the factory under test; only
         # `settings` does.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
-        self.server = subprocess.Popen(
-            [binary, "up", "--data-dir", str(self.data), "--listen", f"127.0.0.1:{port}", "--jurisdiction", "eu"],
-            env={**self.env, **(settings or {})}, stdout=subprocess.DEVNULL, stderr=open(self.data / "log", "w"),
-        )
-        atexit.register(self.server.terminate)
         self.url = f"http://127.0.0.1:{port}"
+        self.start("all")
+        atexit.register(lambda: self.server.terminate())
+        self.admin = (self.data / "admin.key").read_text().strip()
+
+    def start(self, role):
+        """Starts `factory up` with `role` on this factory's data and waits until it answers."""
+        self.server = subprocess.Popen(
+            [self.binary, "up", "--data-dir", str(self.data), "--listen", f"127.0.0.1:{self.port}",
+             "--jurisdiction", "eu", "--role", role],
+            env={**self.env, **self.settings}, stdout=subprocess.DEVNULL, stderr=open(self.data / "log", "a"),
+        )
         for _ in range(120):
             try:
                 urllib.request.urlopen(f"{self.url}/healthz")
-                break
+                return
             except OSError:
                 time.sleep(1)
-        self.admin = (self.data / "admin.key").read_text().strip()
+
+    def restart(self, role):
+        """Stops the process (SIGTERM, drained) and starts it again with `role`."""
+        self.server.terminate()
+        self.server.wait()
+        self.start(role)
 
     def cli(self, *argv, key):
         """Runs `factory ARGV...` against this factory as `key`; returns its output."""

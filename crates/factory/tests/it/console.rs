@@ -295,6 +295,8 @@ async fn the_console_does_each_pages_work_in_a_real_browser() {
     assert!(seen["run"]["first"].as_u64().unwrap_or(0) >= 1, "{seen}");
     assert!(seen["run"]["grown"].as_u64().unwrap_or(0) > seen["run"]["first"].as_u64().unwrap_or(0), "{seen}");
     assert_eq!(seen["run"]["same_document"], true, "{seen}");
+    let log = text("/run/log");
+    assert!(log.lines().count() >= 2 && log.contains("train step 1 ") && log.contains("loss="), "{log}");
     assert!(text("/run/after_cancel").contains("cancel requested") || text("/run/after_cancel").contains("cancelled"));
     let cancelled = eventually(60, || async {
         call(&url, "GET", &format!("/api/v1/runs/{run_id}"), Some(&engineer), None).await.body["state"] == "cancelled"

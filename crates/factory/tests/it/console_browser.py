@@ -227,6 +227,7 @@ async def work(tab, plan):
     grown = await tab.wait_for(f"(n => n > {first or 0} && n)({count})", 60)
     seen["run"] = {"first": first, "grown": grown, "same_document": await tab.evaluate("window.sameDocument === true"),
                    "latest": await tab.evaluate("document.querySelector('[data-latest=loss]').textContent"),
+                   "log": await tab.evaluate("document.getElementById('run-log').textContent"),
                    "shot": await tab.shot("work-run", 1280)}
     await tab.submit("document.querySelector('form[action$=\"/cancel\"]').submit()")
     seen["run"]["after_cancel"] = await tab.text()

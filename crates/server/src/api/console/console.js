@@ -135,7 +135,12 @@ function runCurves(root) {
       setTimeout(poll, 3000);
       return;
     }
+    const log = document.getElementById("run-log");
     for (const row of body.metrics) {
+      const fields = Object.entries(row.metrics)
+        .map(([name, value]) => `${name}=${typeof value === "number" ? Number(value.toPrecision(5)) : value}`)
+        .join(" ");
+      log?.append(`${new Date(row.created_at).toISOString()} ${row.kind} step ${row.step} ${fields}\n`);
       for (const name of Object.keys(series)) {
         if (typeof row.metrics[name] === "number") series[name].push([row.step, row.metrics[name]]);
       }
