@@ -190,7 +190,8 @@ async fn console_session(client: &reqwest::Client, url: &str, key: &str) -> (Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_does_each_pages_work_in_a_real_browser() {
-    let factory = ServingFactory::start(&[], 2).await;
+    let factory =
+        ServingFactory::start(&[("FACTORY_FEEDBACK__METRICS", "{ thumbs = { type = \"boolean\" } }")], 2).await;
     let (url, engineer) = (factory.url.clone(), factory.engineer.clone());
     let admin = factory.server.admin_key.clone();
     let auditor =
@@ -268,6 +269,28 @@ async fn the_console_does_each_pages_work_in_a_real_browser() {
     assert_eq!(run.status, 201, "{}", run.text);
     let run_id = run.body["id"].as_str().unwrap().to_string();
 
+    // A deployment whose drift monitors have judged its logged prompts, with feedback.
+    let watched = json!({
+        "name": "watched", "variants": [{ "model": "bard@1" }], "logging": { "sample_rate": 1.0 },
+        "drift": { "settings": { "window": 10, "every": 5, "baseline": 20, "bootstraps": 200 } },
+    });
+    assert_eq!(call(&url, "POST", "/api/v1/deployments", Some(&engineer), Some(watched)).await.status, 201);
+    let mut answer_id = String::new();
+    for line in 0..25 {
+        let body =
+            json!({ "model": "watched", "prompt": format!("KING RICHARD: speak, line {line}"), "max_tokens": 2 });
+        let reply = call(&url, "POST", "/v1/completions", Some(&factory.app), Some(body)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        answer_id = reply.body["id"].as_str().unwrap().to_string();
+    }
+    let judged = eventually(60, || async {
+        let drift = call(&url, "GET", "/api/v1/deployments/watched/drift", Some(&engineer), None).await.body;
+        drift["status"]["readings"].as_array().is_some_and(|r| r.iter().any(|r| r["monitor"] == "prompt.words"))
+    });
+    assert!(judged.await, "the drift monitors did not judge");
+    let thumbs = json!({ "inference_id": answer_id, "metric": "thumbs", "value": true });
+    assert_eq!(call(&url, "POST", "/api/v1/feedback", Some(&factory.app), Some(thumbs)).await.status, 201);
+
     let Some(python) = browser_tools() else {
         factory_testkit::missing("Chromium (apt install chromium) and the `websockets` Python package");
         return;
@@ -322,6 +345,11 @@ async fn the_console_does_each_pages_work_in_a_real_browser() {
     assert!(!text("/playground/answer").is_empty(), "{seen}");
     assert!(text("/deployment/text").contains("Latency p50"), "{seen}");
     assert!(seen["deployment"]["plots"].as_u64().unwrap() >= 1, "{seen}");
+
+    // The watched deployment's page shows its monitors against their thresholds and its feedback.
+    let watched = text("/watched");
+    assert!(watched.contains("prompt.words") && watched.contains("prompt.length"), "{watched}");
+    assert!(watched.contains("thumbs") && watched.contains("Requests\n25"), "{watched}");
 
     // The pipeline's run as a timeline.
     assert!(text("/pipeline/text").contains("succeeded") && text("/pipeline/text").contains("check"), "{seen}");

@@ -263,6 +263,11 @@ async def work(tab, plan):
     await tab.go("/console/deployments/chat")
     seen["deployment"] = {"text": await tab.text(), "plots": await tab.evaluate("document.querySelectorAll('svg.plot').length")}
 
+    # A deployment with drift monitors and feedback.
+    await tab.go("/console/deployments/watched")
+    seen["watched"] = await tab.text()
+    await tab.shot("work-deployment-watched", 1280)
+
     # A pipeline's runs as timelines.
     await tab.go(f"/console/pipelines/{plan['pipeline']}")
     seen["pipeline"] = {"text": await tab.text(),
