@@ -175,7 +175,7 @@ impl Visit {
 
     /// The signed-in session and the caller it acts as, or the way to the sign-in page.
     async fn signed_in(&self) -> Result<(Session, Caller), Response> {
-        let Some(secret) = cookie(&self.headers, SESSION_COOKIE).filter(|secret| secret.len() <= 128) else {
+        let Some(secret) = cookie(&self.headers, SESSION_COOKIE) else {
             return Err(see_other(SIGN_IN));
         };
         let client = self.ids.as_ref().and_then(|ids| ids.client.clone());
@@ -234,6 +234,17 @@ impl Visit {
         .await
     }
 
+    /// The signed-in session of a form whose token is the session's, or the page that refuses
+    /// it.
+    async fn signed_form(&self, csrf: &str) -> Result<(Session, Caller), Response> {
+        let (session, caller) = self.signed_in().await?;
+        if csrf != session.csrf {
+            let error = ServiceError::new(ErrorKind::Forbidden, "the form's token does not match the session");
+            return Err(refused(Some((&self.state, &session, &caller)), &error));
+        }
+        Ok((session, caller))
+    }
+
     /// A form's action, for the signed-in key's tenant: the form's token must be the
     /// session's; `act` does it through the services and says where the browser goes next.
     async fn tenant_action(
@@ -241,15 +252,11 @@ impl Visit {
         csrf: &str,
         act: impl AsyncFnOnce(&AppState, &Caller, &TenantName) -> Result<String, ServiceError>,
     ) -> Response {
-        let (session, caller) = match self.signed_in().await {
+        let (session, caller) = match self.signed_form(csrf).await {
             Ok(found) => found,
             Err(response) => return response,
         };
         let state = &self.state;
-        if csrf != session.csrf {
-            let error = ServiceError::new(ErrorKind::Forbidden, "the form's token does not match the session");
-            return refused(Some((state, &session, &caller)), &error);
-        }
         let done = match tenant_of(&caller) {
             Ok(tenant) => act(state, &caller, &tenant).await,
             Err(error) => Err(error),
@@ -381,14 +388,10 @@ pub struct CsrfForm {
 
 pub async fn sign_out(visit: Visit, Form(form): Form<CsrfForm>) -> Response {
     let Visit { state, headers, .. } = &visit;
-    let (session, caller) = match visit.signed_in().await {
+    let (session, caller) = match visit.signed_form(&form.csrf).await {
         Ok(found) => found,
         Err(response) => return response,
     };
-    if form.csrf != session.csrf {
-        let error = ServiceError::new(ErrorKind::Forbidden, "the form's token does not match the session");
-        return refused(Some((state, &session, &caller)), &error);
-    }
     if let Err(error) = sessions::sign_out(state, &caller, &session).await {
         return refused(Some((state, &session, &caller)), &error);
     }

@@ -148,12 +148,13 @@ pub async fn proven_record(state: &AppState, caller: &Caller, index: u64) -> Res
         }
     }
     let checkpoint = state.store.issue_checkpoint(&state.checkpoints).await?;
-    let size = checkpoint
-        .lines()
-        .nth(1)
-        .and_then(|line| line.parse::<u64>().ok())
-        .ok_or_else(|| ServiceError::internal("the signed checkpoint has no size line"))?;
-    let inclusion = prove(state, index, size).await?;
+    let signed = state
+        .checkpoints
+        .signer
+        .verifier()
+        .verify(&checkpoint)
+        .map_err(|e| ServiceError::internal(format!("the signed checkpoint: {e}")))?;
+    let inclusion = prove(state, index, signed.size).await?;
     let public_key = state.checkpoints.signer.verifier_key();
     Ok(ProvenRecord { entry, canonical, checkpoint, inclusion, public_key })
 }

@@ -263,12 +263,7 @@ pub fn is_run(kind: &str) -> bool {
 
 /// The job that is run `id`, unauthorized (cancelling authorizes on its own).
 pub async fn run_job(state: &AppState, id: &str) -> Result<Job, ServiceError> {
-    state
-        .store
-        .job(id)
-        .await?
-        .filter(|job| RUN_KINDS.contains(&job.kind.as_str()))
-        .ok_or_else(ServiceError::no_such_resource)
+    state.store.job(id).await?.filter(|job| is_run(&job.kind)).ok_or_else(ServiceError::no_such_resource)
 }
 
 /// Resolves and verifies a fine-tune's base model, pinning the digests the run will read.

@@ -19,6 +19,8 @@ use crate::state::AppState;
 pub const IDLE_MILLIS: i64 = 30 * 60 * 1000;
 /// A session ends this long after it began, however busy.
 pub const LIFETIME_MILLIS: i64 = 12 * 3600 * 1000;
+/// The longest cookie value looked up as a session's secret (secrets are 64 hex digits).
+const MAX_SECRET_BYTES: usize = 128;
 /// How often a session's last use is written: its idle bound is this coarse, and a busy
 /// session costs one write a minute, not one a page.
 const SEEN_EVERY_MILLIS: i64 = 60 * 1000;
@@ -64,6 +66,10 @@ pub async fn resume(
     request_id: String,
     client_request_id: Option<String>,
 ) -> Result<Option<(Session, Caller)>, ServiceError> {
+    // A cookie longer than any secret this issues is no session; it is not even looked up.
+    if secret.len() > MAX_SECRET_BYTES {
+        return Ok(None);
+    }
     let Some(session) = state.store.session(secret).await? else { return Ok(None) };
     let now = now_millis();
     if session.revoked_at.is_some() || now >= session.expires_at || now - session.last_seen_at > IDLE_MILLIS {
