@@ -43,6 +43,8 @@ pub struct Config {
     pub drift: DriftSettings,
     pub pipelines: PipelineSettings,
     pub batch: BatchSettings,
+    pub events: EventSettings,
+    pub compute: ComputeSettings,
     /// Which secret-bearing environment variables (`UPSTREAM_KEY_*`, `WEBHOOK_SECRET_*`) each
     /// tenant's deployments and pipelines may name, by tenant: `[secrets] acme =
     /// ["UPSTREAM_KEY_PARTNER"]`. None by default, so no tenant can send another's key.
@@ -118,6 +120,53 @@ pub struct ServingSettings {
     /// What each engine may keep of prompts' keys and values for prompts that share a prefix
     /// with them (`prefix_cache_mb`, default 256; 0 turns prefix caching off).
     pub prefix_cache_bytes: usize,
+    /// Where rate limits and budgets are kept when several gateways share them
+    /// (`shared_state = "redis://host:6379"`); `None` keeps them in each process, so N gateways
+    /// admit N times a limit.
+    pub shared_state: Option<String>,
+    /// What a gateway does when the shared state cannot be reached
+    /// (`shared_state_failure = "closed"`, the default, or `"open"`).
+    pub shared_state_fail_open: bool,
+}
+
+/// Where jobs run: in the worker processes' own pools, or some kinds as Slurm jobs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ComputeSettings {
+    /// `executor = "slurm"` with its `[compute.slurm]` settings; `None`: every job runs in a
+    /// worker process's pool (`"local"`, the default).
+    pub slurm: Option<SlurmSettings>,
+}
+
+/// How jobs become Slurm jobs (`sbatch`, `squeue`, `scancel` on the worker's host).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlurmSettings {
+    pub partition: String,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// The longest a Slurm job may run; a tenant with less compute quota left gets less.
+    pub time_limit_minutes: u64,
+    /// Per job, unless the run asks for less (`compute` in its request).
+    pub cpus: u64,
+    pub memory_mb: u64,
+    pub gpus: u64,
+    /// The `factory` binary as the compute nodes see it; by default this process's own.
+    pub binary: Option<PathBuf>,
+    /// The job kinds sent to Slurm (training, fine-tuning and batches by default).
+    pub kinds: Vec<String>,
+    /// Where each Slurm job's output goes (`<dir>/<job>-<slurm job>.log`); a directory every
+    /// node can write, by default `<data_dir>/slurm`.
+    pub log_dir: Option<PathBuf>,
+}
+
+/// Where outbox events are published beside the in-process subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventSettings {
+    /// A NATS server with JetStream (`nats_url = "nats://host:4222"`); `None` publishes nowhere.
+    pub nats_url: Option<String>,
+    /// The JetStream stream events are kept in (created when missing).
+    pub stream: String,
+    /// Events are published to `<subject_prefix>.<tenant>.<topic>`.
+    pub subject_prefix: String,
 }
 
 /// Whose signatures the model registry accepts on imported bundles, beside this

@@ -11,9 +11,9 @@ use factory_core::{Jurisdiction, SiteKind};
 use toml::{Table, Value};
 
 use crate::{
-    AuditSettings, AuthzSettings, BatchSettings, Config, DatasetSettings, DriftSettings, JobSettings, LineageSettings,
-    ObjectSettings, OrphanSettings, PipelineSettings, RegistrySettings, S3ObjectSettings, ServerSettings,
-    ServingSettings, Site,
+    AuditSettings, AuthzSettings, BatchSettings, ComputeSettings, Config, DatasetSettings, DriftSettings,
+    EventSettings, JobSettings, LineageSettings, ObjectSettings, OrphanSettings, PipelineSettings, RegistrySettings,
+    S3ObjectSettings, ServerSettings, ServingSettings, Site, SlurmSettings,
 };
 
 /// One problem, tied to the dotted key (or file and line) it concerns.
@@ -256,6 +256,8 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
         section.finish(errors);
         settings
     };
+    let compute = read_compute(root.table("compute", errors).unwrap_or(Section::new("compute", &empty)), errors);
+    let events = read_events(root.table("events", errors).unwrap_or(Section::new("events", &empty)), errors);
     let secrets = read_secrets(root.table("secrets", errors).unwrap_or(Section::new("secrets", &empty)), errors);
     root.finish(errors);
 
@@ -275,6 +277,8 @@ pub(crate) fn resolve(table: &Table, errors: &mut Vec<ConfigError>) -> Option<Co
         lineage,
         registry,
         batch,
+        compute,
+        events,
         serving,
         feedback,
         drift,
@@ -537,6 +541,12 @@ fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serv
             }
         }
     }
+    let shared_state = section.string("shared_state", errors);
+    if let Some(url) = &shared_state {
+        if !url.starts_with("redis://") {
+            errors.push(ConfigError::new("serving.shared_state", "expected a redis:// URL"));
+        }
+    }
     let settings = ServingSettings {
         max_batch: section.positive_integer("max_batch", 32, errors) as usize,
         max_waiting: section.positive_integer("max_waiting", 64, errors) as usize,
@@ -549,6 +559,18 @@ fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serv
         max_choices: section.positive_integer("max_choices", 8, errors).min(128) as usize,
         prefix_cache_bytes: (section.non_negative_integer("prefix_cache_mb", 256, errors) as usize)
             .saturating_mul(1 << 20),
+        shared_state,
+        shared_state_fail_open: match section.string("shared_state_failure", errors).as_deref() {
+            None | Some("closed") => false,
+            Some("open") => true,
+            Some(other) => {
+                errors.push(ConfigError::new(
+                    "serving.shared_state_failure",
+                    format!("expected \"closed\" or \"open\", found {other:?}"),
+                ));
+                false
+            }
+        },
         kv_cache_half: match section.string("kv_cache", errors).as_deref() {
             None | Some("f32") => false,
             Some("f16") => true,
@@ -593,6 +615,83 @@ fn read_feedback(
     }
     section.finish(errors);
     metrics
+}
+
+/// The job kinds Slurm runs unless `[compute.slurm] kinds` says otherwise.
+const SLURM_KINDS: [&str; 3] = ["training.pretrain", "training.finetune", "batch.run"];
+
+fn read_compute(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> ComputeSettings {
+    let executor = section.string("executor", errors);
+    let empty = Table::new();
+    let mut slurm_section = section.table("slurm", errors).unwrap_or(Section::new("compute.slurm", &empty));
+    let slurm = SlurmSettings {
+        partition: slurm_section.string("partition", errors).unwrap_or_else(|| "factory".to_string()),
+        account: slurm_section.string("account", errors),
+        qos: slurm_section.string("qos", errors),
+        time_limit_minutes: slurm_section.positive_integer("time_limit_minutes", 60, errors),
+        cpus: slurm_section.positive_integer("cpus", 2, errors),
+        memory_mb: slurm_section.positive_integer("memory_mb", 4096, errors),
+        gpus: slurm_section.non_negative_integer("gpus", 0, errors),
+        binary: slurm_section.string("binary", errors).map(PathBuf::from),
+        kinds: {
+            let kinds = string_list(&mut slurm_section, "kinds", "a job kind", errors);
+            if kinds.is_empty() {
+                SLURM_KINDS.iter().map(|kind| kind.to_string()).collect()
+            } else {
+                kinds
+            }
+        },
+        log_dir: slurm_section.string("log_dir", errors).map(PathBuf::from),
+    };
+    // Slurm options are passed to sbatch as arguments: plain names only.
+    let plain = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    for (key, value) in
+        [("partition", Some(&slurm.partition)), ("account", slurm.account.as_ref()), ("qos", slurm.qos.as_ref())]
+    {
+        if value.is_some_and(|value| !plain(value)) {
+            errors.push(ConfigError::new(format!("compute.slurm.{key}"), "expected letters, digits, '_', '-' or '.'"));
+        }
+    }
+    slurm_section.finish(errors);
+    let settings = match executor.as_deref() {
+        None | Some("local") => ComputeSettings { slurm: None },
+        Some("slurm") => ComputeSettings { slurm: Some(slurm) },
+        Some(other) => {
+            errors.push(ConfigError::new(
+                "compute.executor",
+                format!("expected \"local\" or \"slurm\", found {other:?}"),
+            ));
+            ComputeSettings::default()
+        }
+    };
+    section.finish(errors);
+    settings
+}
+
+fn read_events(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> EventSettings {
+    let nats_url = section.string("nats_url", errors);
+    if let Some(url) = &nats_url {
+        if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+            errors.push(ConfigError::new("events.nats_url", "expected a nats:// or tls:// URL"));
+        }
+    }
+    // Stream names and subject tokens: no dots, spaces or wildcards.
+    let token =
+        |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let stream = section.string("stream", errors).unwrap_or_else(|| "FACTORY_EVENTS".to_string());
+    if !token(&stream) {
+        errors.push(ConfigError::new("events.stream", "expected letters, digits, '_' or '-'"));
+    }
+    let subject_prefix = section.string("subject_prefix", errors).unwrap_or_else(|| "factory".to_string());
+    if !subject_prefix.split('.').all(token) {
+        errors.push(ConfigError::new(
+            "events.subject_prefix",
+            "expected dot-separated tokens of letters, digits, '_' or '-'",
+        ));
+    }
+    let settings = EventSettings { nats_url, stream, subject_prefix };
+    section.finish(errors);
+    settings
 }
 
 fn read_lineage(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> LineageSettings {

@@ -103,6 +103,42 @@ fn roles_come_from_the_file_the_environment_and_the_flag() {
 }
 
 #[test]
+fn shared_limits_and_the_event_stream_are_configured_and_checked() {
+    let defaults = load_text("", &[]).unwrap();
+    assert_eq!((defaults.serving.shared_state, defaults.serving.shared_state_fail_open), (None, false));
+    assert_eq!(defaults.events.nats_url, None);
+    let env = [
+        ("FACTORY_SERVING__SHARED_STATE", "redis://10.0.0.5:6379"),
+        ("FACTORY_SERVING__SHARED_STATE_FAILURE", "open"),
+        ("FACTORY_EVENTS__NATS_URL", "nats://10.0.0.6:4222"),
+        ("FACTORY_EVENTS__SUBJECT_PREFIX", "agency.factory"),
+    ];
+    let config = load_text("", &env).unwrap();
+    assert_eq!(config.serving.shared_state.as_deref(), Some("redis://10.0.0.5:6379"));
+    assert!(config.serving.shared_state_fail_open);
+    assert_eq!(config.events.nats_url.as_deref(), Some("nats://10.0.0.6:4222"));
+    assert_eq!(
+        (config.events.stream.as_str(), config.events.subject_prefix.as_str()),
+        ("FACTORY_EVENTS", "agency.factory")
+    );
+    let errors = load_text(
+        "[serving]\nshared_state = \"http://x\"\nshared_state_failure = \"maybe\"\n         [events]\nnats_url = \"http://y\"\nstream = \"a.b\"\nsubject_prefix = \"f.>\"\n",
+        &[],
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+    for key in [
+        "serving.shared_state",
+        "serving.shared_state_failure",
+        "events.nats_url",
+        "events.stream",
+        "events.subject_prefix",
+    ] {
+        assert!(keys.contains(&key), "{key} not in {errors}");
+    }
+}
+
+#[test]
 fn toml_syntax_errors_name_the_line() {
     let errors = load_text("listen = \"a\"\n[server\n", &[]).unwrap_err();
     assert!(errors.0[0].key.ends_with("factory.toml:2"), "{errors}");
@@ -197,4 +233,11 @@ fn jobs_bound_their_lease_and_the_models_runs_may_train() {
     let errors = load_text("[jobs]\nlease_secs = 9223372036854775807\n", &[]).unwrap_err();
     let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["jobs.lease_secs"], "{errors}");
+}
+
+#[test]
+fn the_cluster_deployment_in_deploy_is_a_valid_configuration() {
+    let config = load_text(include_str!("../../../deploy/factory.toml"), &[]).unwrap();
+    assert!(matches!(config.objects, ObjectSettings::S3(_)));
+    assert!(config.serving.shared_state.is_some() && config.events.nats_url.is_some());
 }

@@ -191,6 +191,8 @@ fn request_for(command: Command) -> anyhow::Result<Request> {
             (remote, Method::POST, format!("/api/v1/objects/sweep{query}"), None)
         }
         Command::Up(_)
+        | Command::Doctor(_)
+        | Command::Worker(_)
         | Command::Config(_)
         | Command::Audit(AuditCommand::Verify(_))
         | Command::Run(RunCommand::Create(_) | RunCommand::Logs { .. })

@@ -23,6 +23,12 @@ pub struct Cli {
 pub enum Command {
     /// Start the factory: API server, workers and background tasks, in one process
     Up(UpArgs),
+    /// Check that what the configuration connects to answers (database, object store, shared
+    /// limits, event stream) and say what is wrong
+    Doctor(UpArgs),
+    /// Run one job to its end in a Slurm job step: what the Slurm executor's jobs run on a
+    /// compute node (not for use by hand)
+    Worker(WorkerArgs),
     /// Work with configuration files
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -622,6 +628,15 @@ pub struct UpArgs {
     /// [default: all]
     #[arg(long)]
     pub role: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The factory job this step runs
+    #[arg(long)]
+    pub job: String,
+    #[command(flatten)]
+    pub up: UpArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -50,6 +50,8 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up(args) => crate::up::run(args).await,
+        Command::Doctor(args) => crate::up::doctor(args).await,
+        Command::Worker(args) => crate::up::worker(args).await,
         Command::Config(ConfigCommand::Check { file }) => crate::config_file::check(&file),
         Command::Config(ConfigCommand::Example) => {
             crate::config_file::example();

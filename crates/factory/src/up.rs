@@ -4,9 +4,10 @@
 use factory_config::{Config, FlagOverrides};
 use factory_telemetry::{TelemetrySettings, DEFAULT_FILTER};
 
-use crate::args::UpArgs;
+use crate::args::{UpArgs, WorkerArgs};
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+/// The configuration `up` (and `doctor`) run with: the file, the environment, the flags.
+fn configuration(args: UpArgs) -> anyhow::Result<Config> {
     let flags = FlagOverrides {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -14,7 +15,48 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         jurisdiction: args.jurisdiction,
         roles: args.role,
     };
-    let config = Config::load(args.config.as_deref(), std::env::vars(), &flags)?;
+    Ok(Config::load(args.config.as_deref(), std::env::vars(), &flags)?)
+}
+
+/// `factory doctor`: probes what the configuration connects to and prints a line per
+/// dependency; fails when any of them is wrong.
+pub async fn doctor(args: UpArgs) -> anyhow::Result<()> {
+    let config = configuration(args)?;
+    let checks = factory_server::doctor::check(&config).await;
+    for check in &checks {
+        let verdict = match check.ok {
+            Some(true) => "ok",
+            Some(false) => "FAIL",
+            None => "-",
+        };
+        println!("{verdict:<5}{:<14}{}", check.name, check.detail);
+    }
+    let failed: Vec<&str> = checks.iter().filter(|check| check.ok == Some(false)).map(|check| check.name).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} failed: {}", if failed.len() == 1 { "a check" } else { "checks" }, failed.join(", "))
+    }
+}
+
+/// `factory worker --job ID`: one job in a Slurm step, through the same factory as the
+/// processes that serve it.
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = configuration(args.up)?;
+    let telemetry = factory_telemetry::init(&TelemetrySettings {
+        json_logs: config.server.json_logs,
+        otlp_endpoint: config.server.otlp_endpoint.clone(),
+        service_name: "factory-worker".to_string(),
+        filter: DEFAULT_FILTER.to_string(),
+    })?;
+    let opened = factory_server::open_beside(config).await?;
+    let outcome = factory_server::run_slurm_step(opened.state, &args.job).await;
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    outcome
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let config = configuration(args)?;
     // Held until `serve` returns: dropping it stops exporting spans.
     let telemetry = factory_telemetry::init(&TelemetrySettings {
         json_logs: config.server.json_logs,

@@ -319,6 +319,6 @@ mod tests {
         assert_eq!((logged.status.as_str(), logged.prompt_tokens, logged.completion_tokens), ("cancelled", 40, 30));
         assert!((logged.cost - (40.0 * 1.0 + 30.0 * 2.0) / 1000.0).abs() < 1e-12, "{}", logged.cost);
         // 70 tokens against 60 a minute: the next request waits.
-        assert!(limits.admit(&spec, "acme/chat", &subject).is_err());
+        assert!(limits.admit(&spec, "acme/chat", &subject).await.is_err());
     }
 }

@@ -11,6 +11,7 @@ pub mod caller;
 pub mod chat_template;
 pub mod drift;
 pub mod egress;
+pub mod event_stream;
 pub mod guardrails;
 pub mod inference_log;
 pub mod limits;
@@ -22,6 +23,7 @@ pub mod registry;
 pub mod resident;
 pub mod service_error;
 pub mod serving;
+pub mod slurm;
 pub mod workers;
 
 // Everything a use case can reach, opened once at start.
@@ -45,7 +47,8 @@ pub mod error;
 pub mod extract;
 pub mod routes;
 
-// Opening the factory and serving it.
+// Opening the factory and serving it, and checking what it depends on.
+pub mod doctor;
 pub mod startup;
 
 #[cfg(test)]
@@ -58,7 +61,7 @@ use factory_store::outbox::{DeliveredEvent, Dispatcher, Subscriber};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use startup::{open, Opened};
+pub use startup::{open, open_beside, Opened};
 pub use state::AppState;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -98,17 +101,28 @@ pub async fn serve(
         for sink in lineage::LineageSink::from_config(&state.config.lineage) {
             subscribers.push(Arc::new(sink));
         }
+        if let Some(link) = event_stream::NatsLink::from_config(&state.config.events) {
+            subscribers.push(Arc::new(event_stream::JetStreamPublisher {
+                link: link.clone(),
+                metrics: state.metrics.clone(),
+            }));
+            tasks.push(tokio::spawn(pipelines::listen_for_triggers(state.clone(), link, background_stopped.clone())));
+        }
         let dispatcher = Dispatcher::new(state.store.clone(), subscribers);
         tasks.push(tokio::spawn(dispatcher.run(background_stopped.clone())));
-        let workers = workers::WorkerPool::with_builtin_handlers(
-            state.store.clone(),
-            state.pdp.clone(),
-            state.config.jobs.workers,
-            state.config.jobs.lease,
-        );
-        let workers = training::with_training_handlers(workers, &state);
-        let workers = pipelines::with_pipeline_handlers(workers, &state);
-        let workers = batches::with_batch_handler(workers, &state);
+        let mut workers = job_pool(&state, state.config.jobs.workers);
+        if let Some(settings) = &state.config.compute.slurm {
+            let executor = slurm::SlurmExecutor::new(
+                state.store.clone(),
+                state.pdp.clone(),
+                settings.clone(),
+                state.config.jobs.lease,
+                &state.config.data_dir,
+                node_environment(&state.config),
+            );
+            workers.elsewhere = executor.kinds();
+            tasks.push(tokio::spawn(executor.run(background_stopped.clone())));
+        }
         tasks.push(tokio::spawn(workers.run(background_stopped.clone())));
         tasks.push(tokio::spawn(service::orphans::sweep_periodically(state.clone(), background_stopped.clone())));
         tasks.push(tokio::spawn(pipelines::schedule(state.clone(), background_stopped.clone())));
@@ -149,6 +163,62 @@ pub async fn serve(
     Ok(())
 }
 
+/// A worker pool of `workers` with a handler for every kind of job.
+fn job_pool(state: &AppState, workers: usize) -> workers::WorkerPool {
+    let pool = workers::WorkerPool::with_builtin_handlers(
+        state.store.clone(),
+        state.pdp.clone(),
+        workers,
+        state.config.jobs.lease,
+    );
+    let pool = training::with_training_handlers(pool, state);
+    let pool = pipelines::with_pipeline_handlers(pool, state);
+    batches::with_batch_handler(pool, state)
+}
+
+/// What a Slurm step needs beyond this process's environment to open the same factory: the
+/// settings this process may have taken from flags rather than from the file or environment.
+fn node_environment(config: &factory_config::Config) -> slurm::NodeEnvironment {
+    let data_dir = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    let mut variables = vec![
+        ("FACTORY_DATA_DIR".to_string(), data_dir.display().to_string()),
+        ("FACTORY_JURISDICTION".to_string(), config.jurisdiction.as_str().to_string()),
+    ];
+    if let Some(url) = &config.database_url {
+        variables.push(("FACTORY_DATABASE_URL".to_string(), url.clone()));
+    }
+    slurm::NodeEnvironment { variables }
+}
+
+/// `factory worker --job ID` in a Slurm step: takes the job's lease over from the Slurm
+/// submission that started this step, runs it to its end like any worker, and returns. Events
+/// the job commits are delivered by the worker processes' dispatchers.
+pub async fn run_slurm_step(state: AppState, job_id: &str) -> anyhow::Result<()> {
+    let Some((slurm_id, node)) = slurm::this_slurm_step() else {
+        anyhow::bail!("not in a Slurm job step (SLURM_JOB_ID and SLURMD_NODENAME are unset)");
+    };
+    let (submitted, here) =
+        (format!("{}{slurm_id}", slurm::OWNER_PREFIX), format!("{}{slurm_id}@{node}", slurm::OWNER_PREFIX));
+    let lease = state.config.jobs.lease;
+    let Some(job) = state.store.hand_over_job(job_id, &submitted, &here, lease).await? else {
+        // Cancelled or claimed again while this step waited: nothing to do here.
+        tracing::warn!(job = job_id, slurm_job = slurm_id, "the job is no longer this Slurm job's to run");
+        return Ok(());
+    };
+    let mut placement = job.placement.clone().unwrap_or_else(|| serde_json::json!({ "executor": "slurm" }));
+    placement["node"] = serde_json::json!(node);
+    placement["state"] = serde_json::json!("RUNNING");
+    state.store.set_job_placement(job_id, &placement).await?;
+    let (stop, stopped) = watch::channel(false);
+    let log_writer = tokio::spawn(state.inference_log.clone().write(state.store.clone(), stopped));
+    tracing::info!(job = job_id, slurm_job = slurm_id, %node, "running the job in this Slurm step");
+    job_pool(&state, 1).run_job(&here, job).await;
+    let _ = stop.send(true);
+    let _ = log_writer.await;
+    state.store.close().await;
+    Ok(())
+}
+
 async fn sign_checkpoints(state: AppState, mut stop: watch::Receiver<bool>) {
     loop {
         if let Err(error) = state.store.issue_checkpoint(&state.checkpoints).await {
@@ -172,6 +242,7 @@ mod tests {
             "chat_template",
             "drift",
             "egress",
+            "event_stream",
             "guardrails",
             "inference_log",
             "limits",
@@ -183,13 +254,14 @@ mod tests {
             "resident",
             "service_error",
             "serving",
+            "slurm",
             "workers",
         ],
         &["state"],
         &["service"],
         &["batches", "canary", "drift_watch", "pipelines", "rollout", "training"],
         &["api", "error", "extract", "routes"],
-        &["startup", "crate"],
+        &["doctor", "startup", "crate"],
     ];
 
     #[test]

@@ -103,6 +103,53 @@ pub struct Metrics {
     pub adapter_loads: Counter,
     pub adapter_evictions: Counter,
     pub inference: InferenceMetrics,
+    pub cluster: ClusterMetrics,
+}
+
+/// What sharing work with other processes costs and fails.
+#[derive(Default)]
+pub struct ClusterMetrics {
+    /// Limit decisions and charges the shared state (Redis) could not answer.
+    pub shared_state_failures: Counter,
+    /// Outbox events JetStream acknowledged; of those, ones it already held (republished after
+    /// a crash between its acknowledgement and the cursor's write); publishing attempts failed.
+    pub events_published: Counter,
+    pub events_duplicate: Counter,
+    pub event_publish_failures: Counter,
+    /// Pipeline trigger messages taken from the stream.
+    pub trigger_messages: Counter,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = ClusterMetrics::default();
+        registry.register(
+            "shared_state_failures",
+            "Rate limit decisions and charges the shared state could not answer",
+            metrics.shared_state_failures.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Outbox events acknowledged by JetStream",
+            metrics.events_published.clone(),
+        );
+        registry.register(
+            "events_duplicate",
+            "Republished events JetStream already held",
+            metrics.events_duplicate.clone(),
+        );
+        registry.register(
+            "event_publish_failures",
+            "Attempts to publish events to JetStream that failed",
+            metrics.event_publish_failures.clone(),
+        );
+        registry.register(
+            "trigger_messages",
+            "Pipeline trigger messages taken from JetStream",
+            metrics.trigger_messages.clone(),
+        );
+        metrics
+    }
 }
 
 /// What the gateway measures per inference request.
@@ -212,6 +259,7 @@ impl Metrics {
         registry.register("adapter_loads", "Adapters loaded onto their base's engine", adapter_loads.clone());
         registry.register("adapter_evictions", "Adapters evicted to fit the cache's budget", adapter_evictions.clone());
         let inference = InferenceMetrics::register(&mut registry);
+        let cluster = ClusterMetrics::register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -225,6 +273,7 @@ impl Metrics {
             adapter_loads,
             adapter_evictions,
             inference,
+            cluster,
         }
     }
 

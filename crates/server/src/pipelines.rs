@@ -15,8 +15,11 @@ use factory_store::pipelines::{Pipeline, PipelineRun};
 use factory_store::Event;
 use tokio::sync::watch;
 
+use factory_cluster::jetstream::TriggerMessage;
+
 use crate::caller::Caller;
 use crate::canary::CanaryError;
+use crate::event_stream::NatsLink;
 use crate::rollout::promote;
 use crate::service::pipelines::{
     enqueue_step, kind_name, parse_cron, start, PipelineSpec, StepKind, StepSpec, When, EVENTS, STEP_KIND,
@@ -107,6 +110,61 @@ pub async fn schedule(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         checked = now;
     }
+}
+
+/// Starts the pipelines whose `subject` triggers match messages on the event stream, until
+/// `stop`. A message is acknowledged once every matching pipeline has started (or none
+/// matched); one that failed comes again, and starting twice is idempotent by its sequence.
+pub async fn listen_for_triggers(state: AppState, link: Arc<NatsLink>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let messages = match link.stream().await {
+            Ok(stream) => stream.next_triggers(32, Duration::from_secs(1)).await.map_err(|error| error.to_string()),
+            Err(error) => Err(error),
+        };
+        let messages = match messages {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read pipeline triggers from NATS; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
+        };
+        for message in messages {
+            state.metrics.cluster.trigger_messages.inc();
+            match start_on_message(&state, &message).await {
+                Ok(()) => {
+                    if let Err(error) = message.acknowledge().await {
+                        tracing::warn!(%error, sequence = message.sequence, "cannot acknowledge a trigger message");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, sequence = message.sequence, "a trigger message failed"),
+            }
+        }
+    }
+}
+
+async fn start_on_message(state: &AppState, message: &TriggerMessage) -> Result<(), String> {
+    let Ok(tenant) = TenantName::new(&message.tenant) else { return Ok(()) };
+    for pipeline in state.store.pipelines(Some(&tenant)).await.map_err(|e| e.to_string())? {
+        let Ok(spec) = serde_json::from_value::<PipelineSpec>(pipeline.spec.clone()) else { continue };
+        if !spec.triggers.iter().any(|t| t.subject.as_deref() == Some(message.name.as_str())) {
+            continue;
+        }
+        let trigger = serde_json::json!({
+            "kind": "message", "subject": message.name, "sequence": message.sequence, "payload": message.payload,
+        });
+        let key = format!("message:{}", message.sequence);
+        start(state, &pipeline, &Principal::system(), Action::PipelineRun, &key, &key, trigger)
+            .await
+            .map_err(|error| error.message)?;
+    }
+    Ok(())
 }
 
 /// Runs one step of a pipeline run, records its result and enqueues the next step.

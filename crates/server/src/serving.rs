@@ -354,6 +354,7 @@ impl Engines {
         options: EngineOptions,
         spool_dir: std::path::PathBuf,
         metrics: Arc<crate::metrics::Metrics>,
+        limits: Arc<crate::limits::Limits>,
     ) -> Self {
         Engines {
             objects,
@@ -369,7 +370,7 @@ impl Engines {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_else(|_| reqwest::Client::new()),
-            limits: Arc::default(),
+            limits,
             topic_vectors: std::sync::Mutex::default(),
             adapter_bases: std::sync::Mutex::default(),
             adapters: std::sync::Mutex::default(),

@@ -33,33 +33,29 @@ pub struct Opened {
 }
 
 pub async fn open(config: Config) -> anyhow::Result<Opened> {
+    open_with(config, true).await
+}
+
+/// Opens the factory for one job beside the processes already serving it from the same data
+/// directory (`factory worker --job` on a Slurm node): their spooled files stay.
+pub async fn open_beside(config: Config) -> anyhow::Result<Opened> {
+    open_with(config, false).await
+}
+
+async fn open_with(config: Config, clear_spool: bool) -> anyhow::Result<Opened> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     // Spooled uploads, imports and downloads are this process's alone: what a crash left there
     // is garbage.
     let spool = config.data_dir.join("tmp");
-    if spool.exists() {
+    if clear_spool && spool.exists() {
         std::fs::remove_dir_all(&spool).with_context(|| format!("cannot clear {}", spool.display()))?;
     }
     let metrics = Arc::new(Metrics::new());
     let authorizer = CedarAuthorizer::from_files(&config.authz.policy_files)?;
     let pdp = Arc::new(MeteredDecisionPoint { inner: authorizer, metrics: metrics.clone() });
     let store = Store::open(&config.effective_database_url()).await?;
-    let objects = match &config.objects {
-        ObjectSettings::Local { path } => {
-            let path = path.clone().unwrap_or_else(|| config.data_dir.join("objects"));
-            ContentStore::local(&path)?
-        }
-        ObjectSettings::S3(s3) => ContentStore::s3(&S3Settings {
-            bucket: s3.bucket.clone(),
-            endpoint: s3.endpoint.clone(),
-            region: s3.region.clone(),
-            access_key_id: s3.access_key_id.clone(),
-            secret_access_key: s3.secret_access_key.clone(),
-            allow_http: s3.allow_http,
-            prefix: s3.prefix.clone(),
-        })?,
-    };
+    let objects = object_store(&config)?;
     let signer = load_or_create_signer(&config.data_dir, &config.audit.origin, SIGNING_KEY_FILE, VERIFIER_KEY_FILE)?;
     let model_keys = Arc::new(model_keys(&config)?);
     // Every checkpoint is also published as a file outside the database, for witnesses to
@@ -93,12 +89,22 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         adapter_cache_bytes: config.serving.adapter_cache_bytes,
         prefix_cache_bytes: config.serving.prefix_cache_bytes,
     };
+    let limits = match &config.serving.shared_state {
+        None => crate::limits::Limits::default(),
+        Some(url) => crate::limits::Limits::shared(
+            url,
+            config.serving.shared_state_fail_open,
+            metrics.cluster.shared_state_failures.clone(),
+        )
+        .map_err(|error| anyhow::anyhow!("serving.shared_state: {error}"))?,
+    };
     let engines = Arc::new(Engines::new(
         objects.clone(),
         model_keys.clone(),
         engine_options,
         config.data_dir.join("tmp"),
         metrics.clone(),
+        Arc::new(limits),
     ));
     let lookups = Arc::new(Lookups::new(store.clone()));
     let state = AppState {
@@ -119,6 +125,25 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         drift: Arc::default(),
     };
     Ok(Opened { state, new_admin_key })
+}
+
+/// The object store the configuration names: a local directory (by default inside the data
+/// directory) or an S3 bucket.
+pub fn object_store(config: &Config) -> Result<ContentStore, factory_objects::ObjectError> {
+    match &config.objects {
+        ObjectSettings::Local { path } => {
+            ContentStore::local(&path.clone().unwrap_or_else(|| config.data_dir.join("objects")))
+        }
+        ObjectSettings::S3(s3) => ContentStore::s3(&S3Settings {
+            bucket: s3.bucket.clone(),
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            access_key_id: s3.access_key_id.clone(),
+            secret_access_key: s3.secret_access_key.clone(),
+            allow_http: s3.allow_http,
+            prefix: s3.prefix.clone(),
+        }),
+    }
 }
 
 /// Writes `contents` to `path` readable by the owner only, never leaving a partial file.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use factory_store::jobs::{Job, Outcome};
+use factory_store::jobs::{Job, JobKinds, Outcome};
 use factory_store::Store;
 use tokio::sync::watch;
 
@@ -73,6 +73,8 @@ pub struct WorkerPool {
     pub lease: Duration,
     pub retry_base: Duration,
     pub name: String,
+    /// Job kinds another executor runs (Slurm's): this pool never claims them.
+    pub elsewhere: Vec<String>,
     /// Workers running a job now; when all are, waiting higher-priority work may preempt.
     busy: AtomicUsize,
 }
@@ -91,6 +93,7 @@ impl WorkerPool {
             lease,
             retry_base: Duration::from_secs(2),
             name,
+            elsewhere: Vec::new(),
             busy: AtomicUsize::new(0),
         }
     }
@@ -151,8 +154,9 @@ impl WorkerPool {
     async fn worker_loop(&self, index: usize, mut shutdown: watch::Receiver<bool>) {
         let worker = format!("{}/{index}", self.name);
         let mut idle = Duration::from_millis(50);
+        let elsewhere: Vec<&str> = self.elsewhere.iter().map(String::as_str).collect();
         while !*shutdown.borrow() {
-            match self.store.claim_job(self.pdp.as_ref(), &worker, self.lease).await {
+            match self.store.claim_job_of(self.pdp.as_ref(), &worker, self.lease, JobKinds::Except(&elsewhere)).await {
                 Ok(Some(job)) => {
                     idle = Duration::from_millis(50);
                     self.busy.fetch_add(1, Ordering::SeqCst);
@@ -174,7 +178,9 @@ impl WorkerPool {
         }
     }
 
-    async fn run_job(&self, worker: &str, job: Job) {
+    /// Runs a job `worker` holds the lease of to its end: heartbeats, cancellation, preemption
+    /// and the recorded outcome, as every worker does (the pool's own, or a Slurm step's).
+    pub async fn run_job(&self, worker: &str, job: Job) {
         let Some(handler) = self.handlers.get(job.kind.as_str()).cloned() else {
             let error = format!("no handler for job kind {:?} in this factory", job.kind);
             self.finish(worker, &job, Outcome::Failed { error, retry_base: self.retry_base }).await;

@@ -73,6 +73,34 @@ pub struct Job {
     pub preempt_requested: bool,
     /// Worker time all attempts have used, for compute-seconds quotas.
     pub compute_ms: i64,
+    /// Where an executor outside the process ran its attempts (Slurm's job ids and nodes).
+    pub placement: Option<serde_json::Value>,
+}
+
+/// Which kinds of job a claim may take: a pool that hands some kinds to another executor
+/// claims the others, and that executor claims only its own.
+#[derive(Debug, Clone, Copy)]
+pub enum JobKinds<'a> {
+    Any,
+    Only(&'a [&'a str]),
+    Except(&'a [&'a str]),
+}
+
+impl JobKinds<'_> {
+    /// The claim's condition on `j.kind`. Kinds are the handlers' own names, written in the
+    /// code; quoting them keeps a stray quote from changing the statement all the same.
+    fn condition(self) -> String {
+        let list = |kinds: &[&str]| {
+            kinds.iter().map(|kind| format!("'{}'", kind.replace('\'', "''"))).collect::<Vec<_>>().join(", ")
+        };
+        match self {
+            JobKinds::Any => String::new(),
+            JobKinds::Only([]) => "AND 1 = 0".to_string(),
+            JobKinds::Only(kinds) => format!("AND j.kind IN ({})", list(kinds)),
+            JobKinds::Except([]) => String::new(),
+            JobKinds::Except(kinds) => format!("AND j.kind NOT IN ({})", list(kinds)),
+        }
+    }
 }
 
 /// What a caller asks to run.
@@ -102,6 +130,13 @@ pub struct TenantQuota {
     pub compute_seconds: Option<i64>,
     pub running_jobs: i64,
     pub used_compute_seconds: f64,
+}
+
+impl TenantQuota {
+    /// Worker-seconds the tenant may still use, when it has a compute quota.
+    pub fn compute_seconds_left(&self) -> Option<u64> {
+        self.compute_seconds.map(|limit| (limit as f64 - self.used_compute_seconds).max(0.0) as u64)
+    }
 }
 
 /// The condition a ready job's tenant must meet to be claimed: under its concurrency limit
@@ -143,7 +178,7 @@ pub enum Outcome {
 const JOB_COLUMNS: &str =
     "id, tenant, kind, payload, priority, state, attempts, max_attempts, run_after, lease_owner, \
      lease_expires_at, cancel_requested, last_error, result, created_by, created_at, updated_at, \
-     preempt_requested, compute_ms";
+     preempt_requested, compute_ms, placement";
 
 fn invalid_stored(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::new(StoreErrorKind::Corrupt, format!("stored job {what} is invalid: {error}"))
@@ -174,6 +209,10 @@ fn job_from_row(row: &AnyRow) -> Result<Job, StoreError> {
         updated_at: row.try_get("updated_at")?,
         preempt_requested: row.try_get::<i64, _>("preempt_requested")? != 0,
         compute_ms: row.try_get("compute_ms")?,
+        placement: opt_string(row, "placement")?
+            .map(|placement| serde_json::from_str(&placement))
+            .transpose()
+            .map_err(|e| invalid_stored("placement", e))?,
     })
 }
 
@@ -267,7 +306,7 @@ impl Change {
         let now = now_millis();
         let created_by = self.request().principal.id.clone();
         let row = sqlx::query(&format!(
-            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, NULL, NULL, 0, NULL, NULL, $8, $9, $9, 0, 0) RETURNING {JOB_COLUMNS}"
+            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, NULL, NULL, 0, NULL, NULL, $8, $9, $9, 0, 0, NULL) RETURNING {JOB_COLUMNS}"
         ))
         .bind(id)
         .bind(tenant.as_str())
@@ -332,6 +371,17 @@ impl Store {
         worker: &str,
         lease: Duration,
     ) -> Result<Option<Job>, StoreError> {
+        self.claim_job_of(pdp, worker, lease, JobKinds::Any).await
+    }
+
+    /// Claims the most urgent ready job of `kinds` for `worker`, holding it for `lease`.
+    pub async fn claim_job_of(
+        &self,
+        pdp: &dyn PolicyDecisionPoint,
+        worker: &str,
+        lease: Duration,
+        kinds: JobKinds<'_>,
+    ) -> Result<Option<Job>, StoreError> {
         let now = now_millis();
         let lock = match self.dialect() {
             Dialect::Sqlite => "",
@@ -343,10 +393,11 @@ impl Store {
              compute_ms = compute_ms + CASE WHEN state = 'running' AND attempt_started_at IS NOT NULL \
              THEN lease_expires_at - attempt_started_at ELSE 0 END, attempt_started_at = $3, preempt_requested = 0 \
              WHERE id = (SELECT id FROM jobs j WHERE ((j.state = 'queued' AND j.run_after <= $3) OR (j.state = 'running' AND j.lease_expires_at < $3)) \
-             AND j.attempts < j.max_attempts AND j.cancel_requested = 0 AND {} \
+             AND j.attempts < j.max_attempts AND j.cancel_requested = 0 AND {} {} \
              ORDER BY {} LIMIT 1 {lock}) \
              RETURNING {JOB_COLUMNS}",
             within_quota("$3"),
+            kinds.condition(),
             fair_share_order("$3")
         );
         let mut pending = self.begin_change_unauthorized(&format!("claim:{worker}")).await?;
@@ -365,6 +416,76 @@ impl Store {
             .commit(serde_json::json!({ "worker": worker, "attempt": job.attempts }), job_event("job.started", &job))
             .await?;
         Ok(Some(job))
+    }
+
+    /// Passes `from`'s lease on a running job to `to` (an executor's submission to the process
+    /// that runs it), for `lease` from now. `None` when `from` no longer holds it (cancelled,
+    /// reclaimed). Not audited, as a heartbeat: who holds the lease is bookkeeping of an attempt
+    /// whose start is audited; the job's placement says where it ran.
+    pub async fn hand_over_job(
+        &self,
+        job_id: &str,
+        from: &str,
+        to: &str,
+        lease: Duration,
+    ) -> Result<Option<Job>, StoreError> {
+        let now = now_millis();
+        let mut write = self.begin_write().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET lease_owner = $1, lease_expires_at = $2, updated_at = $3 \
+             WHERE id = $4 AND lease_owner = $5 AND state = 'running' RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(to)
+        .bind(now + lease.as_millis() as i64)
+        .bind(now)
+        .bind(job_id)
+        .bind(from)
+        .fetch_optional(&mut *write.transaction)
+        .await?;
+        write.commit().await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Ends `owner`'s lease on a running job now, so that the job is claimed again at once
+    /// (its process is known to be gone) instead of when the lease would have run out.
+    pub async fn end_lease(&self, job_id: &str, owner: &str) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let mut write = self.begin_write().await?;
+        let ended = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 WHERE id = $3 AND lease_owner = $4 AND state = 'running'",
+        )
+        .bind(now - 1)
+        .bind(now)
+        .bind(job_id)
+        .bind(owner)
+        .execute(&mut *write.transaction)
+        .await?
+        .rows_affected();
+        write.commit().await?;
+        Ok(ended == 1)
+    }
+
+    /// Running jobs whose lease holder's name starts with `prefix` (an executor's).
+    pub async fn running_jobs_leased_by(&self, prefix: &str) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' AND substr(lease_owner, 1, $2) = $1 ORDER BY created_at"
+        ))
+        .bind(prefix)
+        .bind(prefix.chars().count() as i32)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Records where a job's attempts ran (bookkeeping beside the audited attempts).
+    pub async fn set_job_placement(&self, job_id: &str, placement: &serde_json::Value) -> Result<(), StoreError> {
+        let mut write = self.begin_write().await?;
+        sqlx::query("UPDATE jobs SET placement = $1 WHERE id = $2")
+            .bind(placement.to_string())
+            .bind(job_id)
+            .execute(&mut *write.transaction)
+            .await?;
+        write.commit().await
     }
 
     /// Renews `worker`'s lease on `job_id`. Not audited: it changes no fact, only extends one.

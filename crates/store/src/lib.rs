@@ -214,7 +214,8 @@ impl WriteTransaction {
     }
 }
 
-fn redact_url(url: &str) -> String {
+/// A database URL with its password hidden, fit for logs and messages.
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***{}", &url[..scheme_end], &url[at..])

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "batches", include_str!("migrations/0013_batches.sql")),
     (14, "console_sessions", include_str!("migrations/0014_console_sessions.sql")),
     (15, "console_search", include_str!("migrations/0015_console_search.sql")),
+    (16, "job_placement", include_str!("migrations/0016_job_placement.sql")),
 ];
 
 /// The migration that adds the audit log's proof index, which existing records need filled in.

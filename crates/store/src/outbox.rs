@@ -34,6 +34,16 @@ pub trait Subscriber: Send + Sync {
     }
 
     async fn handle(&self, event: &DeliveredEvent) -> Result<(), String>;
+
+    /// Handles `events` in order; on failure, how many were handled before it and why. A
+    /// subscriber that can pipeline (publish a batch, then await the acknowledgements) overrides
+    /// this; the cursor then moves once per batch.
+    async fn handle_batch(&self, events: &[DeliveredEvent]) -> Result<(), (usize, String)> {
+        for (handled, event) in events.iter().enumerate() {
+            self.handle(event).await.map_err(|message| (handled, message))?;
+        }
+        Ok(())
+    }
 }
 
 pub struct Dispatcher {
@@ -72,7 +82,9 @@ impl Dispatcher {
         .bind(i64::from(self.batch))
         .fetch_all(self.store.pool())
         .await?;
-        let mut delivered = 0;
+        // The wanted events, each with the cursor to keep should it fail: the id before it, so
+        // the events it skipped past are not delivered again.
+        let (mut events, mut cursors_before) = (Vec::new(), Vec::new());
         let mut acknowledged = cursor;
         for row in rows {
             let payload: String = row.try_get("payload")?;
@@ -83,15 +95,19 @@ impl Dispatcher {
                 payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
                 audit_index: row.try_get::<i64, _>("audit_index")? as u64,
             };
+            let id = event.id;
             if subscriber.wants(&event.topic) {
-                if let Err(message) = subscriber.handle(&event).await {
-                    self.record_failure(name, acknowledged, &message).await?;
-                    return Ok(delivered);
-                }
-                delivered += 1;
+                cursors_before.push(acknowledged);
+                events.push(event);
             }
-            acknowledged = event.id;
+            acknowledged = id;
         }
+        if let Err((handled, message)) = subscriber.handle_batch(&events).await {
+            let before_failure = cursors_before.get(handled).copied().unwrap_or(acknowledged);
+            self.record_failure(name, before_failure, &message).await?;
+            return Ok(handled);
+        }
+        let delivered = events.len();
         if acknowledged != cursor {
             self.store_cursor(name, acknowledged).await?;
         }

@@ -4,7 +4,7 @@
 use factory_telemetry::receiver::TraceReceiver;
 use serde_json::json;
 
-use crate::support::{call, cli, eventually, shakespeare, tenant_with_keys, text_dataset, Server};
+use crate::support::{call, cli, eventually, postgres_database, shakespeare, tenant_with_keys, text_dataset, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_survives_a_restart_and_sigterm_exits_zero() {
@@ -226,21 +226,6 @@ async fn requests_are_traced_to_an_otlp_collector_and_logged_as_json() {
         "no log line names the request: {log}"
     );
     assert!(lines.iter().any(|line| line["fields"]["message"] == "factory stopped"), "{log}");
-}
-
-/// A fresh PostgreSQL database named `name` (and the server's pool, to drop it), or none when
-/// PostgreSQL is unreachable (reported as missing).
-async fn postgres_database(name: &str) -> Option<(sqlx::AnyPool, String)> {
-    let admin_url = std::env::var("FACTORY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
-    sqlx::any::install_default_drivers();
-    let Ok(admin_pool) = sqlx::AnyPool::connect(&admin_url).await else {
-        factory_testkit::missing(&format!("PostgreSQL at {admin_url}: the factory on PostgreSQL is untested"));
-        return None;
-    };
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin_pool).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_pool).await.unwrap();
-    Some((admin_pool, format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

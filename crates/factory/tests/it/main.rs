@@ -4,6 +4,7 @@
 
 mod adversarial;
 mod audit_tamper;
+mod cluster;
 mod console;
 mod crash;
 mod datasets;

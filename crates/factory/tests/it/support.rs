@@ -495,3 +495,18 @@ fn minilm_dir() -> Option<std::path::PathBuf> {
     let dir = std::path::PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
     (output.status.success() && dir.join("model.safetensors").exists()).then_some(dir)
 }
+
+/// A fresh PostgreSQL database named `name` (and the server's pool, to drop it), or none when
+/// PostgreSQL is unreachable (reported as missing).
+pub async fn postgres_database(name: &str) -> Option<(sqlx::AnyPool, String)> {
+    let admin_url = std::env::var("FACTORY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    sqlx::any::install_default_drivers();
+    let Ok(admin_pool) = sqlx::AnyPool::connect(&admin_url).await else {
+        factory_testkit::missing(&format!("PostgreSQL at {admin_url}: the factory on PostgreSQL is untested"));
+        return None;
+    };
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin_pool).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_pool).await.unwrap();
+    Some((admin_pool, format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0)))
+}

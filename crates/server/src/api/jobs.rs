@@ -50,6 +50,14 @@ pub struct JobView {
     pub created_by: String,
     pub created_at: String,
     pub updated_at: String,
+    /// Who holds the running attempt's lease: a worker (`host-pid/N`) or a Slurm job
+    /// (`slurm:<id>@<node>`).
+    pub worker: Option<String>,
+    /// Where an outside executor ran the attempts: Slurm's job id, partition and node of the
+    /// current one, and how earlier ones ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub placement: Option<serde_json::Value>,
 }
 
 impl From<Job> for JobView {
@@ -69,6 +77,8 @@ impl From<Job> for JobView {
             created_by: job.created_by,
             created_at: millis_to_text(job.created_at),
             updated_at: millis_to_text(job.updated_at),
+            worker: job.lease_owner,
+            placement: job.placement,
         }
     }
 }

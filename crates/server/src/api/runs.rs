@@ -15,7 +15,7 @@ use super::committed_response;
 use super::jobs::JobView;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use crate::service::runs::{self, ModelSpec, NewRun, RegisterSpec, RunKind, RunOptions};
+use crate::service::runs::{self, ComputeRequest, ModelSpec, NewRun, RegisterSpec, RunKind, RunOptions};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -54,6 +54,10 @@ pub struct CreateRun {
     /// Register the result as the next version of this model when the run succeeds.
     #[schema(value_type = Option<Object>)]
     pub register: Option<RegisterSpec>,
+    /// `{"cpus": 4, "memory_mb": 8192, "gpus": 1}`: what the run asks of its machine, where the
+    /// executor can give it (Slurm), each at most the compute pool's.
+    #[schema(value_type = Option<Object>)]
+    pub compute: Option<ComputeRequest>,
 }
 
 #[utoipa::path(post, path = "/api/v1/runs", tag = "training", request_body = CreateRun,
@@ -78,6 +82,7 @@ pub async fn create(
             train: body.train,
             tokenizer_from: body.tokenizer_from,
             eval_sets: body.eval_sets,
+            compute: body.compute,
         },
         base: body.base,
         register: body.register,

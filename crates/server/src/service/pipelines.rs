@@ -34,7 +34,7 @@ pub struct PipelineSpec {
     pub steps: Vec<StepSpec>,
 }
 
-/// One of `event` (with the `deployment` or `dataset` it concerns) or `cron`.
+/// One of `event` (with the `deployment` or `dataset` it concerns), `cron` or `subject`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
@@ -43,6 +43,15 @@ pub struct TriggerSpec {
     pub dataset: Option<String>,
     /// Five fields, UTC: minute hour day-of-month month day-of-week.
     pub cron: Option<String>,
+    /// A message on NATS subject `<prefix>.triggers.<tenant>.<subject>` (`[events] nats_url`)
+    /// starts the run; its JSON body is kept in the run's trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// Whether `name` can be one token of a NATS subject: no dots, spaces or wildcards.
+pub fn is_subject_token(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// What a step does.
@@ -161,8 +170,8 @@ fn validate(spec: &PipelineSpec, webhooks: &[String]) -> Result<(), String> {
     }
     for (index, trigger) in spec.triggers.iter().enumerate() {
         let at = format!("triggers[{index}]");
-        match (&trigger.event, &trigger.cron) {
-            (Some(event), None) => {
+        match (&trigger.event, &trigger.cron, &trigger.subject) {
+            (Some(event), None, None) => {
                 if !EVENTS.contains(&event.as_str()) {
                     return Err(format!("{at}.event: {event:?} is not one of {}", EVENTS.join(", ")));
                 }
@@ -174,10 +183,15 @@ fn validate(spec: &PipelineSpec, webhooks: &[String]) -> Result<(), String> {
                     ));
                 }
             }
-            (None, Some(cron)) => {
+            (None, Some(cron), None) => {
                 parse_cron(cron).map_err(|e| format!("{at}.cron: {e}"))?;
             }
-            _ => return Err(format!("{at}: give either event or cron")),
+            (None, None, Some(subject)) => {
+                if !is_subject_token(subject) {
+                    return Err(format!("{at}.subject: 1 to 64 letters, digits, '_' or '-'"));
+                }
+            }
+            _ => return Err(format!("{at}: give one of event, cron or subject")),
         }
     }
     let mut names = std::collections::BTreeSet::new();

@@ -57,6 +57,26 @@ pub struct ModelSpec {
     pub config: Option<serde_json::Value>,
 }
 
+/// What a run asks of the machine it runs on, where the executor can give it (Slurm: CPUs,
+/// memory and GPUs of its job, each at most the compute pool's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeRequest {
+    pub cpus: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub gpus: Option<u64>,
+}
+
+impl ComputeRequest {
+    pub fn validate(&self) -> Result<(), String> {
+        let bounded = |value: Option<u64>, most: u64| value.is_none_or(|value| value <= most);
+        if !(bounded(self.cpus, 1024) && bounded(self.memory_mb, 16 << 20) && bounded(self.gpus, 64)) {
+            return Err("compute: cpus up to 1024, memory_mb up to 16 TiB, gpus up to 64".to_string());
+        }
+        Ok(())
+    }
+}
+
 /// Everything a run needs, validated when it is created and stored as the job's payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
@@ -87,6 +107,9 @@ pub struct RunSpec {
     /// when the run ends.
     #[serde(default)]
     pub requested_by: Option<Principal>,
+    /// What the run asks of its machine (`compute`), for executors that can give it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<ComputeRequest>,
 }
 
 impl RunSpec {

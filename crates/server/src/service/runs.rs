@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 use super::access::{authorize_as, hide_foreign, site_facts, tenant_of};
 pub use super::run_spec::{
-    BaseModel, ModelSpec, RegisterSpec, RunSpec, FINETUNE_KIND, PRETRAIN_KIND, RUN_KINDS, TOKENIZER_KIND,
+    BaseModel, ComputeRequest, ModelSpec, RegisterSpec, RunSpec, FINETUNE_KIND, PRETRAIN_KIND, RUN_KINDS,
+    TOKENIZER_KIND,
 };
 use super::{datasets, jobs, models, Recorded};
 use crate::caller::Caller;
@@ -72,6 +73,8 @@ pub struct RunOptions {
     pub train: Option<TrainSettings>,
     pub tokenizer_from: Option<String>,
     pub eval_sets: Option<Vec<EvalSet>>,
+    #[serde(default)]
+    pub compute: Option<ComputeRequest>,
 }
 
 /// A run to create.
@@ -102,6 +105,9 @@ pub async fn create(state: &AppState, caller: &Caller, run: NewRun) -> Result<Re
         return Err(ServiceError::invalid("train.lora: adapters fine-tune a base model; use kind finetune"));
     }
     jobs::check_priority(options.priority)?;
+    if let Some(compute) = &options.compute {
+        compute.validate().map_err(ServiceError::invalid)?;
+    }
     let eval_sets = options.eval_sets.unwrap_or_default();
     factory_train::validate_eval_sets(&eval_sets).map_err(ServiceError::invalid)?;
     let tenant = tenant_of(caller, tenant.as_deref())?;
@@ -168,6 +174,7 @@ pub async fn create(state: &AppState, caller: &Caller, run: NewRun) -> Result<Re
         eval_sets,
         register,
         requested_by: Some(caller.principal.clone()),
+        compute: options.compute,
     };
     if kind == RunKind::Pretrain {
         let config =

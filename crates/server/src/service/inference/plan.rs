@@ -9,7 +9,7 @@ use factory_core::{AccessRequest, Action, Resource, TenantName};
 
 use crate::caller::Caller;
 use crate::guardrails::Guardrails;
-use crate::limits::{LimitsSpec, Subject};
+use crate::limits::{LimitsSpec, Refusal, Subject};
 use crate::service_error::{ErrorKind, ServiceError};
 use crate::serving::{LoggingSpec, VariantRole, VariantSpec};
 use crate::state::AppState;
@@ -79,12 +79,21 @@ pub async fn plan(
         (limits, scope, Subject { key: caller.principal.id.clone(), tenant: tenant.to_string() })
     });
     if let Some((limits, scope, subject)) = &limits {
-        if let Err(wait) = state.engines.limits.admit(limits, scope, subject) {
-            return Err(ServiceError::new(
-                ErrorKind::RateLimited,
-                format!("{deployment}: over its rate limit or budget; retry in {wait} s"),
-            )
-            .retry_after(wait));
+        match state.engines.limits.admit(limits, scope, subject).await {
+            Ok(()) => {}
+            Err(Refusal::Wait(wait)) => {
+                return Err(ServiceError::new(
+                    ErrorKind::RateLimited,
+                    format!("{deployment}: over its rate limit or budget; retry in {wait} s"),
+                )
+                .retry_after(wait));
+            }
+            Err(Refusal::Unavailable) => {
+                return Err(ServiceError::overloaded(
+                    format!("{deployment}: its rate limits cannot be checked now (shared state unreachable)"),
+                    1,
+                ));
+            }
         }
     }
     // Rules that compare embeddings need this request's encoders, attached to a copy that
