@@ -124,6 +124,9 @@ pub struct ServingSettings {
     /// (`shared_state = "redis://host:6379"`); `None` keeps them in each process, so N gateways
     /// admit N times a limit.
     pub shared_state: Option<String>,
+    /// Pools of OpenAI-compatible servers inside the border that deployment variants may
+    /// name (`[serving.endpoints.NAME]`), by name.
+    pub endpoints: std::collections::BTreeMap<String, EndpointSettings>,
     /// What a gateway does when the shared state cannot be reached
     /// (`shared_state_failure = "closed"`, the default, or `"open"`).
     pub shared_state_fail_open: bool,
@@ -156,6 +159,21 @@ pub struct SlurmSettings {
     /// Where each Slurm job's output goes (`<dir>/<job>-<slurm job>.log`); a directory every
     /// node can write, by default `<data_dir>/slurm`.
     pub log_dir: Option<PathBuf>,
+}
+
+/// A pool of OpenAI-compatible servers (other factory gateways, or any server an operator runs
+/// inside the border) that variants name as `{"endpoint": NAME, "model": ...}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointSettings {
+    /// Each replica's base URL up to and including `/v1`.
+    pub urls: Vec<String>,
+    /// Where the replicas run; a tenant's deployment may use them only if it allows it.
+    pub jurisdiction: String,
+    /// The environment variable (`UPSTREAM_KEY_*`, granted per tenant in `[secrets]`) holding
+    /// the key the replicas expect.
+    pub api_key_env: Option<String>,
+    /// Checked every two seconds on each replica (`<url><health_path>`); default `/models`.
+    pub health_path: String,
 }
 
 /// Where outbox events are published beside the in-process subscribers.

@@ -12,8 +12,8 @@ use toml::{Table, Value};
 
 use crate::{
     AuditSettings, AuthzSettings, BatchSettings, ComputeSettings, Config, DatasetSettings, DriftSettings,
-    EventSettings, JobSettings, LineageSettings, ObjectSettings, OrphanSettings, PipelineSettings, RegistrySettings,
-    S3ObjectSettings, ServerSettings, ServingSettings, Site, SlurmSettings,
+    EndpointSettings, EventSettings, JobSettings, LineageSettings, ObjectSettings, OrphanSettings, PipelineSettings,
+    RegistrySettings, S3ObjectSettings, ServerSettings, ServingSettings, Site, SlurmSettings,
 };
 
 /// One problem, tied to the dotted key (or file and line) it concerns.
@@ -541,6 +541,17 @@ fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serv
             }
         }
     }
+    let mut endpoints = std::collections::BTreeMap::new();
+    if let Some(table) = section.table("endpoints", errors) {
+        for (name, value) in table.table {
+            match read_endpoint(value) {
+                Ok(endpoint) => {
+                    endpoints.insert(name.clone(), endpoint);
+                }
+                Err(message) => errors.push(ConfigError::new(format!("serving.endpoints.{name}"), message)),
+            }
+        }
+    }
     let shared_state = section.string("shared_state", errors);
     if let Some(url) = &shared_state {
         if !url.starts_with("redis://") {
@@ -560,6 +571,7 @@ fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serv
         prefix_cache_bytes: (section.non_negative_integer("prefix_cache_mb", 256, errors) as usize)
             .saturating_mul(1 << 20),
         shared_state,
+        endpoints,
         shared_state_fail_open: match section.string("shared_state_failure", errors).as_deref() {
             None | Some("closed") => false,
             Some("open") => true,
@@ -585,6 +597,38 @@ fn read_serving(mut section: Section<'_>, errors: &mut Vec<ConfigError>) -> Serv
     };
     section.finish(errors);
     settings
+}
+
+/// `{ urls = ["http://host:port/v1", ...], jurisdiction = "eu", api_key_env = "UPSTREAM_KEY_X",
+/// health_path = "/models" }`.
+fn read_endpoint(value: &Value) -> Result<EndpointSettings, String> {
+    const EXPECTED: &str = "expected { urls = [\"http(s)://.../v1\", ...], jurisdiction = \"...\", \
+                            api_key_env = \"UPSTREAM_KEY_...\" (optional), health_path = \"/...\" (optional) }";
+    let table = value.as_table().ok_or(EXPECTED)?;
+    if let Some(key) =
+        table.keys().find(|key| !["urls", "jurisdiction", "api_key_env", "health_path"].contains(&key.as_str()))
+    {
+        return Err(format!("unknown key {key:?}; {EXPECTED}"));
+    }
+    let urls: Vec<String> = table
+        .get("urls")
+        .and_then(Value::as_array)
+        .map(|urls| urls.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default();
+    if urls.is_empty() || urls.iter().any(|url| !(url.starts_with("http://") || url.starts_with("https://"))) {
+        return Err(EXPECTED.to_string());
+    }
+    let jurisdiction = table.get("jurisdiction").and_then(Value::as_str).ok_or(EXPECTED)?;
+    Jurisdiction::new(jurisdiction).map_err(|error| format!("jurisdiction: {error}"))?;
+    let api_key_env = table.get("api_key_env").and_then(Value::as_str).map(str::to_string);
+    if api_key_env.as_deref().is_some_and(|name| !name.starts_with("UPSTREAM_KEY_")) {
+        return Err("api_key_env: a variable named UPSTREAM_KEY_*".to_string());
+    }
+    let health_path = table.get("health_path").and_then(Value::as_str).unwrap_or("/models").to_string();
+    if !health_path.starts_with('/') {
+        return Err("health_path: a path starting with /".to_string());
+    }
+    Ok(EndpointSettings { urls, jurisdiction: jurisdiction.to_string(), api_key_env, health_path })
 }
 
 fn read_feedback(

@@ -241,3 +241,22 @@ fn the_cluster_deployment_in_deploy_is_a_valid_configuration() {
     assert!(matches!(config.objects, ObjectSettings::S3(_)));
     assert!(config.serving.shared_state.is_some() && config.events.nats_url.is_some());
 }
+
+#[test]
+fn endpoints_elsewhere_are_declared_and_checked() {
+    let config =
+        load_text("[serving.endpoints]\npool = { urls = [\"http://10.0.0.7:8081/v1\"], jurisdiction = \"eu\" }\n", &[])
+            .unwrap();
+    let pool = &config.serving.endpoints["pool"];
+    assert_eq!((pool.urls.len(), pool.jurisdiction.as_str(), pool.health_path.as_str()), (1, "eu", "/models"));
+    for broken in [
+        "pool = { urls = [], jurisdiction = \"eu\" }",
+        "pool = { urls = [\"ftp://x\"], jurisdiction = \"eu\" }",
+        "pool = { urls = [\"http://x/v1\"] }",
+        "pool = { urls = [\"http://x/v1\"], jurisdiction = \"eu\", api_key_env = \"HOME\" }",
+        "pool = { urls = [\"http://x/v1\"], jurisdiction = \"eu\", colour = \"blue\" }",
+    ] {
+        let errors = load_text(&format!("[serving.endpoints]\n{broken}\n"), &[]).unwrap_err();
+        assert_eq!(errors.0[0].key, "serving.endpoints.pool", "{broken}: {errors}");
+    }
+}

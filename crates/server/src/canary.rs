@@ -136,6 +136,7 @@ pub(crate) async fn run(
     spec.variants.push(VariantSpec {
         model: Some(candidate.to_string()),
         upstream: None,
+        endpoint: None,
         weight: share,
         role: VariantRole::Primary,
     });

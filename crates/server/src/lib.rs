@@ -11,6 +11,7 @@ pub mod caller;
 pub mod chat_template;
 pub mod drift;
 pub mod egress;
+pub mod endpoints;
 pub mod event_stream;
 pub mod guardrails;
 pub mod inference_log;
@@ -127,6 +128,10 @@ pub async fn serve(
         tasks.push(tokio::spawn(service::orphans::sweep_periodically(state.clone(), background_stopped.clone())));
         tasks.push(tokio::spawn(pipelines::schedule(state.clone(), background_stopped.clone())));
     }
+    if roles.gateway || roles.worker {
+        let endpoints = state.engines.endpoints.clone();
+        tasks.push(tokio::spawn(endpoints.watch(state.engines.upstream.clone(), background_stopped.clone())));
+    }
     if roles.api {
         tasks.push(tokio::spawn(sign_checkpoints(state.clone(), background_stopped.clone())));
         // The drift board is this process's memory, and the API serves its readings.
@@ -242,6 +247,7 @@ mod tests {
             "chat_template",
             "drift",
             "egress",
+            "endpoints",
             "event_stream",
             "guardrails",
             "inference_log",

@@ -63,7 +63,13 @@ pub async fn promote(
     if !routed {
         spec.variants.insert(
             0,
-            VariantSpec { model: Some(follows.clone()), upstream: None, weight: 1.0, role: VariantRole::Primary },
+            VariantSpec {
+                model: Some(follows.clone()),
+                upstream: None,
+                endpoint: None,
+                weight: 1.0,
+                role: VariantRole::Primary,
+            },
         );
     }
     spec.variants.retain(|v| v.role != VariantRole::Primary || v.weight > 0.0);
@@ -131,6 +137,7 @@ mod tests {
             variants: vec![VariantSpec {
                 model: Some(model.to_string()),
                 upstream: None,
+                endpoint: None,
                 weight: 1.0,
                 role: VariantRole::Primary,
             }],

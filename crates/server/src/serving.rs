@@ -99,6 +99,10 @@ pub struct VariantSpec {
     /// Or an external OpenAI-compatible endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamSpec>,
+    /// Or a pool of servers inside the border the configuration declares
+    /// (`[serving.endpoints.NAME]`): another factory's gateways, balanced and health-checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointVariant>,
     /// Relative share of traffic among primaries (0 takes none).
     #[serde(default = "default_weight")]
     pub weight: f64,
@@ -135,6 +139,18 @@ pub struct UpstreamSpec {
     pub timeout_ms: u64,
 }
 
+/// A variant answered by a declared pool of servers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointVariant {
+    /// The pool's name in `[serving.endpoints]`.
+    pub name: String,
+    /// The model name its servers know.
+    pub model: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
 fn default_timeout_ms() -> u64 {
     30_000
 }
@@ -146,10 +162,11 @@ pub const UPSTREAM_KEY_PREFIX: &str = "UPSTREAM_KEY_";
 impl VariantSpec {
     /// How the variant is named in logs, metrics and the `x-factory-model` header.
     pub fn label(&self) -> String {
-        match (&self.model, &self.upstream) {
-            (Some(model), _) => model.clone(),
-            (None, Some(upstream)) => format!("upstream:{}@{}", upstream.model, upstream.url),
-            (None, None) => "-".to_string(),
+        match (&self.model, &self.upstream, &self.endpoint) {
+            (Some(model), _, _) => model.clone(),
+            (None, Some(upstream), _) => format!("upstream:{}@{}", upstream.model, upstream.url),
+            (None, None, Some(endpoint)) => format!("endpoint:{}@{}", endpoint.model, endpoint.name),
+            (None, None, None) => "-".to_string(),
         }
     }
 }
@@ -167,13 +184,13 @@ impl DeploymentSpec {
             if !(variant.weight >= 0.0 && variant.weight.is_finite()) {
                 return Err(format!("variants[{index}].weight must be zero or positive"));
             }
-            match (&variant.model, &variant.upstream) {
-                (Some(model), None) => {
+            match (&variant.model, &variant.upstream, &variant.endpoint) {
+                (Some(model), None, None) => {
                     if model.split_once('@').is_none_or(|(n, v)| n.is_empty() || v.is_empty()) {
                         return Err(format!("variants[{index}].model: expected NAME@VERSION or NAME@ALIAS"));
                     }
                 }
-                (None, Some(upstream)) => {
+                (None, Some(upstream), None) => {
                     if !(upstream.url.starts_with("http://") || upstream.url.starts_with("https://")) {
                         return Err(format!("variants[{index}].upstream.url: expected an http(s) URL"));
                     }
@@ -186,7 +203,14 @@ impl DeploymentSpec {
                         ));
                     }
                 }
-                _ => return Err(format!("variants[{index}]: give either model or upstream")),
+                (None, None, Some(endpoint)) => {
+                    if endpoint.name.is_empty() || endpoint.model.is_empty() || endpoint.timeout_ms == 0 {
+                        return Err(format!(
+                            "variants[{index}].endpoint: give a name, a model and a positive timeout_ms"
+                        ));
+                    }
+                }
+                _ => return Err(format!("variants[{index}]: give one of model, upstream or endpoint")),
             }
         }
         if let Some(limits) = &self.limits {
@@ -290,6 +314,8 @@ pub struct Engines {
     pub embedding_permits: Arc<tokio::sync::Semaphore>,
     /// The connection pool to upstream variants.
     pub upstream: reqwest::Client,
+    /// The pools of servers elsewhere that variants may name, with their replicas' health.
+    pub endpoints: Arc<crate::endpoints::Endpoints>,
     /// Rate limits and budgets of every deployment, by caller.
     pub limits: Arc<crate::limits::Limits>,
     /// Denied topics' example vectors, by encoder manifest and examples.
@@ -355,6 +381,7 @@ impl Engines {
         spool_dir: std::path::PathBuf,
         metrics: Arc<crate::metrics::Metrics>,
         limits: Arc<crate::limits::Limits>,
+        endpoints: Arc<crate::endpoints::Endpoints>,
     ) -> Self {
         Engines {
             objects,
@@ -371,6 +398,7 @@ impl Engines {
                 .build()
                 .unwrap_or_else(|_| reqwest::Client::new()),
             limits,
+            endpoints,
             topic_vectors: std::sync::Mutex::default(),
             adapter_bases: std::sync::Mutex::default(),
             adapters: std::sync::Mutex::default(),

@@ -105,6 +105,7 @@ async fn open_with(config: Config, clear_spool: bool) -> anyhow::Result<Opened> 
         config.data_dir.join("tmp"),
         metrics.clone(),
         Arc::new(limits),
+        Arc::new(crate::endpoints::Endpoints::from_config(&config.serving.endpoints)),
     ));
     let lookups = Arc::new(Lookups::new(store.clone()));
     let state = AppState {

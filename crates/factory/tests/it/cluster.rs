@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::support::{
     call, cli, cli_env, create_dataset, eventually, postgres_database, shakespeare, tenant_with_keys, text_dataset,
-    train_tiny_model, Server,
+    train_tiny_model, HttpPeer, Server,
 };
 
 /// The address of a service the tests need, or `None` (reported as missing) when nothing answers.
@@ -379,4 +379,60 @@ async fn training_runs_as_slurm_jobs_resumes_after_an_outside_scancel_and_cancel
 
     assert!(server.terminate().success());
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin_pool).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_served_elsewhere_is_balanced_over_healthy_replicas() {
+    let answer = json!({
+        "id": "chatcmpl-remote", "object": "chat.completion", "created": 1, "model": "bard",
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": "From afar." }, "finish_reason": "stop" }],
+        "usage": { "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5 },
+    })
+    .to_string();
+    let json_header = "content-type: application/json\r\n";
+    let (first, second) =
+        (HttpPeer::start("200 OK", json_header, &answer).await, HttpPeer::start("200 OK", json_header, &answer).await);
+    // Nothing listens on port 1: a replica that is down from the start.
+    let endpoints = format!(
+        "{{ pool = {{ urls = [\"{}/v1\", \"{}/v1\", \"http://127.0.0.1:1/v1\"], jurisdiction = \"eu\" }} }}",
+        first.url, second.url
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--jurisdiction", "eu"], &[("FACTORY_SERVING__ENDPOINTS", &endpoints)]);
+    let engineer = tenant_with_keys(&server, "acme", &["engineer"]).await[0].1.clone();
+    let unknown = json!({ "name": "nowhere", "variants": [{ "endpoint": { "name": "elsewhere", "model": "bard" } }] });
+    let refused = call(&server.url, "POST", "/api/v1/deployments", Some(&engineer), Some(unknown)).await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    let remote = json!({ "name": "remote", "variants": [{ "endpoint": { "name": "pool", "model": "bard" } }] });
+    assert_eq!(call(&server.url, "POST", "/api/v1/deployments", Some(&engineer), Some(remote)).await.status, 201);
+    // The first health check has found the dead replica.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let chat = json!({ "model": "remote", "messages": [{ "role": "user", "content": "Hail" }] });
+    let posts =
+        |peer: &HttpPeer| peer.received().iter().filter(|r| r.head.starts_with("POST /v1/chat/completions")).count();
+    for _ in 0..20 {
+        let answered = call(&server.url, "POST", "/v1/chat/completions", Some(&engineer), Some(chat.clone())).await;
+        assert_eq!(answered.status, 200, "{}", answered.text);
+        assert_eq!(answered.body["choices"][0]["message"]["content"], "From afar.");
+    }
+    let (to_first, to_second) = (posts(&first), posts(&second));
+    assert_eq!(to_first + to_second, 20);
+    assert!(to_first >= 5 && to_second >= 5, "balanced: {to_first} and {to_second}");
+    assert!(first.received().iter().any(|r| r.head.starts_with("GET /v1/models")), "health checks reach the replicas");
+    // Each replica is asked for the model by the name it knows.
+    let asked = first.received().into_iter().find(|r| r.head.starts_with("POST")).unwrap();
+    let asked: serde_json::Value = serde_json::from_slice(&asked.body).unwrap();
+    assert_eq!(asked["model"], "bard");
+
+    // A replica that goes away gets no more requests once seen down; none fails meanwhile
+    // beyond the request that found it gone.
+    first.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = posts(&second);
+    for _ in 0..10 {
+        let answered = call(&server.url, "POST", "/v1/chat/completions", Some(&engineer), Some(chat.clone())).await;
+        assert_eq!(answered.status, 200, "{}", answered.text);
+    }
+    assert_eq!(posts(&second), before + 10);
+    assert!(server.terminate().success());
 }

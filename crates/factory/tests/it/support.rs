@@ -307,6 +307,7 @@ pub struct Received {
 pub struct HttpPeer {
     pub url: String,
     pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    listening: tokio::task::JoinHandle<()>,
 }
 
 impl HttpPeer {
@@ -318,12 +319,17 @@ impl HttpPeer {
         let kept = received.clone();
         let response =
             format!("HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-        tokio::spawn(async move {
+        let listening = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 tokio::spawn(answer_once(stream, kept.clone(), response.clone()));
             }
         });
-        HttpPeer { url, received }
+        HttpPeer { url, received, listening }
+    }
+
+    /// Stops listening: new connections are refused, as a server that went away.
+    pub fn stop(&self) {
+        self.listening.abort();
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -358,6 +358,15 @@ pub async fn create_from_dataset(
             inputs.push((upstream.jurisdiction.clone(), Classification::Internal));
             derived_from.push(format!("upstream:{}", upstream.url));
         }
+        if let Some(endpoint) = &variant.endpoint {
+            let pool = state.config.serving.endpoints.get(&endpoint.name).ok_or_else(|| {
+                ServiceError::new(ErrorKind::ModelUnavailable, format!("endpoint {:?} is not declared", endpoint.name))
+            })?;
+            let jurisdiction =
+                Jurisdiction::new(&pool.jurisdiction).map_err(|error| ServiceError::invalid(error.to_string()))?;
+            inputs.push((jurisdiction, Classification::Internal));
+            derived_from.push(format!("endpoint:{}", endpoint.name));
+        }
     }
     let (jurisdiction, classification) = factory_registry::strictest_residency(inputs.iter().map(|(j, c)| (j, *c)))
         .map_err(|e| ServiceError::new(ErrorKind::Forbidden, format!("the answers' residency: {e}")))?;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use factory_core::{AccessRequest, Action, Resource, SiteKind, TenantName};
+use factory_core::{AccessRequest, Action, Jurisdiction, Resource, SiteKind, TenantName};
 use factory_store::deployments::Deployment;
 use factory_store::inference::{Feedback, InferenceRecord};
 use factory_store::pipelines::DriftAlarm;
@@ -62,6 +62,31 @@ async fn checked_request(
             allowed &= tenant_allows;
             resolved.push(serde_json::json!({
                 "upstream": upstream.url, "model": upstream.model, "jurisdiction": upstream.jurisdiction,
+                "weight": variant.weight, "role": variant.role,
+            }));
+            continue;
+        }
+        if let Some(endpoint) = &variant.endpoint {
+            let Some(pool) = state.config.serving.endpoints.get(&endpoint.name) else {
+                return Err(ServiceError::invalid(format!(
+                    "endpoint: {:?} is not declared in this installation ([serving.endpoints])",
+                    endpoint.name
+                )));
+            };
+            if let Some(variable) = &pool.api_key_env {
+                if !crate::egress::secret_granted(&state.config.secrets, tenant.as_str(), variable) {
+                    return Err(ServiceError::invalid(format!(
+                        "endpoint {:?}: its key {variable} is not granted to tenant {tenant} ([secrets])",
+                        endpoint.name
+                    )));
+                }
+            }
+            let jurisdiction =
+                Jurisdiction::new(&pool.jurisdiction).map_err(|error| ServiceError::invalid(error.to_string()))?;
+            let (tenant_allows, _) = site_facts(state, tenant, &jurisdiction, SiteKind::Serving).await?;
+            allowed &= tenant_allows;
+            resolved.push(serde_json::json!({
+                "endpoint": endpoint.name, "replicas": pool.urls, "model": endpoint.model, "jurisdiction": jurisdiction,
                 "weight": variant.weight, "role": variant.role,
             }));
             continue;

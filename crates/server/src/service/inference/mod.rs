@@ -563,6 +563,16 @@ impl Attempt<'_> {
             meter.arm(&variant.label(), (0.0, 0.0));
             return upstream::forward(state, upstream, request, head, meter, self.shadow).await;
         }
+        if let Some(endpoint) = &variant.endpoint {
+            let (upstream, outstanding) = upstream::endpoint_replica(state, endpoint)?;
+            plan::check_residency(state, caller, &request.deployment, &upstream.jurisdiction, false).await?;
+            meter.arm(&variant.label(), (0.0, 0.0));
+            let answered = upstream::forward(state, &upstream, request, head, meter, self.shadow).await;
+            if answered.as_ref().is_err_and(|error| error.kind == ErrorKind::UpstreamFailed) {
+                outstanding.replica.mark_down();
+            }
+            return answered;
+        }
         let tenant = plan::tenant_of_key(caller)?;
         let model = load_variant(state, &tenant, variant).await?;
         plan::check_residency(state, caller, &request.deployment, &model.jurisdiction, true).await?;

@@ -11,8 +11,35 @@ use futures::StreamExt;
 use super::{AnswerHead, Answered, CallKind, Choice, Completion, Inference};
 use crate::inference_log::Meter;
 use crate::service_error::{ErrorKind, ServiceError};
-use crate::serving::UpstreamSpec;
+use crate::serving::{EndpointVariant, UpstreamSpec};
 use crate::state::AppState;
+
+/// The replica of `endpoint`'s pool to send a request to (the healthy one with the fewest
+/// outstanding), as an upstream, and the count that holds it outstanding until dropped.
+pub fn endpoint_replica(
+    state: &AppState,
+    endpoint: &EndpointVariant,
+) -> Result<(UpstreamSpec, crate::endpoints::Outstanding), ServiceError> {
+    let pool = state.engines.endpoints.get(&endpoint.name).ok_or_else(|| {
+        ServiceError::new(
+            ErrorKind::UpstreamFailed,
+            format!("endpoint {:?} is not declared in this installation ([serving.endpoints])", endpoint.name),
+        )
+    })?;
+    let outstanding = pool.pick().ok_or_else(|| {
+        ServiceError::new(ErrorKind::UpstreamFailed, format!("no replica of endpoint {:?} is healthy", endpoint.name))
+    })?;
+    let jurisdiction = factory_core::Jurisdiction::new(&pool.settings.jurisdiction)
+        .map_err(|error| ServiceError::invalid(format!("serving.endpoints.{}.jurisdiction: {error}", endpoint.name)))?;
+    let upstream = UpstreamSpec {
+        url: outstanding.replica.url.clone(),
+        model: endpoint.model.clone(),
+        jurisdiction,
+        api_key_env: pool.settings.api_key_env.clone(),
+        timeout_ms: endpoint.timeout_ms,
+    };
+    Ok((upstream, outstanding))
+}
 
 pub async fn forward(
     state: &AppState,
@@ -40,7 +67,9 @@ pub async fn forward(
     // The allowlist and the tenant's grants are checked again here: configuration changes, and
     // the deployment was checked against the one in force when it was written.
     let url = format!("{}{path}", upstream.url.trim_end_matches('/'));
-    let Some(target) = crate::egress::allowed_url(&state.config.serving.upstreams, &url) else {
+    // A replica of a declared endpoint is the operator's own naming, as an allowlist entry is.
+    let declared = state.engines.endpoints.declares(&url).then(|| reqwest::Url::parse(&url).ok()).flatten();
+    let Some(target) = declared.or_else(|| crate::egress::allowed_url(&state.config.serving.upstreams, &url)) else {
         meter.fail("upstream_not_allowed");
         return Err(ServiceError::new(
             ErrorKind::UpstreamNotAllowed,
