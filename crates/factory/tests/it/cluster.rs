@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use futures::StreamExt;
 use serde_json::json;
 
 use crate::support::{
@@ -435,4 +436,142 @@ async fn a_variant_served_elsewhere_is_balanced_over_healthy_replicas() {
     }
     assert_eq!(posts(&second), before + 10);
     assert!(server.terminate().success());
+}
+
+/// A run's training losses by step.
+async fn train_losses(url: &str, key: &str, run: &str) -> Vec<(i64, f64)> {
+    let reply = call(url, "GET", &format!("/api/v1/runs/{run}/metrics?limit=10000"), Some(key), None).await;
+    let rows = reply.body["metrics"].as_array().cloned().unwrap_or_default();
+    rows.iter()
+        .filter(|row| row["kind"] == "train")
+        .map(|row| (row["step"].as_i64().unwrap(), row["metrics"]["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_processes_of_a_cluster_lose_nothing_committed() {
+    if !slurm_partition_up() {
+        return;
+    }
+    let name = format!("factory_faults_{}", std::process::id());
+    let Some((admin_pool, database_url)) = postgres_database(&name).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let lease = [("FACTORY_JOBS__LEASE_SECS", "6"), ("FACTORY_JOBS__WORKERS", "1")];
+    let slurm = [
+        ("FACTORY_JOBS__LEASE_SECS", "6"),
+        ("FACTORY_JOBS__WORKERS", "1"),
+        ("FACTORY_COMPUTE__EXECUTOR", "slurm"),
+        ("FACTORY_COMPUTE__SLURM__CPUS", "1"),
+        ("FACTORY_COMPUTE__SLURM__MEMORY_MB", "2000"),
+    ];
+    let start = |role: &str, env: &[(&str, &str)]| {
+        Server::start(dir.path(), &["--database-url", &database_url, "--jurisdiction", "eu", "--role", role], env)
+    };
+    let api = start("api", &lease);
+    let worker = start("worker", &lease);
+    let gateways = [start("gateway", &lease), start("gateway", &lease)];
+    let engineer = tenant_with_keys(&api, "acme", &["engineer"]).await[0].1.clone();
+    text_dataset(&api.url, &engineer, "plays", "internal", shakespeare(30_000)).await;
+    let show = |url: String, id: String| {
+        let key = engineer.clone();
+        async move { call(&url, "GET", &format!("/api/v1/runs/{id}"), Some(&key), None).await.body }
+    };
+
+    // The reference: an uninterrupted run on the in-process worker, registered as bard@1.
+    let mut reference_body = slurm_run(120);
+    reference_body["register"] = json!({ "name": "bard" });
+    let created = call(&api.url, "POST", "/api/v1/runs", Some(&engineer), Some(reference_body)).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let reference = created.body["id"].as_str().unwrap().to_string();
+    let done = eventually(240, || async { show(api.url.clone(), reference.clone()).await["state"] == "succeeded" });
+    assert!(done.await, "{}\n{}", show(api.url.clone(), reference.clone()).await, worker.log_tail(30));
+    let uninterrupted = train_losses(&api.url, &engineer, &reference).await;
+    assert_eq!(uninterrupted.len(), 120);
+
+    // The same run, its worker killed with -9 after a checkpoint; a worker whose executor is
+    // Slurm takes it over when the lease ends, and it resumes to the very same losses.
+    let created = call(&api.url, "POST", "/api/v1/runs", Some(&engineer), Some(slurm_run(120))).await;
+    let resumed = created.body["id"].as_str().unwrap().to_string();
+    let checkpointed = eventually(240, || async { train_losses(&api.url, &engineer, &resumed).await.len() >= 25 });
+    assert!(checkpointed.await, "{}", worker.log_tail(30));
+    worker.kill();
+    let slurm_worker = start("worker", &slurm);
+    let done = eventually(300, || async { show(api.url.clone(), resumed.clone()).await["state"] == "succeeded" });
+    assert!(done.await, "{}\n{}", show(api.url.clone(), resumed.clone()).await, slurm_worker.log_tail(30));
+    let shown = show(api.url.clone(), resumed.clone()).await;
+    assert_eq!(shown["placement"]["executor"], "slurm", "{shown}");
+    assert_eq!(train_losses(&api.url, &engineer, &resumed).await, uninterrupted);
+
+    // A gateway killed mid-stream: the other answers meanwhile, and it answers again restarted.
+    let deployment = json!({ "name": "chat", "variants": [{ "model": "bard@1" }] });
+    assert_eq!(call(&api.url, "POST", "/api/v1/deployments", Some(&engineer), Some(deployment)).await.status, 201);
+    let [doomed, survivor] = gateways;
+    let client = reqwest::Client::new();
+    let stream = json!({ "model": "chat", "messages": [{ "role": "user", "content": "To be" }], "max_tokens": 200,
+                         "stream": true });
+    let mut streaming = client
+        .post(format!("{}/v1/chat/completions", doomed.url))
+        .bearer_auth(&engineer)
+        .json(&stream)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streaming.status(), 200);
+    assert!(streaming.chunk().await.unwrap().is_some(), "the stream started");
+    doomed.kill();
+    let cut = loop {
+        match streaming.chunk().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    // A tiny model may finish its answer before the kill lands; either way nothing is owed.
+    eprintln!("the stream {}", if cut { "was cut by the kill" } else { "finished before the kill landed" });
+    let chat = json!({ "model": "chat", "messages": [{ "role": "user", "content": "To be" }], "max_tokens": 4 });
+    assert_eq!(
+        call(&survivor.url, "POST", "/v1/chat/completions", Some(&engineer), Some(chat.clone())).await.status,
+        200
+    );
+    let restarted_gateway = start("gateway", &lease);
+    assert_eq!(
+        call(&restarted_gateway.url, "POST", "/v1/chat/completions", Some(&engineer), Some(chat)).await.status,
+        200
+    );
+
+    // The API killed mid-upload: no version of the dataset becomes visible, half or whole.
+    create_dataset(&api.url, &engineer, "letters", "internal").await;
+    let chunks = futures::stream::iter(0..400).then(|index| async move {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let line = format!("{{\"text\": \"letter {index} {}\"}}\n", "word ".repeat(200));
+        Ok::<_, std::io::Error>(line.into_bytes())
+    });
+    let upload = client
+        .post(format!("{}/api/v1/datasets/letters/versions?format=jsonl", api.url))
+        .bearer_auth(&engineer)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send();
+    let uploading = tokio::spawn(upload);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let logged = |checkpoint: String| checkpoint.lines().nth(1).and_then(|size| size.parse::<u64>().ok()).unwrap_or(0);
+    let audit_before = logged(call(&api.url, "GET", "/api/v1/audit/checkpoint", Some(&api.admin_key), None).await.text);
+    api.kill();
+    assert!(uploading.await.unwrap().is_err(), "the upload was cut");
+    let api = start("api", &lease);
+    let letters = call(&api.url, "GET", "/api/v1/datasets/letters", Some(&engineer), None).await;
+    assert_eq!(letters.body["latest_version"], 0, "{}", letters.text);
+
+    // Every change committed before the kills is there, and the log verifies offline.
+    for run in [&reference, &resumed] {
+        assert_eq!(show(api.url.clone(), run.clone()).await["state"], "succeeded");
+    }
+    let audit_after = logged(call(&api.url, "GET", "/api/v1/audit/checkpoint", Some(&api.admin_key), None).await.text);
+    assert!(audit_before > 0 && audit_after >= audit_before, "{audit_before} -> {audit_after}");
+    for server in [survivor, restarted_gateway, slurm_worker, api] {
+        assert!(server.terminate().success());
+    }
+    let args = ["audit", "verify", "--data-dir", dir.path().to_str().unwrap(), "--database-url", &database_url];
+    let (ok, stdout, stderr) = cli(&args, &[]);
+    assert!(ok && stdout.contains("audit log verified"), "{stdout}{stderr}");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin_pool).await.unwrap();
 }
