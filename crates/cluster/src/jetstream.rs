@@ -83,6 +83,8 @@ pub struct EventStream {
     context: jetstream::Context,
     stream: String,
     prefix: String,
+    /// The trigger consumer, looked up (or created) once rather than on every poll.
+    triggers: tokio::sync::OnceCell<consumer::PullConsumer>,
 }
 
 impl EventStream {
@@ -103,7 +105,13 @@ impl EventStream {
             ..stream::Config::default()
         };
         context.get_or_create_stream(config).await.map_err(failed)?;
-        Ok(EventStream { client, context, stream: stream_name.to_string(), prefix: prefix.to_string() })
+        Ok(EventStream {
+            client,
+            context,
+            stream: stream_name.to_string(),
+            prefix: prefix.to_string(),
+            triggers: tokio::sync::OnceCell::new(),
+        })
     }
 
     /// `<prefix>.events.<tenant>.<topic>`; each of the topic's dotted parts stays a token.
@@ -161,20 +169,20 @@ impl EventStream {
     /// Workers share one durable consumer, so each message goes to one of them at a time; one
     /// not acknowledged within a minute is delivered again.
     pub async fn next_triggers(&self, max: usize, wait: Duration) -> Result<Vec<TriggerMessage>, EventStreamError> {
-        let stream = self.context.get_stream(&self.stream).await.map_err(failed)?;
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                TRIGGER_CONSUMER,
-                consumer::pull::Config {
+        let consumer = self
+            .triggers
+            .get_or_try_init(|| async {
+                let stream = self.context.get_stream(&self.stream).await.map_err(failed)?;
+                let config = consumer::pull::Config {
                     durable_name: Some(TRIGGER_CONSUMER.to_string()),
                     filter_subject: format!("{}.triggers.>", self.prefix),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(60),
                     ..consumer::pull::Config::default()
-                },
-            )
-            .await
-            .map_err(failed)?;
+                };
+                stream.get_or_create_consumer(TRIGGER_CONSUMER, config).await.map_err(failed)
+            })
+            .await?;
         let mut batch = consumer.fetch().max_messages(max).expires(wait).messages().await.map_err(failed)?;
         let mut triggers = Vec::new();
         let prefix = format!("{}.triggers.", self.prefix);
