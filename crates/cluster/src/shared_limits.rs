@@ -99,8 +99,9 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 pub struct SharedLimits {
     client: redis::Client,
     script: redis::Script,
-    /// Set once connected; the manager reconnects by itself after that.
-    connection: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// Set once connected; the manager reconnects by itself after that, so a decision only
+    /// clones it (no lock shared by every request).
+    connection: tokio::sync::OnceCell<ConnectionManager>,
     failed_at: Mutex<Option<Instant>>,
     /// Every key starts with this, then the decision's `{scope}` hash tag.
     namespace: String,
@@ -113,15 +114,14 @@ impl SharedLimits {
         Ok(SharedLimits {
             client,
             script: redis::Script::new(GCRA),
-            connection: tokio::sync::Mutex::new(None),
+            connection: tokio::sync::OnceCell::new(),
             failed_at: Mutex::new(None),
             namespace: "factory:limits".to_string(),
         })
     }
 
     async fn connection(&self) -> Result<ConnectionManager, SharedStateError> {
-        let mut connection = self.connection.lock().await;
-        if let Some(connection) = connection.as_ref() {
+        if let Some(connection) = self.connection.get() {
             return Ok(connection.clone());
         }
         let failed_at = *self.failed_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -132,11 +132,9 @@ impl SharedLimits {
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1);
-        match ConnectionManager::new_with_config(self.client.clone(), config).await {
-            Ok(manager) => {
-                *connection = Some(manager.clone());
-                Ok(manager)
-            }
+        let connect = || ConnectionManager::new_with_config(self.client.clone(), config);
+        match self.connection.get_or_try_init(connect).await {
+            Ok(manager) => Ok(manager.clone()),
             Err(error) => {
                 *self.failed_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
                 Err(SharedStateError::Unreachable(error.to_string()))

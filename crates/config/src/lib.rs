@@ -183,7 +183,8 @@ pub struct EventSettings {
     pub nats_url: Option<String>,
     /// The JetStream stream events are kept in (created when missing).
     pub stream: String,
-    /// Events are published to `<subject_prefix>.<tenant>.<topic>`.
+    /// Events are published to `<subject_prefix>.events.<tenant>.<topic>`; pipeline triggers are
+    /// read from `<subject_prefix>.triggers.<tenant>.<name>`.
     pub subject_prefix: String,
 }
 

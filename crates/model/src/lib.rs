@@ -8,6 +8,7 @@
 mod bert;
 mod config;
 mod frozen;
+pub mod fused;
 pub mod gguf;
 mod infer;
 mod llama;
@@ -30,7 +31,7 @@ pub use bert::{BertConfig, BertEncoder};
 pub use candle_core::{DType, Device, Tensor, Var};
 pub use config::{Family, LlamaConfig};
 pub use infer::{Decoder, KvCache, KvPrecision, Logits, StepInput};
-pub use llama::{argmax_last, Llama};
+pub use llama::{argmax_last, Kernels, Llama};
 pub use lora::{LoraAdapters, LoraConfig};
 pub use optim::{clip_grad_norm, learning_rate, AdamW, AdamWConfig};
 pub use serving_adapter::ServingAdapter;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor, D};
 
 use crate::frozen::{frozen_linear, frozen_rows};
+use crate::fused::{self, RotaryTables};
 use crate::ops::{causal_mask, cross_entropy, rms_norm, silu, softmax_last_dim, Rotary};
 use crate::quantized::QuantizedMatrix;
 use crate::{LlamaConfig, LoraAdapters, ModelError, Weights};
@@ -21,7 +22,21 @@ pub struct Llama {
     /// A quantized base's matrices (by `transformers`' names), kept in their blocks and frozen;
     /// `weights` then holds only the base's vectors (norms, biases).
     pub frozen: BTreeMap<String, Arc<QuantizedMatrix>>,
+    /// Which kernels the forward pass (and so the backward) runs.
+    pub kernels: Kernels,
     rotary: Rotary,
+    rotary_tables: RotaryTables,
+}
+
+/// The kernels of a forward pass: [`fused`]'s (one op with a hand-written backward per
+/// RMSNorm, rotation, causal softmax, SwiGLU and cross-entropy) where the tensors are f32 on the
+/// CPU, or the composed primitives of [`crate::ops`] everywhere (the reference the fused ones
+/// are tested against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    #[default]
+    Fused,
+    Composed,
 }
 
 impl std::fmt::Debug for Llama {
@@ -50,7 +65,16 @@ impl Llama {
     pub fn new(config: LlamaConfig, weights: Weights) -> Result<Self, ModelError> {
         config.validate()?;
         let rotary = Rotary::new(&config.rope_frequencies(), config.max_positions(), weights.dtype, &weights.device)?;
-        Ok(Llama { config, weights, adapters: None, frozen: BTreeMap::new(), rotary })
+        let rotary_tables = RotaryTables::new(&config.rope_frequencies(), config.max_positions());
+        Ok(Llama {
+            config,
+            weights,
+            adapters: None,
+            frozen: BTreeMap::new(),
+            kernels: Kernels::default(),
+            rotary,
+            rotary_tables,
+        })
     }
 
     /// A model on a frozen quantized base: `frozen` holds its matrices, `vectors` the rest.
@@ -114,6 +138,25 @@ impl Llama {
         self.weights.dtype
     }
 
+    /// The same model running `kernels`.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// Whether this pass over `x` runs the fused kernels.
+    fn fused(&self, x: &Tensor) -> bool {
+        self.kernels == Kernels::Fused && fused::enabled(x)
+    }
+
+    fn norm(&self, x: &Tensor, weight: &str) -> Result<Tensor, ModelError> {
+        let weight = self.weight(weight)?;
+        Ok(match self.fused(x) {
+            true => fused::rms_norm(x, &weight, self.config.rms_norm_eps)?,
+            false => rms_norm(x, &weight, self.config.rms_norm_eps)?,
+        })
+    }
+
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (u32).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor, ModelError> {
         let (batch, seq) = ids.dims2()?;
@@ -130,22 +173,28 @@ impl Llama {
             None => self.weight(EMBEDDING)?.index_select(&ids.flatten_all()?, 0)?,
         };
         let mut hidden = embedded.reshape((batch, seq, config.hidden_size))?;
-        let mask = causal_mask(seq, 0, self.dtype(), &self.weights.device)?;
+        // The composed attention adds a mask; the fused softmax knows where the future starts.
+        let mask = match self.fused(&hidden) {
+            true => None,
+            false => Some(causal_mask(seq, 0, self.dtype(), &self.weights.device)?),
+        };
         for layer in 0..config.num_hidden_layers {
-            hidden = self.block(layer, &hidden, &mask)?;
+            hidden = self.block(layer, &hidden, mask.as_ref())?;
         }
-        let hidden = rms_norm(&hidden, &self.weight("model.norm.weight")?, config.rms_norm_eps)?;
+        let hidden = self.norm(&hidden, "model.norm.weight")?;
         let head = if config.tie_word_embeddings { EMBEDDING } else { "lm_head.weight" };
         self.base_product(head, &hidden)
     }
 
-    fn block(&self, layer: usize, hidden: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
+    /// One block; `mask` is the composed attention's causal mask, absent when the fused kernels
+    /// run.
+    fn block(&self, layer: usize, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, ModelError> {
         let config = &self.config;
         let name = |module: &str| format!("model.layers.{layer}.{module}.weight");
         let (batch, seq, _) = hidden.dims3()?;
         let (heads, kv_heads, head_dim) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
 
-        let normed = rms_norm(hidden, &self.weight(&name("input_layernorm"))?, config.rms_norm_eps)?;
+        let normed = self.norm(hidden, &name("input_layernorm"))?;
         let split_heads = |x: Tensor, count: usize| -> candle_core::Result<Tensor> {
             x.reshape((batch, seq, count, head_dim))?.transpose(1, 2)?.contiguous()
         };
@@ -162,22 +211,32 @@ impl Llama {
         let v = split_heads(biased("self_attn.v_proj")?, kv_heads)?;
         if config.query_key_norm() {
             // Qwen3 normalizes each head of the queries and keys before rotating them.
-            q = rms_norm(&q, &self.weight(&name("self_attn.q_norm"))?, config.rms_norm_eps)?;
-            k = rms_norm(&k, &self.weight(&name("self_attn.k_norm"))?, config.rms_norm_eps)?;
+            q = self.norm(&q, &name("self_attn.q_norm"))?;
+            k = self.norm(&k, &name("self_attn.k_norm"))?;
         }
-        let q = self.rotary.apply(&q, 0)?;
-        let k = self.rotary.apply(&k, 0)?;
+        let (q, k) = match mask {
+            None => (fused::rotary(&q, &self.rotary_tables, 0)?, fused::rotary(&k, &self.rotary_tables, 0)?),
+            Some(_) => (self.rotary.apply(&q, 0)?, self.rotary.apply(&k, 0)?),
+        };
         let (k, v) = (repeat_kv(&k, heads / kv_heads)?, repeat_kv(&v, heads / kv_heads)?);
 
-        let scores = (q.matmul(&k.t()?.contiguous()?)? / (head_dim as f64).sqrt())?;
-        let weights = softmax_last_dim(&scores.broadcast_add(mask)?)?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let products = q.matmul(&k.t()?.contiguous()?)?;
+        let weights = match mask {
+            None => fused::causal_softmax(&products, scale, 0)?,
+            Some(mask) => softmax_last_dim(&(products * scale)?.broadcast_add(mask)?)?,
+        };
         let attended = weights.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, heads * head_dim))?;
         let hidden = (hidden + self.project(&name("self_attn.o_proj"), &attended)?)?;
 
-        let normed = rms_norm(&hidden, &self.weight(&name("post_attention_layernorm"))?, config.rms_norm_eps)?;
-        let gate = silu(&self.project(&name("mlp.gate_proj"), &normed)?)?;
+        let normed = self.norm(&hidden, &name("post_attention_layernorm"))?;
+        let gate = self.project(&name("mlp.gate_proj"), &normed)?;
         let up = self.project(&name("mlp.up_proj"), &normed)?;
-        let down = self.project(&name("mlp.down_proj"), &(gate * up)?)?;
+        let activated = match mask {
+            None => fused::swiglu(&gate, &up)?,
+            Some(_) => (silu(&gate)? * up)?,
+        };
+        let down = self.project(&name("mlp.down_proj"), &activated)?;
         Ok((hidden + down)?)
     }
 
@@ -218,7 +277,10 @@ impl Llama {
         let targets = tokens.narrow(1, 1, length - 1)?.flatten_all()?;
         let logits = self.forward(&inputs)?;
         let logits = logits.reshape((batch * (length - 1), self.config.vocab_size))?;
-        Ok(cross_entropy(&logits, &targets)?)
+        Ok(match self.fused(&logits) {
+            true => fused::cross_entropy(&logits, &targets)?,
+            false => cross_entropy(&logits, &targets)?,
+        })
     }
 }
 

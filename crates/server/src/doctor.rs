@@ -76,7 +76,7 @@ async fn database(config: &Config) -> Result<String, String> {
 async fn objects(config: &Config) -> Result<String, String> {
     let place = match &config.objects {
         ObjectSettings::Local { path } => {
-            path.clone().unwrap_or_else(|| config.data_dir.join("objects")).display().to_string()
+            crate::startup::local_objects_dir(config, path.as_deref()).display().to_string()
         }
         ObjectSettings::S3(s3) => {
             format!("s3://{} at {}", s3.bucket, s3.endpoint.as_deref().unwrap_or("AWS"))

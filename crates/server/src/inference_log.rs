@@ -19,9 +19,17 @@ const QUEUE: usize = 10_000;
 const BATCH: usize = 256;
 
 pub struct InferenceLog {
-    sender: mpsc::Sender<InferenceRecord>,
-    receiver: Mutex<Option<mpsc::Receiver<InferenceRecord>>>,
+    sender: mpsc::Sender<LogEntry>,
+    receiver: Mutex<Option<mpsc::Receiver<LogEntry>>>,
     metrics: Arc<Metrics>,
+}
+
+/// What the writer is sent, in order.
+enum LogEntry {
+    Record(Box<InferenceRecord>),
+    /// An output guardrail stopped answer `id` after its engine had ended it (and the record
+    /// was sent): its finish reason becomes `content_filter`.
+    Filtered(String),
 }
 
 impl InferenceLog {
@@ -31,7 +39,15 @@ impl InferenceLog {
     }
 
     fn record(&self, record: InferenceRecord) {
-        if self.sender.try_send(record).is_err() {
+        if self.sender.try_send(LogEntry::Record(Box::new(record))).is_err() {
+            self.metrics.inference.log_dropped.inc();
+        }
+    }
+
+    /// Records that an output guardrail stopped answer `id` (`content_filter`), after the
+    /// engine's own ending was recorded.
+    pub fn content_filtered(&self, id: &str) {
+        if self.sender.try_send(LogEntry::Filtered(id.to_string())).is_err() {
             self.metrics.inference.log_dropped.inc();
         }
     }
@@ -45,12 +61,32 @@ impl InferenceLog {
                 _ = stop.changed() => { receiver.close(); receiver.recv().await }
             };
             let Some(first) = first else { return };
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
+            let mut entries = vec![first];
+            while entries.len() < BATCH {
                 match receiver.try_recv() {
-                    Ok(record) => batch.push(record),
+                    Ok(entry) => entries.push(entry),
                     Err(_) => break,
                 }
+            }
+            let mut batch = Vec::with_capacity(entries.len());
+            let mut filtered_earlier = Vec::new();
+            for entry in entries {
+                match entry {
+                    LogEntry::Record(record) => batch.push(*record),
+                    // Sent after its record: in this batch, or written by an earlier one.
+                    LogEntry::Filtered(id) => match batch.iter_mut().find(|record| record.id == id) {
+                        Some(record) => record.finish_reason = Some("content_filter".to_string()),
+                        None => filtered_earlier.push(id),
+                    },
+                }
+            }
+            if !filtered_earlier.is_empty() {
+                if let Err(error) = store.mark_inferences_filtered(&filtered_earlier).await {
+                    tracing::warn!(%error, "could not record answers stopped by an output guardrail");
+                }
+            }
+            if batch.is_empty() {
+                continue;
             }
             if let Err(error) = store.record_inferences(&batch).await {
                 tracing::warn!(%error, records = batch.len(), "could not write inference log records; retrying once");
@@ -315,7 +351,8 @@ mod tests {
         meter.record.prompt_tokens = 40;
         meter.record.completion_tokens = 30;
         drop(meter);
-        let logged = receiver.recv().await.unwrap();
+        let Some(LogEntry::Record(logged)) = receiver.recv().await else { panic!("no record") };
+        let logged = *logged;
         assert_eq!((logged.status.as_str(), logged.prompt_tokens, logged.completion_tokens), ("cancelled", 40, 30));
         assert!((logged.cost - (40.0 * 1.0 + 30.0 * 2.0) / 1000.0).abs() < 1e-12, "{}", logged.cost);
         // 70 tokens against 60 a minute: the next request waits.

@@ -132,9 +132,7 @@ async fn open_with(config: Config, clear_spool: bool) -> anyhow::Result<Opened> 
 /// directory) or an S3 bucket.
 pub fn object_store(config: &Config) -> Result<ContentStore, factory_objects::ObjectError> {
     match &config.objects {
-        ObjectSettings::Local { path } => {
-            ContentStore::local(&path.clone().unwrap_or_else(|| config.data_dir.join("objects")))
-        }
+        ObjectSettings::Local { path } => ContentStore::local(&local_objects_dir(config, path.as_deref())),
         ObjectSettings::S3(s3) => ContentStore::s3(&S3Settings {
             bucket: s3.bucket.clone(),
             endpoint: s3.endpoint.clone(),
@@ -145,6 +143,12 @@ pub fn object_store(config: &Config) -> Result<ContentStore, factory_objects::Ob
             prefix: s3.prefix.clone(),
         }),
     }
+}
+
+/// Where a local object store keeps its files: the configured path, or `objects` in the data
+/// directory.
+pub fn local_objects_dir(config: &Config, path: Option<&std::path::Path>) -> std::path::PathBuf {
+    path.map_or_else(|| config.data_dir.join("objects"), std::path::Path::to_path_buf)
 }
 
 /// Writes `contents` to `path` readable by the owner only, never leaving a partial file.

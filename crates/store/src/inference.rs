@@ -109,6 +109,18 @@ impl Store {
         write.commit().await
     }
 
+    /// Marks answers an output guardrail stopped after their records were written.
+    pub async fn mark_inferences_filtered(&self, ids: &[String]) -> Result<(), StoreError> {
+        let mut write = self.begin_write().await?;
+        for id in ids {
+            sqlx::query("UPDATE inference_log SET finish_reason = 'content_filter' WHERE id = $1")
+                .bind(id)
+                .execute(&mut *write.transaction)
+                .await?;
+        }
+        write.commit().await
+    }
+
     pub async fn inference(&self, id: &str) -> Result<Option<InferenceRecord>, StoreError> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM inference_log WHERE id = $1"))
             .bind(id)

@@ -18,5 +18,6 @@ pub use data::{split_tokens, tokenize_documents, tokenize_separated, TokenStream
 pub use evalsets::{judge, score_eval_set, validate_eval_sets, EvalItem, EvalSample, EvalSet, EvalSetScore};
 pub use settings::TrainSettings;
 pub use trainer::{
-    evaluate, train, Checkpoint, Control, EvalMetrics, Initial, Outcome, StepMetrics, TrainError, TrainObserver,
+    batch_starts, evaluate, train, Checkpoint, Control, EvalMetrics, Initial, Outcome, StepMetrics, TrainError,
+    TrainObserver,
 };

@@ -84,8 +84,9 @@ pub enum Outcome {
 }
 
 /// The sequences micro-batch `micro` of step `step` trains on: a pure function of the seed,
-/// the step and the stream, so a resumed run samples exactly what the uninterrupted one did.
-fn batch_starts(seed: u64, step: u64, micro: usize, count: usize, stream_len: usize, window: usize) -> Vec<usize> {
+/// the step and the stream, so a resumed run samples exactly what the uninterrupted one did
+/// (and a benchmark's peer can be given the same windows).
+pub fn batch_starts(seed: u64, step: u64, micro: usize, count: usize, stream_len: usize, window: usize) -> Vec<usize> {
     let mixed = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (micro as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     let mut rng = rand::rngs::StdRng::seed_from_u64(mixed);
     (0..count).map(|_| rng.random_range(0..=stream_len - window)).collect()
@@ -228,7 +229,10 @@ pub fn train(
             let grads = loss.backward().map_err(ModelError::from)?;
             for (name, var) in &trainable {
                 if let Some(grad) = grads.get(var.as_tensor()) {
-                    let grad = (grad / settings.grad_accum as f64).map_err(ModelError::from)?;
+                    let grad = match settings.grad_accum {
+                        1 => grad.clone(),
+                        accumulated => (grad / accumulated as f64).map_err(ModelError::from)?,
+                    };
                     let total = match summed.remove(name) {
                         Some(previous) => (previous + grad).map_err(ModelError::from)?,
                         None => grad,

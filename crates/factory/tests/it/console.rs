@@ -4,6 +4,7 @@
 //! see, loads nothing from another origin, logs no console error, and signs out for good.
 
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -188,6 +189,21 @@ async fn console_session(client: &reqwest::Client, url: &str, key: &str) -> (Str
     (session, meta.split('"').next().unwrap().to_string())
 }
 
+/// Declares pipeline `name` (TOML) as `key` and starts a run of it.
+async fn declare_and_start_pipeline(url: &str, key: &str, name: &str, declaration: &str) {
+    let put = reqwest::Client::new()
+        .put(format!("{url}/api/v1/pipelines/{name}"))
+        .bearer_auth(key)
+        .header("content-type", "application/toml")
+        .body(declaration.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+    let trigger = call(url, "POST", &format!("/api/v1/pipelines/{name}/runs"), Some(key), None).await;
+    assert_eq!(trigger.body["outcome"], "started", "{}", trigger.text);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_does_each_pages_work_in_a_real_browser() {
     let factory =
@@ -234,22 +250,52 @@ async fn the_console_does_each_pages_work_in_a_real_browser() {
         .collect();
     std::fs::write(&upload_file, lines.join("\n")).unwrap();
     let declaration = "[[steps]]\nname = \"check\"\nkind = \"gate\"\ncondition = \"true\"\n";
-    let put = client
-        .put(format!("{url}/api/v1/pipelines/gate"))
-        .bearer_auth(&engineer)
-        .header("content-type", "application/toml")
-        .body(declaration)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
-    let trigger = call(&url, "POST", "/api/v1/pipelines/gate/runs", Some(&engineer), None).await;
-    assert_eq!(trigger.body["outcome"], "started", "{}", trigger.text);
+    declare_and_start_pipeline(&url, &engineer, "gate", declaration).await;
     let ran = eventually(60, || async {
         let runs = call(&url, "GET", "/api/v1/pipelines/gate/runs", Some(&engineer), None).await.body;
         runs["runs"][0]["status"] == "succeeded"
     });
     assert!(ran.await);
+    // A pipeline fine-tunes a candidate and runs a canary analysis of it on a deployment while
+    // the application asks it questions (before the long run below takes the worker).
+    let canaried =
+        json!({ "name": "canaried", "variants": [{ "model": "bard@1" }], "logging": { "sample_rate": 1.0 } });
+    assert_eq!(call(&url, "POST", "/api/v1/deployments", Some(&engineer), Some(canaried)).await.status, 201);
+    let release = r#"
+[[steps]]
+name = "finetune"
+kind = "finetune"
+base = "bard@1"
+dataset = "plays@1"
+register = "tuned"
+run = { seed = 4, train = { steps = 3, seq_len = 32, batch_size = 4, warmup_steps = 1, eval_every = 3 } }
+
+[[steps]]
+name = "canary"
+kind = "canary"
+deployment = "canaried"
+weight = 0.5
+min_requests = 5
+alias = "candidate"
+max_duration_secs = 120
+"#;
+    declare_and_start_pipeline(&url, &engineer, "release", release).await;
+    let mut release_status = Value::Null;
+    let mut release_runs = Value::Null;
+    let asking_since = std::time::Instant::now();
+    for question in 0.. {
+        let body = json!({ "model": "canaried", "prompt": format!("QUEEN: a question, {question}"), "max_tokens": 2 });
+        assert_eq!(call(&url, "POST", "/v1/completions", Some(&factory.app), Some(body)).await.status, 200);
+        release_runs = call(&url, "GET", "/api/v1/pipelines/release/runs", Some(&engineer), None).await.body;
+        release_status = release_runs["runs"][0]["status"].clone();
+        let ended = release_status != "running" && release_status != "pending";
+        if ended || asking_since.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(release_status == "succeeded" || release_status == "rolled_back", "{release_runs}");
+
     let run = call(
         &url,
         "POST",
@@ -269,20 +315,29 @@ async fn the_console_does_each_pages_work_in_a_real_browser() {
     assert_eq!(run.status, 201, "{}", run.text);
     let run_id = run.body["id"].as_str().unwrap().to_string();
 
-    // A deployment whose drift monitors have judged its logged prompts, with feedback.
+    // A deployment whose drift monitors have judged its logged prompts, with feedback; its output
+    // guardrail stops every answer longer than one token (the even lines ask for twelve).
     let watched = json!({
         "name": "watched", "variants": [{ "model": "bard@1" }], "logging": { "sample_rate": 1.0 },
         "drift": { "settings": { "window": 10, "every": 5, "baseline": 20, "bootstraps": 200 } },
+        "guardrails": [{ "name": "brief", "stage": "output", "action": "block",
+                         "rule": { "kind": "token_limit", "max_tokens": 1 } }],
     });
     assert_eq!(call(&url, "POST", "/api/v1/deployments", Some(&engineer), Some(watched)).await.status, 201);
     let mut answer_id = String::new();
+    let mut endings: std::collections::BTreeMap<String, usize> = Default::default();
     for line in 0..25 {
-        let body =
-            json!({ "model": "watched", "prompt": format!("KING RICHARD: speak, line {line}"), "max_tokens": 2 });
+        let body = json!({ "model": "watched", "prompt": format!("KING RICHARD: speak, line {line}"),
+                           "max_tokens": if line % 2 == 0 { 12 } else { 1 }, "ignore_eos": true });
         let reply = call(&url, "POST", "/v1/completions", Some(&factory.app), Some(body)).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
         answer_id = reply.body["id"].as_str().unwrap().to_string();
+        *endings.entry(reply.body["choices"][0]["finish_reason"].as_str().unwrap().to_string()).or_default() += 1;
     }
+    assert!(
+        endings.get("content_filter").is_some_and(|&n| n >= 10),
+        "the output guardrail stops long answers: {endings:?}"
+    );
     let judged = eventually(60, || async {
         let drift = call(&url, "GET", "/api/v1/deployments/watched/drift", Some(&engineer), None).await.body;
         drift["status"]["readings"].as_array().is_some_and(|r| r.iter().any(|r| r["monitor"] == "prompt.words"))
@@ -350,6 +405,17 @@ async fn the_console_does_each_pages_work_in_a_real_browser() {
     let watched = text("/watched");
     assert!(watched.contains("prompt.words") && watched.contains("prompt.length"), "{watched}");
     assert!(watched.contains("thumbs") && watched.contains("Requests\n25"), "{watched}");
+    for (ending, count) in &endings {
+        assert!(watched.contains(&format!("{ending}: {count}")), "{ending}: {count} in {watched}");
+    }
+
+    // The canary analysis with its decision, both arms and the tests' evidence.
+    let canary = text("/canaried");
+    assert!(canary.contains("tuned@1 against bard@1") && canary.contains("pipeline release"), "{canary}");
+    assert!(
+        canary.contains("ms_per_token") && canary.contains("p_value") && canary.contains("\"requests\""),
+        "{canary}"
+    );
 
     // The pipeline's run as a timeline.
     assert!(text("/pipeline/text").contains("succeeded") && text("/pipeline/text").contains("check"), "{seen}");

@@ -268,6 +268,12 @@ async def work(tab, plan):
     seen["watched"] = await tab.text()
     await tab.shot("work-deployment-watched", 1280)
 
+    # A deployment a pipeline's canary analysis ran on, with its evidence opened.
+    await tab.go("/console/deployments/canaried")
+    await tab.evaluate("document.querySelectorAll('article.canary details').forEach(d => d.open = true)")
+    seen["canaried"] = await tab.text()
+    await tab.shot("work-deployment-canary", 1280)
+
     # A pipeline's runs as timelines.
     await tab.go(f"/console/pipelines/{plan['pipeline']}")
     seen["pipeline"] = {"text": await tab.text(),

@@ -96,6 +96,8 @@ fn traffic_facts(traffic: &Traffic) -> minijinja::Value {
         tokens_per_second => tokens_per_second,
         prompt_tokens => traffic.prompt_tokens, completion_tokens => traffic.completion_tokens,
         statuses => traffic.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect::<Vec<_>>(),
+        // `content_filter` counts the answers an output guardrail stopped.
+        finish_reasons => traffic.finish_reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect::<Vec<_>>(),
         sample => deployments::TRAFFIC_SAMPLE, days => TRAFFIC_DAYS,
     }
 }

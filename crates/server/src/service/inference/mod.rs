@@ -472,6 +472,9 @@ pub async fn complete(state: &AppState, caller: &Caller, mut request: Inference)
                     completion.rewritten = true;
                 }
             }
+            if completion.choices.iter().any(|choice| choice.finish_reason.as_deref() == Some("content_filter")) {
+                state.inference_log.content_filtered(&completion.head.id);
+            }
             Ok(Answered::Whole(completion))
         }
         answered => Ok(answered),
